@@ -1,0 +1,421 @@
+// Command capture-fixtures opens a known mix of sockets on loopback inside a
+// fresh network namespace, runs every ss and netstat variant installed, and
+// writes each table to fixtures/ with the counts the scenario was built to
+// give beside it. Run it as root from the repository root:
+//
+//	go run ./cmd/capture-fixtures
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+)
+
+// Ports the captures are made for: two watched ports and one that is not.
+const (
+	httpPort  = 8500
+	httpsPort = 8501
+	otherPort = 9000
+)
+
+// ending says how a connection is left when the tables are captured.
+type ending int
+
+const (
+	open         ending = iota // ESTABLISHED at both ends
+	clientClosed               // server CLOSE-WAIT, client FIN-WAIT-2
+	serverFirst                // server closed, then client: server TIME-WAIT
+	clientFirst                // client closed, then server: client TIME-WAIT
+	serverHalf                 // server closed only: server FIN-WAIT-2, client CLOSE-WAIT
+)
+
+type group struct {
+	listener string // address the server listens on, with " dev NAME" if bound to a device
+	from     string // client source address
+	n        int
+	ending   ending
+}
+
+// scenario is the mix every capture sees. Its expected counts follow from
+// the endings alone: only `open` and `clientClosed` leave a server-side
+// socket in a counted state (ESTABLISHED, CLOSE-WAIT).
+var scenario = []group{
+	{"127.0.0.1:8500", "127.0.0.10", 5, open},
+	{"127.0.0.1:8500", "127.0.0.11", 3, open},
+	{"127.0.0.1:8500", "127.0.0.12", 2, clientClosed},
+	{"127.0.0.1:8500", "127.0.0.13", 2, serverFirst},
+	{"127.0.0.1:8500", "127.0.0.14", 2, clientFirst},
+	{"127.0.0.1:8500", "127.0.0.15", 2, serverHalf},
+	{"[::ffff:127.0.0.2]:8500", "127.0.0.10", 4, open}, // same client, over a dual-stack socket
+	{"[::1]:8500", "::1", 3, open},
+	{"127.0.0.3:8500 dev lo", "127.0.0.11", 1, open}, // printed with a zone: 127.0.0.3%lo:8500
+	{"[::1]:8501 dev lo", "::1", 1, open},            // [::1]%lo:8501
+	{"127.0.0.1:8501", "127.0.0.11", 2, open},
+	{"127.0.0.1:8501", "127.0.0.12", 1, clientClosed},
+	{"127.0.0.1:9000", "127.0.0.10", 2, open},
+}
+
+// variant is one command whose table becomes a fixture.
+type variant struct {
+	tool   string   // "ss", "netstat" or "busybox"
+	label  string   // the flags, for the file name
+	args   []string // after the tool
+	states []string // the states the command's filter keeps; nil: all
+	// wantError is part of the error the parser must give: the table is
+	// not one it can count from.
+	wantError string
+}
+
+var narrowFilter = []string{"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}
+
+var variants = []variant{
+	{"ss", "Htan-established-close-wait-sport", append([]string{"-Htan", "state", "established", "state", "close-wait"}, narrowFilter...), []string{"established", "close-wait"}, ""},
+	{"ss", "tan-established-close-wait-sport", append([]string{"-tan", "state", "established", "state", "close-wait"}, narrowFilter...), []string{"established", "close-wait"}, ""},
+	{"ss", "Htn-established-sport", append([]string{"-Htn", "state", "established"}, narrowFilter...), []string{"established"}, ""},
+	{"ss", "tan", []string{"-tan"}, nil, ""},
+	{"ss", "Htan", []string{"-Htan"}, nil, ""},
+	{"ss", "tuan", []string{"-tuan"}, nil, ""},
+	{"ss", "tanp", []string{"-tanp"}, nil, ""},
+	{"ss", "tanoei", []string{"-tanoei"}, nil, ""},
+	{"ss", "s-summary", []string{"-s"}, nil, "not a socket row"},
+	{"netstat", "tan", []string{"-tan"}, nil, ""},
+	{"netstat", "tanW", []string{"-tanW"}, nil, ""},
+	{"netstat", "tanpW", []string{"-tanpW"}, nil, ""},
+	{"busybox", "tan", []string{"netstat", "-tan"}, nil, ""},
+}
+
+// expected is written beside each capture as NAME.expected.json.
+type expected struct {
+	Command []string `json:"command"`
+	Ports   []uint16 `json:"ports"`
+	States  []string `json:"states"`
+	// ImpliedState is the state of every row when the table has no State
+	// column (a single `state X` filter).
+	ImpliedState string `json:"implied_state,omitempty"`
+	// Error, when set, is part of the error the parser must give instead of
+	// counts: the table cannot be counted from.
+	Error        string                    `json:"error,omitempty"`
+	Total        map[string]int            `json:"total"`
+	ByState      map[string]map[string]int `json:"by_state"`
+	PerClient    map[string]int            `json:"per_client"`
+	MaxPerClient int                       `json:"max_per_client"`
+}
+
+func main() {
+	out := flag.String("out", "fixtures", "directory to write the captures to")
+	inNetns := flag.Bool("in-netns", false, "internal: already inside the fresh network namespace")
+	flag.Parse()
+	if err := run(*out, *inNetns); err != nil {
+		fmt.Fprintln(os.Stderr, "capture-fixtures:", err)
+		os.Exit(1)
+	}
+}
+
+func run(out string, inNetns bool) error {
+	if !inNetns {
+		// A fresh namespace holds only the scenario's sockets, so the broad
+		// captures (ss -tan) show nothing of the machine they were made on.
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command("unshare", "--net", "--", self, "-in-netns", "-out", out)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("unshare --net (needs root): %w", err)
+		}
+		return nil
+	}
+	if err := exec.Command("ip", "link", "set", "lo", "up").Run(); err != nil {
+		return fmt.Errorf("ip link set lo up: %w", err)
+	}
+	ctx := context.Background()
+	pairs, listeners, err := build(ctx)
+	if err != nil {
+		return err
+	}
+	defer portopener.CloseAll(pairs)
+	for _, l := range listeners {
+		defer l.Close()
+	}
+	// A UDP socket on the watched port: a row that must never be counted.
+	udp, err := net.ListenPacket("udp", "127.0.0.1:8500")
+	if err != nil {
+		return err
+	}
+	defer udp.Close()
+
+	if err := waitForStates(); err != nil {
+		return err
+	}
+	written := 0
+	for _, v := range variants {
+		if _, err := exec.LookPath(v.tool); err != nil {
+			fmt.Fprintf(os.Stderr, "skipping %s %s: %v\n", v.tool, v.label, err)
+			continue
+		}
+		if err := capture(out, v); err != nil {
+			return err
+		}
+		written++
+	}
+	fmt.Printf("wrote %d captures to %s\n", written, out)
+	return nil
+}
+
+// build opens the scenario and leaves every connection in its ending.
+func build(ctx context.Context) ([]portopener.Pair, []*portopener.Listener, error) {
+	listeners := map[string]*portopener.Listener{}
+	var all []portopener.Pair
+	var order []*portopener.Listener
+	for _, g := range scenario {
+		l, ok := listeners[g.listener]
+		if !ok {
+			var err error
+			if addr, device, bound := strings.Cut(g.listener, " dev "); bound {
+				l, err = portopener.ListenOnDevice(netip.MustParseAddrPort(addr), device)
+			} else {
+				l, err = portopener.Listen(netip.MustParseAddrPort(g.listener))
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			listeners[g.listener] = l
+			order = append(order, l)
+		}
+		pairs, err := l.Open(ctx, netip.MustParseAddr(g.from), g.n)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, p := range pairs {
+			if err := end(p, g.ending); err != nil {
+				return nil, nil, err
+			}
+		}
+		all = append(all, pairs...)
+	}
+	return all, order, nil
+}
+
+// end closes the ends of p in the order that leaves the ending's states.
+// Each read of EOF proves the other side's FIN has arrived.
+func end(p portopener.Pair, e ending) error {
+	eof := func(c net.Conn) error {
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			return fmt.Errorf("want EOF from %s, got %v", c.RemoteAddr(), err)
+		}
+		return nil
+	}
+	switch e {
+	case open:
+		return nil
+	case clientClosed:
+		return errors.Join(p.Client.Close(), eof(p.Server))
+	case serverFirst:
+		return errors.Join(p.Server.Close(), eof(p.Client), p.Client.Close())
+	case clientFirst:
+		return errors.Join(p.Client.Close(), eof(p.Server), p.Server.Close())
+	case serverHalf:
+		return errors.Join(p.Server.Close(), eof(p.Client))
+	}
+	return fmt.Errorf("unknown ending %d", e)
+}
+
+func listenPort(g group) uint16 {
+	addr, _, _ := strings.Cut(g.listener, " dev ")
+	return netip.MustParseAddrPort(addr).Port()
+}
+
+// serverState and clientState are where each ending leaves the two sockets,
+// as /proc/net/tcp numbers them; 0 means the socket is gone.
+var serverState = map[ending]int{open: 0x01, clientClosed: 0x08, serverFirst: 0x06, clientFirst: 0, serverHalf: 0x05}
+var clientState = map[ending]int{open: 0x01, clientClosed: 0x05, serverFirst: 0, clientFirst: 0x06, serverHalf: 0x08}
+
+// waitForStates reads the kernel's own table (/proc/net/tcp, another path
+// than the netlink one ss uses) until every socket of the scenario is in the
+// state its ending leaves it in. The last ACKs of a close cross loopback
+// after close() returns, so this is the only way to know the table is final.
+func waitForStates() error {
+	want := map[string]int{}
+	listening := map[string]bool{}
+	for _, g := range scenario {
+		port := listenPort(g)
+		if !listening[g.listener] {
+			listening[g.listener] = true
+			want[fmt.Sprintf("local %d state %02X", port, 0x0A)]++
+		}
+		if s := serverState[g.ending]; s != 0 {
+			want[fmt.Sprintf("local %d state %02X", port, s)] += g.n
+		}
+		if s := clientState[g.ending]; s != 0 {
+			want[fmt.Sprintf("peer %d state %02X", port, s)] += g.n
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := procStates()
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(got) == fmt.Sprint(want) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sockets did not settle: /proc/net/tcp has %v, want %v", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func procStates() (map[string]int, error) {
+	got := map[string]int{}
+	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(f)
+		sc.Scan() // header
+		for sc.Scan() {
+			// sl local_address rem_address st ...: addresses are HEX:PORT
+			fields := strings.Fields(sc.Text())
+			local, _ := strconv.ParseUint(fields[1][strings.IndexByte(fields[1], ':')+1:], 16, 16)
+			peer, _ := strconv.ParseUint(fields[2][strings.IndexByte(fields[2], ':')+1:], 16, 16)
+			state, _ := strconv.ParseUint(fields[3], 16, 8)
+			got[fmt.Sprintf("local %d state %02X", local, state)]++
+			got[fmt.Sprintf("peer %d state %02X", peer, state)]++
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			return nil, err
+		}
+	}
+	// Only the scenario's ports are compared; peer port 0 is every LISTEN row.
+	for key := range got {
+		var side string
+		var port int
+		var state int
+		fmt.Sscanf(key, "%s %d state %X", &side, &port, &state)
+		if port != httpPort && port != httpsPort && port != otherPort {
+			delete(got, key)
+		}
+	}
+	return got, nil
+}
+
+func capture(out string, v variant) error {
+	cmd := exec.Command(v.tool, v.args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %v: %s", v.tool, strings.Join(v.args, " "), err, stderr.String())
+	}
+	version, err := toolVersion(v.tool)
+	if err != nil {
+		return err
+	}
+	tool := v.tool
+	if tool == "busybox" {
+		tool = "netstat"
+	}
+	name := fmt.Sprintf("%s-%s_%s_mixed", tool, version, v.label)
+	if err := os.WriteFile(filepath.Join(out, name+".txt"), []byte(stdout.String()), 0o644); err != nil {
+		return err
+	}
+	exp := expect(v)
+	body, err := json.MarshalIndent(exp, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(out, name+".expected.json"), append(body, '\n'), 0o644)
+}
+
+// expect is what the scenario was built to give for ports 8500 and 8501 in
+// the default states, as far as the variant's own filter lets it show.
+func expect(v variant) expected {
+	counted := []string{"established", "close-wait"}
+	visible := func(state string) bool {
+		if v.states == nil {
+			return true
+		}
+		for _, s := range v.states {
+			if s == state {
+				return true
+			}
+		}
+		return false
+	}
+	exp := expected{
+		Command:   append([]string{v.tool}, v.args...),
+		Ports:     []uint16{httpPort, httpsPort},
+		States:    counted,
+		Total:     map[string]int{},
+		ByState:   map[string]map[string]int{},
+		PerClient: map[string]int{},
+	}
+	if v.wantError != "" {
+		return expected{Command: exp.Command, Ports: exp.Ports, States: exp.States, Error: v.wantError}
+	}
+	if len(v.states) == 1 {
+		exp.ImpliedState = v.states[0]
+	}
+	for _, port := range exp.Ports {
+		key := strconv.Itoa(int(port))
+		exp.Total[key] = 0
+		exp.ByState[key] = map[string]int{}
+		for _, s := range counted {
+			exp.ByState[key][s] = 0
+		}
+	}
+	for _, g := range scenario {
+		port := listenPort(g)
+		state := map[ending]string{open: "established", clientClosed: "close-wait"}[g.ending]
+		if port == otherPort || state == "" || !visible(state) {
+			continue
+		}
+		key := strconv.Itoa(int(port))
+		exp.Total[key] += g.n
+		exp.ByState[key][state] += g.n
+		exp.PerClient[netip.MustParseAddr(g.from).String()] += g.n
+	}
+	for _, n := range exp.PerClient {
+		exp.MaxPerClient = max(exp.MaxPerClient, n)
+	}
+	return exp
+}
+
+var versionPattern = regexp.MustCompile(`(iproute2-[0-9][^ ,\n]*|net-tools [0-9][^ ,\n]*|BusyBox v[0-9][^ ,\n]*)`)
+
+func toolVersion(tool string) (string, error) {
+	var cmd *exec.Cmd
+	switch tool {
+	case "ss":
+		cmd = exec.Command("ss", "-V")
+	case "netstat":
+		cmd = exec.Command("netstat", "-V")
+	default:
+		cmd = exec.Command("busybox")
+	}
+	text, _ := cmd.CombinedOutput() // busybox with no applet exits 1
+	match := versionPattern.FindString(string(text))
+	if match == "" {
+		return "", fmt.Errorf("%s: no version in %q", tool, text)
+	}
+	return strings.ToLower(strings.NewReplacer(" v", "-", " ", "-").Replace(match)), nil
+}

@@ -1,0 +1,155 @@
+package parser_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
+)
+
+// expected mirrors the NAME.expected.json that cmd/capture-fixtures writes
+// beside each capture.
+type expected struct {
+	Command      []string                  `json:"command"`
+	Ports        []uint16                  `json:"ports"`
+	States       []string                  `json:"states"`
+	ImpliedState string                    `json:"implied_state"`
+	Error        string                    `json:"error"`
+	Total        map[string]int            `json:"total"`
+	ByState      map[string]map[string]int `json:"by_state"`
+	PerClient    map[string]int            `json:"per_client"`
+	MaxPerClient int                       `json:"max_per_client"`
+}
+
+func captures(t testing.TB) []string {
+	names, err := filepath.Glob("../fixtures/*.txt")
+	require.NoError(t, err)
+	require.NotEmpty(t, names, "no captures in fixtures/: make them with go run ./cmd/capture-fixtures")
+	return names
+}
+
+func TestFixtures(t *testing.T) {
+	for _, capture := range captures(t) {
+		t.Run(strings.TrimSuffix(filepath.Base(capture), ".txt"), func(t *testing.T) {
+			want := readExpected(t, strings.TrimSuffix(capture, ".txt")+".expected.json")
+			p := parser.Parser{}
+			if want.ImpliedState != "" {
+				var ok bool
+				p.ImpliedState, ok = parser.ParseState(want.ImpliedState)
+				require.True(t, ok, want.ImpliedState)
+			}
+			var states []parser.State
+			for _, name := range want.States {
+				s, ok := parser.ParseState(name)
+				require.True(t, ok, name)
+				states = append(states, s)
+			}
+			counts := tally.New(want.Ports, states)
+
+			f, err := os.Open(capture)
+			require.NoError(t, err)
+			defer f.Close()
+			sc := bufio.NewScanner(f)
+			var firstErr error
+			for sc.Scan() {
+				s, kind, err := p.ParseLine(sc.Text())
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				if kind == parser.TCPSocket {
+					counts.Add(s)
+				}
+			}
+			require.NoError(t, sc.Err())
+
+			if want.Error != "" {
+				require.Error(t, firstErr)
+				assert.Contains(t, firstErr.Error(), want.Error)
+				return
+			}
+			require.NoError(t, firstErr)
+			for _, port := range want.Ports {
+				key := strconv.Itoa(int(port))
+				assert.Equal(t, want.Total[key], counts.Total(port), "total on port %d", port)
+				for _, s := range states {
+					assert.Equal(t, want.ByState[key][s.String()], counts.ByState(port, s), "port %d in %s", port, s)
+				}
+			}
+			perClient := map[string]int{}
+			for _, c := range counts.TopClients(len(want.PerClient) + 1) {
+				perClient[c.Client.String()] = c.Count
+			}
+			assert.Equal(t, want.PerClient, perClient)
+			assert.Equal(t, want.MaxPerClient, counts.MaxPerClient())
+		})
+	}
+}
+
+func readExpected(t *testing.T, name string) expected {
+	body, err := os.ReadFile(name)
+	require.NoError(t, err, "every capture needs its expected counts beside it")
+	var want expected
+	require.NoError(t, json.Unmarshal(body, &want))
+	return want
+}
+
+func TestParseLineRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name, line, err string
+	}{
+		{"stateless row without implied state", "0      0       127.0.0.1:8500   127.0.0.10:52215", "no State column"},
+		{"service name for port", "ESTAB 0 0 127.0.0.1:fmtp 127.0.0.10:52215", "run ss or netstat with -n"},
+		{"host name for address", "ESTAB 0 0 localhost:8500 127.0.0.10:52215", "run ss or netstat with -n"},
+		{"unclosed bracket", "ESTAB 0 0 [::1:8500 [::1]:52215", "no closing bracket"},
+		{"port out of range", "ESTAB 0 0 127.0.0.1:65536 127.0.0.10:1", "port is not a number"},
+		{"missing peer", "ESTAB 0 0 127.0.0.1:8500", "not a socket row"},
+		{"error text", "Cannot open netlink socket: Protocol not supported", "not a socket row"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, kind, err := parser.Parser{}.ParseLine(tc.line)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.err)
+			assert.Equal(t, parser.NotSocket, kind)
+		})
+	}
+}
+
+func TestParseLineKeepsMappedAddressAndDropsZone(t *testing.T) {
+	const capture = "../fixtures/ss-iproute2-6.1.0_tan_mixed.txt"
+	s, kind, err := parser.Parser{}.ParseLine(lineContaining(t, capture, "ESTAB", "[::ffff:127.0.0.2]:8500"))
+	require.NoError(t, err)
+	require.Equal(t, parser.TCPSocket, kind)
+	assert.True(t, s.Peer.Addr().Is4In6(), "peer %s", s.Peer)
+	assert.Equal(t, "::ffff:127.0.0.10", s.Peer.Addr().String())
+	assert.Equal(t, uint16(8500), s.Local.Port())
+
+	s, _, err = parser.Parser{}.ParseLine(lineContaining(t, capture, "ESTAB", "[::1]%lo:8501"))
+	require.NoError(t, err)
+	assert.Equal(t, "[::1]:8501", s.Local.String())
+}
+
+// lineContaining is the first line of a capture that has every one of parts.
+func lineContaining(t *testing.T, capture string, parts ...string) string {
+	body, err := os.ReadFile(capture)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(body), "\n") {
+		found := true
+		for _, part := range parts {
+			found = found && strings.Contains(line, part)
+		}
+		if found {
+			return line
+		}
+	}
+	t.Fatalf("%s has no line with %q", capture, parts)
+	return ""
+}
