@@ -1,0 +1,134 @@
+// Package collector makes one collection: it runs the command, parses its
+// table and counts the connections, and says why when it cannot. A failed
+// collection never reports a count.
+package collector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
+)
+
+// Config is what to count and how to report it.
+type Config struct {
+	Ports  []uint16
+	States []parser.State
+	// Limit is Consul's http_max_conns_per_client, reported beside the counts.
+	Limit int
+	// TopClients is how many clients get a per-client sample.
+	TopClients int
+}
+
+// Collector collects with one runner.
+type Collector struct {
+	config Config
+	runner *runner.Runner
+	logger *slog.Logger
+}
+
+// New collects config's counts from the table r prints.
+func New(config Config, r *runner.Runner, logger *slog.Logger) *Collector {
+	return &Collector{config: config, runner: r, logger: logger}
+}
+
+// Result is one collection. It is a prometheus.Collector of its own metrics.
+type Result struct {
+	config   Config
+	counts   *tally.Tally // nil when Err is set
+	Duration time.Duration
+	Err      error
+}
+
+// Collect runs the command once and counts its table.
+func (c *Collector) Collect(ctx context.Context) Result {
+	start := time.Now()
+	counts, err := c.count(ctx)
+	res := Result{config: c.config, Duration: time.Since(start), Err: err}
+	if err == nil {
+		res.counts = counts
+	}
+	return res
+}
+
+func (c *Collector) count(ctx context.Context) (*tally.Tally, error) {
+	argv := c.runner.Argv()
+	p := parser.Parser{ImpliedState: impliedState(argv)}
+	counts := tally.New(c.config.Ports, c.config.States)
+	var (
+		socketRows, unreadable, written int
+		firstBad                        string
+		firstErr                        error
+	)
+	out, err := c.runner.Run(ctx, func(line string) {
+		if strings.TrimSpace(line) != "" {
+			written++
+		}
+		s, kind, err := p.ParseLine(line)
+		switch {
+		case err != nil:
+			unreadable++
+			if firstErr == nil {
+				firstBad, firstErr = line, err
+			}
+		case kind == parser.TCPSocket:
+			socketRows++
+			counts.Add(s)
+		case kind == parser.OtherSocket:
+			socketRows++
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	name := c.runner.String()
+	// One line misread could be a connection missed: a count that may be
+	// wrong is not reported.
+	if unreadable > 0 {
+		return nil, fmt.Errorf("%s: %d of its lines are not a socket table the parser knows, first %q: %v",
+			name, unreadable, clip(firstBad), firstErr)
+	}
+	if socketRows == 0 && len(out.Stderr) > 0 {
+		return nil, fmt.Errorf("%s printed no socket rows and wrote to stderr: %s", name, strings.Join(out.Stderr, "; "))
+	}
+	if socketRows == 0 && written > 0 {
+		return nil, fmt.Errorf("%s printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", name, written)
+	}
+	if len(out.Stderr) > 0 {
+		c.logger.Warn("command wrote to stderr", "command", name, "stderr", strings.Join(out.Stderr, "; "))
+	}
+	return counts, nil
+}
+
+// impliedState is the state of rows that ss prints without a State column:
+// it drops the column when its filter names exactly one state.
+func impliedState(argv []string) parser.State {
+	found := parser.StateUnknown
+	n := 0
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] != "state" {
+			continue
+		}
+		if s, ok := parser.ParseState(argv[i+1]); ok {
+			found = s
+			n++
+		}
+	}
+	if n != 1 {
+		return parser.StateUnknown
+	}
+	return found
+}
+
+func clip(line string) string {
+	const most = 120
+	if len(line) > most {
+		return line[:most] + "..."
+	}
+	return line
+}

@@ -1,0 +1,236 @@
+// Package runner runs the command that prints the socket table and streams
+// its output line by line, so memory does not grow with the table.
+//
+// It never uses a shell: a command is an argv. It knows the default command
+// (ss, or netstat where ss is not installed) and falls back to a plainer
+// form of it, once for the life of the process, when an old version rejects
+// an option.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/go-cmd/cmd"
+	"github.com/google/shlex"
+)
+
+// Runner runs one command, or the first of its forms that the installed tool
+// accepts.
+type Runner struct {
+	forms   [][]string // most wanted first
+	current atomic.Int32
+	timeout time.Duration
+}
+
+// Output is what a successful run printed besides the table.
+type Output struct {
+	// Lines is how many lines the command printed on standard output.
+	Lines int
+	// Stderr is the first lines the command printed on standard error.
+	Stderr []string
+}
+
+// maxStderrLines bounds what is kept of standard error for messages.
+const maxStderrLines = 5
+
+// New runs argv as it is.
+func New(argv []string, timeout time.Duration) (*Runner, error) {
+	if len(argv) == 0 || argv[0] == "" {
+		return nil, errors.New("empty command")
+	}
+	return newRunner(timeout, argv), nil
+}
+
+// Parse splits a command line into words the way a shell would (quotes keep
+// words together) and runs them without a shell: ';', '|' and '$(...)' are
+// plain characters.
+func Parse(commandLine string, timeout time.Duration) (*Runner, error) {
+	argv, err := shlex.Split(commandLine)
+	if err != nil {
+		return nil, fmt.Errorf("command %q: %w", commandLine, err)
+	}
+	if len(argv) == 0 {
+		return nil, errors.New("empty command")
+	}
+	return New(argv, timeout)
+}
+
+// Default runs ss, filtered in the kernel to the server-side sockets of
+// ports in states (ss names, e.g. "close-wait"):
+//
+//	ss -Htan state established state close-wait '( sport = :8500 )'
+//
+// falling back to the same without -H for iproute2 older than 4.13. Where ss
+// is not installed it runs netstat -tanW (whole addresses), falling back to
+// netstat -tan for busybox builds without -W; the parser then does the
+// filtering.
+func Default(ports []uint16, states []string, timeout time.Duration) (*Runner, error) {
+	if len(ports) == 0 {
+		return nil, errors.New("no port to watch")
+	}
+	if _, err := exec.LookPath("ss"); err == nil {
+		var filter []string
+		for _, s := range states {
+			filter = append(filter, "state", s)
+		}
+		filter = append(filter, "(")
+		for i, p := range ports {
+			if i > 0 {
+				filter = append(filter, "or")
+			}
+			filter = append(filter, "sport", "=", ":"+strconv.Itoa(int(p)))
+		}
+		filter = append(filter, ")")
+		return newRunner(timeout,
+			append([]string{"ss", "-Htan"}, filter...),
+			append([]string{"ss", "-tan"}, filter...),
+		), nil
+	}
+	if _, err := exec.LookPath("netstat"); err == nil {
+		return newRunner(timeout, []string{"netstat", "-tanW"}, []string{"netstat", "-tan"}), nil
+	}
+	return nil, errors.New("neither ss nor netstat is in PATH: install iproute2 (ss) or net-tools (netstat), or pass --command")
+}
+
+func newRunner(timeout time.Duration, forms ...[]string) *Runner {
+	return &Runner{forms: forms, timeout: timeout}
+}
+
+// Argv is the command the next run will start.
+func (r *Runner) Argv() []string { return r.forms[r.current.Load()] }
+
+// String is the command line, for messages.
+func (r *Runner) String() string { return quote(r.Argv()) }
+
+// Run starts the command and calls onLine with each line of its standard
+// output, in order, as it is printed. It fails when the command cannot
+// start, exits non-zero, is killed, or runs past the timeout (then its whole
+// process group is killed).
+func (r *Runner) Run(ctx context.Context, onLine func(string)) (Output, error) {
+	for {
+		form := r.current.Load()
+		out, err := run(ctx, r.forms[form], r.timeout, onLine)
+		if rejectedOption(out, err) && int(form)+1 < len(r.forms) {
+			r.current.CompareAndSwap(form, form+1)
+			continue
+		}
+		return out, err
+	}
+}
+
+// rejectedOption is an old tool refusing a newer flag: it says so on
+// standard error, prints nothing else and exits non-zero.
+func rejectedOption(out Output, err error) bool {
+	if err == nil || out.Lines > 0 {
+		return false
+	}
+	var exit *ExitError
+	if !errors.As(err, &exit) {
+		return false
+	}
+	text := strings.Join(out.Stderr, "\n")
+	return strings.Contains(text, "invalid option") || strings.Contains(text, "unrecognized option")
+}
+
+// ExitError is a command that ran and exited non-zero.
+type ExitError struct {
+	Command string
+	Code    int
+	Stderr  []string
+}
+
+func (e *ExitError) Error() string {
+	msg := fmt.Sprintf("%s exited with status %d", e.Command, e.Code)
+	if len(e.Stderr) > 0 {
+		msg += ": " + strings.Join(e.Stderr, "; ")
+	}
+	return msg
+}
+
+func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(string)) (Output, error) {
+	name := quote(argv)
+	c := cmd.NewCmdOptions(cmd.Options{
+		Streaming: true,
+		BeforeExec: []func(*exec.Cmd){func(c *exec.Cmd) {
+			// A child that forks off a grandchild holding stdout open must
+			// not keep Wait, and so the collection, waiting forever.
+			c.WaitDelay = time.Second
+		}},
+	}, argv[0], argv[1:]...)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	statusCh := c.Start()
+
+	var out Output
+	stdout, stderr, done := c.Stdout, c.Stderr, ctx.Done()
+	timedOut := false
+	// go-cmd blocks the command on a full channel, so both are read to the
+	// end, even after a kill.
+	for stdout != nil || stderr != nil {
+		select {
+		case line, ok := <-stdout:
+			if !ok {
+				stdout = nil
+				continue
+			}
+			out.Lines++
+			if !timedOut {
+				onLine(line)
+			}
+		case line, ok := <-stderr:
+			if !ok {
+				stderr = nil
+				continue
+			}
+			if len(out.Stderr) < maxStderrLines && strings.TrimSpace(line) != "" {
+				out.Stderr = append(out.Stderr, strings.TrimSpace(line))
+			}
+		case <-done:
+			done, timedOut = nil, true
+			kill(c)
+		}
+	}
+	status := <-statusCh
+	switch {
+	case status.PID == 0 && status.Error != nil:
+		return out, fmt.Errorf("cannot run %s: %w", name, status.Error)
+	case timedOut && ctx.Err() == context.DeadlineExceeded:
+		return out, fmt.Errorf("%s did not finish within %s (--command.timeout): killed", name, timeout)
+	case timedOut:
+		return out, fmt.Errorf("%s: %w", name, ctx.Err())
+	case status.Error != nil:
+		return out, fmt.Errorf("%s was killed: %w", name, status.Error)
+	case status.Exit != 0:
+		return out, &ExitError{Command: name, Code: status.Exit, Stderr: out.Stderr}
+	}
+	return out, nil
+}
+
+// kill ends the command's whole process group. go-cmd's Stop sends SIGTERM,
+// which a hung child may ignore, so SIGKILL follows at once: ss and netstat
+// have nothing to clean up.
+func kill(c *cmd.Cmd) {
+	_ = c.Stop()
+	if pid := c.Status().PID; pid > 0 {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+func quote(argv []string) string {
+	words := make([]string, len(argv))
+	for i, w := range argv {
+		if w == "" || strings.ContainsAny(w, " \t'\"()*;$|&<>") {
+			w = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+		}
+		words[i] = w
+	}
+	return strings.Join(words, " ")
+}
