@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,7 +48,7 @@ func run(args []string, stderr io.Writer) int {
 	app.HelpFlag.Short('h')
 	var (
 		ports = app.Flag("port", "Consul port whose server-side connections are counted; repeat for several (e.g. 8501 for HTTPS).").
-			Default("8500").Uint16List()
+			Default("8500").Strings()
 		states = app.Flag("states", "Comma-separated TCP states that hold one of Consul's per-client slots.").
 			Default("established,close-wait").String()
 		limit = app.Flag("limit", "Consul's http_max_conns_per_client, reported as consul_http_max_conns_per_client.").
@@ -95,19 +96,28 @@ func run(args []string, stderr io.Writer) int {
 	}
 	coll := collector.New(config, cmd, logger)
 
-	collectAndWrite := func() error {
+	// collectAndWrite says whether both the collection and the write worked;
+	// it logs why not.
+	collectAndWrite := func() bool {
 		// Not the signal context: a collection under way finishes and is
 		// written on SIGTERM; the command timeout bounds how long that takes.
 		res := coll.Collect(context.Background())
 		reg := prometheus.NewPedanticRegistry()
 		reg.MustRegister(res)
-		return errors.Join(res.Err, textfile.Write(*textfileDir, reg))
+		if res.Err != nil {
+			logger.Error("collection failed", "err", res.Err)
+		}
+		if err := textfile.Write(*textfileDir, reg); err != nil {
+			logger.Error("cannot write the textfile", "err", err)
+			return false
+		}
+		logger.Debug("collected", "ok", res.Err == nil, "duration", res.Duration)
+		return res.Err == nil
 	}
 
 	logger.Info("starting", "version", version.Info(), "command", cmd.String(), "textfile.directory", *textfileDir)
 	if *once {
-		if err := collectAndWrite(); err != nil {
-			logger.Error("collection failed", "err", err)
+		if !collectAndWrite() {
 			return exitFailed
 		}
 		return exitOK
@@ -117,9 +127,7 @@ func run(args []string, stderr io.Writer) int {
 	ticker := time.NewTicker(*interval)
 	defer ticker.Stop()
 	for {
-		if err := collectAndWrite(); err != nil {
-			logger.Error("collection failed", "err", err)
-		}
+		collectAndWrite()
 		select {
 		case <-ctx.Done():
 			logger.Info("stopping")
@@ -129,13 +137,14 @@ func run(args []string, stderr io.Writer) int {
 	}
 }
 
-func collectorConfig(ports []uint16, states string, limit, topClients int) (collector.Config, error) {
+func collectorConfig(ports []string, states string, limit, topClients int) (collector.Config, error) {
 	config := collector.Config{Limit: limit, TopClients: topClients}
-	for _, p := range ports {
-		if p == 0 {
-			return config, errors.New("--port 0 is not a port")
+	for _, word := range ports {
+		n, err := strconv.ParseUint(word, 10, 16)
+		if err != nil || n == 0 {
+			return config, fmt.Errorf("--port %s: not a TCP port (1-65535)", word)
 		}
-		if !slices.Contains(config.Ports, p) {
+		if p := uint16(n); !slices.Contains(config.Ports, p) {
 			config.Ports = append(config.Ports, p)
 		}
 	}

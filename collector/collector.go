@@ -90,8 +90,8 @@ func (c *Collector) count(ctx context.Context) (*tally.Tally, error) {
 	// One line misread could be a connection missed: a count that may be
 	// wrong is not reported.
 	if unreadable > 0 {
-		return nil, fmt.Errorf("%s: %d of its lines are not a socket table the parser knows, first %q: %v",
-			name, unreadable, clip(firstBad), firstErr)
+		return nil, fmt.Errorf("%s: %d of %d lines are not ss or netstat socket rows, first %q: %v",
+			name, unreadable, out.Lines, clip(firstBad), firstErr)
 	}
 	if socketRows == 0 && len(out.Stderr) > 0 {
 		return nil, fmt.Errorf("%s printed no socket rows and wrote to stderr: %s", name, strings.Join(out.Stderr, "; "))

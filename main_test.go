@@ -1,0 +1,341 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+)
+
+// binary is the exporter built once for the tests, run as operators run it.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "consul-conn-exporter-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "consul_conn_exporter")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	exit    int
+	stderr  string
+	metrics map[string]float64 // "name{label="value",...}" -> value; nil if no file
+}
+
+// exporter runs the binary with args and reads the file it wrote in dir.
+func exporter(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, append([]string{"--textfile.directory", dir}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	res := result{stderr: stderr.String(), metrics: readMetrics(t, filepath.Join(dir, textfile.FileName))}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		res.exit = exit.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	return res
+}
+
+func readMetrics(t *testing.T, path string) map[string]float64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	require.NoError(t, err)
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	require.NoError(t, err, "%s is not valid exposition format", path)
+	metrics := map[string]float64{}
+	for name, family := range families {
+		for _, m := range family.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			sort.Strings(labels)
+			key := name
+			if len(labels) > 0 {
+				key += "{" + strings.Join(labels, ",") + "}"
+			}
+			metrics[key] = m.GetGauge().GetValue()
+		}
+	}
+	return metrics
+}
+
+// listen opens a listener on a free port of addr, or on port when non-zero.
+func listen(t *testing.T, addr string, port uint16) *portopener.Listener {
+	t.Helper()
+	l, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr(addr), port))
+	if err != nil && netip.MustParseAddr(addr).Is6() && !netip.MustParseAddr(addr).Is4In6() {
+		if os.Getenv("CI") != "true" {
+			t.Skipf("no IPv6 loopback here: %v", err)
+		}
+	}
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func open(t *testing.T, l *portopener.Listener, from string, n int) []portopener.Pair {
+	t.Helper()
+	pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), n)
+	require.NoError(t, err)
+	t.Cleanup(func() { portopener.CloseAll(pairs) })
+	return pairs
+}
+
+func port(l *portopener.Listener) string { return fmt.Sprint(l.Port()) }
+
+func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := listen(t, "127.0.0.1", 0)
+	pairs := open(t, l, "127.0.0.1", 200)
+	dir := t.TempDir()
+
+	res := exporter(t, dir, "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	p := port(l)
+	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
+	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="established"}`])
+	assert.Equal(t, 200.0, res.metrics["consul_open_http_connections_max_per_client"])
+	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections_per_client{client="127.0.0.1"}`])
+	assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"])
+
+	// Half close server first (the server's socket goes to TIME-WAIT),
+	// half client first (the client's does), like killing port-opener.py.
+	for i, pair := range pairs {
+		first, second := pair.Server, pair.Client
+		if i%2 == 1 {
+			first, second = pair.Client, pair.Server
+		}
+		require.NoError(t, first.Close())
+		_, err := second.Read(make([]byte, 1))
+		require.Error(t, err, "the FIN of the first close arrived")
+		require.NoError(t, second.Close())
+	}
+	require.Eventually(t, func() bool { return timeWait(t, l.Port()) == 200 }, 10*time.Second, 10*time.Millisecond,
+		"all 200 connections reach TIME-WAIT on one side")
+
+	res = exporter(t, dir, "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 0.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
+	assert.Equal(t, 0.0, res.metrics["consul_open_http_connections_max_per_client"])
+	assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"])
+}
+
+// timeWait counts the TIME-WAIT sockets of port on either side.
+func timeWait(t *testing.T, port uint16) int {
+	out, err := exec.Command("ss", "-Htan", "state", "time-wait",
+		fmt.Sprintf("( sport = :%d or dport = :%d )", port, port)).Output()
+	require.NoError(t, err)
+	return strings.Count(string(out), "\n")
+}
+
+func TestIPv6CountsTheSame(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := listen(t, "::1", 0)
+	open(t, l, "::1", 200)
+	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections_per_client{client="::1"}`])
+}
+
+func TestPerClientOverSeveralSourceAddresses(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := listen(t, "127.0.0.1", 0)
+	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
+		open(t, l, from, 100)
+	}
+	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 300.0, res.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+	assert.Equal(t, 100.0, res.metrics["consul_open_http_connections_max_per_client"])
+	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
+		assert.Equal(t, 100.0, res.metrics[`consul_open_http_connections_per_client{client="`+from+`"}`])
+	}
+}
+
+func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	// An agent on "::" sees IPv4 clients as ::ffff:a.b.c.d; one on 127.0.0.1
+	// sees them bare. Both ports here hold the same client.
+	v4 := listen(t, "127.0.0.1", 0)
+	mapped := listen(t, "::ffff:127.0.0.2", 0)
+	open(t, v4, "127.0.0.31", 30)
+	open(t, mapped, "127.0.0.31", 20)
+	open(t, mapped, "127.0.0.32", 5)
+	res := exporter(t, t.TempDir(), "--once", "--port", port(v4), "--port", port(mapped))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 30.0, res.metrics[`consul_open_http_connections{port="`+port(v4)+`"}`])
+	assert.Equal(t, 25.0, res.metrics[`consul_open_http_connections{port="`+port(mapped)+`"}`])
+	assert.Equal(t, 50.0, res.metrics[`consul_open_http_connections_per_client{client="127.0.0.31"}`])
+	assert.Equal(t, 5.0, res.metrics[`consul_open_http_connections_per_client{client="127.0.0.32"}`])
+	assert.Equal(t, 50.0, res.metrics["consul_open_http_connections_max_per_client"])
+}
+
+func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := listen(t, "127.0.0.1", 0)
+	open(t, l, "127.0.0.41", 7)
+	for _, pair := range open(t, l, "127.0.0.42", 3) {
+		require.NoError(t, pair.Client.Close())
+		_, err := pair.Server.Read(make([]byte, 1))
+		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
+	}
+	// The broad table holds every connection twice (both ends on this host).
+	res := exporter(t, t.TempDir(), "--once", "--port", port(l), "--command", "ss -tan")
+	require.Equal(t, 0, res.exit, res.stderr)
+	p := port(l)
+	assert.Equal(t, 10.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
+	assert.Equal(t, 3.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="close_wait"}`])
+	assert.Equal(t, 7.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="established"}`])
+}
+
+func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
+	l := listen(t, "127.0.0.1", 0)
+	l6 := listen(t, "::1", 0)
+	open(t, l, "127.0.0.51", 40)
+	open(t, l, "127.0.0.52", 2)
+	open(t, l6, "::1", 3)
+	args := []string{"--once", "--port", port(l), "--port", port(l6)}
+
+	viaSS := exporter(t, t.TempDir(), args...)
+	require.Equal(t, 0, viaSS.exit, viaSS.stderr)
+
+	// A PATH with netstat and no ss: the exporter must fall back by itself.
+	bin := t.TempDir()
+	require.NoError(t, os.Symlink(netstat, filepath.Join(bin, "netstat")))
+	t.Setenv("PATH", bin)
+	viaNetstat := exporter(t, t.TempDir(), args...)
+	require.Equal(t, 0, viaNetstat.exit, viaNetstat.stderr)
+	assert.Contains(t, viaNetstat.stderr, "netstat -tanW")
+
+	delete(viaSS.metrics, "consul_conn_exporter_collect_duration_seconds")
+	delete(viaNetstat.metrics, "consul_conn_exporter_collect_duration_seconds")
+	assert.Equal(t, viaSS.metrics, viaNetstat.metrics)
+	assert.Equal(t, 42.0, viaNetstat.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+	assert.Equal(t, 3.0, viaNetstat.metrics[`consul_open_http_connections{port="`+port(l6)+`"}`])
+}
+
+func TestNeitherSSNorNetstatNamesBoth(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	res := exporter(t, t.TempDir(), "--once")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "neither ss nor netstat")
+	assert.Nil(t, res.metrics)
+}
+
+func TestFailedCollectionWritesSuccessZeroAndNoCount(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		err  string
+	}{
+		{"command exits non-zero", []string{"--command", "ss --no-such-flag"}, "exited with status"},
+		{"command missing", []string{"--command", "no-such-command-for-consul-conn-exporter -tan"}, "cannot run"},
+		{"command prints garbage", []string{"--command", "echo garbage"}, "are not ss or netstat socket rows"},
+		{"command hangs", []string{"--command", "sleep 30", "--command.timeout", "200ms"}, "did not finish within 200ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			res := exporter(t, dir, append([]string{"--once"}, tc.args...)...)
+			assert.Equal(t, 1, res.exit)
+			assert.Contains(t, res.stderr, tc.err)
+			assert.Equal(t, 0.0, res.metrics["consul_conn_exporter_collect_success"])
+			assert.Contains(t, res.metrics, "consul_conn_exporter_collect_duration_seconds")
+			assert.Len(t, res.metrics, 2, "only the exporter's own gauges: %v", res.metrics)
+		})
+	}
+}
+
+func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
+	for _, args := range [][]string{
+		{"--port", "0"},
+		{"--port", "70000"},
+		{"--states", "listen"},
+		{"--states", "time-wait"},
+		{"--states", "establishd"},
+		{"--limit", "0"},
+		{"--clients.top", "-1"},
+		{"--command", `ss "unclosed`},
+		{"--command.timeout", "0s"},
+		{"--no-such-flag"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)
+			assert.Equal(t, 2, res.exit, res.stderr)
+			assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %q", res.stderr)
+			assert.Nil(t, res.metrics)
+		})
+	}
+}
+
+func TestMissingTextfileDirectoryIsNamed(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "node-exporter")
+	res := exporter(t, dir, "--once", "--command", "true")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "textfile directory "+dir)
+	assert.NoDirExists(t, dir)
+}
+
+func TestLoopWritesUntilSIGTERMThenExitsZero(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "50ms", "--log.level", "debug")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill() })
+
+	// Wait for the second collection's log line: the loop goes on by itself.
+	buf := make([]byte, 64<<10)
+	var log string
+	for strings.Count(log, "msg=collected ok=true") < 2 {
+		n, err := stderr.Read(buf)
+		require.NoError(t, err, "exporter stopped early: %s", log)
+		log += string(buf[:n])
+	}
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	require.NoError(t, cmd.Wait(), "exit 0 on a signal")
+	assert.Equal(t, 1.0, readMetrics(t, filepath.Join(dir, textfile.FileName))["consul_conn_exporter_collect_success"])
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Len(t, entries, 1, "no temporary file left behind")
+}

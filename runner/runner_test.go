@@ -1,0 +1,144 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+)
+
+func collect(t *testing.T, r *Runner) ([]string, Output, error) {
+	t.Helper()
+	var lines []string
+	out, err := r.Run(context.Background(), func(line string) { lines = append(lines, line) })
+	return lines, out, err
+}
+
+func TestRunStreamsEveryLineInOrder(t *testing.T) {
+	r, err := New([]string{"seq", "1", "20000"}, 10*time.Second)
+	require.NoError(t, err)
+	lines, out, err := collect(t, r)
+	require.NoError(t, err)
+	require.Len(t, lines, 20000)
+	assert.Equal(t, "1", lines[0])
+	assert.Equal(t, "20000", lines[19999])
+	assert.Equal(t, 20000, out.Lines)
+}
+
+func TestRunFailsOnNonZeroExitWithStderr(t *testing.T) {
+	r, err := New([]string{"ls", "/no/such/dir"}, 10*time.Second)
+	require.NoError(t, err)
+	_, _, err = collect(t, r)
+	var exit *ExitError
+	require.ErrorAs(t, err, &exit)
+	assert.Equal(t, 2, exit.Code)
+	assert.Contains(t, err.Error(), "/no/such/dir")
+	assert.NotContains(t, err.Error(), "\n")
+}
+
+func TestRunFailsWhenCommandIsMissing(t *testing.T) {
+	r, err := New([]string{"no-such-command-for-consul-conn-exporter"}, 10*time.Second)
+	require.NoError(t, err)
+	_, _, err = collect(t, r)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "cannot run no-such-command-for-consul-conn-exporter")
+}
+
+func TestRunKillsWholeProcessGroupAtTimeout(t *testing.T) {
+	// The child ignores SIGTERM, as does the grandchild it leaves holding
+	// stdout: only a SIGKILL to the whole group ends them.
+	r, err := New([]string{"sh", "-c", `trap "" TERM; sleep 120 & echo $!; wait`}, 300*time.Millisecond)
+	require.NoError(t, err)
+	var (
+		lines []string
+		done  = make(chan error)
+	)
+	go func() {
+		_, err := r.Run(context.Background(), func(line string) { lines = append(lines, line) })
+		done <- err
+	}()
+	select {
+	case err = <-done:
+	case <-time.After(60 * time.Second): // far past the timeout: the kill did not happen
+		t.Fatal("Run still waiting on the command a minute after its 300ms timeout")
+	}
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "did not finish within 300ms")
+	require.Len(t, lines, 1, "the grandchild's pid")
+	pid, err := strconv.Atoi(lines[0])
+	require.NoError(t, err)
+	assert.False(t, alive(pid), "grandchild %d outlived the timeout", pid)
+}
+
+// alive is a process that exists and is not a zombie waiting to be reaped.
+func alive(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
+}
+
+func TestParseRunsNoShell(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "marker")
+	r, err := Parse(`echo 'a b' ; touch `+marker+` $(touch `+marker+`) | touch `+marker, 10*time.Second)
+	require.NoError(t, err)
+	lines, _, err := collect(t, r)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a b ; touch " + marker + " $(touch " + marker + ") | touch " + marker}, lines)
+	assert.NoFileExists(t, marker)
+}
+
+func TestParseRejectsEmptyAndUnbalancedCommands(t *testing.T) {
+	for _, line := range []string{"", "   ", `ss "unclosed`} {
+		_, err := Parse(line, time.Second)
+		assert.Error(t, err, "%q", line)
+	}
+}
+
+func TestRunFallsBackOnceToPlainerFormWhenOptionRejected(t *testing.T) {
+	// Debian's busybox netstat has no -W: the real case of an old tool
+	// refusing a newer flag, as iproute2 before 4.13 refuses ss -H.
+	busybox := programs.Need(t, "busybox", "apt-get install busybox")
+	r := newRunner(10*time.Second, []string{busybox, "netstat", "-tanW"}, []string{busybox, "netstat", "-tan"})
+	lines, _, err := collect(t, r)
+	require.NoError(t, err)
+	assert.Contains(t, lines[0], "Active Internet connections")
+	assert.Equal(t, []string{busybox, "netstat", "-tan"}, r.Argv(), "the plainer form is kept for later runs")
+}
+
+func TestDefaultUsesSSFilteredInTheKernel(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	r, err := Default([]uint16{8500, 8501}, []string{"established", "close-wait"}, time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ss", "-Htan", "state", "established", "state", "close-wait",
+		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, r.Argv())
+}
+
+func TestDefaultFallsBackToNetstatThenNamesBoth(t *testing.T) {
+	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
+	dir := t.TempDir()
+	t.Setenv("PATH", dir)
+	_, err := Default([]uint16{8500}, []string{"established"}, time.Second)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "neither ss nor netstat")
+
+	require.NoError(t, os.Symlink(netstat, filepath.Join(dir, "netstat")))
+	r, err := Default([]uint16{8500}, []string{"established"}, time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"netstat", "-tanW"}, r.Argv())
+}
