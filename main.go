@@ -1,6 +1,7 @@
 // Command consul_conn_exporter counts the HTTP connections Consul holds open,
-// per client IP and in total, from ss (or netstat), and writes them for
-// Prometheus into node_exporter's textfile collector directory.
+// per client IP and in total, from ss (or netstat), and hands them to
+// Prometheus: in node_exporter's textfile collector directory, to a
+// Pushgateway, or on its own /metrics.
 package main
 
 import (
@@ -8,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -18,12 +21,18 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
@@ -33,7 +42,7 @@ const name = "consul_conn_exporter"
 // Exit codes, for cron and systemd.
 const (
 	exitOK       = 0
-	exitFailed   = 1 // a collection or a write failed
+	exitFailed   = 1 // a collection, a write or a push failed
 	exitBadUsage = 2
 )
 
@@ -42,7 +51,7 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
-	app := kingpin.New(name, "Counts the HTTP connections Consul holds open, per client IP and in total, and writes them for Prometheus.")
+	app := kingpin.New(name, "Counts the HTTP connections Consul holds open, per client IP and in total, and hands them to Prometheus.")
 	app.UsageWriter(stderr).ErrorWriter(stderr)
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
@@ -59,10 +68,17 @@ func run(args []string, stderr io.Writer) int {
 				String()
 		commandTimeout = app.Flag("command.timeout", "Kill the command, and fail the collection, after this long.").
 				Default("10s").Duration()
-		textfileDir = app.Flag("textfile.directory", "node_exporter's --collector.textfile.directory, where "+textfile.FileName+" is written.").
-				Default("/tmp/node-exporter").String()
-		once     = app.Flag("once", "Collect and write once, then exit: 0 on success, 1 on failure.").Bool()
-		interval = app.Flag("interval", "Time between collections when not --once.").Default("15s").Duration()
+		textfileFlag = app.Flag("textfile.directory", "node_exporter's --collector.textfile.directory, where "+textfile.FileName+" is written (the output when no other is named).").
+				Default("/tmp/node-exporter")
+		textfileDir = textfileFlag.String()
+		pushURL     = app.Flag("push.url", "Pushgateway to push to, e.g. http://pushgateway:9091 (user:password@ for basic auth).").String()
+		pushJob     = app.Flag("push.job", "Pushgateway job label.").Default(name).String()
+		pushInst    = app.Flag("push.instance", "Pushgateway instance label (default: the hostname).").String()
+		pushTimeout = app.Flag("push.timeout", "Give up a push after this long.").Default("10s").Duration()
+		webFlags    = kingpinflag.AddFlags(app, "")
+		metricsPath = app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
+		once        = app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").Bool()
+		interval    = app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").Duration()
 	)
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
@@ -74,67 +90,161 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, err)
 	}
-	if *commandTimeout <= 0 || *interval <= 0 {
-		return usageError(stderr, errors.New("--command.timeout and --interval must be positive"))
+	if *commandTimeout <= 0 || *interval <= 0 || *pushTimeout <= 0 {
+		return usageError(stderr, errors.New("--command.timeout, --push.timeout and --interval must be positive"))
+	}
+	*webFlags.WebListenAddresses = slices.DeleteFunc(*webFlags.WebListenAddresses, func(a string) bool { return a == "" })
+	serveWeb := len(*webFlags.WebListenAddresses) > 0 || *webFlags.WebSystemdSocket
+	if *once && serveWeb {
+		return usageError(stderr, errors.New("--once cannot serve --web.listen-address: a server runs until stopped"))
 	}
 	logger := promslog.New(logConfig)
 
-	var cmd *runner.Runner
-	if *commandLine != "" {
-		if cmd, err = runner.Parse(*commandLine, *commandTimeout); err != nil {
-			return usageError(stderr, fmt.Errorf("--command: %w", err))
+	// Outputs: each takes the metrics of one collection.
+	var outputs []output
+	var textfileSet bool
+	textfileFlag.IsSetByUser(&textfileSet)
+	if textfileSet || (*pushURL == "" && !serveWeb) {
+		dir := *textfileDir
+		outputs = append(outputs, output{"textfile " + dir, func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
+	}
+	if *pushURL != "" {
+		instance := *pushInst
+		if instance == "" {
+			if instance, err = os.Hostname(); err != nil {
+				return usageError(stderr, fmt.Errorf("no hostname for the push instance (%v): pass --push.instance", err))
+			}
 		}
-	} else {
-		stateNames := make([]string, len(config.States))
-		for i, s := range config.States {
-			stateNames[i] = s.String()
+		pusher, err := pushgateway.New(*pushURL, *pushJob, instance, *pushTimeout)
+		if err != nil {
+			return usageError(stderr, err)
 		}
-		if cmd, err = runner.Default(config.Ports, stateNames, *commandTimeout); err != nil {
-			logger.Error("cannot count connections", "err", err)
-			return exitFailed
-		}
+		outputs = append(outputs, output{"pushgateway " + pusher.String(), pusher.Push})
+	}
+
+	cmd, err := commandRunner(*commandLine, config, *commandTimeout)
+	if errors.Is(err, errNoTool) {
+		logger.Error("cannot count connections", "err", err)
+		return exitFailed
+	}
+	if err != nil {
+		return usageError(stderr, err)
 	}
 	coll := collector.New(config, cmd, logger)
+	logger.Info("starting", "version", version.Info(), "command", cmd.String())
 
-	// collectAndWrite says whether both the collection and the write worked;
-	// it logs why not.
-	collectAndWrite := func() bool {
-		// Not the signal context: a collection under way finishes and is
-		// written on SIGTERM; the command timeout bounds how long that takes.
-		res := coll.Collect(context.Background())
-		reg := prometheus.NewPedanticRegistry()
-		reg.MustRegister(res)
-		if res.Err != nil {
-			logger.Error("collection failed", "err", res.Err)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	serverDone := make(chan error, 1)
+	if serveWeb {
+		server, err := newServer(coll, *metricsPath)
+		if err != nil {
+			logger.Error("cannot serve", "err", err)
+			return exitFailed
 		}
-		if err := textfile.Write(*textfileDir, reg); err != nil {
-			logger.Error("cannot write the textfile", "err", err)
-			return false
-		}
-		logger.Debug("collected", "ok", res.Err == nil, "duration", res.Duration)
-		return res.Err == nil
+		go func() { serverDone <- web.ListenAndServe(server, webFlags, logger) }()
+		defer server.Shutdown(context.Background())
 	}
 
-	logger.Info("starting", "version", version.Info(), "command", cmd.String(), "textfile.directory", *textfileDir)
 	if *once {
-		if !collectAndWrite() {
+		if !collectAndOutput(coll, outputs, logger) {
 			return exitFailed
 		}
 		return exitOK
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ticker := time.NewTicker(*interval)
-	defer ticker.Stop()
+	var tick <-chan time.Time
+	if len(outputs) > 0 {
+		ticker := time.NewTicker(*interval)
+		defer ticker.Stop()
+		tick = ticker.C
+		collectAndOutput(coll, outputs, logger)
+	}
 	for {
-		collectAndWrite()
 		select {
 		case <-ctx.Done():
 			logger.Info("stopping")
 			return exitOK
-		case <-ticker.C:
+		case err := <-serverDone:
+			logger.Error("web server stopped", "err", err)
+			return exitFailed
+		case <-tick:
+			collectAndOutput(coll, outputs, logger)
 		}
 	}
+}
+
+type output struct {
+	name  string
+	write func(prometheus.Gatherer) error
+}
+
+// collectAndOutput collects once and hands the result to every output, a
+// failed result included (it says success 0 and has no count). It says
+// whether the collection and every output worked, and logs why not.
+func collectAndOutput(coll *collector.Collector, outputs []output, logger *slog.Logger) bool {
+	// Not the signal context: a collection under way finishes and is
+	// written on SIGTERM; the command timeout bounds how long that takes.
+	res := coll.Collect(context.Background())
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(res)
+	ok := res.Err == nil
+	if !ok {
+		logger.Error("collection failed", "err", res.Err)
+	}
+	for _, out := range outputs {
+		if err := out.write(reg); err != nil {
+			logger.Error("output failed", "output", out.name, "err", err)
+			ok = false
+		}
+	}
+	logger.Debug("collected", "ok", ok, "duration", res.Duration)
+	return ok
+}
+
+func newServer(coll *collector.Collector, metricsPath string) (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		coll.OnScrape(),
+		versioncollector.NewCollector(name),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	mux := http.NewServeMux()
+	mux.Handle(metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if metricsPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "Consul connection exporter",
+			Description: "Open HTTP connections to Consul, per client IP and in total",
+			Version:     version.Info(),
+			Links:       []web.LandingLinks{{Address: metricsPath, Text: "Metrics"}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		mux.Handle("/", landing)
+	}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil
+}
+
+var errNoTool = errors.New("no socket table tool")
+
+func commandRunner(commandLine string, config collector.Config, timeout time.Duration) (*runner.Runner, error) {
+	if commandLine != "" {
+		r, err := runner.Parse(commandLine, timeout)
+		if err != nil {
+			return nil, fmt.Errorf("--command: %w", err)
+		}
+		return r, nil
+	}
+	stateNames := make([]string, len(config.States))
+	for i, s := range config.States {
+		stateNames[i] = s.String()
+	}
+	r, err := runner.Default(config.Ports, stateNames, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errNoTool, err)
+	}
+	return r, nil
 }
 
 func collectorConfig(ports []string, states string, limit, topClients int) (collector.Config, error) {

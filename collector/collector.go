@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
@@ -30,6 +32,9 @@ type Collector struct {
 	config Config
 	runner *runner.Runner
 	logger *slog.Logger
+	// inFlight makes callers that arrive while a collection runs share it:
+	// however many scrapers and outputs, one command at a time.
+	inFlight singleflight.Group
 }
 
 // New collects config's counts from the table r prints.
@@ -45,8 +50,16 @@ type Result struct {
 	Err      error
 }
 
-// Collect runs the command once and counts its table.
+// Collect runs the command once and counts its table, or waits for the
+// collection already running and returns its result.
 func (c *Collector) Collect(ctx context.Context) Result {
+	res, _, _ := c.inFlight.Do("collect", func() (any, error) {
+		return c.collect(ctx), nil
+	})
+	return res.(Result)
+}
+
+func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()
 	counts, err := c.count(ctx)
 	res := Result{config: c.config, Duration: time.Since(start), Err: err}

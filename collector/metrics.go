@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"context"
 	"strconv"
 	"strings"
 
@@ -69,4 +70,21 @@ func (r Result) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(perClientDesc, prometheus.GaugeValue, float64(c.Count), c.Client.String())
 	}
 	ch <- prometheus.MustNewConstMetric(limitDesc, prometheus.GaugeValue, float64(r.config.Limit))
+}
+
+// OnScrape is a prometheus.Collector that collects on every scrape, for the
+// exporter's own /metrics.
+func (c *Collector) OnScrape() prometheus.Collector { return onScrape{c} }
+
+type onScrape struct{ c *Collector }
+
+func (s onScrape) Describe(ch chan<- *prometheus.Desc) { Result{}.Describe(ch) }
+
+func (s onScrape) Collect(ch chan<- prometheus.Metric) {
+	// The command timeout bounds the scrape: promhttp passes no context.
+	res := s.c.Collect(context.Background())
+	if res.Err != nil {
+		s.c.logger.Error("collection failed", "err", res.Err)
+	}
+	res.Collect(ch)
 }
