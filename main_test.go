@@ -148,7 +148,7 @@ func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 		require.Error(t, err, "the FIN of the first close arrived")
 		require.NoError(t, second.Close())
 	}
-	require.Eventually(t, func() bool { return timeWait(t, l.Port()) == 200 }, 10*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return timeWait(t, pairs) == 200 }, 10*time.Second, 10*time.Millisecond,
 		"all 200 connections reach TIME-WAIT on one side")
 
 	res = exporter(t, dir, "--once", "--port", p)
@@ -158,12 +158,24 @@ func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"])
 }
 
-// timeWait counts the TIME-WAIT sockets of port on either side.
-func timeWait(t *testing.T, port uint16) int {
-	out, err := exec.Command("ss", "-Htan", "state", "time-wait",
-		fmt.Sprintf("( sport = :%d or dport = :%d )", port, port)).Output()
+// timeWait counts the connections of pairs that are in TIME-WAIT on either
+// side, by their addresses: other tests leave TIME-WAIT sockets too.
+func timeWait(t *testing.T, pairs []portopener.Pair) int {
+	ours := map[string]bool{}
+	for _, p := range pairs {
+		ours[p.Client.LocalAddr().String()+" "+p.Client.RemoteAddr().String()] = true
+		ours[p.Client.RemoteAddr().String()+" "+p.Client.LocalAddr().String()] = true
+	}
+	out, err := exec.Command("ss", "-Htan", "state", "time-wait").Output()
 	require.NoError(t, err)
-	return strings.Count(string(out), "\n")
+	n := 0
+	for _, line := range strings.Split(string(out), "\n") {
+		// One state asked for, so no State column: Recv-Q Send-Q Local Peer.
+		if f := strings.Fields(line); len(f) >= 4 && ours[f[2]+" "+f[3]] {
+			n++
+		}
+	}
+	return n
 }
 
 func TestIPv6CountsTheSame(t *testing.T) {

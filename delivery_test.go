@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+)
+
+// freeAddr is a loopback address with a port nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// startServer starts a program and returns once it logs that it listens:
+// node_exporter, the Pushgateway and this exporter all log "Listening on".
+func startServer(t *testing.T, argv ...string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	lines := bufio.NewScanner(stderr)
+	var log []string
+	for lines.Scan() {
+		log = append(log, lines.Text())
+		if strings.Contains(lines.Text(), "Listening on") {
+			go io.Copy(io.Discard, stderr) // keep the pipe from filling
+			return
+		}
+	}
+	t.Fatalf("%s exited before listening:\n%s", argv[0], strings.Join(log, "\n"))
+}
+
+// scrape gets url and parses the exposition format into "name{labels}" ->
+// value, labels sorted as readMetrics sorts them.
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	return parseBody(t, resp)
+}
+
+func TestNodeExporterReadsOurTextfile(t *testing.T) {
+	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := listen(t, "127.0.0.1", 0)
+	open(t, l, "127.0.0.61", 12)
+	dir := t.TempDir()
+	res := exporter(t, dir, "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+
+	addr := freeAddr(t)
+	startServer(t, nodeExporter, "--web.listen-address="+addr,
+		"--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory="+dir)
+	metrics := scrape(t, "http://"+addr+"/metrics")
+	assert.Equal(t, 0.0, metrics["node_textfile_scrape_error"])
+	assert.Equal(t, 12.0, metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+	assert.Equal(t, 12.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.61"}`])
+	assert.Equal(t, 1.0, metrics["consul_conn_exporter_collect_success"])
+	assert.Contains(t, metrics, `node_textfile_mtime_seconds{file="`+filepath.Join(dir, "consul_open_http_connections.prom")+`"}`)
+}
+
+func TestPushgatewayPushReplacesTheGroup(t *testing.T) {
+	gateway := programs.Need(t, "prometheus-pushgateway", "apt-get install prometheus-pushgateway")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	addr := freeAddr(t)
+	startServer(t, gateway, "--web.listen-address="+addr)
+	l := listen(t, "127.0.0.1", 0)
+	first := open(t, l, "127.0.0.71", 4)
+	open(t, l, "127.0.0.72", 2)
+	push := []string{"--once", "--port", port(l), "--push.url", "http://" + addr, "--push.instance", "consul-1"}
+
+	res := exporter(t, t.TempDir(), push...)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Nil(t, res.metrics, "push only: no textfile written")
+	group := `instance="consul-1",job="consul_conn_exporter"`
+	metrics := scrape(t, "http://"+addr+"/metrics")
+	assert.Equal(t, 6.0, metrics[`consul_open_http_connections{`+group+`,port="`+port(l)+`"}`])
+	assert.Equal(t, 4.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.71",`+group+`}`])
+
+	// The client at .71 leaves; the second push must replace the group, so
+	// its series goes rather than keeping its old value.
+	for _, p := range first {
+		require.NoError(t, p.Server.Close())
+	}
+	res = exporter(t, t.TempDir(), push...)
+	require.Equal(t, 0, res.exit, res.stderr)
+	metrics = scrape(t, "http://"+addr+"/metrics")
+	assert.Equal(t, 2.0, metrics[`consul_open_http_connections{`+group+`,port="`+port(l)+`"}`])
+	assert.NotContains(t, metrics, `consul_open_http_connections_per_client{client="127.0.0.71",`+group+`}`)
+	assert.Equal(t, 2.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.72",`+group+`}`])
+}
+
+func TestPushToDeadOrSilentGatewayFailsWithinTimeoutWithoutCredentials(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	require.NoError(t, err)
+	t.Cleanup(func() { silent.Close() })
+	for name, addr := range map[string]string{"dead": freeAddr(t), "silent": silent.Addr().String()} {
+		t.Run(name, func(t *testing.T) {
+			res := exporter(t, t.TempDir(), "--once", "--command", "true",
+				"--push.url", "http://ops:hunter2@"+addr, "--push.timeout", "500ms")
+			assert.Equal(t, 1, res.exit)
+			assert.Contains(t, res.stderr, "push to http://"+addr)
+			assert.NotContains(t, res.stderr, "hunter2")
+			assert.NotContains(t, res.stderr, "ops:")
+		})
+	}
+}
+
+func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
+	promtool := programs.Need(t, "promtool", "apt-get install prometheus")
+	dir := t.TempDir()
+	runs, gate := filepath.Join(dir, "runs"), filepath.Join(dir, "gate")
+	require.NoError(t, syscall.Mkfifo(gate, 0o600))
+	// Each run notes itself, then blocks on the FIFO until the test opens
+	// it, so the test decides when the collection ends.
+	command := fmt.Sprintf("sh -c 'echo run >> %s; cat %s >/dev/null; cat fixtures/ss-iproute2-6.1.0_tan_mixed.txt'", runs, gate)
+	addr := freeAddr(t)
+	startServer(t, binary, "--web.listen-address="+addr, "--port", "8500", "--port", "8501", "--command", command, "--command.timeout", "5s")
+
+	for round := 1; round <= 2; round++ {
+		const scrapers = 20
+		conns := make([]net.Conn, scrapers)
+		for i := range conns {
+			conn, err := net.Dial("tcp", addr)
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = io.WriteString(conn, "GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+			require.NoError(t, err)
+			conns[i] = conn
+		}
+		// Every request is sent; once the server has read them all (its
+		// receive queues are empty) every handler is on its way into the
+		// collection that the first one started and that waits on the gate.
+		require.Eventually(t, func() bool { return requestsRead(t, addr) == scrapers }, 10*time.Second, 5*time.Millisecond)
+		release(t, gate)
+		for _, conn := range conns {
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			require.NoError(t, err)
+			body := parseBody(t, resp)
+			assert.Equal(t, 18.0, body[`consul_open_http_connections{port="8500"}`])
+			assert.Equal(t, 9.0, body["consul_open_http_connections_max_per_client"])
+			assert.Equal(t, 1.0, body["consul_conn_exporter_collect_success"])
+		}
+		text, err := os.ReadFile(runs)
+		require.NoError(t, err)
+		assert.Equal(t, round, strings.Count(string(text), "run"), "one command per round of %d scrapes", scrapers)
+	}
+
+	go release(t, gate)
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	check := exec.Command(promtool, "check", "metrics")
+	check.Stdin = resp.Body
+	out, err := check.CombinedOutput()
+	assert.NoError(t, err, "promtool check metrics: %s", out)
+	assert.Empty(t, strings.TrimSpace(string(out)))
+}
+
+func parseBody(t *testing.T, resp *http.Response) map[string]float64 {
+	t.Helper()
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "scrape.prom")
+	require.NoError(t, os.WriteFile(path, body, 0o644))
+	return readMetrics(t, path)
+}
+
+// requestsRead counts the connections to addr whose request the server has
+// read: established, server side, nothing left in the receive queue.
+func requestsRead(t *testing.T, addr string) int {
+	_, p, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("ss", "-Htn", "state", "established", "( sport = :"+p+" )").Output()
+	require.NoError(t, err)
+	read := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if fields := strings.Fields(line); len(fields) > 0 && fields[0] == "0" {
+			read++
+		}
+	}
+	return read
+}
+
+// release lets the blocked collection finish.
+func release(t *testing.T, gate string) {
+	f, err := os.OpenFile(gate, os.O_WRONLY, 0)
+	if err == nil {
+		f.Close()
+	}
+}
