@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+)
+
+// startConsul runs a real Consul dev agent on loopback, every port of it
+// free and the HTTP one returned, with limits { http_max_conns_per_client }.
+func startConsul(t *testing.T, limit int) string {
+	t.Helper()
+	consul := programs.Need(t, "consul",
+		"build Consul v1.20.1 with: (cd tools/consul && go build -o \"$(go env GOPATH)/bin/consul\" github.com/hashicorp/consul), and put it in PATH")
+	httpAddr := freeAddr(t)
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+	hcl := fmt.Sprintf(`limits { http_max_conns_per_client = %d }
+ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }`,
+		limit, port(httpAddr), port(freeAddr(t)), port(freeAddr(t)), port(freeAddr(t)))
+	cmd := exec.Command(consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-hcl", hcl)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	cmd.Stderr = cmd.Stdout
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	lines := bufio.NewScanner(stdout)
+	var log []string
+	for lines.Scan() {
+		log = append(log, lines.Text())
+		if strings.Contains(lines.Text(), "Consul agent running!") {
+			go io.Copy(io.Discard, stdout)
+			return httpAddr
+		}
+	}
+	t.Fatalf("consul exited before running:\n%s", strings.Join(log, "\n"))
+	return ""
+}
+
+// request opens a connection from the source address, makes one request on
+// it and leaves it open (keep-alive), returning the status Consul answered.
+func request(t *testing.T, consulAddr, from string) (int, net.Conn) {
+	t.Helper()
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := dialer.Dial("tcp", consulAddr)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode, conn
+}
+
+func TestConsulRefusesTheConnectionOurMetricSaidWasPastTheLimit(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	const limit = 20
+	consulAddr := startConsul(t, limit)
+	_, consulPort, _ := net.SplitHostPort(consulAddr)
+	dir := t.TempDir()
+	count := func() map[string]float64 {
+		res := exporter(t, dir, "--once", "--port", consulPort, "--limit", fmt.Sprint(limit))
+		require.Equal(t, 0, res.exit, res.stderr)
+		return res.metrics
+	}
+	const busy, quiet = "127.0.0.101", "127.0.0.102"
+
+	// Before each new connection from the busy client, our metric says how
+	// many it holds; Consul serves it while that is below the limit.
+	for held := 0; held < limit; held++ {
+		require.Equal(t, float64(held), count()["consul_open_http_connections_max_per_client"])
+		status, _ := request(t, consulAddr, busy)
+		require.Equal(t, http.StatusOK, status, "connection %d of %d from %s", held+1, limit, busy)
+	}
+	metrics := count()
+	require.Equal(t, float64(limit), metrics["consul_open_http_connections_max_per_client"])
+	require.Equal(t, float64(limit), metrics["consul_http_max_conns_per_client"])
+
+	// Our metric is at the limit: Consul must refuse the next one...
+	status, conn := request(t, consulAddr, busy)
+	assert.Equal(t, http.StatusTooManyRequests, status, "connection %d from %s", limit+1, busy)
+	_, err := conn.Read(make([]byte, 1))
+	assert.ErrorIs(t, err, io.EOF, "Consul closes the refused connection")
+
+	// ...while another client, under its own count, still gets in.
+	for range 5 {
+		status, _ := request(t, consulAddr, quiet)
+		require.Equal(t, http.StatusOK, status, "from %s", quiet)
+	}
+	metrics = count()
+	assert.Equal(t, float64(limit), metrics[`consul_open_http_connections_per_client{client="`+busy+`"}`])
+	assert.Equal(t, 5.0, metrics[`consul_open_http_connections_per_client{client="`+quiet+`"}`])
+	assert.Equal(t, float64(limit+5), metrics[`consul_open_http_connections{port="`+consulPort+`"}`],
+		"every connection Consul served and holds, none it refused")
+}
