@@ -20,14 +20,20 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 )
 
-// freeAddr is a loopback address with a port nobody listens on.
+// freeAddr is a loopback address with a port nobody listens on, below the
+// ephemeral range (see belowEphemeral).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	require.NoError(t, l.Close())
-	return addr
+	for range 100 {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", belowEphemeral()))
+		if err == nil {
+			addr := l.Addr().String()
+			require.NoError(t, l.Close())
+			return addr
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
 }
 
 // startServer starts a program and returns once it logs that it listens:
@@ -66,7 +72,7 @@ func scrape(t *testing.T, url string) map[string]float64 {
 func TestNodeExporterReadsOurTextfile(t *testing.T) {
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1", 0)
+	l := listen(t, "127.0.0.1")
 	open(t, l, "127.0.0.61", 12)
 	dir := t.TempDir()
 	res := exporter(t, dir, "--once", "--port", port(l))
@@ -88,7 +94,7 @@ func TestPushgatewayPushReplacesTheGroup(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	addr := freeAddr(t)
 	startServer(t, gateway, "--web.listen-address="+addr)
-	l := listen(t, "127.0.0.1", 0)
+	l := listen(t, "127.0.0.1")
 	first := open(t, l, "127.0.0.71", 4)
 	open(t, l, "127.0.0.72", 2)
 	push := []string{"--once", "--port", port(l), "--push.url", "http://" + addr, "--push.instance", "consul-1"}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -97,10 +98,18 @@ func readMetrics(t *testing.T, path string) map[string]float64 {
 	return metrics
 }
 
-// listen opens a listener on a free port of addr, or on port when non-zero.
-func listen(t *testing.T, addr string, port uint16) *portopener.Listener {
+// listen opens a listener on a free port of addr.
+func listen(t *testing.T, addr string) *portopener.Listener {
 	t.Helper()
-	l, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr(addr), port))
+	var (
+		l   *portopener.Listener
+		err error
+	)
+	for range 100 {
+		if l, err = portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr(addr), belowEphemeral())); err == nil {
+			break
+		}
+	}
 	if err != nil && netip.MustParseAddr(addr).Is6() && !netip.MustParseAddr(addr).Is4In6() {
 		if os.Getenv("CI") != "true" {
 			t.Skipf("no IPv6 loopback here: %v", err)
@@ -109,6 +118,14 @@ func listen(t *testing.T, addr string, port uint16) *portopener.Listener {
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// belowEphemeral is a random port below Linux's ephemeral range (32768 and
+// up). A listener on an ephemeral port would be ambiguous: a client socket
+// from another 127.0.0.x address may be given the same port as its own local
+// port, and then look like a server-side socket of the listener.
+func belowEphemeral() uint16 {
+	return uint16(10000 + rand.IntN(20000))
 }
 
 func open(t *testing.T, l *portopener.Listener, from string, n int) []portopener.Pair {
@@ -123,7 +140,7 @@ func port(l *portopener.Listener) string { return fmt.Sprint(l.Port()) }
 
 func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1", 0)
+	l := listen(t, "127.0.0.1")
 	pairs := open(t, l, "127.0.0.1", 200)
 	dir := t.TempDir()
 
@@ -180,7 +197,7 @@ func timeWait(t *testing.T, pairs []portopener.Pair) int {
 
 func TestIPv6CountsTheSame(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "::1", 0)
+	l := listen(t, "::1")
 	open(t, l, "::1", 200)
 	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
@@ -190,7 +207,7 @@ func TestIPv6CountsTheSame(t *testing.T) {
 
 func TestPerClientOverSeveralSourceAddresses(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1", 0)
+	l := listen(t, "127.0.0.1")
 	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
 		open(t, l, from, 100)
 	}
@@ -207,8 +224,8 @@ func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	// An agent on "::" sees IPv4 clients as ::ffff:a.b.c.d; one on 127.0.0.1
 	// sees them bare. Both ports here hold the same client.
-	v4 := listen(t, "127.0.0.1", 0)
-	mapped := listen(t, "::ffff:127.0.0.2", 0)
+	v4 := listen(t, "127.0.0.1")
+	mapped := listen(t, "::ffff:127.0.0.2")
 	open(t, v4, "127.0.0.31", 30)
 	open(t, mapped, "127.0.0.31", 20)
 	open(t, mapped, "127.0.0.32", 5)
@@ -223,7 +240,7 @@ func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
 
 func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1", 0)
+	l := listen(t, "127.0.0.1")
 	open(t, l, "127.0.0.41", 7)
 	for _, pair := range open(t, l, "127.0.0.42", 3) {
 		require.NoError(t, pair.Client.Close())
@@ -242,8 +259,8 @@ func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
-	l := listen(t, "127.0.0.1", 0)
-	l6 := listen(t, "::1", 0)
+	l := listen(t, "127.0.0.1")
+	l6 := listen(t, "::1")
 	open(t, l, "127.0.0.51", 40)
 	open(t, l, "127.0.0.52", 2)
 	open(t, l6, "::1", 3)
