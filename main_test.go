@@ -300,7 +300,7 @@ func TestFailedCollectionWritesSuccessZeroAndNoCount(t *testing.T) {
 	}{
 		{"command exits non-zero", []string{"--command", "ss --no-such-flag"}, "exited with status"},
 		{"command missing", []string{"--command", "no-such-command-for-consul-conn-exporter -tan"}, "cannot run"},
-		{"command prints garbage", []string{"--command", "echo garbage"}, "are not ss or netstat socket rows"},
+		{"command prints garbage", []string{"--command", "echo garbage"}, "that are not ss or netstat socket rows"},
 		{"command hangs", []string{"--command", "sleep 30", "--command.timeout", "200ms"}, "did not finish within 200ms"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

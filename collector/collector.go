@@ -70,52 +70,76 @@ func (c *Collector) collect(ctx context.Context) Result {
 }
 
 func (c *Collector) count(ctx context.Context) (*tally.Tally, error) {
-	argv := c.runner.Argv()
-	p := parser.Parser{ImpliedState: impliedState(argv)}
-	counts := tally.New(c.config.Ports, c.config.States)
-	var (
-		socketRows, unreadable, written int
-		firstBad                        string
-		firstErr                        error
-	)
-	out, err := c.runner.Run(ctx, func(line string) {
-		if strings.TrimSpace(line) != "" {
-			written++
-		}
-		s, kind, err := p.ParseLine(line)
-		switch {
-		case err != nil:
-			unreadable++
-			if firstErr == nil {
-				firstBad, firstErr = line, err
-			}
-		case kind == parser.TCPSocket:
-			socketRows++
-			counts.Add(s)
-		case kind == parser.OtherSocket:
-			socketRows++
-		}
-	})
+	table := newTable(c.config, impliedState(c.runner.Argv()))
+	out, err := c.runner.Run(ctx, table.read)
 	if err != nil {
 		return nil, err
 	}
 	name := c.runner.String()
-	// One line misread could be a connection missed: a count that may be
-	// wrong is not reported.
-	if unreadable > 0 {
-		return nil, fmt.Errorf("%s: %d of %d lines are not ss or netstat socket rows, first %q: %v",
-			name, unreadable, out.Lines, clip(firstBad), firstErr)
-	}
-	if socketRows == 0 && len(out.Stderr) > 0 {
-		return nil, fmt.Errorf("%s printed no socket rows and wrote to stderr: %s", name, strings.Join(out.Stderr, "; "))
-	}
-	if socketRows == 0 && written > 0 {
-		return nil, fmt.Errorf("%s printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", name, written)
+	counts, err := table.counts(out.Stderr)
+	if err != nil {
+		return nil, fmt.Errorf("%s %w", name, err)
 	}
 	if len(out.Stderr) > 0 {
 		c.logger.Warn("command wrote to stderr", "command", name, "stderr", strings.Join(out.Stderr, "; "))
 	}
 	return counts, nil
+}
+
+// table reads a command's output a line at a time and decides whether what
+// it read can be counted.
+type table struct {
+	parser                 parser.Parser
+	tally                  *tally.Tally
+	lines, written         int // all lines, and those not blank
+	socketRows, unreadable int
+	firstUnreadable        string
+	firstErr               error
+}
+
+func newTable(config Config, implied parser.State) *table {
+	return &table{
+		parser: parser.Parser{ImpliedState: implied},
+		tally:  tally.New(config.Ports, config.States),
+	}
+}
+
+func (t *table) read(line string) {
+	t.lines++
+	if strings.TrimSpace(line) != "" {
+		t.written++
+	}
+	s, kind, err := t.parser.ParseLine(line)
+	switch {
+	case err != nil:
+		t.unreadable++
+		if t.firstErr == nil {
+			t.firstUnreadable, t.firstErr = line, err
+		}
+	case kind == parser.TCPSocket:
+		t.socketRows++
+		t.tally.Add(s)
+	case kind == parser.OtherSocket:
+		t.socketRows++
+	}
+}
+
+// counts is the tally, or why the output cannot be trusted; stderr is what
+// the command wrote there.
+func (t *table) counts(stderr []string) (*tally.Tally, error) {
+	// One line misread could be a connection missed: a count that may be
+	// wrong is not reported.
+	if t.unreadable > 0 {
+		return nil, fmt.Errorf("printed %d lines that are not ss or netstat socket rows (of %d), first %q: %v",
+			t.unreadable, t.lines, clip(t.firstUnreadable), t.firstErr)
+	}
+	if t.socketRows == 0 && len(stderr) > 0 {
+		return nil, fmt.Errorf("printed no socket rows and wrote to stderr: %s", strings.Join(stderr, "; "))
+	}
+	if t.socketRows == 0 && t.written > 0 {
+		return nil, fmt.Errorf("printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", t.written)
+	}
+	return t.tally, nil
 }
 
 // impliedState is the state of rows that ss prints without a State column:

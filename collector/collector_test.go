@@ -117,8 +117,8 @@ func TestFailedCollectionReportsNoCount(t *testing.T) {
 	}{
 		{"command missing", []string{"no-such-command-for-consul-conn-exporter"}, "cannot run"},
 		{"non-zero exit", []string{"ls", "/no/such/dir"}, "exited with status 2"},
-		{"garbage", []string{"echo", "garbage"}, "are not ss or netstat socket rows"},
-		{"summary instead of table", []string{"cat", "../fixtures/ss-iproute2-6.1.0_s-summary_mixed.txt"}, "are not ss or netstat socket rows"},
+		{"garbage", []string{"echo", "garbage"}, "that are not ss or netstat socket rows"},
+		{"summary instead of table", []string{"cat", "../fixtures/ss-iproute2-6.1.0_s-summary_mixed.txt"}, "that are not ss or netstat socket rows"},
 		{"headers only and stderr", []string{"sh", "-c", "echo 'Proto Recv-Q Send-Q Local Address Foreign Address State'; echo 'netstat: /proc/net/tcp: No such file or directory' >&2"}, "wrote to stderr: netstat: /proc/net/tcp"},
 		{"headers only", []string{"echo", "Proto Recv-Q Send-Q Local Address Foreign Address State"}, "no socket rows"},
 	} {

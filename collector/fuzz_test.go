@@ -1,0 +1,62 @@
+package collector
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+)
+
+// FuzzTable feeds arbitrary output to the table reader, seeded with every
+// real capture in fixtures/. Run for longer with
+// go test -run '^$' -fuzz FuzzTable -fuzztime 30s ./collector
+func FuzzTable(f *testing.F) {
+	captures, err := filepath.Glob("../fixtures/*.txt")
+	if err != nil || len(captures) == 0 {
+		f.Fatalf("no captures in fixtures/: %v", err)
+	}
+	for _, name := range captures {
+		text, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		// The head of each capture has every kind of its lines; whole
+		// captures make each run, and the minimising of finds, slow.
+		head := strings.Join(strings.SplitAfterN(string(text), "\n", 25)[:min(24, strings.Count(string(text), "\n"))], "")
+		f.Add(head, false)
+		f.Add(head, true)
+	}
+	f.Fuzz(func(t *testing.T, output string, stderr bool) {
+		table := newTable(defaultConfig, parser.StateUnknown)
+		lines := strings.Split(output, "\n")
+		for _, line := range lines {
+			table.read(line)
+		}
+		var errText []string
+		if stderr {
+			errText = []string{"netstat: no support for `AF INET (tcp)' on this system."}
+		}
+		counts, err := table.counts(errText)
+		if err != nil {
+			if counts != nil {
+				t.Fatal("a failed table has counts")
+			}
+			return
+		}
+		if table.socketRows == 0 && strings.TrimSpace(output) != "" {
+			t.Fatalf("success on output with no socket row: %q", output)
+		}
+		total := 0
+		for _, port := range defaultConfig.Ports {
+			total += counts.Total(port)
+		}
+		if total > len(lines) {
+			t.Fatalf("counted %d connections in %d lines", total, len(lines))
+		}
+		if most := counts.MaxPerClient(); most > total || most < 0 {
+			t.Fatalf("max per client %d of a total of %d", most, total)
+		}
+	})
+}
