@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+)
+
+// inMountNamespace runs the exporter in a private mount namespace after the
+// shell commands in setup (run as root), e.g. hiding /proc.
+func inMountNamespace(t *testing.T, setup, dir string, args ...string) result {
+	t.Helper()
+	programs.NeedRoot(t, "make a private mount namespace")
+	unshare := programs.Need(t, "unshare", "apt-get install util-linux")
+	argv := append([]string{"--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh",
+		binary, "--textfile.directory", dir}, args...)
+	cmd := exec.Command(unshare, argv...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	res := result{stderr: stderr.String(), metrics: readMetrics(t, filepath.Join(dir, textfile.FileName))}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		res.exit = exit.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	return res
+}
+
+const hideProc = "mount -t tmpfs tmpfs /proc"
+
+func TestProcHiddenSSStillCountsAndNetstatFailsLoudly(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
+	busybox := programs.Need(t, "busybox", "apt-get install busybox")
+	l := listen(t, "127.0.0.1")
+	open(t, l, "127.0.0.111", 25)
+	p := port(l)
+
+	res := inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 25.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`], "ss asks netlink, not /proc")
+
+	for _, tc := range []struct{ name, command, err string }{
+		{"net-tools", netstat + " -tan", "exited with status 1: netstat: no support for `AF INET (tcp)'"},
+		// busybox exits 0, having printed only its headers.
+		{"busybox", busybox + " netstat -tan", "printed no socket rows and wrote to stderr: netstat: /proc/net/tcp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p, "--command", tc.command)
+			assert.Equal(t, 1, res.exit)
+			assert.Contains(t, res.stderr, tc.err)
+			assert.Equal(t, map[string]float64{
+				"consul_conn_exporter_collect_success":          0,
+				"consul_conn_exporter_collect_duration_seconds": res.metrics["consul_conn_exporter_collect_duration_seconds"],
+			}, res.metrics, "success 0 and no count")
+		})
+	}
+}
+
+func TestUnwritableTextfileDirectoryKeepsThePreviousFile(t *testing.T) {
+	dir := t.TempDir()
+	before := exporter(t, dir, "--once", "--command", "true")
+	require.Equal(t, 0, before.exit, before.stderr)
+	previous, err := os.ReadFile(filepath.Join(dir, textfile.FileName))
+	require.NoError(t, err)
+
+	// Read-only: a bind mount, since root writes through file modes.
+	res := inMountNamespace(t, "mount --bind "+dir+" "+dir+" && mount -o remount,ro,bind "+dir, dir,
+		"--once", "--command", "echo garbage")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "write "+filepath.Join(dir, textfile.FileName))
+	assert.Contains(t, res.stderr, "read-only file system")
+	after, err := os.ReadFile(filepath.Join(dir, textfile.FileName))
+	require.NoError(t, err)
+	assert.Equal(t, string(previous), string(after), "the previous file is intact")
+	assertOnlyOurFile(t, dir)
+}
+
+func TestTextfileDirectoryThatIsAFileIsNamed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "node-exporter")
+	require.NoError(t, os.WriteFile(path, []byte("not a directory"), 0o644))
+	res := exporter(t, path, "--once", "--command", "true")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "textfile directory "+path+" is not a directory")
+	text, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, "not a directory", string(text))
+}
+
+func TestSIGTERMWhileWritingLeavesAWholeFile(t *testing.T) {
+	// Writes back to back; each run is stopped after a different number of
+	// writes, so that SIGTERM lands at a different point of a write.
+	for stopAfter := 1; stopAfter <= 10; stopAfter++ {
+		dir := t.TempDir()
+		cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "cat fixtures/ss-iproute2-6.1.0_tan_mixed.txt",
+			"--port", "8500", "--interval", "1ms", "--log.level", "debug")
+		stderr, err := cmd.StderrPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		lines := bufio.NewScanner(stderr)
+		for written := 0; written < stopAfter && lines.Scan(); {
+			if strings.Contains(lines.Text(), "msg=collected ok=true") {
+				written++
+			}
+		}
+		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+		for lines.Scan() {
+		}
+		require.NoError(t, cmd.Wait(), "exit 0 on SIGTERM")
+		metrics := readMetrics(t, filepath.Join(dir, textfile.FileName))
+		assert.Equal(t, 1.0, metrics["consul_conn_exporter_collect_success"])
+		assert.Equal(t, 18.0, metrics[`consul_open_http_connections{port="8500"}`])
+		assertOnlyOurFile(t, dir)
+	}
+}
+
+func assertOnlyOurFile(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	assert.Equal(t, []string{textfile.FileName}, names, "no temporary file left behind")
+	info, err := os.Stat(filepath.Join(dir, textfile.FileName))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), info.Mode().Perm())
+}
+
+func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
+	programs.NeedRoot(t, "switch to the nobody user")
+	setpriv := programs.Need(t, "setpriv", "apt-get install util-linux")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := listen(t, "127.0.0.1")
+	open(t, l, "127.0.0.121", 9)
+	open(t, l, "127.0.0.122", 4)
+
+	asRoot := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, asRoot.exit, asRoot.stderr)
+
+	// nobody needs to reach the binary and write the directory.
+	shared, err := os.MkdirTemp("", "consul-conn-exporter-nobody")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	require.NoError(t, os.Chmod(shared, 0o777))
+	bin := filepath.Join(shared, "consul_conn_exporter")
+	text, err := os.ReadFile(binary)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bin, text, 0o755))
+
+	cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+		bin, "--once", "--port", port(l), "--textfile.directory", shared)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	asNobody := readMetrics(t, filepath.Join(shared, textfile.FileName))
+	delete(asRoot.metrics, "consul_conn_exporter_collect_duration_seconds")
+	delete(asNobody, "consul_conn_exporter_collect_duration_seconds")
+	assert.Equal(t, asRoot.metrics, asNobody)
+	assert.Equal(t, 13.0, asNobody[`consul_open_http_connections{port="`+port(l)+`"}`])
+}
