@@ -60,3 +60,22 @@ func FuzzTable(f *testing.F) {
 		}
 	})
 }
+
+func TestTableReadsWithoutAllocating(t *testing.T) {
+	text, err := os.ReadFile("../fixtures/ss-iproute2-6.1.0_Htan_mixed.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(string(text), "\n"), "\n")
+	table := newTable(defaultConfig, parser.StateUnknown)
+	for _, line := range lines { // the clients' map entries are made once
+		table.read(line)
+	}
+	if allocs := testing.AllocsPerRun(10, func() {
+		for _, line := range lines {
+			table.read(line)
+		}
+	}); allocs != 0 {
+		t.Fatalf("%v allocations per %d lines", allocs, len(lines))
+	}
+}
