@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 
@@ -29,26 +27,8 @@ func startConsul(t *testing.T, limit int) string {
 	hcl := fmt.Sprintf(`limits { http_max_conns_per_client = %d }
 ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }`,
 		limit, port(httpAddr), port(freeAddr(t)), port(freeAddr(t)), port(freeAddr(t)))
-	cmd := exec.Command(consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-hcl", hcl)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	cmd.Stderr = cmd.Stdout
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	lines := bufio.NewScanner(stdout)
-	var log []string
-	for lines.Scan() {
-		log = append(log, lines.Text())
-		if strings.Contains(lines.Text(), "Consul agent running!") {
-			go io.Copy(io.Discard, stdout)
-			return httpAddr
-		}
-	}
-	t.Fatalf("consul exited before running:\n%s", strings.Join(log, "\n"))
-	return ""
+	startUntil(t, "Consul agent running!", consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-hcl", hcl)
+	return httpAddr
 }
 
 // request opens a connection from the source address, makes one request on

@@ -40,9 +40,17 @@ func freeAddr(t *testing.T) string {
 // node_exporter, the Pushgateway and this exporter all log "Listening on".
 func startServer(t *testing.T, argv ...string) {
 	t.Helper()
+	startUntil(t, "Listening on", argv...)
+}
+
+// startUntil starts a program and returns once it prints a line with ready
+// on stdout or stderr; the program is stopped at the end of the test.
+func startUntil(t *testing.T, ready string, argv ...string) {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
+	cmd.Stdout = cmd.Stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -52,7 +60,7 @@ func startServer(t *testing.T, argv ...string) {
 	var log []string
 	for lines.Scan() {
 		log = append(log, lines.Text())
-		if strings.Contains(lines.Text(), "Listening on") {
+		if strings.Contains(lines.Text(), ready) {
 			go io.Copy(io.Discard, stderr) // keep the pipe from filling
 			return
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,20 +22,7 @@ func inMountNamespace(t *testing.T, setup, dir string, args ...string) result {
 	t.Helper()
 	programs.NeedRoot(t, "make a private mount namespace")
 	unshare := programs.Need(t, "unshare", "apt-get install util-linux")
-	argv := append([]string{"--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh",
-		binary, "--textfile.directory", dir}, args...)
-	cmd := exec.Command(unshare, argv...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	res := result{stderr: stderr.String(), metrics: readMetrics(t, filepath.Join(dir, textfile.FileName))}
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		res.exit = exit.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
-	return res
+	return runExporter(t, dir, []string{unshare, "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh"}, args...)
 }
 
 const hideProc = "mount -t tmpfs tmpfs /proc"

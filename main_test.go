@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -54,9 +56,17 @@ type result struct {
 // exporter runs the binary with args and reads the file it wrote in dir.
 func exporter(t *testing.T, dir string, args ...string) result {
 	t.Helper()
+	return runExporter(t, dir, nil, args...)
+}
+
+// runExporter runs the binary, behind the words of wrapper if any (e.g.
+// unshare ...), with args and the textfile directory dir.
+func runExporter(t *testing.T, dir string, wrapper []string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, append([]string{"--textfile.directory", dir}, args...)...)
+	argv := append(append(slices.Clone(wrapper), binary, "--textfile.directory", dir), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()
@@ -153,6 +163,8 @@ func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	assert.Equal(t, 200.0, res.metrics["consul_open_http_connections_max_per_client"])
 	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections_per_client{client="127.0.0.1"}`])
 	assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"])
+	assert.NotContains(t, res.metrics, "go_goroutines", "runtime metrics are for /metrics only")
+	assert.NotContains(t, res.metrics, "consul_conn_exporter_build_info")
 
 	// Half close server first (the server's socket goes to TIME-WAIT),
 	// half client first (the client's does), like killing port-opener.py.
@@ -328,6 +340,8 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--command", `ss "unclosed`},
 		{"--command.timeout", "0s"},
 		{"--no-such-flag"},
+		{"--web.listen-address", "127.0.0.1:9855"}, // with --once: a server runs until stopped
+		{"--push.url", "ftp://gateway:9091"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)
@@ -368,4 +382,35 @@ func TestLoopWritesUntilSIGTERMThenExitsZero(t *testing.T) {
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	assert.Len(t, entries, 1, "no temporary file left behind")
+}
+
+func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	bin := filepath.Join(t.TempDir(), "port-opener")
+	out, err := exec.Command("go", "build", "-o", bin, "./cmd/port-opener").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	p := fmt.Sprint(belowEphemeral())
+	opener := exec.Command(bin, "--port", p, "-n", "30", "--clients", "3")
+	stdout, err := opener.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, opener.Start())
+	t.Cleanup(func() { opener.Process.Kill() })
+	lines := bufio.NewScanner(stdout)
+	require.True(t, lines.Scan())
+	assert.Equal(t, "started server on 127.0.0.1:"+p, lines.Text())
+	require.True(t, lines.Scan())
+	assert.Equal(t, "opened 30 client connections", lines.Text())
+
+	dir := t.TempDir()
+	res := exporter(t, dir, "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 30.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
+	assert.Equal(t, 10.0, res.metrics["consul_open_http_connections_max_per_client"])
+	assert.Equal(t, 10.0, res.metrics[`consul_open_http_connections_per_client{client="127.0.0.3"}`])
+
+	require.NoError(t, opener.Process.Signal(os.Interrupt))
+	require.NoError(t, opener.Wait(), "port-opener exits 0 on interrupt")
+	res = exporter(t, dir, "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 0.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
 }

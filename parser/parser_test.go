@@ -12,23 +12,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
-
-// expected mirrors the NAME.expected.json that cmd/capture-fixtures writes
-// beside each capture.
-type expected struct {
-	Command      []string                  `json:"command"`
-	Ports        []uint16                  `json:"ports"`
-	States       []string                  `json:"states"`
-	ImpliedState string                    `json:"implied_state"`
-	Error        string                    `json:"error"`
-	Total        map[string]int            `json:"total"`
-	ByState      map[string]map[string]int `json:"by_state"`
-	PerClient    map[string]int            `json:"per_client"`
-	MaxPerClient int                       `json:"max_per_client"`
-}
 
 func captures(t testing.TB) []string {
 	names, err := filepath.Glob("../fixtures/*.txt")
@@ -94,10 +81,10 @@ func TestFixtures(t *testing.T) {
 	}
 }
 
-func readExpected(t *testing.T, name string) expected {
+func readExpected(t *testing.T, name string) fixtures.Expected {
 	body, err := os.ReadFile(name)
 	require.NoError(t, err, "every capture needs its expected counts beside it")
-	var want expected
+	var want fixtures.Expected
 	require.NoError(t, json.Unmarshal(body, &want))
 	return want
 }

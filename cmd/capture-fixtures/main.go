@@ -24,6 +24,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 )
 
@@ -98,23 +99,6 @@ var variants = []variant{
 	{"netstat", "tanW", []string{"-tanW"}, nil, ""},
 	{"netstat", "tanpW", []string{"-tanpW"}, nil, ""},
 	{"busybox", "tan", []string{"netstat", "-tan"}, nil, ""},
-}
-
-// expected is written beside each capture as NAME.expected.json.
-type expected struct {
-	Command []string `json:"command"`
-	Ports   []uint16 `json:"ports"`
-	States  []string `json:"states"`
-	// ImpliedState is the state of every row when the table has no State
-	// column (a single `state X` filter).
-	ImpliedState string `json:"implied_state,omitempty"`
-	// Error, when set, is part of the error the parser must give instead of
-	// counts: the table cannot be counted from.
-	Error        string                    `json:"error,omitempty"`
-	Total        map[string]int            `json:"total"`
-	ByState      map[string]map[string]int `json:"by_state"`
-	PerClient    map[string]int            `json:"per_client"`
-	MaxPerClient int                       `json:"max_per_client"`
 }
 
 func main() {
@@ -348,7 +332,7 @@ func capture(out string, v variant) error {
 
 // expect is what the scenario was built to give for ports 8500 and 8501 in
 // the default states, as far as the variant's own filter lets it show.
-func expect(v variant) expected {
+func expect(v variant) fixtures.Expected {
 	counted := []string{"established", "close-wait"}
 	visible := func(state string) bool {
 		if v.states == nil {
@@ -361,7 +345,7 @@ func expect(v variant) expected {
 		}
 		return false
 	}
-	exp := expected{
+	exp := fixtures.Expected{
 		Command:   append([]string{v.tool}, v.args...),
 		Ports:     []uint16{httpPort, httpsPort},
 		States:    counted,
@@ -370,7 +354,7 @@ func expect(v variant) expected {
 		PerClient: map[string]int{},
 	}
 	if v.wantError != "" {
-		return expected{Command: exp.Command, Ports: exp.Ports, States: exp.States, Error: v.wantError}
+		return fixtures.Expected{Command: exp.Command, Ports: exp.Ports, States: exp.States, Error: v.wantError}
 	}
 	if len(v.states) == 1 {
 		exp.ImpliedState = v.states[0]
