@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 )
@@ -227,4 +228,44 @@ func release(t *testing.T, gate string) {
 	if err == nil {
 		f.Close()
 	}
+}
+
+func TestPushFailuresAreLoggedAndTheLoopGoesOn(t *testing.T) {
+	cmd := exec.Command(binary, "--command", "true", "--push.url", "http://"+freeAddr(t),
+		"--interval", "10ms", "--push.timeout", "1s")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill() })
+	lines := bufio.NewScanner(stderr)
+	for failures := 0; failures < 3; {
+		require.True(t, lines.Scan(), "the exporter stopped")
+		if strings.Contains(lines.Text(), `msg="output failed"`) {
+			failures++
+		}
+	}
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	go io.Copy(io.Discard, stderr)
+	assert.NoError(t, cmd.Wait(), "exit 0 on SIGTERM after failed pushes")
+}
+
+func TestWebConfigFileGivesBasicAuth(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	require.NoError(t, err)
+	config := filepath.Join(t.TempDir(), "web.yml")
+	require.NoError(t, os.WriteFile(config, []byte("basic_auth_users:\n  prometheus: "+string(hash)+"\n"), 0o600))
+	addr := freeAddr(t)
+	startServer(t, binary, "--web.listen-address="+addr, "--web.config.file="+config, "--command", "true")
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+	require.NoError(t, err)
+	req.SetBasicAuth("prometheus", "s3cret")
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	assert.Equal(t, 1.0, parseBody(t, resp)["consul_conn_exporter_collect_success"])
 }

@@ -267,6 +267,14 @@ func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 	assert.Equal(t, 10.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
 	assert.Equal(t, 3.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="close_wait"}`])
 	assert.Equal(t, 7.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="established"}`])
+
+	// One state: ss drops its State column, and the state comes from the
+	// command it was given.
+	res = exporter(t, t.TempDir(), "--once", "--port", p, "--states", "established")
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 7.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
+	assert.Equal(t, 7.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="established"}`])
+	assert.NotContains(t, res.metrics, `consul_open_http_connections_by_state{port="`+p+`",state="close_wait"}`)
 }
 
 func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
