@@ -3,6 +3,7 @@
 package deploy
 
 import (
+	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,4 +86,32 @@ func TestYAMLFilesLint(t *testing.T) {
 	require.NoError(t, err)
 	out, err := exec.Command(yamllint, append([]string{"-d", "{extends: default, rules: {line-length: {max: 160}, document-start: disable}}"}, files...)...).CombinedOutput()
 	assert.NoError(t, err, "yamllint:\n%s", out)
+}
+
+// No container engine runs here, so the Dockerfile's build line is run as
+// it is and its product checked: a static binary, as the runtime image,
+// which has no Go and no C library of glibc's, needs.
+func TestDockerfileBuildsAStaticBinary(t *testing.T) {
+	text, err := os.ReadFile("container/Dockerfile")
+	require.NoError(t, err)
+	var build string
+	for _, line := range strings.Split(string(text), "\n") {
+		if strings.HasPrefix(line, "RUN CGO_ENABLED=0 go build") {
+			build = strings.TrimPrefix(line, "RUN ")
+		}
+	}
+	require.NotEmpty(t, build, "the Dockerfile's go build line")
+	out := filepath.Join(t.TempDir(), "consul_conn_exporter")
+	require.Contains(t, build, " -o /consul_conn_exporter ")
+	cmd := exec.Command("sh", "-c", strings.Replace(build, " -o /consul_conn_exporter ", " -o "+out+" ", 1))
+	cmd.Dir = ".."
+	output, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", output)
+
+	binary, err := elf.Open(out)
+	require.NoError(t, err)
+	defer binary.Close()
+	for _, prog := range binary.Progs {
+		assert.NotEqual(t, elf.PT_INTERP, prog.Type, "dynamically linked: needs a loader the runtime image may lack")
+	}
 }
