@@ -207,7 +207,7 @@ func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(
 	case timedOut:
 		return out, fmt.Errorf("%s: %w", name, ctx.Err())
 	case status.Error != nil:
-		return out, fmt.Errorf("%s was killed: %w", name, status.Error)
+		return out, fmt.Errorf("%s did not complete: %w", name, status.Error)
 	case status.Exit != 0:
 		return out, &ExitError{Command: name, Code: status.Exit, Stderr: out.Stderr}
 	}

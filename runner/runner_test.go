@@ -142,3 +142,21 @@ func TestDefaultFallsBackToNetstatThenNamesBoth(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"netstat", "-tanW"}, r.Argv())
 }
+
+func TestRunFailsWhenKilledBySignal(t *testing.T) {
+	r, err := New([]string{"sh", "-c", "kill -KILL $$"}, 10*time.Second)
+	require.NoError(t, err)
+	_, _, err = collect(t, r)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "did not complete: signal: killed")
+}
+
+func TestRunFailsOnALineTooLongToBuffer(t *testing.T) {
+	// A line past go-cmd's 16 KiB line buffer: an error, never a line cut
+	// in two and read as two.
+	r, err := New([]string{"head", "-c", "40000", "/dev/zero"}, 10*time.Second)
+	require.NoError(t, err)
+	_, _, err = collect(t, r)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "did not complete")
+}
