@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,12 @@ const (
 )
 
 func main() {
+	// One core is enough: the work is one pipeline from ss's output to a
+	// count. On a small host a second busy thread would only take CPU from
+	// ss, which the collection waits on, and from Consul.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Measures one collection by the exporter against bare ss in the same run:
-# wall time (median of RUNS alternating runs) and the exporter's peak RSS,
+# wall time (medians of RUNS alternating runs, and the median of the ratios
+# of each pair of runs, which drift on a busy machine cancels out) and the
+# exporter's peak RSS,
 # with N connections held open on loopback for each N given (default:
 # 200 10000 100000), spread over 50 client addresses. Run from the
 # repository root on Linux, as any user (needs /usr/bin/time: apt-get
@@ -15,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS=${RUNS:-11}
+RUNS=${RUNS:-21}
 PER_PROCESS=8000
 CLIENTS=50
 [ -x /usr/bin/time ] || { echo "bench: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
@@ -35,7 +37,7 @@ go build -o "$work/port-opener" ./cmd/port-opener
 mkdir "$work/textfile"
 
 us() { echo $(( ($2 - $1) / 1000 )); }
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 hold() { # hold N connections open; returns once all are open
   local n=$1 left=$1 i=0
@@ -67,15 +69,18 @@ for n in "${@:-200 10000 100000}"; do
   "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
   counted=$(awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$work/textfile/consul_open_http_connections.prom")
 
-  : > "$work/ss.us"; : > "$work/exporter.us"; : > "$work/rss.kb"
+  : > "$work/ss.us"; : > "$work/exporter.us"; : > "$work/rss.kb"; : > "$work/ratio"
   for _ in $(seq "$RUNS"); do
     t0=$(date +%s%N)
     ss -Htan state established state close-wait '( sport = :8500 )' | wc -l > /dev/null
     t1=$(date +%s%N)
     /usr/bin/time -f %M -o "$work/rss" "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
     t2=$(date +%s%N)
-    us "$t0" "$t1" >> "$work/ss.us"
-    us "$t1" "$t2" >> "$work/exporter.us"
+    ss_run=$(us "$t0" "$t1")
+    exporter_run=$(us "$t1" "$t2")
+    echo "$ss_run" >> "$work/ss.us"
+    echo "$exporter_run" >> "$work/exporter.us"
+    awk -v a="$exporter_run" -v b="$ss_run" 'BEGIN { printf "%.4f\n", a / b }' >> "$work/ratio"
     cat "$work/rss" >> "$work/rss.kb"
   done
   ss_us=$(median < "$work/ss.us")
@@ -84,7 +89,7 @@ for n in "${@:-200 10000 100000}"; do
   printf '%-8s %-10s %-12s %-14s %-7s %-14s\n' "$n" "$counted" \
     "$(awk -v u="$ss_us" 'BEGIN { printf "%.1f", u / 1000 }')" \
     "$(awk -v u="$exporter_us" 'BEGIN { printf "%.1f", u / 1000 }')" \
-    "$(awk -v a="$exporter_us" -v b="$ss_us" 'BEGIN { printf "%.2f", a / b }')" \
+    "$(median < "$work/ratio" | awk '{ printf "%.2f", $1 }')" \
     "$(awk -v k="$rss_kb" 'BEGIN { printf "%.1f", k / 1024 }')"
   release
 done

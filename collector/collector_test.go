@@ -27,7 +27,7 @@ var defaultConfig = Config{
 // beside it.
 const mixed = "../fixtures/ss-iproute2-6.1.0_tan_mixed.txt"
 
-func collect(t *testing.T, config Config, argv ...string) Result {
+func collect(t testing.TB, config Config, argv ...string) Result {
 	t.Helper()
 	r, err := runner.New(argv, 10*time.Second)
 	require.NoError(t, err)

@@ -79,3 +79,27 @@ func TestTableReadsWithoutAllocating(t *testing.T) {
 		t.Fatalf("%v allocations per %d lines", allocs, len(lines))
 	}
 }
+
+// BenchmarkCollect is one whole collection of a 100,000-row table: the
+// command's output streamed through go-cmd, parsed and counted.
+func BenchmarkCollect(b *testing.B) {
+	text, err := os.ReadFile("../fixtures/ss-iproute2-6.1.0_Htan-established-close-wait-sport_mixed.txt")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rows := strings.SplitAfter(strings.TrimRight(string(text), "\n")+"\n", "\n")
+	var table strings.Builder
+	for i := 0; i < 100_000; i++ {
+		table.WriteString(rows[i%(len(rows)-1)])
+	}
+	capture := filepath.Join(b.TempDir(), "table.txt")
+	if err := os.WriteFile(capture, []byte(table.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if res := collect(b, defaultConfig, "cat", capture); res.Err != nil {
+			b.Fatal(res.Err)
+		}
+	}
+}

@@ -43,44 +43,26 @@ type Parser struct {
 	ImpliedState State
 }
 
-// maxFields is the most columns a row needs before the extras that follow
-// the addresses (Process, -e, -o), which are never read.
-const maxFields = 6
-
 // ParseLine reads one line. An error means a line that is none of the known
 // kinds: the table is not one this parser understands.
 func (p Parser) ParseLine(line string) (Socket, Kind, error) {
 	if strings.HasPrefix(line, "\t") { // ss -i, -m: details of the row above
 		return Socket{}, NotSocket, nil
 	}
-	var f [maxFields]string
-	n := splitFields(line, &f)
-	if n == 0 {
+	w := words{rest: line}
+	first := w.next()
+	switch {
+	case first == "" || isHeaderWord(first):
 		return Socket{}, NotSocket, nil
+	case isCount(first): // ss with one `state X` filter: Recv-Q Send-Q Local Peer
+		return p.stateless(&w, first)
+	case first == "tcp" || first == "tcp6":
+		return p.tcpRow(&w)
 	}
-	if isHeaderWord(f[0]) {
-		return Socket{}, NotSocket, nil
+	if state, ok := tableState(first); ok { // ss: State Recv-Q Send-Q Local Peer
+		return row(&w, w.next(), state)
 	}
-	if state, ok := tableState(f[0]); ok { // ss: State Recv-Q Send-Q Local Peer
-		return row(f[:n], 1, state)
-	}
-	if isCount(f[0]) { // ss with one `state X` filter: Recv-Q Send-Q Local Peer
-		return p.stateless(f[:n], 0)
-	}
-	if f[0] == "tcp" || f[0] == "tcp6" {
-		if n > 1 {
-			if state, ok := tableState(f[1]); ok { // ss -a with Netid
-				return row(f[:n], 2, state)
-			}
-		}
-		if n > 5 {
-			if state, ok := tableState(f[5]); ok { // netstat: Proto Recv-Q Send-Q Local Foreign State
-				return row(f[:n], 1, state)
-			}
-		}
-		return p.stateless(f[:n], 1) // ss with Netid and one `state X` filter
-	}
-	if otherProtocols[f[0]] {
+	if otherProtocols[first] {
 		return Socket{}, OtherSocket, nil
 	}
 	return Socket{}, NotSocket, errNotRow
@@ -88,23 +70,55 @@ func (p Parser) ParseLine(line string) (Socket, Kind, error) {
 
 var errNotRow = errors.New("not a socket row of ss or netstat")
 
-func (p Parser) stateless(f []string, queues int) (Socket, Kind, error) {
+// tcpRow reads the rest of a row that starts with "tcp": ss with a Netid
+// column (tcp State Recv-Q ...) or netstat (tcp Recv-Q Send-Q Local Foreign
+// State).
+func (p Parser) tcpRow(w *words) (Socket, Kind, error) {
+	second := w.next()
+	if state, ok := tableState(second); ok {
+		return row(w, w.next(), state)
+	}
+	s, kind, err := row(w, second, StateUnknown)
+	if err != nil {
+		return s, kind, err
+	}
+	if state, ok := tableState(w.next()); ok { // netstat's State column
+		s.State = state
+		return s, kind, nil
+	}
+	return p.implied(s) // ss with Netid and one `state X` filter
+}
+
+func (p Parser) stateless(w *words, recvQ string) (Socket, Kind, error) {
+	s, kind, err := row(w, recvQ, StateUnknown)
+	if err != nil {
+		return s, kind, err
+	}
+	return p.implied(s)
+}
+
+func (p Parser) implied(s Socket) (Socket, Kind, error) {
 	if p.ImpliedState == StateUnknown {
 		return Socket{}, NotSocket, errors.New("row has no State column, and the command names no single state")
 	}
-	return row(f, queues, p.ImpliedState)
+	s.State = p.ImpliedState
+	return s, TCPSocket, nil
 }
 
-// row reads Recv-Q, Send-Q, local and peer address starting at f[queues].
-func row(f []string, queues int, state State) (Socket, Kind, error) {
-	if len(f) < queues+4 || !isCount(f[queues]) || !isCount(f[queues+1]) {
+// row reads the columns Send-Q, Local and Peer that follow recvQ.
+func row(w *words, recvQ string, state State) (Socket, Kind, error) {
+	if !isCount(recvQ) || !isCount(w.next()) {
 		return Socket{}, NotSocket, errNotRow
 	}
-	local, err := parseEndpoint(f[queues+2])
+	localWord, peerWord := w.next(), w.next()
+	if peerWord == "" {
+		return Socket{}, NotSocket, errNotRow
+	}
+	local, err := parseEndpoint(localWord)
 	if err != nil {
 		return Socket{}, NotSocket, err
 	}
-	peer, err := parseEndpoint(f[queues+3])
+	peer, err := parseEndpoint(peerWord)
 	if err != nil {
 		return Socket{}, NotSocket, err
 	}
@@ -200,22 +214,22 @@ var otherProtocols = map[string]bool{
 	"dccp": true, "sctp": true, "mptcp": true, "v_str": true, "v_dgr": true, "xdp": true, "tipc": true,
 }
 
-// splitFields fills f with the first len(f) whitespace-separated words of
-// line without allocating, and returns how many it found.
-func splitFields(line string, f *[maxFields]string) int {
-	n := 0
-	for i := 0; i < len(line) && n < len(f); {
-		for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
-			i++
-		}
-		start := i
-		for i < len(line) && line[i] != ' ' && line[i] != '\t' {
-			i++
-		}
-		if i > start {
-			f[n] = line[start:i]
-			n++
-		}
+// words hands out the whitespace-separated words of a line one at a time,
+// without allocating; a row's columns are read only as far as needed, never
+// into the padding ss and netstat put after them.
+type words struct{ rest string }
+
+// next is the next word, or "" at the end of the line.
+func (w *words) next() string {
+	i := 0
+	for i < len(w.rest) && (w.rest[i] == ' ' || w.rest[i] == '\t') {
+		i++
 	}
-	return n
+	start := i
+	for i < len(w.rest) && w.rest[i] != ' ' && w.rest[i] != '\t' {
+		i++
+	}
+	word := w.rest[start:i]
+	w.rest = w.rest[i:]
+	return word
 }

@@ -169,42 +169,41 @@ func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(
 	defer cancel()
 	statusCh := c.Start()
 
-	var out Output
-	stdout, stderr, done := c.Stdout, c.Stderr, ctx.Done()
-	timedOut := false
-	// go-cmd blocks the command on a full channel, so both are read to the
-	// end, even after a kill.
-	for stdout != nil || stderr != nil {
-		select {
-		case line, ok := <-stdout:
-			if !ok {
-				stdout = nil
-				continue
+	var (
+		out        Output
+		timedOut   atomic.Bool
+		stderrRead = make(chan struct{})
+	)
+	stopTimer := context.AfterFunc(ctx, func() {
+		timedOut.Store(true)
+		kill(c)
+	})
+	defer stopTimer()
+	// go-cmd blocks the command on a full channel, so both channels are
+	// read to the end, even after a kill; stdout with a plain receive per
+	// line, the cheapest way through 100,000 lines.
+	go func() {
+		defer close(stderrRead)
+		for line := range c.Stderr {
+			if line = strings.TrimSpace(line); line != "" && len(out.Stderr) < maxStderrLines {
+				out.Stderr = append(out.Stderr, line)
 			}
-			out.Lines++
-			if !timedOut {
-				onLine(line)
-			}
-		case line, ok := <-stderr:
-			if !ok {
-				stderr = nil
-				continue
-			}
-			if len(out.Stderr) < maxStderrLines && strings.TrimSpace(line) != "" {
-				out.Stderr = append(out.Stderr, strings.TrimSpace(line))
-			}
-		case <-done:
-			done, timedOut = nil, true
-			kill(c)
+		}
+	}()
+	for line := range c.Stdout {
+		out.Lines++
+		if !timedOut.Load() {
+			onLine(line)
 		}
 	}
+	<-stderrRead
 	status := <-statusCh
 	switch {
 	case status.PID == 0 && status.Error != nil:
 		return out, fmt.Errorf("cannot run %s: %w", name, status.Error)
-	case timedOut && ctx.Err() == context.DeadlineExceeded:
+	case timedOut.Load() && ctx.Err() == context.DeadlineExceeded:
 		return out, fmt.Errorf("%s did not finish within %s (--command.timeout): killed", name, timeout)
-	case timedOut:
+	case timedOut.Load():
 		return out, fmt.Errorf("%s: %w", name, ctx.Err())
 	case status.Error != nil:
 		return out, fmt.Errorf("%s did not complete: %w", name, status.Error)
