@@ -170,7 +170,7 @@ func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
 		// Every request is sent; once the server has read them all (its
 		// receive queues are empty) every handler is on its way into the
 		// collection that the first one started and that waits on the gate.
-		require.Eventually(t, func() bool { return requestsRead(t, addr) == scrapers }, 10*time.Second, 5*time.Millisecond)
+		require.Eventually(t, func() bool { return requestsRead(t, addr, conns) == scrapers }, 10*time.Second, 5*time.Millisecond)
 		release(t, gate)
 		for _, conn := range conns {
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
@@ -207,15 +207,20 @@ func parseBody(t *testing.T, resp *http.Response) map[string]float64 {
 	return readMetrics(t, path)
 }
 
-// requestsRead counts the connections to addr whose request the server has
-// read: established, server side, nothing left in the receive queue.
-func requestsRead(t *testing.T, addr string) int {
+// requestsRead counts the connections of conns whose request the server at
+// addr has read: its end of them is established with an empty receive queue.
+func requestsRead(t *testing.T, addr string, conns []net.Conn) int {
+	ours := map[string]bool{}
+	for _, c := range conns {
+		ours[c.LocalAddr().String()] = true
+	}
 	_, p, _ := net.SplitHostPort(addr)
 	out, err := exec.Command("ss", "-Htn", "state", "established", "( sport = :"+p+" )").Output()
 	require.NoError(t, err)
 	read := 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if fields := strings.Fields(line); len(fields) > 0 && fields[0] == "0" {
+		// One state asked for, so no State column: Recv-Q Send-Q Local Peer.
+		if f := strings.Fields(line); len(f) >= 4 && f[0] == "0" && ours[f[3]] {
 			read++
 		}
 	}
