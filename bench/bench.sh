@@ -64,7 +64,9 @@ release() {
 }
 
 printf '%-8s %-10s %-12s %-14s %-7s %-14s\n' connections counted "bare ss ms" "exporter ms" ratio "peak RSS MiB"
-for n in "${@:-200 10000 100000}"; do
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(200 10000 100000)
+for n in "${sizes[@]}"; do
   hold "$n"
   "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
   counted=$(awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$work/textfile/consul_open_http_connections.prom")
