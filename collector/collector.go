@@ -62,11 +62,7 @@ func (c *Collector) Collect(ctx context.Context) Result {
 func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()
 	counts, err := c.count(ctx)
-	res := Result{config: c.config, Duration: time.Since(start), Err: err}
-	if err == nil {
-		res.counts = counts
-	}
-	return res
+	return Result{config: c.config, counts: counts, Duration: time.Since(start), Err: err}
 }
 
 func (c *Collector) count(ctx context.Context) (*tally.Tally, error) {
@@ -76,7 +72,7 @@ func (c *Collector) count(ctx context.Context) (*tally.Tally, error) {
 		return nil, err
 	}
 	name := c.runner.String()
-	counts, err := table.counts(out.Stderr)
+	counts, err := table.counts(out)
 	if err != nil {
 		return nil, fmt.Errorf("%s %w", name, err)
 	}
@@ -91,10 +87,12 @@ func (c *Collector) count(ctx context.Context) (*tally.Tally, error) {
 type table struct {
 	parser                 parser.Parser
 	tally                  *tally.Tally
-	lines, written         int // all lines, and those not blank
 	socketRows, unreadable int
-	firstUnreadable        string
-	firstErr               error
+	// otherLines are the lines that are neither blank nor a socket row:
+	// titles, headers and ss's continuation lines.
+	otherLines      int
+	firstUnreadable string
+	firstErr        error
 }
 
 func newTable(config Config, implied parser.State) *table {
@@ -105,10 +103,6 @@ func newTable(config Config, implied parser.State) *table {
 }
 
 func (t *table) read(line string) {
-	t.lines++
-	if strings.TrimSpace(line) != "" {
-		t.written++
-	}
 	s, kind, err := t.parser.ParseLine(line)
 	switch {
 	case err != nil:
@@ -121,23 +115,24 @@ func (t *table) read(line string) {
 		t.tally.Add(s)
 	case kind == parser.OtherSocket:
 		t.socketRows++
+	case strings.TrimSpace(line) != "":
+		t.otherLines++
 	}
 }
 
-// counts is the tally, or why the output cannot be trusted; stderr is what
-// the command wrote there.
-func (t *table) counts(stderr []string) (*tally.Tally, error) {
+// counts is the tally, or why the command's output cannot be trusted.
+func (t *table) counts(out runner.Output) (*tally.Tally, error) {
 	// One line misread could be a connection missed: a count that may be
 	// wrong is not reported.
 	if t.unreadable > 0 {
 		return nil, fmt.Errorf("printed %d lines that are not ss or netstat socket rows (of %d), first %q: %v",
-			t.unreadable, t.lines, clip(t.firstUnreadable), t.firstErr)
+			t.unreadable, out.Lines, clip(t.firstUnreadable), t.firstErr)
 	}
-	if t.socketRows == 0 && len(stderr) > 0 {
-		return nil, fmt.Errorf("printed no socket rows and wrote to stderr: %s", strings.Join(stderr, "; "))
+	if t.socketRows == 0 && len(out.Stderr) > 0 {
+		return nil, fmt.Errorf("printed no socket rows and wrote to stderr: %s", strings.Join(out.Stderr, "; "))
 	}
-	if t.socketRows == 0 && t.written > 0 {
-		return nil, fmt.Errorf("printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", t.written)
+	if t.socketRows == 0 && t.otherLines > 0 {
+		return nil, fmt.Errorf("printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", t.otherLines)
 	}
 	return t.tally, nil
 }

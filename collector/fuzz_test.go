@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 )
 
 // FuzzTable feeds arbitrary output to the table reader, seeded with every
@@ -38,7 +39,7 @@ func FuzzTable(f *testing.F) {
 		if stderr {
 			errText = []string{"netstat: no support for `AF INET (tcp)' on this system."}
 		}
-		counts, err := table.counts(errText)
+		counts, err := table.counts(runner.Output{Lines: len(lines), Stderr: errText})
 		if err != nil {
 			if counts != nil {
 				t.Fatal("a failed table has counts")

@@ -28,8 +28,8 @@ type Pair struct {
 // socket that accepts IPv4 clients, the way an agent listening on "::" does;
 // the kernel then reports its peers as ::ffff:a.b.c.d.
 func Listen(addr netip.AddrPort) (*Listener, error) {
-	if !addr.Addr().IsLoopback() && !addr.Addr().Unmap().IsLoopback() {
-		return nil, fmt.Errorf("listen on %s: only loopback addresses are allowed", addr)
+	if err := loopbackOnly(addr); err != nil {
+		return nil, err
 	}
 	var (
 		ln  net.Listener
@@ -47,8 +47,8 @@ func Listen(addr netip.AddrPort) (*Listener, error) {
 // (SO_BINDTODEVICE, which needs root), as an agent pinned to one interface
 // is: ss then prints the address with a zone, 127.0.0.3%lo:8500.
 func ListenOnDevice(addr netip.AddrPort, device string) (*Listener, error) {
-	if !addr.Addr().IsLoopback() {
-		return nil, fmt.Errorf("listen on %s: only loopback addresses are allowed", addr)
+	if err := loopbackOnly(addr); err != nil {
+		return nil, err
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var err error
@@ -58,6 +58,15 @@ func ListenOnDevice(addr netip.AddrPort, device string) (*Listener, error) {
 		return err
 	}}
 	return newListener(lc.Listen(context.Background(), "tcp", addr.String()))
+}
+
+// loopbackOnly keeps every listener, and so every connection the tests and
+// benchmarks make, on this machine's loopback.
+func loopbackOnly(addr netip.AddrPort) error {
+	if !addr.Addr().Unmap().IsLoopback() {
+		return fmt.Errorf("listen on %s: only loopback addresses are allowed", addr)
+	}
+	return nil
 }
 
 func newListener(ln net.Listener, err error) (*Listener, error) {

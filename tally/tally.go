@@ -58,9 +58,10 @@ func (t *Tally) Add(s parser.Socket) {
 }
 
 // Client is how a peer address is known as a client: one host whether the
-// kernel printed it as 10.0.0.5 or ::ffff:10.0.0.5.
+// kernel printed it as 10.0.0.5 or ::ffff:10.0.0.5 (the parser has already
+// dropped any zone).
 func Client(peer netip.Addr) netip.Addr {
-	return peer.Unmap().WithZone("")
+	return peer.Unmap()
 }
 
 // Ports are the watched ports, in the order given to New.
@@ -71,9 +72,13 @@ func (t *Tally) States() []parser.State { return t.states }
 
 // Total is the number of sockets counted on port.
 func (t *Tally) Total(port uint16) int {
+	i := slices.Index(t.ports, port)
+	if i < 0 {
+		return 0
+	}
 	total := 0
-	for _, state := range t.states {
-		total += t.ByState(port, state)
+	for _, n := range t.byState[i] {
+		total += n
 	}
 	return total
 }
