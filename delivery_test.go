@@ -25,16 +25,9 @@ import (
 // ephemeral range (see belowEphemeral).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", belowEphemeral()))
-		if err == nil {
-			addr := l.Addr().String()
-			require.NoError(t, l.Close())
-			return addr
-		}
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return ""
+	l := listen(t, "127.0.0.1")
+	require.NoError(t, l.Close())
+	return l.Addr().String()
 }
 
 // startServer starts a program and returns once it logs that it listens:
@@ -200,11 +193,7 @@ func parseBody(t *testing.T, resp *http.Response) map[string]float64 {
 	t.Helper()
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	path := filepath.Join(t.TempDir(), "scrape.prom")
-	require.NoError(t, os.WriteFile(path, body, 0o644))
-	return readMetrics(t, path)
+	return parseMetrics(t, resp.Body, "the scraped body")
 }
 
 // requestsRead counts the connections of conns whose request the server at
@@ -215,12 +204,9 @@ func requestsRead(t *testing.T, addr string, conns []net.Conn) int {
 		ours[c.LocalAddr().String()] = true
 	}
 	_, p, _ := net.SplitHostPort(addr)
-	out, err := exec.Command("ss", "-Htn", "state", "established", "( sport = :"+p+" )").Output()
-	require.NoError(t, err)
 	read := 0
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		// One state asked for, so no State column: Recv-Q Send-Q Local Peer.
-		if f := strings.Fields(line); len(f) >= 4 && f[0] == "0" && ours[f[3]] {
+	for _, row := range ssRows(t, "established", "( sport = :"+p+" )") {
+		if row.recvQ == "0" && ours[row.peer] {
 			read++
 		}
 	}

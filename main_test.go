@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -80,6 +81,7 @@ func runExporter(t *testing.T, dir string, wrapper []string, args ...string) res
 	return res
 }
 
+// readMetrics reads the file at path, nil if there is none.
 func readMetrics(t *testing.T, path string) map[string]float64 {
 	t.Helper()
 	f, err := os.Open(path)
@@ -88,9 +90,16 @@ func readMetrics(t *testing.T, path string) map[string]float64 {
 	}
 	require.NoError(t, err)
 	defer f.Close()
+	return parseMetrics(t, f, path)
+}
+
+// parseMetrics reads the exposition format from r (named by source) into
+// "name{label="value",...}" -> value, labels sorted by name.
+func parseMetrics(t *testing.T, r io.Reader, source string) map[string]float64 {
+	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(f)
-	require.NoError(t, err, "%s is not valid exposition format", path)
+	families, err := parser.TextToMetricFamilies(r)
+	require.NoError(t, err, "%s is not valid exposition format", source)
 	metrics := map[string]float64{}
 	for name, family := range families {
 		for _, m := range family.GetMetric() {
@@ -196,16 +205,32 @@ func timeWait(t *testing.T, pairs []portopener.Pair) int {
 		ours[p.Client.LocalAddr().String()+" "+p.Client.RemoteAddr().String()] = true
 		ours[p.Client.RemoteAddr().String()+" "+p.Client.LocalAddr().String()] = true
 	}
-	out, err := exec.Command("ss", "-Htan", "state", "time-wait").Output()
-	require.NoError(t, err)
 	n := 0
-	for _, line := range strings.Split(string(out), "\n") {
-		// One state asked for, so no State column: Recv-Q Send-Q Local Peer.
-		if f := strings.Fields(line); len(f) >= 4 && ours[f[2]+" "+f[3]] {
+	for _, row := range ssRows(t, "time-wait") {
+		if ours[row.local+" "+row.peer] {
 			n++
 		}
 	}
 	return n
+}
+
+// ssRow is one row of `ss -Htn state X`: with one state asked for, ss
+// prints no State column, only Recv-Q Send-Q Local Peer.
+type ssRow struct{ recvQ, local, peer string }
+
+// ssRows asks the real ss, independently of the parser under test, for the
+// TCP sockets in state that match filter.
+func ssRows(t *testing.T, state string, filter ...string) []ssRow {
+	t.Helper()
+	out, err := exec.Command("ss", append([]string{"-Htn", "state", state}, filter...)...).Output()
+	require.NoError(t, err)
+	var rows []ssRow
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 4 {
+			rows = append(rows, ssRow{recvQ: f[0], local: f[2], peer: f[3]})
+		}
+	}
+	return rows
 }
 
 func TestIPv6CountsTheSame(t *testing.T) {
@@ -387,9 +412,7 @@ func TestLoopWritesUntilSIGTERMThenExitsZero(t *testing.T) {
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 	require.NoError(t, cmd.Wait(), "exit 0 on a signal")
 	assert.Equal(t, 1.0, readMetrics(t, filepath.Join(dir, textfile.FileName))["consul_conn_exporter_collect_success"])
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	assert.Len(t, entries, 1, "no temporary file left behind")
+	assertOnlyOurFile(t, dir)
 }
 
 func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
