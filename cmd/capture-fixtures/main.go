@@ -14,12 +14,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -226,6 +228,10 @@ func listenPort(g group) uint16 {
 	return netip.MustParseAddrPort(addr).Port()
 }
 
+// countedState is the state the server-side socket of each ending is
+// counted in; the other endings leave nothing counted.
+var countedState = map[ending]string{open: "established", clientClosed: "close-wait"}
+
 // serverState and clientState are where each ending leaves the two sockets,
 // as /proc/net/tcp numbers them; 0 means the socket is gone.
 var serverState = map[ending]int{open: 0x01, clientClosed: 0x08, serverFirst: 0x06, clientFirst: 0, serverHalf: 0x05}
@@ -235,20 +241,28 @@ var clientState = map[ending]int{open: 0x01, clientClosed: 0x05, serverFirst: 0,
 // than the netlink one ss uses) until every socket of the scenario is in the
 // state its ending leaves it in. The last ACKs of a close cross loopback
 // after close() returns, so this is the only way to know the table is final.
+// socketKey is a count of /proc/net/tcp rows: sockets of a scenario port,
+// on one side (local: server, !local: client), in one state.
+type socketKey struct {
+	local bool
+	port  uint16
+	state int
+}
+
 func waitForStates() error {
-	want := map[string]int{}
+	want := map[socketKey]int{}
 	listening := map[string]bool{}
 	for _, g := range scenario {
 		port := listenPort(g)
 		if !listening[g.listener] {
 			listening[g.listener] = true
-			want[fmt.Sprintf("local %d state %02X", port, 0x0A)]++
+			want[socketKey{true, port, 0x0A}]++ // LISTEN
 		}
 		if s := serverState[g.ending]; s != 0 {
-			want[fmt.Sprintf("local %d state %02X", port, s)] += g.n
+			want[socketKey{true, port, s}] += g.n
 		}
 		if s := clientState[g.ending]; s != 0 {
-			want[fmt.Sprintf("peer %d state %02X", port, s)] += g.n
+			want[socketKey{false, port, s}] += g.n
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -257,7 +271,7 @@ func waitForStates() error {
 		if err != nil {
 			return err
 		}
-		if fmt.Sprint(got) == fmt.Sprint(want) {
+		if maps.Equal(got, want) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -267,8 +281,9 @@ func waitForStates() error {
 	}
 }
 
-func procStates() (map[string]int, error) {
-	got := map[string]int{}
+func procStates() (map[socketKey]int, error) {
+	scenarioPort := func(p uint64) bool { return p == httpPort || p == httpsPort || p == otherPort }
+	got := map[socketKey]int{}
 	for _, name := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		f, err := os.Open(name)
 		if err != nil {
@@ -282,22 +297,16 @@ func procStates() (map[string]int, error) {
 			local, _ := strconv.ParseUint(fields[1][strings.IndexByte(fields[1], ':')+1:], 16, 16)
 			peer, _ := strconv.ParseUint(fields[2][strings.IndexByte(fields[2], ':')+1:], 16, 16)
 			state, _ := strconv.ParseUint(fields[3], 16, 8)
-			got[fmt.Sprintf("local %d state %02X", local, state)]++
-			got[fmt.Sprintf("peer %d state %02X", peer, state)]++
+			if scenarioPort(local) {
+				got[socketKey{true, uint16(local), int(state)}]++
+			}
+			if scenarioPort(peer) {
+				got[socketKey{false, uint16(peer), int(state)}]++
+			}
 		}
 		f.Close()
 		if err := sc.Err(); err != nil {
 			return nil, err
-		}
-	}
-	// Only the scenario's ports are compared; peer port 0 is every LISTEN row.
-	for key := range got {
-		var side string
-		var port int
-		var state int
-		fmt.Sscanf(key, "%s %d state %X", &side, &port, &state)
-		if port != httpPort && port != httpsPort && port != otherPort {
-			delete(got, key)
 		}
 	}
 	return got, nil
@@ -334,28 +343,16 @@ func capture(out string, v variant) error {
 // the default states, as far as the variant's own filter lets it show.
 func expect(v variant) fixtures.Expected {
 	counted := []string{"established", "close-wait"}
-	visible := func(state string) bool {
-		if v.states == nil {
-			return true
-		}
-		for _, s := range v.states {
-			if s == state {
-				return true
-			}
-		}
-		return false
-	}
 	exp := fixtures.Expected{
-		Command:   append([]string{v.tool}, v.args...),
-		Ports:     []uint16{httpPort, httpsPort},
-		States:    counted,
-		Total:     map[string]int{},
-		ByState:   map[string]map[string]int{},
-		PerClient: map[string]int{},
+		Command: append([]string{v.tool}, v.args...),
+		Ports:   []uint16{httpPort, httpsPort},
+		States:  counted,
 	}
 	if v.wantError != "" {
-		return fixtures.Expected{Command: exp.Command, Ports: exp.Ports, States: exp.States, Error: v.wantError}
+		exp.Error = v.wantError
+		return exp
 	}
+	exp.Total, exp.ByState, exp.PerClient = map[string]int{}, map[string]map[string]int{}, map[string]int{}
 	if len(v.states) == 1 {
 		exp.ImpliedState = v.states[0]
 	}
@@ -369,8 +366,8 @@ func expect(v variant) fixtures.Expected {
 	}
 	for _, g := range scenario {
 		port := listenPort(g)
-		state := map[ending]string{open: "established", clientClosed: "close-wait"}[g.ending]
-		if port == otherPort || state == "" || !visible(state) {
+		state := countedState[g.ending]
+		if port == otherPort || state == "" || (v.states != nil && !slices.Contains(v.states, state)) {
 			continue
 		}
 		key := strconv.Itoa(int(port))
