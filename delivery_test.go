@@ -221,23 +221,28 @@ func release(t *testing.T, gate string) {
 	}
 }
 
-func TestPushFailuresAreLoggedAndTheLoopGoesOn(t *testing.T) {
+func TestPushFailuresAreLoggedOnceAndTheLoopGoesOn(t *testing.T) {
 	cmd := exec.Command(binary, "--command", "true", "--push.url", "http://"+freeAddr(t),
-		"--interval", "10ms", "--push.timeout", "1s")
+		"--interval", "10ms", "--push.timeout", "1s", "--log.level", "debug")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill() })
 	lines := bufio.NewScanner(stderr)
+	logged := 0
 	for failures := 0; failures < 3; {
 		require.True(t, lines.Scan(), "the exporter stopped")
-		if strings.Contains(lines.Text(), `msg="output failed"`) {
+		if strings.Contains(lines.Text(), "msg=collected ok=false") {
 			failures++
+		}
+		if strings.Contains(lines.Text(), `msg="output failed"`) {
+			logged++
 		}
 	}
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	go io.Copy(io.Discard, stderr)
 	assert.NoError(t, cmd.Wait(), "exit 0 on SIGTERM after failed pushes")
+	assert.Equal(t, 1, logged, "the same failure is logged once")
 }
 
 func TestWebConfigFileGivesBasicAuth(t *testing.T) {

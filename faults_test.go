@@ -138,11 +138,12 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 	asRoot := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, asRoot.exit, asRoot.stderr)
 
-	// nobody needs to reach the binary and write the directory.
+	// nobody needs to reach the binary and own the directory it writes.
 	shared, err := os.MkdirTemp("", "consul-conn-exporter-nobody")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(shared) })
-	require.NoError(t, os.Chmod(shared, 0o777))
+	require.NoError(t, os.Chmod(shared, 0o755))
+	require.NoError(t, os.Chown(shared, 65534, 65534))
 	bin := filepath.Join(shared, "consul_conn_exporter")
 	text, err := os.ReadFile(binary)
 	require.NoError(t, err)

@@ -89,6 +89,8 @@ func run(args []string, stderr io.Writer) int {
 	)
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
+	var textfileSet bool
+	textfileFlag.IsSetByUser(&textfileSet) // before Parse, which sets it
 
 	if _, err := app.Parse(args); err != nil {
 		return usageError(stderr, err)
@@ -108,12 +110,10 @@ func run(args []string, stderr io.Writer) int {
 	logger := promslog.New(logConfig)
 
 	// Outputs: each takes the metrics of one collection.
-	var outputs []output
-	var textfileSet bool
-	textfileFlag.IsSetByUser(&textfileSet)
+	var outputs []*output
 	if textfileSet || (*pushURL == "" && !serveWeb) {
 		dir := *textfileDir
-		outputs = append(outputs, output{"textfile " + dir, func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
+		outputs = append(outputs, &output{name: "textfile " + dir, write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
 	}
 	if *pushURL != "" {
 		instance := *pushInst
@@ -126,7 +126,7 @@ func run(args []string, stderr io.Writer) int {
 		if err != nil {
 			return usageError(stderr, err)
 		}
-		outputs = append(outputs, output{"pushgateway " + pusher.String(), pusher.Push})
+		outputs = append(outputs, &output{name: "pushgateway " + pusher.String(), write: pusher.Push})
 	}
 
 	cmd, err := commandRunner(*commandLine, config, *commandTimeout)
@@ -180,15 +180,19 @@ func run(args []string, stderr io.Writer) int {
 	}
 }
 
+// output is one place a collection's metrics go. It remembers its last
+// error so that a long-running exporter logs each change of state once, not
+// the same refusal every interval.
 type output struct {
-	name  string
-	write func(prometheus.Gatherer) error
+	name    string
+	write   func(prometheus.Gatherer) error
+	lastErr string
 }
 
 // collectAndOutput collects once and hands the result to every output, a
 // failed result included (it says success 0 and has no count). It says
 // whether the collection and every output worked, and logs why not.
-func collectAndOutput(coll *collector.Collector, outputs []output, logger *slog.Logger) bool {
+func collectAndOutput(coll *collector.Collector, outputs []*output, logger *slog.Logger) bool {
 	// Not the signal context: a collection under way finishes and is
 	// written on SIGTERM; the command timeout bounds how long that takes.
 	res := coll.Collect(context.Background())
@@ -199,8 +203,16 @@ func collectAndOutput(coll *collector.Collector, outputs []output, logger *slog.
 		logger.Error("collection failed", "err", res.Err)
 	}
 	for _, out := range outputs {
-		if err := out.write(reg); err != nil {
+		err := out.write(reg)
+		switch {
+		case err != nil && err.Error() != out.lastErr:
 			logger.Error("output failed", "output", out.name, "err", err)
+		case err == nil && out.lastErr != "":
+			logger.Info("output works again", "output", out.name)
+		}
+		out.lastErr = ""
+		if err != nil {
+			out.lastErr = err.Error()
 			ok = false
 		}
 	}

@@ -385,12 +385,53 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 	}
 }
 
-func TestMissingTextfileDirectoryIsNamed(t *testing.T) {
+func TestMissingTextfileDirectoryIsCreated(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "node-exporter")
 	res := exporter(t, dir, "--once", "--command", "true")
+	assert.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"])
+	assertOnlyOurFile(t, dir)
+}
+
+func TestRefusedTextfileDirectoryExitsOneOnceAndIsLoggedOncePerChange(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "node-exporter")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	require.NoError(t, os.Chmod(dir, 0o777)) // anyone could swap our file
+	res := exporter(t, dir, "--once", "--command", "true")
 	assert.Equal(t, 1, res.exit)
-	assert.Contains(t, res.stderr, "textfile directory "+dir)
-	assert.NoDirExists(t, dir)
+	assert.Contains(t, res.stderr, "writable by every user without the sticky bit")
+	assert.Nil(t, res.metrics)
+
+	// Long-running: the refusal is logged once, not every interval, and so
+	// is the recovery once the directory is fixed.
+	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "20ms", "--log.level", "debug")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill() })
+	lines := bufio.NewScanner(stderr)
+	var log []string
+	waitFor := func(msg string, n int) {
+		for count := 0; count < n; {
+			require.True(t, lines.Scan(), "exporter stopped: %s", strings.Join(log, "\n"))
+			log = append(log, lines.Text())
+			if strings.Contains(lines.Text(), msg) {
+				count++
+			}
+		}
+	}
+	waitFor("msg=collected ok=false", 5)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	waitFor("msg=collected ok=true", 3)
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	for lines.Scan() {
+		log = append(log, lines.Text())
+	}
+	require.NoError(t, cmd.Wait())
+	text := strings.Join(log, "\n")
+	assert.Equal(t, 1, strings.Count(text, `msg="output failed"`), text)
+	assert.Equal(t, 1, strings.Count(text, `msg="output works again"`), text)
+	assertOnlyOurFile(t, dir)
 }
 
 func TestLoopWritesUntilSIGTERMThenExitsZero(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -155,28 +156,39 @@ func (e *ExitError) Error() string {
 	return msg
 }
 
-func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(string)) (Output, error) {
+func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(string)) (out Output, err error) {
 	name := quote(argv)
+	var overflow overflowWatch
 	c := cmd.NewCmdOptions(cmd.Options{
 		Streaming: true,
 		BeforeExec: []func(*exec.Cmd){func(c *exec.Cmd) {
 			// A child that forks off a grandchild holding stdout open must
 			// not keep Wait, and so the collection, waiting forever.
 			c.WaitDelay = time.Second
+			overflow.Writer = c.Stdout
+			c.Stdout = &overflow
 		}},
 	}, argv[0], argv[1:]...)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	statusCh := c.Start()
+	// Whenever the command is given up on, whatever it left running (a
+	// background child holding its output, say) goes with it: in the
+	// long-running mode each collection would otherwise leave one more.
+	defer func() {
+		if err != nil {
+			killGroup(c)
+		}
+	}()
 
 	var (
-		out        Output
 		timedOut   atomic.Bool
 		stderrRead = make(chan struct{})
 	)
 	stopTimer := context.AfterFunc(ctx, func() {
 		timedOut.Store(true)
-		kill(c)
+		_ = c.Stop() // SIGTERM first, as go-cmd does; the deferred kill follows
+		killGroup(c)
 	})
 	defer stopTimer()
 	// go-cmd blocks the command on a full channel, so both channels are
@@ -205,6 +217,10 @@ func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(
 		return out, fmt.Errorf("%s did not finish within %s (--command.timeout): killed", name, timeout)
 	case timedOut.Load():
 		return out, fmt.Errorf("%s: %w", name, ctx.Err())
+	case overflow.tooLong.Load():
+		return out, fmt.Errorf("%s printed a line longer than %d bytes: not a socket table; killed", name, cmd.DEFAULT_LINE_BUFFER_SIZE)
+	case errors.Is(status.Error, exec.ErrWaitDelay):
+		return out, fmt.Errorf("%s exited but left a process holding its output open: killed", name)
 	case status.Error != nil:
 		return out, fmt.Errorf("%s did not complete: %w", name, status.Error)
 	case status.Exit != 0:
@@ -213,11 +229,25 @@ func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(
 	return out, nil
 }
 
-// kill ends the command's whole process group. go-cmd's Stop sends SIGTERM,
-// which a hung child may ignore, so SIGKILL follows at once: ss and netstat
-// have nothing to clean up.
-func kill(c *cmd.Cmd) {
-	_ = c.Stop()
+// overflowWatch notes when go-cmd gives up on a line too long for its
+// buffer; the command then only dies of a broken pipe, which says nothing.
+type overflowWatch struct {
+	io.Writer
+	tooLong atomic.Bool
+}
+
+func (w *overflowWatch) Write(p []byte) (int, error) {
+	n, err := w.Writer.Write(p)
+	if errors.As(err, new(cmd.ErrLineBufferOverflow)) {
+		w.tooLong.Store(true)
+	}
+	return n, err
+}
+
+// killGroup ends the command's whole process group with SIGKILL: a hung
+// child may ignore go-cmd's SIGTERM, and ss and netstat have nothing to
+// clean up.
+func killGroup(c *cmd.Cmd) {
 	if pid := c.Status().PID; pid > 0 {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	}

@@ -153,12 +153,36 @@ func TestRunFailsWhenKilledBySignal(t *testing.T) {
 	assert.Contains(t, err.Error(), "did not complete: signal: killed")
 }
 
-func TestRunFailsOnALineTooLongToBuffer(t *testing.T) {
+func TestRunFailsOnALineTooLongToBufferAndSaysSo(t *testing.T) {
 	// A line past go-cmd's 16 KiB line buffer: an error, never a line cut
 	// in two and read as two.
 	r, err := New([]string{"head", "-c", "40000", "/dev/zero"}, 10*time.Second)
 	require.NoError(t, err)
 	_, _, err = collect(t, r)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "did not complete")
+	assert.Contains(t, err.Error(), "printed a line longer than 16384 bytes")
+}
+
+// Every way of giving up on a command takes what it left running with it.
+func TestGivingUpKillsWhatTheCommandLeftRunning(t *testing.T) {
+	for _, tc := range []struct{ name, script, err string }{
+		// The script exits 0 but its background child keeps stdout open.
+		{"wait delay", `sleep 30 & echo $!; exit 0`, "left a process holding its output open"},
+		{"line too long", `sleep 30 >/dev/null 2>&1 & echo $!; head -c 40000 /dev/zero`, "printed a line longer than"},
+		{"non-zero exit", `sleep 30 >/dev/null 2>&1 & echo $!; exit 3`, "exited with status 3"},
+		{"timeout", `trap "" TERM; sleep 30 >/dev/null 2>&1 & echo $!; sleep 30`, "did not finish within"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := New([]string{"sh", "-c", tc.script}, 2*time.Second)
+			require.NoError(t, err)
+			lines, _, err := collect(t, r)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.err)
+			require.NotEmpty(t, lines)
+			pid, err := strconv.Atoi(lines[0])
+			require.NoError(t, err, "the background child's pid")
+			assert.Eventually(t, func() bool { return !alive(pid) }, 10*time.Second, 10*time.Millisecond,
+				"background child %d outlived the collection", pid)
+		})
+	}
 }
