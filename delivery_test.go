@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
 // freeAddr is a loopback address with a port nobody listens on, below the
@@ -101,9 +102,13 @@ func TestPushgatewayPushReplacesTheGroup(t *testing.T) {
 	open(t, l, "127.0.0.72", 2)
 	push := []string{"--once", "--port", port(l), "--push.url", "http://" + addr, "--push.instance", "consul-1"}
 
-	res := exporter(t, t.TempDir(), push...)
+	// No --textfile.directory: the push is the only output.
+	defaultFile := "/tmp/node-exporter/" + textfile.FileName
+	before, _ := os.Stat(defaultFile)
+	res := exporter(t, "", push...)
 	require.Equal(t, 0, res.exit, res.stderr)
-	assert.Nil(t, res.metrics, "push only: no textfile written")
+	after, _ := os.Stat(defaultFile)
+	assert.Equal(t, before, after, "push only: no textfile written")
 	group := `instance="consul-1",job="consul_conn_exporter"`
 	metrics := scrape(t, "http://"+addr+"/metrics")
 	assert.Equal(t, 6.0, metrics[`consul_open_http_connections{`+group+`,port="`+port(l)+`"}`])

@@ -61,17 +61,24 @@ func exporter(t *testing.T, dir string, args ...string) result {
 }
 
 // runExporter runs the binary, behind the words of wrapper if any (e.g.
-// unshare ...), with args and the textfile directory dir.
+// unshare ...), with args and the textfile directory dir ("": none given).
 func runExporter(t *testing.T, dir string, wrapper []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	argv := append(append(slices.Clone(wrapper), binary, "--textfile.directory", dir), args...)
+	argv := append(slices.Clone(wrapper), binary)
+	if dir != "" {
+		argv = append(argv, "--textfile.directory", dir)
+	}
+	argv = append(argv, args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	err := cmd.Run()
-	res := result{stderr: stderr.String(), metrics: readMetrics(t, filepath.Join(dir, textfile.FileName))}
+	res := result{stderr: stderr.String()}
+	if dir != "" {
+		res.metrics = readMetrics(t, filepath.Join(dir, textfile.FileName))
+	}
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
 		res.exit = exit.ExitCode()

@@ -2,8 +2,12 @@ package collector
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,16 +16,20 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
+	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
 var defaultConfig = Config{
-	Ports:      []uint16{8500, 8501},
+	Groups:     []Group{{Name: HTTP, Ports: []uint16{8500, 8501}}},
 	States:     []parser.State{parser.StateEstablished, parser.StateCloseWait},
-	Limit:      200,
 	TopClients: 10,
 }
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // mixed is a real ss capture; its expected counts are in the .expected.json
 // beside it.
@@ -29,35 +37,42 @@ const mixed = "../fixtures/ss-iproute2-6.1.0_tan_mixed.txt"
 
 func collect(t testing.TB, config Config, argv ...string) Result {
 	t.Helper()
+	return collectLogged(t, config, discard, argv...)
+}
+
+func collectLogged(t testing.TB, config Config, logger *slog.Logger, argv ...string) Result {
+	t.Helper()
 	r, err := runner.New(argv, 10*time.Second)
 	require.NoError(t, err)
-	return New(config, r, slog.New(slog.NewTextHandler(io.Discard, nil))).Collect(context.Background())
+	lim, err := limits.NewSource(limits.Limit{N: 200}, limits.Limit{N: 100}, nil, nil, time.Minute, logger)
+	require.NoError(t, err)
+	return New(config, r, lim, logger).Collect(context.Background())
 }
 
 func TestCollectReportsEveryMetricOfACapture(t *testing.T) {
 	res := collect(t, defaultConfig, "cat", mixed)
 	require.NoError(t, res.Err)
 	want := `
-# HELP consul_open_http_connections Server-side TCP connections open on the port (ESTABLISHED and CLOSE-WAIT by default).
+# HELP consul_open_http_connections Server-side TCP connections open on the HTTP port (ESTABLISHED and CLOSE-WAIT by default).
 # TYPE consul_open_http_connections gauge
 consul_open_http_connections{port="8500"} 18
 consul_open_http_connections{port="8501"} 4
-# HELP consul_open_http_connections_by_state Server-side TCP connections open on the port, by TCP state.
+# HELP consul_open_http_connections_by_state Server-side TCP connections open on the HTTP port, by TCP state.
 # TYPE consul_open_http_connections_by_state gauge
 consul_open_http_connections_by_state{port="8500",state="close_wait"} 2
 consul_open_http_connections_by_state{port="8500",state="established"} 16
 consul_open_http_connections_by_state{port="8501",state="close_wait"} 1
 consul_open_http_connections_by_state{port="8501",state="established"} 3
-# HELP consul_open_http_connections_max_per_client Most connections any one client IP holds over all watched ports: the number Consul's http_max_conns_per_client applies to.
+# HELP consul_open_http_connections_max_per_client Most HTTP connections any one client IP holds over the group's ports: the number Consul's http_max_conns_per_client applies to.
 # TYPE consul_open_http_connections_max_per_client gauge
 consul_open_http_connections_max_per_client 9
-# HELP consul_open_http_connections_per_client Connections one client IP holds over all watched ports, for the clients holding the most.
+# HELP consul_open_http_connections_per_client HTTP connections one client IP holds over the group's ports, for the clients holding the most.
 # TYPE consul_open_http_connections_per_client gauge
 consul_open_http_connections_per_client{client="127.0.0.10"} 9
 consul_open_http_connections_per_client{client="127.0.0.11"} 6
 consul_open_http_connections_per_client{client="127.0.0.12"} 3
 consul_open_http_connections_per_client{client="::1"} 4
-# HELP consul_http_max_conns_per_client Consul's per-client connection limit (http_max_conns_per_client) as configured for this exporter.
+# HELP consul_http_max_conns_per_client Consul's per-client HTTP connection limit (http_max_conns_per_client), as configured or read from the agent.
 # TYPE consul_http_max_conns_per_client gauge
 consul_http_max_conns_per_client 200
 # HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
@@ -81,7 +96,7 @@ func TestTopClientsBoundsPerClientSamples(t *testing.T) {
 	config.TopClients = 2
 	res := collect(t, config, "cat", mixed)
 	want := `
-# HELP consul_open_http_connections_per_client Connections one client IP holds over all watched ports, for the clients holding the most.
+# HELP consul_open_http_connections_per_client HTTP connections one client IP holds over the group's ports, for the clients holding the most.
 # TYPE consul_open_http_connections_per_client gauge
 consul_open_http_connections_per_client{client="127.0.0.10"} 9
 consul_open_http_connections_per_client{client="127.0.0.11"} 6
@@ -97,11 +112,11 @@ func TestEmptyOutputIsARealZero(t *testing.T) {
 	res := collect(t, defaultConfig, "true")
 	require.NoError(t, res.Err)
 	want := `
-# HELP consul_open_http_connections Server-side TCP connections open on the port (ESTABLISHED and CLOSE-WAIT by default).
+# HELP consul_open_http_connections Server-side TCP connections open on the HTTP port (ESTABLISHED and CLOSE-WAIT by default).
 # TYPE consul_open_http_connections gauge
 consul_open_http_connections{port="8500"} 0
 consul_open_http_connections{port="8501"} 0
-# HELP consul_open_http_connections_max_per_client Most connections any one client IP holds over all watched ports: the number Consul's http_max_conns_per_client applies to.
+# HELP consul_open_http_connections_max_per_client Most HTTP connections any one client IP holds over the group's ports: the number Consul's http_max_conns_per_client applies to.
 # TYPE consul_open_http_connections_max_per_client gauge
 consul_open_http_connections_max_per_client 0
 `
@@ -143,4 +158,102 @@ func TestImpliedStateNeedsExactlyOneStateFilter(t *testing.T) {
 	assert.Equal(t, parser.StateCloseWait, impliedState(strings.Fields("ip netns exec consul ss -tn state close-wait")))
 	assert.Equal(t, parser.StateUnknown, impliedState(strings.Fields("ss -Htan state established state close-wait")))
 	assert.Equal(t, parser.StateUnknown, impliedState(strings.Fields("ss -tan")))
+}
+
+func expected(t *testing.T, capture string) fixtures.Expected {
+	t.Helper()
+	text, err := os.ReadFile(strings.TrimSuffix(capture, ".txt") + ".expected.json")
+	require.NoError(t, err)
+	var want fixtures.Expected
+	require.NoError(t, json.Unmarshal(text, &want))
+	return want
+}
+
+// With 8501 as an RPC port, the capture's connections split into two
+// groups by port, each client's in one group or the other, never summed.
+func TestGroupsSplitTheCountsAndNeverSumThem(t *testing.T) {
+	want := expected(t, mixed)
+	config := defaultConfig
+	config.Groups = []Group{{Name: HTTP, Ports: []uint16{8500}}, {Name: RPC, Ports: []uint16{8501}}}
+	res := collect(t, config, "cat", mixed)
+	require.NoError(t, res.Err)
+	httpCounts, rpcCounts := res.Counts(0), res.Counts(1)
+	assert.Equal(t, want.Total["8500"], httpCounts.Total(8500))
+	assert.Equal(t, want.Total["8501"], rpcCounts.Total(8501))
+	perClient := map[string]int{}
+	for _, counts := range []*tally.Tally{httpCounts, rpcCounts} {
+		for _, c := range counts.TopClients(100) {
+			perClient[c.Client.String()] += c.Count
+		}
+	}
+	assert.Equal(t, want.PerClient, perClient)
+	assert.Less(t, httpCounts.MaxPerClient(), want.MaxPerClient+1)
+
+	for name, n := range map[string]int{
+		"consul_open_http_connections":                1,
+		"consul_open_rpc_connections":                 1,
+		"consul_open_rpc_connections_by_state":        2,
+		"consul_open_rpc_connections_max_per_client":  1,
+		"consul_open_rpc_connections_per_client":      len(rpcCounts.TopClients(10)),
+		"consul_http_max_conns_per_client":            1,
+		"consul_rpc_max_conns_per_client":             1,
+		"consul_open_http_connections_per_process":    0,
+		"consul_conn_exporter_limits_read_success":    0,
+		"consul_open_http_connections_max_per_client": 1,
+	} {
+		assert.Equal(t, n, testutil.CollectAndCount(res, name), name)
+	}
+	want100 := `
+# HELP consul_rpc_max_conns_per_client Consul's per-client server RPC connection limit (rpc_max_conns_per_client), as configured or read from the agent.
+# TYPE consul_rpc_max_conns_per_client gauge
+consul_rpc_max_conns_per_client 100
+`
+	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want100), "consul_rpc_max_conns_per_client"))
+	problems, err := testutil.CollectAndLint(res)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}
+
+// Every socket of the captures was held by one program, capfx, both ends
+// of every connection on this (namespaced) host: all the established
+// connections are its, and the closed clients' are nobody's.
+func TestProcessesOfLocalClientsFromRealCaptures(t *testing.T) {
+	for _, capture := range []string{"../fixtures/ss-iproute2-6.1.0_tanp_mixed.txt", "../fixtures/netstat-net-tools-2.10_tanpW_mixed.txt"} {
+		t.Run(filepath.Base(capture), func(t *testing.T) {
+			want := expected(t, capture)
+			established := 0
+			for _, byState := range want.ByState {
+				established += byState["established"]
+			}
+			config := defaultConfig
+			config.Processes = true
+			res := collect(t, config, "cat", capture)
+			require.NoError(t, res.Err)
+			wantText := fmt.Sprintf(`
+# HELP consul_open_http_connections_per_process HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.
+# TYPE consul_open_http_connections_per_process gauge
+consul_open_http_connections_per_process{process="capfx"} %d
+`, established)
+			require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(wantText), "consul_open_http_connections_per_process"))
+		})
+	}
+}
+
+func TestProcessesThatCannotBeReadAreAbsentAndWarnedOnce(t *testing.T) {
+	var log strings.Builder
+	logger := slog.New(slog.NewTextHandler(&log, nil))
+	config := defaultConfig
+	config.Processes = true
+	r, err := runner.New([]string{"cat", mixed}, 10*time.Second) // no -p: no program is named
+	require.NoError(t, err)
+	lim, err := limits.NewSource(limits.Limit{N: 200}, limits.Limit{N: 100}, nil, nil, time.Minute, logger)
+	require.NoError(t, err)
+	c := New(config, r, lim, logger)
+	for range 3 {
+		res := c.Collect(context.Background())
+		require.NoError(t, res.Err)
+		assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections_per_process"))
+		assert.Equal(t, 18, res.Counts(0).Total(8500), "the other counts are unaffected")
+	}
+	assert.Equal(t, 1, strings.Count(log.String(), "cannot tell which local programs"), log.String())
 }

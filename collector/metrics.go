@@ -6,29 +6,49 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
-// The metric names are an interface: dashboards and alerts depend on them.
+// groupDescs are one limiter group's metrics. The metric names are an
+// interface: dashboards and alerts depend on them.
+type groupDescs struct {
+	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
+}
+
+func newGroupDescs(group, what, limitName string) groupDescs {
+	prefix := "consul_open_" + group + "_connections"
+	return groupDescs{
+		connections: prometheus.NewDesc(prefix,
+			"Server-side TCP connections open on the "+what+" port (ESTABLISHED and CLOSE-WAIT by default).",
+			[]string{"port"}, nil),
+		maxPerClient: prometheus.NewDesc(prefix+"_max_per_client",
+			"Most "+what+" connections any one client IP holds over the group's ports: the number Consul's "+limitName+" applies to.",
+			nil, nil),
+		perClient: prometheus.NewDesc(prefix+"_per_client",
+			what+" connections one client IP holds over the group's ports, for the clients holding the most.",
+			[]string{"client"}, nil),
+		byState: prometheus.NewDesc(prefix+"_by_state",
+			"Server-side TCP connections open on the "+what+" port, by TCP state.",
+			[]string{"port", "state"}, nil),
+		limit: prometheus.NewDesc("consul_"+limitName,
+			"Consul's per-client "+what+" connection limit ("+limitName+"), as configured or read from the agent.",
+			nil, nil),
+	}
+}
+
 var (
-	connectionsDesc = prometheus.NewDesc(
-		"consul_open_http_connections",
-		"Server-side TCP connections open on the port (ESTABLISHED and CLOSE-WAIT by default).",
-		[]string{"port"}, nil)
-	maxPerClientDesc = prometheus.NewDesc(
-		"consul_open_http_connections_max_per_client",
-		"Most connections any one client IP holds over all watched ports: the number Consul's http_max_conns_per_client applies to.",
-		nil, nil)
-	perClientDesc = prometheus.NewDesc(
-		"consul_open_http_connections_per_client",
-		"Connections one client IP holds over all watched ports, for the clients holding the most.",
-		[]string{"client"}, nil)
-	byStateDesc = prometheus.NewDesc(
-		"consul_open_http_connections_by_state",
-		"Server-side TCP connections open on the port, by TCP state.",
-		[]string{"port", "state"}, nil)
-	limitDesc = prometheus.NewDesc(
-		"consul_http_max_conns_per_client",
-		"Consul's per-client connection limit (http_max_conns_per_client) as configured for this exporter.",
+	groupMetrics = map[string]groupDescs{
+		HTTP: newGroupDescs(HTTP, "HTTP", "http_max_conns_per_client"),
+		RPC:  newGroupDescs(RPC, "server RPC", "rpc_max_conns_per_client"),
+	}
+	perProcessDesc = prometheus.NewDesc(
+		"consul_open_http_connections_per_process",
+		"HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.",
+		[]string{"process"}, nil)
+	limitsReadDesc = prometheus.NewDesc(
+		"consul_conn_exporter_limits_read_success",
+		"1 if the last read of the limits from the Consul agent (--limit auto) worked, 0 if not (the last limits read stay).",
 		nil, nil)
 	successDesc = prometheus.NewDesc(
 		"consul_conn_exporter_collect_success",
@@ -42,34 +62,60 @@ var (
 
 // Describe sends the descriptions of every metric a Result can have.
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{connectionsDesc, maxPerClientDesc, perClientDesc, byStateDesc, limitDesc, successDesc, durationDesc} {
+	for _, g := range groupMetrics {
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit} {
+			ch <- d
+		}
+	}
+	for _, d := range []*prometheus.Desc{perProcessDesc, limitsReadDesc, successDesc, durationDesc} {
 		ch <- d
 	}
 }
 
-// Collect sends the result's metrics. A failed result sends only
-// success 0 and the duration, so that no graph or alert can take a failure
-// for an idle server.
+// Collect sends the result's metrics. A failed result sends no count, so
+// that no graph or alert can take a failure for an idle server.
 func (r Result) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(durationDesc, prometheus.GaugeValue, r.Duration.Seconds())
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	gauge(durationDesc, r.Duration.Seconds())
+	if r.Limits.Auto {
+		gauge(limitsReadDesc, boolValue(r.Limits.ReadOK))
+	}
 	if r.Err != nil {
-		ch <- prometheus.MustNewConstMetric(successDesc, prometheus.GaugeValue, 0)
+		gauge(successDesc, 0)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(successDesc, prometheus.GaugeValue, 1)
-	for _, port := range r.counts.Ports() {
-		p := strconv.Itoa(int(port))
-		ch <- prometheus.MustNewConstMetric(connectionsDesc, prometheus.GaugeValue, float64(r.counts.Total(port)), p)
-		for _, state := range r.counts.States() {
-			ch <- prometheus.MustNewConstMetric(byStateDesc, prometheus.GaugeValue,
-				float64(r.counts.ByState(port, state)), p, strings.ReplaceAll(state.String(), "-", "_"))
+	gauge(successDesc, 1)
+	for i, g := range r.config.Groups {
+		d, counts := groupMetrics[g.Name], r.counts[i]
+		for _, port := range counts.Ports() {
+			p := strconv.Itoa(int(port))
+			gauge(d.connections, float64(counts.Total(port)), p)
+			for _, state := range counts.States() {
+				gauge(d.byState, float64(counts.ByState(port, state)), p, strings.ReplaceAll(state.String(), "-", "_"))
+			}
+		}
+		gauge(d.maxPerClient, float64(counts.MaxPerClient()))
+		for _, c := range counts.TopClients(r.config.TopClients) {
+			gauge(d.perClient, float64(c.Count), c.Client.String())
+		}
+		if limit := r.Limit(i); limit > 0 {
+			gauge(d.limit, float64(limit))
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(maxPerClientDesc, prometheus.GaugeValue, float64(r.counts.MaxPerClient()))
-	for _, c := range r.counts.TopClients(r.config.TopClients) {
-		ch <- prometheus.MustNewConstMetric(perClientDesc, prometheus.GaugeValue, float64(c.Count), c.Client.String())
+	if r.processesKnown {
+		for _, p := range tally.ByProcess(r.processes, r.config.TopClients) {
+			gauge(perProcessDesc, float64(p.Count), p.Process)
+		}
 	}
-	ch <- prometheus.MustNewConstMetric(limitDesc, prometheus.GaugeValue, float64(r.config.Limit))
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // OnScrape is a prometheus.Collector that collects on every scrape, for the

@@ -21,6 +21,11 @@ type Socket struct {
 	// A v4-mapped address stays mapped, a wildcard is the unspecified
 	// address, a wildcard port ("*") is 0.
 	Local, Peer netip.AddrPort
+	// Process is the command name of the program holding the socket, as
+	// `ss -p` (users:(("nomad",pid=…))) or `netstat -p` (1234/nomad) print
+	// it; "" when not printed (not asked for, not permitted, or none).
+	// Read only with Parser.Processes.
+	Process string
 }
 
 // Kind says what a line of the table is.
@@ -41,26 +46,56 @@ type Parser struct {
 	// which ss drops when its filter names a single state
 	// (`ss -tn state established`). StateUnknown makes such rows an error.
 	ImpliedState State
+	// Processes reads the owning program of each row (ss -p, netstat -p);
+	// off, the rest of a row is not even looked at.
+	Processes bool
 }
 
 // ParseLine reads one line. An error means a line that is none of the known
 // kinds: the table is not one this parser understands.
 func (p Parser) ParseLine(line string) (Socket, Kind, error) {
-	if strings.HasPrefix(line, "\t") { // ss -i, -m: details of the row above
+	w := words{rest: line}
+	s, kind, err := p.parseLine(&w)
+	if p.Processes && kind == TCPSocket && err == nil {
+		s.Process = owner(w.rest)
+	}
+	return s, kind, err
+}
+
+// owner is the first program named in what follows a row's addresses (and
+// netstat's State): ss's users:(("nomad",pid=1,fd=7),...) anywhere among
+// its extras, or netstat's PID/Program name column; "" if neither.
+func owner(rest string) string {
+	if i := strings.Index(rest, `users:(("`); i >= 0 {
+		name := rest[i+len(`users:(("`):]
+		if end := strings.IndexByte(name, '"'); end > 0 {
+			return name[:end]
+		}
+		return ""
+	}
+	w := words{rest: rest}
+	word := w.next()
+	if slash := strings.IndexByte(word, '/'); slash > 0 && isCount(word[:slash]) {
+		return word[slash+1:]
+	}
+	return ""
+}
+
+func (p Parser) parseLine(w *words) (Socket, Kind, error) {
+	if strings.HasPrefix(w.rest, "\t") { // ss -i, -m: details of the row above
 		return Socket{}, NotSocket, nil
 	}
-	w := words{rest: line}
 	first := w.next()
 	switch {
 	case first == "" || isHeaderWord(first):
 		return Socket{}, NotSocket, nil
 	case isCount(first): // ss with one `state X` filter: Recv-Q Send-Q Local Peer
-		return p.stateless(&w, first)
+		return p.stateless(w, first)
 	case first == "tcp" || first == "tcp6":
-		return p.tcpRow(&w)
+		return p.tcpRow(w)
 	}
 	if state, ok := tableState(first); ok { // ss: State Recv-Q Send-Q Local Peer
-		return row(&w, w.next(), state)
+		return row(w, w.next(), state)
 	}
 	if otherProtocols[first] {
 		return Socket{}, OtherSocket, nil

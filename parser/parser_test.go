@@ -140,3 +140,42 @@ func lineContaining(t *testing.T, capture string, parts ...string) string {
 	t.Fatalf("%s has no line with %q", capture, parts)
 	return ""
 }
+
+// The captures' sockets were all opened by one program, capfx: with -p every
+// socket a program still holds (listening and established ones; closed ones
+// linger orphaned) names it, and without -p none names any.
+func TestProcessesFromCapturesWithP(t *testing.T) {
+	withP := 0
+	for _, capture := range captures(t) {
+		name := filepath.Base(capture)
+		if strings.Contains(name, "s-summary") {
+			continue
+		}
+		hasP := strings.Contains(name, "_tanp")
+		t.Run(strings.TrimSuffix(name, ".txt"), func(t *testing.T) {
+			p := parser.Parser{Processes: true, ImpliedState: parser.StateEstablished}
+			text, err := os.ReadFile(capture)
+			require.NoError(t, err)
+			held := 0
+			for line := range strings.Lines(string(text)) {
+				s, kind, err := p.ParseLine(strings.TrimRight(line, "\n"))
+				require.NoError(t, err)
+				if kind != parser.TCPSocket {
+					continue
+				}
+				switch {
+				case !hasP:
+					assert.Empty(t, s.Process, line)
+				case s.State == parser.StateListen || s.State == parser.StateEstablished:
+					assert.Equal(t, "capfx", s.Process, line)
+					held++
+				}
+			}
+			if hasP {
+				withP++
+				assert.Greater(t, held, 20)
+			}
+		})
+	}
+	assert.Equal(t, 2, withP, "ss -tanp and netstat -tanpW")
+}

@@ -73,9 +73,16 @@ func Parse(commandLine string, timeout time.Duration) (*Runner, error) {
 // is not installed it runs netstat -tanW (whole addresses), falling back to
 // netstat -tan for busybox builds without -W; the parser then does the
 // filtering.
-func Default(ports []uint16, states []string, timeout time.Duration) (*Runner, error) {
+//
+// With clientPorts, the table also has the client side of connections to
+// them (dport) and the program holding each socket (-p).
+func Default(ports, clientPorts []uint16, states []string, timeout time.Duration) (*Runner, error) {
 	if len(ports) == 0 {
 		return nil, errors.New("no port to watch")
+	}
+	options, netstat := "-tan", "-tanW"
+	if len(clientPorts) > 0 {
+		options, netstat = "-tanp", "-tanpW"
 	}
 	if _, err := exec.LookPath("ss"); err == nil {
 		var filter []string
@@ -89,14 +96,17 @@ func Default(ports []uint16, states []string, timeout time.Duration) (*Runner, e
 			}
 			filter = append(filter, "sport", "=", ":"+strconv.Itoa(int(p)))
 		}
+		for _, p := range clientPorts {
+			filter = append(filter, "or", "dport", "=", ":"+strconv.Itoa(int(p)))
+		}
 		filter = append(filter, ")")
 		return newRunner(timeout,
-			append([]string{"ss", "-Htan"}, filter...),
-			append([]string{"ss", "-tan"}, filter...),
+			append([]string{"ss", "-H" + options[1:]}, filter...),
+			append([]string{"ss", options}, filter...),
 		), nil
 	}
 	if _, err := exec.LookPath("netstat"); err == nil {
-		return newRunner(timeout, []string{"netstat", "-tanW"}, []string{"netstat", "-tan"}), nil
+		return newRunner(timeout, []string{"netstat", netstat}, []string{"netstat", strings.TrimSuffix(netstat, "W")}), nil
 	}
 	return nil, errors.New("neither ss nor netstat is in PATH: install iproute2 (ss) or net-tools (netstat), or pass --command")
 }

@@ -125,22 +125,28 @@ func TestRunFallsBackOnceToPlainerFormWhenOptionRejected(t *testing.T) {
 
 func TestDefaultUsesSSFilteredInTheKernel(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	r, err := Default([]uint16{8500, 8501}, []string{"established", "close-wait"}, time.Second)
+	r, err := Default([]uint16{8500, 8501}, nil, []string{"established", "close-wait"}, time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ss", "-Htan", "state", "established", "state", "close-wait",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, r.Argv())
+
+	// With the client side of local connections and their programs.
+	r, err = Default([]uint16{8500, 8300}, []uint16{8500}, []string{"established"}, time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ss", "-Htanp", "state", "established",
+		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", "or", "dport", "=", ":8500", ")"}, r.Argv())
 }
 
 func TestDefaultFallsBackToNetstatThenNamesBoth(t *testing.T) {
 	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
 	dir := t.TempDir()
 	t.Setenv("PATH", dir)
-	_, err := Default([]uint16{8500}, []string{"established"}, time.Second)
+	_, err := Default([]uint16{8500}, nil, []string{"established"}, time.Second)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "neither ss nor netstat")
 
 	require.NoError(t, os.Symlink(netstat, filepath.Join(dir, "netstat")))
-	r, err := Default([]uint16{8500}, []string{"established"}, time.Second)
+	r, err := Default([]uint16{8500}, nil, []string{"established"}, time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"netstat", "-tanW"}, r.Argv())
 }

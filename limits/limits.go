@@ -1,0 +1,226 @@
+// Package limits knows Consul's per-client connection limits, given as
+// numbers or read from the agent (/v1/agent/self), and re-read so that a
+// `consul reload` shows.
+//
+// A read that fails never holds up or fails a collection: the last value
+// read stays, and before the first good read there is no value at all,
+// not a guessed default.
+package limits
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Limit is one configured limit: a number, or auto (read from the agent).
+type Limit struct {
+	N    int
+	Auto bool
+}
+
+// ParseLimit reads "auto" or a positive number of connections.
+func ParseLimit(s string) (Limit, error) {
+	if s == "auto" {
+		return Limit{Auto: true}, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return Limit{}, fmt.Errorf("%q is neither a positive number of connections nor auto", s)
+	}
+	return Limit{N: n}, nil
+}
+
+// Snapshot is what is known of the limits at one moment.
+type Snapshot struct {
+	// HTTP and RPC are the per-client limits, 0 where not known (auto and
+	// not read yet).
+	HTTP, RPC int
+	// Auto is set when a limit is read from the agent; then ReadOK says
+	// whether the last read worked and ReadErr why not.
+	Auto    bool
+	ReadOK  bool
+	ReadErr error
+	// TooManyConnections is a last read the agent answered with 429: this
+	// host's own address is at the agent's HTTP limit.
+	TooManyConnections bool
+}
+
+// Source gives the limits, reading the agent where a limit is auto.
+type Source struct {
+	http, rpc            Limit
+	httpPorts, rpcPorts  []uint16
+	refresh, readTimeout time.Duration
+	client               *api.Client // nil when no limit is auto
+	logger               *slog.Logger
+
+	firstRead chan struct{} // closed once the first read is done
+	once      sync.Once
+	mu        sync.Mutex
+	snapshot  Snapshot
+	lastErr   string
+	warned    map[string]bool
+}
+
+// NewSource gives http and rpc, reading auto ones from the agent that
+// Consul's standard environment names (CONSUL_HTTP_ADDR,
+// CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ...). The watched ports are for
+// a warning when the agent serves a port that is not among them.
+func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Duration, logger *slog.Logger) (*Source, error) {
+	s := &Source{
+		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: rpcPorts,
+		refresh: refresh, readTimeout: min(refresh, 5*time.Second), logger: logger,
+		firstRead: make(chan struct{}), warned: map[string]bool{},
+		snapshot: Snapshot{HTTP: http.N, RPC: rpc.N, Auto: http.Auto || rpc.Auto},
+	}
+	if !s.snapshot.Auto {
+		close(s.firstRead)
+		return s, nil
+	}
+	// Not pooled: no idle connection of ours holds one of the agent's
+	// per-client slots between reads.
+	config := api.DefaultNonPooledConfig()
+	client, err := api.NewHttpClient(config.Transport, config.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for --limit auto: %w", err)
+	}
+	client.Timeout = s.readTimeout
+	config.HttpClient = client
+	if s.client, err = api.NewClient(config); err != nil {
+		return nil, fmt.Errorf("consul client for --limit auto: %w", err)
+	}
+	return s, nil
+}
+
+// Snapshot is the limits as last known.
+func (s *Source) Snapshot() Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshot
+}
+
+// Run reads the agent now and every refresh until ctx is done; with no
+// auto limit it returns at once.
+func (s *Source) Run(ctx context.Context) {
+	if s.client == nil {
+		return
+	}
+	ticker := time.NewTicker(s.refresh)
+	defer ticker.Stop()
+	for {
+		s.read()
+		s.once.Do(func() { close(s.firstRead) })
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// WaitFirstRead returns once the first read is done (at once with no auto
+// limit), or when ctx is: for a single collection that must say what the
+// agent's limit is.
+func (s *Source) WaitFirstRead(ctx context.Context) {
+	select {
+	case <-s.firstRead:
+	case <-ctx.Done():
+	}
+}
+
+func (s *Source) read() {
+	self, err := s.client.Agent().Self()
+	var httpLimit, rpcLimit int
+	if err == nil {
+		config := self["DebugConfig"]
+		httpLimit, rpcLimit = number(config["HTTPMaxConnsPerClient"]), number(config["RPCMaxConnsPerClient"])
+		if httpLimit <= 0 || rpcLimit <= 0 {
+			err = errors.New("the agent's DebugConfig has no HTTPMaxConnsPerClient and RPCMaxConnsPerClient")
+		} else {
+			s.warnUnwatched(config)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
+	if err != nil {
+		var status api.StatusError
+		s.snapshot.TooManyConnections = errors.As(err, &status) && status.Code == http.StatusTooManyRequests
+		s.snapshot.ReadErr = fmt.Errorf("reading the limits from the Consul agent: %s", explain(err))
+		if msg := s.snapshot.ReadErr.Error(); msg != s.lastErr {
+			s.logger.Error("cannot read the limits; the last ones read stay", "err", msg)
+			s.lastErr = msg
+		}
+		return
+	}
+	if s.lastErr != "" {
+		s.logger.Info("reading the limits from the Consul agent works again")
+		s.lastErr = ""
+	}
+	if s.http.Auto {
+		s.snapshot.HTTP = httpLimit
+	}
+	if s.rpc.Auto {
+		s.snapshot.RPC = rpcLimit
+	}
+}
+
+// explain is err on one line, with what grants access where that is the
+// problem. The client never puts the token in an error.
+func explain(err error) string {
+	var status api.StatusError
+	if errors.As(err, &status) {
+		body := strings.TrimSpace(strings.SplitN(status.Body, "\n", 2)[0])
+		if len(body) > 120 {
+			body = body[:120] + "..."
+		}
+		switch status.Code {
+		case http.StatusForbidden:
+			return fmt.Sprintf("403 %s: give a token with agent:read (CONSUL_HTTP_TOKEN_FILE)", body)
+		case http.StatusTooManyRequests:
+			return fmt.Sprintf("429 %s: this host's address holds all of the agent's http_max_conns_per_client", body)
+		}
+		return fmt.Sprintf("%d %s", status.Code, body)
+	}
+	return strings.ReplaceAll(err.Error(), "\n", " ")
+}
+
+// warnUnwatched warns once for each port the agent serves that is not
+// watched: the connections on it are not counted.
+func (s *Source) warnUnwatched(config map[string]any) {
+	check := func(key, what, flag string, watched []uint16) {
+		p := number(config[key])
+		if p <= 0 || slices.Contains(watched, uint16(p)) {
+			return
+		}
+		msg := fmt.Sprintf("the Consul agent serves %s on port %d, which is not watched: add --%s %d, or its connections are not counted", what, p, flag, p)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.warned[msg] {
+			s.warned[msg] = true
+			s.logger.Warn(msg)
+		}
+	}
+	check("HTTPPort", "HTTP", "port", s.httpPorts)
+	check("HTTPSPort", "HTTPS", "port", s.httpPorts)
+	if len(s.rpcPorts) > 0 && config["ServerMode"] == true {
+		check("ServerPort", "server RPC", "rpc.port", s.rpcPorts)
+	}
+}
+
+// number is a JSON number as an int, 0 if it is none.
+func number(v any) int {
+	if f, ok := v.(float64); ok {
+		return int(f)
+	}
+	return 0
+}

@@ -1,0 +1,113 @@
+package tally
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+)
+
+// Processes tells which programs on this host hold the client end of the
+// connections counted on its ports. A connection whose client is on this
+// host is in the table twice; its client-side row, the same four-tuple
+// seen from the other end, names the program. A connection from this host
+// to a Consul elsewhere has no server-side row here and is not counted.
+type Processes struct {
+	ports  []uint16
+	states []parser.State
+	// served are the counted server-side sockets; clients the established
+	// client-side sockets toward the ports, with their program ("" when
+	// the table did not say).
+	served  map[fourTuple]struct{}
+	clients map[fourTuple]string
+}
+
+type fourTuple struct{ server, client netip.AddrPort }
+
+// ProcessCount is the number of connections one program holds from one
+// client address.
+type ProcessCount struct {
+	Client  netip.Addr
+	Process string
+	Count   int
+}
+
+// NewProcesses matches the connections counted on ports in states.
+func NewProcesses(ports []uint16, states []parser.State) *Processes {
+	return &Processes{
+		ports:   slices.Clone(ports),
+		states:  slices.Clone(states),
+		served:  map[fourTuple]struct{}{},
+		clients: map[fourTuple]string{},
+	}
+}
+
+// Add takes a row of a table that has both ends of local connections (a
+// filter on the source and the destination port) and their programs.
+func (p *Processes) Add(s parser.Socket) {
+	local, peer := unmap(s.Local), unmap(s.Peer)
+	switch {
+	case slices.Contains(p.ports, local.Port()) && slices.Contains(p.states, s.State):
+		p.served[fourTuple{server: local, client: peer}] = struct{}{}
+	case slices.Contains(p.ports, peer.Port()) && s.State == parser.StateEstablished:
+		// Only an established client end is still some program's: after
+		// close() it lingers orphaned (FIN-WAIT-2).
+		p.clients[fourTuple{server: peer, client: local}] = s.Process
+	}
+}
+
+// Held is how many counted connections each program on this host holds,
+// per client address, most first; unknown is how many local ones have a
+// client end whose program the table did not name (no privilege to see it).
+func (p *Processes) Held() (held []ProcessCount, unknown int) {
+	counts := map[ProcessCount]int{}
+	for conn := range p.served {
+		program, local := p.clients[conn]
+		switch {
+		case !local:
+		case program == "":
+			unknown++
+		default:
+			counts[ProcessCount{Client: conn.client.Addr(), Process: program}]++
+		}
+	}
+	for key, n := range counts {
+		key.Count = n
+		held = append(held, key)
+	}
+	sortCounts(held)
+	return held, unknown
+}
+
+// ByProcess sums held over client addresses: the n busiest programs.
+func ByProcess(held []ProcessCount, n int) []ProcessCount {
+	sums := map[string]int{}
+	for _, h := range held {
+		sums[h.Process] += h.Count
+	}
+	all := make([]ProcessCount, 0, len(sums))
+	for program, count := range sums {
+		all = append(all, ProcessCount{Process: program, Count: count})
+	}
+	sortCounts(all)
+	return all[:min(n, len(all))]
+}
+
+// sortCounts puts the most first; ties by name, then address, so that the
+// same counts always give the same list.
+func sortCounts(counts []ProcessCount) {
+	slices.SortFunc(counts, func(a, b ProcessCount) int {
+		if c := cmp.Compare(b.Count, a.Count); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Process, b.Process); c != 0 {
+			return c
+		}
+		return a.Client.Compare(b.Client)
+	})
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
