@@ -2,13 +2,18 @@ package main
 
 import (
 	"bufio"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,19 +21,40 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 )
 
+// consulAgent is a real Consul dev agent on loopback.
+type consulAgent struct {
+	httpAddr, serverAddr string
+	config               string // its config file, for edits and reloads
+	token                string // the management token, "" without ACLs
+}
+
 // startConsul runs a real Consul dev agent on loopback, every port of it
-// free and the HTTP one returned, with limits { http_max_conns_per_client }.
-func startConsul(t *testing.T, limit int) string {
+// free, with limits (the body of its limits block) and, with acl, ACLs on
+// that deny by default.
+func startConsul(t *testing.T, limits string, acl bool) consulAgent {
 	t.Helper()
 	consul := programs.Need(t, "consul",
 		"build Consul v1.20.1 with: (cd tools/consul && go build -o \"$(go env GOPATH)/bin/consul\" github.com/hashicorp/consul), and put it in PATH")
-	httpAddr := freeAddr(t)
+	agent := consulAgent{httpAddr: freeAddr(t), serverAddr: freeAddr(t), config: filepath.Join(t.TempDir(), "agent.hcl")}
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
-	hcl := fmt.Sprintf(`limits { http_max_conns_per_client = %d }
-ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }`,
-		limit, port(httpAddr), port(freeAddr(t)), port(freeAddr(t)), port(freeAddr(t)))
-	startUntil(t, "Consul agent running!", consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-hcl", hcl)
-	return httpAddr
+	hcl := fmt.Sprintf(`limits { %s }
+ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }
+`, limits, port(agent.httpAddr), port(freeAddr(t)), port(freeAddr(t)), port(agent.serverAddr))
+	if acl {
+		agent.token = rand.Text()
+		hcl += `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + agent.token + `" } }` + "\n"
+	}
+	require.NoError(t, os.WriteFile(agent.config, []byte(hcl), 0o600))
+	startUntil(t, "Consul agent running!", consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-config-file", agent.config)
+	return agent
+}
+
+// api is a client of the agent with its management token.
+func (a consulAgent) api(t *testing.T) *api.Client {
+	t.Helper()
+	client, err := api.NewClient(&api.Config{Address: a.httpAddr, Token: a.token})
+	require.NoError(t, err)
+	return client
 }
 
 // request opens a connection from the source address, makes one request on
@@ -52,7 +78,7 @@ func request(t *testing.T, consulAddr, from string) (int, net.Conn) {
 func TestConsulRefusesTheConnectionOurMetricSaidWasPastTheLimit(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	const limit = 20
-	consulAddr := startConsul(t, limit)
+	consulAddr := startConsul(t, fmt.Sprintf("http_max_conns_per_client = %d", limit), false).httpAddr
 	_, consulPort, _ := net.SplitHostPort(consulAddr)
 	dir := t.TempDir()
 	count := func() map[string]float64 {

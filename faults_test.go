@@ -128,8 +128,6 @@ func assertOnlyOurFile(t *testing.T, dir string) {
 }
 
 func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
-	programs.NeedRoot(t, "switch to the nobody user")
-	setpriv := programs.Need(t, "setpriv", "apt-get install util-linux")
 	programs.Need(t, "ss", "apt-get install iproute2")
 	l := listen(t, "127.0.0.1")
 	open(t, l, "127.0.0.121", 9)
@@ -137,25 +135,25 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 
 	asRoot := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, asRoot.exit, asRoot.stderr)
+	asNobody := runAsNobody(t, "--once", "--port", port(l))
+	require.Equal(t, 0, asNobody.exit, asNobody.stderr)
+	delete(asRoot.metrics, "consul_conn_exporter_collect_duration_seconds")
+	delete(asNobody.metrics, "consul_conn_exporter_collect_duration_seconds")
+	assert.Equal(t, asRoot.metrics, asNobody.metrics)
+	assert.Equal(t, 13.0, asNobody.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+}
 
-	// nobody needs to reach the binary and own the directory it writes.
+// runAsNobody runs the exporter as the nobody user with no capabilities,
+// writing its textfile into a directory of its own.
+func runAsNobody(t *testing.T, args ...string) result {
+	t.Helper()
+	programs.NeedRoot(t, "switch to the nobody user")
+	setpriv := programs.Need(t, "setpriv", "apt-get install util-linux")
+	// nobody must own the directory it writes (TestMain lets it reach the
+	// binary).
 	shared, err := os.MkdirTemp("", "consul-conn-exporter-nobody")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(shared) })
-	require.NoError(t, os.Chmod(shared, 0o755))
 	require.NoError(t, os.Chown(shared, 65534, 65534))
-	bin := filepath.Join(shared, "consul_conn_exporter")
-	text, err := os.ReadFile(binary)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(bin, text, 0o755))
-
-	cmd := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
-		bin, "--once", "--port", port(l), "--textfile.directory", shared)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	asNobody := readMetrics(t, filepath.Join(shared, textfile.FileName))
-	delete(asRoot.metrics, "consul_conn_exporter_collect_duration_seconds")
-	delete(asNobody, "consul_conn_exporter_collect_duration_seconds")
-	assert.Equal(t, asRoot.metrics, asNobody)
-	assert.Equal(t, 13.0, asNobody[`consul_open_http_connections{port="`+port(l)+`"}`])
+	return runExporter(t, shared, []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}, args...)
 }

@@ -118,12 +118,14 @@ func run(args []string, stderr io.Writer) int {
 		return usageError(stderr, err)
 	}
 	coll := collector.New(config, cmd, lim, logger)
-	coll.WaitForLimits = *once
+	coll.ReadLimitsAfterCount = *once
 	logger.Info("starting", "version", version.Info(), "command", cmd.String())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go lim.Run(ctx)
+	if !*once {
+		go lim.Run(ctx)
+	}
 	serverDone := make(chan error, 1)
 	if serveWeb {
 		server, err := newServer(coll, *metricsPath)

@@ -38,6 +38,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// Tests run it as nobody too.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	binary = filepath.Join(dir, "consul_conn_exporter")
 	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
@@ -376,6 +381,11 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--states", "time-wait"},
 		{"--states", "establishd"},
 		{"--limit", "0"},
+		{"--limit", "abc"},
+		{"--rpc.limit", "-1"},
+		{"--rpc.port", "0"},
+		{"--port", "8500", "--rpc.port", "8500"},
+		{"--limit.refresh", "0s"},
 		{"--clients.top", "-1"},
 		{"--command", `ss "unclosed`},
 		{"--command.timeout", "0s"},

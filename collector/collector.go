@@ -57,9 +57,9 @@ type Collector struct {
 	runner *runner.Runner
 	limits *limits.Source
 	logger *slog.Logger
-	// WaitForLimits makes a collection wait for the first read of an auto
-	// limit, for a single collection that must report it.
-	WaitForLimits bool
+	// ReadLimitsAfterCount reads an auto limit after the count if it has
+	// not been read yet: for a single collection, which must report it.
+	ReadLimitsAfterCount bool
 	// inFlight makes callers that arrive while a collection runs share it:
 	// however many scrapers and outputs, one command at a time.
 	inFlight singleflight.Group
@@ -111,8 +111,8 @@ func (c *Collector) collect(ctx context.Context) Result {
 			c.warnProcesses(unknown)
 		}
 	}
-	if c.WaitForLimits {
-		c.limits.WaitFirstRead(ctx)
+	if c.ReadLimitsAfterCount {
+		c.limits.FirstRead()
 	}
 	res.Limits = c.limits.Snapshot()
 	return res

@@ -63,8 +63,7 @@ type Source struct {
 	client               *api.Client // nil when no limit is auto
 	logger               *slog.Logger
 
-	firstRead chan struct{} // closed once the first read is done
-	once      sync.Once
+	firstRead sync.Once
 	mu        sync.Mutex
 	snapshot  Snapshot
 	lastErr   string
@@ -79,11 +78,10 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	s := &Source{
 		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: rpcPorts,
 		refresh: refresh, readTimeout: min(refresh, 5*time.Second), logger: logger,
-		firstRead: make(chan struct{}), warned: map[string]bool{},
+		warned:   map[string]bool{},
 		snapshot: Snapshot{HTTP: http.N, RPC: rpc.N, Auto: http.Auto || rpc.Auto},
 	}
 	if !s.snapshot.Auto {
-		close(s.firstRead)
 		return s, nil
 	}
 	// Not pooled: no idle connection of ours holds one of the agent's
@@ -108,32 +106,31 @@ func (s *Source) Snapshot() Snapshot {
 	return s.snapshot
 }
 
-// Run reads the agent now and every refresh until ctx is done; with no
-// auto limit it returns at once.
+// Run reads the agent now (unless FirstRead has) and every refresh until
+// ctx is done; with no auto limit it returns at once.
 func (s *Source) Run(ctx context.Context) {
 	if s.client == nil {
 		return
 	}
 	ticker := time.NewTicker(s.refresh)
 	defer ticker.Stop()
+	s.FirstRead()
 	for {
-		s.read()
-		s.once.Do(func() { close(s.firstRead) })
 		select {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+			s.read()
 		}
 	}
 }
 
-// WaitFirstRead returns once the first read is done (at once with no auto
-// limit), or when ctx is: for a single collection that must say what the
-// agent's limit is.
-func (s *Source) WaitFirstRead(ctx context.Context) {
-	select {
-	case <-s.firstRead:
-	case <-ctx.Done():
+// FirstRead reads the agent now if no read has been made yet, for a single
+// collection that must say the limit. It is called after the count, so
+// that the read's own connection to the agent is not counted.
+func (s *Source) FirstRead() {
+	if s.client != nil {
+		s.firstRead.Do(s.read)
 	}
 }
 

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+)
+
+// The agent's own limits, its server RPC limiter and the local programs
+// holding its connections, against a real Consul agent with ACLs on and
+// limits that are not the defaults.
+func TestConsulAwareAgainstARealAgent(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	agent := startConsul(t, `http_max_conns_per_client = 37
+rpc_max_conns_per_client = 23
+rpc_handshake_timeout = "5m"`, true)
+	_, httpPort, _ := net.SplitHostPort(agent.httpAddr)
+	_, rpcPort, _ := net.SplitHostPort(agent.serverAddr)
+	t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
+	watch := []string{"--port", httpPort, "--rpc.port", rpcPort}
+
+	// The least a token needs, as the README gives it.
+	client := agent.api(t)
+	policy, _, err := client.ACL().PolicyCreate(&api.ACLPolicy{Name: "consul-conn-exporter", Rules: `agent_prefix "" { policy = "read" }`}, nil)
+	require.NoError(t, err)
+	token, _, err := client.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	require.NoError(t, err)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(token.SecretID+"\n"), 0o600))
+
+	t.Run("auto with an agent:read token file", func(t *testing.T) {
+		t.Setenv("CONSUL_HTTP_TOKEN_FILE", tokenFile)
+		dir := t.TempDir()
+		res := exporter(t, dir, append([]string{"--once", "--limit", "auto", "--rpc.limit", "auto"}, watch...)...)
+		require.Equal(t, 0, res.exit, res.stderr)
+		assert.Equal(t, 37.0, res.metrics["consul_http_max_conns_per_client"])
+		assert.Equal(t, 23.0, res.metrics["consul_rpc_max_conns_per_client"])
+		assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_limits_read_success"])
+		assert.Equal(t, 2.0, res.metrics[`consul_open_rpc_connections_per_client{client="127.0.0.1"}`], "the dev server's own two")
+		assertNoSecret(t, res, dir, token.SecretID, agent.token)
+	})
+
+	t.Run("auto without a token", func(t *testing.T) {
+		dir := t.TempDir()
+		res := exporter(t, dir, append([]string{"--once", "--limit", "auto", "--rpc.limit", "auto"}, watch...)...)
+		assert.Equal(t, 1, res.exit, "a failed read fails --once")
+		assert.Contains(t, res.stderr, "403")
+		assert.Contains(t, res.stderr, "agent:read")
+		assert.Equal(t, 0.0, res.metrics["consul_conn_exporter_limits_read_success"])
+		assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"], "the counts are still right")
+		assert.Contains(t, res.metrics, `consul_open_rpc_connections{port="`+rpcPort+`"}`)
+		assert.NotContains(t, res.metrics, "consul_http_max_conns_per_client", "no limit rather than a guessed one")
+		assert.NotContains(t, res.metrics, "consul_rpc_max_conns_per_client")
+		assertNoSecret(t, res, dir, token.SecretID, agent.token)
+	})
+
+	t.Run("the RPC limiter refuses past the count we report", func(t *testing.T) {
+		// HTTP connections that must not move while RPC ones come.
+		for range 5 {
+			request(t, agent.httpAddr, "127.0.0.104")
+		}
+		count := func() map[string]float64 {
+			res := exporter(t, t.TempDir(), append([]string{"--once", "--limit", "37", "--rpc.limit", "23"}, watch...)...)
+			require.Equal(t, 0, res.exit, res.stderr)
+			return res.metrics
+		}
+		before := count()
+		const busy = "127.0.0.103"
+		perClient := `consul_open_rpc_connections_per_client{client="` + busy + `"}`
+		for held := 0; held < 23; held++ {
+			require.Equal(t, float64(held), count()[perClient])
+			dialFrom(t, busy, agent.serverAddr)
+		}
+		at := count()
+		require.Equal(t, 23.0, at[perClient])
+		require.Equal(t, 23.0, at["consul_open_rpc_connections_max_per_client"])
+		require.Equal(t, at["consul_rpc_max_conns_per_client"], at["consul_open_rpc_connections_max_per_client"])
+
+		// Our metric is at the limit: Consul closes the next one at once.
+		conn := dialFrom(t, busy, agent.serverAddr)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+		_, err := conn.Read(make([]byte, 1))
+		assert.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "Consul closes connection 24, got %v", err)
+
+		after := count()
+		assert.Equal(t, 23.0, after[perClient], "the 23 before it are held")
+		for _, name := range []string{`consul_open_http_connections{port="` + httpPort + `"}`,
+			`consul_open_http_connections_per_client{client="127.0.0.104"}`, "consul_open_http_connections_max_per_client"} {
+			assert.Equal(t, before[name], after[name], "%s moved with RPC connections", name)
+		}
+		assert.Equal(t, 5.0, after[`consul_open_http_connections_per_client{client="127.0.0.104"}`])
+	})
+
+	t.Run("the local programs holding the connections", func(t *testing.T) {
+		curl := programs.Need(t, "curl", "apt-get install curl")
+		python := programs.Need(t, "python3", "apt-get install python3")
+		_, meta, err := client.Catalog().Services(nil)
+		require.NoError(t, err)
+		// Three blocking queries, held until the test ends.
+		var curlComm string
+		for range 3 {
+			cmd := exec.Command(curl, "-s", "-H", "X-Consul-Token: "+agent.token,
+				"http://"+agent.httpAddr+"/v1/catalog/services?wait=5m&index="+itoa(meta.LastIndex))
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			curlComm = comm(t, cmd.Process.Pid)
+		}
+		// And a Python client holding five keep-alive connections.
+		py := exec.Command(python, "-c", `
+import http.client, sys
+conns = []
+for _ in range(5):
+    c = http.client.HTTPConnection(sys.argv[1])
+    c.request("GET", "/v1/status/leader")
+    c.getresponse().read()
+    conns.append(c)
+print("ready", flush=True)
+sys.stdin.read()
+`, agent.httpAddr)
+		stdin, err := py.StdinPipe()
+		require.NoError(t, err)
+		stdout, err := py.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, py.Start())
+		t.Cleanup(func() { stdin.Close(); py.Wait() })
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		require.NoError(t, err)
+		require.Equal(t, "ready\n", line)
+		pyComm := comm(t, py.Process.Pid)
+		require.NotEqual(t, curlComm, pyComm)
+
+		args := append([]string{"--once", "--limit", "37", "--clients.processes"}, watch...)
+		var asRoot result
+		// curl may not have connected yet; the Python client has.
+		require.Eventually(t, func() bool {
+			asRoot = exporter(t, t.TempDir(), args...)
+			return asRoot.metrics[`consul_open_http_connections_per_process{process="`+curlComm+`"}`] == 3
+		}, 20*time.Second, 50*time.Millisecond, "three curls: %v", asRoot.metrics)
+		require.Equal(t, 0, asRoot.exit, asRoot.stderr)
+		assert.Equal(t, 5.0, asRoot.metrics[`consul_open_http_connections_per_process{process="`+pyComm+`"}`])
+		assert.NotContains(t, asRoot.stderr, "cannot tell which local programs")
+
+		// As nobody, the programs are hidden: no per-process series, a
+		// warning, and the same counts.
+		asNobody := runAsNobody(t, args...)
+		require.Equal(t, 0, asNobody.exit, asNobody.stderr)
+		assert.Contains(t, asNobody.stderr, "cannot tell which local programs hold the HTTP connections")
+		assert.Contains(t, asNobody.stderr, "CAP_SYS_PTRACE")
+		for name := range asNobody.metrics {
+			assert.NotContains(t, name, "per_process")
+		}
+		for name, value := range asRoot.metrics {
+			if strings.Contains(name, "connections") && !strings.Contains(name, "per_process") {
+				assert.Equal(t, value, asNobody.metrics[name], name)
+			}
+		}
+	})
+
+	t.Run("a reload shows", func(t *testing.T) {
+		t.Setenv("CONSUL_HTTP_TOKEN_FILE", tokenFile)
+		dir := t.TempDir()
+		startUntil(t, "msg=starting", append([]string{binary, "--textfile.directory", dir, "--limit", "auto",
+			"--limit.refresh", "100ms", "--interval", "50ms"}, watch...)...)
+		limit := func() float64 {
+			return readMetrics(t, filepath.Join(dir, textfile.FileName))["consul_http_max_conns_per_client"]
+		}
+		require.Eventually(t, func() bool { return limit() == 37 }, 20*time.Second, 20*time.Millisecond)
+
+		text, err := os.ReadFile(agent.config)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(agent.config, []byte(strings.Replace(string(text),
+			"http_max_conns_per_client = 37", "http_max_conns_per_client = 41", 1)), 0o600))
+		require.NoError(t, client.Agent().Reload())
+		assert.Eventually(t, func() bool { return limit() == 41 }, 20*time.Second, 20*time.Millisecond,
+			"the running exporter shows the reloaded limit")
+	})
+}
+
+// assertNoSecret checks that no token is in the exporter's output.
+func assertNoSecret(t *testing.T, res result, dir string, secrets ...string) {
+	t.Helper()
+	file, err := os.ReadFile(filepath.Join(dir, textfile.FileName))
+	require.NoError(t, err)
+	for _, secret := range secrets {
+		assert.NotContains(t, res.stderr, secret)
+		assert.NotContains(t, string(file), secret)
+	}
+}
+
+// dialFrom opens a raw TCP connection from a loopback address, closed at
+// the end of the test.
+func dialFrom(t *testing.T, from, to string) net.Conn {
+	t.Helper()
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := dialer.Dial("tcp", to)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// comm is the command name the kernel (and so ss -p) gives a process.
+func comm(t *testing.T, pid int) string {
+	t.Helper()
+	text, err := os.ReadFile("/proc/" + itoa(uint64(pid)) + "/comm")
+	require.NoError(t, err)
+	return strings.TrimSpace(string(text))
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
