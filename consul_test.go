@@ -30,8 +30,9 @@ type consulAgent struct {
 
 // startConsul runs a real Consul dev agent on loopback, every port of it
 // free, with limits (the body of its limits block) and, with acl, ACLs on
-// that deny by default.
-func startConsul(t *testing.T, limits string, acl bool) consulAgent {
+// that deny by default; extra is more configuration, made for the agent's
+// ports.
+func startConsul(t *testing.T, limits string, acl bool, extra ...func(consulAgent) string) consulAgent {
 	t.Helper()
 	consul := programs.Need(t, "consul",
 		"build Consul v1.20.1 with: (cd tools/consul && go build -o \"$(go env GOPATH)/bin/consul\" github.com/hashicorp/consul), and put it in PATH")
@@ -44,9 +45,17 @@ ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan =
 		agent.token = rand.Text()
 		hcl += `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + agent.token + `" } }` + "\n"
 	}
+	for _, more := range extra {
+		hcl += more(agent) + "\n"
+	}
 	require.NoError(t, os.WriteFile(agent.config, []byte(hcl), 0o600))
 	startUntil(t, "Consul agent running!", consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-config-file", agent.config)
 	return agent
+}
+
+func (a consulAgent) httpPort() string {
+	_, p, _ := net.SplitHostPort(a.httpAddr)
+	return p
 }
 
 // api is a client of the agent with its management token.

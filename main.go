@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/check"
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
@@ -51,14 +52,17 @@ func main() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	app := kingpin.New(name, "Counts the connections Consul holds open, per client IP and in total, against its per-client limits, and hands them to Prometheus.")
 	app.UsageWriter(stderr).ErrorWriter(stderr)
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
+	app.Command("run", "Collect every --interval (or --once) for the textfile, a Pushgateway or /metrics (the default).").Default()
+	checkCmd := app.Command("check", "Collect once and print a verdict on the busiest client against its limit; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios, Consul script checks).")
+	checkFlags := check.AddFlags(checkCmd)
 	countFlags := collector.AddFlags(app)
 	limitFlags := limits.AddFlags(app)
 	textfileFlags := textfile.AddFlags(app)
@@ -70,29 +74,45 @@ func run(args []string, stderr io.Writer) int {
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
 
-	if _, err := app.Parse(args); err != nil {
-		return usageError(stderr, err)
+	// A usage error is exit 2, but 3 (UNKNOWN) for check, so that a typo
+	// in a health check is never read as CRITICAL.
+	usageError := func(err error) int { return usage(stderr, err, exitBadUsage) }
+	if ctx, _ := app.ParseContext(args); ctx != nil && ctx.SelectedCommand == checkCmd {
+		usageError = func(err error) int { return usage(stderr, err, int(check.Unknown)) }
+	}
+	command, err := app.Parse(args)
+	if err != nil {
+		return usageError(err)
+	}
+	isCheck := command == checkCmd.FullCommand()
+	if err := checkFlags.Validate(); isCheck && err != nil {
+		return usageError(err)
 	}
 	config, err := countFlags.Config()
 	if err != nil {
-		return usageError(stderr, err)
+		return usageError(err)
 	}
 	if *interval <= 0 {
-		return usageError(stderr, errors.New("--interval must be positive"))
+		return usageError(errors.New("--interval must be positive"))
 	}
 	*webFlags.WebListenAddresses = slices.DeleteFunc(*webFlags.WebListenAddresses, func(a string) bool { return a == "" })
 	serveWeb := len(*webFlags.WebListenAddresses) > 0 || *webFlags.WebSystemdSocket
 	if *once && serveWeb {
-		return usageError(stderr, errors.New("--once cannot serve --web.listen-address: a server runs until stopped"))
+		return usageError(errors.New("--once cannot serve --web.listen-address: a server runs until stopped"))
 	}
 	logger := promslog.New(logConfig)
+	if isCheck {
+		// Consul shows a check's stdout and stderr as one: the report
+		// says everything, logs would only come before it.
+		logger = slog.New(slog.DiscardHandler)
+	}
 	var rpcPorts []uint16
 	if len(config.Groups) > 1 {
 		rpcPorts = config.Groups[1].Ports
 	}
 	lim, err := limitFlags.Source(config.Groups[0].Ports, rpcPorts, logger)
 	if err != nil {
-		return usageError(stderr, err)
+		return usageError(err)
 	}
 
 	// Outputs: each takes the metrics of one collection.
@@ -103,22 +123,29 @@ func run(args []string, stderr io.Writer) int {
 	}
 	pusher, err := pushFlags.Pusher()
 	if err != nil {
-		return usageError(stderr, err)
+		return usageError(err)
 	}
 	if pusher != nil {
 		outputs = append(outputs, &output{name: "pushgateway " + pusher.String(), write: pusher.Push})
 	}
 
 	cmd, err := countFlags.Runner(config)
+	if errors.Is(err, collector.ErrNoTool) && isCheck {
+		fmt.Fprintf(stdout, "%s: cannot count the connections: %v\n", check.Unknown, err)
+		return int(check.Unknown)
+	}
 	if errors.Is(err, collector.ErrNoTool) {
 		logger.Error("cannot count connections", "err", err)
 		return exitFailed
 	}
 	if err != nil {
-		return usageError(stderr, err)
+		return usageError(err)
 	}
 	coll := collector.New(config, cmd, lim, logger)
-	coll.ReadLimitsAfterCount = *once
+	coll.ReadLimitsAfterCount = *once || isCheck
+	if isCheck {
+		return runCheck(coll, checkFlags, stdout)
+	}
 	logger.Info("starting", "version", version.Info(), "command", cmd.String())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -231,7 +258,34 @@ func newServer(coll *collector.Collector, metricsPath string) (*http.Server, err
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil
 }
 
-func usageError(stderr io.Writer, err error) int {
+func usage(stderr io.Writer, err error, exit int) int {
 	fmt.Fprintf(stderr, "%s: error: %v; try --help\n", name, err)
-	return exitBadUsage
+	return exit
+}
+
+// runCheck collects once and prints the verdict; its exit code is the
+// status.
+func runCheck(coll *collector.Collector, flags *check.Flags, stdout io.Writer) int {
+	report := flags.Evaluate(coll.Collect(context.Background()))
+	var err error
+	if flags.JSON() {
+		err = report.WriteJSON(stdout)
+	} else {
+		err = report.WriteText(stdout, isTerminal(stdout))
+	}
+	if err != nil {
+		return int(check.Unknown)
+	}
+	return int(report.Status)
+}
+
+// isTerminal is a terminal a person reads (colour welcome), not a pipe,
+// a file or Consul.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
 }

@@ -1,0 +1,245 @@
+// Package check turns one collection into a verdict on how close the
+// busiest client is to Consul's limit, for a person on the host or for a
+// Consul script check (Nagios plugin exit codes: 0 OK, 1 WARNING,
+// 2 CRITICAL, 3 UNKNOWN), as a table or as JSON.
+package check
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
+)
+
+// Status is a verdict, ordered from best to worst; its value is the exit
+// code.
+type Status int
+
+// The statuses, as Nagios plugins and Consul script checks read them.
+const (
+	OK Status = iota
+	Warning
+	Critical
+	Unknown
+)
+
+func (s Status) String() string {
+	return [...]string{"OK", "WARNING", "CRITICAL", "UNKNOWN"}[s]
+}
+
+// MarshalText writes the status by name in JSON.
+func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads a status by name, for scripts reading the JSON.
+func (s *Status) UnmarshalText(text []byte) error {
+	for status := OK; status <= Unknown; status++ {
+		if status.String() == string(text) {
+			*s = status
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown status %q", text)
+}
+
+// Flags are the thresholds and the format.
+type Flags struct {
+	warning, critical float64
+	format            string
+}
+
+// AddFlags declares the check's flags on its command.
+func AddFlags(cmd *kingpin.CmdClause) *Flags {
+	f := &Flags{}
+	cmd.Flag("warning", "WARNING (exit 1) when a client holds this share of its group's limit.").Default("0.8").Float64Var(&f.warning)
+	cmd.Flag("critical", "CRITICAL (exit 2) when a client holds this share of its group's limit.").Default("1.0").Float64Var(&f.critical)
+	cmd.Flag("format", "text (a table per limiter group, then the verdict) or json.").Default("text").EnumVar(&f.format, "text", "json")
+	return f
+}
+
+// Validate says what is wrong with the thresholds, before any collection.
+func (f *Flags) Validate() error {
+	switch {
+	case f.warning < 0 || f.critical <= 0:
+		return errors.New("--warning must be 0 or more and --critical more than 0 (shares of the limit, e.g. 0.8 and 1.0)")
+	case f.warning > f.critical:
+		return fmt.Errorf("--warning %g is above --critical %g", f.warning, f.critical)
+	}
+	return nil
+}
+
+// JSON is the JSON format asked for.
+func (f *Flags) JSON() bool { return f.format == "json" }
+
+// Report is the verdict and what it is drawn from.
+type Report struct {
+	Status Status `json:"status"`
+	// Reason is the verdict's one line: the worst client, its group and
+	// limit, or why there is no verdict.
+	Reason    string       `json:"reason"`
+	Groups    []Group      `json:"groups,omitempty"`
+	Processes []Process    `json:"processes,omitempty"`
+	Notes     []string     `json:"notes,omitempty"`
+	Error     string       `json:"error,omitempty"`
+	worst     *worstClient // nil when no client holds a connection
+	states    []string     // the watched states, in the order given
+}
+
+// Group is one limiter group's counts.
+type Group struct {
+	Name         string   `json:"name"`      // http or rpc
+	LimitName    string   `json:"limit_name"` // Consul's setting
+	Limit        int      `json:"limit"`      // 0 when not known
+	MaxPerClient int      `json:"max_per_client"`
+	Ports        []Port   `json:"ports"`
+	Clients      []Client `json:"clients"`
+}
+
+// Port is one port's open connections, by state.
+type Port struct {
+	Port    uint16         `json:"port"`
+	Open    int            `json:"open"`
+	ByState map[string]int `json:"states"`
+}
+
+// Client is one of the busiest clients of a group.
+type Client struct {
+	Client      string `json:"client"`
+	Connections int    `json:"connections"`
+	// Share is of the group's limit, 0 when the limit is not known.
+	Share float64 `json:"share"`
+	// Processes are the programs on this host holding its connections,
+	// where known.
+	Processes []Process `json:"processes,omitempty"`
+}
+
+// Process is a program on this host and the connections it holds.
+type Process struct {
+	Process     string `json:"process"`
+	Connections int    `json:"connections"`
+}
+
+type worstClient struct {
+	group  *Group
+	client Client
+}
+
+var limitNames = map[string]string{collector.HTTP: "http_max_conns_per_client", collector.RPC: "rpc_max_conns_per_client"}
+
+// Evaluate draws the verdict from res.
+func (f *Flags) Evaluate(res collector.Result) Report {
+	var r Report
+	if res.Err != nil {
+		r.Error = res.Err.Error()
+		r.Status, r.Reason = Unknown, "cannot count the connections: "+res.Err.Error()
+		return r
+	}
+	config := res.Config()
+	for _, state := range config.States {
+		r.states = append(r.states, strings.ReplaceAll(state.String(), "-", "_"))
+	}
+	held, processesKnown := res.Processes()
+	for i, g := range config.Groups {
+		counts := res.Counts(i)
+		group := Group{Name: g.Name, LimitName: limitNames[g.Name], Limit: res.Limit(i), MaxPerClient: counts.MaxPerClient()}
+		for _, port := range counts.Ports() {
+			p := Port{Port: port, Open: counts.Total(port), ByState: map[string]int{}}
+			for _, state := range counts.States() {
+				p.ByState[strings.ReplaceAll(state.String(), "-", "_")] = counts.ByState(port, state)
+			}
+			group.Ports = append(group.Ports, p)
+		}
+		for _, c := range counts.TopClients(max(config.TopClients, 1)) {
+			client := Client{Client: c.Client.String(), Connections: c.Count, Share: share(c.Count, group.Limit)}
+			if g.Name == collector.HTTP && processesKnown {
+				for _, h := range held {
+					if h.Client == c.Client {
+						client.Processes = append(client.Processes, Process{h.Process, h.Count})
+					}
+				}
+			}
+			group.Clients = append(group.Clients, client)
+		}
+		r.Groups = append(r.Groups, group)
+	}
+	if processesKnown {
+		for _, p := range tally.ByProcess(held, max(config.TopClients, 1)) {
+			r.Processes = append(r.Processes, Process{p.Process, p.Count})
+		}
+	} else if config.Processes {
+		r.Notes = append(r.Notes, "the programs holding the connections cannot be seen: run as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+	}
+	f.judge(&r, res)
+	return r
+}
+
+// judge sets the status from the busiest client of any group.
+func (f *Flags) judge(r *Report, res collector.Result) {
+	for i := range r.Groups {
+		g := &r.Groups[i]
+		if len(g.Clients) == 0 || g.Limit == 0 {
+			continue
+		}
+		if r.worst == nil || g.Clients[0].Share > r.worst.client.Share {
+			r.worst = &worstClient{group: g, client: g.Clients[0]}
+		}
+	}
+	lim := res.Limits
+	switch {
+	case lim.Auto && !lim.ReadOK && lim.TooManyConnections:
+		// The read of the limit was itself refused: this host's address
+		// is at the agent's HTTP limit, the very thing to warn of.
+		r.Status, r.Reason = Critical, "the Consul agent answered 429 Too Many Requests to this host: its address holds every connection http_max_conns_per_client allows"
+		return
+	case lim.Auto && (!lim.ReadOK || r.missingLimit()):
+		reason := "the limit could not be read from the Consul agent"
+		if lim.ReadErr != nil {
+			reason = lim.ReadErr.Error()
+		}
+		r.Status, r.Reason = Unknown, reason
+		return
+	case r.worst == nil:
+		r.Status, r.Reason = OK, "no client holds a connection"
+		return
+	}
+	w := r.worst
+	r.Status = OK
+	if w.client.Share >= f.critical {
+		r.Status = Critical
+	} else if w.client.Share >= f.warning {
+		r.Status = Warning
+	}
+	r.Reason = fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%.0f%%)",
+		w.client.Client, w.client.Connections, w.group.Limit, strings.ToUpper(w.group.Name), w.group.LimitName, 100*w.client.Share)
+	if programs := processList(w.client.Processes); programs != "" {
+		r.Reason += ": " + programs
+	}
+}
+
+func (r *Report) missingLimit() bool {
+	for _, g := range r.Groups {
+		if g.Limit == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func share(n, limit int) float64 {
+	if limit == 0 {
+		return 0
+	}
+	return float64(n) / float64(limit)
+}
+
+// processList is "nomad 150, consul-template 40".
+func processList(processes []Process) string {
+	words := make([]string, len(processes))
+	for i, p := range processes {
+		words[i] = fmt.Sprintf("%s %d", p.Process, p.Connections)
+	}
+	return strings.Join(words, ", ")
+}
