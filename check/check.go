@@ -90,7 +90,7 @@ type Report struct {
 
 // Group is one limiter group's counts.
 type Group struct {
-	Name         string   `json:"name"`      // http or rpc
+	Name         string   `json:"name"`       // http or rpc
 	LimitName    string   `json:"limit_name"` // Consul's setting
 	Limit        int      `json:"limit"`      // 0 when not known
 	MaxPerClient int      `json:"max_per_client"`
