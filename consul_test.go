@@ -91,7 +91,7 @@ func TestConsulRefusesTheConnectionOurMetricSaidWasPastTheLimit(t *testing.T) {
 	_, consulPort, _ := net.SplitHostPort(consulAddr)
 	dir := t.TempDir()
 	count := func() map[string]float64 {
-		res := exporter(t, dir, "--once", "--port", consulPort, "--limit", fmt.Sprint(limit))
+		res := counts(t, dir, "--once", "--port", consulPort, "--limit", fmt.Sprint(limit))
 		require.Equal(t, 0, res.exit, res.stderr)
 		return res.metrics
 	}

@@ -38,6 +38,9 @@ func TestProcHiddenSSStillCountsAndNetstatFailsLoudly(t *testing.T) {
 	res := inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p)
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 25.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`], "ss asks netlink, not /proc")
+	res = inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p, "--source", "netlink")
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 25.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`], "nor does the built-in reader")
 
 	for _, tc := range []struct{ name, command, err string }{
 		{"net-tools", netstat + " -tan", "exited with status 1: netstat: no support for `AF INET (tcp)'"},
@@ -135,12 +138,12 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 
 	asRoot := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, asRoot.exit, asRoot.stderr)
-	asNobody := runAsNobody(t, "--once", "--port", port(l))
-	require.Equal(t, 0, asNobody.exit, asNobody.stderr)
-	delete(asRoot.metrics, "consul_conn_exporter_collect_duration_seconds")
-	delete(asNobody.metrics, "consul_conn_exporter_collect_duration_seconds")
-	assert.Equal(t, asRoot.metrics, asNobody.metrics)
-	assert.Equal(t, 13.0, asNobody.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+	for _, source := range []string{"ss", "netlink"} {
+		asNobody := runAsNobody(t, "--once", "--port", port(l), "--source", source)
+		require.Equal(t, 0, asNobody.exit, asNobody.stderr)
+		assert.Equal(t, withoutDuration(asRoot.metrics), withoutDuration(asNobody.metrics), source)
+		assert.Equal(t, 13.0, asNobody.metrics[`consul_open_http_connections{port="`+port(l)+`"}`], source)
+	}
 }
 
 // runAsNobody runs the exporter as the nobody user with no capabilities,

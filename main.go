@@ -46,12 +46,7 @@ const (
 )
 
 func main() {
-	// One core is enough: the work is one pipeline from ss's output to a
-	// count. On a small host a second busy thread would only take CPU from
-	// ss, which the collection waits on, and from Consul.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
-	}
+	fillVersion()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -129,7 +124,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		outputs = append(outputs, &output{name: "pushgateway " + pusher.String(), write: pusher.Push})
 	}
 
-	cmd, err := countFlags.Runner(config)
+	source, err := countFlags.Source(config, logger)
 	if errors.Is(err, collector.ErrNoTool) && isCheck {
 		fmt.Fprintf(stdout, "%s: cannot count the connections: %v\n", check.Unknown, err)
 		return int(check.Unknown)
@@ -141,12 +136,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(err)
 	}
-	coll := collector.New(config, cmd, lim, logger)
+	// Reading a command's table, one core is enough: the work is one
+	// pipeline from its output to a count, and a second busy thread would
+	// only take CPU from ss, which the collection waits on, and from
+	// Consul. The built-in reader has no such rival, and with a second core
+	// a scrape's other collectors run beside its walk of the kernel's table.
+	if _, command := source.(*collector.Command); command && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+	coll := collector.New(config, source, lim, logger)
 	coll.ReadLimitsAfterCount = *once || isCheck
 	if isCheck {
 		return runCheck(coll, checkFlags, stdout)
 	}
-	logger.Info("starting", "version", version.Info(), "command", cmd.String())
+	logger.Info("starting", "version", version.Info(), "source", source.String())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
@@ -170,13 +171,31 @@ func open(t *testing.T, l *portopener.Listener, from string, n int) []portopener
 
 func port(l *portopener.Listener) string { return fmt.Sprint(l.Port()) }
 
+// counts runs the exporter with ss (into dir) and again with the built-in
+// netlink reader: both must give the same numbers. It returns ss's run.
+func counts(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	viaSS := exporter(t, dir, args...)
+	viaNetlink := exporter(t, t.TempDir(), append([]string{"--source", "netlink"}, args...)...)
+	assert.Equal(t, viaSS.exit, viaNetlink.exit, viaNetlink.stderr)
+	assert.Equal(t, withoutDuration(viaSS.metrics), withoutDuration(viaNetlink.metrics), "the built-in reader gives ss's numbers")
+	return viaSS
+}
+
+// withoutDuration is metrics less the one that differs from run to run.
+func withoutDuration(metrics map[string]float64) map[string]float64 {
+	m := maps.Clone(metrics)
+	delete(m, "consul_conn_exporter_collect_duration_seconds")
+	return m
+}
+
 func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	l := listen(t, "127.0.0.1")
 	pairs := open(t, l, "127.0.0.1", 200)
 	dir := t.TempDir()
 
-	res := exporter(t, dir, "--once", "--port", port(l))
+	res := counts(t, dir, "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
 	p := port(l)
 	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
@@ -202,7 +221,7 @@ func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	require.Eventually(t, func() bool { return timeWait(t, pairs) == 200 }, 10*time.Second, 10*time.Millisecond,
 		"all 200 connections reach TIME-WAIT on one side")
 
-	res = exporter(t, dir, "--once", "--port", p)
+	res = counts(t, dir, "--once", "--port", p)
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 0.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
 	assert.Equal(t, 0.0, res.metrics["consul_open_http_connections_max_per_client"])
@@ -249,7 +268,7 @@ func TestIPv6CountsTheSame(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	l := listen(t, "::1")
 	open(t, l, "::1", 200)
-	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	res := counts(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
 	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections_per_client{client="::1"}`])
@@ -261,7 +280,7 @@ func TestPerClientOverSeveralSourceAddresses(t *testing.T) {
 	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
 		open(t, l, from, 100)
 	}
-	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	res := counts(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 300.0, res.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
 	assert.Equal(t, 100.0, res.metrics["consul_open_http_connections_max_per_client"])
@@ -279,7 +298,7 @@ func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
 	open(t, v4, "127.0.0.31", 30)
 	open(t, mapped, "127.0.0.31", 20)
 	open(t, mapped, "127.0.0.32", 5)
-	res := exporter(t, t.TempDir(), "--once", "--port", port(v4), "--port", port(mapped))
+	res := counts(t, t.TempDir(), "--once", "--port", port(v4), "--port", port(mapped))
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 30.0, res.metrics[`consul_open_http_connections{port="`+port(v4)+`"}`])
 	assert.Equal(t, 25.0, res.metrics[`consul_open_http_connections{port="`+port(mapped)+`"}`])
@@ -299,6 +318,8 @@ func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 	}
 	// The broad table holds every connection twice (both ends on this host).
 	res := exporter(t, t.TempDir(), "--once", "--port", port(l), "--command", "ss -tan")
+	viaNetlink := exporter(t, t.TempDir(), "--once", "--port", port(l), "--source", "netlink")
+	assert.Equal(t, withoutDuration(res.metrics), withoutDuration(viaNetlink.metrics), "the built-in reader gives ss's numbers")
 	require.Equal(t, 0, res.exit, res.stderr)
 	p := port(l)
 	assert.Equal(t, 10.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
@@ -307,7 +328,7 @@ func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 
 	// One state: ss drops its State column, and the state comes from the
 	// command it was given.
-	res = exporter(t, t.TempDir(), "--once", "--port", p, "--states", "established")
+	res = counts(t, t.TempDir(), "--once", "--port", p, "--states", "established")
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 7.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
 	assert.Equal(t, 7.0, res.metrics[`consul_open_http_connections_by_state{port="`+p+`",state="established"}`])
@@ -342,12 +363,23 @@ func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
 	assert.Equal(t, 3.0, viaNetstat.metrics[`consul_open_http_connections{port="`+port(l6)+`"}`])
 }
 
-func TestNeitherSSNorNetstatNamesBoth(t *testing.T) {
+func TestWithoutSSOrNetstatTheBuiltInReaderCounts(t *testing.T) {
+	l := listen(t, "127.0.0.1")
+	open(t, l, "127.0.0.55", 6)
 	t.Setenv("PATH", t.TempDir())
-	res := exporter(t, t.TempDir(), "--once")
+	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Contains(t, res.stderr, "neither ss nor netstat is in PATH: reading the kernel's socket table directly")
+	assert.Equal(t, 6.0, res.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
+
+	// Asked for by name, a missing tool is named; the programs of
+	// --clients.processes need one of them.
+	res = exporter(t, t.TempDir(), "--once", "--port", port(l), "--source", "netstat")
 	assert.Equal(t, 1, res.exit)
-	assert.Contains(t, res.stderr, "neither ss nor netstat")
-	assert.Nil(t, res.metrics)
+	assert.Contains(t, res.stderr, "netstat: not in PATH (install net-tools)")
+	res = exporter(t, t.TempDir(), "--once", "--port", port(l), "--clients.processes")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "--clients.processes needs one")
 }
 
 func TestFailedCollectionWritesSuccessZeroAndNoCount(t *testing.T) {
@@ -391,6 +423,10 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--command.timeout", "0s"},
 		{"--no-such-flag"},
 		{"--web.listen-address", "127.0.0.1:9855"}, // with --once: a server runs until stopped
+		{"--source", "proc"},
+		{"--source", "netlink", "--clients.processes"},
+		{"--source", "netlink", "--command", "ss -tan"},
+		{"--source", "command"},
 		{"--push.url", "ftp://gateway:9091"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
@@ -491,7 +527,7 @@ func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 	assert.Equal(t, "opened 30 client connections", lines.Text())
 
 	dir := t.TempDir()
-	res := exporter(t, dir, "--once", "--port", p)
+	res := counts(t, dir, "--once", "--port", p)
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 30.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
 	assert.Equal(t, 10.0, res.metrics["consul_open_http_connections_max_per_client"])
@@ -499,7 +535,7 @@ func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 
 	require.NoError(t, opener.Process.Signal(os.Interrupt))
 	require.NoError(t, opener.Wait(), "port-opener exits 0 on interrupt")
-	res = exporter(t, dir, "--once", "--port", p)
+	res = counts(t, dir, "--once", "--port", p)
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 0.0, res.metrics[`consul_open_http_connections{port="`+p+`"}`])
 }

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Measures one collection by the exporter against bare ss in the same run:
-# wall time (medians of RUNS alternating runs, and the median of the ratios
-# of each pair of runs, which drift on a busy machine cancels out) and the
-# exporter's peak RSS,
+# Measures one collection by the exporter, through ss and through its
+# built-in netlink reader (--source netlink), against bare ss in the same
+# run: wall time (medians of RUNS alternating runs, and the median of the
+# ratios within each run, which drift on a busy machine cancels out), CPU
+# time (user + system) likewise, and peak RSS; and at the first size, the
+# median time of a scrape of /metrics from a running exporter reading
+# netlink,
 # with N connections held open on loopback for each N given (default:
 # 200 10000 100000), spread over 50 client addresses. Run from the
-# repository root on Linux, as any user (needs /usr/bin/time: apt-get
-# install time):
+# repository root on Linux, as any user (needs curl: apt-get install curl;
+# bench/measure takes the times and RSS from the kernel's rusage):
 #
 #   bash bench/bench.sh [N ...]
 #
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-21}
 PER_PROCESS=8000
 CLIENTS=50
-[ -x /usr/bin/time ] || { echo "bench: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
+command -v curl >/dev/null || { echo "bench: needs curl (apt-get install curl)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
@@ -34,6 +37,7 @@ trap cleanup EXIT
 
 go build -o "$work/consul_conn_exporter" .
 go build -o "$work/port-opener" ./cmd/port-opener
+go build -o "$work/measure" ./bench/measure
 mkdir "$work/textfile"
 
 us() { echo $(( ($2 - $1) / 1000 )); }
@@ -63,35 +67,57 @@ release() {
   openers=()
 }
 
-printf '%-8s %-10s %-12s %-14s %-7s %-14s\n' connections counted "bare ss ms" "exporter ms" ratio "peak RSS MiB"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f\n", a / b }'; }
+ms() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+median2() { median | awk '{ printf "%.2f", $1 }'; }
+count() { awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$work/textfile/consul_open_http_connections.prom"; }
+
+printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' connections "counted ss/nl" "bare ss ms/CPU" "exporter (ss) ms" ratio "exporter (netlink) ms" ratio "CPU ratio" "peak RSS MiB ss/nl"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(200 10000 100000)
 for n in "${sizes[@]}"; do
   hold "$n"
   "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
-  counted=$(awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$work/textfile/consul_open_http_connections.prom")
+  counted_ss=$(count)
+  "$work/consul_conn_exporter" --once --source netlink --textfile.directory "$work/textfile" 2>/dev/null
+  counted_nl=$(count)
 
-  : > "$work/ss.us"; : > "$work/exporter.us"; : > "$work/rss.kb"; : > "$work/ratio"
+  for f in ss.wall ss.cpu ex.wall nl.wall ex.ratio nl.ratio nl.cpu nl.cpu.ratio ex.rss nl.rss; do : > "$work/$f"; done
   for _ in $(seq "$RUNS"); do
-    t0=$(date +%s%N)
-    ss -Htan state established state close-wait '( sport = :8500 )' | wc -l > /dev/null
-    t1=$(date +%s%N)
-    /usr/bin/time -f %M -o "$work/rss" "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
-    t2=$(date +%s%N)
-    ss_run=$(us "$t0" "$t1")
-    exporter_run=$(us "$t1" "$t2")
-    echo "$ss_run" >> "$work/ss.us"
-    echo "$exporter_run" >> "$work/exporter.us"
-    awk -v a="$exporter_run" -v b="$ss_run" 'BEGIN { printf "%.4f\n", a / b }' >> "$work/ratio"
-    cat "$work/rss" >> "$work/rss.kb"
+    # Each: "wall user sys rss" (microseconds, KiB) from bench/measure.
+    "$work/measure" ss -Htan state established state close-wait '( sport = :8500 )' 2>"$work/ss.m" | wc -l > /dev/null
+    "$work/measure" "$work/consul_conn_exporter" --once --log.level error --textfile.directory "$work/textfile" 2>"$work/ex.m" >/dev/null
+    "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source netlink --textfile.directory "$work/textfile" 2>"$work/nl.m" >/dev/null
+    read -r ss_wall ss_user ss_sys _ < "$work/ss.m"
+    read -r ex_wall _ _ ex_rss < "$work/ex.m"
+    read -r nl_wall nl_user nl_sys nl_rss < "$work/nl.m"
+    echo "$ss_wall" >> "$work/ss.wall"; echo $((ss_user + ss_sys)) >> "$work/ss.cpu"
+    echo "$ex_wall" >> "$work/ex.wall"; echo "$nl_wall" >> "$work/nl.wall"; echo $((nl_user + nl_sys)) >> "$work/nl.cpu"
+    ratio "$ex_wall" "$ss_wall" >> "$work/ex.ratio"
+    ratio "$nl_wall" "$ss_wall" >> "$work/nl.ratio"
+    ratio $((nl_user + nl_sys)) $((ss_user + ss_sys + 1)) >> "$work/nl.cpu.ratio"
+    echo "$ex_rss" >> "$work/ex.rss"; echo "$nl_rss" >> "$work/nl.rss"
   done
-  ss_us=$(median < "$work/ss.us")
-  exporter_us=$(median < "$work/exporter.us")
-  rss_kb=$(sort -n "$work/rss.kb" | tail -1)
-  printf '%-8s %-10s %-12s %-14s %-7s %-14s\n' "$n" "$counted" \
-    "$(awk -v u="$ss_us" 'BEGIN { printf "%.1f", u / 1000 }')" \
-    "$(awk -v u="$exporter_us" 'BEGIN { printf "%.1f", u / 1000 }')" \
-    "$(median < "$work/ratio" | awk '{ printf "%.2f", $1 }')" \
-    "$(awk -v k="$rss_kb" 'BEGIN { printf "%.1f", k / 1024 }')"
+  printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' "$n" "$counted_ss/$counted_nl" \
+    "$(ms "$(median < "$work/ss.wall")")/$(ms "$(median < "$work/ss.cpu")")" \
+    "$(ms "$(median < "$work/ex.wall")")" "$(median2 < "$work/ex.ratio")" \
+    "$(ms "$(median < "$work/nl.wall")")" "$(median2 < "$work/nl.ratio")" \
+    "$(median2 < "$work/nl.cpu.ratio")" \
+    "$(mib "$(sort -n "$work/ex.rss" | tail -1)")/$(mib "$(sort -n "$work/nl.rss" | tail -1)")"
+
+  if [ "$n" = "${sizes[0]}" ]; then
+    # A collection per scrape, in a running exporter with the built-in reader.
+    "$work/consul_conn_exporter" --source netlink --web.listen-address 127.0.0.1:19855 2>"$work/web.log" &
+    web=$!
+    for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:19855/metrics && break; sleep 0.05; done
+    for _ in $(seq "$RUNS"); do
+      curl -s -o /dev/null -w '%{time_total}\n' http://127.0.0.1:19855/metrics
+    done | median | awk -v n="$n" '{ printf "scrape of /metrics with --source netlink at %s connections: %.2f ms (median)\n", n, $1 * 1000 }' > "$work/scrape"
+    kill "$web"; wait "$web" 2>/dev/null || true
+  fi
   release
 done
+cat "$work/scrape"
+bash deploy/build.sh "$work/release" >/dev/null
+awk -v b="$(stat -c %s "$work/release")" 'BEGIN { printf "release binary (static, stripped): %.1f MiB\n", b / 1048576 }'

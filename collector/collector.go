@@ -5,9 +5,7 @@ package collector
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -15,7 +13,6 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
-	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -51,10 +48,22 @@ func (c Config) Ports() []uint16 {
 	return ports
 }
 
-// Collector collects with one runner.
+// Source is where the sockets come from: ss or netstat through the runner
+// and the parser (Command), or the kernel's socket table read directly
+// (sockdiag). Each yields the same socket records into the same counts.
+type Source interface {
+	// Read calls add with each socket of the table. A source that has to
+	// start over calls reset first. An error means the table cannot be
+	// trusted, and nothing added counts.
+	Read(ctx context.Context, add func(parser.Socket), reset func()) error
+	// String names the source for messages.
+	String() string
+}
+
+// Collector collects from one source.
 type Collector struct {
 	config Config
-	runner *runner.Runner
+	source Source
 	limits *limits.Source
 	logger *slog.Logger
 	// ReadLimitsAfterCount reads an auto limit after the count if it has
@@ -68,10 +77,9 @@ type Collector struct {
 	processWarning atomic.Pointer[string]
 }
 
-// New collects config's counts from the table r prints, with the limits
-// of lim.
-func New(config Config, r *runner.Runner, lim *limits.Source, logger *slog.Logger) *Collector {
-	return &Collector{config: config, runner: r, limits: lim, logger: logger}
+// New collects config's counts from source, with the limits of lim.
+func New(config Config, source Source, lim *limits.Source, logger *slog.Logger) *Collector {
+	return &Collector{config: config, source: source, limits: lim, logger: logger}
 }
 
 // Result is one collection. It is a prometheus.Collector of its own
@@ -100,13 +108,14 @@ func (c *Collector) Collect(ctx context.Context) Result {
 func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()
 	res := Result{config: c.config}
-	table, err := c.count(ctx)
+	counts := newCounts(c.config)
+	err := c.source.Read(ctx, counts.add, counts.reset)
 	res.Duration, res.Err = time.Since(start), err
 	if err == nil {
-		res.counts = table.groups
-		if table.processes != nil {
+		res.counts = counts.groups
+		if counts.processes != nil {
 			var unknown int
-			res.processes, unknown = table.processes.Held()
+			res.processes, unknown = counts.processes.Held()
 			res.processesKnown = unknown == 0
 			c.warnProcesses(unknown)
 		}
@@ -118,20 +127,37 @@ func (c *Collector) collect(ctx context.Context) Result {
 	return res
 }
 
-func (c *Collector) count(ctx context.Context) (*table, error) {
-	table := newTable(c.config, impliedState(c.runner.Argv()))
-	out, err := c.runner.Run(ctx, table.read)
-	if err != nil {
-		return nil, err
+// counts are one collection's tallies: one per limiter group, and the
+// programs holding the HTTP connections when asked for.
+type counts struct {
+	config    Config
+	groups    []*tally.Tally
+	processes *tally.Processes
+}
+
+func newCounts(config Config) *counts {
+	c := &counts{config: config}
+	c.reset()
+	return c
+}
+
+func (c *counts) reset() {
+	c.groups = nil
+	for _, g := range c.config.Groups {
+		c.groups = append(c.groups, tally.New(g.Ports, c.config.States))
 	}
-	name := c.runner.String()
-	if err := table.check(out); err != nil {
-		return nil, fmt.Errorf("%s %w", name, err)
+	if c.config.Processes {
+		c.processes = tally.NewProcesses(c.config.Groups[0].Ports, c.config.States)
 	}
-	if len(out.Stderr) > 0 {
-		c.logger.Warn("command wrote to stderr", "command", name, "stderr", strings.Join(out.Stderr, "; "))
+}
+
+func (c *counts) add(s parser.Socket) {
+	for _, g := range c.groups {
+		g.Add(s)
 	}
-	return table, nil
+	if c.processes != nil {
+		c.processes.Add(s)
+	}
 }
 
 // warnProcesses says, once per change, that the programs holding some
@@ -155,97 +181,4 @@ func (c *Collector) warnProcesses(unknown int) {
 	} else {
 		c.logger.Info("the programs holding the HTTP connections can be read again")
 	}
-}
-
-// table reads a command's output a line at a time and decides whether what
-// it read can be counted.
-type table struct {
-	parser                 parser.Parser
-	groups                 []*tally.Tally
-	processes              *tally.Processes // nil unless asked for
-	socketRows, unreadable int
-	// otherLines are the lines that are neither blank nor a socket row:
-	// titles, headers and ss's continuation lines.
-	otherLines      int
-	firstUnreadable string
-	firstErr        error
-}
-
-func newTable(config Config, implied parser.State) *table {
-	t := &table{parser: parser.Parser{ImpliedState: implied, Processes: config.Processes}}
-	for _, g := range config.Groups {
-		t.groups = append(t.groups, tally.New(g.Ports, config.States))
-	}
-	if config.Processes {
-		t.processes = tally.NewProcesses(config.Groups[0].Ports, config.States)
-	}
-	return t
-}
-
-func (t *table) read(line string) {
-	s, kind, err := t.parser.ParseLine(line)
-	switch {
-	case err != nil:
-		t.unreadable++
-		if t.firstErr == nil {
-			t.firstUnreadable, t.firstErr = line, err
-		}
-	case kind == parser.TCPSocket:
-		t.socketRows++
-		for _, g := range t.groups {
-			g.Add(s)
-		}
-		if t.processes != nil {
-			t.processes.Add(s)
-		}
-	case kind == parser.OtherSocket:
-		t.socketRows++
-	case strings.TrimSpace(line) != "":
-		t.otherLines++
-	}
-}
-
-// check says why the command's output cannot be trusted, if it cannot.
-func (t *table) check(out runner.Output) error {
-	// One line misread could be a connection missed: a count that may be
-	// wrong is not reported.
-	if t.unreadable > 0 {
-		return fmt.Errorf("printed %d lines that are not ss or netstat socket rows (of %d), first %q: %v",
-			t.unreadable, out.Lines, clip(t.firstUnreadable), t.firstErr)
-	}
-	if t.socketRows == 0 && len(out.Stderr) > 0 {
-		return fmt.Errorf("printed no socket rows and wrote to stderr: %s", strings.Join(out.Stderr, "; "))
-	}
-	if t.socketRows == 0 && t.otherLines > 0 {
-		return fmt.Errorf("printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", t.otherLines)
-	}
-	return nil
-}
-
-// impliedState is the state of rows that ss prints without a State column:
-// it drops the column when its filter names exactly one state.
-func impliedState(argv []string) parser.State {
-	found := parser.StateUnknown
-	n := 0
-	for i := 0; i+1 < len(argv); i++ {
-		if argv[i] != "state" {
-			continue
-		}
-		if s, ok := parser.ParseState(argv[i+1]); ok {
-			found = s
-			n++
-		}
-	}
-	if n != 1 {
-		return parser.StateUnknown
-	}
-	return found
-}
-
-func clip(line string) string {
-	const most = 120
-	if len(line) > most {
-		return line[:most] + "..."
-	}
-	return line
 }

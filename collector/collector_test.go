@@ -46,7 +46,7 @@ func collectLogged(t testing.TB, config Config, logger *slog.Logger, argv ...str
 	require.NoError(t, err)
 	lim, err := limits.NewSource(limits.Limit{N: 200}, limits.Limit{N: 100}, nil, nil, time.Minute, logger)
 	require.NoError(t, err)
-	return New(config, r, lim, logger).Collect(context.Background())
+	return New(config, NewCommand(r, config.Processes, logger), lim, logger).Collect(context.Background())
 }
 
 func TestCollectReportsEveryMetricOfACapture(t *testing.T) {
@@ -248,7 +248,7 @@ func TestProcessesThatCannotBeReadAreAbsentAndWarnedOnce(t *testing.T) {
 	require.NoError(t, err)
 	lim, err := limits.NewSource(limits.Limit{N: 200}, limits.Limit{N: 100}, nil, nil, time.Minute, logger)
 	require.NoError(t, err)
-	c := New(config, r, lim, logger)
+	c := New(config, NewCommand(r, config.Processes, logger), lim, logger)
 	for range 3 {
 		res := c.Collect(context.Background())
 		require.NoError(t, res.Err)

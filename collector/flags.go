@@ -3,6 +3,7 @@ package collector
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
 )
 
 // Flags are what to count and where the table comes from.
@@ -20,6 +22,8 @@ type Flags struct {
 	states          string
 	topClients      int
 	processes       bool
+	source          string
+	sourceSet       bool
 	command         string
 	commandTimeout  time.Duration
 }
@@ -37,6 +41,10 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("10").IntVar(&f.topClients)
 	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (needs root or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to see other users' programs).").
 		BoolVar(&f.processes)
+	source := app.Flag("source", "Where the sockets come from: ss (netstat where ss is missing, the built-in netlink reader where neither is), netstat, netlink (the kernel's socket table, read directly), or command (--command).").
+		Default("ss")
+	source.IsSetByUser(&f.sourceSet)
+	source.EnumVar(&f.source, "ss", "netstat", "netlink", "command")
 	app.Flag("command", "Command that prints the socket table, instead of ss (or netstat); split like a shell would, run without one.").
 		StringVar(&f.command)
 	app.Flag("command.timeout", "Kill the command, and fail the collection, after this long.").
@@ -104,27 +112,57 @@ func parsePorts(flag string, words []string) ([]uint16, error) {
 // ErrNoTool is no program to print the socket table with.
 var ErrNoTool = errors.New("no socket table tool")
 
-// Runner is the command that prints the table for config: --command, or
-// the default ss (netstat) filtered to what config counts.
-func (f *Flags) Runner(config Config) (*runner.Runner, error) {
-	if f.command != "" {
-		r, err := runner.Parse(f.command, f.commandTimeout)
-		if err != nil {
-			return nil, fmt.Errorf("--command: %w", err)
-		}
-		return r, nil
+// Source is where config's sockets come from, as the flags say.
+func (f *Flags) Source(config Config, logger *slog.Logger) (Source, error) {
+	var clientPorts []uint16
+	if config.Processes {
+		clientPorts = config.Groups[0].Ports
 	}
 	stateNames := make([]string, len(config.States))
 	for i, s := range config.States {
 		stateNames[i] = s.String()
 	}
-	var clientPorts []uint16
+	command := func(r *runner.Runner, err error) (Source, error) {
+		if err != nil {
+			return nil, err
+		}
+		return NewCommand(r, config.Processes, logger), nil
+	}
+	netlink := func() (Source, error) {
+		if config.Processes {
+			return nil, errors.New("--clients.processes needs ss or netstat: the netlink reader cannot tell which program holds a socket (that takes /proc)")
+		}
+		return sockdiag.New(config.Ports(), config.States, f.commandTimeout), nil
+	}
+	switch {
+	case f.command != "" && f.sourceSet && f.source != "command":
+		return nil, fmt.Errorf("--command goes with --source command, not --source %s", f.source)
+	case f.command != "":
+		r, err := runner.Parse(f.command, f.commandTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("--command: %w", err)
+		}
+		return command(r, nil)
+	case f.source == "command":
+		return nil, errors.New("--source command needs --command")
+	case f.source == "netlink":
+		return netlink()
+	case f.source == "netstat":
+		r, err := runner.Netstat(config.Processes, f.commandTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrNoTool, err)
+		}
+		return command(r, nil)
+	}
+	if r, err := runner.SS(config.Ports(), clientPorts, stateNames, f.commandTimeout); err == nil {
+		return command(r, nil)
+	}
+	if r, err := runner.Netstat(config.Processes, f.commandTimeout); err == nil {
+		return command(r, nil)
+	}
 	if config.Processes {
-		clientPorts = config.Groups[0].Ports
+		return nil, fmt.Errorf("%w: neither ss nor netstat is in PATH, and --clients.processes needs one: install iproute2 (ss) or net-tools (netstat)", ErrNoTool)
 	}
-	r, err := runner.Default(config.Ports(), clientPorts, stateNames, f.commandTimeout)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoTool, err)
-	}
-	return r, nil
+	logger.Info("neither ss nor netstat is in PATH: reading the kernel's socket table directly (--source netlink)")
+	return netlink()
 }

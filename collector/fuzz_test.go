@@ -30,7 +30,8 @@ func FuzzTable(f *testing.F) {
 		f.Add(head, true)
 	}
 	f.Fuzz(func(t *testing.T, output string, stderr bool) {
-		table := newTable(defaultConfig, parser.StateUnknown)
+		all := newCounts(defaultConfig)
+		table := newTable(parser.Parser{}, all.add)
 		lines := strings.Split(output, "\n")
 		for _, line := range lines {
 			table.read(line)
@@ -42,7 +43,7 @@ func FuzzTable(f *testing.F) {
 		if err := table.check(runner.Output{Lines: len(lines), Stderr: errText}); err != nil {
 			return
 		}
-		counts := table.groups[0]
+		counts := all.groups[0]
 		if table.socketRows == 0 && strings.TrimSpace(output) != "" {
 			t.Fatalf("success on output with no socket row: %q", output)
 		}
@@ -65,7 +66,7 @@ func TestTableReadsWithoutAllocating(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(string(text), "\n"), "\n")
-	table := newTable(defaultConfig, parser.StateUnknown)
+	table := newTable(parser.Parser{}, newCounts(defaultConfig).add)
 	for _, line := range lines { // the clients' map entries are made once
 		table.read(line)
 	}

@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"debug/elf"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,30 +89,57 @@ func TestYAMLFilesLint(t *testing.T) {
 	assert.NoError(t, err, "yamllint:\n%s", out)
 }
 
-// No container engine runs here, so the Dockerfile's build line is run as
-// it is and its product checked: a static binary, as the runtime image,
-// which has no Go and no C library of glibc's, needs.
-func TestDockerfileBuildsAStaticBinary(t *testing.T) {
-	text, err := os.ReadFile("container/Dockerfile")
-	require.NoError(t, err)
-	var build string
-	for _, line := range strings.Split(string(text), "\n") {
-		if strings.HasPrefix(line, "RUN CGO_ENABLED=0 go build") {
-			build = strings.TrimPrefix(line, "RUN ")
-		}
-	}
-	require.NotEmpty(t, build, "the Dockerfile's go build line")
+// The release build (deploy/build.sh, which the package and the images
+// use) stamps the version it is given and the checkout's revision and
+// branch, and makes a static binary, as the scratch and Alpine images need,
+// of at most 16 MiB.
+func TestReleaseBuildIsStampedStaticAndSmall(t *testing.T) {
+	git := programs.Need(t, "git", "apt-get install git")
 	out := filepath.Join(t.TempDir(), "consul_conn_exporter")
-	require.Contains(t, build, " -o /consul_conn_exporter ")
-	cmd := exec.Command("sh", "-c", strings.Replace(build, " -o /consul_conn_exporter ", " -o "+out+" ", 1))
-	cmd.Dir = ".."
-	output, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", output)
+	build, err := exec.Command("bash", "build.sh", out, "1.2.3").CombinedOutput()
+	require.NoError(t, err, "%s", build)
+
+	revision, err := exec.Command(git, "rev-parse", "HEAD").Output()
+	require.NoError(t, err)
+	branch, err := exec.Command(git, "rev-parse", "--abbrev-ref", "HEAD").Output()
+	require.NoError(t, err)
+	version, err := exec.Command(out, "--version").CombinedOutput()
+	require.NoError(t, err)
+	assert.Contains(t, string(version), fmt.Sprintf("consul_conn_exporter, version 1.2.3 (branch: %s, revision: %s)",
+		strings.TrimSpace(string(branch)), strings.TrimSpace(string(revision))))
+	assert.Regexp(t, `build user:\s+\S+@\S+`, string(version))
+	assert.Regexp(t, `build date:\s+\d{8}-\d\d:\d\d:\d\d`, string(version))
 
 	binary, err := elf.Open(out)
 	require.NoError(t, err)
 	defer binary.Close()
 	for _, prog := range binary.Progs {
-		assert.NotEqual(t, elf.PT_INTERP, prog.Type, "dynamically linked: needs a loader the runtime image may lack")
+		assert.NotEqual(t, elf.PT_INTERP, prog.Type, "dynamically linked: needs a loader the images lack")
 	}
+	info, err := os.Stat(out)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, info.Size(), int64(16<<20), "the product binary grew past 16 MiB")
+	t.Logf("release binary: %.1f MiB", float64(info.Size())/(1<<20))
+
+	// The Dockerfile builds with it too.
+	dockerfile, err := os.ReadFile("container/Dockerfile")
+	require.NoError(t, err)
+	assert.Contains(t, string(dockerfile), "RUN bash deploy/build.sh /consul_conn_exporter")
+}
+
+// Without the linker's stamps, the version and revision come from Go's
+// build information, never blank.
+func TestPlainBuildTakesVersionAndRevisionFromGo(t *testing.T) {
+	git := programs.Need(t, "git", "apt-get install git")
+	out := filepath.Join(t.TempDir(), "consul_conn_exporter")
+	build := exec.Command("go", "build", "-buildvcs=true", "-o", out, "..")
+	build.Env = append(os.Environ(), "GOFLAGS=")
+	text, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", text)
+	revision, err := exec.Command(git, "rev-parse", "HEAD").Output()
+	require.NoError(t, err)
+	version, err := exec.Command(out, "--version").CombinedOutput()
+	require.NoError(t, err)
+	assert.Regexp(t, `version \S+ \(branch: unknown, revision: `+strings.TrimSpace(string(revision)), string(version))
+	assert.NotContains(t, string(version), "version  (")
 }

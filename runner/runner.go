@@ -64,51 +64,61 @@ func Parse(commandLine string, timeout time.Duration) (*Runner, error) {
 	return New(argv, timeout)
 }
 
-// Default runs ss, filtered in the kernel to the server-side sockets of
-// ports in states (ss names, e.g. "close-wait"):
+// ErrNotInstalled is a tool that is not in PATH.
+var ErrNotInstalled = errors.New("not in PATH")
+
+// SS runs ss, filtered in the kernel to the server-side sockets of ports
+// in states (ss names, e.g. "close-wait"):
 //
 //	ss -Htan state established state close-wait '( sport = :8500 )'
 //
-// falling back to the same without -H for iproute2 older than 4.13. Where ss
-// is not installed it runs netstat -tanW (whole addresses), falling back to
-// netstat -tan for busybox builds without -W; the parser then does the
-// filtering.
-//
-// With clientPorts, the table also has the client side of connections to
-// them (dport) and the program holding each socket (-p).
-func Default(ports, clientPorts []uint16, states []string, timeout time.Duration) (*Runner, error) {
+// falling back to the same without -H for iproute2 older than 4.13. With
+// clientPorts, the table also has the client side of connections to them
+// (dport) and the program holding each socket (-p).
+func SS(ports, clientPorts []uint16, states []string, timeout time.Duration) (*Runner, error) {
 	if len(ports) == 0 {
 		return nil, errors.New("no port to watch")
 	}
-	options, netstat := "-tan", "-tanW"
+	if _, err := exec.LookPath("ss"); err != nil {
+		return nil, fmt.Errorf("ss: %w (install iproute2)", ErrNotInstalled)
+	}
+	options := "-tan"
 	if len(clientPorts) > 0 {
-		options, netstat = "-tanp", "-tanpW"
+		options = "-tanp"
 	}
-	if _, err := exec.LookPath("ss"); err == nil {
-		var filter []string
-		for _, s := range states {
-			filter = append(filter, "state", s)
-		}
-		filter = append(filter, "(")
-		for i, p := range ports {
-			if i > 0 {
-				filter = append(filter, "or")
-			}
-			filter = append(filter, "sport", "=", ":"+strconv.Itoa(int(p)))
-		}
-		for _, p := range clientPorts {
-			filter = append(filter, "or", "dport", "=", ":"+strconv.Itoa(int(p)))
-		}
-		filter = append(filter, ")")
-		return newRunner(timeout,
-			append([]string{"ss", "-H" + options[1:]}, filter...),
-			append([]string{"ss", options}, filter...),
-		), nil
+	var filter []string
+	for _, s := range states {
+		filter = append(filter, "state", s)
 	}
-	if _, err := exec.LookPath("netstat"); err == nil {
-		return newRunner(timeout, []string{"netstat", netstat}, []string{"netstat", strings.TrimSuffix(netstat, "W")}), nil
+	filter = append(filter, "(")
+	for i, p := range ports {
+		if i > 0 {
+			filter = append(filter, "or")
+		}
+		filter = append(filter, "sport", "=", ":"+strconv.Itoa(int(p)))
 	}
-	return nil, errors.New("neither ss nor netstat is in PATH: install iproute2 (ss) or net-tools (netstat), or pass --command")
+	for _, p := range clientPorts {
+		filter = append(filter, "or", "dport", "=", ":"+strconv.Itoa(int(p)))
+	}
+	filter = append(filter, ")")
+	return newRunner(timeout,
+		append([]string{"ss", "-H" + options[1:]}, filter...),
+		append([]string{"ss", options}, filter...),
+	), nil
+}
+
+// Netstat runs netstat -tanW (whole addresses; with processes -tanpW),
+// falling back to the same without -W for busybox builds; the parser then
+// does the filtering.
+func Netstat(processes bool, timeout time.Duration) (*Runner, error) {
+	if _, err := exec.LookPath("netstat"); err != nil {
+		return nil, fmt.Errorf("netstat: %w (install net-tools)", ErrNotInstalled)
+	}
+	options := "-tan"
+	if processes {
+		options = "-tanp"
+	}
+	return newRunner(timeout, []string{"netstat", options + "W"}, []string{"netstat", options}), nil
 }
 
 func newRunner(timeout time.Duration, forms ...[]string) *Runner {

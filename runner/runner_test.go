@@ -123,32 +123,34 @@ func TestRunFallsBackOnceToPlainerFormWhenOptionRejected(t *testing.T) {
 	assert.Equal(t, []string{busybox, "netstat", "-tan"}, r.Argv(), "the plainer form is kept for later runs")
 }
 
-func TestDefaultUsesSSFilteredInTheKernel(t *testing.T) {
+func TestSSIsFilteredInTheKernel(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	r, err := Default([]uint16{8500, 8501}, nil, []string{"established", "close-wait"}, time.Second)
+	r, err := SS([]uint16{8500, 8501}, nil, []string{"established", "close-wait"}, time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ss", "-Htan", "state", "established", "state", "close-wait",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, r.Argv())
 
 	// With the client side of local connections and their programs.
-	r, err = Default([]uint16{8500, 8300}, []uint16{8500}, []string{"established"}, time.Second)
+	r, err = SS([]uint16{8500, 8300}, []uint16{8500}, []string{"established"}, time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ss", "-Htanp", "state", "established",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", "or", "dport", "=", ":8500", ")"}, r.Argv())
 }
 
-func TestDefaultFallsBackToNetstatThenNamesBoth(t *testing.T) {
+func TestMissingToolsAreNamed(t *testing.T) {
 	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
 	dir := t.TempDir()
 	t.Setenv("PATH", dir)
-	_, err := Default([]uint16{8500}, nil, []string{"established"}, time.Second)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "neither ss nor netstat")
+	_, err := SS([]uint16{8500}, nil, []string{"established"}, time.Second)
+	assert.ErrorIs(t, err, ErrNotInstalled)
+	assert.ErrorContains(t, err, "install iproute2")
+	_, err = Netstat(false, time.Second)
+	assert.ErrorIs(t, err, ErrNotInstalled)
 
 	require.NoError(t, os.Symlink(netstat, filepath.Join(dir, "netstat")))
-	r, err := Default([]uint16{8500}, nil, []string{"established"}, time.Second)
+	r, err := Netstat(true, time.Second)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"netstat", "-tanW"}, r.Argv())
+	assert.Equal(t, []string{"netstat", "-tanpW"}, r.Argv())
 }
 
 func TestRunFailsWhenKilledBySignal(t *testing.T) {

@@ -1,0 +1,127 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+)
+
+// Command is the source that runs ss or netstat (or --command) and reads
+// the table it prints.
+type Command struct {
+	runner    *runner.Runner
+	processes bool
+	logger    *slog.Logger
+}
+
+// NewCommand reads the table r prints; with processes, the programs that
+// hold the sockets too (ss -p, netstat -p).
+func NewCommand(r *runner.Runner, processes bool, logger *slog.Logger) *Command {
+	return &Command{runner: r, processes: processes, logger: logger}
+}
+
+// String is the command line.
+func (c *Command) String() string { return c.runner.String() }
+
+// Read runs the command once and adds the sockets of its table. Its
+// fallbacks to plainer forms only follow a form that printed nothing, so
+// there is never anything to reset.
+func (c *Command) Read(ctx context.Context, add func(parser.Socket), _ func()) error {
+	table := newTable(parser.Parser{ImpliedState: impliedState(c.runner.Argv()), Processes: c.processes}, add)
+	out, err := c.runner.Run(ctx, table.read)
+	if err != nil {
+		return err
+	}
+	name := c.runner.String()
+	if err := table.check(out); err != nil {
+		return fmt.Errorf("%s %w", name, err)
+	}
+	if len(out.Stderr) > 0 {
+		c.logger.Warn("command wrote to stderr", "command", name, "stderr", strings.Join(out.Stderr, "; "))
+	}
+	return nil
+}
+
+// table reads a command's output a line at a time and decides whether what
+// it read can be counted.
+type table struct {
+	parser                 parser.Parser
+	add                    func(parser.Socket)
+	socketRows, unreadable int
+	// otherLines are the lines that are neither blank nor a socket row:
+	// titles, headers and ss's continuation lines.
+	otherLines      int
+	firstUnreadable string
+	firstErr        error
+}
+
+func newTable(p parser.Parser, add func(parser.Socket)) *table {
+	return &table{parser: p, add: add}
+}
+
+func (t *table) read(line string) {
+	s, kind, err := t.parser.ParseLine(line)
+	switch {
+	case err != nil:
+		t.unreadable++
+		if t.firstErr == nil {
+			t.firstUnreadable, t.firstErr = line, err
+		}
+	case kind == parser.TCPSocket:
+		t.socketRows++
+		t.add(s)
+	case kind == parser.OtherSocket:
+		t.socketRows++
+	case strings.TrimSpace(line) != "":
+		t.otherLines++
+	}
+}
+
+// check says why the command's output cannot be trusted, if it cannot.
+func (t *table) check(out runner.Output) error {
+	// One line misread could be a connection missed: a count that may be
+	// wrong is not reported.
+	if t.unreadable > 0 {
+		return fmt.Errorf("printed %d lines that are not ss or netstat socket rows (of %d), first %q: %v",
+			t.unreadable, out.Lines, clip(t.firstUnreadable), t.firstErr)
+	}
+	if t.socketRows == 0 && len(out.Stderr) > 0 {
+		return fmt.Errorf("printed no socket rows and wrote to stderr: %s", strings.Join(out.Stderr, "; "))
+	}
+	if t.socketRows == 0 && t.otherLines > 0 {
+		return fmt.Errorf("printed %d lines but no socket rows: is the socket table readable here (netstat needs /proc/net)?", t.otherLines)
+	}
+	return nil
+}
+
+// impliedState is the state of rows that ss prints without a State column:
+// it drops the column when its filter names exactly one state.
+func impliedState(argv []string) parser.State {
+	found := parser.StateUnknown
+	n := 0
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] != "state" {
+			continue
+		}
+		if s, ok := parser.ParseState(argv[i+1]); ok {
+			found = s
+			n++
+		}
+	}
+	if n != 1 {
+		return parser.StateUnknown
+	}
+	return found
+}
+
+func clip(line string) string {
+	const most = 120
+	if len(line) > most {
+		return line[:most] + "..."
+	}
+	return line
+}

@@ -1,0 +1,129 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+)
+
+// The scratch image is built for real with buildah (no daemon), and its
+// entrypoint run by chroot into its root: no /proc, no ss, no shell, no
+// libc inside, against live sockets on the host.
+func TestScratchImageCountsWithNothingButTheBinary(t *testing.T) {
+	programs.NeedRoot(t, "build an image with buildah and chroot into it")
+	buildah := programs.Need(t, "buildah", "apt-get install buildah")
+	chroot := programs.Need(t, "chroot", "apt-get install coreutils")
+
+	work := t.TempDir()
+	contextDir := filepath.Join(work, "context")
+	require.NoError(t, os.Mkdir(contextDir, 0o755))
+	build := exec.Command("bash", "build.sh", filepath.Join(contextDir, "consul_conn_exporter"))
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	storage := []string{"--storage-driver", "vfs", "--root", filepath.Join(work, "storage"), "--runroot", filepath.Join(work, "run")}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(buildah, append(storage, args...)...).Output()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			t.Fatalf("buildah %s: %v: %s", strings.Join(args, " "), err, exit.Stderr)
+		}
+		require.NoError(t, err)
+		return strings.TrimSpace(string(out))
+	}
+	t.Cleanup(func() { exec.Command(buildah, append(storage, "rm", "--all")...).Run() })
+	run("bud", "--quiet", "-f", "container/Containerfile.netlink", "-t", "consul-conn-exporter:netlink", contextDir)
+	container := run("from", "consul-conn-exporter:netlink")
+	root := run("mount", container)
+	t.Cleanup(func() { exec.Command(buildah, append(storage, "umount", container)...).Run() })
+
+	var files []string
+	require.NoError(t, filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			files = append(files, strings.TrimPrefix(path, root))
+		}
+		return err
+	}))
+	assert.Equal(t, []string{"/consul_conn_exporter"}, files, "nothing in the image but the binary")
+
+	var config struct {
+		OCIv1 struct {
+			Config struct{ Entrypoint, Cmd []string }
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(run("inspect", "--type", "image", "consul-conn-exporter:netlink")), &config))
+	entrypoint := config.OCIv1.Config.Entrypoint
+	assert.Equal(t, []string{"/consul_conn_exporter", "--source", "netlink"}, entrypoint)
+	size := run("images", "--format", "{{.Size}}", "consul-conn-exporter:netlink")
+	t.Logf("image size: %s", size)
+
+	// Live connections on the host, counted from inside the image's root.
+	l, err := portopener.Listen(netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%9000)))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	pairs, err := l.Open(t.Context(), netip.MustParseAddr("127.0.0.77"), 17)
+	require.NoError(t, err)
+	t.Cleanup(func() { portopener.CloseAll(pairs) })
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := probe.Addr().String()
+	probe.Close()
+	argv := append(append([]string{"--userspec=65534:65534", root}, entrypoint...),
+		"--web.listen-address", addr, "--port", fmt.Sprint(l.Port()))
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	exporter := exec.CommandContext(ctx, chroot, argv...)
+	exporter.Env = []string{} // an empty PATH too
+	require.NoError(t, exporter.Start())
+	t.Cleanup(func() { exporter.Process.Kill(); exporter.Wait() })
+
+	var metrics map[string]float64
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		metrics = parse(t, resp.Body)
+		return true
+	}, 20*time.Second, 20*time.Millisecond, "the image's exporter serves /metrics")
+	assert.Equal(t, 1.0, metrics["consul_conn_exporter_collect_success"])
+	assert.Equal(t, 17.0, metrics[fmt.Sprintf(`consul_open_http_connections{port="%d"}`, l.Port())])
+	assert.Equal(t, 17.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.77"}`])
+}
+
+func parse(t *testing.T, r io.Reader) map[string]float64 {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	require.NoError(t, err)
+	metrics := map[string]float64{}
+	for name, family := range families {
+		for _, m := range family.GetMetric() {
+			key := name
+			for _, l := range m.GetLabel() {
+				key += fmt.Sprintf("{%s=%q}", l.GetName(), l.GetValue())
+			}
+			metrics[key] = m.GetGauge().GetValue()
+		}
+	}
+	return metrics
+}

@@ -1,0 +1,254 @@
+package sockdiag
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+)
+
+var counted = []parser.State{parser.StateEstablished, parser.StateCloseWait}
+
+// usedPorts keeps every listener of the tests on a port of its own, so
+// that a filter on one port sees no other listener's connections.
+var usedPorts = map[uint16]bool{}
+
+// listen opens a listener on addr at a free port below the ephemeral range
+// (where no client socket can have the same local port).
+func listen(t *testing.T, addr string) *portopener.Listener {
+	t.Helper()
+	for range 100 {
+		port := uint16(10000 + rand.IntN(20000))
+		if usedPorts[port] {
+			continue
+		}
+		if l, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr(addr), port)); err == nil {
+			usedPorts[port] = true
+			t.Cleanup(func() { l.Close() })
+			return l
+		}
+	}
+	t.Fatal("no free port")
+	return nil
+}
+
+func open(t *testing.T, l *portopener.Listener, from string, n int) []portopener.Pair {
+	t.Helper()
+	pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), n)
+	require.NoError(t, err)
+	t.Cleanup(func() { portopener.CloseAll(pairs) })
+	return pairs
+}
+
+// read returns the sockets the reader finds, as "state local peer" rows.
+func read(t *testing.T, r *Reader) []string {
+	t.Helper()
+	var rows []string
+	require.NoError(t, r.Read(context.Background(), func(s parser.Socket) {
+		rows = append(rows, fmt.Sprintf("%s %s %s", s.State, s.Local, s.Peer))
+	}, func() { rows = nil }))
+	slices.Sort(rows)
+	return rows
+}
+
+// ssRows asks the real ss, with its own kernel filter, for the same rows.
+func ssRows(t *testing.T, ports []uint16) []string {
+	t.Helper()
+	filter := []string{"-Htn", "state", "established", "state", "close-wait", "("}
+	for i, p := range ports {
+		if i > 0 {
+			filter = append(filter, "or")
+		}
+		filter = append(filter, "sport", "=", fmt.Sprintf(":%d", p))
+	}
+	out, err := exec.Command("ss", append(filter, ")")...).Output()
+	require.NoError(t, err)
+	var rows []string
+	for line := range strings.Lines(string(out)) {
+		s, kind, err := parser.Parser{}.ParseLine(strings.TrimSpace(line))
+		require.NoError(t, err, line)
+		if kind == parser.TCPSocket {
+			rows = append(rows, fmt.Sprintf("%s %s %s", s.State, s.Local, s.Peer))
+		}
+	}
+	slices.Sort(rows)
+	return rows
+}
+
+func TestReadsTheSameSocketsAsSS(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	v4, v6, mapped, other := listen(t, "127.0.0.1"), listen(t, "::1"), listen(t, "::ffff:127.0.0.2"), listen(t, "127.0.0.1")
+	open(t, v4, "127.0.0.11", 20)
+	open(t, v4, "127.0.0.12", 3)
+	open(t, v6, "::1", 7)
+	open(t, mapped, "127.0.0.13", 5)
+	open(t, other, "127.0.0.14", 4) // not watched
+	for _, pair := range open(t, v4, "127.0.0.15", 2) {
+		require.NoError(t, pair.Client.Close())
+		_, err := pair.Server.Read(make([]byte, 1))
+		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
+	}
+	ports := []uint16{v4.Port(), v6.Port(), mapped.Port()}
+	rows := read(t, New(ports, counted, 10*time.Second))
+	assert.Len(t, rows, 20+3+7+5+2)
+	assert.Equal(t, ssRows(t, ports), rows)
+	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("close-wait 127.0.0.1:%d 127.0.0.15:", v4.Port()))
+	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("established [::ffff:127.0.0.2]:%d [::ffff:127.0.0.13]:", mapped.Port()))
+
+	// One port, one state: the kernel filters both.
+	rows = read(t, New([]uint16{v6.Port()}, []parser.State{parser.StateEstablished}, 10*time.Second))
+	assert.Len(t, rows, 7)
+	rows = read(t, New([]uint16{v4.Port()}, []parser.State{parser.StateCloseWait}, 10*time.Second))
+	assert.Len(t, rows, 2)
+}
+
+func TestAProgramTheKernelRefusesFailsTheRead(t *testing.T) {
+	// A condition whose jump lands inside itself: the kernel's audit of the
+	// bytecode answers the dump with an NLMSG_ERROR (EINVAL).
+	r := New([]uint16{8500}, counted, 10*time.Second)
+	r.bytecode[1] = 4
+	err := r.Read(context.Background(), func(parser.Socket) { t.Fatal("a socket from a refused dump") }, func() {})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "invalid argument: the kernel refused the request")
+}
+
+func TestAnInterruptedDumpIsReadAgainOnceThenFails(t *testing.T) {
+	dumps, resets := 0, 0
+	interruptedTwice := func() error { dumps++; return errInterrupted }
+	err := retryOnce(interruptedTwice, func() { resets++ })
+	assert.Equal(t, 2, dumps)
+	assert.Equal(t, 1, resets, "the first dump's sockets are dropped before the second")
+	require.Error(t, err)
+	assert.Equal(t, "netlink sock_diag: the socket table changed during the dump, twice in a row", err.Error())
+
+	dumps = 0
+	interruptedOnce := func() error {
+		if dumps++; dumps == 1 {
+			return errInterrupted
+		}
+		return nil
+	}
+	assert.NoError(t, retryOnce(interruptedOnce, func() {}))
+	assert.Equal(t, 2, dumps)
+}
+
+// message is an inet_diag_msg as the kernel sends it.
+func message(family, state byte, local, peer netip.AddrPort) []byte {
+	b := make([]byte, msgLen)
+	b[0], b[1] = family, state
+	b[4], b[5] = byte(local.Port()>>8), byte(local.Port())
+	b[6], b[7] = byte(peer.Port()>>8), byte(peer.Port())
+	if family == 2 {
+		a, p := local.Addr().As4(), peer.Addr().As4()
+		copy(b[8:], a[:])
+		copy(b[24:], p[:])
+	} else {
+		a, p := local.Addr().As16(), peer.Addr().As16()
+		copy(b[8:], a[:])
+		copy(b[24:], p[:])
+	}
+	return b
+}
+
+// frame puts messages into one datagram as the kernel does, with
+// netlink's own encoding.
+func frame(t testing.TB, msgs ...netlink.Message) []byte {
+	var b []byte
+	for _, m := range msgs {
+		m.Header.Length = uint32(16 + len(m.Data))
+		enc, err := m.MarshalBinary()
+		require.NoError(t, err)
+		b = append(b, enc...)
+	}
+	return b
+}
+
+func socketMessage(flags netlink.HeaderFlags) netlink.Message {
+	return netlink.Message{Header: netlink.Header{Type: sockDiagByFamily, Flags: flags | netlink.Multi},
+		Data: message(2, 1, netip.MustParseAddrPort("127.0.0.1:8500"), netip.MustParseAddrPort("127.0.0.9:40000"))}
+}
+
+var doneMessage = netlink.Message{Header: netlink.Header{Type: netlink.Done, Flags: netlink.Multi}, Data: make([]byte, 4)}
+
+func TestDatagramsDecodeInPlaceUntilDone(t *testing.T) {
+	var got []parser.Socket
+	add := func(s parser.Socket) { got = append(got, s) }
+	done, interrupted, err := datagram(frame(t, socketMessage(0), socketMessage(0)), add)
+	require.NoError(t, err)
+	assert.False(t, done)
+	assert.False(t, interrupted)
+	done, _, err = datagram(frame(t, socketMessage(0), doneMessage), add)
+	require.NoError(t, err)
+	assert.True(t, done)
+	require.Len(t, got, 3)
+	assert.Equal(t, "127.0.0.9:40000", got[0].Peer.String())
+
+	_, interrupted, err = datagram(frame(t, socketMessage(netlink.DumpInterrupted)), add)
+	require.NoError(t, err)
+	assert.True(t, interrupted, "NLM_F_DUMP_INTR")
+}
+
+func TestDatagramsRefuseErrorsAndStrangeMessages(t *testing.T) {
+	add := func(parser.Socket) {}
+	eperm := netlink.Message{Header: netlink.Header{Type: netlink.Error}, Data: make([]byte, 20)}
+	errno := int32(-1) // -EPERM
+	binary.NativeEndian.PutUint32(eperm.Data, uint32(errno))
+	_, _, err := datagram(frame(t, socketMessage(0), eperm), add)
+	assert.ErrorContains(t, err, "operation not permitted: netlink sockets are not allowed here")
+
+	truncated := socketMessage(0)
+	truncated.Data = truncated.Data[:40]
+	_, _, err = datagram(frame(t, truncated), add)
+	assert.ErrorContains(t, err, "a socket message of 40 bytes, want 72")
+	other := socketMessage(0)
+	other.Header.Type = 99
+	_, _, err = datagram(frame(t, other), add)
+	assert.ErrorContains(t, err, "a message of type 99")
+	whole := frame(t, socketMessage(0))
+	_, _, err = datagram(whole[:len(whole)-8], add)
+	assert.ErrorContains(t, err, "a message of 88 bytes in 80")
+}
+
+func TestDecodeDoesNotAllocate(t *testing.T) {
+	b := message(10, 8, netip.MustParseAddrPort("[::1]:8500"), netip.MustParseAddrPort("[::ffff:10.0.0.5]:40000"))
+	s, err := Decode(b)
+	require.NoError(t, err)
+	assert.Equal(t, parser.StateCloseWait, s.State)
+	assert.Equal(t, "[::ffff:10.0.0.5]:40000", s.Peer.String())
+	assert.Zero(t, testing.AllocsPerRun(100, func() { _, _ = Decode(b) }))
+}
+
+// FuzzDatagram feeds arbitrary bytes to the decoder of the kernel's
+// datagrams: an error or sockets, never a panic, and only sockets of a
+// known family and state.
+func FuzzDatagram(f *testing.F) {
+	f.Add(frame(f, socketMessage(0), socketMessage(netlink.DumpInterrupted), doneMessage))
+	v6 := socketMessage(0)
+	v6.Data = message(10, 8, netip.MustParseAddrPort("[::1]:8500"), netip.MustParseAddrPort("[::1]:40000"))
+	f.Add(frame(f, v6))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _, _ = datagram(b, func(s parser.Socket) {
+			if s.State == parser.StateUnknown || s.State > parser.StateClosing || !s.Local.IsValid() || !s.Peer.IsValid() {
+				t.Fatalf("decoded %+v", s)
+			}
+			if s.Local.Addr().Is4() != s.Peer.Addr().Is4() {
+				t.Fatalf("one socket of two families: %+v", s)
+			}
+		})
+	})
+}
