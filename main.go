@@ -116,7 +116,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		dir := textfileFlags.Dir
 		outputs = append(outputs, &output{name: "textfile " + dir, write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
 	}
-	pusher, err := pushFlags.Pusher()
+	pusher, err := pushFlags.Pusher(logger)
 	if err != nil {
 		return usageError(err)
 	}

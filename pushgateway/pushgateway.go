@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,14 +18,15 @@ import (
 // Pusher pushes to one gateway under one job and instance.
 type Pusher struct {
 	url                string // without credentials, so that no message shows them
-	username, password string
+	username, password string // from the URL
 	job, instance      string
 	timeout            time.Duration
+	client             *http.Client
 }
 
 // New pushes to rawURL (http://[user:password@]host:port[/path]) with the
-// grouping key job and instance.
-func New(rawURL, job, instance string, timeout time.Duration) (*Pusher, error) {
+// grouping key job and instance, through client.
+func New(rawURL, job, instance string, timeout time.Duration, client *http.Client) (*Pusher, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url's own error repeats the whole URL, credentials and all.
@@ -36,7 +38,7 @@ func New(rawURL, job, instance string, timeout time.Duration) (*Pusher, error) {
 	if job == "" || instance == "" {
 		return nil, errors.New("--push.job and --push.instance must not be empty")
 	}
-	p := &Pusher{job: job, instance: instance, timeout: timeout}
+	p := &Pusher{job: job, instance: instance, timeout: timeout, client: client}
 	if u.User != nil {
 		p.username = u.User.Username()
 		p.password, _ = u.User.Password()
@@ -54,7 +56,7 @@ func (p *Pusher) String() string { return p.url }
 func (p *Pusher) Push(g prometheus.Gatherer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	pusher := push.New(p.url, p.job).Grouping("instance", p.instance).Gatherer(g).Client(&http.Client{})
+	pusher := push.New(p.url, p.job).Grouping("instance", p.instance).Gatherer(g).Client(p.client)
 	if p.username != "" {
 		pusher = pusher.BasicAuth(p.username, p.password)
 	}
@@ -62,7 +64,20 @@ func (p *Pusher) Push(g prometheus.Gatherer) error {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("push to %s: no answer within %s (--push.timeout)", p.url, p.timeout)
 		}
-		return fmt.Errorf("push to %s: %w", p.url, err)
+		return fmt.Errorf("push to %s: %s", p.url, clip(err.Error()))
 	}
 	return nil
+}
+
+// clip keeps a message to one short line: a gateway's error page quoted
+// whole would flood the log.
+func clip(msg string) string {
+	const most = 300
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i] + " ..."
+	}
+	if len(msg) > most {
+		msg = msg[:most] + " ..."
+	}
+	return msg
 }
