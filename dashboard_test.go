@@ -1,0 +1,158 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"sigs.k8s.io/yaml"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+)
+
+const dashboardFile = "deploy/grafana/consul-conn-exporter.json"
+
+type dashboard struct {
+	Templating struct {
+		List []struct{ Name, Type string }
+	}
+	Panels []struct {
+		ID         int
+		Title      string
+		Datasource struct{ Type, UID string }
+		Targets    []struct {
+			Expr       string
+			Datasource struct{ Type, UID string }
+		}
+	}
+}
+
+func readDashboard(t *testing.T) dashboard {
+	t.Helper()
+	text, err := os.ReadFile(dashboardFile)
+	require.NoError(t, err)
+	var d dashboard
+	require.NoError(t, json.Unmarshal(text, &d))
+	return d
+}
+
+func TestDashboardIsOnTheDatasourceVariableWithNoHardCodedInstance(t *testing.T) {
+	d := readDashboard(t)
+	var variables []string
+	for _, v := range d.Templating.List {
+		variables = append(variables, v.Name+":"+v.Type)
+	}
+	assert.Equal(t, []string{"datasource:datasource", "job:query", "instance:query"}, variables)
+	ids := map[int]bool{}
+	require.NotEmpty(t, d.Panels)
+	for _, p := range d.Panels {
+		assert.False(t, ids[p.ID], "panel id %d twice", p.ID)
+		ids[p.ID] = true
+		assert.Equal(t, "${datasource}", p.Datasource.UID, p.Title)
+		require.NotEmpty(t, p.Targets, p.Title)
+		for _, target := range p.Targets {
+			assert.Equal(t, "${datasource}", target.Datasource.UID, p.Title)
+			assert.Contains(t, target.Expr, `instance=~"$instance"`, p.Title)
+			assert.NotContains(t, target.Expr, `instance="`, p.Title)
+		}
+	}
+}
+
+// A real Prometheus scrapes the real exporter (its own /metrics, with the
+// RPC group and the local programs on) and node_exporter's textfile
+// output; every panel's and every alert rule's PromQL must parse, and the
+// panels of features that are on must return series.
+func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
+	prometheus := programs.Need(t, "prometheus", "apt-get install prometheus")
+	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	programs.NeedRoot(t, "see the programs holding the connections")
+	httpL, rpcL := listen(t, "127.0.0.1"), listen(t, "127.0.0.1")
+	open(t, httpL, "127.0.0.91", 12)
+	open(t, rpcL, "127.0.0.92", 3)
+	dir := t.TempDir()
+	exporterAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	startServer(t, binary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",
+		"--port", port(httpL), "--rpc.port", port(rpcL), "--clients.processes")
+	startServer(t, nodeExporter, "--web.listen-address="+nodeAddr,
+		"--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory="+dir)
+	config := filepath.Join(t.TempDir(), "prometheus.yml")
+	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [%q]
+scrape_configs:
+  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q]}]}
+  - {job_name: node, static_configs: [{targets: [%q]}]}
+`, mustAbs(t, "deploy/prometheus/alerts.yml"), exporterAddr, nodeAddr), 0o644))
+	startUntil(t, "Server is ready to receive web requests", prometheus, "--config.file="+config,
+		"--storage.tsdb.path="+t.TempDir(), "--web.listen-address="+promAddr)
+
+	query := func(expr string) (status string, series int, msg string) {
+		resp, err := http.Get("http://" + promAddr + "/api/v1/query?query=" + url.QueryEscape(expr))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var body struct {
+			Status, Error string
+			Data          struct{ Result []json.RawMessage }
+		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+		return body.Status, len(body.Data.Result), body.Error
+	}
+	// Two scrapes of each target.
+	require.Eventually(t, func() bool {
+		_, n, _ := query(`count_over_time(up[1m]) >= 2`)
+		return n == 2
+	}, 30*time.Second, 100*time.Millisecond, "two scrapes of both targets")
+	require.FileExists(t, filepath.Join(dir, textfile.FileName))
+
+	// "All" in Grafana: the variables' allValue.
+	variables := strings.NewReplacer("$job", ".*", "$instance", ".*")
+	for _, p := range readDashboard(t).Panels {
+		for _, target := range p.Targets {
+			expr := variables.Replace(target.Expr)
+			status, series, msg := query(expr)
+			assert.Equal(t, "success", status, "%s: %s: %s", p.Title, expr, msg)
+			// Off in this test: the Pushgateway and --limit auto.
+			if !strings.Contains(expr, "push_time_seconds") && !strings.Contains(expr, "limits_read_success") {
+				assert.Positive(t, series, "%s: %s returns no series", p.Title, expr)
+			}
+		}
+	}
+	for name, expr := range alertExprs(t) {
+		status, _, msg := query(expr)
+		assert.Equal(t, "success", status, "alert %s: %s", name, msg)
+	}
+}
+
+func mustAbs(t *testing.T, path string) string {
+	abs, err := filepath.Abs(path)
+	require.NoError(t, err)
+	return abs
+}
+
+// alertExprs are the expressions of deploy/prometheus/alerts.yml.
+func alertExprs(t *testing.T) map[string]string {
+	text, err := os.ReadFile("deploy/prometheus/alerts.yml")
+	require.NoError(t, err)
+	var rules struct {
+		Groups []struct {
+			Rules []struct{ Alert, Expr string }
+		}
+	}
+	require.NoError(t, yaml.Unmarshal(text, &rules))
+	exprs := map[string]string{}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			exprs[r.Alert] = r.Expr
+		}
+	}
+	return exprs
+}
