@@ -26,7 +26,7 @@ func TestConsulScriptCheckWarnsBeforeThe429s(t *testing.T) {
 		check := strings.NewReplacer(
 			"127.0.0.1:8500", a.httpAddr,
 			`"--port", "8500"`, `"--port", "`+a.httpPort()+`"`,
-			"/usr/local/bin/consul_conn_exporter", binary,
+			"/usr/bin/consul_conn_exporter", binary,
 			`interval = "30s"`, `interval = "1s"`,
 			`timeout  = "10s"`, `timeout  = "900ms"`,
 		).Replace(string(definition))

@@ -34,7 +34,7 @@ func TestSystemdUnitsVerifyAndAreHardened(t *testing.T) {
 		text, err := os.ReadFile(unit)
 		require.NoError(t, err)
 		copy := filepath.Join(dir, filepath.Base(unit))
-		require.NoError(t, os.WriteFile(copy, []byte(strings.ReplaceAll(string(text), "/usr/local/bin/consul_conn_exporter", binary)), 0o644))
+		require.NoError(t, os.WriteFile(copy, []byte(strings.ReplaceAll(string(text), "/usr/bin/consul_conn_exporter", binary)), 0o644))
 		copies = append(copies, copy)
 	}
 

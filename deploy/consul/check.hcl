@@ -11,7 +11,7 @@ check {
   # Add "--clients.processes" to name the local programs holding the
   # connections (the agent then needs to run as root).
   args     = ["/usr/bin/env", "CONSUL_HTTP_ADDR=127.0.0.1:8500",
-              "/usr/local/bin/consul_conn_exporter", "check", "--port", "8500", "--limit", "auto"]
+              "/usr/bin/consul_conn_exporter", "check", "--port", "8500", "--limit", "auto"]
   interval = "30s"
   timeout  = "10s"
 }
