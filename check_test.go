@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,15 +32,7 @@ func checkCommand(t *testing.T, env []string, args ...string) checked {
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	res := checked{stdout: stdout.String(), stderr: stderr.String()}
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		res.exit = exit.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
-	return res
+	return checked{exit: exitCode(t, cmd.Run()), stdout: stdout.String(), stderr: stderr.String()}
 }
 
 func lastLine(text string) string {
@@ -53,10 +44,8 @@ const mixedCapture = "fixtures/ss-iproute2-6.1.0_tanp_mixed.txt"
 
 func mixedExpected(t *testing.T) fixtures.Expected {
 	t.Helper()
-	text, err := os.ReadFile(strings.TrimSuffix(mixedCapture, ".txt") + ".expected.json")
+	want, err := fixtures.ReadExpected(mixedCapture)
 	require.NoError(t, err)
-	var want fixtures.Expected
-	require.NoError(t, json.Unmarshal(text, &want))
 	return want
 }
 

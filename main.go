@@ -101,11 +101,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// says everything, logs would only come before it.
 		logger = slog.New(slog.DiscardHandler)
 	}
-	var rpcPorts []uint16
-	if len(config.Groups) > 1 {
-		rpcPorts = config.Groups[1].Ports
-	}
-	lim, err := limitFlags.Source(config.Groups[0].Ports, rpcPorts, logger)
+	lim, err := limitFlags.Source(config.GroupPorts(collector.HTTP), config.GroupPorts(collector.RPC), logger)
 	if err != nil {
 		return usageError(err)
 	}
@@ -147,7 +143,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	coll := collector.New(config, source, lim, logger)
 	coll.ReadLimitsAfterCount = *once || isCheck
 	if isCheck {
-		return runCheck(coll, checkFlags, stdout)
+		return int(checkFlags.Print(stdout, coll.Collect(context.Background())))
 	}
 	logger.Info("starting", "version", version.Info(), "source", source.String())
 
@@ -264,31 +260,4 @@ func newServer(coll *collector.Collector, metricsPath string) (*http.Server, err
 func usage(stderr io.Writer, err error, exit int) int {
 	fmt.Fprintf(stderr, "%s: error: %v; try --help\n", name, err)
 	return exit
-}
-
-// runCheck collects once and prints the verdict; its exit code is the
-// status.
-func runCheck(coll *collector.Collector, flags *check.Flags, stdout io.Writer) int {
-	report := flags.Evaluate(coll.Collect(context.Background()))
-	var err error
-	if flags.JSON() {
-		err = report.WriteJSON(stdout)
-	} else {
-		err = report.WriteText(stdout, isTerminal(stdout))
-	}
-	if err != nil {
-		return int(check.Unknown)
-	}
-	return int(report.Status)
-}
-
-// isTerminal is a terminal a person reads (colour welcome), not a pipe,
-// a file or Consul.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok || os.Getenv("NO_COLOR") != "" {
-		return false
-	}
-	info, err := f.Stat()
-	return err == nil && info.Mode()&os.ModeCharDevice != 0
 }

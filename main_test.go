@@ -80,18 +80,23 @@ func runExporter(t *testing.T, dir string, wrapper []string, args ...string) res
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	err := cmd.Run()
-	res := result{stderr: stderr.String()}
+	res := result{exit: exitCode(t, cmd.Run()), stderr: stderr.String()}
 	if dir != "" {
 		res.metrics = readMetrics(t, filepath.Join(dir, textfile.FileName))
 	}
+	return res
+}
+
+// exitCode is the exit status of a command that ran; err must be nil or
+// its exit.
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		res.exit = exit.ExitCode()
-	} else {
-		require.NoError(t, err)
+		return exit.ExitCode()
 	}
-	return res
+	require.NoError(t, err)
+	return 0
 }
 
 // readMetrics reads the file at path, nil if there is none.

@@ -4,9 +4,40 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 )
+
+// Print writes the verdict of res to w in the format asked for (colour
+// only where w is a terminal a person reads) and returns its status, the
+// exit code; a report that cannot be written is Unknown.
+func (f *Flags) Print(w io.Writer, res collector.Result) Status {
+	report := f.Evaluate(res)
+	var err error
+	if f.JSON() {
+		err = report.WriteJSON(w)
+	} else {
+		err = report.WriteText(w, isTerminal(w))
+	}
+	if err != nil {
+		return Unknown
+	}
+	return report.Status
+}
+
+// isTerminal is a terminal (colour welcome), not a pipe, a file or Consul,
+// and NO_COLOR is not set.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
+}
 
 // WriteJSON writes the report as one JSON object.
 func (r Report) WriteJSON(w io.Writer) error {

@@ -39,6 +39,17 @@ type Config struct {
 	Processes bool
 }
 
+// GroupPorts are the ports of the group named name, none if it is not
+// watched.
+func (c Config) GroupPorts(name string) []uint16 {
+	for _, g := range c.Groups {
+		if g.Name == name {
+			return g.Ports
+		}
+	}
+	return nil
+}
+
 // Ports are every group's ports.
 func (c Config) Ports() []uint16 {
 	var ports []uint16

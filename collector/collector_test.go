@@ -2,11 +2,9 @@ package collector
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -162,10 +160,8 @@ func TestImpliedStateNeedsExactlyOneStateFilter(t *testing.T) {
 
 func expected(t *testing.T, capture string) fixtures.Expected {
 	t.Helper()
-	text, err := os.ReadFile(strings.TrimSuffix(capture, ".txt") + ".expected.json")
+	want, err := fixtures.ReadExpected(capture)
 	require.NoError(t, err)
-	var want fixtures.Expected
-	require.NoError(t, json.Unmarshal(text, &want))
 	return want
 }
 

@@ -2,7 +2,6 @@ package parser_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -27,7 +26,8 @@ func captures(t testing.TB) []string {
 func TestFixtures(t *testing.T) {
 	for _, capture := range captures(t) {
 		t.Run(strings.TrimSuffix(filepath.Base(capture), ".txt"), func(t *testing.T) {
-			want := readExpected(t, strings.TrimSuffix(capture, ".txt")+".expected.json")
+			want, err := fixtures.ReadExpected(capture)
+			require.NoError(t, err, "every capture needs its expected counts beside it")
 			p := parser.Parser{}
 			if want.ImpliedState != "" {
 				var ok bool
@@ -79,14 +79,6 @@ func TestFixtures(t *testing.T) {
 			assert.Equal(t, want.MaxPerClient, counts.MaxPerClient())
 		})
 	}
-}
-
-func readExpected(t *testing.T, name string) fixtures.Expected {
-	body, err := os.ReadFile(name)
-	require.NoError(t, err, "every capture needs its expected counts beside it")
-	var want fixtures.Expected
-	require.NoError(t, json.Unmarshal(body, &want))
-	return want
 }
 
 func TestParseLineRejects(t *testing.T) {
