@@ -54,6 +54,13 @@ rpc_handshake_timeout = "5m"`, true)
 		assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_limits_read_success"])
 		assert.Equal(t, 2.0, res.metrics[`consul_open_rpc_connections_per_client{client="127.0.0.1"}`], "the dev server's own two")
 		assertNoSecret(t, res, dir, token.SecretID, agent.token)
+		assert.NotContains(t, res.stderr, "which is not watched")
+
+		// Watching another port than the agent's: its connections would
+		// be missed, and the agent's own configuration says so.
+		res = exporter(t, t.TempDir(), "--once", "--limit", "auto", "--port", "18999")
+		require.Equal(t, 0, res.exit, res.stderr)
+		assert.Contains(t, res.stderr, "the Consul agent serves HTTP on port "+httpPort+", which is not watched: add --port "+httpPort)
 	})
 
 	t.Run("auto without a token", func(t *testing.T) {
