@@ -31,6 +31,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/check"
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
@@ -194,9 +195,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 // error so that a long-running exporter logs each change of state once, not
 // the same refusal every interval.
 type output struct {
-	name    string
-	write   func(prometheus.Gatherer) error
-	lastErr string
+	name  string
+	write func(prometheus.Gatherer) error
+	state changes.Tracker
 }
 
 // collectAndOutput collects once and hands the result to every output, a
@@ -216,16 +217,16 @@ func collectAndOutput(coll *collector.Collector, outputs []*output, logger *slog
 	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK)
 	for _, out := range outputs {
 		err := out.write(reg)
-		switch {
-		case err != nil && err.Error() != out.lastErr:
-			logger.Error("output failed", "output", out.name, "err", err)
-		case err == nil && out.lastErr != "":
-			logger.Info("output works again", "output", out.name)
-		}
-		out.lastErr = ""
+		state := ""
 		if err != nil {
-			out.lastErr = err.Error()
-			ok = false
+			state, ok = err.Error(), false
+		}
+		switch {
+		case !out.state.Changed(state):
+		case err != nil:
+			logger.Error("output failed", "output", out.name, "err", err)
+		default:
+			logger.Info("output works again", "output", out.name)
 		}
 	}
 	logger.Debug("collected", "ok", ok, "duration", res.Duration)

@@ -6,11 +6,11 @@ package collector
 import (
 	"context"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
@@ -83,9 +83,8 @@ type Collector struct {
 	// inFlight makes callers that arrive while a collection runs share it:
 	// however many scrapers and outputs, one command at a time.
 	inFlight singleflight.Group
-	// processWarning is the last warning about unreadable programs, so
-	// that it is logged once per change.
-	processWarning atomic.Pointer[string]
+	// unreadablePrograms is logged once per change.
+	unreadablePrograms changes.Tracker
 }
 
 // New collects config's counts from source, with the limits of lim.
@@ -180,16 +179,11 @@ func (c *Collector) warnProcesses(unknown int) {
 			"the table names no program for some client ends (ss -p sees other users' programs only as root, " +
 			"or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, and needs /proc; a --command needs -p)"
 	}
-	previous := ""
-	if old := c.processWarning.Swap(&msg); old != nil {
-		previous = *old
-	}
-	if msg == previous {
-		return
-	}
-	if msg != "" {
+	switch {
+	case !c.unreadablePrograms.Changed(msg):
+	case msg != "":
 		c.logger.Warn(msg, "connections", unknown)
-	} else {
+	default:
 		c.logger.Info("the programs holding the HTTP connections can be read again")
 	}
 }

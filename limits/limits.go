@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 )
 
 // Limit is one configured limit: a number, or auto (read from the agent).
@@ -66,7 +68,7 @@ type Source struct {
 	firstRead sync.Once
 	mu        sync.Mutex
 	snapshot  Snapshot
-	lastErr   string
+	readState changes.Tracker // logged once per change
 	warned    map[string]bool
 }
 
@@ -149,19 +151,22 @@ func (s *Source) read() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
+	state := ""
 	if err != nil {
 		var status api.StatusError
 		s.snapshot.TooManyConnections = errors.As(err, &status) && status.Code == http.StatusTooManyRequests
 		s.snapshot.ReadErr = fmt.Errorf("reading the limits from the Consul agent: %s", explain(err))
-		if msg := s.snapshot.ReadErr.Error(); msg != s.lastErr {
-			s.logger.Error("cannot read the limits; the last ones read stay", "err", msg)
-			s.lastErr = msg
-		}
-		return
+		state = s.snapshot.ReadErr.Error()
 	}
-	if s.lastErr != "" {
+	switch {
+	case !s.readState.Changed(state):
+	case err != nil:
+		s.logger.Error("cannot read the limits; the last ones read stay", "err", state)
+	default:
 		s.logger.Info("reading the limits from the Consul agent works again")
-		s.lastErr = ""
+	}
+	if err != nil {
+		return
 	}
 	if s.http.Auto {
 		s.snapshot.HTTP = httpLimit

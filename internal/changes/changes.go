@@ -1,0 +1,22 @@
+// Package changes remembers the last state of something that is checked
+// over and over, so that a long-running exporter logs a failure when it
+// starts, changes or clears, not every time it is seen again.
+package changes
+
+import "sync"
+
+// Tracker holds the last state seen; its zero value is "all is well".
+type Tracker struct {
+	mu   sync.Mutex
+	last string
+}
+
+// Changed records state ("" for all is well, else what is wrong) and says
+// whether it differs from the one recorded before.
+func (t *Tracker) Changed(state string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := state != t.last
+	t.last = state
+	return changed
+}
