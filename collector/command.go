@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 )
@@ -87,7 +88,7 @@ func (t *table) check(out runner.Output) error {
 	// wrong is not reported.
 	if t.unreadable > 0 {
 		return fmt.Errorf("printed %d lines that are not ss or netstat socket rows (of %d), first %q: %v",
-			t.unreadable, out.Lines, clip(t.firstUnreadable), t.firstErr)
+			t.unreadable, out.Lines, oneline.Clip(t.firstUnreadable, 120), t.firstErr)
 	}
 	if t.socketRows == 0 && len(out.Stderr) > 0 {
 		return fmt.Errorf("printed no socket rows and wrote to stderr: %s", strings.Join(out.Stderr, "; "))
@@ -116,12 +117,4 @@ func impliedState(argv []string) parser.State {
 		return parser.StateUnknown
 	}
 	return found
-}
-
-func clip(line string) string {
-	const most = 120
-	if len(line) > most {
-		return line[:most] + "..."
-	}
-	return line
 }

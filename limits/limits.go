@@ -15,13 +15,13 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 )
 
 // Limit is one configured limit: a number, or auto (read from the agent).
@@ -181,10 +181,7 @@ func (s *Source) read() {
 func explain(err error) string {
 	var status api.StatusError
 	if errors.As(err, &status) {
-		body := strings.TrimSpace(strings.SplitN(status.Body, "\n", 2)[0])
-		if len(body) > 120 {
-			body = body[:120] + "..."
-		}
+		body := oneline.Clip(status.Body, 120)
 		switch status.Code {
 		case http.StatusForbidden:
 			return fmt.Sprintf("403 %s: give a token with agent:read (CONSUL_HTTP_TOKEN_FILE)", body)
@@ -193,7 +190,7 @@ func explain(err error) string {
 		}
 		return fmt.Sprintf("%d %s", status.Code, body)
 	}
-	return strings.ReplaceAll(err.Error(), "\n", " ")
+	return oneline.Fold(err.Error())
 }
 
 // warnUnwatched warns once for each port the agent serves that is not

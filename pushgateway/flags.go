@@ -6,11 +6,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/common/config"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 )
 
 // Flags say where to push.
@@ -55,7 +56,7 @@ func (f *Flags) Pusher(logger *slog.Logger) (*Pusher, error) {
 	}
 	client, auth, err := f.client()
 	if err != nil {
-		return nil, fmt.Errorf("--push.config.file %s: %s", f.configFile, oneLine(err))
+		return nil, fmt.Errorf("--push.config.file %s: %s", f.configFile, oneline.Fold(err.Error()))
 	}
 	p, err := New(f.url, f.job, instance, f.timeout, client)
 	if err != nil {
@@ -108,9 +109,4 @@ func credentialsFile(cfg *config.HTTPClientConfig) string {
 		return ""
 	}
 	return cfg.Authorization.CredentialsFile
-}
-
-// oneLine folds a multi-line message (YAML's, for one) onto one line.
-func oneLine(err error) string {
-	return strings.Join(strings.Fields(err.Error()), " ")
 }

@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/push"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 )
 
 // Pusher pushes to one gateway under one job and instance.
@@ -64,20 +65,8 @@ func (p *Pusher) Push(g prometheus.Gatherer) error {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("push to %s: no answer within %s (--push.timeout)", p.url, p.timeout)
 		}
-		return fmt.Errorf("push to %s: %s", p.url, clip(err.Error()))
+		// A gateway's error page quoted whole would flood the log.
+		return fmt.Errorf("push to %s: %s", p.url, oneline.Clip(err.Error(), 300))
 	}
 	return nil
-}
-
-// clip keeps a message to one short line: a gateway's error page quoted
-// whole would flood the log.
-func clip(msg string) string {
-	const most = 300
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i] + " ..."
-	}
-	if len(msg) > most {
-		msg = msg[:most] + " ..."
-	}
-	return msg
 }
