@@ -114,20 +114,7 @@ var ErrNoTool = errors.New("no socket table tool")
 
 // Source is where config's sockets come from, as the flags say.
 func (f *Flags) Source(config Config, logger *slog.Logger) (Source, error) {
-	var clientPorts []uint16
-	if config.Processes {
-		clientPorts = config.Groups[0].Ports
-	}
-	stateNames := make([]string, len(config.States))
-	for i, s := range config.States {
-		stateNames[i] = s.String()
-	}
-	command := func(r *runner.Runner, err error) (Source, error) {
-		if err != nil {
-			return nil, err
-		}
-		return NewCommand(r, config.Processes, logger), nil
-	}
+	command := func(r *runner.Runner) Source { return NewCommand(r, config.Processes, logger) }
 	netlink := func() (Source, error) {
 		if config.Processes {
 			return nil, errors.New("--clients.processes needs ss or netstat: the netlink reader cannot tell which program holds a socket (that takes /proc)")
@@ -142,7 +129,7 @@ func (f *Flags) Source(config Config, logger *slog.Logger) (Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--command: %w", err)
 		}
-		return command(r, nil)
+		return command(r), nil
 	case f.source == "command":
 		return nil, errors.New("--source command needs --command")
 	case f.source == "netlink":
@@ -152,13 +139,21 @@ func (f *Flags) Source(config Config, logger *slog.Logger) (Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrNoTool, err)
 		}
-		return command(r, nil)
+		return command(r), nil
+	}
+	var clientPorts []uint16
+	if config.Processes {
+		clientPorts = config.GroupPorts(HTTP)
+	}
+	stateNames := make([]string, len(config.States))
+	for i, s := range config.States {
+		stateNames[i] = s.String()
 	}
 	if r, err := runner.SS(config.Ports(), clientPorts, stateNames, f.commandTimeout); err == nil {
-		return command(r, nil)
+		return command(r), nil
 	}
 	if r, err := runner.Netstat(config.Processes, f.commandTimeout); err == nil {
-		return command(r, nil)
+		return command(r), nil
 	}
 	if config.Processes {
 		return nil, fmt.Errorf("%w: neither ss nor netstat is in PATH, and --clients.processes needs one: install iproute2 (ss) or net-tools (netstat)", ErrNoTool)
