@@ -89,6 +89,12 @@ func TestCheckIsUnknownWhenTheCollectionFails(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(res.stdout, "\n"), "the reason alone, no counts: %q", res.stdout)
 }
 
+func TestCheckIsUnknownWhenNoToolCanCount(t *testing.T) {
+	res := checkCommand(t, []string{"PATH=" + t.TempDir()}, "--source", "netstat")
+	assert.Equal(t, 3, res.exit)
+	assert.Equal(t, "UNKNOWN: cannot count the connections: no socket table tool: netstat: not in PATH (install net-tools)\n", res.stdout)
+}
+
 func TestCheckIsUnknownWhenAnAutoLimitCannotBeReadAndStillShowsTheCounts(t *testing.T) {
 	res := checkCommand(t, []string{"CONSUL_HTTP_ADDR=" + freeAddr(t)},
 		"--command", "cat "+mixedCapture, "--port", "8500", "--limit", "auto")

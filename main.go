@@ -123,8 +123,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	source, err := countFlags.Source(config, logger)
 	if errors.Is(err, collector.ErrNoTool) && isCheck {
-		fmt.Fprintf(stdout, "%s: cannot count the connections: %v\n", check.Unknown, err)
-		return int(check.Unknown)
+		// No way to count is a failed collection: check's own verdict.
+		return int(checkFlags.Print(stdout, collector.Result{Err: err}))
 	}
 	if errors.Is(err, collector.ErrNoTool) {
 		logger.Error("cannot count connections", "err", err)
