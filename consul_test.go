@@ -70,11 +70,8 @@ func (a consulAgent) api(t *testing.T) *api.Client {
 // it and leaves it open (keep-alive), returning the status Consul answered.
 func request(t *testing.T, consulAddr, from string) (int, net.Conn) {
 	t.Helper()
-	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-	conn, err := dialer.Dial("tcp", consulAddr)
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	_, err = io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+	conn := dialFrom(t, from, consulAddr)
+	_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
 	require.NoError(t, err)
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	require.NoError(t, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
@@ -76,9 +77,9 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
 	programs.Need(t, "ss", "apt-get install iproute2")
 	programs.NeedRoot(t, "see the programs holding the connections")
-	httpL, rpcL := listen(t, "127.0.0.1"), listen(t, "127.0.0.1")
-	open(t, httpL, "127.0.0.91", 12)
-	open(t, rpcL, "127.0.0.92", 3)
+	httpL, rpcL := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, httpL, "127.0.0.91", 12)
+	loopback.Open(t, rpcL, "127.0.0.92", 3)
 	dir := t.TempDir()
 	exporterAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	startServer(t, binary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",

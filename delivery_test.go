@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
@@ -26,7 +27,7 @@ import (
 // ephemeral range (see belowEphemeral).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l := listen(t, "127.0.0.1")
+	l := loopback.Listen(t, "127.0.0.1")
 	require.NoError(t, l.Close())
 	return l.Addr().String()
 }
@@ -75,8 +76,8 @@ func scrape(t *testing.T, url string) map[string]float64 {
 func TestNodeExporterReadsOurTextfile(t *testing.T) {
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1")
-	open(t, l, "127.0.0.61", 12)
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.61", 12)
 	dir := t.TempDir()
 	res := exporter(t, dir, "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
@@ -97,9 +98,9 @@ func TestPushgatewayPushReplacesTheGroup(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	addr := freeAddr(t)
 	startServer(t, gateway, "--web.listen-address="+addr)
-	l := listen(t, "127.0.0.1")
-	first := open(t, l, "127.0.0.71", 4)
-	open(t, l, "127.0.0.72", 2)
+	l := loopback.Listen(t, "127.0.0.1")
+	first := loopback.Open(t, l, "127.0.0.71", 4)
+	loopback.Open(t, l, "127.0.0.72", 2)
 	push := []string{"--once", "--port", port(l), "--push.url", "http://" + addr, "--push.instance", "consul-1"}
 
 	// No --textfile.directory: the push is the only output.

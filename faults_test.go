@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
@@ -31,8 +32,8 @@ func TestProcHiddenSSStillCountsAndNetstatFailsLoudly(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
 	busybox := programs.Need(t, "busybox", "apt-get install busybox")
-	l := listen(t, "127.0.0.1")
-	open(t, l, "127.0.0.111", 25)
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.111", 25)
 	p := port(l)
 
 	res := inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p)
@@ -132,9 +133,9 @@ func assertOnlyOurFile(t *testing.T, dir string) {
 
 func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1")
-	open(t, l, "127.0.0.121", 9)
-	open(t, l, "127.0.0.122", 4)
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.121", 9)
+	loopback.Open(t, l, "127.0.0.122", 4)
 
 	asRoot := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, asRoot.exit, asRoot.stderr)
@@ -150,13 +151,11 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 // writing its textfile into a directory of its own.
 func runAsNobody(t *testing.T, args ...string) result {
 	t.Helper()
-	programs.NeedRoot(t, "switch to the nobody user")
-	setpriv := programs.Need(t, "setpriv", "apt-get install util-linux")
 	// nobody must own the directory it writes (TestMain lets it reach the
 	// binary).
 	shared, err := os.MkdirTemp("", "consul-conn-exporter-nobody")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(shared) })
 	require.NoError(t, os.Chown(shared, 65534, 65534))
-	return runExporter(t, shared, []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}, args...)
+	return runExporter(t, shared, programs.AsNobody(t), args...)
 }

@@ -8,23 +8,20 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"math/rand/v2"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/exposition"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
@@ -115,63 +112,9 @@ func readMetrics(t *testing.T, path string) map[string]float64 {
 // "name{label="value",...}" -> value, labels sorted by name.
 func parseMetrics(t *testing.T, r io.Reader, source string) map[string]float64 {
 	t.Helper()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(r)
+	metrics, err := exposition.Parse(r)
 	require.NoError(t, err, "%s is not valid exposition format", source)
-	metrics := map[string]float64{}
-	for name, family := range families {
-		for _, m := range family.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			sort.Strings(labels)
-			key := name
-			if len(labels) > 0 {
-				key += "{" + strings.Join(labels, ",") + "}"
-			}
-			metrics[key] = m.GetGauge().GetValue()
-		}
-	}
 	return metrics
-}
-
-// listen opens a listener on a free port of addr.
-func listen(t *testing.T, addr string) *portopener.Listener {
-	t.Helper()
-	var (
-		l   *portopener.Listener
-		err error
-	)
-	for range 100 {
-		if l, err = portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr(addr), belowEphemeral())); err == nil {
-			break
-		}
-	}
-	if err != nil && netip.MustParseAddr(addr).Is6() && !netip.MustParseAddr(addr).Is4In6() {
-		if os.Getenv("CI") != "true" {
-			t.Skipf("no IPv6 loopback here: %v", err)
-		}
-	}
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	return l
-}
-
-// belowEphemeral is a random port below Linux's ephemeral range (32768 and
-// up). A listener on an ephemeral port would be ambiguous: a client socket
-// from another 127.0.0.x address may be given the same port as its own local
-// port, and then look like a server-side socket of the listener.
-func belowEphemeral() uint16 {
-	return uint16(10000 + rand.IntN(20000))
-}
-
-func open(t *testing.T, l *portopener.Listener, from string, n int) []portopener.Pair {
-	t.Helper()
-	pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), n)
-	require.NoError(t, err)
-	t.Cleanup(func() { portopener.CloseAll(pairs) })
-	return pairs
 }
 
 func port(l *portopener.Listener) string { return fmt.Sprint(l.Port()) }
@@ -196,8 +139,8 @@ func withoutDuration(metrics map[string]float64) map[string]float64 {
 
 func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1")
-	pairs := open(t, l, "127.0.0.1", 200)
+	l := loopback.Listen(t, "127.0.0.1")
+	pairs := loopback.Open(t, l, "127.0.0.1", 200)
 	dir := t.TempDir()
 
 	res := counts(t, dir, "--once", "--port", port(l))
@@ -271,8 +214,8 @@ func ssRows(t *testing.T, state string, filter ...string) []ssRow {
 
 func TestIPv6CountsTheSame(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "::1")
-	open(t, l, "::1", 200)
+	l := loopback.Listen(t, "::1")
+	loopback.Open(t, l, "::1", 200)
 	res := counts(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 200.0, res.metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
@@ -281,9 +224,9 @@ func TestIPv6CountsTheSame(t *testing.T) {
 
 func TestPerClientOverSeveralSourceAddresses(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1")
+	l := loopback.Listen(t, "127.0.0.1")
 	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
-		open(t, l, from, 100)
+		loopback.Open(t, l, from, 100)
 	}
 	res := counts(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
@@ -298,11 +241,11 @@ func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	// An agent on "::" sees IPv4 clients as ::ffff:a.b.c.d; one on 127.0.0.1
 	// sees them bare. Both ports here hold the same client.
-	v4 := listen(t, "127.0.0.1")
-	mapped := listen(t, "::ffff:127.0.0.2")
-	open(t, v4, "127.0.0.31", 30)
-	open(t, mapped, "127.0.0.31", 20)
-	open(t, mapped, "127.0.0.32", 5)
+	v4 := loopback.Listen(t, "127.0.0.1")
+	mapped := loopback.Listen(t, "::ffff:127.0.0.2")
+	loopback.Open(t, v4, "127.0.0.31", 30)
+	loopback.Open(t, mapped, "127.0.0.31", 20)
+	loopback.Open(t, mapped, "127.0.0.32", 5)
 	res := counts(t, t.TempDir(), "--once", "--port", port(v4), "--port", port(mapped))
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 30.0, res.metrics[`consul_open_http_connections{port="`+port(v4)+`"}`])
@@ -314,9 +257,9 @@ func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
 
 func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	l := listen(t, "127.0.0.1")
-	open(t, l, "127.0.0.41", 7)
-	for _, pair := range open(t, l, "127.0.0.42", 3) {
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.41", 7)
+	for _, pair := range loopback.Open(t, l, "127.0.0.42", 3) {
 		require.NoError(t, pair.Client.Close())
 		_, err := pair.Server.Read(make([]byte, 1))
 		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
@@ -343,11 +286,11 @@ func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
 func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
-	l := listen(t, "127.0.0.1")
-	l6 := listen(t, "::1")
-	open(t, l, "127.0.0.51", 40)
-	open(t, l, "127.0.0.52", 2)
-	open(t, l6, "::1", 3)
+	l := loopback.Listen(t, "127.0.0.1")
+	l6 := loopback.Listen(t, "::1")
+	loopback.Open(t, l, "127.0.0.51", 40)
+	loopback.Open(t, l, "127.0.0.52", 2)
+	loopback.Open(t, l6, "::1", 3)
 	args := []string{"--once", "--port", port(l), "--port", port(l6)}
 
 	viaSS := exporter(t, t.TempDir(), args...)
@@ -369,8 +312,8 @@ func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
 }
 
 func TestWithoutSSOrNetstatTheBuiltInReaderCounts(t *testing.T) {
-	l := listen(t, "127.0.0.1")
-	open(t, l, "127.0.0.55", 6)
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.55", 6)
 	t.Setenv("PATH", t.TempDir())
 	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
@@ -519,7 +462,7 @@ func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "port-opener")
 	out, err := exec.Command("go", "build", "-o", bin, "./cmd/port-opener").CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	p := fmt.Sprint(belowEphemeral())
+	p := fmt.Sprint(loopback.Port())
 	opener := exec.Command(bin, "--port", p, "-n", "30", "--clients", "3")
 	stdout, err := opener.StdoutPipe()
 	require.NoError(t, err)

@@ -15,12 +15,11 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/exposition"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
@@ -64,7 +63,7 @@ exec ss -Htan state established state close-wait '( sport = :%[3]d )'
 const soakMarker = "29.0417"
 
 func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
-	l := listen(t, "127.0.0.1")
+	l := loopback.Listen(t, "127.0.0.1")
 	work, dir := t.TempDir(), t.TempDir()
 	addr := freeAddr(t)
 	args := append([]string{"--textfile.directory", dir, "--web.listen-address", addr, "--port", port(l),
@@ -127,12 +126,11 @@ func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
 				continue
 			}
 			if err == nil {
-				var families map[string]*dto.MetricFamily
-				parser := expfmt.NewTextParser(model.UTF8Validation)
-				families, err = parser.TextToMetricFamilies(f)
+				var metrics map[string]float64
+				metrics, err = exposition.Parse(f)
 				f.Close()
-				if _, ok := families["consul_conn_exporter_collect_success"]; err == nil && !ok {
-					err = fmt.Errorf("a textfile without collect_success: %v", families)
+				if _, ok := metrics["consul_conn_exporter_collect_success"]; err == nil && !ok {
+					err = fmt.Errorf("a textfile without collect_success: %v", metrics)
 				}
 			}
 			if err != nil {
@@ -251,20 +249,10 @@ func markedSleeps(t *testing.T) int {
 	for _, p := range procs {
 		text, err := os.ReadFile(p)
 		if err == nil && bytes.Equal(text, []byte("sleep\x00"+soakMarker+"\x00")) {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && alive(pid) {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && programs.Alive(pid) {
 				n++
 			}
 		}
 	}
 	return n
-}
-
-// alive is a process that exists and is not a zombie waiting to be reaped.
-func alive(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	return len(fields) > 0 && fields[0] != "Z"
 }

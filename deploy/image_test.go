@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,13 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/exposition"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
-	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 )
 
 // The scratch image is built for real with buildah (no daemon), and its
@@ -77,12 +74,8 @@ func TestScratchImageCountsWithNothingButTheBinary(t *testing.T) {
 	t.Logf("image size: %s", size)
 
 	// Live connections on the host, counted from inside the image's root.
-	l, err := portopener.Listen(netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%9000)))
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	pairs, err := l.Open(t.Context(), netip.MustParseAddr("127.0.0.77"), 17)
-	require.NoError(t, err)
-	t.Cleanup(func() { portopener.CloseAll(pairs) })
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.77", 17)
 	probe, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := probe.Addr().String()
@@ -103,27 +96,11 @@ func TestScratchImageCountsWithNothingButTheBinary(t *testing.T) {
 			return false
 		}
 		defer resp.Body.Close()
-		metrics = parse(t, resp.Body)
+		metrics, err = exposition.Parse(resp.Body)
+		require.NoError(t, err)
 		return true
 	}, 20*time.Second, 20*time.Millisecond, "the image's exporter serves /metrics")
 	assert.Equal(t, 1.0, metrics["consul_conn_exporter_collect_success"])
 	assert.Equal(t, 17.0, metrics[fmt.Sprintf(`consul_open_http_connections{port="%d"}`, l.Port())])
 	assert.Equal(t, 17.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.77"}`])
-}
-
-func parse(t *testing.T, r io.Reader) map[string]float64 {
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(r)
-	require.NoError(t, err)
-	metrics := map[string]float64{}
-	for name, family := range families {
-		for _, m := range family.GetMetric() {
-			key := name
-			for _, l := range m.GetLabel() {
-				key += fmt.Sprintf("{%s=%q}", l.GetName(), l.GetValue())
-			}
-			metrics[key] = m.GetGauge().GetValue()
-		}
-	}
-	return metrics
 }

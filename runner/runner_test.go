@@ -2,12 +2,9 @@ package runner
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -78,21 +75,8 @@ func TestRunKillsWholeProcessGroupAtTimeout(t *testing.T) {
 	pid, err := strconv.Atoi(lines[0])
 	require.NoError(t, err)
 	// SIGKILL is delivered at once but a process takes a moment to die.
-	assert.Eventually(t, func() bool { return !alive(pid) }, 10*time.Second, 10*time.Millisecond,
+	assert.Eventually(t, func() bool { return !programs.Alive(pid) }, 10*time.Second, 10*time.Millisecond,
 		"grandchild %d outlived the timeout", pid)
-}
-
-// alive is a process that exists and is not a zombie waiting to be reaped.
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	return len(fields) > 0 && fields[0] != "Z"
 }
 
 func TestParseRunsNoShell(t *testing.T) {
@@ -189,7 +173,7 @@ func TestGivingUpKillsWhatTheCommandLeftRunning(t *testing.T) {
 			require.NotEmpty(t, lines)
 			pid, err := strconv.Atoi(lines[0])
 			require.NoError(t, err, "the background child's pid")
-			assert.Eventually(t, func() bool { return !alive(pid) }, 10*time.Second, 10*time.Millisecond,
+			assert.Eventually(t, func() bool { return !programs.Alive(pid) }, 10*time.Second, 10*time.Millisecond,
 				"background child %d outlived the collection", pid)
 		})
 	}

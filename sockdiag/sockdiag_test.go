@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"math/rand/v2"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -16,43 +15,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
-	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 )
 
 var counted = []parser.State{parser.StateEstablished, parser.StateCloseWait}
-
-// usedPorts keeps every listener of the tests on a port of its own, so
-// that a filter on one port sees no other listener's connections.
-var usedPorts = map[uint16]bool{}
-
-// listen opens a listener on addr at a free port below the ephemeral range
-// (where no client socket can have the same local port).
-func listen(t *testing.T, addr string) *portopener.Listener {
-	t.Helper()
-	for range 100 {
-		port := uint16(10000 + rand.IntN(20000))
-		if usedPorts[port] {
-			continue
-		}
-		if l, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr(addr), port)); err == nil {
-			usedPorts[port] = true
-			t.Cleanup(func() { l.Close() })
-			return l
-		}
-	}
-	t.Fatal("no free port")
-	return nil
-}
-
-func open(t *testing.T, l *portopener.Listener, from string, n int) []portopener.Pair {
-	t.Helper()
-	pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), n)
-	require.NoError(t, err)
-	t.Cleanup(func() { portopener.CloseAll(pairs) })
-	return pairs
-}
 
 // read returns the sockets the reader finds, as "state local peer" rows.
 func read(t *testing.T, r *Reader) []string {
@@ -91,13 +59,13 @@ func ssRows(t *testing.T, ports []uint16) []string {
 
 func TestReadsTheSameSocketsAsSS(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	v4, v6, mapped, other := listen(t, "127.0.0.1"), listen(t, "::1"), listen(t, "::ffff:127.0.0.2"), listen(t, "127.0.0.1")
-	open(t, v4, "127.0.0.11", 20)
-	open(t, v4, "127.0.0.12", 3)
-	open(t, v6, "::1", 7)
-	open(t, mapped, "127.0.0.13", 5)
-	open(t, other, "127.0.0.14", 4) // not watched
-	for _, pair := range open(t, v4, "127.0.0.15", 2) {
+	v4, v6, mapped, other := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "::1"), loopback.Listen(t, "::ffff:127.0.0.2"), loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, v4, "127.0.0.11", 20)
+	loopback.Open(t, v4, "127.0.0.12", 3)
+	loopback.Open(t, v6, "::1", 7)
+	loopback.Open(t, mapped, "127.0.0.13", 5)
+	loopback.Open(t, other, "127.0.0.14", 4) // not watched
+	for _, pair := range loopback.Open(t, v4, "127.0.0.15", 2) {
 		require.NoError(t, pair.Client.Close())
 		_, err := pair.Server.Read(make([]byte, 1))
 		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")

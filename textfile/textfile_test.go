@@ -41,9 +41,8 @@ func sharedTmp(t *testing.T) string {
 // on the same host would.
 func asNobody(t *testing.T, script string) {
 	t.Helper()
-	programs.NeedRoot(t, "act as the nobody user against a root-run exporter")
-	setpriv := programs.Need(t, "setpriv", "apt-get install util-linux")
-	out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script).CombinedOutput()
+	argv := append(programs.AsNobody(t), "sh", "-c", script)
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 	require.NoError(t, err, "as nobody: %s: %s", script, out)
 }
 

@@ -4,8 +4,11 @@
 package programs
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -34,4 +37,23 @@ func missing(t testing.TB, msg string) {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
+}
+
+// AsNobody is the argv prefix that runs a program as the nobody user with
+// no capabilities, or ends the test where that cannot be done.
+func AsNobody(t testing.TB) []string {
+	t.Helper()
+	NeedRoot(t, "switch to the nobody user")
+	setpriv := Need(t, "setpriv", "apt-get install util-linux")
+	return []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}
+}
+
+// Alive is a process that exists and is not a zombie waiting to be reaped.
+func Alive(pid int) bool {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	return len(fields) > 0 && fields[0] != "Z"
 }

@@ -1,0 +1,38 @@
+// Package exposition reads Prometheus' text format for tests, into
+// `name{label="value",...}` -> value, labels sorted by name.
+package exposition
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Parse reads every sample of r; an error means r is not valid text format.
+func Parse(r io.Reader) (map[string]float64, error) {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, err
+	}
+	metrics := map[string]float64{}
+	for name, family := range families {
+		for _, m := range family.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			sort.Strings(labels)
+			key := name
+			if len(labels) > 0 {
+				key += "{" + strings.Join(labels, ",") + "}"
+			}
+			metrics[key] = m.GetGauge().GetValue()
+		}
+	}
+	return metrics, nil
+}
