@@ -1,7 +1,12 @@
 // Command consul_conn_exporter counts the connections Consul holds open, per
 // client IP and in total, against Consul's per-client limits, from ss (or
-// netstat), and hands them to Prometheus: in node_exporter's textfile
-// collector directory, to a Pushgateway, or on its own /metrics.
+// netstat, or the kernel's socket table), and hands them to Prometheus: in
+// node_exporter's textfile collector directory, to a Pushgateway, or on its
+// own /metrics.
+//
+// The flow: flags -> source (where sockets come from) -> collector (counts
+// per limiter group, beside the limits) -> a view: check's report, or the
+// metrics, delivered by the outputs and the web server.
 package main
 
 import (
@@ -10,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -20,9 +24,6 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
@@ -31,15 +32,16 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/check"
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
+	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
+	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
 const name = "consul_conn_exporter"
 
-// Exit codes, for cron and systemd.
+// Exit codes, for cron and systemd; check's are its verdicts.
 const (
 	exitOK       = 0
 	exitFailed   = 1 // a collection, a write or a push failed
@@ -52,6 +54,72 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	s, err := parse(args, stderr)
+	if err != nil {
+		// A typo in a health check is UNKNOWN, never read as CRITICAL.
+		exit := exitBadUsage
+		if slices.Contains(args, "check") {
+			exit = int(check.Unknown)
+		}
+		fmt.Fprintf(stderr, "%s: error: %v; try --help\n", name, err)
+		return exit
+	}
+	runtime.GOMAXPROCS(s.gomaxprocs)
+	if s.check != nil {
+		return int(s.check.Print(stdout, s.collector.Collect(context.Background())))
+	}
+	if s.noTool != nil {
+		s.logger.Error("cannot count connections", "err", s.noTool)
+		return exitFailed
+	}
+	s.logger.Info("starting", "version", version.Info(), "source", s.source)
+	if s.once {
+		if !delivery.Once(s.collector, s.outputs, s.logger) {
+			return exitFailed
+		}
+		return exitOK
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go s.limits.Run(ctx)
+	serverDone := make(chan error, 1)
+	if s.serveWeb {
+		server, err := delivery.Server(s.collector, name, s.metricsPath)
+		if err != nil {
+			s.logger.Error("cannot serve", "err", err)
+			return exitFailed
+		}
+		go func() { serverDone <- web.ListenAndServe(server, s.web, s.logger) }()
+		defer server.Shutdown(context.Background())
+	}
+	if err := delivery.Every(ctx, s.interval, s.collector, s.outputs, serverDone, s.logger); err != nil {
+		s.logger.Error("web server stopped", "err", err)
+		return exitFailed
+	}
+	s.logger.Info("stopping")
+	return exitOK
+}
+
+// setup is the command line, parsed and checked once, as the parts it
+// names.
+type setup struct {
+	check       *check.Flags // nil unless the check command was given
+	collector   *collector.Collector
+	source      string
+	noTool      error // no tool can print the table: only check reports on
+	limits      *limits.Source
+	outputs     []*delivery.Output
+	once        bool
+	interval    time.Duration
+	serveWeb    bool
+	web         *web.FlagConfig
+	metricsPath string
+	gomaxprocs  int
+	logger      *slog.Logger
+}
+
+func parse(args []string, stderr io.Writer) (*setup, error) {
 	app := kingpin.New(name, "Counts the connections Consul holds open, per client IP and in total, against its per-client limits, and hands them to Prometheus.")
 	app.UsageWriter(stderr).ErrorWriter(stderr)
 	app.Version(version.Print(name))
@@ -60,205 +128,67 @@ func run(args []string, stdout, stderr io.Writer) int {
 	checkCmd := app.Command("check", "Collect once and print a verdict on the busiest client against its limit; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios, Consul script checks).")
 	checkFlags := check.AddFlags(checkCmd)
 	countFlags := collector.AddFlags(app)
+	sourceFlags := source.AddFlags(app)
 	limitFlags := limits.AddFlags(app)
 	textfileFlags := textfile.AddFlags(app)
 	pushFlags := pushgateway.AddFlags(app, name)
-	webFlags := kingpinflag.AddFlags(app, "")
-	metricsPath := app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
-	once := app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").Bool()
-	interval := app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").Duration()
+	s := &setup{web: kingpinflag.AddFlags(app, "")}
+	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&s.metricsPath)
+	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&s.once)
+	app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").DurationVar(&s.interval)
+	app.Flag("runtime.gomaxprocs", "The target number of CPUs Go will run on (GOMAXPROCS): one is enough, a collection is one pipeline from the table to a count.").
+		Default("1").IntVar(&s.gomaxprocs)
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
 
-	// A usage error is exit 2, but 3 (UNKNOWN) for check, so that a typo
-	// in a health check is never read as CRITICAL.
-	usageError := func(err error) int { return usage(stderr, err, exitBadUsage) }
-	if ctx, _ := app.ParseContext(args); ctx != nil && ctx.SelectedCommand == checkCmd {
-		usageError = func(err error) int { return usage(stderr, err, int(check.Unknown)) }
-	}
 	command, err := app.Parse(args)
 	if err != nil {
-		return usageError(err)
+		return nil, err
 	}
-	isCheck := command == checkCmd.FullCommand()
-	if err := checkFlags.Validate(); isCheck && err != nil {
-		return usageError(err)
+	s.logger = promslog.New(logConfig)
+	if command == checkCmd.FullCommand() {
+		if err := checkFlags.Validate(); err != nil {
+			return nil, err
+		}
+		// Consul shows a check's stdout and stderr as one: the report
+		// says everything, logs would only come before it.
+		s.check, s.logger = checkFlags, slog.New(slog.DiscardHandler)
 	}
 	config, err := countFlags.Config()
 	if err != nil {
-		return usageError(err)
+		return nil, err
 	}
-	if *interval <= 0 {
-		return usageError(errors.New("--interval must be positive"))
+	*s.web.WebListenAddresses = slices.DeleteFunc(*s.web.WebListenAddresses, func(a string) bool { return a == "" })
+	s.serveWeb = len(*s.web.WebListenAddresses) > 0 || *s.web.WebSystemdSocket
+	switch {
+	case s.interval <= 0:
+		return nil, errors.New("--interval must be positive")
+	case s.once && s.serveWeb:
+		return nil, errors.New("--once cannot serve --web.listen-address: a server runs until stopped")
+	case s.gomaxprocs < 1:
+		return nil, errors.New("--runtime.gomaxprocs must be 1 or more")
 	}
-	*webFlags.WebListenAddresses = slices.DeleteFunc(*webFlags.WebListenAddresses, func(a string) bool { return a == "" })
-	serveWeb := len(*webFlags.WebListenAddresses) > 0 || *webFlags.WebSystemdSocket
-	if *once && serveWeb {
-		return usageError(errors.New("--once cannot serve --web.listen-address: a server runs until stopped"))
+	if s.limits, err = limitFlags.Source(config.GroupPorts(collector.HTTP), config.GroupPorts(collector.RPC), s.logger); err != nil {
+		return nil, err
 	}
-	logger := promslog.New(logConfig)
-	if isCheck {
-		// Consul shows a check's stdout and stderr as one: the report
-		// says everything, logs would only come before it.
-		logger = slog.New(slog.DiscardHandler)
-	}
-	lim, err := limitFlags.Source(config.GroupPorts(collector.HTTP), config.GroupPorts(collector.RPC), logger)
-	if err != nil {
-		return usageError(err)
-	}
-
-	// Outputs: each takes the metrics of one collection.
-	var outputs []*output
-	if textfileFlags.Set || (!serveWeb && !pushFlags.Enabled()) {
+	if textfileFlags.Set || (!s.serveWeb && !pushFlags.Enabled()) {
 		dir := textfileFlags.Dir
-		outputs = append(outputs, &output{name: "textfile " + dir, write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
+		s.outputs = append(s.outputs, &delivery.Output{Name: "textfile " + dir, Write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
 	}
-	pusher, err := pushFlags.Pusher(logger)
+	pusher, err := pushFlags.Pusher(s.logger)
 	if err != nil {
-		return usageError(err)
+		return nil, err
 	}
 	if pusher != nil {
-		outputs = append(outputs, &output{name: "pushgateway " + pusher.String(), write: pusher.Push})
+		s.outputs = append(s.outputs, &delivery.Output{Name: "pushgateway " + pusher.String(), Write: pusher.Push})
 	}
-
-	source, err := countFlags.Source(config, logger)
-	if errors.Is(err, collector.ErrNoTool) && isCheck {
-		// No way to count is a failed collection: check's own verdict.
-		return int(checkFlags.Print(stdout, collector.Result{Err: err}))
+	src, err := sourceFlags.New(config.Want(), s.logger)
+	if errors.Is(err, source.ErrNoTool) {
+		s.noTool = err
+	} else if err != nil {
+		return nil, err
 	}
-	if errors.Is(err, collector.ErrNoTool) {
-		logger.Error("cannot count connections", "err", err)
-		return exitFailed
-	}
-	if err != nil {
-		return usageError(err)
-	}
-	// One core is enough: a collection is one pipeline from the table to a
-	// count, and a second busy thread would only take CPU from ss, which
-	// the collection waits on, and from Consul. One exception, measured: a
-	// scrape of /metrics with the built-in reader, whose other collectors
-	// then run beside its walk of the kernel's table instead of after it.
-	if _, command := source.(*collector.Command); (command || !serveWeb) && os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
-	}
-	coll := collector.New(config, source, lim, logger)
-	coll.ReadLimitsAfterCount = *once || isCheck
-	if isCheck {
-		return int(checkFlags.Print(stdout, coll.Collect(context.Background())))
-	}
-	logger.Info("starting", "version", version.Info(), "source", source.String())
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if !*once {
-		go lim.Run(ctx)
-	}
-	serverDone := make(chan error, 1)
-	if serveWeb {
-		server, err := newServer(coll, *metricsPath)
-		if err != nil {
-			logger.Error("cannot serve", "err", err)
-			return exitFailed
-		}
-		go func() { serverDone <- web.ListenAndServe(server, webFlags, logger) }()
-		defer server.Shutdown(context.Background())
-	}
-
-	if *once {
-		if !collectAndOutput(coll, outputs, logger) {
-			return exitFailed
-		}
-		return exitOK
-	}
-	var tick <-chan time.Time
-	if len(outputs) > 0 {
-		ticker := time.NewTicker(*interval)
-		defer ticker.Stop()
-		tick = ticker.C
-		collectAndOutput(coll, outputs, logger)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			logger.Info("stopping")
-			return exitOK
-		case err := <-serverDone:
-			logger.Error("web server stopped", "err", err)
-			return exitFailed
-		case <-tick:
-			collectAndOutput(coll, outputs, logger)
-		}
-	}
-}
-
-// output is one place a collection's metrics go. It remembers its last
-// error so that a long-running exporter logs each change of state once, not
-// the same refusal every interval.
-type output struct {
-	name  string
-	write func(prometheus.Gatherer) error
-	state changes.Tracker
-}
-
-// collectAndOutput collects once and hands the result to every output, a
-// failed result included (it says success 0 and has no count). It says
-// whether the collection and every output worked, and logs why not.
-func collectAndOutput(coll *collector.Collector, outputs []*output, logger *slog.Logger) bool {
-	// Not the signal context: a collection under way finishes and is
-	// written on SIGTERM; the command timeout bounds how long that takes.
-	res := coll.Collect(context.Background())
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(res)
-	ok := res.Err == nil
-	if !ok {
-		logger.Error("collection failed", "err", res.Err)
-	}
-	// The limits source logs its own failures, once per change.
-	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK)
-	for _, out := range outputs {
-		err := out.write(reg)
-		state := ""
-		if err != nil {
-			state, ok = err.Error(), false
-		}
-		switch {
-		case !out.state.Changed(state):
-		case err != nil:
-			logger.Error("output failed", "output", out.name, "err", err)
-		default:
-			logger.Info("output works again", "output", out.name)
-		}
-	}
-	logger.Debug("collected", "ok", ok, "duration", res.Duration)
-	return ok
-}
-
-func newServer(coll *collector.Collector, metricsPath string) (*http.Server, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		coll.OnScrape(),
-		versioncollector.NewCollector(name),
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	mux := http.NewServeMux()
-	mux.Handle(metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	if metricsPath != "/" {
-		landing, err := web.NewLandingPage(web.LandingConfig{
-			Name:        "Consul connection exporter",
-			Description: "Open HTTP connections to Consul, per client IP and in total",
-			Version:     version.Info(),
-			Links:       []web.LandingLinks{{Address: metricsPath, Text: "Metrics"}},
-		})
-		if err != nil {
-			return nil, err
-		}
-		mux.Handle("/", landing)
-	}
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil
-}
-
-func usage(stderr io.Writer, err error, exit int) int {
-	fmt.Fprintf(stderr, "%s: error: %v; try --help\n", name, err)
-	return exit
+	s.source = src.String()
+	s.collector = collector.New(config, src, s.limits.Snapshot, s.logger)
+	return s, nil
 }

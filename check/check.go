@@ -12,6 +12,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -127,8 +128,6 @@ type worstClient struct {
 	client Client
 }
 
-var limitNames = map[string]string{collector.HTTP: "http_max_conns_per_client", collector.RPC: "rpc_max_conns_per_client"}
-
 // Evaluate draws the verdict from res.
 func (f *Flags) Evaluate(res collector.Result) Report {
 	var r Report
@@ -137,25 +136,22 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		r.Status, r.Reason = Unknown, "cannot count the connections: "+res.Err.Error()
 		return r
 	}
-	config := res.Config()
-	for _, state := range config.States {
-		r.states = append(r.states, strings.ReplaceAll(state.String(), "-", "_"))
+	for _, state := range res.States {
+		r.states = append(r.states, state.Label())
 	}
-	held, processesKnown := res.Processes()
-	for i, g := range config.Groups {
-		counts := res.Counts(i)
-		group := Group{Name: g.Name, LimitName: limitNames[g.Name], Limit: res.Limit(i), MaxPerClient: counts.MaxPerClient()}
-		for _, port := range counts.Ports() {
-			p := Port{Port: port, Open: counts.Total(port), ByState: map[string]int{}}
-			for _, state := range counts.States() {
-				p.ByState[strings.ReplaceAll(state.String(), "-", "_")] = counts.ByState(port, state)
+	for _, g := range res.Groups {
+		group := Group{Name: g.Name, LimitName: g.Setting(), Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
+		for _, port := range g.Counts.Ports() {
+			p := Port{Port: port, Open: g.Counts.Total(port), ByState: map[string]int{}}
+			for _, state := range g.Counts.States() {
+				p.ByState[state.Label()] = g.Counts.ByState(port, state)
 			}
 			group.Ports = append(group.Ports, p)
 		}
-		for _, c := range counts.TopClients(max(config.TopClients, 1)) {
+		for _, c := range g.Counts.TopClients(max(res.TopClients, 1)) {
 			client := Client{Client: c.Client.String(), Connections: c.Count, Share: share(c.Count, group.Limit)}
-			if g.Name == collector.HTTP && processesKnown {
-				for _, h := range held {
+			if g.Name == collector.HTTP && res.ProcessesKnown {
+				for _, h := range res.Processes {
 					if h.Client == c.Client {
 						client.Processes = append(client.Processes, Process{h.Process, h.Count})
 					}
@@ -165,19 +161,19 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		}
 		r.Groups = append(r.Groups, group)
 	}
-	if processesKnown {
-		for _, p := range tally.ByProcess(held, max(config.TopClients, 1)) {
+	if res.ProcessesKnown {
+		for _, p := range tally.ByProcess(res.Processes, max(res.TopClients, 1)) {
 			r.Processes = append(r.Processes, Process{p.Process, p.Count})
 		}
-	} else if config.Processes {
+	} else if res.ProcessesAsked {
 		r.Notes = append(r.Notes, "the programs holding the connections cannot be seen: run as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
 	}
-	f.judge(&r, res)
+	f.judge(&r, res.Limits)
 	return r
 }
 
 // judge sets the status from the busiest client of any group.
-func (f *Flags) judge(r *Report, res collector.Result) {
+func (f *Flags) judge(r *Report, lim limits.Snapshot) {
 	for i := range r.Groups {
 		g := &r.Groups[i]
 		if len(g.Clients) == 0 || g.Limit == 0 {
@@ -187,7 +183,6 @@ func (f *Flags) judge(r *Report, res collector.Result) {
 			r.worst = &worstClient{group: g, client: g.Clients[0]}
 		}
 	}
-	lim := res.Limits
 	switch {
 	case lim.Auto && !lim.ReadOK && lim.TooManyConnections:
 		// The read of the limit was itself refused: this host's address

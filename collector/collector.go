@@ -1,6 +1,6 @@
-// Package collector makes one collection: it runs the command, parses its
-// table and counts the connections, and says why when it cannot. A failed
-// collection never reports a count.
+// Package collector makes one collection: it reads the sockets from a
+// source, counts them per limiter group, and puts each group's counts
+// beside its limit. A failed collection never reports a count.
 package collector
 
 import (
@@ -12,16 +12,20 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
 // The limiter groups: each is a set of ports with one per-client limit in
 // Consul, and its own metric names. Counts are never summed across groups.
 const (
-	HTTP = "http" // http_max_conns_per_client: the HTTP and HTTPS ports
-	RPC  = "rpc"  // rpc_max_conns_per_client: a server's RPC port
+	HTTP = "http" // the HTTP and HTTPS ports
+	RPC  = "rpc"  // a server's RPC port
 )
+
+// settings are Consul's names for each group's per-client limit.
+var settings = map[string]string{HTTP: "http_max_conns_per_client", RPC: "rpc_max_conns_per_client"}
 
 // Group is the ports of one limiter.
 type Group struct {
@@ -29,10 +33,13 @@ type Group struct {
 	Ports []uint16
 }
 
+// Setting is Consul's name for the group's per-client limit.
+func (g Group) Setting() string { return settings[g.Name] }
+
 // Config is what to count and how to report it.
 type Config struct {
 	Groups []Group // HTTP first
-	States []parser.State
+	States []socket.State
 	// TopClients is how many clients (and programs) get a sample each.
 	TopClients int
 	// Processes names the local programs holding the HTTP connections.
@@ -50,64 +57,39 @@ func (c Config) GroupPorts(name string) []uint16 {
 	return nil
 }
 
-// Ports are every group's ports.
-func (c Config) Ports() []uint16 {
-	var ports []uint16
+// Want is what the source must read for config.
+func (c Config) Want() source.Want {
+	want := source.Want{States: c.States}
 	for _, g := range c.Groups {
-		ports = append(ports, g.Ports...)
+		want.Ports = append(want.Ports, g.Ports...)
 	}
-	return ports
-}
-
-// Source is where the sockets come from: ss or netstat through the runner
-// and the parser (Command), or the kernel's socket table read directly
-// (sockdiag). Each yields the same socket records into the same counts.
-type Source interface {
-	// Read calls add with each socket of the table. A source that has to
-	// start over calls reset first. An error means the table cannot be
-	// trusted, and nothing added counts.
-	Read(ctx context.Context, add func(parser.Socket), reset func()) error
-	// String names the source for messages.
-	String() string
+	if c.Processes {
+		want.ClientPorts = c.GroupPorts(HTTP)
+	}
+	return want
 }
 
 // Collector collects from one source.
 type Collector struct {
 	config Config
-	source Source
-	limits *limits.Source
+	source source.Source
+	limits func() limits.Snapshot
 	logger *slog.Logger
-	// ReadLimitsAfterCount reads an auto limit after the count if it has
-	// not been read yet: for a single collection, which must report it.
-	ReadLimitsAfterCount bool
 	// inFlight makes callers that arrive while a collection runs share it:
-	// however many scrapers and outputs, one command at a time.
+	// however many scrapers and outputs, one read of the table at a time.
 	inFlight singleflight.Group
 	// unreadablePrograms is logged once per change.
 	unreadablePrograms changes.Tracker
 }
 
-// New collects config's counts from source, with the limits of lim.
-func New(config Config, source Source, lim *limits.Source, logger *slog.Logger) *Collector {
-	return &Collector{config: config, source: source, limits: lim, logger: logger}
+// New collects config's counts from src; limits gives the limits known
+// once the table is read.
+func New(config Config, src source.Source, limits func() limits.Snapshot, logger *slog.Logger) *Collector {
+	return &Collector{config: config, source: src, limits: limits, logger: logger}
 }
 
-// Result is one collection. It is a prometheus.Collector of its own
-// metrics, and what every other view of the collection reads.
-type Result struct {
-	config Config
-	counts []*tally.Tally // per group; nil when Err is set
-	// processes: held per client and program; known when every local
-	// client end's program could be read.
-	processes      []tally.ProcessCount
-	processesKnown bool
-	Limits         limits.Snapshot
-	Duration       time.Duration
-	Err            error
-}
-
-// Collect runs the command once and counts its table, or waits for the
-// collection already running and returns its result.
+// Collect reads the table once and counts it, or waits for the collection
+// already running and returns its result.
 func (c *Collector) Collect(ctx context.Context) Result {
 	res, _, _ := c.inFlight.Do("collect", func() (any, error) {
 		return c.collect(ctx), nil
@@ -117,24 +99,34 @@ func (c *Collector) Collect(ctx context.Context) Result {
 
 func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()
-	res := Result{config: c.config}
 	counts := newCounts(c.config)
 	err := c.source.Read(ctx, counts.add, counts.reset)
-	res.Duration, res.Err = time.Since(start), err
-	if err == nil {
-		res.counts = counts.groups
-		if counts.processes != nil {
-			var unknown int
-			res.processes, unknown = counts.processes.Held()
-			res.processesKnown = unknown == 0
-			c.warnProcesses(unknown)
-		}
+	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
+		Duration: time.Since(start), Err: err}
+	// After the count: a read of the agent's limits opens a connection
+	// of its own, which must not be counted.
+	res.Limits = c.limits()
+	if err != nil {
+		return res
 	}
-	if c.ReadLimitsAfterCount {
-		c.limits.FirstRead()
+	for i, g := range c.config.Groups {
+		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: limitOf(res.Limits, g.Name), Counts: counts.groups[i]})
 	}
-	res.Limits = c.limits.Snapshot()
+	if counts.processes != nil {
+		var unknown int
+		res.Processes, unknown = counts.processes.Held()
+		res.ProcessesKnown = unknown == 0
+		c.warnProcesses(unknown)
+	}
 	return res
+}
+
+// limitOf is group's limit in snap, 0 when not known.
+func limitOf(snap limits.Snapshot, group string) int {
+	if group == RPC {
+		return snap.RPC
+	}
+	return snap.HTTP
 }
 
 // counts are one collection's tallies: one per limiter group, and the
@@ -161,7 +153,7 @@ func (c *counts) reset() {
 	}
 }
 
-func (c *counts) add(s parser.Socket) {
+func (c *counts) add(s socket.Socket) {
 	for _, g := range c.groups {
 		g.Add(s)
 	}

@@ -2,9 +2,11 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,14 +18,15 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
 var defaultConfig = Config{
 	Groups:     []Group{{Name: HTTP, Ports: []uint16{8500, 8501}}},
-	States:     []parser.State{parser.StateEstablished, parser.StateCloseWait},
+	States:     []socket.State{socket.StateEstablished, socket.StateCloseWait},
 	TopClients: 10,
 }
 
@@ -33,22 +36,38 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 // beside it.
 const mixed = "../fixtures/ss-iproute2-6.1.0_tan_mixed.txt"
 
-func collect(t testing.TB, config Config, argv ...string) Result {
+func collect(t testing.TB, config Config, capture string) Result {
 	t.Helper()
-	return collectLogged(t, config, discard, argv...)
+	return collectLogged(t, config, discard, capture)
 }
 
-func collectLogged(t testing.TB, config Config, logger *slog.Logger, argv ...string) Result {
+// collectLogged collects from a capture ("" for an empty table) with the
+// default limits, without running anything.
+func collectLogged(t testing.TB, config Config, logger *slog.Logger, capture string) Result {
 	t.Helper()
-	r, err := runner.New(argv, 10*time.Second)
-	require.NoError(t, err)
-	lim, err := limits.NewSource(limits.Limit{N: 200}, limits.Limit{N: 100}, nil, nil, time.Minute, logger)
-	require.NoError(t, err)
-	return New(config, NewCommand(r, config.Processes, logger), lim, logger).Collect(context.Background())
+	return New(config, captured(t, capture, config.Processes), defaultLimits, logger).Collect(context.Background())
 }
+
+func captured(t testing.TB, capture string, processes bool) source.Source {
+	t.Helper()
+	if capture == "" {
+		return source.NewText("an empty table", "", socket.StateUnknown, processes)
+	}
+	text, err := os.ReadFile(capture)
+	require.NoError(t, err)
+	return source.NewText(capture, string(text), socket.StateUnknown, processes)
+}
+
+func defaultLimits() limits.Snapshot { return limits.Snapshot{HTTP: 200, RPC: 100} }
+
+// failing is a source that cannot read the table.
+type failing struct{ err error }
+
+func (f failing) Read(context.Context, func(socket.Socket), func()) error { return f.err }
+func (f failing) String() string                                          { return "failing" }
 
 func TestCollectReportsEveryMetricOfACapture(t *testing.T) {
-	res := collect(t, defaultConfig, "cat", mixed)
+	res := collect(t, defaultConfig, mixed)
 	require.NoError(t, res.Err)
 	want := `
 # HELP consul_open_http_connections Server-side TCP connections open on the HTTP port (ESTABLISHED and CLOSE-WAIT by default).
@@ -84,7 +103,7 @@ consul_conn_exporter_collect_success 1
 }
 
 func TestMetricsAreLintClean(t *testing.T) {
-	problems, err := testutil.CollectAndLint(collect(t, defaultConfig, "cat", mixed))
+	problems, err := testutil.CollectAndLint(collect(t, defaultConfig, mixed))
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
@@ -92,7 +111,7 @@ func TestMetricsAreLintClean(t *testing.T) {
 func TestTopClientsBoundsPerClientSamples(t *testing.T) {
 	config := defaultConfig
 	config.TopClients = 2
-	res := collect(t, config, "cat", mixed)
+	res := collect(t, config, mixed)
 	want := `
 # HELP consul_open_http_connections_per_client HTTP connections one client IP holds over the group's ports, for the clients holding the most.
 # TYPE consul_open_http_connections_per_client gauge
@@ -102,12 +121,12 @@ consul_open_http_connections_per_client{client="127.0.0.11"} 6
 	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_open_http_connections_per_client"))
 
 	config.TopClients = 0
-	assert.Zero(t, testutil.CollectAndCount(collect(t, config, "cat", mixed), "consul_open_http_connections_per_client"))
+	assert.Zero(t, testutil.CollectAndCount(collect(t, config, mixed), "consul_open_http_connections_per_client"))
 }
 
 func TestEmptyOutputIsARealZero(t *testing.T) {
 	// What a narrow ss filter prints when nobody is connected.
-	res := collect(t, defaultConfig, "true")
+	res := collect(t, defaultConfig, "")
 	require.NoError(t, res.Err)
 	want := `
 # HELP consul_open_http_connections Server-side TCP connections open on the HTTP port (ESTABLISHED and CLOSE-WAIT by default).
@@ -123,39 +142,16 @@ consul_open_http_connections_max_per_client 0
 }
 
 func TestFailedCollectionReportsNoCount(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		argv []string
-		err  string
-	}{
-		{"command missing", []string{"no-such-command-for-consul-conn-exporter"}, "cannot run"},
-		{"non-zero exit", []string{"ls", "/no/such/dir"}, "exited with status 2"},
-		{"garbage", []string{"echo", "garbage"}, "that are not ss or netstat socket rows"},
-		{"summary instead of table", []string{"cat", "../fixtures/ss-iproute2-6.1.0_s-summary_mixed.txt"}, "that are not ss or netstat socket rows"},
-		{"headers only and stderr", []string{"sh", "-c", "echo 'Proto Recv-Q Send-Q Local Address Foreign Address State'; echo 'netstat: /proc/net/tcp: No such file or directory' >&2"}, "wrote to stderr: netstat: /proc/net/tcp"},
-		{"headers only", []string{"echo", "Proto Recv-Q Send-Q Local Address Foreign Address State"}, "no socket rows"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			res := collect(t, defaultConfig, tc.argv...)
-			require.Error(t, res.Err)
-			assert.Contains(t, res.Err.Error(), tc.err)
-			assert.NotContains(t, res.Err.Error(), "\n")
-			want := `
+	res := New(defaultConfig, failing{errors.New("ss exited with status 1")}, defaultLimits, discard).Collect(context.Background())
+	require.EqualError(t, res.Err, "ss exited with status 1")
+	assert.Empty(t, res.Groups)
+	want := `
 # HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
 # TYPE consul_conn_exporter_collect_success gauge
 consul_conn_exporter_collect_success 0
 `
-			require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success"))
-			assert.Equal(t, 2, testutil.CollectAndCount(res), "only success and duration")
-		})
-	}
-}
-
-func TestImpliedStateNeedsExactlyOneStateFilter(t *testing.T) {
-	assert.Equal(t, parser.StateEstablished, impliedState(strings.Fields("ss -Htn state established ( sport = :8500 )")))
-	assert.Equal(t, parser.StateCloseWait, impliedState(strings.Fields("ip netns exec consul ss -tn state close-wait")))
-	assert.Equal(t, parser.StateUnknown, impliedState(strings.Fields("ss -Htan state established state close-wait")))
-	assert.Equal(t, parser.StateUnknown, impliedState(strings.Fields("ss -tan")))
+	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success"))
+	assert.Equal(t, 2, testutil.CollectAndCount(res), "only success and duration")
 }
 
 func expected(t *testing.T, capture string) fixtures.Expected {
@@ -171,9 +167,9 @@ func TestGroupsSplitTheCountsAndNeverSumThem(t *testing.T) {
 	want := expected(t, mixed)
 	config := defaultConfig
 	config.Groups = []Group{{Name: HTTP, Ports: []uint16{8500}}, {Name: RPC, Ports: []uint16{8501}}}
-	res := collect(t, config, "cat", mixed)
+	res := collect(t, config, mixed)
 	require.NoError(t, res.Err)
-	httpCounts, rpcCounts := res.Counts(0), res.Counts(1)
+	httpCounts, rpcCounts := res.Groups[0].Counts, res.Groups[1].Counts
 	assert.Equal(t, want.Total["8500"], httpCounts.Total(8500))
 	assert.Equal(t, want.Total["8501"], rpcCounts.Total(8501))
 	perClient := map[string]int{}
@@ -223,7 +219,7 @@ func TestProcessesOfLocalClientsFromRealCaptures(t *testing.T) {
 			}
 			config := defaultConfig
 			config.Processes = true
-			res := collect(t, config, "cat", capture)
+			res := collect(t, config, capture)
 			require.NoError(t, res.Err)
 			wantText := fmt.Sprintf(`
 # HELP consul_open_http_connections_per_process HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.
@@ -240,16 +236,35 @@ func TestProcessesThatCannotBeReadAreAbsentAndWarnedOnce(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(&log, nil))
 	config := defaultConfig
 	config.Processes = true
-	r, err := runner.New([]string{"cat", mixed}, 10*time.Second) // no -p: no program is named
-	require.NoError(t, err)
-	lim, err := limits.NewSource(limits.Limit{N: 200}, limits.Limit{N: 100}, nil, nil, time.Minute, logger)
-	require.NoError(t, err)
-	c := New(config, NewCommand(r, config.Processes, logger), lim, logger)
+	c := New(config, captured(t, mixed, true), defaultLimits, logger) // no -p: no program is named
 	for range 3 {
 		res := c.Collect(context.Background())
 		require.NoError(t, res.Err)
 		assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections_per_process"))
-		assert.Equal(t, 18, res.Counts(0).Total(8500), "the other counts are unaffected")
+		assert.Equal(t, 18, res.Groups[0].Counts.Total(8500), "the other counts are unaffected")
 	}
 	assert.Equal(t, 1, strings.Count(log.String(), "cannot tell which local programs"), log.String())
+}
+
+// BenchmarkCollect is one whole collection of a 100,000-row table: the
+// command's output streamed through go-cmd, parsed and counted.
+func BenchmarkCollect(b *testing.B) {
+	text, err := os.ReadFile("../fixtures/ss-iproute2-6.1.0_Htan-established-close-wait-sport_mixed.txt")
+	require.NoError(b, err)
+	rows := strings.SplitAfter(strings.TrimRight(string(text), "\n")+"\n", "\n")
+	var table strings.Builder
+	for i := 0; i < 100_000; i++ {
+		table.WriteString(rows[i%(len(rows)-1)])
+	}
+	capture := filepath.Join(b.TempDir(), "table.txt")
+	require.NoError(b, os.WriteFile(capture, []byte(table.String()), 0o644))
+	r, err := runner.New(10*time.Second, []string{"cat", capture})
+	require.NoError(b, err)
+	c := New(defaultConfig, source.NewCommand(r, socket.StateUnknown, false, discard), defaultLimits, discard)
+	b.ReportAllocs()
+	for b.Loop() {
+		if res := c.Collect(context.Background()); res.Err != nil {
+			b.Fatal(res.Err)
+		}
+	}
 }

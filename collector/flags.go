@@ -3,29 +3,21 @@ package collector
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
-	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
-	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
-// Flags are what to count and where the table comes from.
+// Flags are what to count.
 type Flags struct {
 	ports, rpcPorts []string
 	states          string
 	topClients      int
 	processes       bool
-	source          string
-	sourceSet       bool
-	command         string
-	commandTimeout  time.Duration
 }
 
 // AddFlags declares the collection's flags on app.
@@ -41,14 +33,6 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("10").IntVar(&f.topClients)
 	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (needs root or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to see other users' programs).").
 		BoolVar(&f.processes)
-	source := app.Flag("source", "Where the sockets come from: ss (netstat where ss is missing, the built-in netlink reader where neither is), netstat, netlink (the kernel's socket table, read directly), or command (--command).").
-		Default("ss")
-	source.IsSetByUser(&f.sourceSet)
-	source.EnumVar(&f.source, "ss", "netstat", "netlink", "command")
-	app.Flag("command", "Command that prints the socket table, instead of ss (or netstat); split like a shell would, run without one.").
-		StringVar(&f.command)
-	app.Flag("command.timeout", "Kill the command, and fail the collection, after this long.").
-		Default("10s").DurationVar(&f.commandTimeout)
 	return f
 }
 
@@ -73,13 +57,13 @@ func (f *Flags) Config() (Config, error) {
 		config.Groups = append(config.Groups, Group{Name: RPC, Ports: rpcPorts})
 	}
 	for _, word := range strings.Split(f.states, ",") {
-		s, ok := parser.ParseState(strings.TrimSpace(word))
+		s, ok := socket.ParseState(strings.TrimSpace(word))
 		if !ok {
 			return config, fmt.Errorf("--states: unknown TCP state %q (use ss names, e.g. established,close-wait)", word)
 		}
 		// A listening socket is no connection, and Consul has let go of a
 		// TIME-WAIT one: neither holds a per-client slot.
-		if s == parser.StateListen || s == parser.StateTimeWait || s == parser.StateClose {
+		if s == socket.StateListen || s == socket.StateTimeWait || s == socket.StateClose {
 			return config, fmt.Errorf("--states: %s sockets never count toward Consul's limit", s)
 		}
 		if !slices.Contains(config.States, s) {
@@ -88,9 +72,6 @@ func (f *Flags) Config() (Config, error) {
 	}
 	if f.topClients < 0 {
 		return config, errors.New("--clients.top must be 0 or more")
-	}
-	if f.commandTimeout <= 0 {
-		return config, errors.New("--command.timeout must be positive")
 	}
 	return config, nil
 }
@@ -107,57 +88,4 @@ func parsePorts(flag string, words []string) ([]uint16, error) {
 		}
 	}
 	return ports, nil
-}
-
-// ErrNoTool is no program to print the socket table with.
-var ErrNoTool = errors.New("no socket table tool")
-
-// Source is where config's sockets come from, as the flags say.
-func (f *Flags) Source(config Config, logger *slog.Logger) (Source, error) {
-	command := func(r *runner.Runner) Source { return NewCommand(r, config.Processes, logger) }
-	netlink := func() (Source, error) {
-		if config.Processes {
-			return nil, errors.New("--clients.processes needs ss or netstat: the netlink reader cannot tell which program holds a socket (that takes /proc)")
-		}
-		return sockdiag.New(config.Ports(), config.States, f.commandTimeout), nil
-	}
-	switch {
-	case f.command != "" && f.sourceSet && f.source != "command":
-		return nil, fmt.Errorf("--command goes with --source command, not --source %s", f.source)
-	case f.command != "":
-		r, err := runner.Parse(f.command, f.commandTimeout)
-		if err != nil {
-			return nil, fmt.Errorf("--command: %w", err)
-		}
-		return command(r), nil
-	case f.source == "command":
-		return nil, errors.New("--source command needs --command")
-	case f.source == "netlink":
-		return netlink()
-	case f.source == "netstat":
-		r, err := runner.Netstat(config.Processes, f.commandTimeout)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrNoTool, err)
-		}
-		return command(r), nil
-	}
-	var clientPorts []uint16
-	if config.Processes {
-		clientPorts = config.GroupPorts(HTTP)
-	}
-	stateNames := make([]string, len(config.States))
-	for i, s := range config.States {
-		stateNames[i] = s.String()
-	}
-	if r, err := runner.SS(config.Ports(), clientPorts, stateNames, f.commandTimeout); err == nil {
-		return command(r), nil
-	}
-	if r, err := runner.Netstat(config.Processes, f.commandTimeout); err == nil {
-		return command(r), nil
-	}
-	if config.Processes {
-		return nil, fmt.Errorf("%w: neither ss nor netstat is in PATH, and --clients.processes needs one: install iproute2 (ss) or net-tools (netstat)", ErrNoTool)
-	}
-	logger.Info("neither ss nor netstat is in PATH: reading the kernel's socket table directly (--source netlink)")
-	return netlink()
 }

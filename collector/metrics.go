@@ -3,7 +3,6 @@ package collector
 import (
 	"context"
 	"strconv"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -16,8 +15,8 @@ type groupDescs struct {
 	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
 }
 
-func newGroupDescs(group, what, limitName string) groupDescs {
-	prefix := "consul_open_" + group + "_connections"
+func newGroupDescs(group, what string) groupDescs {
+	prefix, limitName := "consul_open_"+group+"_connections", settings[group]
 	return groupDescs{
 		connections: prometheus.NewDesc(prefix,
 			"Server-side TCP connections open on the "+what+" port (ESTABLISHED and CLOSE-WAIT by default).",
@@ -39,8 +38,8 @@ func newGroupDescs(group, what, limitName string) groupDescs {
 
 var (
 	groupMetrics = map[string]groupDescs{
-		HTTP: newGroupDescs(HTTP, "HTTP", "http_max_conns_per_client"),
-		RPC:  newGroupDescs(RPC, "server RPC", "rpc_max_conns_per_client"),
+		HTTP: newGroupDescs(HTTP, "HTTP"),
+		RPC:  newGroupDescs(RPC, "server RPC"),
 	}
 	perProcessDesc = prometheus.NewDesc(
 		"consul_open_http_connections_per_process",
@@ -87,25 +86,25 @@ func (r Result) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	gauge(successDesc, 1)
-	for i, g := range r.config.Groups {
-		d, counts := groupMetrics[g.Name], r.counts[i]
-		for _, port := range counts.Ports() {
+	for _, g := range r.Groups {
+		d := groupMetrics[g.Name]
+		for _, port := range g.Counts.Ports() {
 			p := strconv.Itoa(int(port))
-			gauge(d.connections, float64(counts.Total(port)), p)
-			for _, state := range counts.States() {
-				gauge(d.byState, float64(counts.ByState(port, state)), p, strings.ReplaceAll(state.String(), "-", "_"))
+			gauge(d.connections, float64(g.Counts.Total(port)), p)
+			for _, state := range g.Counts.States() {
+				gauge(d.byState, float64(g.Counts.ByState(port, state)), p, state.Label())
 			}
 		}
-		gauge(d.maxPerClient, float64(counts.MaxPerClient()))
-		for _, c := range counts.TopClients(r.config.TopClients) {
+		gauge(d.maxPerClient, float64(g.Counts.MaxPerClient()))
+		for _, c := range g.Counts.TopClients(r.TopClients) {
 			gauge(d.perClient, float64(c.Count), c.Client.String())
 		}
-		if limit := r.Limit(i); limit > 0 {
-			gauge(d.limit, float64(limit))
+		if g.Limit > 0 {
+			gauge(d.limit, float64(g.Limit))
 		}
 	}
-	if r.processesKnown {
-		for _, p := range tally.ByProcess(r.processes, r.config.TopClients) {
+	if r.ProcessesKnown {
+		for _, p := range tally.ByProcess(r.Processes, r.TopClients) {
 			gauge(perProcessDesc, float64(p.Count), p.Process)
 		}
 	}

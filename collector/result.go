@@ -1,29 +1,39 @@
 package collector
 
-import "github.com/consul-conn-exporter/consul-conn-exporter/tally"
+import (
+	"time"
 
-// Config is what the result counted.
-func (r Result) Config() Config { return r.config }
+	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
+)
 
-// Counts is group i's tally (as in Config().Groups); nil when Err is set.
-func (r Result) Counts(i int) *tally.Tally {
-	if r.counts == nil {
-		return nil
-	}
-	return r.counts[i]
+// Result is one collection: what every view (the metrics, check's report)
+// renders.
+type Result struct {
+	// Groups are the counts of each limiter group, HTTP first; none when
+	// Err is set.
+	Groups []GroupCounts
+	// States are the watched states, in the order given.
+	States []socket.State
+	// TopClients is how many of the busiest clients (and programs) are
+	// shown each.
+	TopClients int
+	// Processes is how many HTTP connections each local program holds,
+	// per client address, when ProcessesKnown: every local client end's
+	// program could be read. ProcessesAsked is whether they were asked for.
+	Processes      []tally.ProcessCount
+	ProcessesKnown bool
+	ProcessesAsked bool
+	Limits         limits.Snapshot
+	Duration       time.Duration
+	Err            error
 }
 
-// Limit is group i's per-client limit, 0 when not known.
-func (r Result) Limit(i int) int {
-	if r.config.Groups[i].Name == RPC {
-		return r.Limits.RPC
-	}
-	return r.Limits.HTTP
-}
-
-// Processes is how many HTTP connections each local program holds, per
-// client address; known is false when some could not be read (or they
-// were not asked for), and then none are reported.
-func (r Result) Processes() (held []tally.ProcessCount, known bool) {
-	return r.processes, r.processesKnown
+// GroupCounts is one limiter group's counts beside its limit.
+type GroupCounts struct {
+	Group
+	// Limit is the per-client limit, 0 when not known.
+	Limit  int
+	Counts *tally.Tally
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -65,7 +66,7 @@ type Source struct {
 	client               *api.Client // nil when no limit is auto
 	logger               *slog.Logger
 
-	firstRead sync.Once
+	first     sync.Once
 	mu        sync.Mutex
 	snapshot  Snapshot
 	readState changes.Tracker // logged once per change
@@ -89,6 +90,14 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	// Not pooled: no idle connection of ours holds one of the agent's
 	// per-client slots between reads.
 	config := api.DefaultNonPooledConfig()
+	dial := config.Transport.DialContext
+	config.Transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &writeFirst{Conn: conn, written: make(chan struct{})}, nil
+	}
 	client, err := api.NewHttpClient(config.Transport, config.TLSConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for --limit auto: %w", err)
@@ -101,14 +110,16 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	return s, nil
 }
 
-// Snapshot is the limits as last known.
+// Snapshot is the limits as last known; the agent is read first if it
+// has not been yet, so that a single collection says its limit.
 func (s *Source) Snapshot() Snapshot {
+	s.firstRead()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snapshot
 }
 
-// Run reads the agent now (unless FirstRead has) and every refresh until
+// Run reads the agent now (unless a snapshot has) and every refresh until
 // ctx is done; with no auto limit it returns at once.
 func (s *Source) Run(ctx context.Context) {
 	if s.client == nil {
@@ -116,7 +127,7 @@ func (s *Source) Run(ctx context.Context) {
 	}
 	ticker := time.NewTicker(s.refresh)
 	defer ticker.Stop()
-	s.FirstRead()
+	s.firstRead()
 	for {
 		select {
 		case <-ctx.Done():
@@ -127,12 +138,10 @@ func (s *Source) Run(ctx context.Context) {
 	}
 }
 
-// FirstRead reads the agent now if no read has been made yet, for a single
-// collection that must say the limit. It is called after the count, so
-// that the read's own connection to the agent is not counted.
-func (s *Source) FirstRead() {
+// firstRead reads the agent now if no read has been made yet.
+func (s *Source) firstRead() {
 	if s.client != nil {
-		s.firstRead.Do(s.read)
+		s.first.Do(s.read)
 	}
 }
 
@@ -222,4 +231,32 @@ func number(v any) int {
 		return int(f)
 	}
 	return 0
+}
+
+// writeFirst is a connection that reads nothing before its first write.
+// An agent at its per-client limit answers 429 and closes as soon as it
+// accepts, before our request is sent; Go's client would take that answer
+// for an unsolicited one on an idle connection and fail without a status.
+// Read only once the request is written, it is the answer to the request:
+// the 429 that says this host's address is at the limit.
+type writeFirst struct {
+	net.Conn
+	written chan struct{}
+	once    sync.Once
+}
+
+func (c *writeFirst) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.once.Do(func() { close(c.written) })
+	return n, err
+}
+
+func (c *writeFirst) Read(p []byte) (int, error) {
+	<-c.written
+	return c.Conn.Read(p)
+}
+
+func (c *writeFirst) Close() error {
+	c.once.Do(func() { close(c.written) })
+	return c.Conn.Close()
 }

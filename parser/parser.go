@@ -12,21 +12,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-)
 
-// Socket is one row of the table.
-type Socket struct {
-	State State
-	// Local and Peer are the addresses as printed, without brackets or zone.
-	// A v4-mapped address stays mapped, a wildcard is the unspecified
-	// address, a wildcard port ("*") is 0.
-	Local, Peer netip.AddrPort
-	// Process is the command name of the program holding the socket, as
-	// `ss -p` (users:(("nomad",pid=…))) or `netstat -p` (1234/nomad) print
-	// it; "" when not printed (not asked for, not permitted, or none).
-	// Read only with Parser.Processes.
-	Process string
-}
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+)
 
 // Kind says what a line of the table is.
 type Kind uint8
@@ -44,8 +32,8 @@ const (
 type Parser struct {
 	// ImpliedState is the state of rows printed without a State column,
 	// which ss drops when its filter names a single state
-	// (`ss -tn state established`). StateUnknown makes such rows an error.
-	ImpliedState State
+	// (`ss -tn state established`). socket.StateUnknown makes such rows an error.
+	ImpliedState socket.State
 	// Processes reads the owning program of each row (ss -p, netstat -p);
 	// off, the rest of a row is not even looked at.
 	Processes bool
@@ -53,7 +41,7 @@ type Parser struct {
 
 // ParseLine reads one line. An error means a line that is none of the known
 // kinds: the table is not one this parser understands.
-func (p Parser) ParseLine(line string) (Socket, Kind, error) {
+func (p Parser) ParseLine(line string) (socket.Socket, Kind, error) {
 	w := words{rest: line}
 	s, kind, err := p.parseLine(&w)
 	if p.Processes && kind == TCPSocket && err == nil {
@@ -63,7 +51,7 @@ func (p Parser) ParseLine(line string) (Socket, Kind, error) {
 }
 
 // owner is the first program named in what follows a row's addresses (and
-// netstat's State): ss's users:(("nomad",pid=1,fd=7),...) anywhere among
+// netstat's socket.State): ss's users:(("nomad",pid=1,fd=7),...) anywhere among
 // its extras, or netstat's PID/Program name column; "" if neither.
 func owner(rest string) string {
 	if i := strings.Index(rest, `users:(("`); i >= 0 {
@@ -81,14 +69,14 @@ func owner(rest string) string {
 	return ""
 }
 
-func (p Parser) parseLine(w *words) (Socket, Kind, error) {
+func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {
 	if strings.HasPrefix(w.rest, "\t") { // ss -i, -m: details of the row above
-		return Socket{}, NotSocket, nil
+		return socket.Socket{}, NotSocket, nil
 	}
 	first := w.next()
 	switch {
 	case first == "" || isHeaderWord(first):
-		return Socket{}, NotSocket, nil
+		return socket.Socket{}, NotSocket, nil
 	case isCount(first): // ss with one `state X` filter: Recv-Q Send-Q Local Peer
 		return p.stateless(w, first)
 	case first == "tcp" || first == "tcp6":
@@ -98,22 +86,22 @@ func (p Parser) parseLine(w *words) (Socket, Kind, error) {
 		return row(w, w.next(), state)
 	}
 	if otherProtocols[first] {
-		return Socket{}, OtherSocket, nil
+		return socket.Socket{}, OtherSocket, nil
 	}
-	return Socket{}, NotSocket, errNotRow
+	return socket.Socket{}, NotSocket, errNotRow
 }
 
 var errNotRow = errors.New("not a socket row of ss or netstat")
 
 // tcpRow reads the rest of a row that starts with "tcp": ss with a Netid
 // column (tcp State Recv-Q ...) or netstat (tcp Recv-Q Send-Q Local Foreign
-// State).
-func (p Parser) tcpRow(w *words) (Socket, Kind, error) {
+// socket.State).
+func (p Parser) tcpRow(w *words) (socket.Socket, Kind, error) {
 	second := w.next()
 	if state, ok := tableState(second); ok {
 		return row(w, w.next(), state)
 	}
-	s, kind, err := row(w, second, StateUnknown)
+	s, kind, err := row(w, second, socket.StateUnknown)
 	if err != nil {
 		return s, kind, err
 	}
@@ -124,40 +112,40 @@ func (p Parser) tcpRow(w *words) (Socket, Kind, error) {
 	return p.implied(s) // ss with Netid and one `state X` filter
 }
 
-func (p Parser) stateless(w *words, recvQ string) (Socket, Kind, error) {
-	s, kind, err := row(w, recvQ, StateUnknown)
+func (p Parser) stateless(w *words, recvQ string) (socket.Socket, Kind, error) {
+	s, kind, err := row(w, recvQ, socket.StateUnknown)
 	if err != nil {
 		return s, kind, err
 	}
 	return p.implied(s)
 }
 
-func (p Parser) implied(s Socket) (Socket, Kind, error) {
-	if p.ImpliedState == StateUnknown {
-		return Socket{}, NotSocket, errors.New("row has no State column, and the command names no single state")
+func (p Parser) implied(s socket.Socket) (socket.Socket, Kind, error) {
+	if p.ImpliedState == socket.StateUnknown {
+		return socket.Socket{}, NotSocket, errors.New("row has no State column, and the command names no single state")
 	}
 	s.State = p.ImpliedState
 	return s, TCPSocket, nil
 }
 
 // row reads the columns Send-Q, Local and Peer that follow recvQ.
-func row(w *words, recvQ string, state State) (Socket, Kind, error) {
+func row(w *words, recvQ string, state socket.State) (socket.Socket, Kind, error) {
 	if !isCount(recvQ) || !isCount(w.next()) {
-		return Socket{}, NotSocket, errNotRow
+		return socket.Socket{}, NotSocket, errNotRow
 	}
 	localWord, peerWord := w.next(), w.next()
 	if peerWord == "" {
-		return Socket{}, NotSocket, errNotRow
+		return socket.Socket{}, NotSocket, errNotRow
 	}
 	local, err := parseEndpoint(localWord)
 	if err != nil {
-		return Socket{}, NotSocket, err
+		return socket.Socket{}, NotSocket, err
 	}
 	peer, err := parseEndpoint(peerWord)
 	if err != nil {
-		return Socket{}, NotSocket, err
+		return socket.Socket{}, NotSocket, err
 	}
-	return Socket{State: state, Local: local, Peer: peer}, TCPSocket, nil
+	return socket.Socket{State: state, Local: local, Peer: peer}, TCPSocket, nil
 }
 
 // parseEndpoint reads the address forms of ss and netstat:

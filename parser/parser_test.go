@@ -13,6 +13,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -31,12 +32,12 @@ func TestFixtures(t *testing.T) {
 			p := parser.Parser{}
 			if want.ImpliedState != "" {
 				var ok bool
-				p.ImpliedState, ok = parser.ParseState(want.ImpliedState)
+				p.ImpliedState, ok = socket.ParseState(want.ImpliedState)
 				require.True(t, ok, want.ImpliedState)
 			}
-			var states []parser.State
+			var states []socket.State
 			for _, name := range want.States {
-				s, ok := parser.ParseState(name)
+				s, ok := socket.ParseState(name)
 				require.True(t, ok, name)
 				states = append(states, s)
 			}
@@ -145,7 +146,7 @@ func TestProcessesFromCapturesWithP(t *testing.T) {
 		}
 		hasP := strings.Contains(name, "_tanp")
 		t.Run(strings.TrimSuffix(name, ".txt"), func(t *testing.T) {
-			p := parser.Parser{Processes: true, ImpliedState: parser.StateEstablished}
+			p := parser.Parser{Processes: true, ImpliedState: socket.StateEstablished}
 			text, err := os.ReadFile(capture)
 			require.NoError(t, err)
 			held := 0
@@ -158,7 +159,7 @@ func TestProcessesFromCapturesWithP(t *testing.T) {
 				switch {
 				case !hasP:
 					assert.Empty(t, s.Process, line)
-				case s.State == parser.StateListen || s.State == parser.StateEstablished:
+				case s.State == socket.StateListen || s.State == socket.StateEstablished:
 					assert.Equal(t, "capfx", s.Process, line)
 					held++
 				}

@@ -1,10 +1,9 @@
 // Package runner runs the command that prints the socket table and streams
 // its output line by line, so memory does not grow with the table.
 //
-// It never uses a shell: a command is an argv. It knows the default command
-// (ss, or netstat where ss is not installed) and falls back to a plainer
-// form of it, once for the life of the process, when an old version rejects
-// an option.
+// It never uses a shell: a command is an argv. It falls back to a plainer
+// form of a command, once for the life of the process, when an old version
+// of the tool rejects an option.
 package runner
 
 import (
@@ -13,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -42,12 +40,18 @@ type Output struct {
 // maxStderrLines bounds what is kept of standard error for messages.
 const maxStderrLines = 5
 
-// New runs argv as it is.
-func New(argv []string, timeout time.Duration) (*Runner, error) {
-	if len(argv) == 0 || argv[0] == "" {
+// New runs the first of forms, most wanted first, that the installed tool
+// accepts: a form an old tool rejects an option of is dropped for good.
+func New(timeout time.Duration, forms ...[]string) (*Runner, error) {
+	if len(forms) == 0 {
 		return nil, errors.New("empty command")
 	}
-	return newRunner(timeout, argv), nil
+	for _, argv := range forms {
+		if len(argv) == 0 || argv[0] == "" {
+			return nil, errors.New("empty command")
+		}
+	}
+	return &Runner{forms: forms, timeout: timeout}, nil
 }
 
 // Parse splits a command line into words the way a shell would (quotes keep
@@ -61,68 +65,7 @@ func Parse(commandLine string, timeout time.Duration) (*Runner, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("empty command")
 	}
-	return New(argv, timeout)
-}
-
-// ErrNotInstalled is a tool that is not in PATH.
-var ErrNotInstalled = errors.New("not in PATH")
-
-// SS runs ss, filtered in the kernel to the server-side sockets of ports
-// in states (ss names, e.g. "close-wait"):
-//
-//	ss -Htan state established state close-wait '( sport = :8500 )'
-//
-// falling back to the same without -H for iproute2 older than 4.13. With
-// clientPorts, the table also has the client side of connections to them
-// (dport) and the program holding each socket (-p).
-func SS(ports, clientPorts []uint16, states []string, timeout time.Duration) (*Runner, error) {
-	if len(ports) == 0 {
-		return nil, errors.New("no port to watch")
-	}
-	if _, err := exec.LookPath("ss"); err != nil {
-		return nil, fmt.Errorf("ss: %w (install iproute2)", ErrNotInstalled)
-	}
-	options := "-tan"
-	if len(clientPorts) > 0 {
-		options = "-tanp"
-	}
-	var filter []string
-	for _, s := range states {
-		filter = append(filter, "state", s)
-	}
-	filter = append(filter, "(")
-	for i, p := range ports {
-		if i > 0 {
-			filter = append(filter, "or")
-		}
-		filter = append(filter, "sport", "=", ":"+strconv.Itoa(int(p)))
-	}
-	for _, p := range clientPorts {
-		filter = append(filter, "or", "dport", "=", ":"+strconv.Itoa(int(p)))
-	}
-	filter = append(filter, ")")
-	return newRunner(timeout,
-		append([]string{"ss", "-H" + options[1:]}, filter...),
-		append([]string{"ss", options}, filter...),
-	), nil
-}
-
-// Netstat runs netstat -tanW (whole addresses; with processes -tanpW),
-// falling back to the same without -W for busybox builds; the parser then
-// does the filtering.
-func Netstat(processes bool, timeout time.Duration) (*Runner, error) {
-	if _, err := exec.LookPath("netstat"); err != nil {
-		return nil, fmt.Errorf("netstat: %w (install net-tools)", ErrNotInstalled)
-	}
-	options := "-tan"
-	if processes {
-		options = "-tanp"
-	}
-	return newRunner(timeout, []string{"netstat", options + "W"}, []string{"netstat", options}), nil
-}
-
-func newRunner(timeout time.Duration, forms ...[]string) *Runner {
-	return &Runner{forms: forms, timeout: timeout}
+	return New(timeout, argv)
 }
 
 // Argv is the command the next run will start.

@@ -2,7 +2,6 @@ package runner
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -22,7 +21,8 @@ func collect(t *testing.T, r *Runner) ([]string, Output, error) {
 }
 
 func TestRunStreamsEveryLineInOrder(t *testing.T) {
-	r, err := New([]string{"seq", "1", "20000"}, 10*time.Second)
+	programs.NotShort(t, "starts a program")
+	r, err := New(10*time.Second, []string{"seq", "1", "20000"})
 	require.NoError(t, err)
 	lines, out, err := collect(t, r)
 	require.NoError(t, err)
@@ -33,7 +33,8 @@ func TestRunStreamsEveryLineInOrder(t *testing.T) {
 }
 
 func TestRunFailsOnNonZeroExitWithStderr(t *testing.T) {
-	r, err := New([]string{"ls", "/no/such/dir"}, 10*time.Second)
+	programs.NotShort(t, "starts a program")
+	r, err := New(10*time.Second, []string{"ls", "/no/such/dir"})
 	require.NoError(t, err)
 	_, _, err = collect(t, r)
 	var exit *ExitError
@@ -44,7 +45,8 @@ func TestRunFailsOnNonZeroExitWithStderr(t *testing.T) {
 }
 
 func TestRunFailsWhenCommandIsMissing(t *testing.T) {
-	r, err := New([]string{"no-such-command-for-consul-conn-exporter"}, 10*time.Second)
+	programs.NotShort(t, "starts a program")
+	r, err := New(10*time.Second, []string{"no-such-command-for-consul-conn-exporter"})
 	require.NoError(t, err)
 	_, _, err = collect(t, r)
 	require.Error(t, err)
@@ -52,9 +54,10 @@ func TestRunFailsWhenCommandIsMissing(t *testing.T) {
 }
 
 func TestRunKillsWholeProcessGroupAtTimeout(t *testing.T) {
+	programs.NotShort(t, "starts a program")
 	// The child ignores SIGTERM, as does the grandchild it leaves holding
 	// stdout: only a SIGKILL to the whole group ends them.
-	r, err := New([]string{"sh", "-c", `trap "" TERM; sleep 120 & echo $!; wait`}, 300*time.Millisecond)
+	r, err := New(300*time.Millisecond, []string{"sh", "-c", `trap "" TERM; sleep 120 & echo $!; wait`})
 	require.NoError(t, err)
 	var (
 		lines []string
@@ -80,6 +83,7 @@ func TestRunKillsWholeProcessGroupAtTimeout(t *testing.T) {
 }
 
 func TestParseRunsNoShell(t *testing.T) {
+	programs.NotShort(t, "starts a program")
 	marker := filepath.Join(t.TempDir(), "marker")
 	r, err := Parse(`echo 'a b' ; touch `+marker+` $(touch `+marker+`) | touch `+marker, 10*time.Second)
 	require.NoError(t, err)
@@ -97,48 +101,21 @@ func TestParseRejectsEmptyAndUnbalancedCommands(t *testing.T) {
 }
 
 func TestRunFallsBackOnceToPlainerFormWhenOptionRejected(t *testing.T) {
+	programs.NotShort(t, "starts a program")
 	// Debian's busybox netstat has no -W: the real case of an old tool
 	// refusing a newer flag, as iproute2 before 4.13 refuses ss -H.
 	busybox := programs.Need(t, "busybox", "apt-get install busybox")
-	r := newRunner(10*time.Second, []string{busybox, "netstat", "-tanW"}, []string{busybox, "netstat", "-tan"})
+	r, err := New(10*time.Second, []string{busybox, "netstat", "-tanW"}, []string{busybox, "netstat", "-tan"})
+	require.NoError(t, err)
 	lines, _, err := collect(t, r)
 	require.NoError(t, err)
 	assert.Contains(t, lines[0], "Active Internet connections")
 	assert.Equal(t, []string{busybox, "netstat", "-tan"}, r.Argv(), "the plainer form is kept for later runs")
 }
 
-func TestSSIsFilteredInTheKernel(t *testing.T) {
-	programs.Need(t, "ss", "apt-get install iproute2")
-	r, err := SS([]uint16{8500, 8501}, nil, []string{"established", "close-wait"}, time.Second)
-	require.NoError(t, err)
-	assert.Equal(t, []string{"ss", "-Htan", "state", "established", "state", "close-wait",
-		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, r.Argv())
-
-	// With the client side of local connections and their programs.
-	r, err = SS([]uint16{8500, 8300}, []uint16{8500}, []string{"established"}, time.Second)
-	require.NoError(t, err)
-	assert.Equal(t, []string{"ss", "-Htanp", "state", "established",
-		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", "or", "dport", "=", ":8500", ")"}, r.Argv())
-}
-
-func TestMissingToolsAreNamed(t *testing.T) {
-	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
-	dir := t.TempDir()
-	t.Setenv("PATH", dir)
-	_, err := SS([]uint16{8500}, nil, []string{"established"}, time.Second)
-	assert.ErrorIs(t, err, ErrNotInstalled)
-	assert.ErrorContains(t, err, "install iproute2")
-	_, err = Netstat(false, time.Second)
-	assert.ErrorIs(t, err, ErrNotInstalled)
-
-	require.NoError(t, os.Symlink(netstat, filepath.Join(dir, "netstat")))
-	r, err := Netstat(true, time.Second)
-	require.NoError(t, err)
-	assert.Equal(t, []string{"netstat", "-tanpW"}, r.Argv())
-}
-
 func TestRunFailsWhenKilledBySignal(t *testing.T) {
-	r, err := New([]string{"sh", "-c", "kill -KILL $$"}, 10*time.Second)
+	programs.NotShort(t, "starts a program")
+	r, err := New(10*time.Second, []string{"sh", "-c", "kill -KILL $$"})
 	require.NoError(t, err)
 	_, _, err = collect(t, r)
 	require.Error(t, err)
@@ -146,9 +123,10 @@ func TestRunFailsWhenKilledBySignal(t *testing.T) {
 }
 
 func TestRunFailsOnALineTooLongToBufferAndSaysSo(t *testing.T) {
+	programs.NotShort(t, "starts a program")
 	// A line past go-cmd's 16 KiB line buffer: an error, never a line cut
 	// in two and read as two.
-	r, err := New([]string{"head", "-c", "40000", "/dev/zero"}, 10*time.Second)
+	r, err := New(10*time.Second, []string{"head", "-c", "40000", "/dev/zero"})
 	require.NoError(t, err)
 	_, _, err = collect(t, r)
 	require.Error(t, err)
@@ -157,6 +135,7 @@ func TestRunFailsOnALineTooLongToBufferAndSaysSo(t *testing.T) {
 
 // Every way of giving up on a command takes what it left running with it.
 func TestGivingUpKillsWhatTheCommandLeftRunning(t *testing.T) {
+	programs.NotShort(t, "starts a program")
 	for _, tc := range []struct{ name, script, err string }{
 		// The script exits 0 but its background child keeps stdout open.
 		{"wait delay", `sleep 30 & echo $!; exit 0`, "left a process holding its output open"},
@@ -165,7 +144,7 @@ func TestGivingUpKillsWhatTheCommandLeftRunning(t *testing.T) {
 		{"timeout", `trap "" TERM; sleep 30 >/dev/null 2>&1 & echo $!; sleep 30`, "did not finish within"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := New([]string{"sh", "-c", tc.script}, 2*time.Second)
+			r, err := New(2*time.Second, []string{"sh", "-c", tc.script})
 			require.NoError(t, err)
 			lines, _, err := collect(t, r)
 			require.Error(t, err)

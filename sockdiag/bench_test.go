@@ -8,7 +8,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 // BenchmarkRead is one read of an idle port: the fixed cost of a
@@ -16,7 +16,7 @@ import (
 func BenchmarkRead(b *testing.B) {
 	r := New([]uint16{8500}, counted, 10*time.Second)
 	for b.Loop() {
-		if err := r.Read(context.Background(), func(parser.Socket) {}, func() {}); err != nil {
+		if err := r.Read(context.Background(), func(socket.Socket) {}, func() {}); err != nil {
 			b.Fatal(err)
 		}
 	}

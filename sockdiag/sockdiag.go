@@ -17,7 +17,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 // From linux/inet_diag.h and linux/sock_diag.h.
@@ -39,10 +39,10 @@ type Reader struct {
 
 // New reads the sockets whose local port is one of ports, in states; a
 // read taking longer than timeout fails.
-func New(ports []uint16, states []parser.State, timeout time.Duration) *Reader {
+func New(ports []uint16, states []socket.State, timeout time.Duration) *Reader {
 	r := &Reader{bytecode: portFilter(ports), timeout: timeout}
 	for _, s := range states {
-		r.states |= 1 << s // parser.State numbers the states as the kernel does
+		r.states |= 1 << s // socket.State numbers the states as the kernel does
 	}
 	return r
 }
@@ -82,7 +82,7 @@ var errInterrupted = errors.New("the socket table changed during the dump")
 // Read calls add with each socket that counts, IPv4 then IPv6. A dump the
 // kernel marks as interrupted is read again once, after reset; twice, and
 // the read fails. An error means nothing added counts.
-func (r *Reader) Read(ctx context.Context, add func(parser.Socket), reset func()) error {
+func (r *Reader) Read(ctx context.Context, add func(socket.Socket), reset func()) error {
 	return retryOnce(func() error { return r.dump(ctx, add) }, reset)
 }
 
@@ -104,7 +104,7 @@ func retryOnce(dump func() error, reset func()) error {
 // own dump, in futex, nanosleep and epoll calls of Go's scheduler around
 // each long recvmsg. A raw non-blocking recvfrom into one buffer costs
 // none of that; the netpoller waits only when the kernel has nothing yet.
-func (r *Reader) dump(ctx context.Context, add func(parser.Socket)) error {
+func (r *Reader) dump(ctx context.Context, add func(socket.Socket)) error {
 	deadline := time.Now().Add(r.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -151,7 +151,7 @@ func (r *Reader) dump(ctx context.Context, add func(parser.Socket)) error {
 const bufferSize = 64 << 10
 
 // receive reads one dump's datagrams until its NLMSG_DONE.
-func receive(raw syscall.RawConn, buf []byte, add func(parser.Socket)) error {
+func receive(raw syscall.RawConn, buf []byte, add func(socket.Socket)) error {
 	interrupted := false
 	for {
 		var n int
@@ -189,7 +189,7 @@ func receive(raw syscall.RawConn, buf []byte, add func(parser.Socket)) error {
 // at its NLMSG_DONE, interrupted when the kernel marks the dump
 // inconsistent (NLM_F_DUMP_INTR), an error for an NLMSG_ERROR or anything
 // malformed.
-func datagram(b []byte, add func(parser.Socket)) (done, interrupted bool, err error) {
+func datagram(b []byte, add func(socket.Socket)) (done, interrupted bool, err error) {
 	const headerLen = 16 // struct nlmsghdr
 	for len(b) > 0 {
 		if len(b) < headerLen {
@@ -241,9 +241,9 @@ func (r *Reader) request(family uint8) []byte {
 
 // Decode reads one inet_diag_msg: the socket's state and its local and
 // peer addresses, as the kernel has them (a v4-mapped peer stays mapped).
-func Decode(b []byte) (parser.Socket, error) {
+func Decode(b []byte) (socket.Socket, error) {
 	if len(b) < msgLen {
-		return parser.Socket{}, fmt.Errorf("netlink sock_diag: a socket message of %d bytes, want %d", len(b), msgLen)
+		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket message of %d bytes, want %d", len(b), msgLen)
 	}
 	var local, peer netip.Addr
 	switch b[0] {
@@ -252,13 +252,13 @@ func Decode(b []byte) (parser.Socket, error) {
 	case unix.AF_INET6:
 		local, peer = netip.AddrFrom16([16]byte(b[8:24])), netip.AddrFrom16([16]byte(b[24:40]))
 	default:
-		return parser.Socket{}, fmt.Errorf("netlink sock_diag: a socket of address family %d", b[0])
+		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket of address family %d", b[0])
 	}
-	state := parser.State(b[1])
-	if state == parser.StateUnknown || state > parser.StateClosing {
-		return parser.Socket{}, fmt.Errorf("netlink sock_diag: a socket in TCP state %d", b[1])
+	state := socket.State(b[1])
+	if state == socket.StateUnknown || state > socket.StateClosing {
+		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket in TCP state %d", b[1])
 	}
-	return parser.Socket{
+	return socket.Socket{
 		State: state,
 		Local: netip.AddrPortFrom(local, binary.BigEndian.Uint16(b[4:6])),
 		Peer:  netip.AddrPortFrom(peer, binary.BigEndian.Uint16(b[6:8])),

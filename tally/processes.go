@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 // Processes tells which programs on this host hold the client end of the
@@ -15,7 +15,7 @@ import (
 // to a Consul elsewhere has no server-side row here and is not counted.
 type Processes struct {
 	ports  []uint16
-	states []parser.State
+	states []socket.State
 	// served are the counted server-side sockets; clients the established
 	// client-side sockets toward the ports, with their program ("" when
 	// the table did not say).
@@ -34,7 +34,7 @@ type ProcessCount struct {
 }
 
 // NewProcesses matches the connections counted on ports in states.
-func NewProcesses(ports []uint16, states []parser.State) *Processes {
+func NewProcesses(ports []uint16, states []socket.State) *Processes {
 	return &Processes{
 		ports:   slices.Clone(ports),
 		states:  slices.Clone(states),
@@ -45,12 +45,12 @@ func NewProcesses(ports []uint16, states []parser.State) *Processes {
 
 // Add takes a row of a table that has both ends of local connections (a
 // filter on the source and the destination port) and their programs.
-func (p *Processes) Add(s parser.Socket) {
+func (p *Processes) Add(s socket.Socket) {
 	local, peer := unmap(s.Local), unmap(s.Peer)
 	switch {
 	case slices.Contains(p.ports, local.Port()) && slices.Contains(p.states, s.State):
 		p.served[fourTuple{server: local, client: peer}] = struct{}{}
-	case slices.Contains(p.ports, peer.Port()) && s.State == parser.StateEstablished:
+	case slices.Contains(p.ports, peer.Port()) && s.State == socket.StateEstablished:
 		// Only an established client end is still some program's: after
 		// close() it lingers orphaned (FIN-WAIT-2).
 		p.clients[fourTuple{server: peer, client: local}] = s.Process

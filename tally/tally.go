@@ -7,13 +7,13 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 // Tally adds up sockets. The zero value counts nothing; use New.
 type Tally struct {
 	ports  []uint16
-	states []parser.State
+	states []socket.State
 	// byState[i][j] counts ports[i] in states[j]; slices, not maps, because
 	// Add runs once per row and there are only a few ports and states.
 	byState   [][]int
@@ -28,7 +28,7 @@ type ClientCount struct {
 
 // New counts sockets whose local port is one of ports and whose state is one
 // of states.
-func New(ports []uint16, states []parser.State) *Tally {
+func New(ports []uint16, states []socket.State) *Tally {
 	t := &Tally{
 		ports:     slices.Clone(ports),
 		states:    slices.Clone(states),
@@ -44,7 +44,7 @@ func New(ports []uint16, states []parser.State) *Tally {
 // Add counts s if it is a server-side socket of a watched port in a watched
 // state. A client-side socket whose peer is the watched port is not counted:
 // its server-side twin is, when the server runs on this host.
-func (t *Tally) Add(s parser.Socket) {
+func (t *Tally) Add(s socket.Socket) {
 	port := slices.Index(t.ports, s.Local.Port())
 	if port < 0 {
 		return
@@ -68,7 +68,7 @@ func Client(peer netip.Addr) netip.Addr {
 func (t *Tally) Ports() []uint16 { return t.ports }
 
 // States are the watched states, in the order given to New.
-func (t *Tally) States() []parser.State { return t.states }
+func (t *Tally) States() []socket.State { return t.states }
 
 // Total is the number of sockets counted on port.
 func (t *Tally) Total(port uint16) int {
@@ -84,7 +84,7 @@ func (t *Tally) Total(port uint16) int {
 }
 
 // ByState is the number of sockets counted on port in state.
-func (t *Tally) ByState(port uint16, state parser.State) int {
+func (t *Tally) ByState(port uint16, state socket.State) int {
 	i, j := slices.Index(t.ports, port), slices.Index(t.states, state)
 	if i < 0 || j < 0 {
 		return 0

@@ -13,14 +13,25 @@ import (
 )
 
 // Need returns the path of program, or ends the test: install says how to
-// get it ("apt-get install busybox").
+// get it ("apt-get install busybox"). Under -short it skips: the unit tests
+// start no program.
 func Need(t testing.TB, program, install string) string {
 	t.Helper()
+	NotShort(t, "runs "+program)
 	path, err := exec.LookPath(program)
 	if err != nil {
 		missing(t, program+" is not installed: "+install)
 	}
 	return path
+}
+
+// NotShort skips the test under -short: what says what it does that the
+// unit tests do not (start a program, build the exporter).
+func NotShort(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(what + ": not a unit test, run without -short")
+	}
 }
 
 // NeedRoot ends the test unless it runs as root; why says what for.

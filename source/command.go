@@ -1,4 +1,4 @@
-package collector
+package source
 
 import (
 	"context"
@@ -9,20 +9,23 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 // Command is the source that runs ss or netstat (or --command) and reads
 // the table it prints.
 type Command struct {
-	runner    *runner.Runner
-	processes bool
-	logger    *slog.Logger
+	runner *runner.Runner
+	parser parser.Parser
+	logger *slog.Logger
 }
 
-// NewCommand reads the table r prints; with processes, the programs that
-// hold the sockets too (ss -p, netstat -p).
-func NewCommand(r *runner.Runner, processes bool, logger *slog.Logger) *Command {
-	return &Command{runner: r, processes: processes, logger: logger}
+// NewCommand reads the table r prints. implied is the state of rows printed
+// without a State column (ss drops it when its filter names one state);
+// with processes, the programs that hold the sockets are read too (ss -p,
+// netstat -p).
+func NewCommand(r *runner.Runner, implied socket.State, processes bool, logger *slog.Logger) *Command {
+	return &Command{runner: r, parser: parser.Parser{ImpliedState: implied, Processes: processes}, logger: logger}
 }
 
 // String is the command line.
@@ -31,8 +34,8 @@ func (c *Command) String() string { return c.runner.String() }
 // Read runs the command once and adds the sockets of its table. Its
 // fallbacks to plainer forms only follow a form that printed nothing, so
 // there is never anything to reset.
-func (c *Command) Read(ctx context.Context, add func(parser.Socket), _ func()) error {
-	table := newTable(parser.Parser{ImpliedState: impliedState(c.runner.Argv()), Processes: c.processes}, add)
+func (c *Command) Read(ctx context.Context, add func(socket.Socket), _ func()) error {
+	table := newTable(c.parser, add)
 	out, err := c.runner.Run(ctx, table.read)
 	if err != nil {
 		return err
@@ -51,7 +54,7 @@ func (c *Command) Read(ctx context.Context, add func(parser.Socket), _ func()) e
 // it read can be counted.
 type table struct {
 	parser                 parser.Parser
-	add                    func(parser.Socket)
+	add                    func(socket.Socket)
 	socketRows, unreadable int
 	// otherLines are the lines that are neither blank nor a socket row:
 	// titles, headers and ss's continuation lines.
@@ -60,7 +63,7 @@ type table struct {
 	firstErr        error
 }
 
-func newTable(p parser.Parser, add func(parser.Socket)) *table {
+func newTable(p parser.Parser, add func(socket.Socket)) *table {
 	return &table{parser: p, add: add}
 }
 
@@ -99,22 +102,22 @@ func (t *table) check(out runner.Output) error {
 	return nil
 }
 
-// impliedState is the state of rows that ss prints without a State column:
-// it drops the column when its filter names exactly one state.
-func impliedState(argv []string) parser.State {
-	found := parser.StateUnknown
+// impliedState is the state of rows that a --command's ss prints without a
+// State column: it drops the column when its filter names exactly one state.
+func impliedState(argv []string) socket.State {
+	found := socket.StateUnknown
 	n := 0
 	for i := 0; i+1 < len(argv); i++ {
 		if argv[i] != "state" {
 			continue
 		}
-		if s, ok := parser.ParseState(argv[i+1]); ok {
+		if s, ok := socket.ParseState(argv[i+1]); ok {
 			found = s
 			n++
 		}
 	}
 	if n != 1 {
-		return parser.StateUnknown
+		return socket.StateUnknown
 	}
 	return found
 }

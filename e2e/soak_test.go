@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -68,7 +68,7 @@ func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
 	addr := freeAddr(t)
 	args := append([]string{"--textfile.directory", dir, "--web.listen-address", addr, "--port", port(l),
 		"--interval", "100ms"}, sourceArgs(t, work, l.Port())...)
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(plainBinary, args...)
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
@@ -221,12 +221,6 @@ func (b *syncBuffer) Write(p []byte) (int, error) {
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func rssKiB(t *testing.T, pid int) int {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	require.NoError(t, err)
@@ -263,4 +257,10 @@ func markedSleeps(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

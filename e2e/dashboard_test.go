@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -20,7 +20,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
-const dashboardFile = "deploy/grafana/consul-conn-exporter.json"
+const dashboardFile = "../deploy/grafana/consul-conn-exporter.json"
 
 type dashboard struct {
 	Templating struct {
@@ -92,7 +92,7 @@ rule_files: [%q]
 scrape_configs:
   - {job_name: consul_conn_exporter, static_configs: [{targets: [%q]}]}
   - {job_name: node, static_configs: [{targets: [%q]}]}
-`, mustAbs(t, "deploy/prometheus/alerts.yml"), exporterAddr, nodeAddr), 0o644))
+`, mustAbs(t, "../deploy/prometheus/alerts.yml"), exporterAddr, nodeAddr), 0o644))
 	startUntil(t, "Server is ready to receive web requests", prometheus, "--config.file="+config,
 		"--storage.tsdb.path="+t.TempDir(), "--web.listen-address="+promAddr)
 
@@ -141,7 +141,7 @@ func mustAbs(t *testing.T, path string) string {
 
 // alertExprs are the expressions of deploy/prometheus/alerts.yml.
 func alertExprs(t *testing.T) map[string]string {
-	text, err := os.ReadFile("deploy/prometheus/alerts.yml")
+	text, err := os.ReadFile("../deploy/prometheus/alerts.yml")
 	require.NoError(t, err)
 	var rules struct {
 		Groups []struct {

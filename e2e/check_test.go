@@ -1,15 +1,10 @@
-package main
+package e2e
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -19,28 +14,8 @@ import (
 )
 
 // checked is what `check` printed and its exit status.
-type checked struct {
-	exit           int
-	stdout, stderr string
-}
 
-func checkCommand(t *testing.T, env []string, args ...string) checked {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, append([]string{"check"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	return checked{exit: exitCode(t, cmd.Run()), stdout: stdout.String(), stderr: stderr.String()}
-}
-
-func lastLine(text string) string {
-	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
-	return lines[len(lines)-1]
-}
-
-const mixedCapture = "fixtures/ss-iproute2-6.1.0_tanp_mixed.txt"
+const mixedCapture = "../fixtures/ss-iproute2-6.1.0_tanp_mixed.txt"
 
 func mixedExpected(t *testing.T) fixtures.Expected {
 	t.Helper()

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"net"
@@ -20,7 +20,7 @@ import (
 // that the test's own reads of the agent are not the ones refused.
 func TestConsulScriptCheckWarnsBeforeThe429s(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	definition, err := os.ReadFile("deploy/consul/check.hcl")
+	definition, err := os.ReadFile("../deploy/consul/check.hcl")
 	require.NoError(t, err)
 	agent := startConsul(t, "http_max_conns_per_client = 30", false, func(a consulAgent) string {
 		check := strings.NewReplacer(

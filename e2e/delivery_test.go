@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -25,54 +25,12 @@ import (
 
 // freeAddr is a loopback address with a port nobody listens on, below the
 // ephemeral range (see belowEphemeral).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l := loopback.Listen(t, "127.0.0.1")
-	require.NoError(t, l.Close())
-	return l.Addr().String()
-}
-
 // startServer starts a program and returns once it logs that it listens:
 // node_exporter, the Pushgateway and this exporter all log "Listening on".
-func startServer(t *testing.T, argv ...string) {
-	t.Helper()
-	startUntil(t, "Listening on", argv...)
-}
-
 // startUntil starts a program and returns once it prints a line with ready
 // on stdout or stderr; the program is stopped at the end of the test.
-func startUntil(t *testing.T, ready string, argv ...string) {
-	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	cmd.Stdout = cmd.Stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	lines := bufio.NewScanner(stderr)
-	var log []string
-	for lines.Scan() {
-		log = append(log, lines.Text())
-		if strings.Contains(lines.Text(), ready) {
-			go io.Copy(io.Discard, stderr) // keep the pipe from filling
-			return
-		}
-	}
-	t.Fatalf("%s exited before listening:\n%s", argv[0], strings.Join(log, "\n"))
-}
-
 // scrape gets url and parses the exposition format into "name{labels}" ->
 // value, labels sorted as readMetrics sorts them.
-func scrape(t *testing.T, url string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get(url)
-	require.NoError(t, err)
-	return parseBody(t, resp)
-}
-
 func TestNodeExporterReadsOurTextfile(t *testing.T) {
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
 	programs.Need(t, "ss", "apt-get install iproute2")
@@ -86,10 +44,10 @@ func TestNodeExporterReadsOurTextfile(t *testing.T) {
 	startServer(t, nodeExporter, "--web.listen-address="+addr,
 		"--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory="+dir)
 	metrics := scrape(t, "http://"+addr+"/metrics")
-	assert.Equal(t, 0.0, metrics["node_textfile_scrape_error"])
-	assert.Equal(t, 12.0, metrics[`consul_open_http_connections{port="`+port(l)+`"}`])
-	assert.Equal(t, 12.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.61"}`])
-	assert.Equal(t, 1.0, metrics["consul_conn_exporter_collect_success"])
+	assert.Equal(t, 0.0, value(t, metrics, "node_textfile_scrape_error"))
+	assert.Equal(t, 12.0, value(t, metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+	assert.Equal(t, 12.0, value(t, metrics, `consul_open_http_connections_per_client{client="127.0.0.61"}`))
+	assert.Equal(t, 1.0, value(t, metrics, "consul_conn_exporter_collect_success"))
 	assert.Contains(t, metrics, `node_textfile_mtime_seconds{file="`+filepath.Join(dir, "consul_open_http_connections.prom")+`"}`)
 }
 
@@ -112,8 +70,8 @@ func TestPushgatewayPushReplacesTheGroup(t *testing.T) {
 	assert.Equal(t, before, after, "push only: no textfile written")
 	group := `instance="consul-1",job="consul_conn_exporter"`
 	metrics := scrape(t, "http://"+addr+"/metrics")
-	assert.Equal(t, 6.0, metrics[`consul_open_http_connections{`+group+`,port="`+port(l)+`"}`])
-	assert.Equal(t, 4.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.71",`+group+`}`])
+	assert.Equal(t, 6.0, value(t, metrics, `consul_open_http_connections{`+group+`,port="`+port(l)+`"}`))
+	assert.Equal(t, 4.0, value(t, metrics, `consul_open_http_connections_per_client{client="127.0.0.71",`+group+`}`))
 
 	// The client at .71 leaves; the second push must replace the group, so
 	// its series goes rather than keeping its old value.
@@ -123,9 +81,9 @@ func TestPushgatewayPushReplacesTheGroup(t *testing.T) {
 	res = exporter(t, t.TempDir(), push...)
 	require.Equal(t, 0, res.exit, res.stderr)
 	metrics = scrape(t, "http://"+addr+"/metrics")
-	assert.Equal(t, 2.0, metrics[`consul_open_http_connections{`+group+`,port="`+port(l)+`"}`])
+	assert.Equal(t, 2.0, value(t, metrics, `consul_open_http_connections{`+group+`,port="`+port(l)+`"}`))
 	assert.NotContains(t, metrics, `consul_open_http_connections_per_client{client="127.0.0.71",`+group+`}`)
-	assert.Equal(t, 2.0, metrics[`consul_open_http_connections_per_client{client="127.0.0.72",`+group+`}`])
+	assert.Equal(t, 2.0, value(t, metrics, `consul_open_http_connections_per_client{client="127.0.0.72",`+group+`}`))
 }
 
 func TestPushToDeadOrSilentGatewayFailsWithinTimeoutWithoutCredentials(t *testing.T) {
@@ -151,7 +109,7 @@ func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
 	require.NoError(t, syscall.Mkfifo(gate, 0o600))
 	// Each run notes itself, then blocks on the FIFO until the test opens
 	// it, so the test decides when the collection ends.
-	command := fmt.Sprintf("sh -c 'echo run >> %s; cat %s >/dev/null; cat fixtures/ss-iproute2-6.1.0_tan_mixed.txt'", runs, gate)
+	command := fmt.Sprintf("sh -c 'echo run >> %s; cat %s >/dev/null; cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt'", runs, gate)
 	addr := freeAddr(t)
 	startServer(t, binary, "--web.listen-address="+addr, "--port", "8500", "--port", "8501", "--command", command, "--command.timeout", "5s")
 
@@ -175,9 +133,9 @@ func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
 			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 			require.NoError(t, err)
 			body := parseBody(t, resp)
-			assert.Equal(t, 18.0, body[`consul_open_http_connections{port="8500"}`])
-			assert.Equal(t, 9.0, body["consul_open_http_connections_max_per_client"])
-			assert.Equal(t, 1.0, body["consul_conn_exporter_collect_success"])
+			assert.Equal(t, 18.0, value(t, body, `consul_open_http_connections{port="8500"}`))
+			assert.Equal(t, 9.0, value(t, body, "consul_open_http_connections_max_per_client"))
+			assert.Equal(t, 1.0, value(t, body, "consul_conn_exporter_collect_success"))
 		}
 		text, err := os.ReadFile(runs)
 		require.NoError(t, err)
@@ -193,13 +151,6 @@ func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
 	out, err := check.CombinedOutput()
 	assert.NoError(t, err, "promtool check metrics: %s", out)
 	assert.Empty(t, strings.TrimSpace(string(out)))
-}
-
-func parseBody(t *testing.T, resp *http.Response) map[string]float64 {
-	t.Helper()
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	return parseMetrics(t, resp.Body, "the scraped body")
 }
 
 // requestsRead counts the connections of conns whose request the server at

@@ -1,4 +1,4 @@
-package collector
+package source
 
 import (
 	"os"
@@ -8,11 +8,18 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
 // FuzzTable feeds arbitrary output to the table reader, seeded with every
 // real capture in fixtures/. Run for longer with
-// go test -run '^$' -fuzz FuzzTable -fuzztime 30s ./collector
+// go test -run '^$' -fuzz FuzzTable -fuzztime 30s ./source
+var (
+	ports  = []uint16{8500, 8501}
+	states = []socket.State{socket.StateEstablished, socket.StateCloseWait}
+)
+
 func FuzzTable(f *testing.F) {
 	captures, err := filepath.Glob("../fixtures/*.txt")
 	if err != nil || len(captures) == 0 {
@@ -30,8 +37,8 @@ func FuzzTable(f *testing.F) {
 		f.Add(head, true)
 	}
 	f.Fuzz(func(t *testing.T, output string, stderr bool) {
-		all := newCounts(defaultConfig)
-		table := newTable(parser.Parser{}, all.add)
+		counts := tally.New(ports, states)
+		table := newTable(parser.Parser{}, counts.Add)
 		lines := strings.Split(output, "\n")
 		for _, line := range lines {
 			table.read(line)
@@ -43,12 +50,11 @@ func FuzzTable(f *testing.F) {
 		if err := table.check(runner.Output{Lines: len(lines), Stderr: errText}); err != nil {
 			return
 		}
-		counts := all.groups[0]
 		if table.socketRows == 0 && strings.TrimSpace(output) != "" {
 			t.Fatalf("success on output with no socket row: %q", output)
 		}
 		total := 0
-		for _, port := range defaultConfig.Ports() {
+		for _, port := range ports {
 			total += counts.Total(port)
 		}
 		if total > len(lines) {
@@ -66,7 +72,7 @@ func TestTableReadsWithoutAllocating(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(string(text), "\n"), "\n")
-	table := newTable(parser.Parser{}, newCounts(defaultConfig).add)
+	table := newTable(parser.Parser{}, tally.New(ports, states).Add)
 	for _, line := range lines { // the clients' map entries are made once
 		table.read(line)
 	}
@@ -76,29 +82,5 @@ func TestTableReadsWithoutAllocating(t *testing.T) {
 		}
 	}); allocs != 0 {
 		t.Fatalf("%v allocations per %d lines", allocs, len(lines))
-	}
-}
-
-// BenchmarkCollect is one whole collection of a 100,000-row table: the
-// command's output streamed through go-cmd, parsed and counted.
-func BenchmarkCollect(b *testing.B) {
-	text, err := os.ReadFile("../fixtures/ss-iproute2-6.1.0_Htan-established-close-wait-sport_mixed.txt")
-	if err != nil {
-		b.Fatal(err)
-	}
-	rows := strings.SplitAfter(strings.TrimRight(string(text), "\n")+"\n", "\n")
-	var table strings.Builder
-	for i := 0; i < 100_000; i++ {
-		table.WriteString(rows[i%(len(rows)-1)])
-	}
-	capture := filepath.Join(b.TempDir(), "table.txt")
-	if err := os.WriteFile(capture, []byte(table.String()), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if res := collect(b, defaultConfig, "cat", capture); res.Err != nil {
-			b.Fatal(res.Err)
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,10 +48,10 @@ rpc_handshake_timeout = "5m"`, true)
 		dir := t.TempDir()
 		res := exporter(t, dir, append([]string{"--once", "--limit", "auto", "--rpc.limit", "auto"}, watch...)...)
 		require.Equal(t, 0, res.exit, res.stderr)
-		assert.Equal(t, 37.0, res.metrics["consul_http_max_conns_per_client"])
-		assert.Equal(t, 23.0, res.metrics["consul_rpc_max_conns_per_client"])
-		assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_limits_read_success"])
-		assert.Equal(t, 2.0, res.metrics[`consul_open_rpc_connections_per_client{client="127.0.0.1"}`], "the dev server's own two")
+		assert.Equal(t, 37.0, value(t, res.metrics, "consul_http_max_conns_per_client"))
+		assert.Equal(t, 23.0, value(t, res.metrics, "consul_rpc_max_conns_per_client"))
+		assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_limits_read_success"))
+		assert.Equal(t, 2.0, value(t, res.metrics, `consul_open_rpc_connections_per_client{client="127.0.0.1"}`), "the dev server's own two")
 		assertNoSecret(t, res, dir, token.SecretID, agent.token)
 		assert.NotContains(t, res.stderr, "which is not watched")
 
@@ -69,8 +68,8 @@ rpc_handshake_timeout = "5m"`, true)
 		assert.Equal(t, 1, res.exit, "a failed read fails --once")
 		assert.Contains(t, res.stderr, "403")
 		assert.Contains(t, res.stderr, "agent:read")
-		assert.Equal(t, 0.0, res.metrics["consul_conn_exporter_limits_read_success"])
-		assert.Equal(t, 1.0, res.metrics["consul_conn_exporter_collect_success"], "the counts are still right")
+		assert.Equal(t, 0.0, value(t, res.metrics, "consul_conn_exporter_limits_read_success"))
+		assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"), "the counts are still right")
 		assert.Contains(t, res.metrics, `consul_open_rpc_connections{port="`+rpcPort+`"}`)
 		assert.NotContains(t, res.metrics, "consul_http_max_conns_per_client", "no limit rather than a guessed one")
 		assert.NotContains(t, res.metrics, "consul_rpc_max_conns_per_client")
@@ -95,8 +94,8 @@ rpc_handshake_timeout = "5m"`, true)
 			dialFrom(t, busy, agent.serverAddr)
 		}
 		at := count()
-		require.Equal(t, 23.0, at[perClient])
-		require.Equal(t, 23.0, at["consul_open_rpc_connections_max_per_client"])
+		require.Equal(t, 23.0, value(t, at, perClient))
+		require.Equal(t, 23.0, value(t, at, "consul_open_rpc_connections_max_per_client"))
 		require.Equal(t, at["consul_rpc_max_conns_per_client"], at["consul_open_rpc_connections_max_per_client"])
 
 		// Our metric is at the limit: Consul closes the next one at once.
@@ -106,12 +105,12 @@ rpc_handshake_timeout = "5m"`, true)
 		assert.True(t, errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET), "Consul closes connection 24, got %v", err)
 
 		after := count()
-		assert.Equal(t, 23.0, after[perClient], "the 23 before it are held")
+		assert.Equal(t, 23.0, value(t, after, perClient), "the 23 before it are held")
 		for _, name := range []string{`consul_open_http_connections{port="` + httpPort + `"}`,
 			`consul_open_http_connections_per_client{client="127.0.0.104"}`, "consul_open_http_connections_max_per_client"} {
 			assert.Equal(t, before[name], after[name], "%s moved with RPC connections", name)
 		}
-		assert.Equal(t, 5.0, after[`consul_open_http_connections_per_client{client="127.0.0.104"}`])
+		assert.Equal(t, 5.0, value(t, after, `consul_open_http_connections_per_client{client="127.0.0.104"}`))
 	})
 
 	t.Run("the local programs holding the connections", func(t *testing.T) {
@@ -160,7 +159,7 @@ sys.stdin.read()
 			return asRoot.metrics[`consul_open_http_connections_per_process{process="`+curlComm+`"}`] == 3
 		}, 20*time.Second, 50*time.Millisecond, "three curls: %v", asRoot.metrics)
 		require.Equal(t, 0, asRoot.exit, asRoot.stderr)
-		assert.Equal(t, 5.0, asRoot.metrics[`consul_open_http_connections_per_process{process="`+pyComm+`"}`])
+		assert.Equal(t, 5.0, value(t, asRoot.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
 		assert.NotContains(t, asRoot.stderr, "cannot tell which local programs")
 
 		// As nobody, the programs are hidden: no per-process series, a
@@ -212,15 +211,6 @@ func assertNoSecret(t *testing.T, res result, dir string, secrets ...string) {
 
 // dialFrom opens a raw TCP connection from a loopback address, closed at
 // the end of the test.
-func dialFrom(t *testing.T, from, to string) net.Conn {
-	t.Helper()
-	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-	conn, err := dialer.Dial("tcp", to)
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
 // comm is the command name the kernel (and so ss -p) gives a process.
 func comm(t *testing.T, pid int) string {
 	t.Helper()
@@ -228,5 +218,3 @@ func comm(t *testing.T, pid int) string {
 	require.NoError(t, err)
 	return strings.TrimSpace(string(text))
 }
-
-func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -1,0 +1,80 @@
+// Package delivery hands collections to Prometheus: every interval to the
+// outputs (the textfile, a Pushgateway), and on each scrape of the
+// exporter's own /metrics.
+package delivery
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
+)
+
+// Output is one place a collection's metrics go. It remembers its last
+// error so that a long-running exporter logs each change of state once, not
+// the same refusal every interval.
+type Output struct {
+	Name  string
+	Write func(prometheus.Gatherer) error
+	state changes.Tracker
+}
+
+// Once collects and hands the result to every output, a failed result
+// included (it says success 0 and has no count). It says whether the
+// collection and every output worked, and logs why not.
+func Once(coll *collector.Collector, outputs []*Output, logger *slog.Logger) bool {
+	// Not the signal context: a collection under way finishes and is
+	// written on SIGTERM; the command timeout bounds how long that takes.
+	res := coll.Collect(context.Background())
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(res)
+	ok := res.Err == nil
+	if !ok {
+		logger.Error("collection failed", "err", res.Err)
+	}
+	// The limits source logs its own failures, once per change.
+	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK)
+	for _, out := range outputs {
+		err := out.Write(reg)
+		state := ""
+		if err != nil {
+			state, ok = err.Error(), false
+		}
+		switch {
+		case !out.state.Changed(state):
+		case err != nil:
+			logger.Error("output failed", "output", out.Name, "err", err)
+		default:
+			logger.Info("output works again", "output", out.Name)
+		}
+	}
+	logger.Debug("collected", "ok", ok, "duration", res.Duration)
+	return ok
+}
+
+// Every collects for the outputs now and every interval until ctx is done
+// or serverDone says the web server stopped (its error is returned). With
+// no output it only waits.
+func Every(ctx context.Context, interval time.Duration, coll *collector.Collector, outputs []*Output, serverDone <-chan error, logger *slog.Logger) error {
+	var tick <-chan time.Time
+	if len(outputs) > 0 {
+		ticker := time.NewTicker(interval)
+		defer ticker.Stop()
+		tick = ticker.C
+		Once(coll, outputs, logger)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-serverDone:
+			return err
+		case <-tick:
+			Once(coll, outputs, logger)
+		}
+	}
+}

@@ -1,0 +1,340 @@
+// Package e2e runs the exporter as operators run it, against the real
+// programs it sits between: ss, netstat, node_exporter, a Pushgateway,
+// Prometheus, a Consul agent. Each test file is one area; this file holds
+// what they share.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/exposition"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+)
+
+// binary is the exporter built once for the tests, run as operators run
+// it; plainBinary is the same without -race.
+var binary, plainBinary string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("end-to-end tests skipped in -short mode: they build the exporter and run it against real programs")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "consul-conn-exporter-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Tests run it as nobody too.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	// Built as the tests are: under -race, so that the race detector
+	// watches the real process too (a race found makes it exit 66). The
+	// soak measures memory, which the race detector's own would swamp:
+	// it runs a plain build.
+	binary, plainBinary = filepath.Join(dir, "consul_conn_exporter"), filepath.Join(dir, "consul_conn_exporter.plain")
+	builds := [][]string{{"build", "-o", plainBinary, ".."}}
+	if raceEnabled() {
+		builds = append(builds, []string{"build", "-race", "-o", binary, ".."})
+		// Not the race runtime's default second of sleep at every exit.
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	} else {
+		binary = plainBinary
+	}
+	for _, build := range builds {
+		if out, err := exec.Command("go", build...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type checked struct {
+	exit           int
+	stdout, stderr string
+}
+
+func checkCommand(t *testing.T, env []string, args ...string) checked {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, append([]string{"check"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	return checked{exit: exitCode(t, cmd.Run()), stdout: stdout.String(), stderr: stderr.String()}
+}
+
+func lastLine(text string) string {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+func dialFrom(t *testing.T, from, to string) net.Conn {
+	t.Helper()
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	conn, err := dialer.Dial("tcp", to)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+type consulAgent struct {
+	httpAddr, serverAddr string
+	config               string // its config file, for edits and reloads
+	token                string // the management token, "" without ACLs
+}
+
+func startConsul(t *testing.T, limits string, acl bool, extra ...func(consulAgent) string) consulAgent {
+	t.Helper()
+	consul := programs.Need(t, "consul",
+		"build Consul v1.20.1 with: (cd tools/consul && go build -o \"$(go env GOPATH)/bin/consul\" github.com/hashicorp/consul), and put it in PATH")
+	agent := consulAgent{httpAddr: freeAddr(t), serverAddr: freeAddr(t), config: filepath.Join(t.TempDir(), "agent.hcl")}
+	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+	hcl := fmt.Sprintf(`limits { %s }
+ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }
+`, limits, port(agent.httpAddr), port(freeAddr(t)), port(freeAddr(t)), port(agent.serverAddr))
+	if acl {
+		agent.token = rand.Text()
+		hcl += `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + agent.token + `" } }` + "\n"
+	}
+	for _, more := range extra {
+		hcl += more(agent) + "\n"
+	}
+	require.NoError(t, os.WriteFile(agent.config, []byte(hcl), 0o600))
+	startUntil(t, "Consul agent running!", consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-config-file", agent.config)
+	return agent
+}
+
+func (a consulAgent) httpPort() string {
+	_, p, _ := net.SplitHostPort(a.httpAddr)
+	return p
+}
+
+func (a consulAgent) api(t *testing.T) *api.Client {
+	t.Helper()
+	client, err := api.NewClient(&api.Config{Address: a.httpAddr, Token: a.token})
+	require.NoError(t, err)
+	return client
+}
+
+func request(t *testing.T, consulAddr, from string) (int, net.Conn) {
+	t.Helper()
+	conn := dialFrom(t, from, consulAddr)
+	_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode, conn
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l := loopback.Listen(t, "127.0.0.1")
+	require.NoError(t, l.Close())
+	return l.Addr().String()
+}
+
+func startServer(t *testing.T, argv ...string) {
+	t.Helper()
+	startUntil(t, "Listening on", argv...)
+}
+
+func startUntil(t *testing.T, ready string, argv ...string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	cmd.Stdout = cmd.Stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	lines := bufio.NewScanner(stderr)
+	var log []string
+	for lines.Scan() {
+		log = append(log, lines.Text())
+		if strings.Contains(lines.Text(), ready) {
+			go io.Copy(io.Discard, stderr) // keep the pipe from filling
+			return
+		}
+	}
+	t.Fatalf("%s exited before listening:\n%s", argv[0], strings.Join(log, "\n"))
+}
+
+func scrape(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	return parseBody(t, resp)
+}
+
+func parseBody(t *testing.T, resp *http.Response) map[string]float64 {
+	t.Helper()
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	return parseMetrics(t, resp.Body, "the scraped body")
+}
+
+func assertOnlyOurFile(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	assert.Equal(t, []string{textfile.FileName}, names, "no temporary file left behind")
+	info, err := os.Stat(filepath.Join(dir, textfile.FileName))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), info.Mode().Perm())
+}
+
+func runAsNobody(t *testing.T, args ...string) result {
+	t.Helper()
+	// nobody must own the directory it writes (TestMain lets it reach the
+	// binary).
+	shared, err := os.MkdirTemp("", "consul-conn-exporter-nobody")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	require.NoError(t, os.Chown(shared, 65534, 65534))
+	return runExporter(t, shared, programs.AsNobody(t), args...)
+}
+
+type result struct {
+	exit    int
+	stderr  string
+	metrics map[string]float64 // "name{label="value",...}" -> value; nil if no file
+}
+
+func exporter(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	return runExporter(t, dir, nil, args...)
+}
+
+func runExporter(t *testing.T, dir string, wrapper []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	argv := append(slices.Clone(wrapper), binary)
+	if dir != "" {
+		argv = append(argv, "--textfile.directory", dir)
+	}
+	argv = append(argv, args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	res := result{exit: exitCode(t, cmd.Run()), stderr: stderr.String()}
+	if dir != "" {
+		res.metrics = readMetrics(t, filepath.Join(dir, textfile.FileName))
+	}
+	return res
+}
+
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	require.NoError(t, err)
+	return 0
+}
+
+func readMetrics(t *testing.T, path string) map[string]float64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil
+	}
+	require.NoError(t, err)
+	defer f.Close()
+	return parseMetrics(t, f, path)
+}
+
+func parseMetrics(t *testing.T, r io.Reader, source string) map[string]float64 {
+	t.Helper()
+	metrics, err := exposition.Parse(r)
+	require.NoError(t, err, "%s is not valid exposition format", source)
+	return metrics
+}
+
+func port(l *portopener.Listener) string { return fmt.Sprint(l.Port()) }
+
+func counts(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	viaSS := exporter(t, dir, args...)
+	viaNetlink := exporter(t, t.TempDir(), append([]string{"--source", "netlink"}, args...)...)
+	assert.Equal(t, viaSS.exit, viaNetlink.exit, viaNetlink.stderr)
+	assert.Equal(t, withoutDuration(viaSS.metrics), withoutDuration(viaNetlink.metrics), "the built-in reader gives ss's numbers")
+	return viaSS
+}
+
+func withoutDuration(metrics map[string]float64) map[string]float64 {
+	m := maps.Clone(metrics)
+	delete(m, "consul_conn_exporter_collect_duration_seconds")
+	return m
+}
+
+// raceEnabled is this test binary built with -race.
+func raceEnabled() bool {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}
+
+// value is the sample key ("name{label=\"value\"}") of metrics; the test
+// fails if there is no such sample, so that a missing series is never read
+// as 0.
+func value(t *testing.T, metrics map[string]float64, key string) float64 {
+	t.Helper()
+	v, ok := metrics[key]
+	require.True(t, ok, "no sample %s", key)
+	return v
+}

@@ -1,0 +1,384 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+)
+
+// binary is the exporter built once for the tests, run as operators run it.
+
+// exporter runs the binary with args and reads the file it wrote in dir.
+// runExporter runs the binary, behind the words of wrapper if any (e.g.
+// unshare ...), with args and the textfile directory dir ("": none given).
+// exitCode is the exit status of a command that ran; err must be nil or
+// its exit.
+// readMetrics reads the file at path, nil if there is none.
+// parseMetrics reads the exposition format from r (named by source) into
+// "name{label="value",...}" -> value, labels sorted by name.
+// counts runs the exporter with ss (into dir) and again with the built-in
+// netlink reader: both must give the same numbers. It returns ss's run.
+// withoutDuration is metrics less the one that differs from run to run.
+func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := loopback.Listen(t, "127.0.0.1")
+	pairs := loopback.Open(t, l, "127.0.0.1", 200)
+	dir := t.TempDir()
+
+	res := counts(t, dir, "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	p := port(l)
+	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections_by_state{port="`+p+`",state="established"}`))
+	assert.Equal(t, 200.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
+	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.1"}`))
+	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+	assert.NotContains(t, res.metrics, "go_goroutines", "runtime metrics are for /metrics only")
+	assert.NotContains(t, res.metrics, "consul_conn_exporter_build_info")
+
+	// Half close server first (the server's socket goes to TIME-WAIT),
+	// half client first (the client's does), like killing port-opener.py.
+	for i, pair := range pairs {
+		first, second := pair.Server, pair.Client
+		if i%2 == 1 {
+			first, second = pair.Client, pair.Server
+		}
+		require.NoError(t, first.Close())
+		_, err := second.Read(make([]byte, 1))
+		require.Error(t, err, "the FIN of the first close arrived")
+		require.NoError(t, second.Close())
+	}
+	require.Eventually(t, func() bool { return timeWait(t, pairs) == 200 }, 10*time.Second, 10*time.Millisecond,
+		"all 200 connections reach TIME-WAIT on one side")
+
+	res = counts(t, dir, "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 0.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Equal(t, 0.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
+	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+}
+
+// timeWait counts the connections of pairs that are in TIME-WAIT on either
+// side, by their addresses: other tests leave TIME-WAIT sockets too.
+// ssRow is one row of `ss -Htn state X`: with one state asked for, ss
+// prints no State column, only Recv-Q Send-Q Local Peer.
+// ssRows asks the real ss, independently of the parser under test, for the
+// TCP sockets in state that match filter.
+func TestIPv6CountsTheSame(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := loopback.Listen(t, "::1")
+	loopback.Open(t, l, "::1", 200)
+	res := counts(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="::1"}`))
+}
+
+func TestPerClientOverSeveralSourceAddresses(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := loopback.Listen(t, "127.0.0.1")
+	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
+		loopback.Open(t, l, from, 100)
+	}
+	res := counts(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 300.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+	assert.Equal(t, 100.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
+	for _, from := range []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"} {
+		assert.Equal(t, 100.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="`+from+`"}`))
+	}
+}
+
+func TestDualStackSocketsCountIPv4ClientsAsOne(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	// An agent on "::" sees IPv4 clients as ::ffff:a.b.c.d; one on 127.0.0.1
+	// sees them bare. Both ports here hold the same client.
+	v4 := loopback.Listen(t, "127.0.0.1")
+	mapped := loopback.Listen(t, "::ffff:127.0.0.2")
+	loopback.Open(t, v4, "127.0.0.31", 30)
+	loopback.Open(t, mapped, "127.0.0.31", 20)
+	loopback.Open(t, mapped, "127.0.0.32", 5)
+	res := counts(t, t.TempDir(), "--once", "--port", port(v4), "--port", port(mapped))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 30.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(v4)+`"}`))
+	assert.Equal(t, 25.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(mapped)+`"}`))
+	assert.Equal(t, 50.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.31"}`))
+	assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.32"}`))
+	assert.Equal(t, 50.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
+}
+
+func TestCloseWaitCountsAndClientSideTwinsDoNot(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.41", 7)
+	for _, pair := range loopback.Open(t, l, "127.0.0.42", 3) {
+		require.NoError(t, pair.Client.Close())
+		_, err := pair.Server.Read(make([]byte, 1))
+		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
+	}
+	// The broad table holds every connection twice (both ends on this host).
+	res := exporter(t, t.TempDir(), "--once", "--port", port(l), "--command", "ss -tan")
+	viaNetlink := exporter(t, t.TempDir(), "--once", "--port", port(l), "--source", "netlink")
+	assert.Equal(t, withoutDuration(res.metrics), withoutDuration(viaNetlink.metrics), "the built-in reader gives ss's numbers")
+	require.Equal(t, 0, res.exit, res.stderr)
+	p := port(l)
+	assert.Equal(t, 10.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Equal(t, 3.0, value(t, res.metrics, `consul_open_http_connections_by_state{port="`+p+`",state="close_wait"}`))
+	assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections_by_state{port="`+p+`",state="established"}`))
+
+	// One state: ss drops its State column, and the state comes from the
+	// command it was given.
+	res = counts(t, t.TempDir(), "--once", "--port", p, "--states", "established")
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections_by_state{port="`+p+`",state="established"}`))
+	assert.NotContains(t, res.metrics, `consul_open_http_connections_by_state{port="`+p+`",state="close_wait"}`)
+}
+
+func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	netstat := programs.Need(t, "netstat", "apt-get install net-tools")
+	l := loopback.Listen(t, "127.0.0.1")
+	l6 := loopback.Listen(t, "::1")
+	loopback.Open(t, l, "127.0.0.51", 40)
+	loopback.Open(t, l, "127.0.0.52", 2)
+	loopback.Open(t, l6, "::1", 3)
+	args := []string{"--once", "--port", port(l), "--port", port(l6)}
+
+	viaSS := exporter(t, t.TempDir(), args...)
+	require.Equal(t, 0, viaSS.exit, viaSS.stderr)
+
+	// A PATH with netstat and no ss: the exporter must fall back by itself.
+	bin := t.TempDir()
+	require.NoError(t, os.Symlink(netstat, filepath.Join(bin, "netstat")))
+	t.Setenv("PATH", bin)
+	viaNetstat := exporter(t, t.TempDir(), args...)
+	require.Equal(t, 0, viaNetstat.exit, viaNetstat.stderr)
+	assert.Contains(t, viaNetstat.stderr, "netstat -tanW")
+
+	delete(viaSS.metrics, "consul_conn_exporter_collect_duration_seconds")
+	delete(viaNetstat.metrics, "consul_conn_exporter_collect_duration_seconds")
+	assert.Equal(t, viaSS.metrics, viaNetstat.metrics)
+	assert.Equal(t, 42.0, value(t, viaNetstat.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+	assert.Equal(t, 3.0, value(t, viaNetstat.metrics, `consul_open_http_connections{port="`+port(l6)+`"}`))
+}
+
+func TestWithoutSSOrNetstatTheBuiltInReaderCounts(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.55", 6)
+	t.Setenv("PATH", t.TempDir())
+	res := exporter(t, t.TempDir(), "--once", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Contains(t, res.stderr, "neither ss nor netstat is in PATH: reading the kernel's socket table directly")
+	assert.Equal(t, 6.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+
+	// Asked for by name, a missing tool is named; the programs of
+	// --clients.processes need one of them.
+	res = exporter(t, t.TempDir(), "--once", "--port", port(l), "--source", "netstat")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "netstat: not in PATH (install net-tools)")
+	res = exporter(t, t.TempDir(), "--once", "--port", port(l), "--clients.processes")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "--clients.processes needs one")
+}
+
+func TestFailedCollectionWritesSuccessZeroAndNoCount(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		err  string
+	}{
+		{"command exits non-zero", []string{"--command", "ss --no-such-flag"}, "exited with status"},
+		{"command missing", []string{"--command", "no-such-command-for-consul-conn-exporter -tan"}, "cannot run"},
+		{"command prints garbage", []string{"--command", "echo garbage"}, "that are not ss or netstat socket rows"},
+		{"command hangs", []string{"--command", "sleep 30", "--command.timeout", "200ms"}, "did not finish within 200ms"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			res := exporter(t, dir, append([]string{"--once"}, tc.args...)...)
+			assert.Equal(t, 1, res.exit)
+			assert.Contains(t, res.stderr, tc.err)
+			assert.Equal(t, 0.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+			assert.Contains(t, res.metrics, "consul_conn_exporter_collect_duration_seconds")
+			assert.Len(t, res.metrics, 2, "only the exporter's own gauges: %v", res.metrics)
+		})
+	}
+}
+
+func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
+	for _, args := range [][]string{
+		{"--port", "0"},
+		{"--port", "70000"},
+		{"--states", "listen"},
+		{"--states", "time-wait"},
+		{"--states", "establishd"},
+		{"--limit", "0"},
+		{"--limit", "abc"},
+		{"--rpc.limit", "-1"},
+		{"--rpc.port", "0"},
+		{"--port", "8500", "--rpc.port", "8500"},
+		{"--limit.refresh", "0s"},
+		{"--clients.top", "-1"},
+		{"--command", `ss "unclosed`},
+		{"--command.timeout", "0s"},
+		{"--no-such-flag"},
+		{"--web.listen-address", "127.0.0.1:9855"}, // with --once: a server runs until stopped
+		{"--source", "proc"},
+		{"--source", "netlink", "--clients.processes"},
+		{"--source", "netlink", "--command", "ss -tan"},
+		{"--source", "command"},
+		{"--push.url", "ftp://gateway:9091"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)
+			assert.Equal(t, 2, res.exit, res.stderr)
+			assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %q", res.stderr)
+			assert.Nil(t, res.metrics)
+		})
+	}
+}
+
+func TestMissingTextfileDirectoryIsCreated(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "node-exporter")
+	res := exporter(t, dir, "--once", "--command", "true")
+	assert.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+	assertOnlyOurFile(t, dir)
+}
+
+func TestRefusedTextfileDirectoryExitsOneOnceAndIsLoggedOncePerChange(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "node-exporter")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	require.NoError(t, os.Chmod(dir, 0o777)) // anyone could swap our file
+	res := exporter(t, dir, "--once", "--command", "true")
+	assert.Equal(t, 1, res.exit)
+	assert.Contains(t, res.stderr, "writable by every user without the sticky bit")
+	assert.Nil(t, res.metrics)
+
+	// Long-running: the refusal is logged once, not every interval, and so
+	// is the recovery once the directory is fixed.
+	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "20ms", "--log.level", "debug")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill() })
+	lines := bufio.NewScanner(stderr)
+	var log []string
+	waitFor := func(msg string, n int) {
+		for count := 0; count < n; {
+			require.True(t, lines.Scan(), "exporter stopped: %s", strings.Join(log, "\n"))
+			log = append(log, lines.Text())
+			if strings.Contains(lines.Text(), msg) {
+				count++
+			}
+		}
+	}
+	waitFor("msg=collected ok=false", 5)
+	require.NoError(t, os.Chmod(dir, 0o755))
+	waitFor("msg=collected ok=true", 3)
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	for lines.Scan() {
+		log = append(log, lines.Text())
+	}
+	require.NoError(t, cmd.Wait())
+	text := strings.Join(log, "\n")
+	assert.Equal(t, 1, strings.Count(text, `msg="output failed"`), text)
+	assert.Equal(t, 1, strings.Count(text, `msg="output works again"`), text)
+	assertOnlyOurFile(t, dir)
+}
+
+func TestLoopWritesUntilSIGTERMThenExitsZero(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "50ms", "--log.level", "debug")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill() })
+
+	// Wait for the second collection's log line: the loop goes on by itself.
+	buf := make([]byte, 64<<10)
+	var log string
+	for strings.Count(log, "msg=collected ok=true") < 2 {
+		n, err := stderr.Read(buf)
+		require.NoError(t, err, "exporter stopped early: %s", log)
+		log += string(buf[:n])
+	}
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	require.NoError(t, cmd.Wait(), "exit 0 on a signal")
+	assert.Equal(t, 1.0, readMetrics(t, filepath.Join(dir, textfile.FileName))["consul_conn_exporter_collect_success"])
+	assertOnlyOurFile(t, dir)
+}
+
+func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	bin := filepath.Join(t.TempDir(), "port-opener")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/port-opener").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	p := fmt.Sprint(loopback.Port())
+	opener := exec.Command(bin, "--port", p, "-n", "30", "--clients", "3")
+	stdout, err := opener.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, opener.Start())
+	t.Cleanup(func() { opener.Process.Kill() })
+	lines := bufio.NewScanner(stdout)
+	require.True(t, lines.Scan())
+	assert.Equal(t, "started server on 127.0.0.1:"+p, lines.Text())
+	require.True(t, lines.Scan())
+	assert.Equal(t, "opened 30 client connections", lines.Text())
+
+	dir := t.TempDir()
+	res := counts(t, dir, "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 30.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Equal(t, 10.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
+	assert.Equal(t, 10.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.3"}`))
+
+	require.NoError(t, opener.Process.Signal(os.Interrupt))
+	require.NoError(t, opener.Wait(), "port-opener exits 0 on interrupt")
+	res = counts(t, dir, "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 0.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+}
+
+func timeWait(t *testing.T, pairs []portopener.Pair) int {
+	ours := map[string]bool{}
+	for _, p := range pairs {
+		ours[p.Client.LocalAddr().String()+" "+p.Client.RemoteAddr().String()] = true
+		ours[p.Client.RemoteAddr().String()+" "+p.Client.LocalAddr().String()] = true
+	}
+	n := 0
+	for _, row := range ssRows(t, "time-wait") {
+		if ours[row.local+" "+row.peer] {
+			n++
+		}
+	}
+	return n
+}
+
+type ssRow struct{ recvQ, local, peer string }
+
+func ssRows(t *testing.T, state string, filter ...string) []ssRow {
+	t.Helper()
+	out, err := exec.Command("ss", append([]string{"-Htn", "state", state}, filter...)...).Output()
+	require.NoError(t, err)
+	var rows []ssRow
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 4 {
+			rows = append(rows, ssRow{recvQ: f[0], local: f[2], peer: f[3]})
+		}
+	}
+	return rows
+}

@@ -1,0 +1,155 @@
+package limits
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// agent answers /v1/agent/self as a Consul agent does, with the status and
+// body answer gives it now.
+func agent(t *testing.T, answer *atomic.Value) {
+	t.Helper()
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		require.Equal(t, "/v1/agent/self", r.URL.Path)
+		a := answer.Load().(response)
+		w.WriteHeader(a.status)
+		io.WriteString(w, a.body)
+	}))
+	t.Cleanup(server.Close)
+	t.Setenv("CONSUL_HTTP_ADDR", strings.TrimPrefix(server.URL, "http://"))
+	t.Setenv("CONSUL_HTTP_TOKEN", "")
+	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
+}
+
+type response struct {
+	status int
+	body   string
+}
+
+const self = `{"Config": {"Version": "1.20.1"}, "DebugConfig": {"HTTPMaxConnsPerClient": 150, "RPCMaxConnsPerClient": 40, "HTTPPort": 8500, "HTTPSPort": 8501, "ServerPort": 8300, "ServerMode": true}}`
+
+func source(t *testing.T, answer response, logger *slog.Logger) (*Source, *atomic.Value) {
+	t.Helper()
+	var a atomic.Value
+	a.Store(answer)
+	agent(t, &a)
+	s, err := NewSource(Limit{Auto: true}, Limit{Auto: true}, []uint16{8500}, []uint16{8300}, time.Minute, logger)
+	require.NoError(t, err)
+	return s, &a
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+func TestAutoLimitsAreReadFromTheAgent(t *testing.T) {
+	s, _ := source(t, response{200, self}, discard)
+	snap := s.Snapshot()
+	assert.True(t, snap.Auto)
+	assert.True(t, snap.ReadOK)
+	assert.Equal(t, 150, snap.HTTP)
+	assert.Equal(t, 40, snap.RPC)
+}
+
+func TestAFailedReadIsNamedAndTheLastLimitsStay(t *testing.T) {
+	for name, tc := range map[string]struct {
+		answer  response
+		err     string
+		tooMany bool
+	}{
+		"403":       {response{403, "Permission denied: token lacks agent:read"}, "403 Permission denied: token lacks agent:read: give a token with agent:read (CONSUL_HTTP_TOKEN_FILE)", false},
+		"429":       {response{429, "Your IP is issuing too many concurrent connections, please rate limit your calls"}, "this host's address holds all of the agent's http_max_conns_per_client", true},
+		"garbage":   {response{200, "<html>a proxy's page</html>"}, "reading the limits from the Consul agent", false},
+		"no limits": {response{200, `{"DebugConfig": {}}`}, "has no HTTPMaxConnsPerClient", false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, answer := source(t, response{200, self}, discard)
+			require.Equal(t, 150, s.Snapshot().HTTP)
+			answer.Store(tc.answer)
+			s.read()
+			snap := s.Snapshot()
+			assert.False(t, snap.ReadOK)
+			require.Error(t, snap.ReadErr)
+			assert.Contains(t, snap.ReadErr.Error(), tc.err)
+			assert.NotContains(t, snap.ReadErr.Error(), "\n")
+			assert.Equal(t, tc.tooMany, snap.TooManyConnections)
+			assert.Equal(t, 150, snap.HTTP, "the last limit read stays")
+		})
+	}
+}
+
+func TestBeforeAnyGoodReadThereIsNoLimit(t *testing.T) {
+	s, _ := source(t, response{403, "Permission denied"}, discard)
+	snap := s.Snapshot()
+	assert.False(t, snap.ReadOK)
+	assert.Zero(t, snap.HTTP, "no guessed default")
+	assert.Zero(t, snap.RPC)
+}
+
+func TestFailuresAreLoggedOncePerChange(t *testing.T) {
+	var log strings.Builder
+	s, answer := source(t, response{403, "Permission denied"}, slog.New(slog.NewTextHandler(&log, nil)))
+	for range 3 {
+		s.read()
+	}
+	answer.Store(response{200, self})
+	s.read()
+	s.read()
+	assert.Equal(t, 1, strings.Count(log.String(), "cannot read the limits"), log.String())
+	assert.Equal(t, 1, strings.Count(log.String(), "works again"), log.String())
+}
+
+func TestAPortTheAgentServesButIsNotWatchedIsWarnedOnce(t *testing.T) {
+	var log strings.Builder
+	s, _ := source(t, response{200, self}, slog.New(slog.NewTextHandler(&log, nil)))
+	s.read()
+	s.read()
+	assert.Equal(t, 1, strings.Count(log.String(), "add --port 8501"), log.String())
+	assert.NotContains(t, log.String(), "--rpc.port", "8300 is watched")
+}
+
+func TestNumberedLimitsNeedNoAgent(t *testing.T) {
+	s, err := NewSource(Limit{N: 200}, Limit{N: 100}, nil, nil, time.Minute, discard)
+	require.NoError(t, err)
+	assert.Equal(t, Snapshot{HTTP: 200, RPC: 100}, s.Snapshot())
+	for _, bad := range []string{"0", "-1", "many", ""} {
+		_, err := ParseLimit(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+// Consul at its per-client limit answers 429 and closes as soon as it
+// accepts, before the request arrives. That answer must read as the 429 it
+// is, not as a connection that failed.
+func TestA429SentBeforeTheRequestIsRead(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(conn, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 27\r\n\r\nYour IP is issuing too many")
+			conn.Close()
+		}
+	}()
+	t.Setenv("CONSUL_HTTP_ADDR", l.Addr().String())
+	t.Setenv("CONSUL_HTTP_TOKEN", "")
+	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
+	for range 20 {
+		s, err := NewSource(Limit{Auto: true}, Limit{N: 100}, []uint16{8500}, nil, time.Minute, discard)
+		require.NoError(t, err)
+		snap := s.Snapshot()
+		require.True(t, snap.TooManyConnections, "%v", snap.ReadErr)
+	}
+}

@@ -1,0 +1,79 @@
+package pushgateway
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func gatherer(t *testing.T) prometheus.Gatherer {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "consul_open_http_connections", Help: "test"})
+	g.Set(42)
+	require.NoError(t, reg.Register(g))
+	return reg
+}
+
+func TestPushPutsTheGroupWithBasicAuthFromTheURL(t *testing.T) {
+	var method, path, user, pass, body string
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method, path = r.Method, r.URL.Path
+		user, pass, _ = r.BasicAuth()
+		b, _ := io.ReadAll(r.Body)
+		body = string(b)
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer gateway.Close()
+	url := strings.Replace(gateway.URL, "http://", "http://ops:s3cret@", 1)
+	p, err := New(url, "consul_conn_exporter", "host1", time.Second, gateway.Client())
+	require.NoError(t, err)
+	assert.NotContains(t, p.String(), "s3cret", "no message shows the password")
+
+	require.NoError(t, p.Push(gatherer(t)))
+	assert.Equal(t, http.MethodPut, method, "PUT replaces the whole group")
+	assert.Equal(t, "/metrics/job/consul_conn_exporter/instance/host1", path)
+	assert.Equal(t, "ops", user)
+	assert.Equal(t, "s3cret", pass)
+	assert.NotEmpty(t, body)
+}
+
+func TestPushFailureIsOneClippedLine(t *testing.T) {
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, strings.Repeat("no\n", 1000), http.StatusInternalServerError)
+	}))
+	defer gateway.Close()
+	p, err := New(gateway.URL, "job", "host1", time.Second, gateway.Client())
+	require.NoError(t, err)
+	err = p.Push(gatherer(t))
+	require.ErrorContains(t, err, "push to "+gateway.URL)
+	assert.NotContains(t, err.Error(), "\n")
+	assert.Less(t, len(err.Error()), 400)
+}
+
+func TestSilentGatewayTimesOut(t *testing.T) {
+	release := make(chan struct{})
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
+	defer gateway.Close()
+	defer close(release)
+	p, err := New(gateway.URL, "job", "host1", 100*time.Millisecond, gateway.Client())
+	require.NoError(t, err)
+	assert.ErrorContains(t, p.Push(gatherer(t)), "no answer within 100ms (--push.timeout)")
+}
+
+func TestBadURLsAreRefusedWithoutShowingCredentials(t *testing.T) {
+	for _, url := range []string{"ftp://gw:9091", "gw:9091", "http://", "http://u:pw@%zz"} {
+		_, err := New(url, "job", "host1", time.Second, http.DefaultClient)
+		require.Error(t, err, url)
+		assert.NotContains(t, err.Error(), "pw", url)
+	}
+	_, err := New("http://gw:9091", "", "host1", time.Second, http.DefaultClient)
+	assert.ErrorContains(t, err, "must not be empty")
+}

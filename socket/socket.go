@@ -1,0 +1,80 @@
+// Package socket is the record every source of sockets yields: ss and
+// netstat through the parser, and the built-in netlink reader.
+package socket
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// Socket is one TCP socket of the table: a row of ss or netstat, or a
+// message of the kernel's socket table.
+type Socket struct {
+	State State
+	// Local and Peer are the addresses as printed, without brackets or zone.
+	// A v4-mapped address stays mapped, a wildcard is the unspecified
+	// address, a wildcard port ("*") is 0.
+	Local, Peer netip.AddrPort
+	// Process is the command name of the program holding the socket, as
+	// `ss -p` (users:(("nomad",pid=…))) or `netstat -p` (1234/nomad) print
+	// it; "" when not printed (not asked for, not permitted, or none).
+	Process string
+}
+
+// State is a TCP socket state as the kernel names it.
+type State uint8
+
+// The TCP states, in the kernel's order.
+const (
+	StateUnknown State = iota
+	StateEstablished
+	StateSynSent
+	StateSynRecv
+	StateFinWait1
+	StateFinWait2
+	StateTimeWait
+	StateClose
+	StateCloseWait
+	StateLastAck
+	StateListen
+	StateClosing
+)
+
+// names are ss's spellings, the ones `ss state X` and --states accept.
+var names = [...]string{
+	StateUnknown:     "unknown",
+	StateEstablished: "established",
+	StateSynSent:     "syn-sent",
+	StateSynRecv:     "syn-recv",
+	StateFinWait1:    "fin-wait-1",
+	StateFinWait2:    "fin-wait-2",
+	StateTimeWait:    "time-wait",
+	StateClose:       "close",
+	StateCloseWait:   "close-wait",
+	StateLastAck:     "last-ack",
+	StateListen:      "listen",
+	StateClosing:     "closing",
+}
+
+// String is the ss filter name, e.g. "close-wait".
+func (s State) String() string {
+	if int(s) < len(names) {
+		return names[s]
+	}
+	return names[StateUnknown]
+}
+
+// ParseState reads a state as a user or `ss state X` writes it
+// ("close-wait"; case and '_' or '-' do not matter).
+func ParseState(name string) (State, bool) {
+	name = strings.ReplaceAll(strings.ToLower(name), "_", "-")
+	for s, n := range names {
+		if n == name && State(s) != StateUnknown {
+			return State(s), true
+		}
+	}
+	return StateUnknown, false
+}
+
+// Label is the state as a metric label value or a JSON key: "close_wait".
+func (s State) Label() string { return strings.ReplaceAll(s.String(), "-", "_") }

@@ -1,0 +1,161 @@
+package source
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestSSIsFilteredInTheKernel(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	c, err := ss(Want{Ports: []uint16{8500, 8501}, States: states}, time.Second, discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ss", "-Htan", "state", "established", "state", "close-wait",
+		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, c.runner.Argv())
+	assert.Equal(t, socket.StateUnknown, c.parser.ImpliedState, "two states: ss prints the State column")
+
+	// With the client side of local connections and their programs.
+	c, err = ss(Want{Ports: []uint16{8500, 8300}, States: states[:1], ClientPorts: []uint16{8500}}, time.Second, discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ss", "-Htanp", "state", "established",
+		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", "or", "dport", "=", ":8500", ")"}, c.runner.Argv())
+	assert.Equal(t, socket.StateEstablished, c.parser.ImpliedState, "one state: ss drops the State column")
+	assert.True(t, c.parser.Processes)
+}
+
+func TestMissingToolsAreNamed(t *testing.T) {
+	netstatPath := programs.Need(t, "netstat", "apt-get install net-tools")
+	dir := t.TempDir()
+	t.Setenv("PATH", dir)
+	want := Want{Ports: []uint16{8500}, States: states}
+	_, err := ss(want, time.Second, discard)
+	assert.ErrorIs(t, err, errNotInstalled)
+	assert.ErrorContains(t, err, "install iproute2")
+	_, err = netstat(want, time.Second, discard)
+	assert.ErrorIs(t, err, errNotInstalled)
+
+	want.ClientPorts = want.Ports
+	_, err = (&Flags{source: "ss", commandTimeout: time.Second}).New(want, discard)
+	assert.ErrorIs(t, err, ErrNoTool, "--clients.processes needs a tool")
+
+	require.NoError(t, os.Symlink(netstatPath, filepath.Join(dir, "netstat")))
+	c, err := netstat(want, time.Second, discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"netstat", "-tanpW"}, c.runner.Argv())
+}
+
+func TestImpliedStateNeedsExactlyOneStateFilter(t *testing.T) {
+	assert.Equal(t, socket.StateEstablished, impliedState(strings.Fields("ss -Htn state established ( sport = :8500 )")))
+	assert.Equal(t, socket.StateCloseWait, impliedState(strings.Fields("ip netns exec consul ss -tn state close-wait")))
+	assert.Equal(t, socket.StateUnknown, impliedState(strings.Fields("ss -Htan state established state close-wait")))
+	assert.Equal(t, socket.StateUnknown, impliedState(strings.Fields("ss -tan")))
+}
+
+func TestFlagsRefuseContradictions(t *testing.T) {
+	want := Want{Ports: []uint16{8500}, States: states}
+	for _, tc := range []struct {
+		flags Flags
+		err   string
+	}{
+		{Flags{source: "netlink", sourceSet: true, command: "cat x", commandTimeout: time.Second}, "--command goes with --source command"},
+		{Flags{source: "command", commandTimeout: time.Second}, "--source command needs --command"},
+		{Flags{source: "ss", commandTimeout: 0}, "--command.timeout must be positive"},
+		{Flags{source: "ss", command: `ss "unclosed`, commandTimeout: time.Second}, "--command"},
+	} {
+		_, err := tc.flags.New(want, discard)
+		assert.ErrorContains(t, err, tc.err)
+	}
+	_, err := (&Flags{source: "netlink", commandTimeout: time.Second}).New(Want{Ports: want.Ports, States: states, ClientPorts: want.Ports}, discard)
+	assert.ErrorContains(t, err, "--clients.processes needs ss or netstat")
+}
+
+// A table that cannot be trusted fails the read, with one line naming why.
+func TestUnreadableTablesFail(t *testing.T) {
+	summary, err := os.ReadFile("../fixtures/ss-iproute2-6.1.0_s-summary_mixed.txt")
+	require.NoError(t, err)
+	for name, tc := range map[string]struct{ text, err string }{
+		"garbage":                  {"garbage\n", "that are not ss or netstat socket rows"},
+		"summary instead of table": {string(summary), "that are not ss or netstat socket rows"},
+		"headers only":             {"Proto Recv-Q Send-Q Local Address Foreign Address State\n", "no socket rows"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := NewText(name, tc.text, socket.StateUnknown, false).Read(context.Background(), func(socket.Socket) {}, func() {})
+			require.ErrorContains(t, err, tc.err)
+			assert.NotContains(t, err.Error(), "\n")
+		})
+	}
+}
+
+func TestCommandFailuresFailTheRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts programs; run without -short")
+	}
+	for name, tc := range map[string]struct {
+		argv []string
+		err  string
+	}{
+		"command missing":            {[]string{"no-such-command-for-consul-conn-exporter"}, "cannot run"},
+		"non-zero exit":              {[]string{"ls", "/no/such/dir"}, "exited with status 2"},
+		"headers only and stderr":    {[]string{"sh", "-c", "echo 'Proto Recv-Q Send-Q Local Address Foreign Address State'; echo 'netstat: /proc/net/tcp: No such file or directory' >&2"}, "wrote to stderr: netstat: /proc/net/tcp"},
+		"a table of garbage printed": {[]string{"echo", "garbage"}, "that are not ss or netstat socket rows"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, err := runner.New(10*time.Second, tc.argv)
+			require.NoError(t, err)
+			err = NewCommand(r, socket.StateUnknown, false, discard).Read(context.Background(), func(socket.Socket) {}, func() {})
+			require.ErrorContains(t, err, tc.err)
+			assert.NotContains(t, err.Error(), "\n")
+		})
+	}
+}
+
+// rows are the sockets src reads, as "state local peer", sorted.
+func rows(t *testing.T, src Source) []string {
+	t.Helper()
+	var rows []string
+	require.NoError(t, src.Read(context.Background(), func(s socket.Socket) {
+		rows = append(rows, fmt.Sprintf("%s %s %s", s.State, s.Local, s.Peer))
+	}, func() { rows = nil }))
+	slices.Sort(rows)
+	return rows
+}
+
+// The built-in reader and ss, each filtering in the kernel, read the same
+// sockets: IPv4, IPv6, v4-mapped, CLOSE-WAIT, and not an unwatched port.
+func TestBuiltInReaderReadsWhatSSReads(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	v4, v6, mapped, other := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "::1"), loopback.Listen(t, "::ffff:127.0.0.2"), loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, v4, "127.0.0.11", 20)
+	loopback.Open(t, v6, "::1", 7)
+	loopback.Open(t, mapped, "127.0.0.13", 5)
+	loopback.Open(t, other, "127.0.0.14", 4) // not watched
+	for _, pair := range loopback.Open(t, v4, "127.0.0.15", 2) {
+		require.NoError(t, pair.Client.Close())
+		_, err := pair.Server.Read(make([]byte, 1))
+		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
+	}
+	want := Want{Ports: []uint16{v4.Port(), v6.Port(), mapped.Port()}, States: states}
+	viaSS, err := ss(want, 10*time.Second, discard)
+	require.NoError(t, err)
+	builtIn := rows(t, sockdiag.New(want.Ports, want.States, 10*time.Second))
+	assert.Len(t, builtIn, 20+7+5+2)
+	assert.Equal(t, rows(t, viaSS), builtIn)
+}
