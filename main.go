@@ -27,12 +27,11 @@ import (
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
-	"github.com/prometheus/exporter-toolkit/web"
-	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/check"
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
@@ -40,6 +39,10 @@ import (
 )
 
 const name = "consul_conn_exporter"
+
+// minInterval is the shortest --interval: below it the exporter would only
+// spin.
+const minInterval = 100 * time.Millisecond
 
 // Exit codes, for cron and systemd; check's are its verdicts.
 const (
@@ -73,6 +76,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	s.logger.Info("starting", "version", version.Info(), "source", s.source)
+	if s.textfile != "" {
+		// What an exporter killed mid-write left; a refused directory is
+		// said by the first write.
+		if n, _ := textfile.RemoveLeftovers(s.textfile); n > 0 {
+			s.logger.Info("removed temporary files an earlier run left", "dir", s.textfile, "files", n)
+		}
+	}
 	if s.once {
 		if !delivery.Once(s.collector, s.outputs, s.logger) {
 			return exitFailed
@@ -80,43 +90,41 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGHUP too: a hangup must not cut a write short.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	go s.limits.Run(ctx)
 	serverDone := make(chan error, 1)
 	if s.serveWeb {
-		server, err := delivery.Server(s.collector, name, s.metricsPath)
-		if err != nil {
-			s.logger.Error("cannot serve", "err", err)
-			return exitFailed
-		}
-		go func() { serverDone <- web.ListenAndServe(server, s.web, s.logger) }()
-		defer server.Shutdown(context.Background())
+		go func() { serverDone <- delivery.Serve(ctx, s.collector, name, s.web, s.logger) }()
 	}
 	if err := delivery.Every(ctx, s.interval, s.collector, s.outputs, serverDone, s.logger); err != nil {
 		s.logger.Error("web server stopped", "err", err)
 		return exitFailed
 	}
 	s.logger.Info("stopping")
+	if s.serveWeb {
+		<-serverDone // scrapes under way finish, within the grace
+	}
 	return exitOK
 }
 
 // setup is the command line, parsed and checked once, as the parts it
 // names.
 type setup struct {
-	check       *check.Flags // nil unless the check command was given
-	collector   *collector.Collector
-	source      string
-	noTool      error // no tool can print the table: only check reports on
-	limits      *limits.Source
-	outputs     []*delivery.Output
-	once        bool
-	interval    time.Duration
-	serveWeb    bool
-	web         *web.FlagConfig
-	metricsPath string
-	gomaxprocs  int
-	logger      *slog.Logger
+	check      *check.Flags // nil unless the check command was given
+	collector  *collector.Collector
+	source     string
+	noTool     error // no tool can print the table: only check reports on
+	limits     *limits.Source
+	outputs    []*delivery.Output
+	textfile   string // the textfile output's directory, "" for none
+	once       bool
+	interval   time.Duration
+	serveWeb   bool
+	web        *delivery.WebFlags
+	gomaxprocs int
+	logger     *slog.Logger
 }
 
 func parse(args []string, stderr io.Writer) (*setup, error) {
@@ -132,12 +140,11 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	limitFlags := limits.AddFlags(app)
 	textfileFlags := textfile.AddFlags(app)
 	pushFlags := pushgateway.AddFlags(app, name)
-	s := &setup{web: kingpinflag.AddFlags(app, "")}
-	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&s.metricsPath)
+	s := &setup{web: delivery.AddWebFlags(app)}
 	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&s.once)
 	app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").DurationVar(&s.interval)
 	app.Flag("runtime.gomaxprocs", "The target number of CPUs Go will run on (GOMAXPROCS): one is enough, a collection is one pipeline from the table to a count.").
-		Default("1").IntVar(&s.gomaxprocs)
+		Default("1").SetValue(wholenumber.Of(&s.gomaxprocs))
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
 
@@ -158,11 +165,13 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	if err != nil {
 		return nil, err
 	}
-	*s.web.WebListenAddresses = slices.DeleteFunc(*s.web.WebListenAddresses, func(a string) bool { return a == "" })
-	s.serveWeb = len(*s.web.WebListenAddresses) > 0 || *s.web.WebSystemdSocket
+	s.serveWeb = s.web.Enabled()
+	if err := s.web.Validate(); err != nil {
+		return nil, err
+	}
 	switch {
-	case s.interval <= 0:
-		return nil, errors.New("--interval must be positive")
+	case s.interval < minInterval:
+		return nil, fmt.Errorf("--interval must be %s or more: each collection runs ss, or reads the kernel's table", minInterval)
 	case s.once && s.serveWeb:
 		return nil, errors.New("--once cannot serve --web.listen-address: a server runs until stopped")
 	case s.gomaxprocs < 1:
@@ -173,6 +182,10 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	}
 	if textfileFlags.Set || (!s.serveWeb && !pushFlags.Enabled()) {
 		dir := textfileFlags.Dir
+		if dir == "" {
+			return nil, errors.New("--textfile.directory must not be empty")
+		}
+		s.textfile = dir
 		s.outputs = append(s.outputs, &delivery.Output{Name: "textfile " + dir, Write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
 	}
 	pusher, err := pushFlags.Pusher(s.logger)

@@ -19,7 +19,7 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 	}{
 		{[]string{"--bogus"}, exitBadUsage, "unknown long flag '--bogus'"},
 		{[]string{"--port", "0"}, exitBadUsage, "--port 0: not a TCP port"},
-		{[]string{"--interval", "0s"}, exitBadUsage, "--interval must be positive"},
+		{[]string{"--interval", "0s"}, exitBadUsage, "--interval must be 100ms or more"},
 		{[]string{"--once", "--web.listen-address", ":9999"}, exitBadUsage, "--once cannot serve"},
 		{[]string{"--runtime.gomaxprocs", "0"}, exitBadUsage, "--runtime.gomaxprocs must be 1 or more"},
 		{[]string{"--source", "command"}, exitBadUsage, "--source command needs --command"},
@@ -27,6 +27,16 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 		{[]string{"--bogus", "check"}, 3, "unknown long flag '--bogus'"},
 		{[]string{"--port", "x", "check"}, 3, "--port x: not a TCP port"},
 		{[]string{"check", "--warning", "0.9", "--critical", "0.8"}, 3, "--warning 0.9 is above --critical 0.8"},
+		{[]string{"--warning", "0.5", "check"}, 3, "unknown long flag '--warning'"},
+		{[]string{"--clients.top=-1", "check"}, 3, "--clients.top must be 0 or more"},
+		{[]string{"check", "--warning", "nan"}, 3, "must be numbers"},
+		{[]string{"check", "--critical", "inf"}, 3, "must be numbers"},
+		{[]string{"--interval", "1ns"}, exitBadUsage, "--interval must be 100ms or more"},
+		{[]string{"--limit.refresh", "1ns"}, exitBadUsage, "--limit.refresh must be 1s or more"},
+		{[]string{"--textfile.directory", ""}, exitBadUsage, "--textfile.directory must not be empty"},
+		{[]string{"--clients.top", "1e3"}, exitBadUsage, `"1e3" is not a whole number`},
+		{[]string{"--web.telemetry-path", ""}, exitBadUsage, "--web.telemetry-path"},
+		{[]string{"--web.telemetry-path", "/ metrics"}, exitBadUsage, "--web.telemetry-path"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

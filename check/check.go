@@ -7,6 +7,7 @@ package check
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -64,6 +65,8 @@ func AddFlags(cmd *kingpin.CmdClause) *Flags {
 // Validate says what is wrong with the thresholds, before any collection.
 func (f *Flags) Validate() error {
 	switch {
+	case math.IsNaN(f.warning) || math.IsNaN(f.critical) || math.IsInf(f.warning, 0) || math.IsInf(f.critical, 0):
+		return errors.New("--warning and --critical must be numbers (shares of the limit, e.g. 0.8 and 1.0)")
 	case f.warning < 0 || f.critical <= 0:
 		return errors.New("--warning must be 0 or more and --critical more than 0 (shares of the limit, e.g. 0.8 and 1.0)")
 	case f.warning > f.critical:
@@ -91,9 +94,10 @@ type Report struct {
 
 // Group is one limiter group's counts.
 type Group struct {
-	Name         string   `json:"name"`       // http or rpc
-	LimitName    string   `json:"limit_name"` // Consul's setting
-	Limit        int      `json:"limit"`      // 0 when not known
+	Name         string   `json:"name"`               // http or rpc
+	LimitName    string   `json:"limit_name"`         // Consul's setting
+	Limit        int      `json:"limit"`              // 0 when none, or not known
+	NoLimit      bool     `json:"no_limit,omitempty"` // Consul's 0: no per-client limit
 	MaxPerClient int      `json:"max_per_client"`
 	Ports        []Port   `json:"ports"`
 	Clients      []Client `json:"clients"`
@@ -141,6 +145,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 	}
 	for _, g := range res.Groups {
 		group := Group{Name: g.Name, LimitName: g.Setting(), Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
+		group.NoLimit = g.Limit == 0 && (!res.Limits.Auto || res.Limits.ReadOK)
 		for _, port := range g.Counts.Ports() {
 			p := Port{Port: port, Open: g.Counts.Total(port), ByState: map[string]int{}}
 			for _, state := range g.Counts.States() {
@@ -189,7 +194,7 @@ func (f *Flags) judge(r *Report, lim limits.Snapshot) {
 		// is at the agent's HTTP limit, the very thing to warn of.
 		r.Status, r.Reason = Critical, "the Consul agent answered 429 Too Many Requests to this host: its address holds every connection http_max_conns_per_client allows"
 		return
-	case lim.Auto && (!lim.ReadOK || r.missingLimit()):
+	case lim.Auto && !lim.ReadOK:
 		reason := "the limit could not be read from the Consul agent"
 		if lim.ReadErr != nil {
 			reason = lim.ReadErr.Error()
@@ -198,6 +203,11 @@ func (f *Flags) judge(r *Report, lim limits.Snapshot) {
 		return
 	case r.worst == nil:
 		r.Status, r.Reason = OK, "no client holds a connection"
+		for _, g := range r.Groups {
+			if len(g.Clients) > 0 {
+				r.Reason = "no per-client limit applies to the connections held"
+			}
+		}
 		return
 	}
 	w := r.worst
@@ -207,20 +217,11 @@ func (f *Flags) judge(r *Report, lim limits.Snapshot) {
 	} else if w.client.Share >= f.warning {
 		r.Status = Warning
 	}
-	r.Reason = fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%.0f%%)",
-		w.client.Client, w.client.Connections, w.group.Limit, strings.ToUpper(w.group.Name), w.group.LimitName, 100*w.client.Share)
+	r.Reason = fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%s)",
+		w.client.Client, w.client.Connections, w.group.Limit, strings.ToUpper(w.group.Name), w.group.LimitName, percent(w.client.Share))
 	if programs := processList(w.client.Processes); programs != "" {
 		r.Reason += ": " + programs
 	}
-}
-
-func (r *Report) missingLimit() bool {
-	for _, g := range r.Groups {
-		if g.Limit == 0 {
-			return true
-		}
-	}
-	return false
 }
 
 func share(n, limit int) float64 {
@@ -228,6 +229,13 @@ func share(n, limit int) float64 {
 		return 0
 	}
 	return float64(n) / float64(limit)
+}
+
+// percent is share as a whole percentage rounded down, so that the text
+// never shows a share the verdict did not reach (199 of 200 is 99%, not
+// the 100% of CRITICAL).
+func percent(share float64) string {
+	return fmt.Sprintf("%d%%", int(math.Floor(100*share+1e-9)))
 }
 
 // processList is "nomad 150, consul-template 40".

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"testing"
 
@@ -100,8 +101,26 @@ func TestTextEndsWithTheVerdict(t *testing.T) {
 }
 
 func TestThresholdsAreValidated(t *testing.T) {
-	for _, f := range []Flags{{warning: -0.1, critical: 1}, {warning: 0.8, critical: 0}, {warning: 0.9, critical: 0.8}} {
+	for _, f := range []Flags{{warning: -0.1, critical: 1}, {warning: 0.8, critical: 0}, {warning: 0.9, critical: 0.8}, {warning: math.NaN(), critical: 1}, {warning: 0.8, critical: math.NaN()}, {warning: 0.8, critical: math.Inf(1)}} {
 		assert.Error(t, f.Validate(), fmt.Sprint(f.warning, f.critical))
 	}
 	assert.NoError(t, thresholds.Validate())
+}
+
+func TestSharesShownNeverContradictTheVerdict(t *testing.T) {
+	r := thresholds.Evaluate(result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 199})))
+	assert.Equal(t, Warning, r.Status)
+	assert.Contains(t, r.Reason, "(99%)", "not the 100% of CRITICAL")
+}
+
+func TestNoLimitIsNoVerdict(t *testing.T) {
+	res := result(group(collector.HTTP, 8500, 0, map[string]int{"10.0.0.5": 500}))
+	res.Limits = limits.Snapshot{Auto: true, ReadOK: true}
+	r := thresholds.Evaluate(res)
+	assert.Equal(t, OK, r.Status, "Consul's 0 is no limit, read from the agent")
+	assert.Equal(t, "no per-client limit applies to the connections held", r.Reason)
+	assert.True(t, r.Groups[0].NoLimit)
+	var out bytes.Buffer
+	require.NoError(t, r.WriteText(&out, false))
+	assert.Contains(t, out.String(), "HTTP connections (no per-client limit)")
 }

@@ -52,6 +52,9 @@ func (r Report) WriteText(w io.Writer, color bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, g := range r.Groups {
 		limit := "limit not known"
+		if g.NoLimit {
+			limit = "no per-client limit"
+		}
 		if g.Limit > 0 {
 			limit = fmt.Sprintf("limit %d per client: %s", g.Limit, g.LimitName)
 		}
@@ -71,11 +74,11 @@ func (r Report) WriteText(w io.Writer, color bool) error {
 			fmt.Fprintf(tw, "  CLIENT\tCONNECTIONS\tSHARE\tPROGRAMS\n")
 		}
 		for _, c := range g.Clients {
-			percent := "-"
+			share := "-"
 			if g.Limit > 0 {
-				percent = fmt.Sprintf("%.0f%%", 100*c.Share)
+				share = percent(c.Share)
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", c.Client, c.Connections, percent, processList(c.Processes))
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", c.Client, c.Connections, share, processList(c.Processes))
 		}
 		fmt.Fprintln(tw)
 	}

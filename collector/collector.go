@@ -5,12 +5,14 @@ package collector
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
@@ -117,6 +119,10 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.Processes, unknown = counts.processes.Held()
 		res.ProcessesKnown = unknown == 0
 		c.warnProcesses(unknown)
+	}
+	if _, err := res.metrics(); err != nil {
+		res.Groups, res.Processes, res.ProcessesKnown = nil, nil, false
+		res.Err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
 	}
 	return res
 }

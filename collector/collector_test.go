@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -267,4 +268,37 @@ func BenchmarkCollect(b *testing.B) {
 			b.Fatal(res.Err)
 		}
 	}
+}
+
+// sockets is a source of the sockets given.
+type sockets []socket.Socket
+
+func (s sockets) Read(_ context.Context, add func(socket.Socket), _ func()) error {
+	for _, sock := range s {
+		add(sock)
+	}
+	return nil
+}
+func (s sockets) String() string { return "sockets" }
+
+// A name no source should let through (the parser makes every name safe)
+// still cannot panic the exposition: the collection fails, with one line,
+// and says so in collect_success 0.
+func TestALabelThatCannotBeRenderedFailsTheCollectionNotTheProcess(t *testing.T) {
+	server, client := netip.MustParseAddrPort("127.0.0.1:8500"), netip.MustParseAddrPort("127.0.0.7:40000")
+	config := defaultConfig
+	config.Processes = true
+	res := New(config, sockets{
+		{State: socket.StateEstablished, Local: server, Peer: client},
+		{State: socket.StateEstablished, Local: client, Peer: server, Process: "bad\xff"},
+	}, defaultLimits, discard).Collect(context.Background())
+	require.ErrorContains(t, res.Err, "cannot render the metrics")
+	assert.NotContains(t, res.Err.Error(), "\n")
+	want := `
+# HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
+# TYPE consul_conn_exporter_collect_success gauge
+consul_conn_exporter_collect_success 0
+`
+	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success"))
+	assert.Equal(t, 2, testutil.CollectAndCount(res), "only success and duration")
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
@@ -30,7 +31,7 @@ func AddFlags(app *kingpin.Application) *Flags {
 	app.Flag("states", "Comma-separated TCP states that hold one of Consul's per-client slots.").
 		Default("established,close-wait").StringVar(&f.states)
 	app.Flag("clients.top", "How many of the busiest clients (and local programs) get a sample of their own (0: none).").
-		Default("10").IntVar(&f.topClients)
+		Default("10").SetValue(wholenumber.Of(&f.topClients))
 	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (needs root or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to see other users' programs).").
 		BoolVar(&f.processes)
 	return f

@@ -2,6 +2,8 @@ package collector
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,8 +76,33 @@ func (r Result) Describe(ch chan<- *prometheus.Desc) {
 // Collect sends the result's metrics. A failed result sends no count, so
 // that no graph or alert can take a failure for an idle server.
 func (r Result) Collect(ch chan<- prometheus.Metric) {
+	metrics, err := r.metrics()
+	if err != nil {
+		// Collect checks every result before it is returned (collector's
+		// collect), so this is a result made by hand: report it failed.
+		r.Err = err
+		metrics, _ = r.metrics()
+	}
+	for _, m := range metrics {
+		ch <- m
+	}
+}
+
+// metrics are the result's samples, or why one cannot be made (a label
+// value that is not valid UTF-8, say): the exposition never panics on
+// what others feed it.
+func (r Result) metrics() ([]prometheus.Metric, error) {
+	var (
+		metrics []prometheus.Metric
+		errs    []error
+	)
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+		m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, labels...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", d, labels, err))
+			return
+		}
+		metrics = append(metrics, m)
 	}
 	gauge(durationDesc, r.Duration.Seconds())
 	if r.Limits.Auto {
@@ -83,7 +110,7 @@ func (r Result) Collect(ch chan<- prometheus.Metric) {
 	}
 	if r.Err != nil {
 		gauge(successDesc, 0)
-		return
+		return metrics, errors.Join(errs...)
 	}
 	gauge(successDesc, 1)
 	for _, g := range r.Groups {
@@ -108,6 +135,7 @@ func (r Result) Collect(ch chan<- prometheus.Metric) {
 			gauge(perProcessDesc, float64(p.Count), p.Process)
 		}
 	}
+	return metrics, errors.Join(errs...)
 }
 
 func boolValue(b bool) float64 {

@@ -1,7 +1,11 @@
 package delivery
 
 import (
+	"context"
+	"log/slog"
+	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,10 +18,14 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 )
 
-// Server serves metricsPath, collecting on every scrape, and a landing page
-// at / (unless metricsPath is /). name is the exporter's, for its version
-// metric.
-func Server(coll *collector.Collector, name, metricsPath string) (*http.Server, error) {
+// shutdownGrace bounds how long a stop waits for scrapes under way, even
+// for a client that never reads its answer.
+const shutdownGrace = 5 * time.Second
+
+// Serve serves the metrics path, collecting on every scrape, and a landing
+// page at / (unless the path is /), until ctx is done; then it stops within
+// shutdownGrace. name is the exporter's, for its version metric.
+func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFlags, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		coll.OnScrape(),
@@ -26,18 +34,84 @@ func Server(coll *collector.Collector, name, metricsPath string) (*http.Server, 
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	mux := http.NewServeMux()
-	mux.Handle(metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	if metricsPath != "/" {
+	mux.Handle(f.metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: f.maxRequests}))
+	if f.metricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "Consul connection exporter",
 			Description: "Open HTTP connections to Consul, per client IP and in total",
 			Version:     version.Info(),
-			Links:       []web.LandingLinks{{Address: metricsPath, Text: "Metrics"}},
+			Links:       []web.LandingLinks{{Address: f.metricsPath, Text: "Metrics"}},
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		mux.Handle("/", landing)
 	}
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, nil
+	connections := connectionCap{max: f.maxConnections, since: map[net.Conn]time.Time{}}
+	server := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		// A scrape waits for at most one collection, which the command
+		// timeout bounds; a client slower than this to read is dropped.
+		WriteTimeout: time.Minute,
+		IdleTimeout:  time.Minute,
+		ConnState:    connections.track,
+	}
+	served := make(chan error, 1)
+	go func() { served <- web.ListenAndServe(server, f.Toolkit, logger) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	stop, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := server.Shutdown(stop); err != nil {
+		return server.Close()
+	}
+	return nil
+}
+
+// connectionCap keeps at most max connections open: past it, the one
+// waiting longest without a request under way (idle keep-alive, or never
+// sent one) is closed. Idle connections cannot pile up until the exporter
+// has no file descriptor left to run ss with, nor keep a new scrape out.
+type connectionCap struct {
+	max   int
+	mu    sync.Mutex
+	since map[net.Conn]time.Time // the waiting ones; active ones are absent
+	open  int
+}
+
+func (c *connectionCap) track(conn net.Conn, state http.ConnState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch state {
+	case http.StateNew:
+		c.open++
+		c.since[conn] = time.Now()
+		if c.open > c.max {
+			c.closeLongestWaiting()
+		}
+	case http.StateIdle:
+		c.since[conn] = time.Now()
+	case http.StateActive:
+		delete(c.since, conn)
+	case http.StateClosed, http.StateHijacked:
+		c.open--
+		delete(c.since, conn)
+	}
+}
+
+func (c *connectionCap) closeLongestWaiting() {
+	var oldest net.Conn
+	for conn, since := range c.since {
+		if oldest == nil || since.Before(c.since[oldest]) {
+			oldest = conn
+		}
+	}
+	if oldest != nil {
+		oldest.Close() // its StateClosed follows
+		delete(c.since, oldest)
+	}
 }

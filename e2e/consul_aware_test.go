@@ -182,7 +182,7 @@ sys.stdin.read()
 		t.Setenv("CONSUL_HTTP_TOKEN_FILE", tokenFile)
 		dir := t.TempDir()
 		startUntil(t, "msg=starting", append([]string{binary, "--textfile.directory", dir, "--limit", "auto",
-			"--limit.refresh", "100ms", "--interval", "50ms"}, watch...)...)
+			"--limit.refresh", "1s", "--interval", "100ms"}, watch...)...)
 		limit := func() float64 {
 			return readMetrics(t, filepath.Join(dir, textfile.FileName))["consul_http_max_conns_per_client"]
 		}

@@ -180,7 +180,7 @@ func release(t *testing.T, gate string) {
 
 func TestPushFailuresAreLoggedOnceAndTheLoopGoesOn(t *testing.T) {
 	cmd := exec.Command(binary, "--command", "true", "--push.url", "http://"+freeAddr(t),
-		"--interval", "10ms", "--push.timeout", "1s", "--log.level", "debug")
+		"--interval", "100ms", "--push.timeout", "1s", "--log.level", "debug")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -220,5 +220,74 @@ func TestWebConfigFileGivesBasicAuth(t *testing.T) {
 	req.SetBasicAuth("prometheus", "s3cret")
 	resp, err = http.DefaultClient.Do(req)
 	require.NoError(t, err)
-	assert.Equal(t, 1.0, parseBody(t, resp)["consul_conn_exporter_collect_success"])
+	assert.Equal(t, 1.0, value(t, parseBody(t, resp), "consul_conn_exporter_collect_success"))
+}
+
+func TestABrokenWebConfigFileIsAUsageError(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "web.yml")
+	require.NoError(t, os.WriteFile(config, []byte("basic_auth_users: [not, a, map]\n"), 0o600))
+	res := exporter(t, "", "--web.listen-address="+freeAddr(t), "--web.config.file="+config, "--command", "true")
+	assert.Equal(t, 2, res.exit, res.stderr)
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %q", res.stderr)
+	assert.NotContains(t, res.stderr, "Listening on")
+}
+
+// Idle keep-alive connections past --web.max-connections are closed as
+// they come: under a limit of 150 open files, 300 of them cannot stop the
+// collections, the textfile or a new scrape.
+func TestIdleConnectionsCannotStarveTheExporter(t *testing.T) {
+	prlimit := programs.Need(t, "prlimit", "apt-get install util-linux")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	dir, addr := t.TempDir(), freeAddr(t)
+	startServer(t, prlimit, "--nofile=150", binary, "--web.listen-address="+addr, "--textfile.directory", dir,
+		"--interval", "100ms", "--web.max-connections", "50", "--port", "1")
+	var idle []net.Conn
+	t.Cleanup(func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	})
+	for range 300 {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		idle = append(idle, c)
+	}
+	file := filepath.Join(dir, textfile.FileName)
+	var before os.FileInfo
+	require.Eventually(t, func() bool {
+		var err error
+		before, err = os.Stat(file)
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond, "the textfile is written")
+	require.Eventually(t, func() bool {
+		after, err := os.Stat(file)
+		return err == nil && after.ModTime().After(before.ModTime())
+	}, 10*time.Second, 50*time.Millisecond, "the textfile is still written")
+	assert.Equal(t, 1.0, value(t, readMetrics(t, file), "consul_conn_exporter_collect_success"))
+	assert.Equal(t, 1.0, value(t, scrape(t, "http://"+addr+"/metrics"), "consul_conn_exporter_collect_success"), "a new scrape is served")
+}
+
+// A client that never finishes its request holds a connection open; a
+// stop still ends the exporter within the grace of a few seconds.
+func TestStopIsBoundedByAClientThatNeverFinishes(t *testing.T) {
+	addr := freeAddr(t)
+	cmd := exec.Command(binary, "--web.listen-address="+addr, "--command", "true")
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill() })
+	lines := bufio.NewScanner(stderr)
+	for lines.Scan() && !strings.Contains(lines.Text(), "Listening on") {
+	}
+	go io.Copy(io.Discard, stderr)
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = io.WriteString(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n") // no blank line: never done
+	require.NoError(t, err)
+
+	stopped := time.Now()
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait())
+	assert.Less(t, time.Since(stopped), 8*time.Second)
 }

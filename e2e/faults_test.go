@@ -91,7 +91,7 @@ func TestTextfileDirectoryThatIsAFileIsNamed(t *testing.T) {
 }
 
 func TestSIGTERMBetweenBackToBackWritesLeavesAWholeFile(t *testing.T) {
-	// Writes back to back, 1 ms apart; each run is stopped after a
+	// Writes back to back, 100 ms apart (the shortest --interval); each run is stopped after a
 	// different number of writes. The loop takes a signal only between
 	// collections, so this proves that a stop never cuts a write short
 	// and leaves no temporary file, not that a write survives a signal
@@ -99,7 +99,7 @@ func TestSIGTERMBetweenBackToBackWritesLeavesAWholeFile(t *testing.T) {
 	for stopAfter := 1; stopAfter <= 10; stopAfter++ {
 		dir := t.TempDir()
 		cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt",
-			"--port", "8500", "--interval", "1ms", "--log.level", "debug")
+			"--port", "8500", "--interval", "100ms", "--log.level", "debug")
 		stderr, err := cmd.StderrPipe()
 		require.NoError(t, err)
 		require.NoError(t, cmd.Start())
@@ -138,3 +138,38 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 
 // runAsNobody runs the exporter as the nobody user with no capabilities,
 // writing its textfile into a directory of its own.
+
+// A program's name is chosen by whoever runs it (prctl(PR_SET_NAME), any
+// bytes but NUL). One that is not UTF-8, held by nobody against the watched
+// port, is named safely, and every count stays.
+func TestAHostileProgramNameCannotBlindTheExporter(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	// Debian's, which nobody can run (not one in root's home).
+	python := programs.Need(t, "/usr/bin/python3", "apt-get install python3")
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.41", 3)
+	argv := append(programs.AsNobody(t), python, "-c", `
+import ctypes, os, socket, sys
+ctypes.CDLL(None).prctl(15, os.fsencode(sys.argv[1]), 0, 0, 0)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+print("ready", flush=True)
+sys.stdin.read()
+`, "bad\xff", port(l))
+	py := exec.Command(argv[0], argv[1:]...)
+	stdin, err := py.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := py.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, py.Start())
+	t.Cleanup(func() { stdin.Close(); py.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "ready\n", line)
+	require.Equal(t, "bad\xff", comm(t, py.Process.Pid))
+
+	res := exporter(t, t.TempDir(), "--once", "--clients.processes", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+	assert.Equal(t, 4.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+	assert.Equal(t, 1.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="bad`+"\uFFFD"+`"}`))
+}

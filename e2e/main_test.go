@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,7 +226,16 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--states", "listen"},
 		{"--states", "time-wait"},
 		{"--states", "establishd"},
-		{"--limit", "0"},
+		{"--limit", "-5"},
+		{"--interval", "50ms"},
+		{"--limit.refresh", "10ms"},
+		{"--textfile.directory", ""},
+		{"--clients.top", "1e3"},
+		{"--runtime.gomaxprocs", "0"},
+		{"--web.telemetry-path", ""},
+		{"--web.telemetry-path", "metrics"},
+		{"--web.telemetry-path", "/ metrics"},
+		{"--web.max-connections", "0"},
 		{"--limit", "abc"},
 		{"--rpc.limit", "-1"},
 		{"--rpc.port", "0"},
@@ -270,7 +280,7 @@ func TestRefusedTextfileDirectoryExitsOneOnceAndIsLoggedOncePerChange(t *testing
 
 	// Long-running: the refusal is logged once, not every interval, and so
 	// is the recovery once the directory is fixed.
-	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "20ms", "--log.level", "debug")
+	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "100ms", "--log.level", "debug")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -300,25 +310,47 @@ func TestRefusedTextfileDirectoryExitsOneOnceAndIsLoggedOncePerChange(t *testing
 	assertOnlyOurFile(t, dir)
 }
 
-func TestLoopWritesUntilSIGTERMThenExitsZero(t *testing.T) {
-	dir := t.TempDir()
-	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "50ms", "--log.level", "debug")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill() })
+// SIGINT, SIGTERM and SIGHUP each stop the loop between writes: exit 0,
+// one log line, a whole file and no temporary one.
+func TestLoopWritesUntilASignalThenExitsZero(t *testing.T) {
+	for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "100ms", "--log.level", "debug")
+			stderr, err := cmd.StderrPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { cmd.Process.Kill() })
 
-	// Wait for the second collection's log line: the loop goes on by itself.
-	buf := make([]byte, 64<<10)
-	var log string
-	for strings.Count(log, "msg=collected ok=true") < 2 {
-		n, err := stderr.Read(buf)
-		require.NoError(t, err, "exporter stopped early: %s", log)
-		log += string(buf[:n])
+			// Wait for the second collection's log line: the loop goes on by itself.
+			lines := bufio.NewScanner(stderr)
+			var log []string
+			for collected := 0; collected < 2; {
+				require.True(t, lines.Scan(), "exporter stopped early: %s", strings.Join(log, "\n"))
+				log = append(log, lines.Text())
+				if strings.Contains(lines.Text(), "msg=collected ok=true") {
+					collected++
+				}
+			}
+			require.NoError(t, cmd.Process.Signal(sig))
+			for lines.Scan() {
+				log = append(log, lines.Text())
+			}
+			require.NoError(t, cmd.Wait(), "exit 0 on %s", sig)
+			assert.Equal(t, 1, strings.Count(strings.Join(log, "\n"), "msg=stopping"))
+			assert.Equal(t, 1.0, value(t, readMetrics(t, filepath.Join(dir, textfile.FileName)), "consul_conn_exporter_collect_success"))
+			assertOnlyOurFile(t, dir)
+		})
 	}
-	require.NoError(t, cmd.Process.Signal(os.Interrupt))
-	require.NoError(t, cmd.Wait(), "exit 0 on a signal")
-	assert.Equal(t, 1.0, readMetrics(t, filepath.Join(dir, textfile.FileName))["consul_conn_exporter_collect_success"])
+}
+
+func TestTemporaryFilesAnEarlierRunLeftAreRemovedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	leftover := filepath.Join(dir, "."+textfile.FileName+".KILLED9.tmp")
+	require.NoError(t, os.WriteFile(leftover, []byte("consul_open_http_conn"), 0o644))
+	res := exporter(t, dir, "--once", "--command", "true")
+	assert.Equal(t, 0, res.exit, res.stderr)
+	assert.Contains(t, res.stderr, "removed temporary files an earlier run left")
 	assertOnlyOurFile(t, dir)
 }
 

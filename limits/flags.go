@@ -18,7 +18,7 @@ type Flags struct {
 // AddFlags declares the limits' flags on app.
 func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
-	app.Flag("limit", "Consul's http_max_conns_per_client, or auto to read it from the agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN_FILE, ... as for the consul CLI; the token needs agent:read).").
+	app.Flag("limit", "Consul's http_max_conns_per_client (0: no limit), or auto to read it from the agent (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN_FILE, ... as for the consul CLI; the token needs agent:read).").
 		Default("200").StringVar(&f.http)
 	app.Flag("rpc.limit", "Consul's rpc_max_conns_per_client for the --rpc.port group, or auto.").
 		Default("100").StringVar(&f.rpc)
@@ -40,8 +40,8 @@ func (f *Flags) Source(httpPorts, rpcPorts []uint16, logger *slog.Logger) (*Sour
 	if len(rpcPorts) == 0 {
 		rpc = Limit{} // no RPC group: nothing to read or report
 	}
-	if f.refresh <= 0 {
-		return nil, errors.New("--limit.refresh must be positive")
+	if f.refresh < time.Second {
+		return nil, errors.New("--limit.refresh must be 1s or more: each refresh is a request to the agent")
 	}
 	return NewSource(http, rpc, httpPorts, rpcPorts, f.refresh, logger)
 }

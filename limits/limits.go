@@ -21,6 +21,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/bodylimit"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 )
@@ -31,22 +32,23 @@ type Limit struct {
 	Auto bool
 }
 
-// ParseLimit reads "auto" or a positive number of connections.
+// ParseLimit reads "auto" or a number of connections, 0 for none (as in
+// Consul's configuration).
 func ParseLimit(s string) (Limit, error) {
 	if s == "auto" {
 		return Limit{Auto: true}, nil
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		return Limit{}, fmt.Errorf("%q is neither a positive number of connections nor auto", s)
+	if err != nil || n < 0 {
+		return Limit{}, fmt.Errorf("%q is neither a number of connections (0: no limit) nor auto", s)
 	}
 	return Limit{N: n}, nil
 }
 
 // Snapshot is what is known of the limits at one moment.
 type Snapshot struct {
-	// HTTP and RPC are the per-client limits, 0 where not known (auto and
-	// not read yet).
+	// HTTP and RPC are the per-client limits: 0 where there is none, or
+	// where it is not known (auto, and no read has worked: ReadOK false).
 	HTTP, RPC int
 	// Auto is set when a limit is read from the agent; then ReadOK says
 	// whether the last read worked and ReadErr why not.
@@ -63,8 +65,10 @@ type Source struct {
 	http, rpc            Limit
 	httpPorts, rpcPorts  []uint16
 	refresh, readTimeout time.Duration
-	client               *api.Client // nil when no limit is auto
-	logger               *slog.Logger
+	// agent is how to reach the agent, nil when no limit is auto. A client
+	// is made from it at each read, so that a rotated token file is read.
+	agent  *api.Config
+	logger *slog.Logger
 
 	first     sync.Once
 	mu        sync.Mutex
@@ -103,12 +107,14 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 		return nil, fmt.Errorf("consul client for --limit auto: %w", err)
 	}
 	client.Timeout = s.readTimeout
+	client.Transport = bodylimit.Transport(client.Transport, maxAnswer)
 	config.HttpClient = client
-	if s.client, err = api.NewClient(config); err != nil {
-		return nil, fmt.Errorf("consul client for --limit auto: %w", err)
-	}
+	s.agent = config
 	return s, nil
 }
+
+// maxAnswer bounds the agent's answer: /v1/agent/self is a few KiB.
+const maxAnswer = 1 << 20
 
 // Snapshot is the limits as last known; the agent is read first if it
 // has not been yet, so that a single collection says its limit.
@@ -122,7 +128,7 @@ func (s *Source) Snapshot() Snapshot {
 // Run reads the agent now (unless a snapshot has) and every refresh until
 // ctx is done; with no auto limit it returns at once.
 func (s *Source) Run(ctx context.Context) {
-	if s.client == nil {
+	if s.agent == nil {
 		return
 	}
 	ticker := time.NewTicker(s.refresh)
@@ -140,23 +146,13 @@ func (s *Source) Run(ctx context.Context) {
 
 // firstRead reads the agent now if no read has been made yet.
 func (s *Source) firstRead() {
-	if s.client != nil {
+	if s.agent != nil {
 		s.first.Do(s.read)
 	}
 }
 
 func (s *Source) read() {
-	self, err := s.client.Agent().Self()
-	var httpLimit, rpcLimit int
-	if err == nil {
-		config := self["DebugConfig"]
-		httpLimit, rpcLimit = number(config["HTTPMaxConnsPerClient"]), number(config["RPCMaxConnsPerClient"])
-		if httpLimit <= 0 || rpcLimit <= 0 {
-			err = errors.New("the agent's DebugConfig has no HTTPMaxConnsPerClient and RPCMaxConnsPerClient")
-		} else {
-			s.warnUnwatched(config)
-		}
-	}
+	httpLimit, rpcLimit, err := s.ask()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
@@ -183,6 +179,33 @@ func (s *Source) read() {
 	if s.rpc.Auto {
 		s.snapshot.RPC = rpcLimit
 	}
+}
+
+// ask reads the limits that are auto from the agent. A limit of 0 is
+// Consul's "no limit".
+func (s *Source) ask() (httpLimit, rpcLimit int, err error) {
+	config := *s.agent // NewClient writes the token it reads into its config
+	client, err := api.NewClient(&config)
+	if err != nil {
+		return 0, 0, err
+	}
+	self, err := client.Agent().Self()
+	if err != nil {
+		return 0, 0, err
+	}
+	debug := self["DebugConfig"]
+	limit := func(l Limit, key string) int {
+		v, ok := debug[key].(float64)
+		if l.Auto && !ok && err == nil {
+			err = fmt.Errorf("the agent's DebugConfig has no %s", key)
+		}
+		return max(int(v), 0)
+	}
+	httpLimit, rpcLimit = limit(s.http, "HTTPMaxConnsPerClient"), limit(s.rpc, "RPCMaxConnsPerClient")
+	if err == nil {
+		s.warnUnwatched(debug)
+	}
+	return httpLimit, rpcLimit, err
 }
 
 // explain is err on one line, with what grants access where that is the

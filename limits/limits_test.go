@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -120,7 +122,7 @@ func TestNumberedLimitsNeedNoAgent(t *testing.T) {
 	s, err := NewSource(Limit{N: 200}, Limit{N: 100}, nil, nil, time.Minute, discard)
 	require.NoError(t, err)
 	assert.Equal(t, Snapshot{HTTP: 200, RPC: 100}, s.Snapshot())
-	for _, bad := range []string{"0", "-1", "many", ""} {
+	for _, bad := range []string{"-1", "many", "", "1e3"} {
 		_, err := ParseLimit(bad)
 		assert.Error(t, err, bad)
 	}
@@ -152,4 +154,51 @@ func TestA429SentBeforeTheRequestIsRead(t *testing.T) {
 		snap := s.Snapshot()
 		require.True(t, snap.TooManyConnections, "%v", snap.ReadErr)
 	}
+}
+
+// Consul's 0 is "no limit"; a group that is not watched is not read.
+func TestZeroIsNoLimitAndOnlyTheWatchedGroupsAreRead(t *testing.T) {
+	var a atomic.Value
+	a.Store(response{200, `{"DebugConfig": {"HTTPMaxConnsPerClient": 0, "HTTPPort": 8500}}`})
+	agent(t, &a)
+	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, discard)
+	require.NoError(t, err)
+	snap := s.Snapshot()
+	require.True(t, snap.ReadOK, "%v", snap.ReadErr)
+	assert.Zero(t, snap.HTTP)
+	l, err := ParseLimit("0")
+	require.NoError(t, err)
+	assert.Equal(t, Limit{}, l)
+}
+
+func TestTheTokenFileIsReadAtEveryRefresh(t *testing.T) {
+	var tokens []string
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tokens = append(tokens, r.Header.Get("X-Consul-Token"))
+		io.WriteString(w, self)
+	}))
+	t.Cleanup(server.Close)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	t.Setenv("CONSUL_HTTP_ADDR", strings.TrimPrefix(server.URL, "http://"))
+	t.Setenv("CONSUL_HTTP_TOKEN", "")
+	t.Setenv("CONSUL_HTTP_TOKEN_FILE", tokenFile)
+	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, discard)
+	require.NoError(t, err, "a missing token file is a failed read, not a failed start")
+	snap := s.Snapshot()
+	assert.False(t, snap.ReadOK)
+	assert.ErrorContains(t, snap.ReadErr, "token")
+
+	require.NoError(t, os.WriteFile(tokenFile, []byte("first\n"), 0o600))
+	s.read()
+	require.NoError(t, os.WriteFile(tokenFile, []byte("rotated\n"), 0o600))
+	s.read()
+	assert.Equal(t, []string{"first", "rotated"}, tokens)
+	assert.True(t, s.Snapshot().ReadOK)
+}
+
+func TestAHugeAnswerIsRefusedNotRead(t *testing.T) {
+	s, _ := source(t, response{200, `{"DebugConfig": {"X": "` + strings.Repeat("x", 2*maxAnswer) + `"}}`}, discard)
+	snap := s.Snapshot()
+	assert.False(t, snap.ReadOK)
+	assert.ErrorContains(t, snap.ReadErr, "longer than 1048576 bytes")
 }

@@ -45,13 +45,13 @@ func (p Parser) ParseLine(line string) (socket.Socket, Kind, error) {
 	w := words{rest: line}
 	s, kind, err := p.parseLine(&w)
 	if p.Processes && kind == TCPSocket && err == nil {
-		s.Process = owner(w.rest)
+		s.Process = socket.ProcessName(owner(w.rest))
 	}
 	return s, kind, err
 }
 
 // owner is the first program named in what follows a row's addresses (and
-// netstat's socket.State): ss's users:(("nomad",pid=1,fd=7),...) anywhere among
+// netstat's State): ss's users:(("nomad",pid=1,fd=7),...) anywhere among
 // its extras, or netstat's PID/Program name column; "" if neither.
 func owner(rest string) string {
 	if i := strings.Index(rest, `users:(("`); i >= 0 {

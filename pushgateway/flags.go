@@ -11,6 +11,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/common/config"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/bodylimit"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 )
 
@@ -58,6 +59,7 @@ func (f *Flags) Pusher(logger *slog.Logger) (*Pusher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--push.config.file %s: %s", f.configFile, oneline.Fold(err.Error()))
 	}
+	guard(client)
 	p, err := New(f.url, f.job, instance, f.timeout, client)
 	if err != nil {
 		return nil, err
@@ -95,6 +97,24 @@ func (f *Flags) client() (*http.Client, bool, error) {
 		return nil, false, err
 	}
 	return client, cfg.BasicAuth != nil || cfg.Authorization != nil || cfg.OAuth2 != nil, nil
+}
+
+// maxAnswer bounds what is read of the gateway's answer: an error page is
+// quoted clipped anyway.
+const maxAnswer = 64 << 10
+
+// guard makes client fail a push that is redirected, rather than follow
+// it with a GET that pushes nothing and succeeds, and bounds the answers
+// it reads.
+func guard(client *http.Client) {
+	client.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+		return fmt.Errorf("the Pushgateway redirects to %s: set --push.url to where it redirects", req.URL.Redacted())
+	}
+	transport := client.Transport
+	if transport == nil {
+		transport = http.DefaultTransport
+	}
+	client.Transport = bodylimit.Transport(transport, maxAnswer)
 }
 
 func basicAuthFile(cfg *config.HTTPClientConfig) string {

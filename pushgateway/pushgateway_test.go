@@ -77,3 +77,50 @@ func TestBadURLsAreRefusedWithoutShowingCredentials(t *testing.T) {
 	_, err := New("http://gw:9091", "", "host1", time.Second, http.DefaultClient)
 	assert.ErrorContains(t, err, "must not be empty")
 }
+
+func TestARedirectedPushFails(t *testing.T) {
+	var methods []string
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics/", func(w http.ResponseWriter, r *http.Request) {
+		methods = append(methods, r.Method)
+		http.Redirect(w, r, "/elsewhere"+r.URL.Path, http.StatusMovedPermanently)
+	})
+	mux.HandleFunc("/elsewhere/", func(w http.ResponseWriter, r *http.Request) {
+		methods = append(methods, r.Method)
+		w.WriteHeader(http.StatusOK)
+	})
+	gateway := httptest.NewServer(mux)
+	defer gateway.Close()
+	client := &http.Client{}
+	guard(client)
+	p, err := New(gateway.URL, "job", "host1", time.Second, client)
+	require.NoError(t, err)
+	err = p.Push(gatherer(t))
+	require.ErrorContains(t, err, "redirects to")
+	assert.Equal(t, []string{http.MethodPut}, methods, "no GET that pushes nothing")
+}
+
+func TestAHugeErrorPageIsNotReadWhole(t *testing.T) {
+	var written int64
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		chunk := []byte(strings.Repeat("e", 64<<10))
+		defer func() { w.(http.Flusher).Flush() }()
+		for range 4096 { // 256 MiB, unless the client stops reading
+			n, err := w.Write(chunk)
+			written += int64(n)
+			if err != nil {
+				return
+			}
+		}
+	}))
+	client := &http.Client{}
+	guard(client)
+	p, err := New(gateway.URL, "job", "host1", 10*time.Second, client)
+	require.NoError(t, err)
+	err = p.Push(gatherer(t))
+	require.ErrorContains(t, err, "500")
+	assert.Less(t, len(err.Error()), 400)
+	gateway.Close() // waits for the handler, whose writes fail once the client hangs up
+	assert.Less(t, written, int64(32<<20), "the client stopped reading long before 256 MiB")
+}

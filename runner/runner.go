@@ -128,6 +128,9 @@ func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(
 			// A child that forks off a grandchild holding stdout open must
 			// not keep Wait, and so the collection, waiting forever.
 			c.WaitDelay = time.Second
+			// The output is parsed, not read by a person: no translated
+			// state names ("VERBUNDEN") or number formats.
+			c.Env = append(c.Environ(), "LC_ALL=C", "LANGUAGE=")
 			overflow.Writer = c.Stdout
 			c.Stdout = &overflow
 		}},
@@ -168,7 +171,9 @@ func run(ctx context.Context, argv []string, timeout time.Duration, onLine func(
 	for line := range c.Stdout {
 		out.Lines++
 		if !timedOut.Load() {
-			onLine(line)
+			// go-cmd strips the CR of "\r\n" only where its index in a
+			// write happens to match: strip it from every line here.
+			onLine(strings.TrimSuffix(line, "\r"))
 		}
 	}
 	<-stderrRead

@@ -157,3 +157,23 @@ func TestGivingUpKillsWhatTheCommandLeftRunning(t *testing.T) {
 		})
 	}
 }
+
+func TestCRLFLinesReadTheSameHoweverTheyAreWritten(t *testing.T) {
+	programs.NotShort(t, "starts a program")
+	r, err := New(10*time.Second, []string{"printf", `a\r\nbb\r\nccc\r\ndddd\n`})
+	require.NoError(t, err)
+	lines, _, err := collect(t, r)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", "bb", "ccc", "dddd"}, lines)
+}
+
+func TestCommandsRunInTheCLocale(t *testing.T) {
+	programs.NotShort(t, "starts a program")
+	t.Setenv("LANGUAGE", "de")
+	t.Setenv("LC_ALL", "de_DE.UTF-8")
+	r, err := New(10*time.Second, []string{"sh", "-c", "echo $LC_ALL$LANGUAGE"})
+	require.NoError(t, err)
+	lines, _, err := collect(t, r)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"C"}, lines)
+}

@@ -3,6 +3,7 @@
 package socket
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 )
@@ -78,3 +79,26 @@ func ParseState(name string) (State, bool) {
 
 // Label is the state as a metric label value or a JSON key: "close_wait".
 func (s State) Label() string { return strings.ReplaceAll(s.String(), "-", "_") }
+
+// maxProcessName caps a program's name: the kernel's comm is at most 15
+// bytes, so a longer name is not one.
+const maxProcessName = 64
+
+// ProcessName is a program's name as its owner chose it (any bytes but NUL,
+// prctl(PR_SET_NAME)) made safe to show and to use as a label value: bytes
+// that are not UTF-8 become U+FFFD, control characters \xNN, and the length
+// is capped.
+func ProcessName(raw string) string {
+	var b strings.Builder
+	for _, r := range strings.ToValidUTF8(raw, "\uFFFD") {
+		switch {
+		case b.Len() >= maxProcessName:
+			return b.String()
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}

@@ -13,6 +13,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,7 +44,7 @@ func Write(dir string, g prometheus.Gatherer) error {
 	defer root.Close()
 
 	path := filepath.Join(dir, FileName)
-	tmp := "." + FileName + "." + rand.Text() + ".tmp"
+	tmp := tmpPrefix + rand.Text() + tmpSuffix
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, unwrapPath(err))
@@ -62,6 +63,42 @@ func Write(dir string, g prometheus.Gatherer) error {
 		d.Close()
 	}
 	return nil
+}
+
+// A temporary file is named .consul_open_http_connections.prom.RANDOM.tmp.
+const (
+	tmpPrefix = "." + FileName + "."
+	tmpSuffix = ".tmp"
+)
+
+// RemoveLeftovers removes from dir the temporary files that an exporter
+// stopped mid-write (killed, or the host lost power) left behind, after
+// the same checks as Write. It says how many it removed.
+func RemoveLeftovers(dir string) (int, error) {
+	root, err := openDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	d, err := root.Open(".")
+	if err != nil {
+		return 0, unwrapPath(err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", dir, unwrapPath(err))
+	}
+	removed := 0
+	for _, name := range names {
+		if strings.HasPrefix(name, tmpPrefix) && strings.HasSuffix(name, tmpSuffix) {
+			if err := root.Remove(name); err != nil {
+				return removed, fmt.Errorf("remove %s: %w", filepath.Join(dir, name), unwrapPath(err))
+			}
+			removed++
+		}
+	}
+	return removed, nil
 }
 
 func writeFile(f *os.File, families []*dto.MetricFamily) error {

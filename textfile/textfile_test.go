@@ -200,3 +200,18 @@ func umask() int {
 	syscall.Umask(m)
 	return m
 }
+
+func TestLeftoverTemporaryFilesAreRemoved(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, Write(dir, gatherer(t)))
+	leftover := filepath.Join(dir, ".consul_open_http_connections.prom.ABCDEF.tmp")
+	other := filepath.Join(dir, "other.prom")
+	require.NoError(t, os.WriteFile(leftover, []byte("consul_open_http_"), 0o644))
+	require.NoError(t, os.WriteFile(other, []byte("x 1\n"), 0o644))
+	removed, err := RemoveLeftovers(dir)
+	require.NoError(t, err)
+	assert.Equal(t, 1, removed)
+	assert.NoFileExists(t, leftover)
+	assert.FileExists(t, other, "another collector's file stays")
+	assert.FileExists(t, filepath.Join(dir, FileName))
+}
