@@ -7,7 +7,9 @@
 # median time of a scrape of /metrics from a running exporter reading
 # netlink,
 # with N connections held open on loopback for each N given (default:
-# 200 10000 100000), spread over 50 client addresses. Run from the
+# 200 10000 100000), spread over 50 client addresses. Then one collection
+# with the programs named (--clients.processes) against one without, with
+# 0 and 2,000 idle processes on the host. Run from the
 # repository root on Linux, as any user (needs curl: apt-get install curl;
 # bench/measure takes the times and RSS from the kernel's rusage):
 #
@@ -28,8 +30,9 @@ ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
 openers=()
+idle=()
 cleanup() {
-  for pid in "${openers[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${openers[@]}" "${idle[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -119,5 +122,40 @@ for n in "${sizes[@]}"; do
   release
 done
 cat "$work/scrape"
+
+# Naming the programs (--clients.processes): one collection with and
+# without, in the same run, with 0 and 2,000 idle processes on the host
+# (each a /proc/PID/fd the lookup walks), through ss and the built-in reader.
+PRUNS=${PRUNS:-7}
+idle=()
+echo
+printf '%-11s %-6s %-8s %-14s %-13s %-6s %-14s %-s\n' connections idle source "without ms" "with ms" ratio "named/success" "peak RSS MiB"
+for n in "${sizes[@]}"; do
+  hold "$n"
+  for idle_n in 0 2000; do
+    while [ "${#idle[@]}" -lt "$idle_n" ]; do sleep 3600 & idle+=("$!"); done
+    for src in ss netlink; do
+      : > "$work/off"; : > "$work/on"; : > "$work/pratio"; : > "$work/prss"
+      for _ in $(seq "$PRUNS"); do
+        "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source "$src" --textfile.directory "$work/textfile" 2>"$work/off.m" >/dev/null
+        "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source "$src" --clients.processes --textfile.directory "$work/textfile" 2>"$work/on.m" >/dev/null
+        read -r off_wall _ _ _ < "$work/off.m"
+        read -r on_wall _ _ on_rss < "$work/on.m"
+        echo "$off_wall" >> "$work/off"; echo "$on_wall" >> "$work/on"; echo "$on_rss" >> "$work/prss"
+        ratio "$on_wall" "$off_wall" >> "$work/pratio"
+      done
+      named=$(awk '/^consul_open_http_connections_per_process/ { s += $2 } END { print s + 0 }' "$work/textfile/consul_open_http_connections.prom")
+      success=$(awk '/^consul_conn_exporter_processes_success/ { print $2 }' "$work/textfile/consul_open_http_connections.prom")
+      printf '%-11s %-6s %-8s %-14s %-13s %-6s %-14s %-s\n' "$n" "$idle_n" "$src" \
+        "$(ms "$(median < "$work/off")")" "$(ms "$(median < "$work/on")")" "$(median2 < "$work/pratio")" \
+        "$named/$success" "$(mib "$(sort -n "$work/prss" | tail -1)")"
+    done
+  done
+  kill "${idle[@]}" 2>/dev/null || true
+  wait "${idle[@]}" 2>/dev/null || true
+  idle=()
+  release
+done
+
 bash deploy/build.sh "$work/release" >/dev/null
 awk -v b="$(stat -c %s "$work/release")" 'BEGIN { printf "release binary (static, stripped): %.1f MiB\n", b / 1048576 }'

@@ -14,6 +14,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
@@ -44,8 +45,11 @@ type Config struct {
 	States []socket.State
 	// TopClients is how many clients (and programs) get a sample each.
 	TopClients int
-	// Processes names the local programs holding the HTTP connections.
-	Processes bool
+	// Processes names the local programs holding the HTTP connections,
+	// looking them up in ProcDir (/proc) for at most ProcessesTimeout.
+	Processes        bool
+	ProcDir          string
+	ProcessesTimeout time.Duration
 }
 
 // GroupPorts are the ports of the group named name, none if it is not
@@ -80,8 +84,9 @@ type Collector struct {
 	// inFlight makes callers that arrive while a collection runs share it:
 	// however many scrapers and outputs, one read of the table at a time.
 	inFlight singleflight.Group
-	// unreadablePrograms is logged once per change.
-	unreadablePrograms changes.Tracker
+	// namingState, why the programs cannot be named, is logged once per
+	// change.
+	namingState changes.Tracker
 }
 
 // New collects config's counts from src; limits gives the limits known
@@ -115,10 +120,7 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: limitOf(res.Limits, g.Name), Counts: counts.groups[i]})
 	}
 	if counts.processes != nil {
-		var unknown int
-		res.Processes, unknown = counts.processes.Held()
-		res.ProcessesKnown = unknown == 0
-		c.warnProcesses(unknown)
+		res.Processes, res.ProcessesKnown = c.namePrograms(ctx, counts.processes)
 	}
 	if _, err := res.metrics(); err != nil {
 		res.Groups, res.Processes, res.ProcessesKnown = nil, nil, false
@@ -168,20 +170,37 @@ func (c *counts) add(s socket.Socket) {
 	}
 }
 
-// warnProcesses says, once per change, that the programs holding some
-// local connections could not be read, and so are not reported.
-func (c *Collector) warnProcesses(unknown int) {
-	msg := ""
-	if unknown > 0 {
-		msg = "cannot tell which local programs hold the HTTP connections, so no per-process counts: " +
-			"the table names no program for some client ends (ss -p sees other users' programs only as root, " +
-			"or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, and needs /proc; a --command needs -p)"
-	}
+// namePrograms names the programs holding the counted connections' client
+// ends on this host: as the table names them, or by their inodes in /proc
+// within the budget. Whatever goes wrong costs only the names, never the
+// counts; it is logged once per change.
+func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tally.ProcessCount, bool) {
+	ctx, cancel := context.WithTimeout(ctx, c.config.ProcessesTimeout)
+	defer cancel()
+	found, err := owners.Names(ctx, c.config.ProcDir, p.Unnamed())
+	held, unknown := p.Held(found.Names)
+	var why string
 	switch {
-	case !c.unreadablePrograms.Changed(msg):
-	case msg != "":
-		c.logger.Warn(msg, "connections", unknown)
-	default:
-		c.logger.Info("the programs holding the HTTP connections can be read again")
+	case err != nil:
+		why = err.Error() + " (--clients.processes.timeout bounds the lookup; /proc must be the host's)"
+	case unknown.Untold > 0:
+		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs ss -e or -p, or netstat -p)", unknown.Untold)
+	case unknown.NotFound > 0 && found.Unreadable > 0:
+		why = fmt.Sprintf("%d processes could not be read: other users' programs are seen only as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH", found.Unreadable)
+	case unknown.NotFound > 0 && len(found.Names) == 0:
+		why = fmt.Sprintf("no process in %s holds any of the %d client ends: it is not the host's (in a container, mount the host's /proc and share its PID namespace)", c.config.ProcDir, unknown.NotFound)
 	}
+	// Some not found while others were, every process read: those
+	// connections closed between the table and the walk.
+	switch {
+	case !c.namingState.Changed(why):
+	case why != "":
+		c.logger.Warn("cannot tell which local programs hold the HTTP connections, so no per-process counts", "why", why)
+	default:
+		c.logger.Info("the programs holding the HTTP connections can be named again")
+	}
+	if why != "" {
+		return nil, false
+	}
+	return held, true
 }

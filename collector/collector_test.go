@@ -302,3 +302,74 @@ consul_conn_exporter_collect_success 0
 	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success"))
 	assert.Equal(t, 2, testutil.CollectAndCount(res), "only success and duration")
 }
+
+// fakeProc lays out a /proc where process 100, named comm, holds the
+// socket inode.
+func fakeProc(t *testing.T, comm string, inode uint64) string {
+	t.Helper()
+	proc := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(proc, "100", "fd"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(proc, "100", "comm"), []byte(comm+"\n"), 0o644))
+	require.NoError(t, os.Symlink(fmt.Sprintf("socket:[%d]", inode), filepath.Join(proc, "100", "fd", "3")))
+	return proc
+}
+
+// Three connections from 127.0.0.7, one of them held by a local program
+// whose client end's inode is 4242.
+var localClient = sockets{
+	{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"), Peer: netip.MustParseAddrPort("127.0.0.7:40000")},
+	{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.7:40000"), Peer: netip.MustParseAddrPort("127.0.0.1:8500"), Inode: 4242},
+	{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"), Peer: netip.MustParseAddrPort("10.0.0.9:40001")},
+	{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"), Peer: netip.MustParseAddrPort("10.0.0.9:40002")},
+}
+
+func TestProgramsAreNamedByInodeFromProc(t *testing.T) {
+	config := defaultConfig
+	config.Processes, config.ProcDir, config.ProcessesTimeout = true, fakeProc(t, "nomad", 4242), 5*time.Second
+	res := New(config, localClient, defaultLimits, discard).Collect(context.Background())
+	require.NoError(t, res.Err)
+	want := `
+# HELP consul_conn_exporter_processes_success 1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
+# TYPE consul_conn_exporter_processes_success gauge
+consul_conn_exporter_processes_success 1
+# HELP consul_open_http_connections_per_process HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.
+# TYPE consul_open_http_connections_per_process gauge
+consul_open_http_connections_per_process{process="nomad"} 1
+`
+	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_processes_success", "consul_open_http_connections_per_process"))
+}
+
+// A lookup that fails or runs out of time costs the names, never the counts.
+func TestAFailedProgramLookupLeavesTheCountsExact(t *testing.T) {
+	for name, config := range map[string]Config{
+		"no /proc":                       {ProcDir: filepath.Join(t.TempDir(), "absent"), ProcessesTimeout: 5 * time.Second},
+		"budget":                         {ProcDir: fakeProc(t, "nomad", 4242), ProcessesTimeout: time.Nanosecond},
+		"a /proc that is not the host's": {ProcDir: fakeProc(t, "nomad", 1), ProcessesTimeout: 5 * time.Second},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var log strings.Builder
+			config.Groups, config.States, config.TopClients, config.Processes = defaultConfig.Groups, defaultConfig.States, 10, true
+			c := New(config, localClient, defaultLimits, slog.New(slog.NewTextHandler(&log, nil)))
+			for range 2 {
+				res := c.Collect(context.Background())
+				require.NoError(t, res.Err)
+				assert.Equal(t, 3, res.Groups[0].Counts.Total(8500))
+				want := `
+# HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
+# TYPE consul_conn_exporter_collect_success gauge
+consul_conn_exporter_collect_success 1
+# HELP consul_conn_exporter_processes_success 1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
+# TYPE consul_conn_exporter_processes_success gauge
+consul_conn_exporter_processes_success 0
+# HELP consul_open_http_connections_max_per_client Most HTTP connections any one client IP holds over the group's ports: the number Consul's http_max_conns_per_client applies to.
+# TYPE consul_open_http_connections_max_per_client gauge
+consul_open_http_connections_max_per_client 2
+`
+				require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success",
+					"consul_conn_exporter_processes_success", "consul_open_http_connections_max_per_client"))
+				assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections_per_process"))
+			}
+			assert.Equal(t, 1, strings.Count(log.String(), "cannot tell which local programs"), "once per change: %s", log.String())
+		})
+	}
+}

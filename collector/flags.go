@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
@@ -15,10 +16,11 @@ import (
 
 // Flags are what to count.
 type Flags struct {
-	ports, rpcPorts []string
-	states          string
-	topClients      int
-	processes       bool
+	ports, rpcPorts  []string
+	states           string
+	topClients       int
+	processes        bool
+	processesTimeout time.Duration
 }
 
 // AddFlags declares the collection's flags on app.
@@ -34,12 +36,17 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("10").SetValue(wholenumber.Of(&f.topClients))
 	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (needs root or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to see other users' programs).").
 		BoolVar(&f.processes)
+	app.Flag("clients.processes.timeout", "Give up naming the programs after this long: the counts are written without them.").
+		Default("5s").DurationVar(&f.processesTimeout)
 	return f
 }
 
 // Config checks the flags and says what to count.
 func (f *Flags) Config() (Config, error) {
-	config := Config{TopClients: f.topClients, Processes: f.processes}
+	config := Config{TopClients: f.topClients, Processes: f.processes, ProcDir: "/proc", ProcessesTimeout: f.processesTimeout}
+	if f.processesTimeout <= 0 {
+		return config, errors.New("--clients.processes.timeout must be positive")
+	}
 	httpPorts, err := parsePorts("--port", f.ports)
 	if err != nil {
 		return config, err

@@ -47,6 +47,10 @@ var (
 		"consul_open_http_connections_per_process",
 		"HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.",
 		[]string{"process"}, nil)
+	processesDesc = prometheus.NewDesc(
+		"consul_conn_exporter_processes_success",
+		"1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).",
+		nil, nil)
 	limitsReadDesc = prometheus.NewDesc(
 		"consul_conn_exporter_limits_read_success",
 		"1 if the last read of the limits from the Consul agent (--limit auto) worked, 0 if not (the last limits read stay).",
@@ -68,7 +72,7 @@ func (r Result) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{perProcessDesc, limitsReadDesc, successDesc, durationDesc} {
+	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, successDesc, durationDesc} {
 		ch <- d
 	}
 }
@@ -129,6 +133,9 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		if g.Limit > 0 {
 			gauge(d.limit, float64(g.Limit))
 		}
+	}
+	if r.ProcessesAsked {
+		gauge(processesDesc, boolValue(r.ProcessesKnown))
 	}
 	if r.ProcessesKnown {
 		for _, p := range tally.ByProcess(r.Processes, r.TopClients) {

@@ -34,7 +34,7 @@ func TestCheckExitsByTheBusiestClientsShareOfTheLimit(t *testing.T) {
 		last  string
 	}{
 		{"100", 0, "OK: 127.0.0.10 holds 9 of the 100 HTTP connections http_max_conns_per_client allows (9%)"},
-		{"11", 1, "WARNING: 127.0.0.10 holds 9 of the 11 HTTP connections http_max_conns_per_client allows (82%)"},
+		{"11", 1, "WARNING: 127.0.0.10 holds 9 of the 11 HTTP connections http_max_conns_per_client allows (81%)"},
 		{"9", 2, "CRITICAL: 127.0.0.10 holds 9 of the 9 HTTP connections http_max_conns_per_client allows (100%)"},
 	} {
 		t.Run(tc.limit, func(t *testing.T) {

@@ -161,6 +161,11 @@ sys.stdin.read()
 		require.Equal(t, 0, asRoot.exit, asRoot.stderr)
 		assert.Equal(t, 5.0, value(t, asRoot.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
 		assert.NotContains(t, asRoot.stderr, "cannot tell which local programs")
+		// The built-in reader names the same programs.
+		viaNetlink := exporter(t, t.TempDir(), append(args, "--source", "netlink")...)
+		require.Equal(t, 0, viaNetlink.exit, viaNetlink.stderr)
+		assert.Equal(t, 3.0, value(t, viaNetlink.metrics, `consul_open_http_connections_per_process{process="`+curlComm+`"}`))
+		assert.Equal(t, 5.0, value(t, viaNetlink.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
 
 		// As nobody, the programs are hidden: no per-process series, a
 		// warning, and the same counts.
@@ -212,9 +217,3 @@ func assertNoSecret(t *testing.T, res result, dir string, secrets ...string) {
 // dialFrom opens a raw TCP connection from a loopback address, closed at
 // the end of the test.
 // comm is the command name the kernel (and so ss -p) gives a process.
-func comm(t *testing.T, pid int) string {
-	t.Helper()
-	text, err := os.ReadFile("/proc/" + itoa(uint64(pid)) + "/comm")
-	require.NoError(t, err)
-	return strings.TrimSpace(string(text))
-}

@@ -173,3 +173,40 @@ sys.stdin.read()
 	assert.Equal(t, 4.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
 	assert.Equal(t, 1.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="bad`+"\uFFFD"+`"}`))
 }
+
+// Naming the programs is a second step: when /proc is hidden from it, or
+// it runs past its budget, the counts are exact and the collection works;
+// only the per-process series are absent, and processes_success says 0.
+func TestAProgramLookupThatFailsLeavesTheCountsExact(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.112", 7)
+	p := port(l)
+	for _, source := range []string{"ss", "netlink"} {
+		for name, run := range map[string]func() result{
+			"proc hidden": func() result {
+				return inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes")
+			},
+			"budget of 1ns": func() result {
+				return exporter(t, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes", "--clients.processes.timeout", "1ns")
+			},
+		} {
+			t.Run(source+", "+name, func(t *testing.T) {
+				res := run()
+				require.Equal(t, 0, res.exit, res.stderr)
+				assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+				assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+				assert.Equal(t, 0.0, value(t, res.metrics, "consul_conn_exporter_processes_success"))
+				for key := range res.metrics {
+					assert.NotContains(t, key, "per_process")
+				}
+				assert.Contains(t, res.stderr, "cannot tell which local programs")
+			})
+		}
+	}
+	// And where it works, the same connections are named: this test holds them.
+	res := exporter(t, t.TempDir(), "--once", "--port", p, "--clients.processes")
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_processes_success"))
+	assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="`+comm(t, os.Getpid())+`"}`))
+}

@@ -338,3 +338,11 @@ func value(t *testing.T, metrics map[string]float64, key string) float64 {
 	require.True(t, ok, "no sample %s", key)
 	return v
 }
+
+// comm is the name of process pid, as the kernel has it.
+func comm(t *testing.T, pid int) string {
+	t.Helper()
+	text, err := os.ReadFile("/proc/" + itoa(uint64(pid)) + "/comm")
+	require.NoError(t, err)
+	return strings.TrimSpace(string(text))
+}

@@ -186,14 +186,16 @@ func TestWithoutSSOrNetstatTheBuiltInReaderCounts(t *testing.T) {
 	assert.Contains(t, res.stderr, "neither ss nor netstat is in PATH: reading the kernel's socket table directly")
 	assert.Equal(t, 6.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
 
-	// Asked for by name, a missing tool is named; the programs of
-	// --clients.processes need one of them.
+	// Asked for by name, a missing tool is named.
 	res = exporter(t, t.TempDir(), "--once", "--port", port(l), "--source", "netstat")
 	assert.Equal(t, 1, res.exit)
 	assert.Contains(t, res.stderr, "netstat: not in PATH (install net-tools)")
+
+	// The built-in reader names the programs too, from /proc: this test's.
 	res = exporter(t, t.TempDir(), "--once", "--port", port(l), "--clients.processes")
-	assert.Equal(t, 1, res.exit)
-	assert.Contains(t, res.stderr, "--clients.processes needs one")
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_processes_success"))
+	assert.Equal(t, 6.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="`+comm(t, os.Getpid())+`"}`))
 }
 
 func TestFailedCollectionWritesSuccessZeroAndNoCount(t *testing.T) {
@@ -242,12 +244,12 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--port", "8500", "--rpc.port", "8500"},
 		{"--limit.refresh", "0s"},
 		{"--clients.top", "-1"},
+		{"--clients.processes.timeout", "0s"},
 		{"--command", `ss "unclosed`},
 		{"--command.timeout", "0s"},
 		{"--no-such-flag"},
 		{"--web.listen-address", "127.0.0.1:9855"}, // with --once: a server runs until stopped
 		{"--source", "proc"},
-		{"--source", "netlink", "--clients.processes"},
 		{"--source", "netlink", "--command", "ss -tan"},
 		{"--source", "command"},
 		{"--push.url", "ftp://gateway:9091"},

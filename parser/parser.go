@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
@@ -34,8 +35,9 @@ type Parser struct {
 	// which ss drops when its filter names a single state
 	// (`ss -tn state established`). socket.StateUnknown makes such rows an error.
 	ImpliedState socket.State
-	// Processes reads the owning program of each row (ss -p, netstat -p);
-	// off, the rest of a row is not even looked at.
+	// Processes reads what tells the owning program of each row: its name
+	// (ss -p, netstat -p) or its socket inode (ss -e); off, the rest of a
+	// row is not even looked at.
 	Processes bool
 }
 
@@ -46,6 +48,7 @@ func (p Parser) ParseLine(line string) (socket.Socket, Kind, error) {
 	s, kind, err := p.parseLine(&w)
 	if p.Processes && kind == TCPSocket && err == nil {
 		s.Process = socket.ProcessName(owner(w.rest))
+		s.Inode = inode(w.rest)
 	}
 	return s, kind, err
 }
@@ -67,6 +70,24 @@ func owner(rest string) string {
 		return word[slash+1:]
 	}
 	return ""
+}
+
+// inode is the socket inode among ss -e's extras (ino:12345), 0 if none.
+func inode(rest string) uint64 {
+	i := strings.Index(rest, " ino:")
+	if i < 0 {
+		return 0
+	}
+	rest = rest[i+len(" ino:"):]
+	end := 0
+	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+		end++
+	}
+	n, err := strconv.ParseUint(rest[:end], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {

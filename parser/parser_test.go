@@ -172,3 +172,16 @@ func TestProcessesFromCapturesWithP(t *testing.T) {
 	}
 	assert.Equal(t, 2, withP, "ss -tanp and netstat -tanpW")
 }
+
+func TestInodesFromSSDashE(t *testing.T) {
+	capture := "../fixtures/ss-iproute2-6.1.0_tanoei_mixed.txt"
+	s, kind, err := parser.Parser{Processes: true}.ParseLine(lineContaining(t, capture, "ESTAB", "127.0.0.11:39599", "127.0.0.1:8501"))
+	require.NoError(t, err)
+	require.Equal(t, parser.TCPSocket, kind)
+	assert.Equal(t, uint64(9691), s.Inode)
+	assert.Empty(t, s.Process, "-e names no program")
+
+	s, _, err = parser.Parser{}.ParseLine(lineContaining(t, capture, "ESTAB", "127.0.0.11:39599", "127.0.0.1:8501"))
+	require.NoError(t, err)
+	assert.Zero(t, s.Inode, "not read unless asked for")
+}

@@ -14,7 +14,7 @@ import (
 // BenchmarkRead is one read of an idle port: the fixed cost of a
 // collection with the built-in reader.
 func BenchmarkRead(b *testing.B) {
-	r := New([]uint16{8500}, counted, 10*time.Second)
+	r := New([]uint16{8500}, nil, counted, 10*time.Second)
 	for b.Loop() {
 		if err := r.Read(context.Background(), func(socket.Socket) {}, func() {}); err != nil {
 			b.Fatal(err)

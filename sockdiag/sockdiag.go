@@ -26,6 +26,7 @@ const (
 	inetDiagReqBytecode = 1  // INET_DIAG_REQ_BYTECODE
 	bcJmp               = 1  // INET_DIAG_BC_JMP
 	bcSCond             = 7  // INET_DIAG_BC_S_COND
+	bcDCond             = 8  // INET_DIAG_BC_D_COND
 	reqLen              = 56 // struct inet_diag_req_v2
 	msgLen              = 72 // struct inet_diag_msg
 )
@@ -37,10 +38,11 @@ type Reader struct {
 	timeout  time.Duration
 }
 
-// New reads the sockets whose local port is one of ports, in states; a
-// read taking longer than timeout fails.
-func New(ports []uint16, states []socket.State, timeout time.Duration) *Reader {
-	r := &Reader{bytecode: portFilter(ports), timeout: timeout}
+// New reads the sockets whose local port is one of ports, and those whose
+// peer port is one of clientPorts (the client ends of local connections),
+// in states; a read taking longer than timeout fails.
+func New(ports, clientPorts []uint16, states []socket.State, timeout time.Duration) *Reader {
+	r := &Reader{bytecode: portFilter(ports, clientPorts), timeout: timeout}
 	for _, s := range states {
 		r.states |= 1 << s // socket.State numbers the states as the kernel does
 	}
@@ -50,21 +52,33 @@ func New(ports []uint16, states []socket.State, timeout time.Duration) *Reader {
 // String names the source, for messages.
 func (r *Reader) String() string { return "the kernel's socket table (netlink sock_diag)" }
 
-// portFilter compiles "local port is one of ports" as ss compiles
-// `sport = :A or sport = :B`: a host condition with no address per port
-// (INET_DIAG_BC_S_COND, in every kernel with sock_diag), joined by jumps.
-// A condition that holds jumps past its own end; one that fails jumps 4
-// bytes further, over the JMP that follows a held one, into the next
-// condition, or past the end of the program: no match.
-func portFilter(ports []uint16) []byte {
+// portFilter compiles "local port is one of ports, or peer port one of
+// clientPorts" as ss compiles `sport = :A or dport = :B`: a host condition
+// with no address per port (INET_DIAG_BC_S_COND, _D_COND, in every kernel
+// with sock_diag), joined by jumps. A condition that holds jumps past its
+// own end; one that fails jumps 4 bytes further, over the JMP that follows
+// a held one, into the next condition, or past the end of the program: no
+// match.
+func portFilter(ports, clientPorts []uint16) []byte {
 	const condLen = 16 // op (4) + inet_diag_hostcond (8) + an unused address (4)
+	type condition struct {
+		op   byte
+		port uint16
+	}
+	var conditions []condition
+	for _, p := range ports {
+		conditions = append(conditions, condition{bcSCond, p})
+	}
+	for _, p := range clientPorts {
+		conditions = append(conditions, condition{bcDCond, p})
+	}
 	var program []byte
-	for i := len(ports) - 1; i >= 0; i-- {
+	for i := len(conditions) - 1; i >= 0; i-- {
 		cond := make([]byte, condLen)
-		cond[0], cond[1] = bcSCond, condLen
+		cond[0], cond[1] = conditions[i].op, condLen
 		binary.NativeEndian.PutUint16(cond[2:], condLen+4)
 		cond[4] = unix.AF_UNSPEC // hostcond.family; prefix_len 0: any address
-		binary.NativeEndian.PutUint32(cond[8:], uint32(ports[i]))
+		binary.NativeEndian.PutUint32(cond[8:], uint32(conditions[i].port))
 		if len(program) > 0 {
 			jump := []byte{bcJmp, 4, 0, 0}
 			binary.NativeEndian.PutUint16(jump[2:], uint16(len(program)+4))
@@ -239,8 +253,9 @@ func (r *Reader) request(family uint8) []byte {
 	return append(append(b, attr...), r.bytecode...)
 }
 
-// Decode reads one inet_diag_msg: the socket's state and its local and
-// peer addresses, as the kernel has them (a v4-mapped peer stays mapped).
+// Decode reads one inet_diag_msg: the socket's state, its local and peer
+// addresses, as the kernel has them (a v4-mapped peer stays mapped), and
+// its inode.
 func Decode(b []byte) (socket.Socket, error) {
 	if len(b) < msgLen {
 		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket message of %d bytes, want %d", len(b), msgLen)
@@ -262,6 +277,7 @@ func Decode(b []byte) (socket.Socket, error) {
 		State: state,
 		Local: netip.AddrPortFrom(local, binary.BigEndian.Uint16(b[4:6])),
 		Peer:  netip.AddrPortFrom(peer, binary.BigEndian.Uint16(b[6:8])),
+		Inode: uint64(binary.NativeEndian.Uint32(b[68:72])), // idiag_inode
 	}, nil
 }
 

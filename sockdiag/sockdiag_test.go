@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,22 +48,22 @@ func TestReadsTheWatchedPortsAndStates(t *testing.T) {
 		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
 	}
 	ports := []uint16{v4.Port(), v6.Port(), mapped.Port()}
-	rows := read(t, New(ports, counted, 10*time.Second))
+	rows := read(t, New(ports, nil, counted, 10*time.Second))
 	assert.Len(t, rows, 20+3+7+5+2)
 	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("close-wait 127.0.0.1:%d 127.0.0.15:", v4.Port()))
 	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("established [::ffff:127.0.0.2]:%d [::ffff:127.0.0.13]:", mapped.Port()))
 
 	// One port, one state: the kernel filters both.
-	rows = read(t, New([]uint16{v6.Port()}, []socket.State{socket.StateEstablished}, 10*time.Second))
+	rows = read(t, New([]uint16{v6.Port()}, nil, []socket.State{socket.StateEstablished}, 10*time.Second))
 	assert.Len(t, rows, 7)
-	rows = read(t, New([]uint16{v4.Port()}, []socket.State{socket.StateCloseWait}, 10*time.Second))
+	rows = read(t, New([]uint16{v4.Port()}, nil, []socket.State{socket.StateCloseWait}, 10*time.Second))
 	assert.Len(t, rows, 2)
 }
 
 func TestAProgramTheKernelRefusesFailsTheRead(t *testing.T) {
 	// A condition whose jump lands inside itself: the kernel's audit of the
 	// bytecode answers the dump with an NLMSG_ERROR (EINVAL).
-	r := New([]uint16{8500}, counted, 10*time.Second)
+	r := New([]uint16{8500}, nil, counted, 10*time.Second)
 	r.bytecode[1] = 4
 	err := r.Read(context.Background(), func(socket.Socket) { t.Fatal("a socket from a refused dump") }, func() {})
 	require.Error(t, err)
@@ -193,4 +195,36 @@ func FuzzDatagram(f *testing.F) {
 			}
 		})
 	})
+}
+
+// inodeOf is the inode of conn's socket, as /proc/self/fd names it.
+func inodeOf(t *testing.T, conn any) uint64 {
+	t.Helper()
+	raw, err := conn.(syscall.Conn).SyscallConn()
+	require.NoError(t, err)
+	var link string
+	require.NoError(t, raw.Control(func(fd uintptr) {
+		link, err = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	}))
+	require.NoError(t, err)
+	var inode uint64
+	_, err = fmt.Sscanf(link, "socket:[%d]", &inode)
+	require.NoError(t, err, link)
+	return inode
+}
+
+// The client ends of connections to the client ports come too, each with
+// the inode that names its program in /proc.
+func TestClientEndsComeWithTheirInodes(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	pairs := loopback.Open(t, l, "127.0.0.16", 3)
+	want := map[string]uint64{}
+	for _, p := range pairs {
+		want[p.Client.LocalAddr().String()] = inodeOf(t, p.Client)
+	}
+	got := map[string]uint64{}
+	require.NoError(t, New(nil, []uint16{l.Port()}, counted, 10*time.Second).Read(context.Background(), func(s socket.Socket) {
+		got[s.Local.String()] = s.Inode
+	}, func() {}))
+	assert.Equal(t, want, got, "only the client ends, each with its inode")
 }

@@ -20,6 +20,9 @@ type Socket struct {
 	// `ss -p` (users:(("nomad",pid=…))) or `netstat -p` (1234/nomad) print
 	// it; "" when not printed (not asked for, not permitted, or none).
 	Process string
+	// Inode is the socket's inode (ss -e's ino:, sock_diag's idiag_inode),
+	// by which /proc/PID/fd names its program; 0 when not known.
+	Inode uint64
 }
 
 // State is a TCP socket state as the kernel names it.

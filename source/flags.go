@@ -45,10 +45,7 @@ func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
 		return nil, errors.New("--command.timeout must be positive")
 	}
 	netlink := func() (Source, error) {
-		if want.processes() {
-			return nil, errors.New("--clients.processes needs ss or netstat: the netlink reader cannot tell which program holds a socket (that takes /proc)")
-		}
-		return sockdiag.New(want.Ports, want.States, f.commandTimeout), nil
+		return sockdiag.New(want.Ports, want.ClientPorts, want.States, f.commandTimeout), nil
 	}
 	switch {
 	case f.command != "" && f.sourceSet && f.source != "command":
@@ -75,9 +72,6 @@ func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
 	}
 	if c, err := netstat(want, f.commandTimeout, logger); err == nil {
 		return c, nil
-	}
-	if want.processes() {
-		return noTool(errors.New("neither ss nor netstat is in PATH, and --clients.processes needs one: install iproute2 (ss) or net-tools (netstat)"))
 	}
 	logger.Info("neither ss nor netstat is in PATH: reading the kernel's socket table directly (--source netlink)")
 	return netlink()

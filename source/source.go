@@ -26,7 +26,8 @@ type Want struct {
 	Ports  []uint16
 	States []socket.State
 	// ClientPorts asks for the client ends of local connections to these
-	// ports too, and the program holding each socket.
+	// ports too, and what names the program holding each socket: its
+	// inode, or (netstat -p) its name.
 	ClientPorts []uint16
 }
 

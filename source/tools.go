@@ -21,7 +21,9 @@ var errNotInstalled = errors.New("not in PATH")
 //
 // falling back to the same without -H for iproute2 older than 4.13. With
 // client ports, the table also has the client side of connections to them
-// (dport) and the program holding each socket (-p).
+// (dport) and each socket's inode (-e), by which its program is named from
+// /proc: ss -p would do it too, at a cost that grows with the square of the
+// sockets.
 func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error) {
 	if len(want.Ports) == 0 {
 		return nil, errors.New("no port to watch")
@@ -31,7 +33,7 @@ func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error)
 	}
 	options := "-tan"
 	if want.processes() {
-		options = "-tanp"
+		options = "-tane"
 	}
 	var filter []string
 	for _, s := range want.States {

@@ -17,10 +17,16 @@ type Processes struct {
 	ports  []uint16
 	states []socket.State
 	// served are the counted server-side sockets; clients the established
-	// client-side sockets toward the ports, with their program ("" when
-	// the table did not say).
+	// client-side sockets toward the ports, with what names their program.
 	served  map[fourTuple]struct{}
-	clients map[fourTuple]string
+	clients map[fourTuple]owner
+}
+
+// owner is what the table says of a client end's program: its name (ss
+// -p, netstat -p), or the socket's inode to look the name up by.
+type owner struct {
+	name  string
+	inode uint64
 }
 
 type fourTuple struct{ server, client netip.AddrPort }
@@ -39,7 +45,7 @@ func NewProcesses(ports []uint16, states []socket.State) *Processes {
 		ports:   slices.Clone(ports),
 		states:  slices.Clone(states),
 		served:  map[fourTuple]struct{}{},
-		clients: map[fourTuple]string{},
+		clients: map[fourTuple]owner{},
 	}
 }
 
@@ -53,21 +59,49 @@ func (p *Processes) Add(s socket.Socket) {
 	case slices.Contains(p.ports, peer.Port()) && s.State == socket.StateEstablished:
 		// Only an established client end is still some program's: after
 		// close() it lingers orphaned (FIN-WAIT-2).
-		p.clients[fourTuple{server: peer, client: local}] = s.Process
+		p.clients[fourTuple{server: peer, client: local}] = owner{s.Process, s.Inode}
 	}
 }
 
+// Unnamed are the inodes of the local client ends of counted connections
+// whose program the table did not name: the ones to look up.
+func (p *Processes) Unnamed() map[uint64]struct{} {
+	inodes := map[uint64]struct{}{}
+	for conn := range p.served {
+		if o, local := p.clients[conn]; local && o.name == "" && o.inode != 0 {
+			inodes[o.inode] = struct{}{}
+		}
+	}
+	return inodes
+}
+
+// Unknown counts the local connections whose program is not known.
+type Unknown struct {
+	// Untold have a client end the table gives neither a name nor an
+	// inode for (a --command without -p or -e).
+	Untold int
+	// NotFound have an inode no process was found holding: it closed
+	// meanwhile, or its process could not be read.
+	NotFound int
+}
+
 // Held is how many counted connections each program on this host holds,
-// per client address, most first; unknown is how many local ones have a
-// client end whose program the table did not name (no privilege to see it).
-func (p *Processes) Held() (held []ProcessCount, unknown int) {
+// per client address, most first, with names looked up by inode where the
+// table named none, and how many local ones are not known.
+func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown Unknown) {
 	counts := map[ProcessCount]int{}
 	for conn := range p.served {
-		program, local := p.clients[conn]
+		o, local := p.clients[conn]
+		program := o.name
+		if program == "" {
+			program = names[o.inode]
+		}
 		switch {
 		case !local:
+		case program == "" && o.inode == 0:
+			unknown.Untold++
 		case program == "":
-			unknown++
+			unknown.NotFound++
 		default:
 			counts[ProcessCount{Client: conn.client.Addr(), Process: program}]++
 		}

@@ -1,0 +1,93 @@
+package owners
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// process lays out dir/PID as the kernel does: comm, and fd/N links.
+func process(t *testing.T, proc, pid, comm string, links map[string]string) {
+	t.Helper()
+	fd := filepath.Join(proc, pid, "fd")
+	require.NoError(t, os.MkdirAll(fd, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(proc, pid, "comm"), []byte(comm+"\n"), 0o644))
+	for n, target := range links {
+		require.NoError(t, os.Symlink(target, filepath.Join(fd, n)))
+	}
+}
+
+func want(inodes ...uint64) map[uint64]struct{} {
+	w := map[uint64]struct{}{}
+	for _, i := range inodes {
+		w[i] = struct{}{}
+	}
+	return w
+}
+
+func TestNamesTheWantedSocketsByTheirHoldersComm(t *testing.T) {
+	proc := t.TempDir()
+	process(t, proc, "100", "nomad", map[string]string{"0": "/dev/null", "3": "socket:[111]", "4": "socket:[112]", "5": "pipe:[9]"})
+	process(t, proc, "200", "bad\xff\x1b", map[string]string{"7": "socket:[222]"})
+	process(t, proc, "300", "other", map[string]string{"1": "socket:[333]"})
+	require.NoError(t, os.WriteFile(filepath.Join(proc, "meminfo"), nil, 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(proc, "sys"), 0o755))
+
+	res, err := Names(context.Background(), proc, want(111, 222, 999))
+	require.NoError(t, err)
+	assert.Equal(t, map[uint64]string{111: "nomad", 222: "bad\uFFFD\\x1b"}, res.Names, "999 is nobody's: closed meanwhile")
+	assert.Zero(t, res.Unreadable)
+}
+
+func TestARealSocketOfThisProcess(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	raw, err := l.(*net.TCPListener).SyscallConn()
+	require.NoError(t, err)
+	var link string
+	require.NoError(t, raw.Control(func(fd uintptr) { link, err = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) }))
+	require.NoError(t, err)
+	inode, ok := socketInode([]byte(link))
+	require.True(t, ok, link)
+
+	comm, err := os.ReadFile("/proc/self/comm")
+	require.NoError(t, err)
+	res, err := Names(context.Background(), "/proc", want(inode))
+	require.NoError(t, err)
+	assert.Equal(t, strings.TrimSpace(string(comm)), res.Names[inode])
+}
+
+func TestTheBudgetAndAMissingProcFailTheLookup(t *testing.T) {
+	proc := t.TempDir()
+	process(t, proc, "100", "nomad", map[string]string{"3": "socket:[111]"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Names(ctx, proc, want(111))
+	assert.ErrorContains(t, err, "gave up after 0 of 1 sockets")
+
+	_, err = Names(context.Background(), filepath.Join(proc, "absent"), want(111))
+	assert.ErrorContains(t, err, "cannot read")
+	res, err := Names(context.Background(), filepath.Join(proc, "absent"), nil)
+	assert.NoError(t, err, "nothing wanted, nothing read")
+	assert.Empty(t, res.Names)
+}
+
+func TestSocketInode(t *testing.T) {
+	for link, want := range map[string]uint64{"socket:[12345]": 12345, "socket:[0]": 0} {
+		n, ok := socketInode([]byte(link))
+		assert.True(t, ok, link)
+		assert.Equal(t, want, n)
+	}
+	for _, link := range []string{"pipe:[1]", "socket:[]", "socket:[12a]", "socket:[1", "/dev/null"} {
+		_, ok := socketInode([]byte(link))
+		assert.False(t, ok, link)
+	}
+}
