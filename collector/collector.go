@@ -177,8 +177,9 @@ func (c *counts) add(s socket.Socket) {
 func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tally.ProcessCount, bool) {
 	ctx, cancel := context.WithTimeout(ctx, c.config.ProcessesTimeout)
 	defer cancel()
-	found, err := owners.Names(ctx, c.config.ProcDir, p.Unnamed())
-	held, unknown := p.Held(found.Names)
+	names := p.Unnamed()
+	found, err := owners.Names(ctx, c.config.ProcDir, names)
+	held, unknown := p.Held(names)
 	var why string
 	switch {
 	case err != nil:
@@ -187,7 +188,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tal
 		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs ss -e or -p, or netstat -p)", unknown.Untold)
 	case unknown.NotFound > 0 && found.Unreadable > 0:
 		why = fmt.Sprintf("%d processes could not be read: other users' programs are seen only as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH", found.Unreadable)
-	case unknown.NotFound > 0 && len(found.Names) == 0:
+	case unknown.NotFound > 0 && found.Found == 0:
 		why = fmt.Sprintf("no process in %s holds any of the %d client ends: it is not the host's (in a container, mount the host's /proc and share its PID namespace)", c.config.ProcDir, unknown.NotFound)
 	}
 	// Some not found while others were, every process read: those

@@ -8,12 +8,14 @@ package owners
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -22,20 +24,21 @@ import (
 
 // Result is what a walk found.
 type Result struct {
-	// Names are the programs (their comm, made safe) by socket inode.
-	Names map[uint64]string
+	// Found is how many of the inodes were named.
+	Found int
 	// Unreadable is how many processes' descriptors could not be read (no
 	// privilege: root, or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, reads
 	// other users').
 	Unreadable int
 }
 
-// Names walks procDir (/proc) until every wanted inode is named, or none is
-// left to look at. It fails when procDir cannot be read at all, or when ctx
+// Names walks procDir (/proc) until every inode that names has as a key is
+// named (its value set to the holder's comm, made safe), or none is left to
+// look at. It fails when procDir cannot be read at all, or when ctx
 // is done first: a budget, so that naming programs never holds up a count.
-func Names(ctx context.Context, procDir string, wanted map[uint64]struct{}) (Result, error) {
-	res := Result{Names: make(map[uint64]string, len(wanted))}
-	if len(wanted) == 0 {
+func Names(ctx context.Context, procDir string, names map[uint64]string) (Result, error) {
+	var res Result
+	if len(names) == 0 {
 		return res, nil
 	}
 	proc, err := os.Open(procDir)
@@ -48,78 +51,93 @@ func Names(ctx context.Context, procDir string, wanted map[uint64]struct{}) (Res
 		return res, fmt.Errorf("cannot read %s: %w", procDir, unwrap(err))
 	}
 	link := make([]byte, 64) // "socket:[18446744073709551615]" fits
+	buf := make([]byte, 64<<10)
 	for _, pid := range pids {
 		if _, err := strconv.ParseUint(pid, 10, 32); err != nil {
 			continue // not a process: self, sys, meminfo ...
 		}
 		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", len(res.Names), len(wanted), err)
+			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
 		}
-		found, err := walkFDs(ctx, filepath.Join(procDir, pid), wanted, res.Names, link)
+		found, err := walkFDs(ctx, filepath.Join(procDir, pid), names, buf, link)
+		res.Found += found
 		switch {
 		case errors.Is(err, fs.ErrPermission):
 			res.Unreadable++
 		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", len(res.Names), len(wanted), err)
+			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
 		}
-		if found && len(res.Names) == len(wanted) {
+		if found > 0 && res.Found == len(names) {
 			break
 		}
 	}
 	return res, nil
 }
 
-// walkFDs adds to names the wanted sockets that process dir holds, named by
-// its comm, and says whether it found any. A process that exits meanwhile
-// is no error.
-func walkFDs(ctx context.Context, dir string, wanted map[uint64]struct{}, names map[uint64]string, link []byte) (bool, error) {
-	fdDir, err := os.Open(filepath.Join(dir, "fd"))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-		return false, err
+// walkFDs names in names the sockets that process dir holds, by its comm,
+// and says how many it named. A process that exits meanwhile
+// is no error. It reads the directory with getdents64 into buf and each
+// link with readlinkat into link, by the names in place: a process may
+// hold hundreds of thousands of descriptors, and none costs an allocation.
+func walkFDs(ctx context.Context, dir string, names map[uint64]string, buf, link []byte) (int, error) {
+	fdDir, err := unix.Open(filepath.Join(dir, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	switch {
+	case err == unix.ENOENT || err == unix.ESRCH:
+		return 0, nil // gone
+	case err == unix.EACCES || err == unix.EPERM:
+		return 0, fs.ErrPermission
+	case err != nil:
+		return 0, err
 	}
-	defer fdDir.Close()
-	fds, err := fdDir.Readdirnames(-1)
-	if err != nil {
-		return false, nil // gone
-	}
-	raw, err := fdDir.SyscallConn()
-	if err != nil {
-		return false, err
-	}
+	defer unix.Close(fdDir)
 	var (
-		comm  string
-		found bool
+		comm    string
+		found   int
+		entries int
 	)
-	for i, fd := range fds {
-		if i%4096 == 4095 && ctx.Err() != nil {
-			return found, ctx.Err()
+	for {
+		n, err := unix.Getdents(fdDir, buf)
+		if err != nil || n <= 0 {
+			return found, nil // done, or gone
 		}
-		var n int
-		var linkErr error
-		if err := raw.Control(func(dirfd uintptr) { n, linkErr = unix.Readlinkat(int(dirfd), fd, link) }); err != nil || linkErr != nil {
-			continue // closed meanwhile
-		}
-		inode, ok := socketInode(link[:n])
-		if !ok {
-			continue
-		}
-		if _, want := wanted[inode]; !want {
-			continue
-		}
-		if comm == "" {
-			text, err := os.ReadFile(filepath.Join(dir, "comm"))
-			if err != nil {
-				return found, nil // gone
+		for off := 0; off+direntName < n; {
+			// struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
+			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
+			name := buf[off+direntName : off+reclen] // NUL-terminated, padded
+			off += reclen
+			if name[0] == '.' {
+				continue
 			}
-			comm = socket.ProcessName(string(bytes.TrimSuffix(text, []byte("\n"))))
+			if entries++; entries%4096 == 0 && ctx.Err() != nil {
+				return found, ctx.Err()
+			}
+			r, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(fdDir), uintptr(unsafe.Pointer(&name[0])),
+				uintptr(unsafe.Pointer(&link[0])), uintptr(len(link)), 0, 0)
+			if errno != 0 {
+				continue // closed meanwhile
+			}
+			inode, ok := socketInode(link[:r])
+			if !ok {
+				continue
+			}
+			if name, want := names[inode]; !want || name != "" {
+				continue
+			}
+			if comm == "" {
+				text, err := os.ReadFile(filepath.Join(dir, "comm"))
+				if err != nil {
+					return found, nil // gone
+				}
+				comm = socket.ProcessName(string(bytes.TrimSuffix(text, []byte("\n"))))
+			}
+			names[inode] = comm
+			found++
 		}
-		names[inode], found = comm, true
 	}
-	return found, nil
 }
+
+// direntName is where a linux_dirent64's name starts.
+const direntName = 19
 
 // socketInode reads a descriptor's link "socket:[12345]".
 func socketInode(link []byte) (uint64, bool) {

@@ -24,10 +24,10 @@ func process(t *testing.T, proc, pid, comm string, links map[string]string) {
 	}
 }
 
-func want(inodes ...uint64) map[uint64]struct{} {
-	w := map[uint64]struct{}{}
+func want(inodes ...uint64) map[uint64]string {
+	w := map[uint64]string{}
 	for _, i := range inodes {
-		w[i] = struct{}{}
+		w[i] = ""
 	}
 	return w
 }
@@ -40,9 +40,11 @@ func TestNamesTheWantedSocketsByTheirHoldersComm(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(proc, "meminfo"), nil, 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(proc, "sys"), 0o755))
 
-	res, err := Names(context.Background(), proc, want(111, 222, 999))
+	names := want(111, 222, 999)
+	res, err := Names(context.Background(), proc, names)
 	require.NoError(t, err)
-	assert.Equal(t, map[uint64]string{111: "nomad", 222: "bad\uFFFD\\x1b"}, res.Names, "999 is nobody's: closed meanwhile")
+	assert.Equal(t, map[uint64]string{111: "nomad", 222: "bad\uFFFD\\x1b", 999: ""}, names, "999 is nobody's: closed meanwhile")
+	assert.Equal(t, 2, res.Found)
 	assert.Zero(t, res.Unreadable)
 }
 
@@ -60,9 +62,10 @@ func TestARealSocketOfThisProcess(t *testing.T) {
 
 	comm, err := os.ReadFile("/proc/self/comm")
 	require.NoError(t, err)
-	res, err := Names(context.Background(), "/proc", want(inode))
+	names := want(inode)
+	_, err = Names(context.Background(), "/proc", names)
 	require.NoError(t, err)
-	assert.Equal(t, strings.TrimSpace(string(comm)), res.Names[inode])
+	assert.Equal(t, strings.TrimSpace(string(comm)), names[inode])
 }
 
 func TestTheBudgetAndAMissingProcFailTheLookup(t *testing.T) {
@@ -77,7 +80,7 @@ func TestTheBudgetAndAMissingProcFailTheLookup(t *testing.T) {
 	assert.ErrorContains(t, err, "cannot read")
 	res, err := Names(context.Background(), filepath.Join(proc, "absent"), nil)
 	assert.NoError(t, err, "nothing wanted, nothing read")
-	assert.Empty(t, res.Names)
+	assert.Zero(t, res.Found)
 }
 
 func TestSocketInode(t *testing.T) {

@@ -17,19 +17,25 @@ type Processes struct {
 	ports  []uint16
 	states []socket.State
 	// served are the counted server-side sockets; clients the established
-	// client-side sockets toward the ports, with what names their program.
-	served  map[fourTuple]struct{}
-	clients map[fourTuple]owner
+	// client-side sockets toward the ports, by the inode that names their
+	// program, and clientNames the few the table named itself (netstat
+	// -p). Keys and values hold no pointers: at 100,000 connections the
+	// garbage collector has nothing to walk in them.
+	served      []fourTuple
+	clients     map[fourTuple]uint64
+	clientNames map[fourTuple]string
 }
 
-// owner is what the table says of a client end's program: its name (ss
-// -p, netstat -p), or the socket's inode to look the name up by.
-type owner struct {
-	name  string
-	inode uint64
+// fourTuple is a connection's two ends, v4-mapped addresses as IPv4 ones
+// (As16 maps both alike).
+type fourTuple struct{ server, client endpoint }
+
+type endpoint struct {
+	addr [16]byte
+	port uint16
 }
 
-type fourTuple struct{ server, client netip.AddrPort }
+func endpointOf(ap netip.AddrPort) endpoint { return endpoint{ap.Addr().As16(), ap.Port()} }
 
 // ProcessCount is the number of connections one program holds from one
 // client address.
@@ -42,34 +48,39 @@ type ProcessCount struct {
 // NewProcesses matches the connections counted on ports in states.
 func NewProcesses(ports []uint16, states []socket.State) *Processes {
 	return &Processes{
-		ports:   slices.Clone(ports),
-		states:  slices.Clone(states),
-		served:  map[fourTuple]struct{}{},
-		clients: map[fourTuple]owner{},
+		ports:       slices.Clone(ports),
+		states:      slices.Clone(states),
+		clients:     map[fourTuple]uint64{},
+		clientNames: map[fourTuple]string{},
 	}
 }
 
 // Add takes a row of a table that has both ends of local connections (a
-// filter on the source and the destination port) and their programs.
+// filter on the source and the destination port) and what names their
+// programs.
 func (p *Processes) Add(s socket.Socket) {
-	local, peer := unmap(s.Local), unmap(s.Peer)
 	switch {
-	case slices.Contains(p.ports, local.Port()) && slices.Contains(p.states, s.State):
-		p.served[fourTuple{server: local, client: peer}] = struct{}{}
-	case slices.Contains(p.ports, peer.Port()) && s.State == socket.StateEstablished:
+	case slices.Contains(p.ports, s.Local.Port()) && slices.Contains(p.states, s.State):
+		p.served = append(p.served, fourTuple{server: endpointOf(s.Local), client: endpointOf(s.Peer)})
+	case slices.Contains(p.ports, s.Peer.Port()) && s.State == socket.StateEstablished:
 		// Only an established client end is still some program's: after
 		// close() it lingers orphaned (FIN-WAIT-2).
-		p.clients[fourTuple{server: peer, client: local}] = owner{s.Process, s.Inode}
+		conn := fourTuple{server: endpointOf(s.Peer), client: endpointOf(s.Local)}
+		p.clients[conn] = s.Inode
+		if s.Process != "" {
+			p.clientNames[conn] = s.Process
+		}
 	}
 }
 
 // Unnamed are the inodes of the local client ends of counted connections
-// whose program the table did not name: the ones to look up.
-func (p *Processes) Unnamed() map[uint64]struct{} {
-	inodes := map[uint64]struct{}{}
-	for conn := range p.served {
-		if o, local := p.clients[conn]; local && o.name == "" && o.inode != 0 {
-			inodes[o.inode] = struct{}{}
+// whose program the table did not name, each with no name yet: the ones to
+// look up.
+func (p *Processes) Unnamed() map[uint64]string {
+	inodes := map[uint64]string{}
+	for _, conn := range p.served {
+		if inode, local := p.clients[conn]; local && inode != 0 && p.clientNames[conn] == "" {
+			inodes[inode] = ""
 		}
 	}
 	return inodes
@@ -90,20 +101,20 @@ type Unknown struct {
 // table named none, and how many local ones are not known.
 func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown Unknown) {
 	counts := map[ProcessCount]int{}
-	for conn := range p.served {
-		o, local := p.clients[conn]
-		program := o.name
+	for _, conn := range p.served {
+		inode, local := p.clients[conn]
+		program := p.clientNames[conn]
 		if program == "" {
-			program = names[o.inode]
+			program = names[inode]
 		}
 		switch {
 		case !local:
-		case program == "" && o.inode == 0:
+		case program == "" && inode == 0:
 			unknown.Untold++
 		case program == "":
 			unknown.NotFound++
 		default:
-			counts[ProcessCount{Client: conn.client.Addr(), Process: program}]++
+			counts[ProcessCount{Client: netip.AddrFrom16(conn.client.addr).Unmap(), Process: program}]++
 		}
 	}
 	for key, n := range counts {
@@ -140,8 +151,4 @@ func sortCounts(counts []ProcessCount) {
 		}
 		return a.Client.Compare(b.Client)
 	})
-}
-
-func unmap(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
