@@ -94,6 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	go s.limits.Run(ctx)
+	go s.collector.SampleEvery(ctx)
 	serverDone := make(chan error, 1)
 	if s.serveWeb {
 		go func() { serverDone <- delivery.Serve(ctx, s.collector, name, s.web, s.logger) }()
@@ -164,6 +165,9 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	config, err := countFlags.Config()
 	if err != nil {
 		return nil, err
+	}
+	if s.check != nil || s.once {
+		config.SampleInterval = 0 // one collection: nothing between collections
 	}
 	s.serveWeb = s.web.Enabled()
 	if err := s.web.Validate(); err != nil {

@@ -9,7 +9,8 @@
 # with N connections held open on loopback for each N given (default:
 # 200 10000 100000), spread over 50 client addresses. Then one collection
 # with the programs named (--clients.processes) against one without, with
-# 0 and 2,000 idle processes on the host. Run from the
+# 0 and 2,000 idle processes on the host; then the CPU of sampling between
+# collections (--sample.interval) at SAMPLE_SIZES (1000 10000) connections. Run from the
 # repository root on Linux, as any user (needs curl: apt-get install curl;
 # bench/measure takes the times and RSS from the kernel's rusage):
 #
@@ -154,6 +155,29 @@ for n in "${sizes[@]}"; do
   kill "${idle[@]}" 2>/dev/null || true
   wait "${idle[@]}" 2>/dev/null || true
   idle=()
+  release
+done
+
+# Sampling between collections (--sample.interval 1s): the CPU of a running
+# exporter with it against one without, side by side for SAMPLE_FOR (60 s)
+# with the built-in reader, from /proc/PID/stat.
+SAMPLE_FOR=${SAMPLE_FOR:-60}
+echo
+printf '%-11s %-22s %-22s %-s\n' connections "CPU sampling off (ms)" "CPU sampling 1s (ms)" "extra, % of one core"
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
+for n in ${SAMPLE_SIZES:-1000 10000}; do
+  hold "$n"
+  "$work/consul_conn_exporter" --source netlink --sample.interval 0 --web.listen-address 127.0.0.1:19856 2>/dev/null &
+  off=$!
+  "$work/consul_conn_exporter" --source netlink --sample.interval 1s --web.listen-address 127.0.0.1:19857 2>/dev/null &
+  on=$!
+  sleep 1
+  off0=$(cpu_ms "$off"); on0=$(cpu_ms "$on")
+  sleep "$SAMPLE_FOR"
+  off1=$(cpu_ms "$off"); on1=$(cpu_ms "$on")
+  kill "$off" "$on"; wait "$off" "$on" 2>/dev/null || true
+  awk -v n="$n" -v a="$((off1 - off0))" -v b="$((on1 - on0))" -v s="$SAMPLE_FOR" \
+    'BEGIN { printf "%-11s %-22s %-22s %.2f\n", n, a, b, (b - a) / (s * 10) }'
   release
 done
 

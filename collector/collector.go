@@ -15,6 +15,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
+	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
@@ -50,6 +51,9 @@ type Config struct {
 	Processes        bool
 	ProcDir          string
 	ProcessesTimeout time.Duration
+	// SampleInterval, when set, has the table read that often between
+	// collections for the peaks over PeakWindow.
+	SampleInterval, PeakWindow time.Duration
 }
 
 // GroupPorts are the ports of the group named name, none if it is not
@@ -84,6 +88,8 @@ type Collector struct {
 	// inFlight makes callers that arrive while a collection runs share it:
 	// however many scrapers and outputs, one read of the table at a time.
 	inFlight singleflight.Group
+	// peaks are the samples' window, nil without sampling.
+	peaks *peaks.Window
 	// namingState, why the programs cannot be named, is logged once per
 	// change.
 	namingState changes.Tracker
@@ -92,7 +98,11 @@ type Collector struct {
 // New collects config's counts from src; limits gives the limits known
 // once the table is read.
 func New(config Config, src source.Source, limits func() limits.Snapshot, logger *slog.Logger) *Collector {
-	return &Collector{config: config, source: src, limits: limits, logger: logger}
+	c := &Collector{config: config, source: src, limits: limits, logger: logger}
+	if config.SampleInterval > 0 {
+		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
+	}
+	return c
 }
 
 // Collect reads the table once and counts it, or waits for the collection
@@ -106,13 +116,18 @@ func (c *Collector) Collect(ctx context.Context) Result {
 
 func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()
-	counts := newCounts(c.config)
+	counts := newCounts(c.config, c.config.Processes)
 	err := c.source.Read(ctx, counts.add, counts.reset)
 	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
 		Duration: time.Since(start), Err: err}
 	// After the count: a read of the agent's limits opens a connection
 	// of its own, which must not be counted.
 	res.Limits = c.limits()
+	c.sampled(start, counts, res.Limits, err) // a collection is a sample too
+	if c.peaks != nil {
+		view := c.peaks.View(time.Now())
+		res.Peaks = &view
+	}
 	if err != nil {
 		return res
 	}
@@ -123,10 +138,52 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.Processes, res.ProcessesKnown = c.namePrograms(ctx, counts.processes)
 	}
 	if _, err := res.metrics(); err != nil {
-		res.Groups, res.Processes, res.ProcessesKnown = nil, nil, false
+		res.Groups, res.Processes, res.ProcessesKnown, res.Peaks = nil, nil, false, nil
 		res.Err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
 	}
 	return res
+}
+
+// Sample reads the table once between collections and keeps what the peaks
+// need; the programs are not named.
+func (c *Collector) Sample(ctx context.Context) {
+	start := time.Now()
+	counts := newCounts(c.config, false)
+	err := c.source.Read(ctx, counts.add, counts.reset)
+	c.sampled(start, counts, c.limits(), err)
+}
+
+// SampleEvery samples every interval until ctx is done; without sampling
+// (--sample.interval 0) it returns at once.
+func (c *Collector) SampleEvery(ctx context.Context) {
+	if c.peaks == nil {
+		return
+	}
+	ticker := time.NewTicker(c.config.SampleInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			c.Sample(ctx)
+		}
+	}
+}
+
+// sampled adds a sample taken at start to the peaks, if they are kept.
+func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot, err error) {
+	switch {
+	case c.peaks == nil:
+	case err != nil:
+		c.peaks.Failed()
+	default:
+		groups := make([]peaks.Group, len(c.config.Groups))
+		for i, g := range c.config.Groups {
+			groups[i] = peaks.Group{Counts: counts.groups[i], Limit: limitOf(lim, g.Name)}
+		}
+		c.peaks.Add(start, groups)
+	}
 }
 
 // limitOf is group's limit in snap, 0 when not known.
@@ -140,13 +197,14 @@ func limitOf(snap limits.Snapshot, group string) int {
 // counts are one collection's tallies: one per limiter group, and the
 // programs holding the HTTP connections when asked for.
 type counts struct {
-	config    Config
-	groups    []*tally.Tally
-	processes *tally.Processes
+	config        Config
+	withProcesses bool
+	groups        []*tally.Tally
+	processes     *tally.Processes
 }
 
-func newCounts(config Config) *counts {
-	c := &counts{config: config}
+func newCounts(config Config, processes bool) *counts {
+	c := &counts{config: config, withProcesses: processes}
 	c.reset()
 	return c
 }
@@ -156,7 +214,7 @@ func (c *counts) reset() {
 	for _, g := range c.config.Groups {
 		c.groups = append(c.groups, tally.New(g.Ports, c.config.States))
 	}
-	if c.config.Processes {
+	if c.withProcesses {
 		c.processes = tally.NewProcesses(c.config.Groups[0].Ports, c.config.States)
 	}
 }

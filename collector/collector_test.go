@@ -373,3 +373,76 @@ consul_open_http_connections_max_per_client 2
 		})
 	}
 }
+
+// switching is a source whose table the test sets, or fails.
+type switching struct {
+	table sockets
+	err   error
+}
+
+func (s *switching) Read(ctx context.Context, add func(socket.Socket), reset func()) error {
+	if s.err != nil {
+		return s.err
+	}
+	return s.table.Read(ctx, add, reset)
+}
+func (s *switching) String() string { return "switching" }
+
+// fromClient is n connections from client to 8500.
+func fromClient(client string, n int) sockets {
+	var table sockets
+	for i := range n {
+		table = append(table, socket.Socket{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"),
+			Peer: netip.AddrPortFrom(netip.MustParseAddr(client), uint16(40000+i))})
+	}
+	return table
+}
+
+// A burst that a sample saw between two collections shows in the second
+// collection's peaks, not in its snapshot; a failed sample is counted and
+// is no zero.
+func TestSamplesBetweenCollectionsShowTheBurst(t *testing.T) {
+	src := &switching{}
+	config := defaultConfig
+	config.SampleInterval, config.PeakWindow = time.Second, time.Minute
+	c := New(config, src, func() limits.Snapshot { return limits.Snapshot{HTTP: 40} }, discard)
+	c.Collect(context.Background())
+	src.table = fromClient("127.0.0.9", 45)
+	c.Sample(context.Background())
+	src.err = errors.New("ss exited with status 1")
+	c.Sample(context.Background())
+	src.table, src.err = nil, nil
+	res := c.Collect(context.Background())
+	require.NoError(t, res.Err)
+	want := `
+# HELP consul_conn_exporter_samples_failed_total Reads of the socket table for the peaks that failed: they count in no peak.
+# TYPE consul_conn_exporter_samples_failed_total counter
+consul_conn_exporter_samples_failed_total 1
+# HELP consul_conn_exporter_samples_total Reads of the socket table for the peaks (--sample.interval), collections included.
+# TYPE consul_conn_exporter_samples_total counter
+consul_conn_exporter_samples_total 4
+# HELP consul_open_http_connections_max_per_client Most HTTP connections any one client IP holds over the group's ports: the number Consul's http_max_conns_per_client applies to.
+# TYPE consul_open_http_connections_max_per_client gauge
+consul_open_http_connections_max_per_client 0
+# HELP consul_open_http_connections_max_per_client_peak Most HTTP connections any one client IP held at any sample over the peak window: the burst a snapshot misses.
+# TYPE consul_open_http_connections_max_per_client_peak gauge
+consul_open_http_connections_max_per_client_peak 45
+# HELP consul_open_http_connections_peak_per_client Most HTTP connections one client IP held at any sample over the peak window, for the clients with the highest peaks.
+# TYPE consul_open_http_connections_peak_per_client gauge
+consul_open_http_connections_peak_per_client{client="127.0.0.9"} 45
+`
+	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want),
+		"consul_conn_exporter_samples_failed_total", "consul_conn_exporter_samples_total",
+		"consul_open_http_connections_max_per_client", "consul_open_http_connections_max_per_client_peak", "consul_open_http_connections_peak_per_client"))
+	assert.Equal(t, 1, testutil.CollectAndCount(res, "consul_http_client_at_limit_seconds_total"), "the time since the sample before, the peaks' own test measures it")
+	problems, err := testutil.CollectAndLint(res)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}
+
+func TestWithoutSamplingThereAreNoPeaks(t *testing.T) {
+	res := collect(t, defaultConfig, mixed)
+	for _, name := range []string{"consul_conn_exporter_samples_total", "consul_open_http_connections_max_per_client_peak", "consul_http_client_at_limit_seconds_total"} {
+		assert.Zero(t, testutil.CollectAndCount(res, name), name)
+	}
+}

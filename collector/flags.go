@@ -21,6 +21,8 @@ type Flags struct {
 	topClients       int
 	processes        bool
 	processesTimeout time.Duration
+	sampleInterval   time.Duration
+	peakWindow       time.Duration
 }
 
 // AddFlags declares the collection's flags on app.
@@ -38,12 +40,25 @@ func AddFlags(app *kingpin.Application) *Flags {
 		BoolVar(&f.processes)
 	app.Flag("clients.processes.timeout", "Give up naming the programs after this long: the counts are written without them.").
 		Default("5s").DurationVar(&f.processesTimeout)
+	app.Flag("sample.interval", "Between collections, read the socket table this often for the peaks (0: no sampling); with ss or netstat each sample runs it, with --source netlink it is cheap.").
+		Default("1s").DurationVar(&f.sampleInterval)
+	app.Flag("peak.window", "The peaks cover the samples of this sliding window, so that every scraper, and a textfile written every --interval, sees a burst shorter than the interval.").
+		Default("1m").DurationVar(&f.peakWindow)
 	return f
 }
 
 // Config checks the flags and says what to count.
 func (f *Flags) Config() (Config, error) {
-	config := Config{TopClients: f.topClients, Processes: f.processes, ProcDir: "/proc", ProcessesTimeout: f.processesTimeout}
+	config := Config{TopClients: f.topClients, Processes: f.processes, ProcDir: "/proc", ProcessesTimeout: f.processesTimeout,
+		SampleInterval: f.sampleInterval, PeakWindow: f.peakWindow}
+	switch {
+	case f.sampleInterval != 0 && f.sampleInterval < 100*time.Millisecond:
+		return config, errors.New("--sample.interval must be 0 (no sampling) or 100ms or more")
+	case f.sampleInterval > 0 && f.peakWindow < f.sampleInterval:
+		return config, errors.New("--peak.window must be at least --sample.interval")
+	case f.sampleInterval > 0 && f.peakWindow/f.sampleInterval > 100_000:
+		return config, errors.New("--peak.window must hold at most 100,000 samples of --sample.interval")
+	}
 	if f.processesTimeout <= 0 {
 		return config, errors.New("--clients.processes.timeout must be positive")
 	}

@@ -15,6 +15,8 @@ import (
 // interface: dashboards and alerts depend on them.
 type groupDescs struct {
 	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
+	// From the samples over the peak window.
+	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 }
 
 func newGroupDescs(group, what string) groupDescs {
@@ -34,6 +36,15 @@ func newGroupDescs(group, what string) groupDescs {
 			[]string{"port", "state"}, nil),
 		limit: prometheus.NewDesc("consul_"+limitName,
 			"Consul's per-client "+what+" connection limit ("+limitName+"), as configured or read from the agent.",
+			nil, nil),
+		peakPerClient: prometheus.NewDesc(prefix+"_peak_per_client",
+			"Most "+what+" connections one client IP held at any sample over the peak window, for the clients with the highest peaks.",
+			[]string{"client"}, nil),
+		maxPerClientPeak: prometheus.NewDesc(prefix+"_max_per_client_peak",
+			"Most "+what+" connections any one client IP held at any sample over the peak window: the burst a snapshot misses.",
+			nil, nil),
+		atLimit: prometheus.NewDesc("consul_"+group+"_client_at_limit_seconds_total",
+			"Sampled time during which some client held at least "+limitName+" "+what+" connections.",
 			nil, nil),
 	}
 }
@@ -59,6 +70,14 @@ var (
 		"consul_conn_exporter_collect_success",
 		"1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).",
 		nil, nil)
+	samplesDesc = prometheus.NewDesc(
+		"consul_conn_exporter_samples_total",
+		"Reads of the socket table for the peaks (--sample.interval), collections included.",
+		nil, nil)
+	samplesFailedDesc = prometheus.NewDesc(
+		"consul_conn_exporter_samples_failed_total",
+		"Reads of the socket table for the peaks that failed: they count in no peak.",
+		nil, nil)
 	durationDesc = prometheus.NewDesc(
 		"consul_conn_exporter_collect_duration_seconds",
 		"Time the collection took, command included.",
@@ -68,11 +87,11 @@ var (
 // Describe sends the descriptions of every metric a Result can have.
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
 	for _, g := range groupMetrics {
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit} {
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit} {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, successDesc, durationDesc} {
+	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc} {
 		ch <- d
 	}
 }
@@ -100,15 +119,21 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		metrics []prometheus.Metric
 		errs    []error
 	)
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		m, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	sample := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
+		m, err := prometheus.NewConstMetric(d, t, v, labels...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: %w", d, labels, err))
 			return
 		}
 		metrics = append(metrics, m)
 	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) { sample(d, prometheus.GaugeValue, v, labels...) }
+	counter := func(d *prometheus.Desc, v float64) { sample(d, prometheus.CounterValue, v) }
 	gauge(durationDesc, r.Duration.Seconds())
+	if r.Peaks != nil {
+		counter(samplesDesc, float64(r.Peaks.Samples))
+		counter(samplesFailedDesc, float64(r.Peaks.Failed))
+	}
 	if r.Limits.Auto {
 		gauge(limitsReadDesc, boolValue(r.Limits.ReadOK))
 	}
@@ -117,7 +142,7 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		return metrics, errors.Join(errs...)
 	}
 	gauge(successDesc, 1)
-	for _, g := range r.Groups {
+	for i, g := range r.Groups {
 		d := groupMetrics[g.Name]
 		for _, port := range g.Counts.Ports() {
 			p := strconv.Itoa(int(port))
@@ -132,6 +157,14 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		}
 		if g.Limit > 0 {
 			gauge(d.limit, float64(g.Limit))
+		}
+		if r.Peaks != nil && r.Peaks.Known {
+			p := r.Peaks.Groups[i]
+			gauge(d.maxPerClientPeak, float64(p.MaxPerClient))
+			for _, c := range p.Top[:min(r.TopClients, len(p.Top))] {
+				gauge(d.peakPerClient, float64(c.Count), c.Client.String())
+			}
+			counter(d.atLimit, p.AtLimit.Seconds())
 		}
 	}
 	if r.ProcessesAsked {

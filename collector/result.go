@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
@@ -26,8 +27,11 @@ type Result struct {
 	ProcessesKnown bool
 	ProcessesAsked bool
 	Limits         limits.Snapshot
-	Duration       time.Duration
-	Err            error
+	// Peaks are what the samples saw over the window, per group as in
+	// Groups; nil without sampling.
+	Peaks    *peaks.View
+	Duration time.Duration
+	Err      error
 }
 
 // GroupCounts is one limiter group's counts beside its limit.

@@ -25,8 +25,14 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
-// soakFor bounds the soak test; CI runs it whole.
-const soakFor = 40 * time.Second
+// soakFor bounds the soak test; CI runs it whole. SOAK_FOR=10m soaks
+// longer (the sampling's own soak of the peaks issue).
+var soakFor = func() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("SOAK_FOR")); err == nil && d > 0 {
+		return d
+	}
+	return 40 * time.Second
+}()
 
 // The long-running mode under a minute of load: the textfile and /metrics
 // together at a fast interval, parallel scrapes, connections opened and
@@ -67,7 +73,7 @@ func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
 	work, dir := t.TempDir(), t.TempDir()
 	addr := freeAddr(t)
 	args := append([]string{"--textfile.directory", dir, "--web.listen-address", addr, "--port", port(l),
-		"--interval", "100ms"}, sourceArgs(t, work, l.Port())...)
+		"--interval", "100ms", "--sample.interval", "100ms"}, sourceArgs(t, work, l.Port())...)
 	cmd := exec.Command(plainBinary, args...)
 	var stderr syncBuffer
 	cmd.Stderr = &stderr

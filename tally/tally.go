@@ -3,9 +3,9 @@
 package tally
 
 import (
-	"cmp"
 	"net/netip"
 	"slices"
+	"sort"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
@@ -105,15 +105,28 @@ func (t *Tally) MaxPerClient() int {
 // TopClients is the n clients with the most sockets, most first; ties go to
 // the lower address so that the same counts always give the same list.
 func (t *Tally) TopClients(n int) []ClientCount {
-	all := make([]ClientCount, 0, len(t.perClient))
-	for client, count := range t.perClient {
-		all = append(all, ClientCount{Client: client, Count: count})
+	return t.AppendTopClients(make([]ClientCount, 0, min(n, len(t.perClient))), n)
+}
+
+// AppendTopClients appends TopClients(n) to dst: with room for n in dst, it
+// allocates nothing.
+func (t *Tally) AppendTopClients(dst []ClientCount, n int) []ClientCount {
+	start := len(dst)
+	before := func(a, b ClientCount) bool {
+		return a.Count > b.Count || (a.Count == b.Count && a.Client.Less(b.Client))
 	}
-	slices.SortFunc(all, func(a, b ClientCount) int {
-		if c := cmp.Compare(b.Count, a.Count); c != 0 {
-			return c
+	for client, count := range t.perClient {
+		c := ClientCount{Client: client, Count: count}
+		top := dst[start:]
+		if len(top) == n && (n == 0 || !before(c, top[n-1])) {
+			continue
 		}
-		return a.Client.Compare(b.Client)
-	})
-	return all[:min(n, len(all))]
+		i := start + sort.Search(len(top), func(i int) bool { return before(c, top[i]) })
+		if len(top) < n {
+			dst = append(dst, ClientCount{})
+		}
+		copy(dst[i+1:], dst[i:len(dst)-1])
+		dst[i] = c
+	}
+	return dst
 }

@@ -1,6 +1,7 @@
 package tally
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -56,4 +57,20 @@ func TestEmptyTallyIsZeroEverywhere(t *testing.T) {
 	assert.Equal(t, 0, counts.Total(8500))
 	assert.Equal(t, 0, counts.MaxPerClient())
 	assert.Empty(t, counts.TopClients(10))
+}
+
+func TestAppendTopClientsAllocatesNothingWithRoom(t *testing.T) {
+	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	for i := range 300 { // squares mod 50: uneven counts over fewer than 50 clients
+		counts.Add(sock(socket.StateEstablished, "127.0.0.1:8500", fmt.Sprintf("10.0.0.%d:%d", (i*i)%50, 40000+i)))
+	}
+	dst := make([]ClientCount, 0, 5)
+	assert.Equal(t, counts.TopClients(5), counts.AppendTopClients(dst, 5))
+	assert.Zero(t, testing.AllocsPerRun(10, func() { dst = counts.AppendTopClients(dst[:0], 5) }))
+	all := counts.TopClients(1000)
+	assert.Less(t, len(all), 50)
+	for i := 1; i < len(all); i++ {
+		assert.GreaterOrEqual(t, all[i-1].Count, all[i].Count, "most first")
+	}
+	assert.Empty(t, counts.TopClients(0))
 }

@@ -31,7 +31,14 @@ func Parse(r io.Reader) (map[string]float64, error) {
 			if len(labels) > 0 {
 				key += "{" + strings.Join(labels, ",") + "}"
 			}
-			metrics[key] = m.GetGauge().GetValue()
+			switch {
+			case m.Counter != nil:
+				metrics[key] = m.GetCounter().GetValue()
+			case m.Untyped != nil:
+				metrics[key] = m.GetUntyped().GetValue()
+			default:
+				metrics[key] = m.GetGauge().GetValue()
+			}
 		}
 	}
 	return metrics, nil

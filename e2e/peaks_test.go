@@ -1,0 +1,127 @@
+package e2e
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+)
+
+// A client that holds 45 connections for 1.5 s between two scrapes leaves
+// no trace in the snapshot, and its peak in the samples: the same for two
+// scrapers, with the time at --limit 40 counted, until the window has
+// passed.
+func TestABurstBetweenScrapesShowsInThePeak(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	for _, source := range []string{"ss", "netlink"} {
+		t.Run(source, func(t *testing.T) {
+			l := loopback.Listen(t, "127.0.0.1")
+			addr := freeAddr(t)
+			startServer(t, binary, "--web.listen-address="+addr, "--port", port(l), "--source", source,
+				"--limit", "40", "--sample.interval", "1s", "--peak.window", "4s")
+			url := "http://" + addr + "/metrics"
+			before := scrape(t, url)
+			assert.Equal(t, 0.0, value(t, before, "consul_open_http_connections_max_per_client_peak"))
+			atLimitBefore := value(t, before, "consul_http_client_at_limit_seconds_total")
+
+			burst := loopback.Open(t, l, "127.0.0.77", 45)
+			time.Sleep(1500 * time.Millisecond) // the burst itself, not a wait for anything
+			for _, p := range burst {
+				p.Client.Close()
+				p.Server.Close()
+			}
+			require.Eventually(t, func() bool {
+				return value(t, scrape(t, url), "consul_open_http_connections_max_per_client") == 0
+			}, 10*time.Second, 50*time.Millisecond, "the burst is over")
+
+			first := scrape(t, url)
+			assert.Equal(t, 0.0, value(t, first, "consul_open_http_connections_max_per_client"), "the snapshot saw nothing")
+			assert.Equal(t, 45.0, value(t, first, "consul_open_http_connections_max_per_client_peak"))
+			assert.Equal(t, 45.0, value(t, first, `consul_open_http_connections_peak_per_client{client="127.0.0.77"}`))
+			atLimit := value(t, first, "consul_http_client_at_limit_seconds_total") - atLimitBefore
+			assert.InDelta(t, 1.5, atLimit, 1.0, "1.5 s at the limit, to within a sample interval")
+
+			second := scrape(t, url)
+			assert.Equal(t, 45.0, value(t, second, "consul_open_http_connections_max_per_client_peak"), "another scraper, the same peak")
+
+			require.Eventually(t, func() bool {
+				return value(t, scrape(t, url), "consul_open_http_connections_max_per_client_peak") == 0
+			}, 15*time.Second, 100*time.Millisecond, "after the window, the peak is the snapshot again")
+		})
+	}
+}
+
+// A source that fails every third read: the failed samples are counted,
+// the peaks come from the good ones, and no zero stands in for a failure.
+func TestFailedSamplesAreCountedNotZeros(t *testing.T) {
+	dir := t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	require.NoError(t, os.WriteFile(runs, []byte("0"), 0o644))
+	capture, err := filepath.Abs("../fixtures/ss-iproute2-6.1.0_tan_mixed.txt")
+	require.NoError(t, err)
+	script := `n=$(cat ` + runs + `); echo $((n + 1)) > ` + runs + `; [ $((n % 3)) = 2 ] && exit 1; cat ` + capture
+	addr := freeAddr(t)
+	startServer(t, binary, "--web.listen-address="+addr, "--command", "sh -c '"+script+"'", "--port", "8500",
+		"--sample.interval", "100ms", "--peak.window", "10s")
+	url := "http://" + addr + "/metrics"
+	var metrics map[string]float64
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		metrics = parseMetrics(t, resp.Body, "the scraped body")
+		resp.Body.Close()
+		return metrics["consul_conn_exporter_samples_total"] >= 12
+	}, 20*time.Second, 100*time.Millisecond)
+	samples, failed := value(t, metrics, "consul_conn_exporter_samples_total"), value(t, metrics, "consul_conn_exporter_samples_failed_total")
+	text, err := os.ReadFile(runs)
+	require.NoError(t, err)
+	commandRuns, err := strconv.Atoi(string(text[:len(text)-1]))
+	require.NoError(t, err)
+	assert.InDelta(t, float64(commandRuns)/3, failed, 1, "every third run failed: %v of %v samples, %d runs", failed, samples, commandRuns)
+	assert.Equal(t, 9.0, value(t, metrics, "consul_open_http_connections_max_per_client_peak"), "the capture's busiest client, from the good samples")
+}
+
+// A real agent with a small limit: a 2-second burst to it from one address
+// shows in the peak and in the time at the limit, read from the agent.
+func TestABurstToARealAgentsLimitShowsInThePeak(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	agent := startConsul(t, "http_max_conns_per_client = 20", false)
+	_, httpPort, err := net.SplitHostPort(agent.httpAddr)
+	require.NoError(t, err)
+	addr := freeAddr(t)
+	t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
+	startServer(t, binary, "--web.listen-address="+addr, "--port", httpPort, "--limit", "auto",
+		"--sample.interval", "500ms", "--peak.window", "1m", "--source", "netlink")
+	url := "http://" + addr + "/metrics"
+	require.Eventually(t, func() bool {
+		return scrape(t, url)["consul_http_max_conns_per_client"] == 20
+	}, 20*time.Second, 100*time.Millisecond, "the limit read from the agent")
+
+	const busy = "127.0.0.6"
+	var held []net.Conn
+	for range 20 {
+		status, conn := request(t, agent.httpAddr, busy)
+		require.Equal(t, http.StatusOK, status)
+		held = append(held, conn)
+	}
+	time.Sleep(2 * time.Second) // the burst itself
+	for _, c := range held {
+		c.Close()
+	}
+	require.Eventually(t, func() bool {
+		return scrape(t, url)[`consul_open_http_connections_per_client{client="`+busy+`"}`] == 0
+	}, 20*time.Second, 100*time.Millisecond, "the burst is over")
+	after := scrape(t, url)
+	assert.Equal(t, 20.0, value(t, after, `consul_open_http_connections_peak_per_client{client="`+busy+`"}`))
+	assert.GreaterOrEqual(t, value(t, after, "consul_open_http_connections_max_per_client_peak"), 20.0)
+	assert.InDelta(t, 2.0, value(t, after, "consul_http_client_at_limit_seconds_total"), 1.0)
+}
