@@ -131,7 +131,7 @@ type setup struct {
 func parse(args []string, stderr io.Writer) (*setup, error) {
 	app := kingpin.New(name, "Counts the connections Consul holds open, per client IP and in total, against its per-client limits, and hands them to Prometheus.")
 	app.UsageWriter(stderr).ErrorWriter(stderr)
-	app.Version(version.Print(name))
+	app.Version(version.Print(name) + "\n  license:          " + license)
 	app.HelpFlag.Short('h')
 	app.Command("run", "Collect every --interval (or --once) for the textfile, a Pushgateway or /metrics (the default).").Default()
 	checkCmd := app.Command("check", "Collect once and print a verdict on the busiest client against its limit; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios, Consul script checks).")

@@ -1,11 +1,21 @@
 package main
 
 import (
+	_ "embed"
 	"runtime/debug"
 	"strings"
 
 	"github.com/prometheus/common/version"
 )
+
+// versionFile is VERSION: the version of `go run .` and `go build`, which
+// nothing else stamps.
+//
+//go:embed VERSION
+var versionFile string
+
+// license is the exporter's, for --version.
+const license = "Apache-2.0 (LICENSE; the licences of the modules linked in: NOTICES in the release)"
 
 // fillVersion fills in what the linker did not stamp (deploy/build.sh
 // stamps everything, as promu does) from Go's build information: the
@@ -15,9 +25,9 @@ import (
 func fillVersion() {
 	info, ok := debug.ReadBuildInfo()
 	if version.Version == "" {
-		version.Version = "unknown"
-		if ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
-			version.Version = strings.TrimPrefix(info.Main.Version, "v")
+		version.Version = strings.TrimSpace(versionFile)
+		if ok && info.Main.Version != "" && info.Main.Version != "(devel)" && !strings.Contains(info.Main.Version, "-0.") {
+			version.Version = strings.TrimPrefix(info.Main.Version, "v") // go install ...@vX
 		}
 	}
 	if version.Branch == "" {

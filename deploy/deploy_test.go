@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"debug/elf"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
@@ -142,4 +144,75 @@ func TestPlainBuildTakesVersionAndRevisionFromGo(t *testing.T) {
 	require.NoError(t, err)
 	assert.Regexp(t, `version \S+ \(branch: unknown, revision: `+strings.TrimSpace(string(revision)), string(version))
 	assert.NotContains(t, string(version), "version  (")
+}
+
+// `go run .`, the README's first command, says the VERSION file's version.
+func TestGoRunShowsTheVersionFile(t *testing.T) {
+	programs.NotShort(t, "builds and runs the exporter")
+	want, err := os.ReadFile("../VERSION")
+	require.NoError(t, err)
+	version := strings.TrimSpace(string(want))
+	out, err := exec.Command("go", "run", "..", "--version").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "version "+version+" ")
+	assert.Contains(t, string(out), "license:          Apache-2.0")
+	out, err = exec.Command("go", "run", "..", "--once", "--command", "true", "--textfile.directory", t.TempDir()).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "version=\"(version="+version+",")
+}
+
+// No cluster runs here: the consul-k8s values are checked for the keys the
+// chart reads, a valid container for each, and arguments the binary takes.
+func TestConsulK8sValuesPutTheExporterBesideEachAgent(t *testing.T) {
+	text, err := os.ReadFile("kubernetes/consul-k8s-values.yaml")
+	require.NoError(t, err)
+	var values map[string]struct {
+		Annotations     string             `json:"annotations"`
+		ExtraContainers []corev1.Container `json:"extraContainers"`
+	}
+	require.NoError(t, yaml.UnmarshalStrict(text, &values), "unknown or misspelt fields")
+	for _, role := range []string{"server", "client"} {
+		t.Run(role, func(t *testing.T) {
+			v, ok := values[role]
+			require.True(t, ok, "no %s values", role)
+			var annotations map[string]string
+			require.NoError(t, yaml.UnmarshalStrict([]byte(v.Annotations), &annotations), "annotations is a YAML string")
+			assert.Equal(t, "true", annotations["prometheus.io/scrape"])
+			require.Len(t, v.ExtraContainers, 1)
+			c := v.ExtraContainers[0]
+			require.Len(t, c.Ports, 1)
+			assert.Equal(t, "conn-metrics", c.Ports[0].Name)
+			assert.Equal(t, annotations["prometheus.io/port"], fmt.Sprint(c.Ports[0].ContainerPort))
+			assert.Contains(t, c.Args, "--source=netlink", "no ss and no /proc in the sidecar")
+			assert.Contains(t, c.Args, fmt.Sprintf("--web.listen-address=:%d", c.Ports[0].ContainerPort))
+			sc := c.SecurityContext
+			require.NotNil(t, sc)
+			assert.True(t, *sc.RunAsNonRoot)
+			assert.Equal(t, int64(65534), *sc.RunAsUser)
+			assert.True(t, *sc.ReadOnlyRootFilesystem)
+			assert.False(t, *sc.AllowPrivilegeEscalation)
+			assert.Equal(t, "ALL", string(sc.Capabilities.Drop[0]))
+
+			// The binary takes every argument: kingpin parses them all
+			// before it acts on --help.
+			programs.NotShort(t, "runs the exporter")
+			out, err := exec.Command("go", append([]string{"run", ".."}, append(c.Args, "--help")...)...).CombinedOutput()
+			assert.NoError(t, err, "%s", out)
+			// And their values: check validates as the exporter does (exit
+			// 3 is a usage error or a failed collection).
+			var counting []string
+			for _, arg := range c.Args {
+				if !strings.HasPrefix(arg, "--web.") {
+					counting = append(counting, arg)
+				}
+			}
+			out, err = exec.Command("go", append([]string{"run", "..", "check"}, counting...)...).CombinedOutput()
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				assert.NotEqual(t, 3, exit.ExitCode(), "%s", out)
+			} else {
+				assert.NoError(t, err, "%s", out)
+			}
+		})
+	}
 }

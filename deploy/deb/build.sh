@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Builds OUTDIR/consul-conn-exporter_VERSION_amd64.deb with nfpm, a
+# Builds OUTDIR/consul-conn-exporter_VERSION_ARCH.deb (GOARCH, default
+# amd64) with nfpm, a
 # build tool run at a pinned version and never linked into the product:
 # the release binary (deploy/build.sh), the systemd units,
-# /etc/default/consul-conn-exporter (a conffile) and the maintainer scripts.
+# /etc/default/consul-conn-exporter (a conffile), the maintainer scripts,
+# and a copyright file naming every Go module linked in (cmd/notices).
 #
 #   bash deploy/deb/build.sh OUTDIR [VERSION]
 set -euo pipefail
 outdir=$(realpath -m "$1")
 cd "$(dirname "$0")/../.."
 export VERSION=${2:-$(cat VERSION)}
+export GOARCH=${GOARCH:-amd64}
 nfpm=github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 bash deploy/build.sh "$stage/consul_conn_exporter" "$VERSION"
 cp -r deploy/systemd "$stage/systemd"
-cp deploy/deb/nfpm.yaml deploy/deb/default deploy/deb/copyright deploy/deb/lintian-overrides deploy/deb/postinst deploy/deb/postrm "$stage/"
+cp deploy/deb/nfpm.yaml deploy/deb/default deploy/deb/lintian-overrides deploy/deb/postinst deploy/deb/postrm "$stage/"
+GOARCH= go run ./cmd/notices -debian "$stage/consul_conn_exporter" > "$stage/copyright"
+sed -i "s/^arch: .*/arch: $GOARCH/" "$stage/nfpm.yaml"
 printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
   consul-conn-exporter "$VERSION" "$VERSION" \
   "consul-conn-exporter developers <consul-conn-exporter@users.noreply.github.com>" \
@@ -23,12 +28,14 @@ printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
   | gzip -9n > "$stage/changelog.gz"
 # kingpin writes the manual page; its header line would hold the whole
 # multi-line version text, so it gets a plain one.
-"$stage/consul_conn_exporter" --help-man \
+GOARCH= go run . --help-man \
   | awk -v v="$VERSION" '
       /^\.SH "NAME"/ { print ".TH CONSUL_CONN_EXPORTER 1 \"\" \"consul_conn_exporter " v "\""; on = 1; print; getline
                        print "consul_conn_exporter \\- count Consul'"'"'s open connections per client against its limits"; next }
-      on' \
+      on
+      END { print ".SH \"LICENSE\""; print "Apache-2.0. The licences of the Go modules linked in: /usr/share/doc/consul-conn-exporter/copyright." }' \
   | gzip -9n > "$stage/consul_conn_exporter.1.gz"
 mkdir -p "$outdir"
-(cd "$stage" && go run "$nfpm" package --config nfpm.yaml --packager deb --target "$outdir/consul-conn-exporter_${VERSION}_amd64.deb" >&2)
-echo "$outdir/consul-conn-exporter_${VERSION}_amd64.deb"
+deb="$outdir/consul-conn-exporter_${VERSION}_${GOARCH}.deb"
+(cd "$stage" && GOARCH= go run "$nfpm" package --config nfpm.yaml --packager deb --target "$deb" >&2)
+echo "$deb"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A release, the Prometheus way, for linux/amd64 and linux/arm64 into OUTDIR:
+# static stripped binaries with the version stamped, in
+# consul_conn_exporter-VERSION.linux-ARCH.tar.gz (a directory of that name
+# with the binary, LICENSE and NOTICES: every Go module linked in, with its
+# licence, from cmd/notices, which fails on a licence it does not know), the
+# Debian package of each, and sha256sums.txt over all of them. Building twice
+# from one commit with one SOURCE_DATE_EPOCH (default: the commit's time)
+# gives byte-identical tarballs and binaries.
+#
+#   bash deploy/release.sh OUTDIR [VERSION]
+set -euo pipefail
+outdir=$(realpath -m "$1")
+cd "$(dirname "$0")/.."
+version=${2:-$(cat VERSION)}
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$outdir"
+for arch in amd64 arm64; do
+  name=consul_conn_exporter-$version.linux-$arch
+  mkdir "$stage/$name"
+  GOARCH=$arch bash deploy/build.sh "$stage/$name/consul_conn_exporter" "$version"
+  cp LICENSE "$stage/$name/LICENSE"
+  go run ./cmd/notices "$stage/$name/consul_conn_exporter" > "$stage/$name/NOTICES"
+  touch -d "@$SOURCE_DATE_EPOCH" "$stage/$name" "$stage/$name"/*
+  chmod 0755 "$stage/$name" "$stage/$name/consul_conn_exporter"
+  chmod 0644 "$stage/$name/LICENSE" "$stage/$name/NOTICES"
+  tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner --format=gnu \
+    -C "$stage" -cf - "$name" | gzip -9n > "$outdir/$name.tar.gz"
+  GOARCH=$arch bash deploy/deb/build.sh "$outdir" "$version" >/dev/null
+done
+(cd "$outdir" && sha256sum -- *.tar.gz *.deb > sha256sums.txt)
+ls "$outdir"
