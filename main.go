@@ -28,12 +28,14 @@ import (
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
 	"github.com/consul-conn-exporter/consul-conn-exporter/check"
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
@@ -141,6 +143,7 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	limitFlags := limits.AddFlags(app)
 	textfileFlags := textfile.AddFlags(app)
 	pushFlags := pushgateway.AddFlags(app, name)
+	refusalFlags := refusals.AddFlags(app)
 	s := &setup{web: delivery.AddWebFlags(app)}
 	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&s.once)
 	app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").DurationVar(&s.interval)
@@ -180,6 +183,8 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 		return nil, errors.New("--once cannot serve --web.listen-address: a server runs until stopped")
 	case s.gomaxprocs < 1:
 		return nil, errors.New("--runtime.gomaxprocs must be 1 or more")
+	case refusalFlags.Enabled && (s.once || s.check != nil):
+		return nil, errors.New("--refusals counts from the exporter's start: it needs the long-running mode, not --once or check")
 	}
 	if s.limits, err = limitFlags.Source(config.GroupPorts(collector.HTTP), config.GroupPorts(collector.RPC), s.logger); err != nil {
 		return nil, err
@@ -207,5 +212,34 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	}
 	s.source = src.String()
 	s.collector = collector.New(config, src, s.limits.Snapshot, s.logger)
+	if refusalFlags.Enabled {
+		if err := countRefusals(s.collector, config); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// countRefusals loads the kernel program that counts refusals, then drops
+// every capability no enabled feature still needs: the long-running part
+// can load nothing more.
+func countRefusals(coll *collector.Collector, config collector.Config) error {
+	var ports [][]uint16
+	for _, g := range config.Groups {
+		ports = append(ports, g.Ports)
+	}
+	counter, err := refusals.Load(ports)
+	if err != nil {
+		return err
+	}
+	var keep []int
+	if config.Processes {
+		keep = []int{capabilities.DACReadSearch, capabilities.SysPtrace}
+	}
+	if err := capabilities.DropAllBut(keep...); err != nil {
+		counter.Close()
+		return err
+	}
+	coll.CountRefusals(counter.Snapshot)
+	return nil
 }

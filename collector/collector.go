@@ -16,6 +16,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
@@ -90,6 +91,9 @@ type Collector struct {
 	inFlight singleflight.Group
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
+	// refusals reads the refusals counted in the kernel, nil without.
+	refusals      func(top int) ([]refusals.Group, error)
+	refusalsState changes.Tracker
 	// namingState, why the programs cannot be named, is logged once per
 	// change.
 	namingState changes.Tracker
@@ -103,6 +107,11 @@ func New(config Config, src source.Source, limits func() limits.Snapshot, logger
 		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
 	}
 	return c
+}
+
+// CountRefusals has every collection carry the refusals read reads.
+func (c *Collector) CountRefusals(read func(top int) ([]refusals.Group, error)) {
+	c.refusals = read
 }
 
 // Collect reads the table once and counts it, or waits for the collection
@@ -137,8 +146,23 @@ func (c *Collector) collect(ctx context.Context) Result {
 	if counts.processes != nil {
 		res.Processes, res.ProcessesKnown = c.namePrograms(ctx, counts.processes)
 	}
+	if c.refusals != nil {
+		var err error
+		res.Refusals, err = c.refusals(c.config.TopClients)
+		why := ""
+		if err != nil {
+			why = err.Error()
+		}
+		switch {
+		case !c.refusalsState.Changed(why):
+		case err != nil:
+			c.logger.Error("cannot read the refusals; their counters are absent", "err", err)
+		default:
+			c.logger.Info("the refusals can be read again")
+		}
+	}
 	if _, err := res.metrics(); err != nil {
-		res.Groups, res.Processes, res.ProcessesKnown, res.Peaks = nil, nil, false, nil
+		res.Groups, res.Processes, res.ProcessesKnown, res.Peaks, res.Refusals = nil, nil, false, nil, nil
 		res.Err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
 	}
 	return res

@@ -17,6 +17,8 @@ type groupDescs struct {
 	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
 	// From the samples over the peak window.
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
+	// Counted in the kernel (--refusals).
+	refused, refusedPerClient *prometheus.Desc
 }
 
 func newGroupDescs(group, what string) groupDescs {
@@ -46,6 +48,12 @@ func newGroupDescs(group, what string) groupDescs {
 		atLimit: prometheus.NewDesc("consul_"+group+"_client_at_limit_seconds_total",
 			"Sampled time during which some client held at least "+limitName+" "+what+" connections.",
 			nil, nil),
+		refused: prometheus.NewDesc("consul_refused_"+group+"_connections_total",
+			what+" connections Consul refused (past "+limitName+": reset before their request was read), counted in the kernel since the exporter started.",
+			nil, nil),
+		refusedPerClient: prometheus.NewDesc("consul_refused_"+group+"_connections_per_client_total",
+			what+" connections Consul refused to one client IP since the exporter started, for the clients refused most.",
+			[]string{"client"}, nil),
 	}
 }
 
@@ -87,7 +95,7 @@ var (
 // Describe sends the descriptions of every metric a Result can have.
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
 	for _, g := range groupMetrics {
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit} {
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient} {
 			ch <- d
 		}
 	}
@@ -128,7 +136,9 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		metrics = append(metrics, m)
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) { sample(d, prometheus.GaugeValue, v, labels...) }
-	counter := func(d *prometheus.Desc, v float64) { sample(d, prometheus.CounterValue, v) }
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		sample(d, prometheus.CounterValue, v, labels...)
+	}
 	gauge(durationDesc, r.Duration.Seconds())
 	if r.Peaks != nil {
 		counter(samplesDesc, float64(r.Peaks.Samples))
@@ -165,6 +175,12 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 				gauge(d.peakPerClient, float64(c.Count), c.Client.String())
 			}
 			counter(d.atLimit, p.AtLimit.Seconds())
+		}
+		if i < len(r.Refusals) {
+			counter(d.refused, float64(r.Refusals[i].Total))
+			for _, c := range r.Refusals[i].Top[:min(r.TopClients, len(r.Refusals[i].Top))] {
+				counter(d.refusedPerClient, float64(c.Count), c.Client.String())
+			}
 		}
 	}
 	if r.ProcessesAsked {

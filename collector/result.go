@@ -5,6 +5,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
@@ -29,7 +30,10 @@ type Result struct {
 	Limits         limits.Snapshot
 	// Peaks are what the samples saw over the window, per group as in
 	// Groups; nil without sampling.
-	Peaks    *peaks.View
+	Peaks *peaks.View
+	// Refusals are each group's refusals counted in the kernel since
+	// start, as in Groups; nil without --refusals.
+	Refusals []refusals.Group
 	Duration time.Duration
 	Err      error
 }

@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"fmt"
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+)
+
+// refused asks the agent from the address from and says whether it was
+// refused: a 429, or the reset that Consul's close with the request unread
+// sends, before the answer could be read.
+func refused(t *testing.T, consulAddr, from string) bool {
+	t.Helper()
+	conn := dialFrom(t, from, consulAddr)
+	defer conn.Close()
+	_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusTooManyRequests
+}
+
+// startRefusals starts the exporter (a build without cgo, as released) with
+// --refusals and returns its /metrics URL and its pid.
+func startRefusals(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	addr := freeAddr(t)
+	cmd := exec.Command(plainBinary, append([]string{"--refusals", "--web.listen-address=" + addr, "--sample.interval=0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	lines := bufio.NewScanner(stderr)
+	var log []string
+	for lines.Scan() {
+		log = append(log, lines.Text())
+		if strings.Contains(lines.Text(), "Listening on") {
+			go io.Copy(io.Discard, stderr)
+			return "http://" + addr + "/metrics", cmd.Process.Pid
+		}
+	}
+	t.Fatalf("the exporter exited before listening:\n%s", strings.Join(log, "\n"))
+	return "", 0
+}
+
+// A real agent with http_max_conns_per_client = 10: ten connections held from
+// one address, then N more requests from it refused: that client's counter
+// and the total are exactly N. Requests served to another address, blocking
+// queries their clients close, and idle closes move no counter.
+func TestRefusalsOfARealAgentAreCountedPerClient(t *testing.T) {
+	programs.NeedRoot(t, "load the refusals' kernel program")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	agent := startConsul(t, "http_max_conns_per_client = 10\nrpc_max_conns_per_client = 12", false)
+	_, httpPort, err := net.SplitHostPort(agent.httpAddr)
+	require.NoError(t, err)
+	_, rpcPort, err := net.SplitHostPort(agent.serverAddr)
+	require.NoError(t, err)
+	url, pid := startRefusals(t, "--port", httpPort, "--limit", "10", "--rpc.port", rpcPort, "--rpc.limit", "12")
+
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	require.NoError(t, err)
+	assert.Contains(t, string(status), "\nCapEff:\t0000000000000000\n", "every capability dropped once loaded, as root too")
+
+	// Not refusals: served requests from another address, a blocking query
+	// its client gives up on, connections closed idle.
+	for range 5 {
+		code, conn := request(t, agent.httpAddr, "127.0.0.16")
+		require.Equal(t, http.StatusOK, code)
+		conn.Close()
+	}
+	blocking := dialFrom(t, "127.0.0.17", agent.httpAddr)
+	_, err = io.WriteString(blocking, "GET /v1/catalog/services?index=1000000&wait=5m HTTP/1.1\r\nHost: consul\r\n\r\n")
+	require.NoError(t, err)
+	blocking.Close()
+	none := scrape(t, url)
+	assert.Equal(t, 0.0, value(t, none, "consul_refused_http_connections_total"))
+	assert.Equal(t, 0.0, value(t, none, "consul_refused_rpc_connections_total"))
+
+	const busy = "127.0.0.15"
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for range 10 {
+		code, conn := request(t, agent.httpAddr, busy)
+		require.Equal(t, http.StatusOK, code)
+		held = append(held, conn)
+	}
+	const n = 7
+	for i := range n {
+		require.True(t, refused(t, agent.httpAddr, busy), "request %d past the limit", i+1)
+	}
+	var metrics map[string]float64
+	require.Eventually(t, func() bool {
+		metrics = scrape(t, url)
+		return metrics["consul_refused_http_connections_total"] >= n
+	}, 10*time.Second, 50*time.Millisecond)
+	refusedSeries := func() (series []string) {
+		for key, v := range metrics {
+			if strings.HasPrefix(key, "consul_refused_") {
+				series = append(series, fmt.Sprint(key, " ", v))
+			}
+		}
+		return series
+	}
+	assert.Equal(t, float64(n), value(t, metrics, "consul_refused_http_connections_total"), "%v", refusedSeries())
+	assert.Equal(t, float64(n), value(t, metrics, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`))
+	for key := range metrics {
+		if strings.HasPrefix(key, "consul_refused_") {
+			assert.NotContains(t, key, "127.0.0.16", "served: never refused")
+			assert.NotContains(t, key, "127.0.0.17", "a blocking query closed by its client is no refusal")
+		}
+	}
+	assert.Equal(t, 0.0, value(t, metrics, "consul_refused_rpc_connections_total"), "one limiter per group")
+
+	// The server's RPC limiter: the dev server holds two of its own, so
+	// ten from one address reach 12; the next ones, which send their first
+	// byte at once as Consul's own clients do, are reset.
+	const rpcBusy = "127.0.0.18"
+	for range 12 {
+		held = append(held, dialFrom(t, rpcBusy, agent.serverAddr))
+	}
+	const rpcRefused = 4
+	for range rpcRefused {
+		conn := dialFrom(t, rpcBusy, agent.serverAddr)
+		_, err := conn.Write([]byte{0}) // the RPC protocol byte
+		require.NoError(t, err)
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+		// Closed at once, the byte unread: a reset (read as such, or as
+		// the end of the stream when the FIN comes first).
+		_, err = conn.Read(make([]byte, 1))
+		require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF), "refused, got %v", err)
+		conn.Close()
+	}
+	require.Eventually(t, func() bool {
+		metrics = scrape(t, url)
+		return metrics["consul_refused_rpc_connections_total"] >= rpcRefused
+	}, 10*time.Second, 50*time.Millisecond)
+	assert.Equal(t, float64(rpcRefused), value(t, metrics, "consul_refused_rpc_connections_total"))
+	assert.Equal(t, float64(rpcRefused), value(t, metrics, `consul_refused_rpc_connections_per_client_total{client="`+rpcBusy+`"}`))
+	assert.Equal(t, float64(n), value(t, metrics, "consul_refused_http_connections_total"), "HTTP unchanged")
+}
+
+// Without the capabilities: exit 2 with one line saying how to grant them,
+// and nothing written first. Without the flag: no counter.
+func TestRefusalsWithoutPrivilegeExitTwoWithOneLine(t *testing.T) {
+	args := append(programs.AsNobody(t), plainBinary, "--refusals", "--web.listen-address="+freeAddr(t), "--command", "true")
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	assert.Equal(t, 2, exitCode(t, err), "%s", out)
+	text := strings.TrimSpace(string(out))
+	assert.Equal(t, 0, strings.Count(text, "\n"), "one line: %s", text)
+	assert.Contains(t, text, "CAP_BPF and CAP_PERFMON")
+	assert.Contains(t, text, "AmbientCapabilities=")
+
+	addr := freeAddr(t)
+	startServer(t, plainBinary, "--web.listen-address="+addr, "--command", "true")
+	for key := range scrape(t, "http://"+addr+"/metrics") {
+		assert.NotContains(t, key, "refused")
+	}
+}

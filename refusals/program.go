@@ -1,0 +1,269 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0-only
+//
+// The kernel program of this file is licensed MIT or GPL-2.0 (the kernel
+// loads tracing programs only under a GPL-compatible licence); the rest of
+// the exporter is Apache-2.0.
+
+package refusals
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
+)
+
+// layout is where struct sock_common keeps what the program reads, from
+// the running kernel's BTF: the program follows the kernel it runs on.
+type layout struct {
+	family, state, num, dport, daddr, v6daddr int16 // struct sock_common
+	sport                                     int16 // struct inet_sock
+}
+
+// readLayout finds sock_common's fields in the kernel's BTF, and checks
+// that the tracepoint hands the program a struct sock first.
+func readLayout(spec *btf.Spec) (layout, error) {
+	var common *btf.Struct
+	if err := spec.TypeByName("sock_common", &common); err != nil {
+		return layout{}, fmt.Errorf("no struct sock_common in the kernel's BTF: %w", err)
+	}
+	var proto *btf.Typedef
+	if err := spec.TypeByName("btf_trace_tcp_send_reset", &proto); err != nil {
+		return layout{}, errors.New("this kernel has no tcp_send_reset tracepoint (Linux 4.15 or later)")
+	}
+	var inet *btf.Struct
+	if err := spec.TypeByName("inet_sock", &inet); err != nil {
+		return layout{}, fmt.Errorf("no struct inet_sock in the kernel's BTF: %w", err)
+	}
+	var l layout
+	for _, f := range []struct {
+		in    btf.Type
+		name  string
+		field *int16
+	}{{common, "skc_family", &l.family}, {common, "skc_state", &l.state}, {common, "skc_num", &l.num}, {common, "skc_dport", &l.dport},
+		{common, "skc_daddr", &l.daddr}, {common, "skc_v6_daddr", &l.v6daddr}, {inet, "inet_sport", &l.sport}} {
+		offset, ok := offsetOf(f.in, f.name, 0)
+		if !ok {
+			return layout{}, fmt.Errorf("no %s in this kernel's BTF", f.name)
+		}
+		*f.field = int16(offset)
+	}
+	return l, nil
+}
+
+// offsetOf is the byte offset of the named member of t, a struct or a
+// union, looking into its anonymous structs and unions.
+func offsetOf(t btf.Type, name string, base btf.Bits) (uint32, bool) {
+	var members []btf.Member
+	switch c := t.(type) {
+	case *btf.Struct:
+		members = c.Members
+	case *btf.Union:
+		members = c.Members
+	default:
+		return 0, false
+	}
+	for _, m := range members {
+		switch {
+		case m.Name == name:
+			return (base + m.Offset).Bytes(), true
+		case m.Name == "":
+			if offset, ok := offsetOf(btf.UnderlyingType(m.Type), name, base+m.Offset); ok {
+				return offset, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// Map sizes.
+const (
+	maxPorts   = 64
+	maxClients = 65536
+	keySize    = 20 // group (4) and the client's address (16, v4-mapped for IPv4)
+	// The connections counted lately, to count each once: far more than
+	// a connection's resets can be apart.
+	maxSeen     = 16384
+	seenKeySize = 20 // client address (16), client port (2), local port (2)
+)
+
+// maps are what the program and the exporter share.
+type maps struct {
+	// ports: local port (u16, network order) -> group (u32); only these
+	// ports' resets count.
+	ports *ebpf.Map
+	// clients: group and client address -> refusals (u64); an LRU, so a
+	// flood of addresses evicts the least recent instead of growing.
+	clients *ebpf.Map
+	// totals: group (u32) -> refusals (u64), exact whatever is evicted.
+	totals *ebpf.Map
+	// seen: the connections already counted (client address, client port,
+	// local port): a refused connection can be reset twice, by its socket
+	// and then by the TIME-WAIT one the kernel keeps for it.
+	seen *ebpf.Map
+}
+
+func newMaps(groups int) (*maps, error) {
+	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_ports", Type: ebpf.Hash, KeySize: 2, ValueSize: 4, MaxEntries: maxPorts})
+	if err != nil {
+		return nil, err
+	}
+	clients, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_clients", Type: ebpf.LRUHash, KeySize: keySize, ValueSize: 8, MaxEntries: maxClients})
+	if err != nil {
+		ports.Close()
+		return nil, err
+	}
+	totals, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_totals", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: uint32(groups)})
+	if err != nil {
+		ports.Close()
+		clients.Close()
+		return nil, err
+	}
+	seen, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_seen", Type: ebpf.LRUHash, KeySize: seenKeySize, ValueSize: 8, MaxEntries: maxSeen})
+	if err != nil {
+		ports.Close()
+		clients.Close()
+		totals.Close()
+		return nil, err
+	}
+	return &maps{ports: ports, clients: clients, totals: totals, seen: seen}, nil
+}
+
+func (m *maps) Close() {
+	m.ports.Close()
+	m.clients.Close()
+	m.totals.Close()
+	m.seen.Close()
+}
+
+// program counts, at tcp_send_reset, each reset a socket of a watched local
+// port sends: a refusal (Consul closing a connection past its per-client
+// limit before reading the request). A reset sent for no socket at all
+// (nothing listens: NO_SOCKET) has no sk, and is not counted.
+//
+// A socket closed with its request unread has given its port back by the
+// time it resets (skc_num is 0), so the port is read where the tracepoint
+// itself reads it, inet_sport; a TIME-WAIT socket has no inet_sock, and
+// keeps skc_num.
+//
+//	sk = ctx[0]; if !sk or sk is a listener or a request return
+//	port = sk is TIME-WAIT ? htons(sk->skc_num) : inet_sk(sk)->inet_sport
+//	group = ports[port]; if !group return
+//	key = {group, sk's peer address (v4-mapped for IPv4)}
+//	if seen[{address, peer port, port}] return; seen[...] = 1
+//	totals[group]++; clients[key]++ (or 1)
+func program(l layout, m *maps) asm.Instructions {
+	const (
+		fpKey   = -24 // key: group at -24, address at -20 .. -5
+		fpPort  = -28
+		fpGroup = -32
+		fpOne   = -40
+		fpSeen  = -64 // address at -64 .. -49, peer port at -48, port at -46
+	)
+	return asm.Instructions{
+		asm.LoadMem(asm.R7, asm.R1, 0, asm.DWord), // sk
+		asm.JEq.Imm(asm.R7, 0, "out"),
+
+		// A listener's reset (to a stray segment of a connection gone) or a
+		// request socket's is not a refusal: Consul refuses what it accepted.
+		asm.LoadMem(asm.R2, asm.R7, l.state, asm.Byte),
+		asm.JEq.Imm(asm.R2, 10, "out"),               // TCP_LISTEN
+		asm.JEq.Imm(asm.R2, 12, "out"),               // TCP_NEW_SYN_RECV
+		asm.JNE.Imm(asm.R2, 6, "full"),               // TCP_TIME_WAIT
+		asm.LoadMem(asm.R2, asm.R7, l.num, asm.Half), // host order
+		asm.HostTo(asm.BE, asm.R2, asm.Half),
+		asm.StoreMem(asm.RFP, fpPort, asm.R2, asm.Half),
+		asm.Ja.Label("port"),
+		// Past struct sock: read with a helper, as the verifier wants.
+		asm.Mov.Reg(asm.R1, asm.RFP).WithSymbol("full"),
+		asm.Add.Imm(asm.R1, fpPort),
+		asm.Mov.Imm(asm.R2, 2),
+		asm.Mov.Reg(asm.R3, asm.R7),
+		asm.Add.Imm(asm.R3, int32(l.sport)),
+		asm.FnProbeReadKernel.Call(),
+		asm.JNE.Imm(asm.R0, 0, "out"),
+
+		asm.LoadMapPtr(asm.R1, m.ports.FD()).WithSymbol("port"),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpPort),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R8, asm.R0, 0, asm.Word), // group
+		asm.StoreMem(asm.RFP, fpKey, asm.R8, asm.Word),
+		asm.StoreMem(asm.RFP, fpGroup, asm.R8, asm.Word),
+
+		asm.LoadMem(asm.R2, asm.R7, l.family, asm.Half),
+		asm.JEq.Imm(asm.R2, 10, "v6"), // AF_INET6
+		asm.StoreImm(asm.RFP, fpKey+4, 0, asm.Word),
+		asm.StoreImm(asm.RFP, fpKey+8, 0, asm.Word),
+		asm.StoreImm(asm.RFP, fpKey+12, -65536, asm.Word), // 00 00 ff ff
+		asm.LoadMem(asm.R2, asm.R7, l.daddr, asm.Word),
+		asm.StoreMem(asm.RFP, fpKey+16, asm.R2, asm.Word),
+		asm.Ja.Label("count"),
+
+		asm.LoadMem(asm.R2, asm.R7, l.v6daddr, asm.Word).WithSymbol("v6"),
+		asm.StoreMem(asm.RFP, fpKey+4, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, l.v6daddr+4, asm.Word),
+		asm.StoreMem(asm.RFP, fpKey+8, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, l.v6daddr+8, asm.Word),
+		asm.StoreMem(asm.RFP, fpKey+12, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, l.v6daddr+12, asm.Word),
+		asm.StoreMem(asm.RFP, fpKey+16, asm.R2, asm.Word),
+
+		// Each connection once.
+		asm.LoadMem(asm.R2, asm.RFP, fpKey+4, asm.Word).WithSymbol("count"),
+		asm.StoreMem(asm.RFP, fpSeen, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, fpKey+8, asm.Word),
+		asm.StoreMem(asm.RFP, fpSeen+4, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, fpKey+12, asm.Word),
+		asm.StoreMem(asm.RFP, fpSeen+8, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.RFP, fpKey+16, asm.Word),
+		asm.StoreMem(asm.RFP, fpSeen+12, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, l.dport, asm.Half),
+		asm.StoreMem(asm.RFP, fpSeen+16, asm.R2, asm.Half),
+		asm.LoadMem(asm.R2, asm.RFP, fpPort, asm.Half),
+		asm.StoreMem(asm.RFP, fpSeen+18, asm.R2, asm.Half),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreMem(asm.RFP, fpOne, asm.R1, asm.DWord),
+		asm.LoadMapPtr(asm.R1, m.seen.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpSeen),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, fpOne),
+		asm.Mov.Imm(asm.R4, 1), // BPF_NOEXIST: fails when counted already
+		asm.FnMapUpdateElem.Call(),
+		asm.JNE.Imm(asm.R0, 0, "out"),
+
+		asm.LoadMapPtr(asm.R1, m.totals.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpGroup),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "client"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+
+		asm.LoadMapPtr(asm.R1, m.clients.FD()).WithSymbol("client"),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "new"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.Ja.Label("out"),
+
+		asm.Mov.Imm(asm.R1, 1).WithSymbol("new"),
+		asm.StoreMem(asm.RFP, fpOne, asm.R1, asm.DWord),
+		asm.LoadMapPtr(asm.R1, m.clients.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpKey),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, fpOne),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+		asm.FnMapUpdateElem.Call(),
+
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+		asm.Return(),
+	}
+}

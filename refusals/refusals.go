@@ -1,0 +1,157 @@
+// Package refusals counts, in the kernel, the connections Consul refuses
+// past its per-client limits, per client, as they happen: Consul writes
+// its 429 and closes without reading the request (or the RPC server closes
+// a connection whose first byte came), so the kernel resets it, and a small
+// eBPF program on the tcp_send_reset tracepoint counts each reset a socket
+// of a watched port sends. Consul itself keeps no count.
+//
+// The program is written with cilium/ebpf's asm, in Go (program.go): no C
+// compiler, no generated object to keep in step with a source. It reads the
+// kernel's struct layout from its BTF, so it follows the kernel it runs on.
+package refusals
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+)
+
+// ErrUnavailable is a kernel or a host that cannot count refusals: the
+// error says what is missing and how to get it.
+var ErrUnavailable = errors.New("cannot count refusals")
+
+// Counter is the attached program and its maps.
+type Counter struct {
+	maps   *maps
+	link   link.Link
+	groups int
+}
+
+// Load attaches the program that counts the refusals of each group's ports
+// (groups[i] are group i's ports). It needs CAP_BPF and CAP_PERFMON (or
+// root), and a kernel with BTF.
+func Load(groups [][]uint16) (*Counter, error) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return nil, fmt.Errorf("%w: this kernel has no BTF (/sys/kernel/btf/vmlinux: CONFIG_DEBUG_INFO_BTF, Linux 5.5 or later): %v", ErrUnavailable, err)
+	}
+	l, err := readLayout(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	m, err := newMaps(len(groups))
+	if err != nil {
+		return nil, explain(err)
+	}
+	for group, ports := range groups {
+		for _, p := range ports {
+			var key [2]byte
+			binary.BigEndian.PutUint16(key[:], p)
+			if err := m.ports.Put(key, uint32(group)); err != nil {
+				m.Close()
+				return nil, explain(err)
+			}
+		}
+	}
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Name:         "ccx_refusals",
+		Type:         ebpf.Tracing,
+		AttachType:   ebpf.AttachTraceRawTp,
+		AttachTo:     "tcp_send_reset",
+		Instructions: program(l, m),
+		License:      "Dual MIT/GPL",
+	}, ebpf.ProgramOptions{KernelTypes: spec})
+	if err != nil {
+		m.Close()
+		return nil, explain(err)
+	}
+	defer prog.Close() // the link holds it
+	lk, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		m.Close()
+		return nil, explain(err)
+	}
+	return &Counter{maps: m, link: lk, groups: len(groups)}, nil
+}
+
+// explain says what a refusal to load means and how to grant what lacks.
+func explain(err error) error {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w: --refusals needs CAP_BPF and CAP_PERFMON (or root) to load its kernel program: "+
+			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON (%v)", ErrUnavailable, err)
+	}
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("%w: this kernel cannot attach a BTF tracepoint program (Linux 5.5 or later): %v", ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+// Close detaches the program.
+func (c *Counter) Close() {
+	c.link.Close()
+	c.maps.Close()
+}
+
+// Client is one client's refusals.
+type Client struct {
+	Client netip.Addr
+	Count  uint64
+}
+
+// Group is one group's refusals since the program was attached.
+type Group struct {
+	// Total is exact, whatever the map of clients evicted.
+	Total uint64
+	// Top are the clients with the most refusals, most first, at most top.
+	Top []Client
+}
+
+// Snapshot reads each group's refusals, with its top busiest clients
+// (addresses unmapped, as the connection counts have them).
+func (c *Counter) Snapshot(top int) ([]Group, error) {
+	groups := make([]Group, c.groups)
+	for g := range groups {
+		if err := c.maps.totals.Lookup(uint32(g), &groups[g].Total); err != nil {
+			return nil, fmt.Errorf("reading the refusals: %w", err)
+		}
+	}
+	var (
+		key   [keySize]byte
+		count uint64
+	)
+	perGroup := make([]map[netip.Addr]uint64, c.groups)
+	for g := range perGroup {
+		perGroup[g] = map[netip.Addr]uint64{}
+	}
+	it := c.maps.clients.Iterate()
+	for it.Next(&key, &count) {
+		g := int(binary.NativeEndian.Uint32(key[:4]))
+		if g < len(perGroup) {
+			perGroup[g][netip.AddrFrom16([16]byte(key[4:])).Unmap()] += count
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the refusals: %w", err)
+	}
+	for g, clients := range perGroup {
+		for client, n := range clients {
+			groups[g].Top = append(groups[g].Top, Client{client, n})
+		}
+		slices.SortFunc(groups[g].Top, func(a, b Client) int {
+			if c := cmp.Compare(b.Count, a.Count); c != 0 {
+				return c
+			}
+			return a.Client.Compare(b.Client)
+		})
+		groups[g].Top = groups[g].Top[:min(top, len(groups[g].Top))]
+	}
+	return groups, nil
+}
