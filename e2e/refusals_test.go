@@ -1,9 +1,9 @@
 package e2e
 
 import (
-	"fmt"
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
