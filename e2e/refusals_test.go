@@ -183,3 +183,52 @@ func TestRefusalsWithoutPrivilegeExitTwoWithOneLine(t *testing.T) {
 		assert.NotContains(t, key, "refused")
 	}
 }
+
+// More distinct clients than the kernel's map holds (65,536), each refused
+// once: the total stays exact, and the exporter's memory bounded.
+func TestRefusalsFromMoreClientsThanTheMapHolds(t *testing.T) {
+	programs.NeedRoot(t, "load the refusals' kernel program")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	url, pid := startRefusals(t, "--port", port, "--limit", "10", "--command", "true")
+
+	const clients = 70_000
+	for i := range clients {
+		from := net.IPv4(127, 1, byte(i>>8), byte(i))
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: from}}
+		c, err := d.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		server, err := l.Accept()
+		require.NoError(t, err)
+		// Closed at once with a reset, as a refused connection is.
+		require.NoError(t, server.(*net.TCPConn).SetLinger(0))
+		server.Close()
+		c.Close()
+	}
+	var metrics map[string]float64
+	require.Eventually(t, func() bool {
+		metrics = scrape(t, url)
+		return metrics["consul_refused_http_connections_total"] >= clients
+	}, 30*time.Second, 100*time.Millisecond)
+	assert.Equal(t, float64(clients), value(t, metrics, "consul_refused_http_connections_total"), "exact, whatever the map evicted")
+	perClient := 0
+	for key := range metrics {
+		if strings.HasPrefix(key, "consul_refused_http_connections_per_client_total") {
+			perClient++
+		}
+	}
+	assert.Equal(t, 10, perClient, "--clients.top of them")
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	require.NoError(t, err)
+	var hwm int
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			hwm, err = strconv.Atoi(strings.Fields(line)[1])
+			require.NoError(t, err)
+		}
+	}
+	t.Logf("peak RSS %d KiB", hwm)
+	assert.Less(t, hwm, 32<<10, "peak RSS in KiB")
+}

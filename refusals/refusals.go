@@ -114,6 +114,16 @@ type Group struct {
 	Top []Client
 }
 
+// compare puts the most refused first; ties go to the lower address.
+func compare(a, b Client) int {
+	if c := cmp.Compare(b.Count, a.Count); c != 0 {
+		return c
+	}
+	return a.Client.Compare(b.Client)
+}
+
+func before(a, b Client) bool { return compare(a, b) < 0 }
+
 // Snapshot reads each group's refusals, with its top busiest clients
 // (addresses unmapped, as the connection counts have them).
 func (c *Counter) Snapshot(top int) ([]Group, error) {
@@ -123,35 +133,34 @@ func (c *Counter) Snapshot(top int) ([]Group, error) {
 			return nil, fmt.Errorf("reading the refusals: %w", err)
 		}
 	}
+	// Each key is one client of one group (IPv4 clients are v4-mapped
+	// either way), so the busiest are kept as they come: memory stays that
+	// of top clients, however full the map.
 	var (
 		key   [keySize]byte
 		count uint64
 	)
-	perGroup := make([]map[netip.Addr]uint64, c.groups)
-	for g := range perGroup {
-		perGroup[g] = map[netip.Addr]uint64{}
-	}
 	it := c.maps.clients.Iterate()
 	for it.Next(&key, &count) {
 		g := int(binary.NativeEndian.Uint32(key[:4]))
-		if g < len(perGroup) {
-			perGroup[g][netip.AddrFrom16([16]byte(key[4:])).Unmap()] += count
+		if g >= len(groups) || top <= 0 {
+			continue
 		}
+		client := Client{netip.AddrFrom16([16]byte(key[4:])).Unmap(), count}
+		t := groups[g].Top
+		if len(t) == top && !before(client, t[len(t)-1]) {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(t, client, compare)
+		if len(t) < top {
+			t = append(t, Client{})
+		}
+		copy(t[i+1:], t[i:len(t)-1])
+		t[i] = client
+		groups[g].Top = t
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the refusals: %w", err)
-	}
-	for g, clients := range perGroup {
-		for client, n := range clients {
-			groups[g].Top = append(groups[g].Top, Client{client, n})
-		}
-		slices.SortFunc(groups[g].Top, func(a, b Client) int {
-			if c := cmp.Compare(b.Count, a.Count); c != 0 {
-				return c
-			}
-			return a.Client.Compare(b.Client)
-		})
-		groups[g].Top = groups[g].Top[:min(top, len(groups[g].Top))]
 	}
 	return groups, nil
 }
