@@ -124,22 +124,53 @@ func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
 type consulAgent struct {
 	httpAddr, serverAddr string
+	httpsAddr            string // with agentOptions.dualStackTLS
+	certs                string // the directory of its CA and certificate
 	config               string // its config file, for edits and reloads
 	token                string // the management token, "" without ACLs
 }
 
+// agentOptions are what an agent serves beyond HTTP on 127.0.0.1.
+type agentOptions struct {
+	acl bool // ACLs on, deny by default, with a management token
+	// dualStackTLS serves HTTP on ::1 too, and HTTPS on 127.0.0.1 with
+	// certificates from consul tls ca/cert create.
+	dualStackTLS bool
+}
+
 func startConsul(t *testing.T, limits string, acl bool, extra ...func(consulAgent) string) consulAgent {
+	t.Helper()
+	return startAgent(t, limits, agentOptions{acl: acl}, extra...)
+}
+
+func startAgent(t *testing.T, limits string, opts agentOptions, extra ...func(consulAgent) string) consulAgent {
 	t.Helper()
 	consul := programs.Need(t, "consul",
 		"build Consul v1.20.1 with: (cd tools/consul && go build -o \"$(go env GOPATH)/bin/consul\" github.com/hashicorp/consul), and put it in PATH")
 	agent := consulAgent{httpAddr: freeAddr(t), serverAddr: freeAddr(t), config: filepath.Join(t.TempDir(), "agent.hcl")}
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+	https := "-1"
+	if opts.dualStackTLS {
+		agent.httpsAddr, agent.certs = freeAddr(t), t.TempDir()
+		https = port(agent.httpsAddr)
+	}
 	hcl := fmt.Sprintf(`limits { %s }
-ports { http = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }
-`, limits, port(agent.httpAddr), port(freeAddr(t)), port(freeAddr(t)), port(agent.serverAddr))
-	if acl {
+ports { http = %s, https = %s, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = %s, serf_wan = %s, server = %s }
+`, limits, port(agent.httpAddr), https, port(freeAddr(t)), port(freeAddr(t)), port(agent.serverAddr))
+	if opts.acl {
 		agent.token = rand.Text()
 		hcl += `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + agent.token + `" } }` + "\n"
+	}
+	if opts.dualStackTLS {
+		for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1"}} {
+			cmd := exec.Command(consul, args...)
+			cmd.Dir = agent.certs
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "consul %s: %s", strings.Join(args, " "), out)
+		}
+		hcl += fmt.Sprintf(`addresses { http = "127.0.0.1 ::1" }
+tls { defaults { ca_file = %q, cert_file = %q, key_file = %q } }
+`, filepath.Join(agent.certs, "consul-agent-ca.pem"), filepath.Join(agent.certs, "dc1-server-consul-0.pem"), filepath.Join(agent.certs, "dc1-server-consul-0-key.pem"))
 	}
 	for _, more := range extra {
 		hcl += more(agent) + "\n"

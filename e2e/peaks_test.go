@@ -91,16 +91,19 @@ func TestFailedSamplesAreCountedNotZeros(t *testing.T) {
 }
 
 // A real agent with a small limit: a 2-second burst to it from one address
-// shows in the peak and in the time at the limit, read from the agent.
+// shows in the peak and in the time at the limit, read from the agent, and
+// with --refusals the requests refused meanwhile are counted too.
 func TestABurstToARealAgentsLimitShowsInThePeak(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
+	programs.NeedRoot(t, "load the refusals' kernel program")
 	agent := startConsul(t, "http_max_conns_per_client = 20", false)
 	_, httpPort, err := net.SplitHostPort(agent.httpAddr)
 	require.NoError(t, err)
 	addr := freeAddr(t)
 	t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
-	startServer(t, binary, "--web.listen-address="+addr, "--port", httpPort, "--limit", "auto",
-		"--sample.interval", "500ms", "--peak.window", "1m", "--source", "netlink")
+	// With --refusals, which takes the build without cgo.
+	startServer(t, plainBinary, "--web.listen-address="+addr, "--port", httpPort, "--limit", "auto",
+		"--sample.interval", "500ms", "--peak.window", "1m", "--source", "netlink", "--refusals")
 	url := "http://" + addr + "/metrics"
 	require.Eventually(t, func() bool {
 		return scrape(t, url)["consul_http_max_conns_per_client"] == 20
@@ -113,6 +116,9 @@ func TestABurstToARealAgentsLimitShowsInThePeak(t *testing.T) {
 		require.Equal(t, http.StatusOK, status)
 		held = append(held, conn)
 	}
+	for i := range 3 { // refused meanwhile
+		require.True(t, refused(t, agent.httpAddr, busy), "request %d past the limit", i+1)
+	}
 	time.Sleep(2 * time.Second) // the burst itself
 	for _, c := range held {
 		c.Close()
@@ -124,4 +130,5 @@ func TestABurstToARealAgentsLimitShowsInThePeak(t *testing.T) {
 	assert.Equal(t, 20.0, value(t, after, `consul_open_http_connections_peak_per_client{client="`+busy+`"}`))
 	assert.GreaterOrEqual(t, value(t, after, "consul_open_http_connections_max_per_client_peak"), 20.0)
 	assert.InDelta(t, 2.0, value(t, after, "consul_http_client_at_limit_seconds_total"), 1.0)
+	assert.Equal(t, 3.0, value(t, after, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`), "the burst's refusals")
 }

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -231,4 +234,71 @@ func TestRefusalsFromMoreClientsThanTheMapHolds(t *testing.T) {
 	}
 	t.Logf("peak RSS %d KiB", hwm)
 	assert.Less(t, hwm, 32<<10, "peak RSS in KiB")
+}
+
+// Over IPv6 (the agent also on ::1) and on the HTTPS port: one limiter
+// over both ports, one total.
+func TestRefusalsOverIPv6AndHTTPSAreOneLimiter(t *testing.T) {
+	programs.NeedRoot(t, "load the refusals' kernel program")
+	agent := startAgent(t, "http_max_conns_per_client = 10", agentOptions{dualStackTLS: true})
+	_, httpPort, err := net.SplitHostPort(agent.httpAddr)
+	require.NoError(t, err)
+	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
+	require.NoError(t, err)
+	url, _ := startRefusals(t, "--port", httpPort, "--port", httpsPort, "--limit", "10", "--command", "true")
+
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	// IPv6: ten held from ::1, three more refused.
+	v6 := net.JoinHostPort("::1", httpPort)
+	for range 10 {
+		code, conn := request(t, v6, "::1")
+		require.Equal(t, http.StatusOK, code)
+		held = append(held, conn)
+	}
+	for i := range 3 {
+		require.True(t, refused(t, v6, "::1"), "IPv6 request %d past the limit", i+1)
+	}
+
+	// HTTPS: ten held from one address over HTTP, then its connections to
+	// the HTTPS port are refused by the same limiter before any TLS.
+	const busy = "127.0.0.25"
+	for range 10 {
+		code, conn := request(t, agent.httpAddr, busy)
+		require.Equal(t, http.StatusOK, code)
+		held = append(held, conn)
+	}
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(agent.certs, "consul-agent-ca.pem"))
+	require.NoError(t, err)
+	require.True(t, pool.AppendCertsFromPEM(ca))
+	for i := range 3 {
+		conn := tls.Client(dialFrom(t, busy, agent.httpsAddr), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+		require.NoError(t, conn.SetDeadline(time.Now().Add(30*time.Second)))
+		_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+		status := ""
+		if err == nil {
+			var resp *http.Response
+			if resp, err = http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
+				status = resp.Status
+				resp.Body.Close()
+			}
+		}
+		conn.Close()
+		// Consul finishes the handshake, answers 429 and closes.
+		require.True(t, status == "429 Too Many Requests" || err != nil, "HTTPS request %d past the limit: %q", i+1, status)
+	}
+
+	var metrics map[string]float64
+	require.Eventually(t, func() bool {
+		metrics = scrape(t, url)
+		return metrics["consul_refused_http_connections_total"] >= 6
+	}, 10*time.Second, 50*time.Millisecond)
+	assert.Equal(t, 6.0, value(t, metrics, "consul_refused_http_connections_total"), "one total over both ports")
+	assert.Equal(t, 3.0, value(t, metrics, `consul_refused_http_connections_per_client_total{client="::1"}`))
+	assert.Equal(t, 3.0, value(t, metrics, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`))
 }
