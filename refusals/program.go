@@ -162,17 +162,19 @@ func program(l layout, m *maps) asm.Instructions {
 		fpOne   = -40
 		fpSeen  = -64 // address at -64 .. -49, peer port at -48, port at -46
 	)
-	return asm.Instructions{
+	var p asm.Instructions
+	add := func(insns ...asm.Instruction) { p = append(p, insns...) }
+	add(
 		asm.LoadMem(asm.R7, asm.R1, 0, asm.DWord), // sk
 		asm.JEq.Imm(asm.R7, 0, "out"),
 
 		// A listener's reset (to a stray segment of a connection gone) or a
 		// request socket's is not a refusal: Consul refuses what it accepted.
 		asm.LoadMem(asm.R2, asm.R7, l.state, asm.Byte),
-		asm.JEq.Imm(asm.R2, 10, "out"),               // TCP_LISTEN
-		asm.JEq.Imm(asm.R2, 12, "out"),               // TCP_NEW_SYN_RECV
-		asm.JNE.Imm(asm.R2, 6, "full"),               // TCP_TIME_WAIT
-		asm.LoadMem(asm.R2, asm.R7, l.num, asm.Half), // host order
+		asm.JEq.Imm(asm.R2, 10, "out"), // TCP_LISTEN
+		asm.JEq.Imm(asm.R2, 12, "out"), // TCP_NEW_SYN_RECV
+		asm.JNE.Imm(asm.R2, 6, "full"), // TCP_TIME_WAIT
+		asm.LoadMem(asm.R2, asm.R7, l.num, asm.Half),
 		asm.HostTo(asm.BE, asm.R2, asm.Half),
 		asm.StoreMem(asm.RFP, fpPort, asm.R2, asm.Half),
 		asm.Ja.Label("port"),
@@ -184,11 +186,9 @@ func program(l layout, m *maps) asm.Instructions {
 		asm.Add.Imm(asm.R3, int32(l.sport)),
 		asm.FnProbeReadKernel.Call(),
 		asm.JNE.Imm(asm.R0, 0, "out"),
-
-		asm.LoadMapPtr(asm.R1, m.ports.FD()).WithSymbol("port"),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpPort),
-		asm.FnMapLookupElem.Call(),
+	)
+	add(labelled("port", lookup(m.ports, fpPort))...)
+	add(
 		asm.JEq.Imm(asm.R0, 0, "out"),
 		asm.LoadMem(asm.R8, asm.R0, 0, asm.Word), // group
 		asm.StoreMem(asm.RFP, fpKey, asm.R8, asm.Word),
@@ -202,68 +202,68 @@ func program(l layout, m *maps) asm.Instructions {
 		asm.LoadMem(asm.R2, asm.R7, l.daddr, asm.Word),
 		asm.StoreMem(asm.RFP, fpKey+16, asm.R2, asm.Word),
 		asm.Ja.Label("count"),
+	)
+	add(labelled("v6", copyWords(asm.R7, l.v6daddr, fpKey+4, 4))...)
 
-		asm.LoadMem(asm.R2, asm.R7, l.v6daddr, asm.Word).WithSymbol("v6"),
-		asm.StoreMem(asm.RFP, fpKey+4, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R7, l.v6daddr+4, asm.Word),
-		asm.StoreMem(asm.RFP, fpKey+8, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R7, l.v6daddr+8, asm.Word),
-		asm.StoreMem(asm.RFP, fpKey+12, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R7, l.v6daddr+12, asm.Word),
-		asm.StoreMem(asm.RFP, fpKey+16, asm.R2, asm.Word),
-
-		// Each connection once.
-		asm.LoadMem(asm.R2, asm.RFP, fpKey+4, asm.Word).WithSymbol("count"),
-		asm.StoreMem(asm.RFP, fpSeen, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.RFP, fpKey+8, asm.Word),
-		asm.StoreMem(asm.RFP, fpSeen+4, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.RFP, fpKey+12, asm.Word),
-		asm.StoreMem(asm.RFP, fpSeen+8, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.RFP, fpKey+16, asm.Word),
-		asm.StoreMem(asm.RFP, fpSeen+12, asm.R2, asm.Word),
+	// Each connection once.
+	add(labelled("count", copyWords(asm.RFP, fpKey+4, fpSeen, 4))...)
+	add(
 		asm.LoadMem(asm.R2, asm.R7, l.dport, asm.Half),
 		asm.StoreMem(asm.RFP, fpSeen+16, asm.R2, asm.Half),
 		asm.LoadMem(asm.R2, asm.RFP, fpPort, asm.Half),
 		asm.StoreMem(asm.RFP, fpSeen+18, asm.R2, asm.Half),
 		asm.Mov.Imm(asm.R1, 1),
 		asm.StoreMem(asm.RFP, fpOne, asm.R1, asm.DWord),
-		asm.LoadMapPtr(asm.R1, m.seen.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpSeen),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, fpOne),
-		asm.Mov.Imm(asm.R4, 1), // BPF_NOEXIST: fails when counted already
-		asm.FnMapUpdateElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "out"),
+	)
+	add(update(m.seen, fpSeen, fpOne, 1)...) // BPF_NOEXIST: fails when counted already
+	add(asm.JNE.Imm(asm.R0, 0, "out"))
 
-		asm.LoadMapPtr(asm.R1, m.totals.FD()),
+	add(lookup(m.totals, fpGroup)...)
+	add(asm.JEq.Imm(asm.R0, 0, "client"), asm.Mov.Imm(asm.R1, 1), asm.StoreXAdd(asm.R0, asm.R1, asm.DWord))
+	add(labelled("client", lookup(m.clients, fpKey))...)
+	add(asm.JEq.Imm(asm.R0, 0, "new"), asm.Mov.Imm(asm.R1, 1), asm.StoreXAdd(asm.R0, asm.R1, asm.DWord), asm.Ja.Label("out"))
+	add(labelled("new", update(m.clients, fpKey, fpOne, 0))...) // BPF_ANY; fpOne holds 1
+
+	add(asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), asm.Return())
+	return p
+}
+
+// lookup is r0 = bpf_map_lookup_elem(m, fp+key).
+func lookup(m *ebpf.Map, key int32) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, m.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpGroup),
+		asm.Add.Imm(asm.R2, key),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "client"),
-		asm.Mov.Imm(asm.R1, 1),
-		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-
-		asm.LoadMapPtr(asm.R1, m.clients.FD()).WithSymbol("client"),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpKey),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "new"),
-		asm.Mov.Imm(asm.R1, 1),
-		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
-		asm.Ja.Label("out"),
-
-		asm.Mov.Imm(asm.R1, 1).WithSymbol("new"),
-		asm.StoreMem(asm.RFP, fpOne, asm.R1, asm.DWord),
-		asm.LoadMapPtr(asm.R1, m.clients.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpKey),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, fpOne),
-		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
-		asm.FnMapUpdateElem.Call(),
-
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
-		asm.Return(),
 	}
+}
+
+// update is r0 = bpf_map_update_elem(m, fp+key, fp+value, flags).
+func update(m *ebpf.Map, key, value, flags int32) asm.Instructions {
+	return asm.Instructions{
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, key),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, value),
+		asm.Mov.Imm(asm.R4, flags),
+		asm.FnMapUpdateElem.Call(),
+	}
+}
+
+// copyWords copies n 32-bit words from src+from to the stack at fp+to.
+func copyWords(src asm.Register, from int16, to int16, n int) asm.Instructions {
+	var insns asm.Instructions
+	for i := range int16(n) {
+		insns = append(insns,
+			asm.LoadMem(asm.R2, src, from+4*i, asm.Word),
+			asm.StoreMem(asm.RFP, to+4*i, asm.R2, asm.Word))
+	}
+	return insns
+}
+
+// labelled is insns with the first one named label, for jumps.
+func labelled(label string, insns asm.Instructions) asm.Instructions {
+	insns[0] = insns[0].WithSymbol(label)
+	return insns
 }

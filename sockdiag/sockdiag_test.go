@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,17 +20,6 @@ import (
 )
 
 var counted = []socket.State{socket.StateEstablished, socket.StateCloseWait}
-
-// read returns the sockets the reader finds, as "state local peer" rows.
-func read(t *testing.T, r *Reader) []string {
-	t.Helper()
-	var rows []string
-	require.NoError(t, r.Read(context.Background(), func(s socket.Socket) {
-		rows = append(rows, fmt.Sprintf("%s %s %s", s.State, s.Local, s.Peer))
-	}, func() { rows = nil }))
-	slices.Sort(rows)
-	return rows
-}
 
 // The kernel filters the table to the watched ports and states; the
 // comparison with ss's own rows is in package source.
@@ -48,15 +36,15 @@ func TestReadsTheWatchedPortsAndStates(t *testing.T) {
 		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
 	}
 	ports := []uint16{v4.Port(), v6.Port(), mapped.Port()}
-	rows := read(t, New(ports, nil, counted, 10*time.Second))
+	rows := loopback.Rows(t, New(ports, nil, counted, 10*time.Second))
 	assert.Len(t, rows, 20+3+7+5+2)
 	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("close-wait 127.0.0.1:%d 127.0.0.15:", v4.Port()))
 	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("established [::ffff:127.0.0.2]:%d [::ffff:127.0.0.13]:", mapped.Port()))
 
 	// One port, one state: the kernel filters both.
-	rows = read(t, New([]uint16{v6.Port()}, nil, []socket.State{socket.StateEstablished}, 10*time.Second))
+	rows = loopback.Rows(t, New([]uint16{v6.Port()}, nil, []socket.State{socket.StateEstablished}, 10*time.Second))
 	assert.Len(t, rows, 7)
-	rows = read(t, New([]uint16{v4.Port()}, nil, []socket.State{socket.StateCloseWait}, 10*time.Second))
+	rows = loopback.Rows(t, New([]uint16{v4.Port()}, nil, []socket.State{socket.StateCloseWait}, 10*time.Second))
 	assert.Len(t, rows, 2)
 }
 

@@ -2,12 +2,10 @@ package source
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,17 +124,6 @@ func TestCommandFailuresFailTheRead(t *testing.T) {
 	}
 }
 
-// rows are the sockets src reads, as "state local peer", sorted.
-func rows(t *testing.T, src Source) []string {
-	t.Helper()
-	var rows []string
-	require.NoError(t, src.Read(context.Background(), func(s socket.Socket) {
-		rows = append(rows, fmt.Sprintf("%s %s %s", s.State, s.Local, s.Peer))
-	}, func() { rows = nil }))
-	slices.Sort(rows)
-	return rows
-}
-
 // The built-in reader and ss, each filtering in the kernel, read the same
 // sockets: IPv4, IPv6, v4-mapped, CLOSE-WAIT, and not an unwatched port.
 func TestBuiltInReaderReadsWhatSSReads(t *testing.T) {
@@ -154,7 +141,7 @@ func TestBuiltInReaderReadsWhatSSReads(t *testing.T) {
 	want := Want{Ports: []uint16{v4.Port(), v6.Port(), mapped.Port()}, States: states}
 	viaSS, err := ss(want, 10*time.Second, discard)
 	require.NoError(t, err)
-	builtIn := rows(t, sockdiag.New(want.Ports, nil, want.States, 10*time.Second))
+	builtIn := loopback.Rows(t, sockdiag.New(want.Ports, nil, want.States, 10*time.Second))
 	assert.Len(t, builtIn, 20+7+5+2)
-	assert.Equal(t, rows(t, viaSS), builtIn)
+	assert.Equal(t, loopback.Rows(t, viaSS), builtIn)
 }

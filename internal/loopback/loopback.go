@@ -5,15 +5,18 @@ package loopback
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 var (
@@ -67,4 +70,21 @@ func Open(t testing.TB, l *portopener.Listener, from string, n int) []portopener
 	require.NoError(t, err)
 	t.Cleanup(func() { portopener.CloseAll(pairs) })
 	return pairs
+}
+
+// Reader is what reads a socket table: a source, or the built-in reader.
+type Reader interface {
+	Read(ctx context.Context, add func(socket.Socket), reset func()) error
+}
+
+// Rows are the sockets r reads, as "state local peer", sorted: one reader's
+// rows compare with another's.
+func Rows(t testing.TB, r Reader) []string {
+	t.Helper()
+	var rows []string
+	require.NoError(t, r.Read(context.Background(), func(s socket.Socket) {
+		rows = append(rows, fmt.Sprintf("%s %s %s", s.State, s.Local, s.Peer))
+	}, func() { rows = nil }))
+	slices.Sort(rows)
+	return rows
 }
