@@ -24,20 +24,10 @@ var counted = []socket.State{socket.StateEstablished, socket.StateCloseWait}
 // The kernel filters the table to the watched ports and states; the
 // comparison with ss's own rows is in package source.
 func TestReadsTheWatchedPortsAndStates(t *testing.T) {
-	v4, v6, mapped, other := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "::1"), loopback.Listen(t, "::ffff:127.0.0.2"), loopback.Listen(t, "127.0.0.1")
-	loopback.Open(t, v4, "127.0.0.11", 20)
-	loopback.Open(t, v4, "127.0.0.12", 3)
-	loopback.Open(t, v6, "::1", 7)
-	loopback.Open(t, mapped, "127.0.0.13", 5)
-	loopback.Open(t, other, "127.0.0.14", 4) // not watched
-	for _, pair := range loopback.Open(t, v4, "127.0.0.15", 2) {
-		require.NoError(t, pair.Client.Close())
-		_, err := pair.Server.Read(make([]byte, 1))
-		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
-	}
+	v4, v6, mapped := loopback.Mix(t)
 	ports := []uint16{v4.Port(), v6.Port(), mapped.Port()}
 	rows := loopback.Rows(t, New(ports, nil, counted, 10*time.Second))
-	assert.Len(t, rows, 20+3+7+5+2)
+	assert.Len(t, rows, loopback.MixCounted)
 	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("close-wait 127.0.0.1:%d 127.0.0.15:", v4.Port()))
 	assert.Contains(t, strings.Join(rows, "\n"), fmt.Sprintf("established [::ffff:127.0.0.2]:%d [::ffff:127.0.0.13]:", mapped.Port()))
 

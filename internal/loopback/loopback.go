@@ -88,3 +88,26 @@ func Rows(t testing.TB, r Reader) []string {
 	slices.Sort(rows)
 	return rows
 }
+
+// MixCounted is how many sockets of Mix's listeners count: ESTABLISHED and
+// CLOSE-WAIT server sides.
+const MixCounted = 20 + 7 + 5 + 2
+
+// Mix opens a known mix of connections and returns the listeners to watch:
+// 20 from 127.0.0.11 and 2 in CLOSE-WAIT from 127.0.0.15 on v4, 7 on the
+// IPv6 loopback, 5 from 127.0.0.13 on a v4-mapped listener; and 4 on a
+// listener that is not returned, to leave unwatched.
+func Mix(t testing.TB) (v4, v6, mapped *portopener.Listener) {
+	t.Helper()
+	v4, v6, mapped, other := Listen(t, "127.0.0.1"), Listen(t, "::1"), Listen(t, "::ffff:127.0.0.2"), Listen(t, "127.0.0.1")
+	Open(t, v4, "127.0.0.11", 20)
+	Open(t, v6, "::1", 7)
+	Open(t, mapped, "127.0.0.13", 5)
+	Open(t, other, "127.0.0.14", 4)
+	for _, pair := range Open(t, v4, "127.0.0.15", 2) {
+		require.NoError(t, pair.Client.Close())
+		_, err := pair.Server.Read(make([]byte, 1))
+		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
+	}
+	return v4, v6, mapped
+}
