@@ -148,18 +148,11 @@ func (c *Collector) collect(ctx context.Context) Result {
 	}
 	if c.refusals != nil {
 		var err error
-		res.Refusals, err = c.refusals(c.config.TopClients)
-		why := ""
-		if err != nil {
-			why = err.Error()
+		problem := ""
+		if res.Refusals, err = c.refusals(c.config.TopClients); err != nil {
+			problem = err.Error()
 		}
-		switch {
-		case !c.refusalsState.Changed(why):
-		case err != nil:
-			c.logger.Error("cannot read the refusals; their counters are absent", "err", err)
-		default:
-			c.logger.Info("the refusals can be read again")
-		}
+		c.refusalsState.Log(c.logger, slog.LevelError, problem, "cannot read the refusals; their counters are absent", "the refusals can be read again")
 	}
 	if _, err := res.metrics(); err != nil {
 		res.Groups, res.Processes, res.ProcessesKnown, res.Peaks, res.Refusals = nil, nil, false, nil, nil
@@ -275,13 +268,8 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tal
 	}
 	// Some not found while others were, every process read: those
 	// connections closed between the table and the walk.
-	switch {
-	case !c.namingState.Changed(why):
-	case why != "":
-		c.logger.Warn("cannot tell which local programs hold the HTTP connections, so no per-process counts", "why", why)
-	default:
-		c.logger.Info("the programs holding the HTTP connections can be named again")
-	}
+	c.namingState.Log(c.logger, slog.LevelWarn, why, "cannot tell which local programs hold the HTTP connections, so no per-process counts",
+		"the programs holding the HTTP connections can be named again")
 	if why != "" {
 		return nil, false
 	}

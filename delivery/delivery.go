@@ -39,18 +39,11 @@ func Once(coll *collector.Collector, outputs []*Output, logger *slog.Logger) boo
 	// The limits source logs its own failures, once per change.
 	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK)
 	for _, out := range outputs {
-		err := out.Write(reg)
-		state := ""
-		if err != nil {
-			state, ok = err.Error(), false
+		problem := ""
+		if err := out.Write(reg); err != nil {
+			problem, ok = err.Error(), false
 		}
-		switch {
-		case !out.state.Changed(state):
-		case err != nil:
-			logger.Error("output failed", "output", out.Name, "err", err)
-		default:
-			logger.Info("output works again", "output", out.Name)
-		}
+		out.state.Log(logger, slog.LevelError, problem, "output failed", "output works again", "output", out.Name)
 	}
 	logger.Debug("collected", "ok", ok, "duration", res.Duration)
 	return ok

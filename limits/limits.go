@@ -163,13 +163,7 @@ func (s *Source) read() {
 		s.snapshot.ReadErr = fmt.Errorf("reading the limits from the Consul agent: %s", explain(err))
 		state = s.snapshot.ReadErr.Error()
 	}
-	switch {
-	case !s.readState.Changed(state):
-	case err != nil:
-		s.logger.Error("cannot read the limits; the last ones read stay", "err", state)
-	default:
-		s.logger.Info("reading the limits from the Consul agent works again")
-	}
+	s.readState.Log(s.logger, slog.LevelError, state, "cannot read the limits; the last ones read stay", "reading the limits from the Consul agent works again")
 	if err != nil {
 		return
 	}

@@ -3,7 +3,11 @@
 // starts, changes or clears, not every time it is seen again.
 package changes
 
-import "sync"
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
 
 // Tracker holds the last state seen; its zero value is "all is well".
 type Tracker struct {
@@ -19,4 +23,17 @@ func (t *Tracker) Changed(state string) bool {
 	changed := state != t.last
 	t.last = state
 	return changed
+}
+
+// Log records problem ("" for all is well) as Changed does, and logs the
+// change: failed at level, with the problem as "err", when one starts or
+// changes; recovered at info when it clears. args go with both.
+func (t *Tracker) Log(logger *slog.Logger, level slog.Level, problem, failed, recovered string, args ...any) {
+	switch {
+	case !t.Changed(problem):
+	case problem != "":
+		logger.Log(context.Background(), level, failed, append(args, "err", problem)...)
+	default:
+		logger.Info(recovered, args...)
+	}
 }
