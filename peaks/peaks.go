@@ -6,7 +6,6 @@
 package peaks
 
 import (
-	"cmp"
 	"net/netip"
 	"slices"
 	"sync"
@@ -50,6 +49,7 @@ type Window struct {
 	ring          []slot          // a slot per sample interval
 	last          time.Time       // of the last successful sample
 	atLimit       []time.Duration // per group, since start
+	scratch       []tally.ClientCount
 	total, failed uint64
 }
 
@@ -57,6 +57,7 @@ type Window struct {
 // busiest clients of each.
 func New(groups int, window, interval time.Duration, top int) *Window {
 	w := &Window{window: window, interval: interval, top: max(top, 1), atLimit: make([]time.Duration, groups)}
+	w.scratch = make([]tally.ClientCount, 0, w.top)
 	w.ring = make([]slot, int(window/interval)+2)
 	for i := range w.ring {
 		w.ring[i].groups = make([]groupSample, groups)
@@ -90,7 +91,7 @@ func (w *Window) Add(now time.Time, groups []Group) {
 			gs.maxPerClient, gs.top = 0, gs.top[:0]
 		}
 		gs.maxPerClient = max(gs.maxPerClient, most)
-		gs.top = mergeTop(gs.top, g.Counts, w.top)
+		gs.top = mergeTop(gs.top, g.Counts, w.top, w.scratch)
 		if g.Limit > 0 && most >= g.Limit {
 			w.atLimit[i] += elapsed
 		}
@@ -98,41 +99,19 @@ func (w *Window) Add(now time.Time, groups []Group) {
 }
 
 // mergeTop keeps in top, at most n long, the clients busiest at their
-// busiest over top and counts, most first, without allocating.
-func mergeTop(top []tally.ClientCount, counts *tally.Tally, n int) []tally.ClientCount {
-	if len(top) == 0 {
-		return counts.AppendTopClients(top, n)
-	}
-	var fresh [64]tally.ClientCount // n is --clients.top; more than 64 takes the slow way
-	add := fresh[:0]
-	if n > len(fresh) {
-		add = make([]tally.ClientCount, 0, n)
-	}
-	for _, c := range counts.AppendTopClients(add, n) {
+// busiest over top and counts, in tally.Compare's order. scratch has room
+// for n: nothing is allocated.
+func mergeTop(top []tally.ClientCount, counts *tally.Tally, n int, scratch []tally.ClientCount) []tally.ClientCount {
+	for _, c := range counts.TopClientsInto(scratch, n) {
 		i := slices.IndexFunc(top, func(t tally.ClientCount) bool { return t.Client == c.Client })
-		switch {
-		case i >= 0:
-			top[i].Count = max(top[i].Count, c.Count)
-		case len(top) < n:
-			top = append(top, c)
-		case before(c, top[len(top)-1]):
-			top[len(top)-1] = c
-		default:
+		if i < 0 {
+			top = tally.Keep(top, c, n)
 			continue
 		}
-		slices.SortFunc(top, compare)
+		top[i].Count = max(top[i].Count, c.Count)
+		slices.SortFunc(top, tally.Compare)
 	}
 	return top
-}
-
-func before(a, b tally.ClientCount) bool { return compare(a, b) < 0 }
-
-// compare puts the most first; ties go to the lower address.
-func compare(a, b tally.ClientCount) int {
-	if c := cmp.Compare(b.Count, a.Count); c != 0 {
-		return c
-	}
-	return a.Client.Compare(b.Client)
 }
 
 // Failed records a sample that could not be taken: it is counted, and
@@ -186,7 +165,7 @@ func (w *Window) View(now time.Time) View {
 		for client, n := range peaks {
 			v.Groups[g].Top = append(v.Groups[g].Top, tally.ClientCount{Client: client, Count: n})
 		}
-		slices.SortFunc(v.Groups[g].Top, compare)
+		slices.SortFunc(v.Groups[g].Top, tally.Compare)
 		v.Groups[g].Top = v.Groups[g].Top[:min(w.top, len(v.Groups[g].Top))]
 	}
 	return v

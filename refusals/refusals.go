@@ -11,17 +11,17 @@
 package refusals
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
 // ErrUnavailable is a kernel or a host that cannot count refusals: the
@@ -100,29 +100,14 @@ func (c *Counter) Close() {
 	c.maps.Close()
 }
 
-// Client is one client's refusals.
-type Client struct {
-	Client netip.Addr
-	Count  uint64
-}
-
 // Group is one group's refusals since the program was attached.
 type Group struct {
 	// Total is exact, whatever the map of clients evicted.
 	Total uint64
-	// Top are the clients with the most refusals, most first, at most top.
-	Top []Client
+	// Top are the clients with the most refusals, in tally.Compare's
+	// order, at most top.
+	Top []tally.ClientCount
 }
-
-// compare puts the most refused first; ties go to the lower address.
-func compare(a, b Client) int {
-	if c := cmp.Compare(b.Count, a.Count); c != 0 {
-		return c
-	}
-	return a.Client.Compare(b.Client)
-}
-
-func before(a, b Client) bool { return compare(a, b) < 0 }
 
 // Snapshot reads each group's refusals, with its top busiest clients
 // (addresses unmapped, as the connection counts have them).
@@ -143,21 +128,11 @@ func (c *Counter) Snapshot(top int) ([]Group, error) {
 	it := c.maps.clients.Iterate()
 	for it.Next(&key, &count) {
 		g := int(binary.NativeEndian.Uint32(key[:4]))
-		if g >= len(groups) || top <= 0 {
+		if g >= len(groups) {
 			continue
 		}
-		client := Client{netip.AddrFrom16([16]byte(key[4:])).Unmap(), count}
-		t := groups[g].Top
-		if len(t) == top && !before(client, t[len(t)-1]) {
-			continue
-		}
-		i, _ := slices.BinarySearchFunc(t, client, compare)
-		if len(t) < top {
-			t = append(t, Client{})
-		}
-		copy(t[i+1:], t[i:len(t)-1])
-		t[i] = client
-		groups[g].Top = t
+		client := tally.ClientCount{Client: netip.AddrFrom16([16]byte(key[4:])).Unmap(), Count: int(count)}
+		groups[g].Top = tally.Keep(groups[g].Top, client, top)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the refusals: %w", err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
 // resetFrom has the server end of a connection from client close with the
@@ -61,7 +62,7 @@ func TestCountsTheResetsOfWatchedPortsPerClient(t *testing.T) {
 	groups, err := c.Snapshot(10)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(4), groups[0].Total)
-	assert.Equal(t, []Client{{netip.MustParseAddr("127.0.0.33"), 3}, {netip.MustParseAddr("127.0.0.34"), 1}}, groups[0].Top)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.33"), Count: 3}, {Client: netip.MustParseAddr("127.0.0.34"), Count: 1}}, groups[0].Top)
 	assert.Zero(t, groups[1].Total)
 	assert.Empty(t, groups[1].Top)
 }

@@ -3,9 +3,9 @@
 package tally
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
-	"sort"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
@@ -102,31 +102,41 @@ func (t *Tally) MaxPerClient() int {
 	return most
 }
 
-// TopClients is the n clients with the most sockets, most first; ties go to
-// the lower address so that the same counts always give the same list.
+// TopClients is the n clients with the most sockets, in Compare's order.
 func (t *Tally) TopClients(n int) []ClientCount {
-	return t.AppendTopClients(make([]ClientCount, 0, min(n, len(t.perClient))), n)
+	return t.TopClientsInto(make([]ClientCount, 0, min(n, len(t.perClient))), n)
 }
 
-// AppendTopClients appends TopClients(n) to dst: with room for n in dst, it
-// allocates nothing.
-func (t *Tally) AppendTopClients(dst []ClientCount, n int) []ClientCount {
-	start := len(dst)
-	before := func(a, b ClientCount) bool {
-		return a.Count > b.Count || (a.Count == b.Count && a.Client.Less(b.Client))
-	}
+// TopClientsInto is TopClients(n) in dst's storage: with room for n there,
+// it allocates nothing.
+func (t *Tally) TopClientsInto(dst []ClientCount, n int) []ClientCount {
+	dst = dst[:0]
 	for client, count := range t.perClient {
-		c := ClientCount{Client: client, Count: count}
-		top := dst[start:]
-		if len(top) == n && (n == 0 || !before(c, top[n-1])) {
-			continue
-		}
-		i := start + sort.Search(len(top), func(i int) bool { return before(c, top[i]) })
-		if len(top) < n {
-			dst = append(dst, ClientCount{})
-		}
-		copy(dst[i+1:], dst[i:len(dst)-1])
-		dst[i] = c
+		dst = Keep(dst, ClientCount{Client: client, Count: count}, n)
 	}
 	return dst
+}
+
+// Compare orders client counts most first; ties go to the lower address,
+// so that the same counts always give the same list.
+func Compare(a, b ClientCount) int {
+	if c := cmp.Compare(b.Count, a.Count); c != 0 {
+		return c
+	}
+	return a.Client.Compare(b.Client)
+}
+
+// Keep adds c to top, a list in Compare's order, and keeps its n first:
+// with room for n in top, it allocates nothing.
+func Keep(top []ClientCount, c ClientCount, n int) []ClientCount {
+	if n <= 0 || (len(top) >= n && Compare(c, top[n-1]) >= 0) {
+		return top
+	}
+	i, _ := slices.BinarySearchFunc(top, c, Compare)
+	if len(top) < n {
+		top = append(top, ClientCount{})
+	}
+	copy(top[i+1:], top[i:len(top)-1])
+	top[i] = c
+	return top
 }

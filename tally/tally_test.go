@@ -59,14 +59,14 @@ func TestEmptyTallyIsZeroEverywhere(t *testing.T) {
 	assert.Empty(t, counts.TopClients(10))
 }
 
-func TestAppendTopClientsAllocatesNothingWithRoom(t *testing.T) {
+func TestTopClientsIntoAllocatesNothingWithRoom(t *testing.T) {
 	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
 	for i := range 300 { // squares mod 50: uneven counts over fewer than 50 clients
 		counts.Add(sock(socket.StateEstablished, "127.0.0.1:8500", fmt.Sprintf("10.0.0.%d:%d", (i*i)%50, 40000+i)))
 	}
 	dst := make([]ClientCount, 0, 5)
-	assert.Equal(t, counts.TopClients(5), counts.AppendTopClients(dst, 5))
-	assert.Zero(t, testing.AllocsPerRun(10, func() { dst = counts.AppendTopClients(dst[:0], 5) }))
+	assert.Equal(t, counts.TopClients(5), counts.TopClientsInto(dst, 5))
+	assert.Zero(t, testing.AllocsPerRun(10, func() { dst = counts.TopClientsInto(dst, 5) }))
 	all := counts.TopClients(1000)
 	assert.Less(t, len(all), 50)
 	for i := 1; i < len(all); i++ {
