@@ -179,27 +179,12 @@ func release(t *testing.T, gate string) {
 }
 
 func TestPushFailuresAreLoggedOnceAndTheLoopGoesOn(t *testing.T) {
-	cmd := exec.Command(binary, "--command", "true", "--push.url", "http://"+freeAddr(t),
+	exporter := start(t, binary, "--command", "true", "--push.url", "http://"+freeAddr(t),
 		"--interval", "100ms", "--push.timeout", "1s", "--log.level", "debug")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill() })
-	lines := bufio.NewScanner(stderr)
-	logged := 0
-	for failures := 0; failures < 3; {
-		require.True(t, lines.Scan(), "the exporter stopped")
-		if strings.Contains(lines.Text(), "msg=collected ok=false") {
-			failures++
-		}
-		if strings.Contains(lines.Text(), `msg="output failed"`) {
-			logged++
-		}
-	}
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	go io.Copy(io.Discard, stderr)
-	assert.NoError(t, cmd.Wait(), "exit 0 on SIGTERM after failed pushes")
-	assert.Equal(t, 1, logged, "the same failure is logged once")
+	exporter.waitFor(t, "msg=collected ok=false", 3)
+	log, err := exporter.stop(syscall.SIGTERM)
+	assert.NoError(t, err, "exit 0 on SIGTERM after failed pushes")
+	assert.Equal(t, 1, strings.Count(log, `msg="output failed"`), "the same failure is logged once")
 }
 
 func TestWebConfigFileGivesBasicAuth(t *testing.T) {
@@ -271,15 +256,7 @@ func TestIdleConnectionsCannotStarveTheExporter(t *testing.T) {
 // stop still ends the exporter within the grace of a few seconds.
 func TestStopIsBoundedByAClientThatNeverFinishes(t *testing.T) {
 	addr := freeAddr(t)
-	cmd := exec.Command(binary, "--web.listen-address="+addr, "--command", "true")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill() })
-	lines := bufio.NewScanner(stderr)
-	for lines.Scan() && !strings.Contains(lines.Text(), "Listening on") {
-	}
-	go io.Copy(io.Discard, stderr)
+	exporter := startServer(t, binary, "--web.listen-address="+addr, "--command", "true")
 	conn, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer conn.Close()
@@ -287,7 +264,7 @@ func TestStopIsBoundedByAClientThatNeverFinishes(t *testing.T) {
 	require.NoError(t, err)
 
 	stopped := time.Now()
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, cmd.Wait())
+	_, err = exporter.stop(syscall.SIGTERM)
+	require.NoError(t, err)
 	assert.Less(t, time.Since(stopped), 8*time.Second)
 }

@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"bufio"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 
@@ -98,21 +95,11 @@ func TestSIGTERMBetweenBackToBackWritesLeavesAWholeFile(t *testing.T) {
 	// inside it.
 	for stopAfter := 1; stopAfter <= 10; stopAfter++ {
 		dir := t.TempDir()
-		cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt",
+		exporter := start(t, binary, "--textfile.directory", dir, "--command", "cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt",
 			"--port", "8500", "--interval", "100ms", "--log.level", "debug")
-		stderr, err := cmd.StderrPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
-		lines := bufio.NewScanner(stderr)
-		for written := 0; written < stopAfter && lines.Scan(); {
-			if strings.Contains(lines.Text(), "msg=collected ok=true") {
-				written++
-			}
-		}
-		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-		for lines.Scan() {
-		}
-		require.NoError(t, cmd.Wait(), "exit 0 on SIGTERM")
+		exporter.waitFor(t, "msg=collected ok=true", stopAfter)
+		_, err := exporter.stop(syscall.SIGTERM)
+		require.NoError(t, err, "exit 0 on SIGTERM")
 		metrics := readMetrics(t, filepath.Join(dir, textfile.FileName))
 		assert.Equal(t, 1.0, value(t, metrics, "consul_conn_exporter_collect_success"))
 		assert.Equal(t, 18.0, value(t, metrics, `consul_open_http_connections{port="8500"}`))
@@ -149,23 +136,14 @@ func TestAHostileProgramNameCannotBlindTheExporter(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
 	loopback.Open(t, l, "127.0.0.41", 3)
 	argv := append(programs.AsNobody(t), python, "-c", `
-import ctypes, os, socket, sys
+import ctypes, os, signal, socket, sys
 ctypes.CDLL(None).prctl(15, os.fsencode(sys.argv[1]), 0, 0, 0)
 s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
 print("ready", flush=True)
-sys.stdin.read()
+signal.pause()
 `, "bad\xff", port(l))
-	py := exec.Command(argv[0], argv[1:]...)
-	stdin, err := py.StdinPipe()
-	require.NoError(t, err)
-	stdout, err := py.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, py.Start())
-	t.Cleanup(func() { stdin.Close(); py.Wait() })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	require.NoError(t, err)
-	require.Equal(t, "ready\n", line)
-	require.Equal(t, "bad\xff", comm(t, py.Process.Pid))
+	py := startUntil(t, "ready", argv...)
+	require.Equal(t, "bad\xff", comm(t, py.cmd.Process.Pid))
 
 	res := exporter(t, t.TempDir(), "--once", "--clients.processes", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)

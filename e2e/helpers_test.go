@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -192,17 +193,37 @@ func (a consulAgent) api(t *testing.T) *api.Client {
 	return client
 }
 
+// exchange asks the agent at consulAddr from the address from, on a new
+// connection it returns open; err is a reading or writing error.
+func exchange(t *testing.T, consulAddr, from string) (status int, conn net.Conn, err error) {
+	t.Helper()
+	conn = dialFrom(t, from, consulAddr)
+	if _, err = io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n"); err != nil {
+		return 0, conn, err
+	}
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return 0, conn, err
+	}
+	defer resp.Body.Close()
+	if _, err = io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, conn, err
+	}
+	return resp.StatusCode, conn, conn.SetReadDeadline(time.Time{})
+}
+
+// request asks the agent, and fails the test if no answer comes.
 func request(t *testing.T, consulAddr, from string) (int, net.Conn) {
 	t.Helper()
-	conn := dialFrom(t, from, consulAddr)
-	_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+	status, conn, err := exchange(t, consulAddr, from)
 	require.NoError(t, err)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	require.NoError(t, err)
-	_, err = io.Copy(io.Discard, resp.Body)
-	require.NoError(t, err)
-	resp.Body.Close()
-	return resp.StatusCode, conn
+	return status, conn
+}
+
+// closedByPeer is an error of a connection the other end closed or reset.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func freeAddr(t *testing.T) string {
@@ -212,32 +233,104 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func startServer(t *testing.T, argv ...string) {
+// startServer starts argv, an exporter or another Prometheus program, and
+// returns once it listens.
+func startServer(t *testing.T, argv ...string) *process {
 	t.Helper()
-	startUntil(t, "Listening on", argv...)
+	return startUntil(t, "Listening on", argv...)
 }
 
-func startUntil(t *testing.T, ready string, argv ...string) {
+// startUntil starts argv and returns once it prints ready.
+func startUntil(t *testing.T, ready string, argv ...string) *process {
 	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	stderr, err := cmd.StderrPipe()
+	p := start(t, argv...)
+	p.waitFor(t, ready, 1)
+	return p
+}
+
+// process is a program a test started. Its output (stderr, and stdout with
+// it) is read line by line as it comes, so that a test waits for a line
+// rather than for some time.
+type process struct {
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	changed *sync.Cond // a line came, or the output ended
+	lines   []string
+	done    bool // the output ended
+	stopped sync.Once
+	err     error // of Wait
+}
+
+// start starts argv; whatever still runs when the test ends is stopped
+// with SIGTERM.
+func start(t *testing.T, argv ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(argv[0], argv[1:]...)}
+	p.changed = sync.NewCond(&p.mu)
+	out, err := p.cmd.StderrPipe()
 	require.NoError(t, err)
-	cmd.Stdout = cmd.Stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	lines := bufio.NewScanner(stderr)
-	var log []string
-	for lines.Scan() {
-		log = append(log, lines.Text())
-		if strings.Contains(lines.Text(), ready) {
-			go io.Copy(io.Discard, stderr) // keep the pipe from filling
+	p.cmd.Stdout = p.cmd.Stderr
+	require.NoError(t, p.cmd.Start())
+	go func() {
+		lines := bufio.NewScanner(out)
+		for lines.Scan() {
+			p.mu.Lock()
+			p.lines = append(p.lines, lines.Text())
+			p.changed.Broadcast()
+			p.mu.Unlock()
+		}
+		p.mu.Lock()
+		p.done = true
+		p.changed.Broadcast()
+		p.mu.Unlock()
+	}()
+	t.Cleanup(func() { p.stop(syscall.SIGTERM) })
+	return p
+}
+
+// waitFor waits until n lines with text have come; the test fails if the
+// output ends first.
+func (p *process) waitFor(t *testing.T, text string, n int) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		count := 0
+		for _, line := range p.lines {
+			if strings.Contains(line, text) {
+				count++
+			}
+		}
+		if count >= n {
 			return
 		}
+		if p.done {
+			t.Fatalf("%s ended before %d lines with %q:\n%s", p.cmd.Path, n, text, strings.Join(p.lines, "\n"))
+		}
+		p.changed.Wait()
 	}
-	t.Fatalf("%s exited before listening:\n%s", argv[0], strings.Join(log, "\n"))
+}
+
+// output is every line so far.
+func (p *process) output() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.lines)
+}
+
+// stop sends sig, reads the output to its end and waits for the program:
+// the whole output, and how it exited.
+func (p *process) stop(sig os.Signal) (string, error) {
+	p.stopped.Do(func() {
+		p.cmd.Process.Signal(sig)
+		p.mu.Lock()
+		for !p.done {
+			p.changed.Wait()
+		}
+		p.mu.Unlock()
+		p.err = p.cmd.Wait()
+	})
+	return strings.Join(p.output(), "\n"), p.err
 }
 
 func scrape(t *testing.T, url string) map[string]float64 {

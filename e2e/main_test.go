@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -282,31 +281,12 @@ func TestRefusedTextfileDirectoryExitsOneOnceAndIsLoggedOncePerChange(t *testing
 
 	// Long-running: the refusal is logged once, not every interval, and so
 	// is the recovery once the directory is fixed.
-	cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "100ms", "--log.level", "debug")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill() })
-	lines := bufio.NewScanner(stderr)
-	var log []string
-	waitFor := func(msg string, n int) {
-		for count := 0; count < n; {
-			require.True(t, lines.Scan(), "exporter stopped: %s", strings.Join(log, "\n"))
-			log = append(log, lines.Text())
-			if strings.Contains(lines.Text(), msg) {
-				count++
-			}
-		}
-	}
-	waitFor("msg=collected ok=false", 5)
+	exporter := start(t, binary, "--textfile.directory", dir, "--command", "true", "--interval", "100ms", "--log.level", "debug")
+	exporter.waitFor(t, "msg=collected ok=false", 5)
 	require.NoError(t, os.Chmod(dir, 0o755))
-	waitFor("msg=collected ok=true", 3)
-	require.NoError(t, cmd.Process.Signal(os.Interrupt))
-	for lines.Scan() {
-		log = append(log, lines.Text())
-	}
-	require.NoError(t, cmd.Wait())
-	text := strings.Join(log, "\n")
+	exporter.waitFor(t, "msg=collected ok=true", 3)
+	text, err := exporter.stop(os.Interrupt)
+	require.NoError(t, err)
 	assert.Equal(t, 1, strings.Count(text, `msg="output failed"`), text)
 	assert.Equal(t, 1, strings.Count(text, `msg="output works again"`), text)
 	assertOnlyOurFile(t, dir)
@@ -318,28 +298,12 @@ func TestLoopWritesUntilASignalThenExitsZero(t *testing.T) {
 	for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP} {
 		t.Run(sig.String(), func(t *testing.T) {
 			dir := t.TempDir()
-			cmd := exec.Command(binary, "--textfile.directory", dir, "--command", "true", "--interval", "100ms", "--log.level", "debug")
-			stderr, err := cmd.StderrPipe()
-			require.NoError(t, err)
-			require.NoError(t, cmd.Start())
-			t.Cleanup(func() { cmd.Process.Kill() })
-
-			// Wait for the second collection's log line: the loop goes on by itself.
-			lines := bufio.NewScanner(stderr)
-			var log []string
-			for collected := 0; collected < 2; {
-				require.True(t, lines.Scan(), "exporter stopped early: %s", strings.Join(log, "\n"))
-				log = append(log, lines.Text())
-				if strings.Contains(lines.Text(), "msg=collected ok=true") {
-					collected++
-				}
-			}
-			require.NoError(t, cmd.Process.Signal(sig))
-			for lines.Scan() {
-				log = append(log, lines.Text())
-			}
-			require.NoError(t, cmd.Wait(), "exit 0 on %s", sig)
-			assert.Equal(t, 1, strings.Count(strings.Join(log, "\n"), "msg=stopping"))
+			exporter := start(t, binary, "--textfile.directory", dir, "--command", "true", "--interval", "100ms", "--log.level", "debug")
+			// The second collection's log line: the loop goes on by itself.
+			exporter.waitFor(t, "msg=collected ok=true", 2)
+			log, err := exporter.stop(sig)
+			require.NoError(t, err, "exit 0 on %s", sig)
+			assert.Equal(t, 1, strings.Count(log, "msg=stopping"))
 			assert.Equal(t, 1.0, value(t, readMetrics(t, filepath.Join(dir, textfile.FileName)), "consul_conn_exporter_collect_success"))
 			assertOnlyOurFile(t, dir)
 		})
@@ -362,16 +326,8 @@ func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 	out, err := exec.Command("go", "build", "-o", bin, "../cmd/port-opener").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	p := fmt.Sprint(loopback.Port())
-	opener := exec.Command(bin, "--port", p, "-n", "30", "--clients", "3")
-	stdout, err := opener.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, opener.Start())
-	t.Cleanup(func() { opener.Process.Kill() })
-	lines := bufio.NewScanner(stdout)
-	require.True(t, lines.Scan())
-	assert.Equal(t, "started server on 127.0.0.1:"+p, lines.Text())
-	require.True(t, lines.Scan())
-	assert.Equal(t, "opened 30 client connections", lines.Text())
+	opener := startUntil(t, "client connections", bin, "--port", p, "-n", "30", "--clients", "3")
+	assert.Equal(t, []string{"started server on 127.0.0.1:" + p, "opened 30 client connections"}, opener.output())
 
 	dir := t.TempDir()
 	res := counts(t, dir, "--once", "--port", p)
@@ -380,8 +336,8 @@ func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 	assert.Equal(t, 10.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
 	assert.Equal(t, 10.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.3"}`))
 
-	require.NoError(t, opener.Process.Signal(os.Interrupt))
-	require.NoError(t, opener.Wait(), "port-opener exits 0 on interrupt")
+	_, err = opener.stop(os.Interrupt)
+	require.NoError(t, err, "port-opener exits 0 on interrupt")
 	res = counts(t, dir, "--once", "--port", p)
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 0.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))

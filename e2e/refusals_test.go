@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,21 +27,13 @@ import (
 // sends, before the answer could be read.
 func refused(t *testing.T, consulAddr, from string) bool {
 	t.Helper()
-	conn := dialFrom(t, from, consulAddr)
-	defer conn.Close()
-	_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
-	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+	status, conn, err := exchange(t, consulAddr, from)
+	conn.Close()
+	if err != nil {
+		require.True(t, closedByPeer(err), "%v", err)
 		return true
 	}
-	require.NoError(t, err)
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return true
-	}
-	require.NoError(t, err)
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusTooManyRequests
+	return status == http.StatusTooManyRequests
 }
 
 // startRefusals starts the exporter (a build without cgo, as released) with
@@ -51,22 +41,8 @@ func refused(t *testing.T, consulAddr, from string) bool {
 func startRefusals(t *testing.T, args ...string) (string, int) {
 	t.Helper()
 	addr := freeAddr(t)
-	cmd := exec.Command(plainBinary, append([]string{"--refusals", "--web.listen-address=" + addr, "--sample.interval=0"}, args...)...)
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	lines := bufio.NewScanner(stderr)
-	var log []string
-	for lines.Scan() {
-		log = append(log, lines.Text())
-		if strings.Contains(lines.Text(), "Listening on") {
-			go io.Copy(io.Discard, stderr)
-			return "http://" + addr + "/metrics", cmd.Process.Pid
-		}
-	}
-	t.Fatalf("the exporter exited before listening:\n%s", strings.Join(log, "\n"))
-	return "", 0
+	p := startServer(t, append([]string{plainBinary, "--refusals", "--web.listen-address=" + addr, "--sample.interval=0"}, args...)...)
+	return "http://" + addr + "/metrics", p.cmd.Process.Pid
 }
 
 // A real agent with http_max_conns_per_client = 10: ten connections held from
@@ -157,7 +133,7 @@ func TestRefusalsOfARealAgentAreCountedPerClient(t *testing.T) {
 		// Closed at once, the byte unread: a reset (read as such, or as
 		// the end of the stream when the FIN comes first).
 		_, err = conn.Read(make([]byte, 1))
-		require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF), "refused, got %v", err)
+		require.True(t, closedByPeer(err), "refused, got %v", err)
 		conn.Close()
 	}
 	require.Eventually(t, func() bool {
