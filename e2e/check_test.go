@@ -13,8 +13,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 )
 
-// checked is what `check` printed and its exit status.
-
 const mixedCapture = "../fixtures/ss-iproute2-6.1.0_tanp_mixed.txt"
 
 func mixedExpected(t *testing.T) fixtures.Expected {

@@ -200,7 +200,3 @@ func assertNoSecret(t *testing.T, res result, dir string, secrets ...string) {
 		assert.NotContains(t, string(file), secret)
 	}
 }
-
-// dialFrom opens a raw TCP connection from a loopback address, closed at
-// the end of the test.
-// comm is the command name the kernel (and so ss -p) gives a process.

@@ -12,14 +12,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 )
 
-// consulAgent is a real Consul dev agent on loopback.
-// startConsul runs a real Consul dev agent on loopback, every port of it
-// free, with limits (the body of its limits block) and, with acl, ACLs on
-// that deny by default; extra is more configuration, made for the agent's
-// ports.
-// api is a client of the agent with its management token.
-// request opens a connection from the source address, makes one request on
-// it and leaves it open (keep-alive), returning the status Consul answered.
 func TestConsulRefusesTheConnectionOurMetricSaidWasPastTheLimit(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	const limit = 20

@@ -23,14 +23,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
-// freeAddr is a loopback address with a port nobody listens on, below the
-// ephemeral range (see belowEphemeral).
-// startServer starts a program and returns once it logs that it listens:
-// node_exporter, the Pushgateway and this exporter all log "Listening on".
-// startUntil starts a program and returns once it prints a line with ready
-// on stdout or stderr; the program is stopped at the end of the test.
-// scrape gets url and parses the exposition format into "name{labels}" ->
-// value, labels sorted as readMetrics sorts them.
 func TestNodeExporterReadsOurTextfile(t *testing.T) {
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
 	programs.Need(t, "ss", "apt-get install iproute2")

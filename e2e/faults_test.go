@@ -123,9 +123,6 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 	}
 }
 
-// runAsNobody runs the exporter as the nobody user with no capabilities,
-// writing its textfile into a directory of its own.
-
 // A program's name is chosen by whoever runs it (prctl(PR_SET_NAME), any
 // bytes but NUL). One that is not UTF-8, held by nobody against the watched
 // port, is named safely, and every count stays.

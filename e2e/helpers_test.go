@@ -91,6 +91,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// checked is what `check` printed and its exit status.
 type checked struct {
 	exit           int
 	stdout, stderr string
@@ -112,6 +113,8 @@ func lastLine(text string) string {
 	return lines[len(lines)-1]
 }
 
+// dialFrom opens a raw TCP connection from a loopback address, closed at
+// the end of the test.
 func dialFrom(t *testing.T, from, to string) net.Conn {
 	t.Helper()
 	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
@@ -123,6 +126,7 @@ func dialFrom(t *testing.T, from, to string) net.Conn {
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
+// consulAgent is a real Consul dev agent on loopback.
 type consulAgent struct {
 	httpAddr, serverAddr string
 	httpsAddr            string // with agentOptions.dualStackTLS
@@ -139,6 +143,10 @@ type agentOptions struct {
 	dualStackTLS bool
 }
 
+// startConsul runs a real Consul dev agent on loopback, every port of it
+// free, with limits (the body of its limits block) and, with acl, ACLs on
+// that deny by default; extra is more configuration, made for the agent's
+// ports.
 func startConsul(t *testing.T, limits string, acl bool, extra ...func(consulAgent) string) consulAgent {
 	t.Helper()
 	return startAgent(t, limits, agentOptions{acl: acl}, extra...)
@@ -186,6 +194,7 @@ func (a consulAgent) httpPort() string {
 	return p
 }
 
+// api is a client of the agent with its management token.
 func (a consulAgent) api(t *testing.T) *api.Client {
 	t.Helper()
 	client, err := api.NewClient(&api.Config{Address: a.httpAddr, Token: a.token})
@@ -226,6 +235,8 @@ func closedByPeer(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
+// freeAddr is a loopback address with a port nobody listens on, below the
+// ephemeral range (loopback.Port).
 func freeAddr(t *testing.T) string {
 	t.Helper()
 	l := loopback.Listen(t, "127.0.0.1")
@@ -333,6 +344,8 @@ func (p *process) stop(sig os.Signal) (string, error) {
 	return strings.Join(p.output(), "\n"), p.err
 }
 
+// scrape gets url and parses the exposition format into "name{labels}" ->
+// value, labels sorted as readMetrics sorts them.
 func scrape(t *testing.T, url string) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -361,6 +374,8 @@ func assertOnlyOurFile(t *testing.T, dir string) {
 	assert.Equal(t, os.FileMode(0o644), info.Mode().Perm())
 }
 
+// runAsNobody runs the exporter as the nobody user with no capabilities,
+// writing its textfile into a directory of its own.
 func runAsNobody(t *testing.T, args ...string) result {
 	t.Helper()
 	// nobody must own the directory it writes (TestMain lets it reach the
@@ -378,11 +393,14 @@ type result struct {
 	metrics map[string]float64 // "name{label="value",...}" -> value; nil if no file
 }
 
+// exporter runs the binary with args and reads the file it wrote in dir.
 func exporter(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	return runExporter(t, dir, nil, args...)
 }
 
+// runExporter runs the binary, behind the words of wrapper if any (e.g.
+// unshare ...), with args and the textfile directory dir ("": none given).
 func runExporter(t *testing.T, dir string, wrapper []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -402,6 +420,8 @@ func runExporter(t *testing.T, dir string, wrapper []string, args ...string) res
 	return res
 }
 
+// exitCode is the exit status of a command that ran; err must be nil or
+// its exit.
 func exitCode(t *testing.T, err error) int {
 	t.Helper()
 	var exit *exec.ExitError
@@ -412,6 +432,7 @@ func exitCode(t *testing.T, err error) int {
 	return 0
 }
 
+// readMetrics reads the file at path, nil if there is none.
 func readMetrics(t *testing.T, path string) map[string]float64 {
 	t.Helper()
 	f, err := os.Open(path)
@@ -423,6 +444,8 @@ func readMetrics(t *testing.T, path string) map[string]float64 {
 	return parseMetrics(t, f, path)
 }
 
+// parseMetrics reads the exposition format from r (named by source) into
+// "name{label="value",...}" -> value, labels sorted by name.
 func parseMetrics(t *testing.T, r io.Reader, source string) map[string]float64 {
 	t.Helper()
 	metrics, err := exposition.Parse(r)
@@ -432,6 +455,8 @@ func parseMetrics(t *testing.T, r io.Reader, source string) map[string]float64 {
 
 func port(l *portopener.Listener) string { return fmt.Sprint(l.Port()) }
 
+// counts runs the exporter with ss (into dir) and again with the built-in
+// netlink reader: both must give the same numbers. It returns ss's run.
 func counts(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	viaSS := exporter(t, dir, args...)
@@ -441,6 +466,7 @@ func counts(t *testing.T, dir string, args ...string) result {
 	return viaSS
 }
 
+// withoutDuration is metrics less the one that differs from run to run.
 func withoutDuration(metrics map[string]float64) map[string]float64 {
 	m := maps.Clone(metrics)
 	delete(m, "consul_conn_exporter_collect_duration_seconds")

@@ -19,19 +19,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
-// binary is the exporter built once for the tests, run as operators run it.
-
-// exporter runs the binary with args and reads the file it wrote in dir.
-// runExporter runs the binary, behind the words of wrapper if any (e.g.
-// unshare ...), with args and the textfile directory dir ("": none given).
-// exitCode is the exit status of a command that ran; err must be nil or
-// its exit.
-// readMetrics reads the file at path, nil if there is none.
-// parseMetrics reads the exposition format from r (named by source) into
-// "name{label="value",...}" -> value, labels sorted by name.
-// counts runs the exporter with ss (into dir) and again with the built-in
-// netlink reader: both must give the same numbers. It returns ss's run.
-// withoutDuration is metrics less the one that differs from run to run.
 func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	l := loopback.Listen(t, "127.0.0.1")
