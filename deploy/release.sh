@@ -28,7 +28,7 @@ for arch in amd64 arm64; do
   chmod 0644 "$stage/$name/LICENSE" "$stage/$name/NOTICES"
   tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner --format=gnu \
     -C "$stage" -cf - "$name" | gzip -9n > "$outdir/$name.tar.gz"
-  GOARCH=$arch bash deploy/deb/build.sh "$outdir" "$version" >/dev/null
+  GOARCH=$arch BINARY="$stage/$name/consul_conn_exporter" bash deploy/deb/build.sh "$outdir" "$version" >/dev/null
 done
 (cd "$outdir" && sha256sum -- *.tar.gz *.deb > sha256sums.txt)
 ls "$outdir"

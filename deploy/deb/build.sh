@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds OUTDIR/consul-conn-exporter_VERSION_ARCH.deb (GOARCH, default
-# amd64) with nfpm, a
-# build tool run at a pinned version and never linked into the product:
-# the release binary (deploy/build.sh), the systemd units,
+# amd64) with nfpm, a build tool run at a pinned version and never linked
+# into the product: the release binary (deploy/build.sh, or BINARY when a
+# release has built it already), the systemd units,
 # /etc/default/consul-conn-exporter (a conffile), the maintainer scripts,
 # and a copyright file naming every Go module linked in (cmd/notices).
 #
@@ -16,7 +16,11 @@ nfpm=github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-bash deploy/build.sh "$stage/consul_conn_exporter" "$VERSION"
+if [ -n "${BINARY:-}" ]; then
+  cp "$BINARY" "$stage/consul_conn_exporter"
+else
+  bash deploy/build.sh "$stage/consul_conn_exporter" "$VERSION"
+fi
 cp -r deploy/systemd "$stage/systemd"
 cp deploy/deb/nfpm.yaml deploy/deb/default deploy/deb/lintian-overrides deploy/deb/postinst deploy/deb/postrm "$stage/"
 GOARCH= go run ./cmd/notices -debian "$stage/consul_conn_exporter" > "$stage/copyright"
