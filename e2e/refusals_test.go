@@ -213,7 +213,8 @@ func TestRefusalsFromMoreClientsThanTheMapHolds(t *testing.T) {
 }
 
 // Over IPv6 (the agent also on ::1) and on the HTTPS port: one limiter
-// over both ports, one total.
+// over both ports, one total. Over HTTPS a refusal is counted when Consul's
+// side sends the reset, which it does not always do (docs/refusals.md).
 func TestRefusalsOverIPv6AndHTTPSAreOneLimiter(t *testing.T) {
 	programs.NeedRoot(t, "load the refusals' kernel program")
 	agent := startAgent(t, "http_max_conns_per_client = 10", agentOptions{dualStackTLS: true})
@@ -240,8 +241,12 @@ func TestRefusalsOverIPv6AndHTTPSAreOneLimiter(t *testing.T) {
 		require.True(t, refused(t, v6, "::1"), "IPv6 request %d past the limit", i+1)
 	}
 
+	// The kernel counts a reset as it is sent, before the client sees it.
+	total := func() float64 { return value(t, scrape(t, url), "consul_refused_http_connections_total") }
+	require.Equal(t, 3.0, total())
+
 	// HTTPS: ten held from one address over HTTP, then its connections to
-	// the HTTPS port are refused by the same limiter before any TLS.
+	// the HTTPS port are refused by the same limiter.
 	const busy = "127.0.0.25"
 	for range 10 {
 		code, conn := request(t, agent.httpAddr, busy)
@@ -252,29 +257,68 @@ func TestRefusalsOverIPv6AndHTTPSAreOneLimiter(t *testing.T) {
 	ca, err := os.ReadFile(filepath.Join(agent.certs, "consul-agent-ca.pem"))
 	require.NoError(t, err)
 	require.True(t, pool.AppendCertsFromPEM(ca))
-	for i := range 3 {
-		conn := tls.Client(dialFrom(t, busy, agent.httpsAddr), &tls.Config{RootCAs: pool, ServerName: "localhost"})
-		require.NoError(t, conn.SetDeadline(time.Now().Add(30*time.Second)))
-		_, err := io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
-		status := ""
+	// Consul answers 429 over TLS as soon as the handshake is done, then
+	// sends TLS's close_notify and closes. The refusal ends in a reset
+	// either way, but not always Consul's: a client that closes after the
+	// 429 and before the close_notify comes resets the connection itself, and
+	// only resets sent from the watched port count (a client's own reset is
+	// no sign of a refusal: every HTTPS client that closes first is reset by
+	// Go's close_notify). A client that waits for Consul's close before it
+	// writes its request is always reset by Consul, and counted exactly.
+	tlsConfig := &tls.Config{RootCAs: pool, ServerName: "localhost"}
+	const get = "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n"
+	// Under load Consul's 10 ms can run out before its 429 is written (the
+	// client then reads a reset or an end); such tries are not the proof and
+	// are made again, a bounded number of times.
+	for answered, tries := 0, 0; answered < 3; tries++ {
+		require.Less(t, tries, 30, "Consul answered 429 over TLS to %d of %d tries", answered, tries)
+		before := total()
+		raw := dialFrom(t, busy, agent.httpsAddr)
+		require.NoError(t, raw.SetDeadline(time.Now().Add(30*time.Second)))
+		conn := tls.Client(raw, tlsConfig) // closed through raw: TLS's close_notify would be a request too
+		var resp *http.Response
+		err := conn.Handshake()
 		if err == nil {
-			var resp *http.Response
-			if resp, err = http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
-				status = resp.Status
+			resp, err = http.ReadResponse(bufio.NewReader(conn), nil)
+		}
+		if err != nil {
+			t.Logf("try %d: no answer: %v", tries+1, err)
+			raw.Close()
+			continue
+		}
+		resp.Body.Close()
+		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+		_, err = io.Copy(io.Discard, raw) // the close_notify, to Consul's close
+		require.NoError(t, err)
+		_, err = io.WriteString(conn, get)
+		require.NoError(t, err)
+		// The reset is sent as the request arrives, maybe not before the
+		// write returns.
+		require.Eventually(t, func() bool { return total() == before+1 }, 10*time.Second, 20*time.Millisecond)
+		raw.Close()
+		answered++
+	}
+	metrics := scrape(t, url)
+	afterReadFirst := value(t, metrics, "consul_refused_http_connections_total")
+	assert.Equal(t, 3.0, value(t, metrics, `consul_refused_http_connections_per_client_total{client="::1"}`))
+	assert.Equal(t, afterReadFirst-3, value(t, metrics, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`), "one total over both ports")
+
+	// Clients that write first, as they all do: each refused, each counted
+	// at most once. Under load a refused client's write or read may fail
+	// too, and whether it was counted depends on whose reset came first.
+	const writeFirst = 10
+	for range writeFirst {
+		conn := tls.Client(dialFrom(t, busy, agent.httpsAddr), tlsConfig)
+		require.NoError(t, conn.SetDeadline(time.Now().Add(30*time.Second)))
+		if _, err := io.WriteString(conn, get); err == nil {
+			if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
 				resp.Body.Close()
+				require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 			}
 		}
 		conn.Close()
-		// Consul finishes the handshake, answers 429 and closes.
-		require.True(t, status == "429 Too Many Requests" || err != nil, "HTTPS request %d past the limit: %q", i+1, status)
 	}
-
-	var metrics map[string]float64
-	require.Eventually(t, func() bool {
-		metrics = scrape(t, url)
-		return metrics["consul_refused_http_connections_total"] >= 6
-	}, 10*time.Second, 50*time.Millisecond)
-	assert.Equal(t, 6.0, value(t, metrics, "consul_refused_http_connections_total"), "one total over both ports")
-	assert.Equal(t, 3.0, value(t, metrics, `consul_refused_http_connections_per_client_total{client="::1"}`))
-	assert.Equal(t, 3.0, value(t, metrics, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`))
+	counted := total() - afterReadFirst
+	t.Logf("HTTPS refusals of clients that write first: %v of %d counted", counted, writeFirst)
+	assert.LessOrEqual(t, counted, float64(writeFirst), "never more than were refused")
 }
