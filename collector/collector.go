@@ -260,7 +260,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tal
 	case err != nil:
 		why = err.Error() + " (--clients.processes.timeout bounds the lookup; /proc must be the host's)"
 	case unknown.Untold > 0:
-		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs ss -e or -p, or netstat -p)", unknown.Untold)
+		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs -e or -p, of ss or netstat)", unknown.Untold)
 	case unknown.NotFound > 0 && found.Unreadable > 0:
 		why = fmt.Sprintf("%d processes could not be read: other users' programs are seen only as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH", found.Unreadable)
 	case unknown.NotFound > 0 && found.Found == 0:

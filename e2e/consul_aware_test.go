@@ -148,11 +148,14 @@ signal.pause()
 		require.Equal(t, 0, asRoot.exit, asRoot.stderr)
 		assert.Equal(t, 5.0, value(t, asRoot.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
 		assert.NotContains(t, asRoot.stderr, "cannot tell which local programs")
-		// The built-in reader names the same programs.
-		viaNetlink := exporter(t, t.TempDir(), append(args, "--source", "netlink")...)
-		require.Equal(t, 0, viaNetlink.exit, viaNetlink.stderr)
-		assert.Equal(t, 3.0, value(t, viaNetlink.metrics, `consul_open_http_connections_per_process{process="`+curlComm+`"}`))
-		assert.Equal(t, 5.0, value(t, viaNetlink.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
+		// netstat and the built-in reader name the same programs.
+		programs.Need(t, "netstat", "apt-get install net-tools")
+		for _, source := range []string{"netstat", "netlink"} {
+			via := exporter(t, t.TempDir(), append(args, "--source", source)...)
+			require.Equal(t, 0, via.exit, via.stderr)
+			assert.Equal(t, 3.0, value(t, via.metrics, `consul_open_http_connections_per_process{process="`+curlComm+`"}`), source)
+			assert.Equal(t, 5.0, value(t, via.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`), source)
+		}
 
 		// As nobody, the programs are hidden: no per-process series, a
 		// warning, and the same counts.

@@ -36,7 +36,7 @@ type Parser struct {
 	// (`ss -tn state established`). socket.StateUnknown makes such rows an error.
 	ImpliedState socket.State
 	// Processes reads what tells the owning program of each row: its name
-	// (ss -p, netstat -p) or its socket inode (ss -e); off, the rest of a
+	// (ss -p, netstat -p) or its socket inode (ss -e, netstat -e); off, the rest of a
 	// row is not even looked at.
 	Processes bool
 }
@@ -72,18 +72,24 @@ func owner(rest string) string {
 	return ""
 }
 
-// inode is the socket inode among ss -e's extras (ino:12345), 0 if none.
+// inode is the socket inode: among ss -e's extras (ino:12345), or netstat
+// -e's Inode column (after User, numeric with -n); 0 if none.
 func inode(rest string) uint64 {
-	i := strings.Index(rest, " ino:")
-	if i < 0 {
-		return 0
+	number := ""
+	if i := strings.Index(rest, " ino:"); i >= 0 {
+		number = rest[i+len(" ino:"):]
+		end := 0
+		for end < len(number) && number[end] >= '0' && number[end] <= '9' {
+			end++
+		}
+		number = number[:end]
+	} else {
+		w := words{rest: rest}
+		if user := w.next(); isCount(user) {
+			number = w.next()
+		}
 	}
-	rest = rest[i+len(" ino:"):]
-	end := 0
-	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
-		end++
-	}
-	n, err := strconv.ParseUint(rest[:end], 10, 64)
+	n, err := strconv.ParseUint(number, 10, 64)
 	if err != nil {
 		return 0
 	}

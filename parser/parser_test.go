@@ -173,6 +173,19 @@ func TestProcessesFromCapturesWithP(t *testing.T) {
 	assert.Equal(t, 2, withP, "ss -tanp and netstat -tanpW")
 }
 
+func TestInodesFromNetstatDashE(t *testing.T) {
+	capture := "../fixtures/netstat-net-tools-2.10_taneW_mixed.txt"
+	s, kind, err := parser.Parser{Processes: true}.ParseLine(lineContaining(t, capture, "ESTABLISHED", "127.0.0.11:48755", "127.0.0.1:8500"))
+	require.NoError(t, err)
+	require.Equal(t, parser.TCPSocket, kind)
+	assert.Equal(t, uint64(5477950), s.Inode)
+	assert.Empty(t, s.Process, "-e names no program")
+
+	s, _, err = parser.Parser{Processes: true}.ParseLine(lineContaining(t, capture, "TIME_WAIT", "127.0.0.14:33127"))
+	require.NoError(t, err)
+	assert.Zero(t, s.Inode, "a TIME-WAIT socket has none")
+}
+
 func TestInodesFromSSDashE(t *testing.T) {
 	capture := "../fixtures/ss-iproute2-6.1.0_tanoei_mixed.txt"
 	s, kind, err := parser.Parser{Processes: true}.ParseLine(lineContaining(t, capture, "ESTAB", "127.0.0.11:39599", "127.0.0.1:8501"))

@@ -22,8 +22,8 @@ type Command struct {
 
 // NewCommand reads the table r prints. implied is the state of rows printed
 // without a State column (ss drops it when its filter names one state);
-// with processes, the programs that hold the sockets are read too (ss -p,
-// netstat -p).
+// with processes, what names the programs that hold the sockets is read too
+// (an inode from -e, a name from -p).
 func NewCommand(r *runner.Runner, implied socket.State, processes bool, logger *slog.Logger) *Command {
 	return &Command{runner: r, parser: parser.Parser{ImpliedState: implied, Processes: processes}, logger: logger}
 }

@@ -27,7 +27,8 @@ type Want struct {
 	States []socket.State
 	// ClientPorts asks for the client ends of local connections to these
 	// ports too, and what names the program holding each socket: its
-	// inode, or (netstat -p) its name.
+	// inode (ss -e, netstat -e, the built-in reader), or its name (-p in a
+	// --command).
 	ClientPorts []uint16
 }
 

@@ -58,7 +58,7 @@ func TestMissingToolsAreNamed(t *testing.T) {
 	require.NoError(t, os.Symlink(netstatPath, filepath.Join(dir, "netstat")))
 	c, err := netstat(want, time.Second, discard)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"netstat", "-tanpW"}, c.runner.Argv())
+	assert.Equal(t, []string{"netstat", "-taneW"}, c.runner.Argv())
 }
 
 func TestImpliedStateNeedsExactlyOneStateFilter(t *testing.T) {

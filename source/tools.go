@@ -65,16 +65,18 @@ func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error)
 	return NewCommand(r, implied, want.processes(), logger), nil
 }
 
-// netstat runs netstat -tanW (whole addresses; with processes -tanpW),
-// falling back to the same without -W for busybox builds; the parser then
-// does the filtering.
+// netstat runs netstat -tanW (whole addresses), falling back to the same
+// without -W for busybox builds; the parser then does the filtering. With
+// client ports, each socket's inode too (-e), by which its program is named
+// from /proc: netstat -p would do it too, with a cache of 211 buckets that
+// grows with the square of the sockets, as ss -p does.
 func netstat(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error) {
 	if _, err := exec.LookPath("netstat"); err != nil {
 		return nil, fmt.Errorf("netstat: %w (install net-tools)", errNotInstalled)
 	}
 	options := "-tan"
 	if want.processes() {
-		options = "-tanp"
+		options = "-tane"
 	}
 	r, err := runner.New(timeout, []string{"netstat", options + "W"}, []string{"netstat", options})
 	if err != nil {

@@ -100,6 +100,7 @@ var variants = []variant{
 	{"netstat", "tan", []string{"-tan"}, nil, ""},
 	{"netstat", "tanW", []string{"-tanW"}, nil, ""},
 	{"netstat", "tanpW", []string{"-tanpW"}, nil, ""},
+	{"netstat", "taneW", []string{"-taneW"}, nil, ""},
 	{"busybox", "tan", []string{"netstat", "-tan"}, nil, ""},
 }
 
