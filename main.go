@@ -97,18 +97,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	go s.limits.Run(ctx)
 	go s.collector.SampleEvery(ctx)
-	serverDone := make(chan error, 1)
+	var serve func(context.Context) error
 	if s.serveWeb {
-		go func() { serverDone <- delivery.Serve(ctx, s.collector, name, s.web, s.logger) }()
+		serve = func(ctx context.Context) error { return delivery.Serve(ctx, s.collector, name, s.web, s.logger) }
 	}
-	if err := delivery.Every(ctx, s.interval, s.collector, s.outputs, serverDone, s.logger); err != nil {
+	if err := delivery.Run(ctx, s.interval, s.collector, s.outputs, serve, s.logger); err != nil {
 		s.logger.Error("web server stopped", "err", err)
 		return exitFailed
 	}
-	s.logger.Info("stopping")
-	if s.serveWeb {
-		<-serverDone // scrapes under way finish, within the grace
-	}
+	s.logger.Info("stopped")
 	return exitOK
 }
 

@@ -49,10 +49,16 @@ func Once(coll *collector.Collector, outputs []*Output, logger *slog.Logger) boo
 	return ok
 }
 
-// Every collects for the outputs now and every interval until ctx is done
-// or serverDone says the web server stopped (its error is returned). With
-// no output it only waits.
-func Every(ctx context.Context, interval time.Duration, coll *collector.Collector, outputs []*Output, serverDone <-chan error, logger *slog.Logger) error {
+// Run delivers until ctx is done: to the outputs now and every interval,
+// and to the scrapes serve answers (nil: no web server). It returns once
+// the server has stopped too, with the server's error when it stopped by
+// itself. With no output it only waits.
+func Run(ctx context.Context, interval time.Duration, coll *collector.Collector, outputs []*Output, serve func(context.Context) error, logger *slog.Logger) error {
+	var serverDone chan error // nil, never ready, without a server
+	if serve != nil {
+		serverDone = make(chan error, 1)
+		go func() { serverDone <- serve(ctx) }()
+	}
 	var tick <-chan time.Time
 	if len(outputs) > 0 {
 		ticker := time.NewTicker(interval)
@@ -63,8 +69,13 @@ func Every(ctx context.Context, interval time.Duration, coll *collector.Collecto
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			if serverDone == nil {
+				return nil
+			}
+			return <-serverDone // scrapes under way finish, within the grace
 		case err := <-serverDone:
+			// On a stop the server may be done first: the one result,
+			// whichever case takes it.
 			return err
 		case <-tick:
 			Once(coll, outputs, logger)

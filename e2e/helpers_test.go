@@ -331,15 +331,25 @@ func (p *process) output() []string {
 
 // stop sends sig, reads the output to its end and waits for the program:
 // the whole output, and how it exited.
+// stopWithin is more than a stop may take: a collection under way (the
+// command timeout) and the web server's grace.
+const stopWithin = 30 * time.Second
+
 func (p *process) stop(sig os.Signal) (string, error) {
 	p.stopped.Do(func() {
 		p.cmd.Process.Signal(sig)
+		// One that does not stop is killed and said to have hung, rather
+		// than every test after it waiting for the package's timeout.
+		hung := time.AfterFunc(stopWithin, func() { p.cmd.Process.Kill() })
 		p.mu.Lock()
 		for !p.done {
 			p.changed.Wait()
 		}
 		p.mu.Unlock()
 		p.err = p.cmd.Wait()
+		if !hung.Stop() {
+			p.err = fmt.Errorf("still running %s after %s: killed", stopWithin, sig)
+		}
 	})
 	return strings.Join(p.output(), "\n"), p.err
 }
