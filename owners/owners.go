@@ -52,6 +52,9 @@ func Names(ctx context.Context, procDir string, names map[uint64]string) (Result
 	}
 	link := make([]byte, 64) // "socket:[18446744073709551615]" fits
 	buf := make([]byte, 64<<10)
+	// Descriptors by number only where the directories are the kernel's.
+	var fsStat unix.Statfs_t
+	byNumber := unix.Fstatfs(int(proc.Fd()), &fsStat) == nil && fsStat.Type == unix.PROC_SUPER_MAGIC
 	for _, pid := range pids {
 		if _, err := strconv.ParseUint(pid, 10, 32); err != nil {
 			continue // not a process: self, sys, meminfo ...
@@ -59,7 +62,7 @@ func Names(ctx context.Context, procDir string, names map[uint64]string) (Result
 		if err := ctx.Err(); err != nil {
 			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
 		}
-		found, err := walkFDs(ctx, filepath.Join(procDir, pid), names, buf, link)
+		found, err := walkFDs(ctx, filepath.Join(procDir, pid), names, byNumber, buf, link)
 		res.Found += found
 		switch {
 		case errors.Is(err, fs.ErrPermission):
@@ -76,10 +79,9 @@ func Names(ctx context.Context, procDir string, names map[uint64]string) (Result
 
 // walkFDs names in names the sockets that process dir holds, by its comm,
 // and says how many it named. A process that exits meanwhile
-// is no error. It reads the directory with getdents64 into buf and each
-// link with readlinkat into link, by the names in place: a process may
-// hold hundreds of thousands of descriptors, and none costs an allocation.
-func walkFDs(ctx context.Context, dir string, names map[uint64]string, buf, link []byte) (int, error) {
+// is no error. A process may hold hundreds of thousands of descriptors,
+// and none costs an allocation: names and links are read in place.
+func walkFDs(ctx context.Context, dir string, names map[uint64]string, byNumber bool, buf, link []byte) (int, error) {
 	fdDir, err := unix.Open(filepath.Join(dir, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	switch {
 	case err == unix.ENOENT || err == unix.ESRCH:
@@ -90,15 +92,61 @@ func walkFDs(ctx context.Context, dir string, names map[uint64]string, buf, link
 		return 0, err
 	}
 	defer unix.Close(fdDir)
-	var (
-		comm    string
-		found   int
-		entries int
-	)
+	w := fdWalk{ctx: ctx, dir: dir, fdDir: fdDir, names: names, link: link}
+	if byNumber && w.byNumber(buf) {
+		return w.found, w.err
+	}
+	w.listed(buf)
+	return w.found, w.err
+}
+
+// fdWalk is one process's descriptors being looked at.
+type fdWalk struct {
+	ctx     context.Context
+	dir     string
+	fdDir   int
+	names   map[uint64]string
+	link    []byte
+	comm    string
+	found   int
+	entries int
+	err     error // the budget ran out
+}
+
+// byNumber reads descriptors 0, 1, 2 ... by number, without listing the
+// directory (proc makes an entry for each one listed: a fifth of the
+// walk), as long as /proc/PID/fd says how many are open (its size, since
+// Linux 6.2) and they come densely, as they do: a table with holes past
+// slack is left to listed. It says whether it saw them all.
+func (w *fdWalk) byNumber(buf []byte) bool {
+	var st unix.Stat_t
+	if unix.Fstat(w.fdDir, &st) != nil || st.Size <= 0 {
+		return false
+	}
+	const slack = 64
+	open, seen := int(st.Size), 0
+	for fd := 0; seen < open && fd < open+slack; fd++ {
+		name := strconv.AppendInt(buf[:0], int64(fd), 10)
+		name = append(name, 0)
+		switch w.look(name) {
+		case unix.ENOENT:
+			continue // a hole, or closed meanwhile
+		case 0:
+		default:
+			return true // gone, or the budget ran out
+		}
+		seen++
+	}
+	return seen == open
+}
+
+// listed reads the directory with getdents64 into buf and each of its
+// descriptors by name.
+func (w *fdWalk) listed(buf []byte) {
 	for {
-		n, err := unix.Getdents(fdDir, buf)
+		n, err := unix.Getdents(w.fdDir, buf)
 		if err != nil || n <= 0 {
-			return found, nil // done, or gone
+			return // done, or gone
 		}
 		for off := 0; off+direntName < n; {
 			// struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
@@ -108,32 +156,43 @@ func walkFDs(ctx context.Context, dir string, names map[uint64]string, buf, link
 			if name[0] == '.' {
 				continue
 			}
-			if entries++; entries%4096 == 0 && ctx.Err() != nil {
-				return found, ctx.Err()
+			if errno := w.look(name); errno != 0 && errno != unix.ENOENT {
+				return
 			}
-			r, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(fdDir), uintptr(unsafe.Pointer(&name[0])),
-				uintptr(unsafe.Pointer(&link[0])), uintptr(len(link)), 0, 0)
-			if errno != 0 {
-				continue // closed meanwhile
-			}
-			inode, ok := socketInode(link[:r])
-			if !ok {
-				continue
-			}
-			if name, want := names[inode]; !want || name != "" {
-				continue
-			}
-			if comm == "" {
-				text, err := os.ReadFile(filepath.Join(dir, "comm"))
-				if err != nil {
-					return found, nil // gone
-				}
-				comm = socket.ProcessName(string(bytes.TrimSuffix(text, []byte("\n"))))
-			}
-			names[inode] = comm
-			found++
 		}
 	}
+}
+
+// look reads one descriptor's link, its NUL-terminated name in name, and
+// names its socket if it is wanted. ENOENT is no such descriptor (closed
+// meanwhile); ESRCH the process is gone, or the budget ran out (w.err).
+func (w *fdWalk) look(name []byte) unix.Errno {
+	if w.entries++; w.entries%4096 == 0 && w.ctx.Err() != nil {
+		w.err = w.ctx.Err()
+		return unix.ESRCH
+	}
+	r, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(w.fdDir), uintptr(unsafe.Pointer(&name[0])),
+		uintptr(unsafe.Pointer(&w.link[0])), uintptr(len(w.link)), 0, 0)
+	if errno != 0 {
+		return unix.ENOENT
+	}
+	inode, ok := socketInode(w.link[:r])
+	if !ok {
+		return 0
+	}
+	if name, want := w.names[inode]; !want || name != "" {
+		return 0
+	}
+	if w.comm == "" {
+		text, err := os.ReadFile(filepath.Join(w.dir, "comm"))
+		if err != nil {
+			return unix.ESRCH // gone
+		}
+		w.comm = socket.ProcessName(string(bytes.TrimSuffix(text, []byte("\n"))))
+	}
+	w.names[inode] = w.comm
+	w.found++
+	return 0
 }
 
 // direntName is where a linux_dirent64's name starts.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // process lays out dir/PID as the kernel does: comm, and fd/N links.
@@ -66,6 +67,37 @@ func TestARealSocketOfThisProcess(t *testing.T) {
 	_, err = Names(context.Background(), "/proc", names)
 	require.NoError(t, err)
 	assert.Equal(t, strings.TrimSpace(string(comm)), names[inode])
+}
+
+// A socket's descriptor far past the others: reading by number stops at
+// the hole and says so, and the listing finds it.
+func TestADescriptorPastAHoleIsFoundByTheListing(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	require.NoError(t, err)
+	defer f.Close()
+	const far = 900
+	require.NoError(t, unix.Dup3(int(f.Fd()), far, unix.O_CLOEXEC))
+	defer unix.Close(far)
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", far))
+	require.NoError(t, err)
+	inode, ok := socketInode([]byte(link))
+	require.True(t, ok, link)
+	require.NoError(t, f.Close())
+	require.NoError(t, l.Close()) // only the far one holds the socket now
+
+	fdDir, err := unix.Open("/proc/self/fd", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	require.NoError(t, err)
+	defer unix.Close(fdDir)
+	w := fdWalk{ctx: context.Background(), dir: "/proc/self", fdDir: fdDir, names: map[uint64]string{}, link: make([]byte, 64)}
+	assert.False(t, w.byNumber(make([]byte, 64)), "descriptor %d is past the hole", far)
+
+	names := want(inode)
+	_, err = Names(context.Background(), "/proc", names)
+	require.NoError(t, err)
+	assert.NotEmpty(t, names[inode])
 }
 
 func TestTheBudgetAndAMissingProcFailTheLookup(t *testing.T) {
