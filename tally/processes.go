@@ -77,7 +77,7 @@ func (p *Processes) Add(s socket.Socket) {
 // whose program the table did not name, each with no name yet: the ones to
 // look up.
 func (p *Processes) Unnamed() map[uint64]string {
-	inodes := map[uint64]string{}
+	inodes := make(map[uint64]string, len(p.clients)) // one map, never grown
 	for _, conn := range p.served {
 		if inode, local := p.clients[conn]; local && inode != 0 && p.clientNames[conn] == "" {
 			inodes[inode] = ""
