@@ -16,14 +16,22 @@ import (
 type Processes struct {
 	ports  []uint16
 	states []socket.State
-	// served are the counted server-side sockets; clients the established
-	// client-side sockets toward the ports, by the inode that names their
-	// program, and clientNames the few the table named itself (netstat
-	// -p). Keys and values hold no pointers: at 100,000 connections the
-	// garbage collector has nothing to walk in them.
-	served      []fourTuple
-	clients     map[fourTuple]uint64
+	// conns are the connections seen from either end: whether the server
+	// end is counted, and the inode of an established client end on this
+	// host, which names its program. clientNames are the few the table
+	// named itself (-p in a --command). Keys and values hold no pointers:
+	// at 100,000 connections the garbage collector has nothing to walk in
+	// them, and one map holds what a list of the counted ones and a map of
+	// the client ends held twice.
+	conns       map[fourTuple]ends
 	clientNames map[fourTuple]string
+}
+
+// ends is what the table said of a connection's two ends.
+type ends struct {
+	inode  uint64 // 0: no client end here, or the table gave none
+	served bool   // the server end is counted
+	client bool   // an established client end is on this host
 }
 
 // fourTuple is a connection's two ends, v4-mapped addresses as IPv4 ones
@@ -50,7 +58,7 @@ func NewProcesses(ports []uint16, states []socket.State) *Processes {
 	return &Processes{
 		ports:       slices.Clone(ports),
 		states:      slices.Clone(states),
-		clients:     map[fourTuple]uint64{},
+		conns:       map[fourTuple]ends{},
 		clientNames: map[fourTuple]string{},
 	}
 }
@@ -61,12 +69,17 @@ func NewProcesses(ports []uint16, states []socket.State) *Processes {
 func (p *Processes) Add(s socket.Socket) {
 	switch {
 	case slices.Contains(p.ports, s.Local.Port()) && slices.Contains(p.states, s.State):
-		p.served = append(p.served, fourTuple{server: endpointOf(s.Local), client: endpointOf(s.Peer)})
+		conn := fourTuple{server: endpointOf(s.Local), client: endpointOf(s.Peer)}
+		e := p.conns[conn]
+		e.served = true
+		p.conns[conn] = e
 	case slices.Contains(p.ports, s.Peer.Port()) && s.State == socket.StateEstablished:
 		// Only an established client end is still some program's: after
 		// close() it lingers orphaned (FIN-WAIT-2).
 		conn := fourTuple{server: endpointOf(s.Peer), client: endpointOf(s.Local)}
-		p.clients[conn] = s.Inode
+		e := p.conns[conn]
+		e.client, e.inode = true, s.Inode
+		p.conns[conn] = e
 		if s.Process != "" {
 			p.clientNames[conn] = s.Process
 		}
@@ -77,10 +90,10 @@ func (p *Processes) Add(s socket.Socket) {
 // whose program the table did not name, each with no name yet: the ones to
 // look up.
 func (p *Processes) Unnamed() map[uint64]string {
-	inodes := make(map[uint64]string, len(p.clients)) // one map, never grown
-	for _, conn := range p.served {
-		if inode, local := p.clients[conn]; local && inode != 0 && p.clientNames[conn] == "" {
-			inodes[inode] = ""
+	inodes := make(map[uint64]string, len(p.conns)) // one map, never grown
+	for conn, e := range p.conns {
+		if e.served && e.inode != 0 && p.clientNames[conn] == "" {
+			inodes[e.inode] = ""
 		}
 	}
 	return inodes
@@ -101,15 +114,14 @@ type Unknown struct {
 // table named none, and how many local ones are not known.
 func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown Unknown) {
 	counts := map[ProcessCount]int{}
-	for _, conn := range p.served {
-		inode, local := p.clients[conn]
+	for conn, e := range p.conns {
 		program := p.clientNames[conn]
 		if program == "" {
-			program = names[inode]
+			program = names[e.inode]
 		}
 		switch {
-		case !local:
-		case program == "" && inode == 0:
+		case !e.served || !e.client:
+		case program == "" && e.inode == 0:
 			unknown.Untold++
 		case program == "":
 			unknown.NotFound++
