@@ -124,6 +124,15 @@ func dialFrom(t *testing.T, from, to string) net.Conn {
 	return conn
 }
 
+// portOpener builds cmd/port-opener and says where.
+func portOpener(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "port-opener")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/port-opener").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
 // consulAgent is a real Consul dev agent on loopback.

@@ -325,11 +325,8 @@ func TestTemporaryFilesAnEarlierRunLeftAreRemovedAtStart(t *testing.T) {
 
 func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
-	bin := filepath.Join(t.TempDir(), "port-opener")
-	out, err := exec.Command("go", "build", "-o", bin, "../cmd/port-opener").CombinedOutput()
-	require.NoError(t, err, "%s", out)
 	p := fmt.Sprint(loopback.Port())
-	opener := startUntil(t, "client connections", bin, "--port", p, "-n", "30", "--clients", "3")
+	opener := startUntil(t, "client connections", portOpener(t), "--port", p, "-n", "30", "--clients", "3")
 	assert.Equal(t, []string{"started server on 127.0.0.1:" + p, "opened 30 client connections"}, opener.output())
 
 	dir := t.TempDir()
@@ -339,7 +336,7 @@ func TestPortOpenerCommandHoldsConnectionsUntilStopped(t *testing.T) {
 	assert.Equal(t, 10.0, value(t, res.metrics, "consul_open_http_connections_max_per_client"))
 	assert.Equal(t, 10.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.3"}`))
 
-	_, err = opener.stop(os.Interrupt)
+	_, err := opener.stop(os.Interrupt)
 	require.NoError(t, err, "port-opener exits 0 on interrupt")
 	res = counts(t, dir, "--once", "--port", p)
 	require.Equal(t, 0, res.exit, res.stderr)
