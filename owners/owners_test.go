@@ -49,17 +49,24 @@ func TestNamesTheWantedSocketsByTheirHoldersComm(t *testing.T) {
 	assert.Zero(t, res.Unreadable)
 }
 
+// inodeOf is the inode of the socket at this process's descriptor fd.
+func inodeOf(t *testing.T, fd int) uint64 {
+	t.Helper()
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	require.NoError(t, err)
+	inode, ok := socketInode([]byte(link))
+	require.True(t, ok, link)
+	return inode
+}
+
 func TestARealSocketOfThisProcess(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
 	raw, err := l.(*net.TCPListener).SyscallConn()
 	require.NoError(t, err)
-	var link string
-	require.NoError(t, raw.Control(func(fd uintptr) { link, err = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)) }))
-	require.NoError(t, err)
-	inode, ok := socketInode([]byte(link))
-	require.True(t, ok, link)
+	var inode uint64
+	require.NoError(t, raw.Control(func(fd uintptr) { inode = inodeOf(t, int(fd)) }))
 
 	comm, err := os.ReadFile("/proc/self/comm")
 	require.NoError(t, err)
@@ -81,10 +88,7 @@ func TestADescriptorPastAHoleIsFoundByTheListing(t *testing.T) {
 	const far = 900
 	require.NoError(t, unix.Dup3(int(f.Fd()), far, unix.O_CLOEXEC))
 	defer unix.Close(far)
-	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", far))
-	require.NoError(t, err)
-	inode, ok := socketInode([]byte(link))
-	require.True(t, ok, link)
+	inode := inodeOf(t, far)
 	require.NoError(t, f.Close())
 	require.NoError(t, l.Close()) // only the far one holds the socket now
 
