@@ -59,28 +59,30 @@ func Names(ctx context.Context, procDir string, names map[uint64]string) (Result
 		if _, err := strconv.ParseUint(pid, 10, 32); err != nil {
 			continue // not a process: self, sys, meminfo ...
 		}
-		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
+		if ctx.Err() != nil {
+			break // before a process, or in the last one's walk
 		}
 		found, err := walkFDs(ctx, filepath.Join(procDir, pid), names, byNumber, buf, link)
 		res.Found += found
-		switch {
-		case errors.Is(err, fs.ErrPermission):
+		if errors.Is(err, fs.ErrPermission) {
 			res.Unreadable++
-		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
 		}
-		if found > 0 && res.Found == len(names) {
+		if res.Found == len(names) {
 			break
 		}
+	}
+	if err := ctx.Err(); err != nil && res.Found < len(names) {
+		return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
 	}
 	return res, nil
 }
 
 // walkFDs names in names the sockets that process dir holds, by its comm,
-// and says how many it named. A process that exits meanwhile
-// is no error. A process may hold hundreds of thousands of descriptors,
-// and none costs an allocation: names and links are read in place.
+// and says how many it named, until ctx is done (Names says so). A process
+// that exits meanwhile is no error; one that cannot be read is
+// fs.ErrPermission. A process may hold hundreds of thousands of
+// descriptors, and none costs an allocation: names and links are read in
+// place.
 func walkFDs(ctx context.Context, dir string, names map[uint64]string, byNumber bool, buf, link []byte) (int, error) {
 	fdDir, err := unix.Open(filepath.Join(dir, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	switch {
@@ -93,11 +95,10 @@ func walkFDs(ctx context.Context, dir string, names map[uint64]string, byNumber 
 	}
 	defer unix.Close(fdDir)
 	w := fdWalk{ctx: ctx, dir: dir, fdDir: fdDir, names: names, link: link}
-	if byNumber && w.byNumber(buf) {
-		return w.found, w.err
+	if !byNumber || !w.byNumber(buf) {
+		w.listed(buf)
 	}
-	w.listed(buf)
-	return w.found, w.err
+	return w.found, nil
 }
 
 // fdWalk is one process's descriptors being looked at.
@@ -110,7 +111,6 @@ type fdWalk struct {
 	comm    string
 	found   int
 	entries int
-	err     error // the budget ran out
 }
 
 // byNumber reads descriptors 0, 1, 2 ... by number, without listing the
@@ -128,14 +128,13 @@ func (w *fdWalk) byNumber(buf []byte) bool {
 	for fd := 0; seen < open && fd < open+slack; fd++ {
 		name := strconv.AppendInt(buf[:0], int64(fd), 10)
 		name = append(name, 0)
-		switch w.look(name) {
-		case unix.ENOENT:
-			continue // a hole, or closed meanwhile
-		case 0:
-		default:
-			return true // gone, or the budget ran out
+		open, stop := w.look(name)
+		if stop {
+			return true
 		}
-		seen++
+		if open {
+			seen++
+		}
 	}
 	return seen == open
 }
@@ -156,7 +155,7 @@ func (w *fdWalk) listed(buf []byte) {
 			if name[0] == '.' {
 				continue
 			}
-			if errno := w.look(name); errno != 0 && errno != unix.ENOENT {
+			if _, stop := w.look(name); stop {
 				return
 			}
 		}
@@ -164,35 +163,35 @@ func (w *fdWalk) listed(buf []byte) {
 }
 
 // look reads one descriptor's link, its NUL-terminated name in name, and
-// names its socket if it is wanted. ENOENT is no such descriptor (closed
-// meanwhile); ESRCH the process is gone, or the budget ran out (w.err).
-func (w *fdWalk) look(name []byte) unix.Errno {
+// names its socket if it is wanted. open is whether there is such a
+// descriptor (it may have closed meanwhile); stop, whether the process is
+// gone or the budget ran out, so that nothing more is to be read.
+func (w *fdWalk) look(name []byte) (open, stop bool) {
 	if w.entries++; w.entries%4096 == 0 && w.ctx.Err() != nil {
-		w.err = w.ctx.Err()
-		return unix.ESRCH
+		return false, true
 	}
 	r, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(w.fdDir), uintptr(unsafe.Pointer(&name[0])),
 		uintptr(unsafe.Pointer(&w.link[0])), uintptr(len(w.link)), 0, 0)
 	if errno != 0 {
-		return unix.ENOENT
+		return false, false
 	}
 	inode, ok := socketInode(w.link[:r])
 	if !ok {
-		return 0
+		return true, false
 	}
 	if name, want := w.names[inode]; !want || name != "" {
-		return 0
+		return true, false
 	}
 	if w.comm == "" {
 		text, err := os.ReadFile(filepath.Join(w.dir, "comm"))
 		if err != nil {
-			return unix.ESRCH // gone
+			return true, true // gone
 		}
 		w.comm = socket.ProcessName(string(bytes.TrimSuffix(text, []byte("\n"))))
 	}
 	w.names[inode] = w.comm
 	w.found++
-	return 0
+	return true, false
 }
 
 // direntName is where a linux_dirent64's name starts.
