@@ -106,29 +106,23 @@ type maps struct {
 }
 
 func newMaps(groups int) (*maps, error) {
-	ports, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_ports", Type: ebpf.Hash, KeySize: 2, ValueSize: 4, MaxEntries: maxPorts})
-	if err != nil {
-		return nil, err
+	m := &maps{}
+	for _, made := range []struct {
+		to   **ebpf.Map
+		spec ebpf.MapSpec
+	}{
+		{&m.ports, ebpf.MapSpec{Name: "ccx_ports", Type: ebpf.Hash, KeySize: 2, ValueSize: 4, MaxEntries: maxPorts}},
+		{&m.clients, ebpf.MapSpec{Name: "ccx_clients", Type: ebpf.LRUHash, KeySize: keySize, ValueSize: 8, MaxEntries: maxClients}},
+		{&m.totals, ebpf.MapSpec{Name: "ccx_totals", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: uint32(groups)}},
+		{&m.seen, ebpf.MapSpec{Name: "ccx_seen", Type: ebpf.LRUHash, KeySize: seenKeySize, ValueSize: 8, MaxEntries: maxSeen}},
+	} {
+		var err error
+		if *made.to, err = ebpf.NewMap(&made.spec); err != nil {
+			m.Close() // the ones made; a nil map closes as nothing
+			return nil, err
+		}
 	}
-	clients, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_clients", Type: ebpf.LRUHash, KeySize: keySize, ValueSize: 8, MaxEntries: maxClients})
-	if err != nil {
-		ports.Close()
-		return nil, err
-	}
-	totals, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_totals", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: uint32(groups)})
-	if err != nil {
-		ports.Close()
-		clients.Close()
-		return nil, err
-	}
-	seen, err := ebpf.NewMap(&ebpf.MapSpec{Name: "ccx_seen", Type: ebpf.LRUHash, KeySize: seenKeySize, ValueSize: 8, MaxEntries: maxSeen})
-	if err != nil {
-		ports.Close()
-		clients.Close()
-		totals.Close()
-		return nil, err
-	}
-	return &maps{ports: ports, clients: clients, totals: totals, seen: seen}, nil
+	return m, nil
 }
 
 func (m *maps) Close() {

@@ -51,13 +51,23 @@ func Load(groups [][]uint16) (*Counter, error) {
 	if err != nil {
 		return nil, explain(err)
 	}
+	lk, err := attach(spec, l, m, groups)
+	if err != nil {
+		m.Close()
+		return nil, explain(err)
+	}
+	return &Counter{maps: m, link: lk, groups: len(groups)}, nil
+}
+
+// attach fills the ports map with each group's ports, and attaches the
+// program that counts with m.
+func attach(spec *btf.Spec, l layout, m *maps, groups [][]uint16) (link.Link, error) {
 	for group, ports := range groups {
 		for _, p := range ports {
 			var key [2]byte
 			binary.BigEndian.PutUint16(key[:], p)
 			if err := m.ports.Put(key, uint32(group)); err != nil {
-				m.Close()
-				return nil, explain(err)
+				return nil, err
 			}
 		}
 	}
@@ -70,16 +80,10 @@ func Load(groups [][]uint16) (*Counter, error) {
 		License:      "Dual MIT/GPL",
 	}, ebpf.ProgramOptions{KernelTypes: spec})
 	if err != nil {
-		m.Close()
-		return nil, explain(err)
+		return nil, err
 	}
 	defer prog.Close() // the link holds it
-	lk, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-	if err != nil {
-		m.Close()
-		return nil, explain(err)
-	}
-	return &Counter{maps: m, link: lk, groups: len(groups)}, nil
+	return link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
 }
 
 // explain says what a refusal to load means and how to grant what lacks.
