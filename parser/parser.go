@@ -75,21 +75,13 @@ func owner(rest string) string {
 // inode is the socket inode: among ss -e's extras (ino:12345), or netstat
 // -e's Inode column (after User, numeric with -n); 0 if none.
 func inode(rest string) uint64 {
-	number := ""
+	w := words{rest: rest}
 	if i := strings.Index(rest, " ino:"); i >= 0 {
-		number = rest[i+len(" ino:"):]
-		end := 0
-		for end < len(number) && number[end] >= '0' && number[end] <= '9' {
-			end++
-		}
-		number = number[:end]
-	} else {
-		w := words{rest: rest}
-		if user := w.next(); isCount(user) {
-			number = w.next()
-		}
+		w.rest = rest[i+len(" ino:"):]
+	} else if user := w.next(); !isCount(user) {
+		return 0
 	}
-	n, err := strconv.ParseUint(number, 10, 64)
+	n, err := strconv.ParseUint(w.next(), 10, 64)
 	if err != nil {
 		return 0
 	}
