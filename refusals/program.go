@@ -8,11 +8,12 @@ package refusals
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/kernelbtf"
 )
 
 // layout is where struct sock_common keeps what the program reads, from
@@ -25,57 +26,23 @@ type layout struct {
 // readLayout finds sock_common's fields in the kernel's BTF, and checks
 // that the tracepoint hands the program a struct sock first.
 func readLayout(spec *btf.Spec) (layout, error) {
-	var common *btf.Struct
-	if err := spec.TypeByName("sock_common", &common); err != nil {
-		return layout{}, fmt.Errorf("no struct sock_common in the kernel's BTF: %w", err)
-	}
 	var proto *btf.Typedef
 	if err := spec.TypeByName("btf_trace_tcp_send_reset", &proto); err != nil {
 		return layout{}, errors.New("this kernel has no tcp_send_reset tracepoint (Linux 4.15 or later)")
 	}
-	var inet *btf.Struct
-	if err := spec.TypeByName("inet_sock", &inet); err != nil {
-		return layout{}, fmt.Errorf("no struct inet_sock in the kernel's BTF: %w", err)
-	}
 	var l layout
 	for _, f := range []struct {
-		in    btf.Type
-		name  string
-		field *int16
-	}{{common, "skc_family", &l.family}, {common, "skc_state", &l.state}, {common, "skc_num", &l.num}, {common, "skc_dport", &l.dport},
-		{common, "skc_daddr", &l.daddr}, {common, "skc_v6_daddr", &l.v6daddr}, {inet, "inet_sport", &l.sport}} {
-		offset, ok := offsetOf(f.in, f.name, 0)
-		if !ok {
-			return layout{}, fmt.Errorf("no %s in this kernel's BTF", f.name)
+		in, name string
+		field    *int16
+	}{{"sock_common", "skc_family", &l.family}, {"sock_common", "skc_state", &l.state}, {"sock_common", "skc_num", &l.num},
+		{"sock_common", "skc_dport", &l.dport}, {"sock_common", "skc_daddr", &l.daddr}, {"sock_common", "skc_v6_daddr", &l.v6daddr},
+		{"inet_sock", "inet_sport", &l.sport}} {
+		var err error
+		if *f.field, err = kernelbtf.Offset(spec, f.in, f.name); err != nil {
+			return layout{}, err
 		}
-		*f.field = int16(offset)
 	}
 	return l, nil
-}
-
-// offsetOf is the byte offset of the named member of t, a struct or a
-// union, looking into its anonymous structs and unions.
-func offsetOf(t btf.Type, name string, base btf.Bits) (uint32, bool) {
-	var members []btf.Member
-	switch c := t.(type) {
-	case *btf.Struct:
-		members = c.Members
-	case *btf.Union:
-		members = c.Members
-	default:
-		return 0, false
-	}
-	for _, m := range members {
-		switch {
-		case m.Name == name:
-			return (base + m.Offset).Bytes(), true
-		case m.Name == "":
-			if offset, ok := offsetOf(btf.UnderlyingType(m.Type), name, base+m.Offset); ok {
-				return offset, true
-			}
-		}
-	}
-	return 0, false
 }
 
 // Map sizes.

@@ -42,6 +42,15 @@ func NeedRoot(t testing.TB, why string) {
 	}
 }
 
+// NeedBTF ends the test on a kernel without BTF, where the kernel programs
+// read the layout of the kernel's structs.
+func NeedBTF(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		missing(t, "this kernel has no BTF (/sys/kernel/btf/vmlinux): run the tests on Linux 5.5 or later built with CONFIG_DEBUG_INFO_BTF, as Debian's and Ubuntu's are")
+	}
+}
+
 func missing(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
