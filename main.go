@@ -34,6 +34,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
@@ -209,34 +210,66 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	}
 	s.source = src.String()
 	s.collector = collector.New(config, src, s.limits.Snapshot, s.logger)
-	if refusalFlags.Enabled {
-		if err := countRefusals(s.collector, config); err != nil {
-			return nil, err
-		}
+	if err := loadKernelPrograms(s.collector, config, refusalFlags.Enabled, s.logger); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
-// countRefusals loads the kernel program that counts refusals, then drops
-// every capability no enabled feature still needs: the long-running part
-// can load nothing more.
-func countRefusals(coll *collector.Collector, config collector.Config) error {
-	var ports [][]uint16
-	for _, g := range config.Groups {
-		ports = append(ports, g.Ports)
+// loadKernelPrograms loads the kernel programs of the features enabled (the
+// refusals' counter; the list of open files that names programs), then
+// drops every capability no enabled feature still needs: the long-running
+// part can load nothing more. Refusals that cannot be counted are an error;
+// programs that cannot be named from the kernel are named by walking /proc.
+func loadKernelPrograms(coll *collector.Collector, config collector.Config, countRefusals bool, logger *slog.Logger) error {
+	var counter *refusals.Counter
+	if countRefusals {
+		var ports [][]uint16
+		for _, g := range config.Groups {
+			ports = append(ports, g.Ports)
+		}
+		var err error
+		if counter, err = refusals.Load(ports); err != nil {
+			return err
+		}
 	}
-	counter, err := refusals.Load(ports)
-	if err != nil {
-		return err
+	var lister *owners.Iterator
+	if config.Processes && config.ProcessesFromKernel {
+		var err error
+		if lister, err = owners.LoadIterator(); err != nil {
+			logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
+		}
+	}
+	if counter == nil && lister == nil {
+		return nil
 	}
 	var keep []int
-	if config.Processes {
+	if config.Processes { // the walk of /proc, if the list cannot be read
 		keep = []int{capabilities.DACReadSearch, capabilities.SysPtrace}
 	}
 	if err := capabilities.DropAllBut(keep...); err != nil {
-		counter.Close()
-		return err
+		if lister != nil {
+			lister.Close()
+		}
+		if counter != nil {
+			counter.Close()
+			return err
+		}
+		logger.Info("naming the programs by walking /proc: a kernel program is kept only once the capabilities are dropped", "err", err)
+		return nil
 	}
-	coll.CountRefusals(counter.Snapshot)
-	return nil
+	if counter != nil {
+		coll.CountRefusals(counter.Snapshot)
+	}
+	if lister == nil {
+		return nil
+	}
+	if err := lister.Check(); err != nil {
+		lister.Close()
+		logger.Info("naming the programs by walking /proc: the kernel's list of open files cannot be read", "err", err)
+		return nil
+	}
+	coll.NameProgramsFrom(lister)
+	logger.Info("naming the programs from the kernel's list of open files")
+	return capabilities.DropAllBut() // nor the walk's
 }

@@ -48,10 +48,13 @@ type Config struct {
 	// TopClients is how many clients (and programs) get a sample each.
 	TopClients int
 	// Processes names the local programs holding the HTTP connections,
-	// looking them up in ProcDir (/proc) for at most ProcessesTimeout.
-	Processes        bool
-	ProcDir          string
-	ProcessesTimeout time.Duration
+	// looking them up in the kernel's list of open files where
+	// ProcessesFromKernel and its program could be loaded, else in ProcDir
+	// (/proc), for at most ProcessesTimeout.
+	Processes           bool
+	ProcessesFromKernel bool
+	ProcDir             string
+	ProcessesTimeout    time.Duration
 	// SampleInterval, when set, has the table read that often between
 	// collections for the peaks over PeakWindow.
 	SampleInterval, PeakWindow time.Duration
@@ -94,6 +97,8 @@ type Collector struct {
 	// refusals reads the refusals counted in the kernel, nil without.
 	refusals      func(top int) ([]refusals.Group, error)
 	refusalsState changes.Tracker
+	// owners names the programs holding the connections.
+	owners owners.Lookup
 	// namingState, why the programs cannot be named, is logged once per
 	// change.
 	namingState changes.Tracker
@@ -102,7 +107,7 @@ type Collector struct {
 // New collects config's counts from src; limits gives the limits known
 // once the table is read.
 func New(config Config, src source.Source, limits func() limits.Snapshot, logger *slog.Logger) *Collector {
-	c := &Collector{config: config, source: src, limits: limits, logger: logger}
+	c := &Collector{config: config, source: src, limits: limits, logger: logger, owners: owners.Proc(config.ProcDir)}
 	if config.SampleInterval > 0 {
 		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
 	}
@@ -112,6 +117,12 @@ func New(config Config, src source.Source, limits func() limits.Snapshot, logger
 // CountRefusals has every collection carry the refusals read reads.
 func (c *Collector) CountRefusals(read func(top int) ([]refusals.Group, error)) {
 	c.refusals = read
+}
+
+// NameProgramsFrom has the programs named by lookup, instead of by a walk
+// of /proc.
+func (c *Collector) NameProgramsFrom(lookup owners.Lookup) {
+	c.owners = lookup
 }
 
 // Collect reads the table once and counts it, or waits for the collection
@@ -246,14 +257,14 @@ func (c *counts) add(s socket.Socket) {
 }
 
 // namePrograms names the programs holding the counted connections' client
-// ends on this host: as the table names them, or by their inodes in /proc
-// within the budget. Whatever goes wrong costs only the names, never the
+// ends on this host: as the table names them, or by their inodes within the
+// budget. Whatever goes wrong costs only the names, never the
 // counts; it is logged once per change.
 func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tally.ProcessCount, bool) {
 	ctx, cancel := context.WithTimeout(ctx, c.config.ProcessesTimeout)
 	defer cancel()
 	names := p.Unnamed()
-	found, err := owners.Names(ctx, c.config.ProcDir, names)
+	found, err := c.owners.Names(ctx, names)
 	held, unknown := p.Held(names)
 	var why string
 	switch {
@@ -264,7 +275,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tal
 	case unknown.NotFound > 0 && found.Unreadable > 0:
 		why = fmt.Sprintf("%d processes could not be read: other users' programs are seen only as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH", found.Unreadable)
 	case unknown.NotFound > 0 && found.Found == 0:
-		why = fmt.Sprintf("no process in %s holds any of the %d client ends: it is not the host's (in a container, mount the host's /proc and share its PID namespace)", c.config.ProcDir, unknown.NotFound)
+		why = fmt.Sprintf("no process in %s holds any of the %d client ends: they are not in this PID namespace (in a container, share the host's, and mount its /proc)", c.owners, unknown.NotFound)
 	}
 	// Some not found while others were, every process read: those
 	// connections closed between the table and the walk.

@@ -20,6 +20,7 @@ type Flags struct {
 	states           string
 	topClients       int
 	processes        bool
+	processesBPF     bool
 	processesTimeout time.Duration
 	sampleInterval   time.Duration
 	peakWindow       time.Duration
@@ -38,6 +39,8 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("10").SetValue(wholenumber.Of(&f.topClients))
 	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (needs root or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to see other users' programs).").
 		BoolVar(&f.processes)
+	app.Flag("clients.processes.bpf", "Name the programs from the kernel's list of every process's open files, read by a kernel program in one pass (needs root, or CAP_BPF and CAP_PERFMON, to load it at start; Linux 5.8 with BTF); without it, or where it cannot be loaded, the exporter walks /proc, a link per open file.").
+		Default("true").BoolVar(&f.processesBPF)
 	app.Flag("clients.processes.timeout", "Give up naming the programs after this long: the counts are written without them.").
 		Default("5s").DurationVar(&f.processesTimeout)
 	app.Flag("sample.interval", "Between collections, read the socket table this often for the peaks (0: no sampling); with ss or netstat each sample runs it, with --source netlink it is cheap.").
@@ -49,7 +52,7 @@ func AddFlags(app *kingpin.Application) *Flags {
 
 // Config checks the flags and says what to count.
 func (f *Flags) Config() (Config, error) {
-	config := Config{TopClients: f.topClients, Processes: f.processes, ProcDir: "/proc", ProcessesTimeout: f.processesTimeout,
+	config := Config{TopClients: f.topClients, Processes: f.processes, ProcessesFromKernel: f.processesBPF, ProcDir: "/proc", ProcessesTimeout: f.processesTimeout,
 		SampleInterval: f.sampleInterval, PeakWindow: f.peakWindow}
 	switch {
 	case f.sampleInterval != 0 && f.sampleInterval < 100*time.Millisecond:

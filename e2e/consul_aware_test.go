@@ -148,18 +148,27 @@ signal.pause()
 		require.Equal(t, 0, asRoot.exit, asRoot.stderr)
 		assert.Equal(t, 5.0, value(t, asRoot.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
 		assert.NotContains(t, asRoot.stderr, "cannot tell which local programs")
-		// netstat and the built-in reader name the same programs.
+		// netstat and the built-in reader name the same programs, and so
+		// does the kernel's list of open files.
 		programs.Need(t, "netstat", "apt-get install net-tools")
-		for _, source := range []string{"netstat", "netlink"} {
-			via := exporter(t, t.TempDir(), append(args, "--source", source)...)
-			require.Equal(t, 0, via.exit, via.stderr)
-			assert.Equal(t, 3.0, value(t, via.metrics, `consul_open_http_connections_per_process{process="`+curlComm+`"}`), source)
-			assert.Equal(t, 5.0, value(t, via.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`), source)
+		for _, via := range []struct {
+			source     string
+			fromKernel bool
+		}{{"netstat", false}, {"netlink", false}, {"ss", true}, {"netlink", true}} {
+			run, lookup := exporter, "--no-clients.processes.bpf"
+			if via.fromKernel {
+				run, lookup = plainExporter, "--clients.processes.bpf"
+			}
+			res := run(t, t.TempDir(), append(args, "--source", via.source, lookup)...)
+			require.Equal(t, 0, res.exit, res.stderr)
+			assert.Equal(t, via.fromKernel, strings.Contains(res.stderr, fromKernel), res.stderr)
+			assert.Equal(t, 3.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="`+curlComm+`"}`), via.source)
+			assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`), via.source)
 		}
 
 		// As nobody, the programs are hidden: no per-process series, a
 		// warning, and the same counts.
-		asNobody := runAsNobody(t, args...)
+		asNobody := runAsNobody(t, nil, args...)
 		require.Equal(t, 0, asNobody.exit, asNobody.stderr)
 		assert.Contains(t, asNobody.stderr, "cannot tell which local programs hold the HTTP connections")
 		assert.Contains(t, asNobody.stderr, "CAP_SYS_PTRACE")
@@ -171,6 +180,13 @@ signal.pause()
 				assert.Equal(t, value, asNobody.metrics[name], name)
 			}
 		}
+		// As nobody with the capabilities the README gives instead of root,
+		// the walk of /proc names them all.
+		withCaps := runAsNobody(t, []string{"sys_ptrace", "dac_read_search"}, args...)
+		require.Equal(t, 0, withCaps.exit, withCaps.stderr)
+		assert.NotContains(t, withCaps.stderr, fromKernel)
+		assert.Equal(t, 3.0, value(t, withCaps.metrics, `consul_open_http_connections_per_process{process="`+curlComm+`"}`))
+		assert.Equal(t, 5.0, value(t, withCaps.metrics, `consul_open_http_connections_per_process{process="`+pyComm+`"}`))
 	})
 
 	t.Run("a reload shows", func(t *testing.T) {

@@ -18,9 +18,15 @@ import (
 // shell commands in setup (run as root), e.g. hiding /proc.
 func inMountNamespace(t *testing.T, setup, dir string, args ...string) result {
 	t.Helper()
+	return inMountNamespaceWith(t, binary, setup, dir, args...)
+}
+
+// inMountNamespaceWith is inMountNamespace with the build bin.
+func inMountNamespaceWith(t *testing.T, bin, setup, dir string, args ...string) result {
+	t.Helper()
 	programs.NeedRoot(t, "make a private mount namespace")
 	unshare := programs.Need(t, "unshare", "apt-get install util-linux")
-	return runExporter(t, dir, []string{unshare, "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh"}, args...)
+	return runExporter(t, dir, []string{unshare, "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh", bin}, args...)
 }
 
 const hideProc = "mount -t tmpfs tmpfs /proc"
@@ -116,7 +122,7 @@ func TestRunsUnprivilegedWithTheSameCounts(t *testing.T) {
 	asRoot := exporter(t, t.TempDir(), "--once", "--port", port(l))
 	require.Equal(t, 0, asRoot.exit, asRoot.stderr)
 	for _, source := range []string{"ss", "netlink"} {
-		asNobody := runAsNobody(t, "--once", "--port", port(l), "--source", source)
+		asNobody := runAsNobody(t, nil, "--once", "--port", port(l), "--source", source)
 		require.Equal(t, 0, asNobody.exit, asNobody.stderr)
 		assert.Equal(t, withoutDuration(asRoot.metrics), withoutDuration(asNobody.metrics), source)
 		assert.Equal(t, 13.0, value(t, asNobody.metrics, `consul_open_http_connections{port="`+port(l)+`"}`), source)
@@ -142,16 +148,21 @@ signal.pause()
 	py := startUntil(t, "ready", argv...)
 	require.Equal(t, "bad\xff", comm(t, py.cmd.Process.Pid))
 
-	res := exporter(t, t.TempDir(), "--once", "--clients.processes", "--port", port(l))
-	require.Equal(t, 0, res.exit, res.stderr)
-	assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
-	assert.Equal(t, 4.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
-	assert.Equal(t, 1.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="bad`+"\uFFFD"+`"}`))
+	for _, res := range []result{
+		exporter(t, t.TempDir(), "--once", "--clients.processes", "--port", port(l), "--no-clients.processes.bpf"),
+		plainExporter(t, t.TempDir(), "--once", "--clients.processes", "--port", port(l)), // the kernel's list
+	} {
+		require.Equal(t, 0, res.exit, res.stderr)
+		assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+		assert.Equal(t, 4.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+		assert.Equal(t, 1.0, value(t, res.metrics, `consul_open_http_connections_per_process{process="bad`+"\uFFFD"+`"}`))
+	}
 }
 
-// Naming the programs is a second step: when /proc is hidden from it, or
-// it runs past its budget, the counts are exact and the collection works;
-// only the per-process series are absent, and processes_success says 0.
+// Naming the programs is a second step: when /proc is hidden from its walk,
+// or the lookup runs past its budget, the counts are exact and the
+// collection works; only the per-process series are absent, and
+// processes_success says 0.
 func TestAProgramLookupThatFailsLeavesTheCountsExact(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	l := loopback.Listen(t, "127.0.0.1")
@@ -161,10 +172,13 @@ func TestAProgramLookupThatFailsLeavesTheCountsExact(t *testing.T) {
 	for _, source := range []string{"ss", "netstat", "netlink"} {
 		for name, run := range map[string]func() result{
 			"proc hidden": func() result {
-				return inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes")
+				return inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes", "--no-clients.processes.bpf")
 			},
 			"budget of 1ns": func() result {
-				return exporter(t, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes", "--clients.processes.timeout", "1ns")
+				return exporter(t, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes", "--no-clients.processes.bpf", "--clients.processes.timeout", "1ns")
+			},
+			"budget of 1ns, the kernel's list": func() result {
+				return plainExporter(t, t.TempDir(), "--once", "--port", p, "--source", source, "--clients.processes", "--clients.processes.timeout", "1ns")
 			},
 		} {
 			if source == "netstat" && name == "proc hidden" {

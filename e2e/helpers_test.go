@@ -393,9 +393,9 @@ func assertOnlyOurFile(t *testing.T, dir string) {
 	assert.Equal(t, os.FileMode(0o644), info.Mode().Perm())
 }
 
-// runAsNobody runs the exporter as the nobody user with no capabilities,
-// writing its textfile into a directory of its own.
-func runAsNobody(t *testing.T, args ...string) result {
+// runAsNobody runs the exporter as the nobody user with no capabilities
+// but caps, writing its textfile into a directory of its own.
+func runAsNobody(t *testing.T, caps []string, args ...string) result {
 	t.Helper()
 	// nobody must own the directory it writes (TestMain lets it reach the
 	// binary).
@@ -403,7 +403,7 @@ func runAsNobody(t *testing.T, args ...string) result {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(shared) })
 	require.NoError(t, os.Chown(shared, 65534, 65534))
-	return runExporter(t, shared, programs.AsNobody(t), args...)
+	return runExporter(t, shared, append(programs.AsNobody(t, caps...), binary), args...)
 }
 
 type result struct {
@@ -413,18 +413,31 @@ type result struct {
 }
 
 // exporter runs the binary with args and reads the file it wrote in dir.
+// Under -race it is built with cgo, and cannot drop its capabilities: as
+// root, it names programs by walking /proc.
 func exporter(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	return runExporter(t, dir, nil, args...)
+	return runExporter(t, dir, []string{binary}, args...)
 }
 
-// runExporter runs the binary, behind the words of wrapper if any (e.g.
-// unshare ...), with args and the textfile directory dir ("": none given).
-func runExporter(t *testing.T, dir string, wrapper []string, args ...string) result {
+// plainExporter is exporter with the plain build, as released: as root, it
+// names programs from the kernel's list of open files.
+func plainExporter(t *testing.T, dir string, args ...string) result {
+	t.Helper()
+	return runExporter(t, dir, []string{plainBinary}, args...)
+}
+
+// fromKernel is what the exporter logs when it names the programs from the
+// kernel's list of open files.
+const fromKernel = "naming the programs from the kernel's list of open files"
+
+// runExporter runs argv (the binary, behind the words of a wrapper if any:
+// unshare ...) with args and the textfile directory dir ("": none given).
+func runExporter(t *testing.T, dir string, argv []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	argv := append(slices.Clone(wrapper), binary)
+	argv = slices.Clone(argv)
 	if dir != "" {
 		argv = append(argv, "--textfile.directory", dir)
 	}

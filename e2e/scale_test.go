@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -17,7 +18,8 @@ import (
 
 // At 100,000 connections one collection counts every one and names the
 // program holding every client end, through ss and through the built-in
-// reader, within the lookup's default budget. One process holds about
+// reader, from the kernel's list of open files and by walking /proc, within
+// the lookup's default budget. One process holds about
 // 20,000 descriptors here and a connection takes two, so the connections
 // are held by port-openers of 8,000 each, each listening on its own
 // address at one port, from 50 client addresses.
@@ -36,17 +38,21 @@ func TestAHundredThousandConnectionsAreCountedAndTheirProgramsNamed(t *testing.T
 	}
 
 	for _, source := range []string{"ss", "netlink"} {
-		t.Run(source, func(t *testing.T) {
-			dir := t.TempDir()
-			// The plain build: the race detector's cost is not the exporter's.
-			out, err := exec.Command(plainBinary, "--once", "--textfile.directory", dir, "--port", p, "--source", source,
-				"--clients.processes").CombinedOutput()
-			require.NoError(t, err, "%s", out)
-			metrics := readMetrics(t, filepath.Join(dir, textfile.FileName))
-			assert.Equal(t, float64(total), value(t, metrics, `consul_open_http_connections{port="`+p+`"}`))
-			assert.Equal(t, float64(total/clients), value(t, metrics, "consul_open_http_connections_max_per_client"))
-			assert.Equal(t, 1.0, value(t, metrics, "consul_conn_exporter_processes_success"))
-			assert.Equal(t, float64(total), value(t, metrics, `consul_open_http_connections_per_process{process="port-opener"}`))
-		})
+		for _, lookup := range []string{"--clients.processes.bpf", "--no-clients.processes.bpf"} {
+			t.Run(source+" "+lookup, func(t *testing.T) {
+				dir := t.TempDir()
+				// The plain build: the race detector's cost is not the
+				// exporter's, and it can keep a kernel program.
+				out, err := exec.Command(plainBinary, "--once", "--textfile.directory", dir, "--port", p, "--source", source,
+					"--clients.processes", lookup).CombinedOutput()
+				require.NoError(t, err, "%s", out)
+				assert.Equal(t, lookup == "--clients.processes.bpf", strings.Contains(string(out), fromKernel), "%s", out)
+				metrics := readMetrics(t, filepath.Join(dir, textfile.FileName))
+				assert.Equal(t, float64(total), value(t, metrics, `consul_open_http_connections{port="`+p+`"}`))
+				assert.Equal(t, float64(total/clients), value(t, metrics, "consul_open_http_connections_max_per_client"))
+				assert.Equal(t, 1.0, value(t, metrics, "consul_conn_exporter_processes_success"))
+				assert.Equal(t, float64(total), value(t, metrics, `consul_open_http_connections_per_process{process="port-opener"}`))
+			})
+		}
 	}
 }

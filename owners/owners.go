@@ -1,8 +1,10 @@
-// Package owners names the programs holding sockets, by their inodes: one
-// walk of /proc/PID/fd, each link "socket:[INODE]" looked up in a hash
-// table of the inodes wanted. Linear in the host's open files, where ss -p
-// builds a table of 256 buckets and grows with the square of the sockets;
-// and apart from the count, so that a slow or failed lookup never costs it.
+// Package owners names the programs holding sockets, by their inodes: from
+// the kernel's own list of open files where a kernel program may be loaded
+// (iterator.go), else by one walk of /proc/PID/fd, each link
+// "socket:[INODE]" looked up in a hash table of the inodes wanted. Both are
+// linear in the host's open files, where ss -p builds a table of 256
+// buckets and grows with the square of the sockets; and apart from the
+// count, so that a slow or failed lookup never costs it.
 package owners
 
 import (
@@ -32,16 +34,29 @@ type Result struct {
 	Unreadable int
 }
 
-// Names walks procDir (/proc) until every inode that names has as a key is
-// named (its value set to the holder's comm, made safe), or none is left to
-// look at. It fails when procDir cannot be read at all, or when ctx
-// is done first: a budget, so that naming programs never holds up a count.
-func Names(ctx context.Context, procDir string, names map[uint64]string) (Result, error) {
+// Lookup names the programs holding sockets: each inode that names has as
+// a key gets its holder's name (made safe) as its value. It fails when its
+// source cannot be read at all, or when ctx is done first: a budget, so
+// that naming programs never holds up a count.
+type Lookup interface {
+	Names(ctx context.Context, names map[uint64]string) (Result, error)
+	// String says where the names come from.
+	String() string
+}
+
+// Proc is the walk of a /proc directory: its processes' fd/N links, until
+// every inode wanted is named or none is left to look at.
+type Proc string
+
+func (procDir Proc) String() string { return string(procDir) }
+
+// Names walks procDir.
+func (procDir Proc) Names(ctx context.Context, names map[uint64]string) (Result, error) {
 	var res Result
 	if len(names) == 0 {
 		return res, nil
 	}
-	proc, err := os.Open(procDir)
+	proc, err := os.Open(string(procDir))
 	if err != nil {
 		return res, fmt.Errorf("cannot read %s: %w", procDir, unwrap(err))
 	}
@@ -62,7 +77,7 @@ func Names(ctx context.Context, procDir string, names map[uint64]string) (Result
 		if ctx.Err() != nil {
 			break // before a process, or in the last one's walk
 		}
-		found, err := walkFDs(ctx, filepath.Join(procDir, pid), names, byNumber, buf, link)
+		found, err := walkFDs(ctx, filepath.Join(string(procDir), pid), names, byNumber, buf, link)
 		res.Found += found
 		if errors.Is(err, fs.ErrPermission) {
 			res.Unreadable++

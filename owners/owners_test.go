@@ -42,7 +42,7 @@ func TestNamesTheWantedSocketsByTheirHoldersComm(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(proc, "sys"), 0o755))
 
 	names := want(111, 222, 999)
-	res, err := Names(context.Background(), proc, names)
+	res, err := Proc(proc).Names(context.Background(), names)
 	require.NoError(t, err)
 	assert.Equal(t, map[uint64]string{111: "nomad", 222: "bad\uFFFD\\x1b", 999: ""}, names, "999 is nobody's: closed meanwhile")
 	assert.Equal(t, 2, res.Found)
@@ -71,7 +71,7 @@ func TestARealSocketOfThisProcess(t *testing.T) {
 	comm, err := os.ReadFile("/proc/self/comm")
 	require.NoError(t, err)
 	names := want(inode)
-	_, err = Names(context.Background(), "/proc", names)
+	_, err = Proc("/proc").Names(context.Background(), names)
 	require.NoError(t, err)
 	assert.Equal(t, strings.TrimSpace(string(comm)), names[inode])
 }
@@ -99,7 +99,7 @@ func TestADescriptorPastAHoleIsFoundByTheListing(t *testing.T) {
 	assert.False(t, w.byNumber(make([]byte, 64)), "descriptor %d is past the hole", far)
 
 	names := want(inode)
-	_, err = Names(context.Background(), "/proc", names)
+	_, err = Proc("/proc").Names(context.Background(), names)
 	require.NoError(t, err)
 	assert.NotEmpty(t, names[inode])
 }
@@ -109,12 +109,12 @@ func TestTheBudgetAndAMissingProcFailTheLookup(t *testing.T) {
 	process(t, proc, "100", "nomad", map[string]string{"3": "socket:[111]"})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := Names(ctx, proc, want(111))
+	_, err := Proc(proc).Names(ctx, want(111))
 	assert.ErrorContains(t, err, "gave up after 0 of 1 sockets")
 
-	_, err = Names(context.Background(), filepath.Join(proc, "absent"), want(111))
+	_, err = Proc(filepath.Join(proc, "absent")).Names(context.Background(), want(111))
 	assert.ErrorContains(t, err, "cannot read")
-	res, err := Names(context.Background(), filepath.Join(proc, "absent"), nil)
+	res, err := Proc(filepath.Join(proc, "absent")).Names(context.Background(), nil)
 	assert.NoError(t, err, "nothing wanted, nothing read")
 	assert.Zero(t, res.Found)
 }

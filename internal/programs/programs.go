@@ -60,12 +60,17 @@ func missing(t testing.TB, msg string) {
 }
 
 // AsNobody is the argv prefix that runs a program as the nobody user with
-// no capabilities, or ends the test where that cannot be done.
-func AsNobody(t testing.TB) []string {
+// no capabilities but caps (setpriv's names: "sys_ptrace"), or ends the
+// test where that cannot be done.
+func AsNobody(t testing.TB, caps ...string) []string {
 	t.Helper()
 	NeedRoot(t, "switch to the nobody user")
 	setpriv := Need(t, "setpriv", "apt-get install util-linux")
-	return []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}
+	keep := "-all"
+	for _, c := range caps {
+		keep += ",+" + c
+	}
+	return []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=" + keep, "--ambient-caps=" + keep, "--bounding-set=" + keep}
 }
 
 // Alive is a process that exists and is not a zombie waiting to be reaped.
