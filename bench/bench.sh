@@ -9,7 +9,8 @@
 # with N connections held open on loopback for each N given (default:
 # 200 10000 100000), spread over 50 client addresses. Then one collection
 # with the programs named (--clients.processes) against one without, with
-# 0 and 2,000 idle processes on the host; then the CPU of sampling between
+# 0 and 2,000 idle processes on the host, from the kernel's list of open
+# files (as root) and by walking /proc; then the CPU of sampling between
 # collections (--sample.interval) at SAMPLE_SIZES (1000 10000) connections. Run from the
 # repository root on Linux, as any user (needs curl: apt-get install curl;
 # bench/measure takes the times and RSS from the kernel's rusage):
@@ -39,7 +40,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$work/consul_conn_exporter" .
+# Without cgo, as released: only such a build keeps a kernel program.
+CGO_ENABLED=0 go build -o "$work/consul_conn_exporter" .
 go build -o "$work/port-opener" ./cmd/port-opener
 go build -o "$work/measure" ./bench/measure
 mkdir "$work/textfile"
@@ -126,30 +128,38 @@ cat "$work/scrape"
 
 # Naming the programs (--clients.processes): one collection with and
 # without, in the same run, with 0 and 2,000 idle processes on the host
-# (each a /proc/PID/fd the lookup walks), through ss and the built-in reader.
+# (each a /proc/PID/fd the walk reads), through ss and the built-in reader;
+# the programs named from the kernel's list of open files (as root) and by
+# walking /proc (--no-clients.processes.bpf).
 PRUNS=${PRUNS:-7}
+lookups=(proc)
+[ "$(id -u)" = 0 ] && lookups=(kernel proc)
 idle=()
 echo
-printf '%-11s %-6s %-8s %-14s %-13s %-6s %-14s %-s\n' connections idle source "without ms" "with ms" ratio "named/success" "peak RSS MiB"
+printf '%-11s %-6s %-8s %-7s %-14s %-13s %-6s %-14s %-s\n' connections idle source lookup "without ms" "with ms" ratio "named/success" "peak RSS MiB"
 for n in "${sizes[@]}"; do
   hold "$n"
   for idle_n in 0 2000; do
     while [ "${#idle[@]}" -lt "$idle_n" ]; do sleep 3600 & idle+=("$!"); done
     for src in ss netlink; do
-      : > "$work/off"; : > "$work/on"; : > "$work/pratio"; : > "$work/prss"
-      for _ in $(seq "$PRUNS"); do
-        "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source "$src" --textfile.directory "$work/textfile" 2>"$work/off.m" >/dev/null
-        "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source "$src" --clients.processes --textfile.directory "$work/textfile" 2>"$work/on.m" >/dev/null
-        read -r off_wall _ _ _ < "$work/off.m"
-        read -r on_wall _ _ on_rss < "$work/on.m"
-        echo "$off_wall" >> "$work/off"; echo "$on_wall" >> "$work/on"; echo "$on_rss" >> "$work/prss"
-        ratio "$on_wall" "$off_wall" >> "$work/pratio"
+      for lookup in "${lookups[@]}"; do
+        flag=--clients.processes.bpf
+        [ "$lookup" = proc ] && flag=--no-clients.processes.bpf
+        : > "$work/off"; : > "$work/on"; : > "$work/pratio"; : > "$work/prss"
+        for _ in $(seq "$PRUNS"); do
+          "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source "$src" --textfile.directory "$work/textfile" 2>"$work/off.m" >/dev/null
+          "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source "$src" --clients.processes "$flag" --textfile.directory "$work/textfile" 2>"$work/on.m" >/dev/null
+          read -r off_wall _ _ _ < "$work/off.m"
+          read -r on_wall _ _ on_rss < "$work/on.m"
+          echo "$off_wall" >> "$work/off"; echo "$on_wall" >> "$work/on"; echo "$on_rss" >> "$work/prss"
+          ratio "$on_wall" "$off_wall" >> "$work/pratio"
+        done
+        named=$(awk '/^consul_open_http_connections_per_process/ { s += $2 } END { print s + 0 }' "$work/textfile/consul_open_http_connections.prom")
+        success=$(awk '/^consul_conn_exporter_processes_success/ { print $2 }' "$work/textfile/consul_open_http_connections.prom")
+        printf '%-11s %-6s %-8s %-7s %-14s %-13s %-6s %-14s %-s\n' "$n" "$idle_n" "$src" "$lookup" \
+          "$(ms "$(median < "$work/off")")" "$(ms "$(median < "$work/on")")" "$(median2 < "$work/pratio")" \
+          "$named/$success" "$(mib "$(sort -n "$work/prss" | tail -1)")"
       done
-      named=$(awk '/^consul_open_http_connections_per_process/ { s += $2 } END { print s + 0 }' "$work/textfile/consul_open_http_connections.prom")
-      success=$(awk '/^consul_conn_exporter_processes_success/ { print $2 }' "$work/textfile/consul_open_http_connections.prom")
-      printf '%-11s %-6s %-8s %-14s %-13s %-6s %-14s %-s\n' "$n" "$idle_n" "$src" \
-        "$(ms "$(median < "$work/off")")" "$(ms "$(median < "$work/on")")" "$(median2 < "$work/pratio")" \
-        "$named/$success" "$(mib "$(sort -n "$work/prss" | tail -1)")"
     done
   done
   kill "${idle[@]}" 2>/dev/null || true
