@@ -103,7 +103,10 @@ func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
 	// it, so the test decides when the collection ends.
 	command := fmt.Sprintf("sh -c 'echo run >> %s; cat %s >/dev/null; cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt'", runs, gate)
 	addr := freeAddr(t)
-	startServer(t, binary, "--web.listen-address="+addr, "--port", "8500", "--port", "8501", "--command", command, "--command.timeout", "5s")
+	// No samples between the collections: each would run the command, and
+	// wait at the gate beside the collection.
+	startServer(t, binary, "--web.listen-address="+addr, "--port", "8500", "--port", "8501", "--command", command, "--command.timeout", "5s",
+		"--sample.interval", "0")
 
 	for round := 1; round <= 2; round++ {
 		const scrapers = 20
