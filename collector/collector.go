@@ -269,7 +269,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tal
 	var why string
 	switch {
 	case err != nil:
-		why = err.Error() + " (--clients.processes.timeout bounds the lookup; /proc must be the host's)"
+		why = err.Error() + " (--clients.processes.timeout bounds the lookup)"
 	case unknown.Untold > 0:
 		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs -e or -p, of ss or netstat)", unknown.Untold)
 	case unknown.NotFound > 0 && found.Unreadable > 0:

@@ -80,14 +80,22 @@ func explainLoad(err error) error {
 // Check opens the iterator once, as each lookup will: it says whether the
 // kernel lets the exporter do so with the privileges it kept.
 func (it *Iterator) Check() error {
-	r, err := it.link.Open()
-	if errors.Is(err, os.ErrPermission) {
-		return fmt.Errorf("opening the kernel's iterator: %w (before Linux 6.5, only CAP_BPF may while kernel.unprivileged_bpf_disabled is set)", err)
-	}
+	r, err := it.open()
 	if err != nil {
-		return fmt.Errorf("opening the kernel's iterator: %w", err)
+		return err
 	}
 	return r.Close()
+}
+
+func (it *Iterator) open() (io.ReadCloser, error) {
+	r, err := it.link.Open()
+	if errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("opening the kernel's iterator: %w (before Linux 6.5, only CAP_BPF may while kernel.unprivileged_bpf_disabled is set)", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening the kernel's iterator: %w", err)
+	}
+	return r, nil
 }
 
 // Close detaches the program.
@@ -102,9 +110,9 @@ func (it *Iterator) Names(ctx context.Context, names map[uint64]string) (Result,
 	if len(names) == 0 {
 		return res, nil
 	}
-	r, err := it.link.Open()
+	r, err := it.open()
 	if err != nil {
-		return res, fmt.Errorf("opening the kernel's iterator: %w", err)
+		return res, err
 	}
 	defer r.Close()
 	// The kernel hands out at most 32 KiB at a time (8 pages), in whole
@@ -113,7 +121,7 @@ func (it *Iterator) Names(ctx context.Context, names map[uint64]string) (Result,
 	have := 0
 	for res.Found < len(names) {
 		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
+			return res, gaveUp(res, names, err)
 		}
 		n, err := r.Read(buf[have:])
 		have += n

@@ -57,13 +57,13 @@ func (procDir Proc) Names(ctx context.Context, names map[uint64]string) (Result,
 		return res, nil
 	}
 	proc, err := os.Open(string(procDir))
-	if err != nil {
-		return res, fmt.Errorf("cannot read %s: %w", procDir, unwrap(err))
+	var pids []string
+	if err == nil {
+		defer proc.Close()
+		pids, err = proc.Readdirnames(-1)
 	}
-	defer proc.Close()
-	pids, err := proc.Readdirnames(-1)
 	if err != nil {
-		return res, fmt.Errorf("cannot read %s: %w", procDir, unwrap(err))
+		return res, fmt.Errorf("cannot read %s (it must be the host's): %w", procDir, unwrap(err))
 	}
 	link := make([]byte, 64) // "socket:[18446744073709551615]" fits
 	buf := make([]byte, 64<<10)
@@ -87,9 +87,14 @@ func (procDir Proc) Names(ctx context.Context, names map[uint64]string) (Result,
 		}
 	}
 	if err := ctx.Err(); err != nil && res.Found < len(names) {
-		return res, fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
+		return res, gaveUp(res, names, err)
 	}
 	return res, nil
+}
+
+// gaveUp is a lookup that ran out of its budget (err) having named res.
+func gaveUp(res Result, names map[uint64]string, err error) error {
+	return fmt.Errorf("naming the programs: gave up after %d of %d sockets: %w", res.Found, len(names), err)
 }
 
 // walkFDs names in names the sockets that process dir holds, by its comm,
