@@ -258,32 +258,16 @@ func markedSleeps(t *testing.T, age time.Duration) int {
 	n := 0
 	for _, p := range procs {
 		text, err := os.ReadFile(p)
-		if err == nil && bytes.Equal(text, []byte("sleep\x00"+soakMarker+"\x00")) {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil && programs.Alive(pid) && aliveFor(t, pid) > age {
+		if err != nil || !bytes.Equal(text, []byte("sleep\x00"+soakMarker+"\x00")) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			if d, alive := programs.AliveFor(pid); alive && d >= age {
 				n++
 			}
 		}
 	}
 	return n
-}
-
-// aliveFor is how long process pid has run (0 if it is gone).
-func aliveFor(t *testing.T, pid int) time.Duration {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Past the command's name, in parentheses: state is field 3, the
-	// start time (clock ticks since boot) field 22.
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	started, err := strconv.ParseFloat(fields[22-3], 64)
-	require.NoError(t, err)
-	uptime, err := os.ReadFile("/proc/uptime")
-	require.NoError(t, err)
-	now, err := strconv.ParseFloat(strings.Fields(string(uptime))[0], 64)
-	require.NoError(t, err)
-	const ticks = 100 // USER_HZ, on every architecture Go runs Linux on
-	return time.Duration((now - started/ticks) * float64(time.Second))
 }
 
 func (b *syncBuffer) String() string {

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Need returns the path of program, or ends the test: install says how to
@@ -75,10 +76,31 @@ func AsNobody(t testing.TB, caps ...string) []string {
 
 // Alive is a process that exists and is not a zombie waiting to be reaped.
 func Alive(pid int) bool {
+	_, alive := AliveFor(pid)
+	return alive
+}
+
+// AliveFor is how long process pid has run, and whether it is Alive.
+func AliveFor(pid int) (time.Duration, bool) {
 	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return false
+		return 0, false
 	}
+	// Past the command's name, in parentheses: the state is field 3, the
+	// start time (clock ticks since boot) field 22.
 	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	return len(fields) > 0 && fields[0] != "Z"
+	if len(fields) < 22-2 || fields[0] == "Z" {
+		return 0, false
+	}
+	started, err1 := strconv.ParseFloat(fields[22-3], 64)
+	uptime, err2 := os.ReadFile("/proc/uptime")
+	if err1 != nil || err2 != nil {
+		return 0, true
+	}
+	now, err := strconv.ParseFloat(strings.Fields(string(uptime))[0], 64)
+	if err != nil {
+		return 0, true
+	}
+	const ticks = 100 // USER_HZ, on every architecture Go runs Linux on
+	return max(0, time.Duration((now-started/ticks)*float64(time.Second))), true
 }
