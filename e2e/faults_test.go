@@ -18,15 +18,9 @@ import (
 // shell commands in setup (run as root), e.g. hiding /proc.
 func inMountNamespace(t *testing.T, setup, dir string, args ...string) result {
 	t.Helper()
-	return inMountNamespaceWith(t, binary, setup, dir, args...)
-}
-
-// inMountNamespaceWith is inMountNamespace with the build bin.
-func inMountNamespaceWith(t *testing.T, bin, setup, dir string, args ...string) result {
-	t.Helper()
 	programs.NeedRoot(t, "make a private mount namespace")
 	unshare := programs.Need(t, "unshare", "apt-get install util-linux")
-	return runExporter(t, dir, []string{unshare, "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh", bin}, args...)
+	return runExporter(t, dir, []string{unshare, "--mount", "--", "sh", "-c", setup + ` && exec "$@"`, "sh", binary}, args...)
 }
 
 const hideProc = "mount -t tmpfs tmpfs /proc"

@@ -338,12 +338,12 @@ func (p *process) output() []string {
 	return slices.Clone(p.lines)
 }
 
-// stop sends sig, reads the output to its end and waits for the program:
-// the whole output, and how it exited.
 // stopWithin is more than a stop may take: a collection under way (the
 // command timeout) and the web server's grace.
 const stopWithin = 30 * time.Second
 
+// stop sends sig, reads the output to its end and waits for the program:
+// the whole output, and how it exited.
 func (p *process) stop(sig os.Signal) (string, error) {
 	p.stopped.Do(func() {
 		p.cmd.Process.Signal(sig)
