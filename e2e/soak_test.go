@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -74,13 +73,8 @@ func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
 	addr := freeAddr(t)
 	args := append([]string{"--textfile.directory", dir, "--web.listen-address", addr, "--port", port(l),
 		"--interval", "100ms", "--sample.interval", "100ms"}, sourceArgs(t, work, l.Port())...)
-	cmd := exec.Command(plainBinary, args...)
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill() })
-	pid := cmd.Process.Pid
-	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "Listening on") }, 10*time.Second, 10*time.Millisecond)
+	exporter := startServer(t, append([]string{plainBinary}, args...)...)
+	pid := exporter.cmd.Process.Pid
 
 	// The sampler keeps no connection open, so that it is not counted.
 	sampler := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -185,8 +179,8 @@ func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
 	for err := range errs {
 		t.Error(err)
 	}
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, cmd.Wait(), "exit 0 on SIGTERM: %s", stderr.String())
+	log, err := exporter.stop(syscall.SIGTERM)
+	require.NoError(t, err, "exit 0 on SIGTERM: %s", log)
 
 	t.Logf("textfile reads: %d; at rest before and after (goroutines, files): %d %d, %d %d; samples (RSS KiB, fds, goroutines, sleeps alive past 2s): %v",
 		reads, restGoroutines, restFiles, afterGoroutines, afterFiles, samples)
@@ -214,19 +208,7 @@ func soak(t *testing.T, sourceArgs func(*testing.T, string, uint16) []string) {
 	}
 	assert.Eventually(t, func() bool { return markedSleeps(t, 0) == 0 }, 10*time.Second, 10*time.Millisecond,
 		"a hung command outlived the exporter")
-	assert.NotContains(t, stderr.String(), "level=WARN")
-}
-
-// syncBuffer is a bytes.Buffer the exporter's stderr and the test share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
+	assert.NotContains(t, log, "level=WARN")
 }
 
 func rssKiB(t *testing.T, pid int) int {
@@ -268,10 +250,4 @@ func markedSleeps(t *testing.T, age time.Duration) int {
 		}
 	}
 	return n
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
