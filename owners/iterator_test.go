@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
-	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -29,18 +28,6 @@ func TestTheKernelsRecordsNameTheWantedSocketsOnce(t *testing.T) {
 	assert.Equal(t, 3, nameFrom(append(records, 1, 2, 3), names), "a record read in part waits for its rest")
 	assert.Equal(t, map[uint64]string{111: "nomad", 222: "bad\uFFFD\\x1b", 444: "0123456789abcdef", 999: ""}, names,
 		"the first holder names a socket; a name of all 16 bytes has no NUL")
-}
-
-// socketInodes are the inodes of c's sockets, seen from this process.
-func socketInodes(t *testing.T, conns ...syscall.Conn) []uint64 {
-	t.Helper()
-	var inodes []uint64
-	for _, c := range conns {
-		raw, err := c.SyscallConn()
-		require.NoError(t, err)
-		require.NoError(t, raw.Control(func(fd uintptr) { inodes = append(inodes, inodeOf(t, int(fd))) }))
-	}
-	return inodes
 }
 
 func TestTheKernelsListNamesWhatTheWalkOfProcNames(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -59,14 +60,23 @@ func inodeOf(t *testing.T, fd int) uint64 {
 	return inode
 }
 
+// socketInodes are the inodes of c's sockets, seen from this process.
+func socketInodes(t *testing.T, conns ...syscall.Conn) []uint64 {
+	t.Helper()
+	var inodes []uint64
+	for _, c := range conns {
+		raw, err := c.SyscallConn()
+		require.NoError(t, err)
+		require.NoError(t, raw.Control(func(fd uintptr) { inodes = append(inodes, inodeOf(t, int(fd))) }))
+	}
+	return inodes
+}
+
 func TestARealSocketOfThisProcess(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer l.Close()
-	raw, err := l.(*net.TCPListener).SyscallConn()
-	require.NoError(t, err)
-	var inode uint64
-	require.NoError(t, raw.Control(func(fd uintptr) { inode = inodeOf(t, int(fd)) }))
+	inode := socketInodes(t, l.(*net.TCPListener))[0]
 
 	comm, err := os.ReadFile("/proc/self/comm")
 	require.NoError(t, err)
