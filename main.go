@@ -23,10 +23,12 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/cilium/ebpf/btf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
 	"github.com/consul-conn-exporter/consul-conn-exporter/check"
@@ -71,6 +73,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exit
 	}
 	runtime.GOMAXPROCS(s.gomaxprocs)
+	if err := start(s); err != nil {
+		fmt.Fprintf(stderr, "%s: error: %v\n", name, err)
+		if s.check != nil {
+			return int(check.Unknown)
+		}
+		return exitBadUsage
+	}
 	if s.check != nil {
 		return int(s.check.Print(stdout, s.collector.Collect(context.Background())))
 	}
@@ -126,6 +135,11 @@ type setup struct {
 	web        *delivery.WebFlags
 	gomaxprocs int
 	logger     *slog.Logger
+
+	// For the start-up step.
+	config      collector.Config
+	refusals    bool        // --refusals: load the counter
+	commandCaps []cap.Value // kept for --command
 }
 
 func parse(args []string, stderr io.Writer) (*setup, error) {
@@ -210,66 +224,77 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	}
 	s.source = src.String()
 	s.collector = collector.New(config, src, s.limits.Snapshot, s.logger)
-	if err := loadKernelPrograms(s.collector, config, refusalFlags.Enabled, s.logger); err != nil {
+	s.config, s.refusals = config, refusalFlags.Enabled
+	if s.commandCaps, err = sourceFlags.Capabilities(); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// loadKernelPrograms loads the kernel programs of the features enabled (the
-// refusals' counter; the list of open files that names programs), then
-// drops every capability no enabled feature still needs: the long-running
-// part can load nothing more. Refusals that cannot be counted are an error;
-// programs that cannot be named from the kernel are named by walking /proc.
-func loadKernelPrograms(coll *collector.Collector, config collector.Config, countRefusals bool, logger *slog.Logger) error {
+// start loads the kernel programs of the features enabled (the refusals'
+// counter; the list of open files that names programs), then confines the
+// exporter and every program it runs to the capabilities its features still
+// need: past this step nothing privileged can be done, root included.
+// Refusals that cannot be counted are an error; programs that cannot be
+// named from the kernel are named by walking /proc.
+func start(s *setup) error {
+	kernel := btf.NewCache() // the kernel's types, read once for every program
 	var counter *refusals.Counter
-	if countRefusals {
+	if s.refusals {
 		var ports [][]uint16
-		for _, g := range config.Groups {
+		for _, g := range s.config.Groups {
 			ports = append(ports, g.Ports)
 		}
 		var err error
-		if counter, err = refusals.Load(ports); err != nil {
+		if counter, err = refusals.Load(kernel, ports); err != nil {
 			return err
 		}
 	}
 	var lister *owners.Iterator
-	if config.Processes && config.ProcessesFromKernel {
+	if s.config.Processes && s.config.ProcessesFromKernel {
 		var err error
-		if lister, err = owners.LoadIterator(); err != nil {
-			logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
+		if lister, err = owners.LoadIterator(kernel); err != nil {
+			s.logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
 		}
 	}
-	if counter == nil && lister == nil {
-		return nil
+	if missing := capabilities.Missing(s.commandCaps...); len(missing) > 0 {
+		closeAll(counter, lister)
+		return fmt.Errorf("--command.capabilities: the exporter does not hold %s to give its command: run it as root, or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)", capabilities.Names(missing))
 	}
-	var keep []int
-	if config.Processes { // the walk of /proc, if the list cannot be read
-		keep = []int{capabilities.DACReadSearch, capabilities.SysPtrace}
+	keep := slices.Clone(s.commandCaps)
+	if s.config.Processes { // the walk of /proc, if the list cannot be read
+		keep = append(keep, capabilities.DACReadSearch, capabilities.SysPtrace)
 	}
-	if err := capabilities.DropAllBut(keep...); err != nil {
-		if lister != nil {
-			lister.Close()
-		}
-		if counter != nil {
-			counter.Close()
-			return err
-		}
-		logger.Info("naming the programs by walking /proc: a kernel program is kept only once the capabilities are dropped", "err", err)
-		return nil
+	keep, err := capabilities.Confine(keep...)
+	if err != nil {
+		closeAll(counter, lister)
+		return err
 	}
 	if counter != nil {
-		coll.CountRefusals(counter.Snapshot)
+		s.collector.CountRefusals(counter.Snapshot)
 	}
-	if lister == nil {
-		return nil
+	if lister != nil {
+		if err := lister.Check(); err != nil {
+			lister.Close()
+			s.logger.Info("naming the programs by walking /proc: the kernel's list of open files cannot be read", "err", err)
+		} else {
+			s.collector.NameProgramsFrom(lister)
+			s.logger.Info("naming the programs from the kernel's list of open files")
+			if keep, err = capabilities.Confine(s.commandCaps...); err != nil { // nor the walk's
+				return err
+			}
+		}
 	}
-	if err := lister.Check(); err != nil {
+	s.logger.Info("capabilities dropped", "kept", capabilities.Names(keep))
+	return nil
+}
+
+// closeAll closes the kernel programs loaded, when the start fails.
+func closeAll(counter *refusals.Counter, lister *owners.Iterator) {
+	if counter != nil {
+		counter.Close()
+	}
+	if lister != nil {
 		lister.Close()
-		logger.Info("naming the programs by walking /proc: the kernel's list of open files cannot be read", "err", err)
-		return nil
 	}
-	coll.NameProgramsFrom(lister)
-	logger.Info("naming the programs from the kernel's list of open files")
-	return capabilities.DropAllBut() // nor the walk's
 }

@@ -1,40 +1,106 @@
-// Package capabilities drops the process's Linux capabilities once what
-// needed them is done (the refusals' kernel program loaded): the
-// long-running part then cannot load programs or do anything else
-// privileged, root included.
+// Package capabilities confines the exporter once what needed privilege is
+// done (its kernel programs loaded): every thread keeps only the
+// capabilities its enabled features still use, and so does every program
+// it runs, root included.
+//
+// It uses libcap's cap and psx packages, which change every thread of the
+// process with cgo or without (a plain go build is a cgo build wherever a
+// C compiler is installed).
 package capabilities
 
 import (
-	"errors"
 	"fmt"
-	"syscall"
-	"unsafe"
+	"slices"
+	"strings"
 
-	"golang.org/x/sys/unix"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 )
 
 // The capabilities a running exporter may still need.
 const (
-	DACReadSearch = unix.CAP_DAC_READ_SEARCH // other users' /proc/PID/fd (--clients.processes)
-	SysPtrace     = unix.CAP_SYS_PTRACE      // the same
+	DACReadSearch = cap.DAC_READ_SEARCH // other users' /proc/PID/fd (the walk of --clients.processes)
+	SysPtrace     = cap.SYS_PTRACE      // the same
 )
 
-// DropAllBut keeps only keep in every thread's effective and permitted sets
-// (and none inheritable, so none ambient), for good.
-func DropAllBut(keep ...int) error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	for _, c := range keep {
-		data[c/32].Effective |= 1 << (c % 32)
-		data[c/32].Permitted |= 1 << (c % 32)
+// prSetNoNewPrivs is PR_SET_NO_NEW_PRIVS (include/uapi/linux/prctl.h).
+const prSetNoNewPrivs = 38
+
+// Confine keeps only keep (those of it the exporter holds: it says which),
+// for good, in every thread and in every program the exporter runs from
+// then on:
+//   - the effective, permitted and inheritable sets hold keep alone, and
+//     the ambient set holds keep, so that a program run by a user other
+//     than root keeps them too (a --command that needs them);
+//   - no_new_privs is set: a program run (root's included, and setuid or
+//     file capabilities) gets at most the exporter's permitted set;
+//   - the bounding set is cleared of the rest where the exporter may
+//     (CAP_SETPCAP, which root has).
+func Confine(keep ...cap.Value) ([]cap.Value, error) {
+	keep = slices.DeleteFunc(slices.Clone(keep), func(v cap.Value) bool { return len(Missing(v)) > 0 })
+	if have, _ := cap.GetProc().GetFlag(cap.Effective, cap.SETPCAP); have {
+		for v := range cap.MaxBits() {
+			if !slices.Contains(keep, v) {
+				if err := cap.DropBound(v); err != nil {
+					return nil, fmt.Errorf("dropping %s from the bounding set: %w", v, err)
+				}
+			}
+		}
 	}
-	// Capabilities belong to threads, and Go runs on several: all of them.
-	_, _, errno := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
-	switch {
-	case errno == syscall.ENOTSUP:
-		return errors.New("dropping capabilities in every thread needs a binary built without cgo (CGO_ENABLED=0, as deploy/build.sh builds)")
-	case errno != 0:
-		return fmt.Errorf("dropping capabilities: %w", errno)
+	if _, err := cap.Prctlw(prSetNoNewPrivs, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("setting no_new_privs: %w", err)
 	}
-	return nil
+	set := cap.NewSet()
+	for _, flag := range []cap.Flag{cap.Effective, cap.Permitted, cap.Inheritable} {
+		if err := set.SetFlag(flag, true, keep...); err != nil {
+			return nil, err
+		}
+	}
+	if err := set.SetProc(); err != nil {
+		return nil, fmt.Errorf("dropping capabilities to %s: %w", Names(keep), err)
+	}
+	if err := cap.ResetAmbient(); err != nil {
+		return nil, fmt.Errorf("clearing the ambient capabilities: %w", err)
+	}
+	if len(keep) > 0 {
+		if err := cap.SetAmbient(true, keep...); err != nil {
+			return nil, fmt.Errorf("keeping %s for the programs the exporter runs: %w", Names(keep), err)
+		}
+	}
+	return keep, nil
+}
+
+// Missing are those of want the exporter does not hold (in its permitted
+// set).
+func Missing(want ...cap.Value) []cap.Value {
+	have := cap.GetProc()
+	return slices.DeleteFunc(slices.Clone(want), func(v cap.Value) bool {
+		held, _ := have.GetFlag(cap.Permitted, v)
+		return held
+	})
+}
+
+// Parse reads capability names as systemd and capsh write them
+// (CAP_SYS_ADMIN, or sys_admin).
+func Parse(names []string) ([]cap.Value, error) {
+	var values []cap.Value
+	for _, name := range names {
+		v, err := cap.FromName("cap_" + strings.TrimPrefix(strings.ToLower(name), "cap_"))
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a capability (e.g. CAP_SYS_ADMIN)", name)
+		}
+		values = append(values, v)
+	}
+	return values, nil
+}
+
+// Names is keep as a log line says it: "none", or CAP_X,CAP_Y.
+func Names(keep []cap.Value) string {
+	if len(keep) == 0 {
+		return "none"
+	}
+	names := make([]string, len(keep))
+	for i, v := range keep {
+		names[i] = strings.ToUpper(v.String())
+	}
+	return strings.Join(names, ",")
 }

@@ -1,9 +1,3 @@
-// SPDX-License-Identifier: MIT OR GPL-2.0-only
-//
-// The kernel program of this file is licensed MIT or GPL-2.0 (the kernel
-// lets an iterator write its output only under a GPL-compatible licence);
-// the rest of the exporter is Apache-2.0.
-
 package owners
 
 import (
@@ -17,11 +11,10 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/kernelbtf"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
@@ -35,32 +28,19 @@ type Iterator struct {
 	link *link.Iter
 }
 
-// LoadIterator loads and attaches the iterator's program. It needs CAP_BPF
-// and CAP_PERFMON (or root), and a kernel with BTF; once it is loaded, the
-// capabilities can go (on Linux 6.5 or later: before, the kernel lets only
-// them open the iterator when unprivileged BPF is off, which Check tells).
-func LoadIterator() (*Iterator, error) {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return nil, fmt.Errorf("this kernel has no BTF (/sys/kernel/btf/vmlinux: CONFIG_DEBUG_INFO_BTF): %w", err)
-	}
-	l, err := readIteratorLayout(spec)
-	if err != nil {
-		return nil, err
-	}
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
-		Name:         "ccx_owners",
-		Type:         ebpf.Tracing,
-		AttachType:   ebpf.AttachTraceIter,
-		AttachTo:     "task_file",
-		Instructions: iteratorProgram(l),
-		License:      "Dual MIT/GPL",
-	}, ebpf.ProgramOptions{KernelTypes: spec})
-	if err != nil {
+// LoadIterator loads and attaches the iterator's program (iterator.bpf.c).
+// It needs CAP_BPF and CAP_PERFMON (or root), and a kernel with BTF; kernel
+// is the kernel's types, read once for every program the exporter loads.
+// Once it is loaded the capabilities can go (on Linux 6.5 or later: before,
+// the kernel lets only them open the iterator when unprivileged BPF is off,
+// which Check tells).
+func LoadIterator(kernel *btf.Cache) (*Iterator, error) {
+	var objs programObjects
+	if err := loadProgramObjects(&objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explainLoad(err)
 	}
-	defer prog.Close() // the link holds it
-	lk, err := link.AttachIter(link.IterOptions{Program: prog})
+	defer objs.Close() // the link holds the program
+	lk, err := link.AttachIter(link.IterOptions{Program: objs.NameSockets})
 	if err != nil {
 		return nil, explainLoad(err)
 	}
@@ -74,7 +54,7 @@ func explainLoad(err error) error {
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return fmt.Errorf("this kernel has no task_file iterator (Linux 5.8 or later): %w", err)
 	}
-	return err
+	return errors.New(oneline.Fold(err.Error()))
 }
 
 // Check opens the iterator once, as each lookup will: it says whether the
@@ -141,8 +121,9 @@ func (it *Iterator) Names(ctx context.Context, names map[uint64]string) (Result,
 	return res, nil
 }
 
-// recordSize is what the program writes per socket: its inode (8 bytes,
-// native order) and its holder's name (16 bytes, NUL-padded).
+// recordSize is what the program writes per socket (struct record): its
+// inode (8 bytes, native order) and its holder's name (16 bytes,
+// NUL-padded).
 const recordSize = 24
 
 // nameFrom names in names the sockets of the whole records in records, and
@@ -160,76 +141,4 @@ func nameFrom(records []byte, names map[uint64]string) int {
 		found++
 	}
 	return found
-}
-
-// iteratorLayout is where the kernel keeps what the program reads, from
-// its BTF.
-type iteratorLayout struct {
-	meta, task, file int16 // struct bpf_iter__task_file
-	seq              int16 // struct bpf_iter_meta
-	inode            int16 // struct file: f_inode
-	mode, ino        int16 // struct inode: i_mode, i_ino
-	comm             int16 // struct task_struct
-}
-
-func readIteratorLayout(spec *btf.Spec) (iteratorLayout, error) {
-	var l iteratorLayout
-	for _, f := range []struct {
-		in, name string
-		field    *int16
-	}{{"bpf_iter__task_file", "meta", &l.meta}, {"bpf_iter__task_file", "task", &l.task}, {"bpf_iter__task_file", "file", &l.file},
-		{"bpf_iter_meta", "seq", &l.seq}, {"file", "f_inode", &l.inode}, {"inode", "i_mode", &l.mode}, {"inode", "i_ino", &l.ino},
-		{"task_struct", "comm", &l.comm}} {
-		var err error
-		if *f.field, err = kernelbtf.Offset(spec, f.in, f.name); err != nil {
-			return l, fmt.Errorf("%w (the task_file iterator needs Linux 5.8 or later)", err)
-		}
-	}
-	return l, nil
-}
-
-// iteratorProgram is run by the kernel on each open file of each process
-// (threads sharing their process's files are skipped); it writes a record
-// for each socket:
-//
-//	file = ctx->file; if !file return
-//	inode = file->f_inode; if inode->i_mode is not S_IFSOCK return
-//	record = {inode->i_ino, ctx->task->comm}
-//	bpf_seq_write(ctx->meta->seq, &record, 24)
-func iteratorProgram(l iteratorLayout) asm.Instructions {
-	const (
-		fpRecord = -recordSize // inode at -24, comm at -16 .. -1
-		sIFMT    = 0o170000
-		sIFSOCK  = 0o140000
-	)
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1), // ctx
-		asm.LoadMem(asm.R2, asm.R6, l.file, asm.DWord),
-		asm.JEq.Imm(asm.R2, 0, "out"),
-		asm.LoadMem(asm.R3, asm.R2, l.inode, asm.DWord),
-		asm.LoadMem(asm.R4, asm.R3, l.mode, asm.Half),
-		asm.And.Imm(asm.R4, sIFMT),
-		asm.JNE.Imm(asm.R4, sIFSOCK, "out"),
-		asm.LoadMem(asm.R4, asm.R3, l.ino, asm.DWord),
-		asm.StoreMem(asm.RFP, fpRecord, asm.R4, asm.DWord),
-
-		asm.LoadMem(asm.R3, asm.R6, l.task, asm.DWord),
-		asm.JEq.Imm(asm.R3, 0, "out"),
-		asm.Add.Imm(asm.R3, int32(l.comm)),
-		asm.Mov.Reg(asm.R1, asm.RFP),
-		asm.Add.Imm(asm.R1, fpRecord+8),
-		asm.Mov.Imm(asm.R2, 16),
-		asm.FnProbeReadKernel.Call(),
-		asm.JNE.Imm(asm.R0, 0, "out"),
-
-		asm.LoadMem(asm.R1, asm.R6, l.meta, asm.DWord),
-		asm.LoadMem(asm.R1, asm.R1, l.seq, asm.DWord),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, fpRecord),
-		asm.Mov.Imm(asm.R3, recordSize),
-		asm.FnSeqWrite.Call(),
-
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
-		asm.Return(),
-	}
 }

@@ -3,6 +3,7 @@ package owners
 import (
 	"context"
 	"encoding/binary"
+	"github.com/cilium/ebpf/btf"
 	"net"
 	"testing"
 
@@ -44,7 +45,7 @@ func TestTheKernelsListNamesWhatTheWalkOfProcNames(t *testing.T) {
 	defer server.Close()
 	inodes := append(socketInodes(t, l.(*net.TCPListener), client.(*net.TCPConn), server.(*net.TCPConn)), 1<<62)
 
-	it, err := LoadIterator()
+	it, err := LoadIterator(btf.NewCache())
 	require.NoError(t, err)
 	defer it.Close()
 	require.NoError(t, it.Check())

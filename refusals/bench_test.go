@@ -1,6 +1,7 @@
 package refusals
 
 import (
+	"github.com/cilium/ebpf/btf"
 	"net"
 	"testing"
 
@@ -36,7 +37,7 @@ func BenchmarkRefusalStorm(b *testing.B) {
 		}
 	}
 	b.Run("detached", storm)
-	c, err := Load([][]uint16{{port}})
+	c, err := Load(btf.NewCache(), [][]uint16{{port}})
 	if err != nil {
 		b.Fatal(err)
 	}

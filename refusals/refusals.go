@@ -1,13 +1,12 @@
-// Package refusals counts, in the kernel, the connections Consul refuses
-// past its per-client limits, per client, as they happen: Consul writes
-// its 429 and closes without reading the request (or the RPC server closes
-// a connection whose first byte came), so the kernel resets it, and a small
-// eBPF program on the tcp_send_reset tracepoint counts each reset a socket
-// of a watched port sends. Consul itself keeps no count.
+// Package refusals counts, in the kernel, the connections the agent refuses
+// past its per-client limits, per client, as they happen. Consul keeps no
+// count of its own.
 //
-// The program is written with cilium/ebpf's asm, in Go (program.go): no C
-// compiler, no generated object to keep in step with a source. It reads the
-// kernel's struct layout from its BTF, so it follows the kernel it runs on.
+// The kernel program is refusals.bpf.c (compiled by bpf2go; the rule is
+// there and in docs/refusals.md): a refusal is a connection of a watched
+// port in the exporter's network namespace that the agent closed having
+// read nothing of it, and that was then reset, counted once by its socket
+// cookie.
 package refusals
 
 import (
@@ -16,13 +15,27 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
+
+// MaxPorts is how many watched ports the kernel program takes, over all
+// groups (its ports map).
+const MaxPorts = 64
+
+// pendingFor is how long after the agent's close a refused connection can
+// still be reset: its socket lingers in FIN-WAIT (tcp_fin_timeout, 60 s by
+// default, with retransmissions of the FIN) and then in TIME-WAIT (60 s). A
+// verdict older than that is of a connection that ended without a reset
+// (a refused client that never sent a byte): swept.
+const pendingFor = 5 * time.Minute
 
 // ErrUnavailable is a kernel or a host that cannot count refusals: the
 // error says what is missing and how to get it.
@@ -30,116 +43,173 @@ var ErrUnavailable = errors.New("cannot count refusals")
 
 // Counter is the attached program and its maps.
 type Counter struct {
-	maps   *maps
-	link   link.Link
+	objs   programObjects
+	links  []link.Link
 	groups int
 }
 
 // Load attaches the program that counts the refusals of each group's ports
-// (groups[i] are group i's ports). It needs CAP_BPF and CAP_PERFMON (or
-// root), and a kernel with BTF.
-func Load(groups [][]uint16) (*Counter, error) {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return nil, fmt.Errorf("%w: this kernel has no BTF (/sys/kernel/btf/vmlinux: CONFIG_DEBUG_INFO_BTF, Linux 5.5 or later): %v", ErrUnavailable, err)
-	}
-	l, err := readLayout(spec)
+// (groups[i] are group i's ports) in the exporter's network namespace. It
+// needs CAP_BPF and CAP_PERFMON (or root), and a kernel with BTF; kernel
+// is the kernel's types, read once for every program the exporter loads.
+func Load(kernel *btf.Cache, groups [][]uint16) (*Counter, error) {
+	netns, err := Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	m, err := newMaps(len(groups))
+	spec, err := loadProgram()
 	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
+	if err := spec.Variables[programVarNetnsInum].Set(netns); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	c := &Counter{groups: len(groups)}
+	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)
 	}
-	lk, err := attach(spec, l, m, groups)
-	if err != nil {
-		m.Close()
+	if err := c.attach(groups); err != nil {
+		c.Close()
 		return nil, explain(err)
 	}
-	return &Counter{maps: m, link: lk, groups: len(groups)}, nil
+	return c, nil
 }
 
-// attach fills the ports map with each group's ports, and attaches the
-// program that counts with m.
-func attach(spec *btf.Spec, l layout, m *maps, groups [][]uint16) (link.Link, error) {
+// attach fills the ports map with each group's ports, then attaches the
+// programs: the one that decides at the agent's close first, so that no
+// reset comes before its verdict could have.
+func (c *Counter) attach(groups [][]uint16) error {
 	for group, ports := range groups {
 		for _, p := range ports {
-			var key [2]byte
-			binary.BigEndian.PutUint16(key[:], p)
-			if err := m.ports.Put(key, uint32(group)); err != nil {
-				return nil, err
+			if err := c.objs.Ports.Put(portKey(p), uint32(group)); err != nil {
+				return err
 			}
 		}
 	}
-	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
-		Name:         "ccx_refusals",
-		Type:         ebpf.Tracing,
-		AttachType:   ebpf.AttachTraceRawTp,
-		AttachTo:     "tcp_send_reset",
-		Instructions: program(l, m),
-		License:      "Dual MIT/GPL",
-	}, ebpf.ProgramOptions{KernelTypes: spec})
-	if err != nil {
-		return nil, err
+	for _, prog := range []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+		if err != nil {
+			return err
+		}
+		c.links = append(c.links, l)
 	}
-	defer prog.Close() // the link holds it
-	return link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	return nil
+}
+
+// portKey is a port as the kernel keeps inet_sport: in network order.
+func portKey(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// Namespace is the exporter's network namespace, as the kernel numbers it
+// (the inode of /proc/self/ns/net): the one whose sockets count.
+func Namespace() (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return 0, fmt.Errorf("reading the exporter's network namespace: %w", err)
+	}
+	return uint32(st.Ino), nil
 }
 
 // explain says what a refusal to load means and how to grant what lacks.
 func explain(err error) error {
-	if errors.Is(err, os.ErrPermission) {
+	var verifier *ebpf.VerifierError
+	switch {
+	case errors.Is(err, os.ErrPermission):
 		return fmt.Errorf("%w: --refusals needs CAP_BPF and CAP_PERFMON (or root) to load its kernel program: "+
-			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON (%v)", ErrUnavailable, err)
+			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON", ErrUnavailable)
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return fmt.Errorf("%w: this kernel cannot attach a BTF tracepoint program (Linux 5.12 or later, with BTF): %v", ErrUnavailable, err)
+	case errors.As(err, &verifier):
+		// The verifier's log is many lines; its last says why.
+		return fmt.Errorf("%w: this kernel refused the program (Linux 5.12 or later): %v", ErrUnavailable, oneline.Fold(err.Error()))
 	}
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		return fmt.Errorf("%w: this kernel cannot attach a BTF tracepoint program (Linux 5.5 or later): %v", ErrUnavailable, err)
-	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	return fmt.Errorf("%w: %v", ErrUnavailable, oneline.Fold(err.Error()))
 }
 
-// Close detaches the program.
+// Close detaches the programs.
 func (c *Counter) Close() {
-	c.link.Close()
-	c.maps.Close()
+	for _, l := range c.links {
+		l.Close()
+	}
+	c.objs.Close()
 }
 
 // Group is one group's refusals since the program was attached.
 type Group struct {
 	// Total is exact, whatever the map of clients evicted.
 	Total uint64
+	// Untracked are the agent's closes of connections it had read nothing
+	// of that the kernel's map of pending verdicts was too full to take:
+	// each may have been a refusal, not counted. 0 unless more than 65,536
+	// such closes were pending at once.
+	Untracked uint64
 	// Top are the clients with the most refusals, in tally.Compare's
 	// order, at most top.
 	Top []tally.ClientCount
 }
 
 // Snapshot reads each group's refusals, with its top busiest clients
-// (addresses unmapped, as the connection counts have them).
+// (addresses unmapped, as the connection counts have them), and sweeps the
+// verdicts no reset can come for any more.
 func (c *Counter) Snapshot(top int) ([]Group, error) {
 	groups := make([]Group, c.groups)
 	for g := range groups {
-		if err := c.maps.totals.Lookup(uint32(g), &groups[g].Total); err != nil {
+		var t programTotal
+		if err := c.objs.Totals.Lookup(uint32(g), &t); err != nil {
 			return nil, fmt.Errorf("reading the refusals: %w", err)
 		}
+		groups[g].Total, groups[g].Untracked = t.Refused, t.Untracked
 	}
-	// Each key is one client of one group (IPv4 clients are v4-mapped
-	// either way), so the busiest are kept as they come: memory stays that
-	// of top clients, however full the map.
+	// Each key is one client of one group, so the busiest are kept as they
+	// come: memory stays that of top clients, however full the map.
 	var (
-		key   [keySize]byte
+		key   programClientKey
 		count uint64
 	)
-	it := c.maps.clients.Iterate()
+	it := c.objs.Clients.Iterate()
 	for it.Next(&key, &count) {
-		g := int(binary.NativeEndian.Uint32(key[:4]))
-		if g >= len(groups) {
+		if int(key.Group) >= len(groups) {
 			continue
 		}
-		client := tally.ClientCount{Client: netip.AddrFrom16([16]byte(key[4:])).Unmap(), Count: int(count)}
-		groups[g].Top = tally.Keep(groups[g].Top, client, top)
+		client := tally.ClientCount{Client: netip.AddrFrom16(key.Client).Unmap(), Count: int(count)}
+		groups[key.Group].Top = tally.Keep(groups[key.Group].Top, client, top)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the refusals: %w", err)
 	}
-	return groups, nil
+	return groups, c.sweep()
+}
+
+// sweep deletes the verdicts older than pendingFor. Those pending are few:
+// a refused connection's reset follows its close within a round trip.
+func (c *Counter) sweep() error {
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
+		return fmt.Errorf("reading the clock: %w", err)
+	}
+	var (
+		cookie uint64
+		v      programVerdict
+		old    []uint64
+	)
+	it := c.objs.Verdicts.Iterate()
+	for it.Next(&cookie, &v) {
+		if time.Duration(now.Nano()-int64(v.ClosedNs)) > pendingFor {
+			old = append(old, cookie)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the refusals' pending verdicts: %w", err)
+	}
+	for _, cookie := range old {
+		// Gone already if its reset came meanwhile.
+		if err := c.objs.Verdicts.Delete(cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("sweeping the refusals' pending verdicts: %w", err)
+		}
+	}
+	return nil
 }

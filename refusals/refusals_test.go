@@ -3,66 +3,193 @@ package refusals
 import (
 	"net"
 	"net/netip"
+	"runtime"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
-// resetFrom has the server end of a connection from client close with the
-// client's data unread, as Consul closes a refused connection: the kernel
-// resets it.
-func resetFrom(t *testing.T, l net.Listener, client string) {
+// refuse has the server end of a connection from client (from its port
+// fromPort, 0 for any) close with the client's request unread, as Consul's
+// limiter closes a connection past its limit: the kernel resets it.
+func refuse(t *testing.T, l net.Listener, client string, fromPort int) {
 	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
-	conn, err := d.Dial("tcp", l.Addr().String())
-	require.NoError(t, err)
+	conn, server := connect(t, l, client, fromPort)
 	defer conn.Close()
-	_, err = conn.Write([]byte("GET /v1/agent/self HTTP/1.1\r\n\r\n"))
+	_, err := conn.Write([]byte("GET /v1/agent/self HTTP/1.1\r\n\r\n"))
 	require.NoError(t, err)
-	server, err := l.Accept()
-	require.NoError(t, err)
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
-	require.NoError(t, server.Close()) // unread data: RST
+	require.NoError(t, server.Close()) // the request unread: a reset
 	_, err = conn.Read(make([]byte, 1))
 	require.ErrorIs(t, err, syscall.ECONNRESET, "the reset")
 }
 
-func TestCountsTheResetsOfWatchedPortsPerClient(t *testing.T) {
+// answer has the server read the request, then close with more of it
+// unread (as Go's HTTP server closes a connection whose body it refused):
+// the kernel resets this one too, and it is no refusal.
+func answer(t *testing.T, l net.Listener, client string) {
+	t.Helper()
+	conn, server := connect(t, l, client, 0)
+	defer conn.Close()
+	_, err := conn.Write([]byte("PUT /v1/kv/big HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"))
+	require.NoError(t, err)
+	_, err = server.Read(make([]byte, 16)) // the start of the headers
+	require.NoError(t, err)
+	require.NoError(t, server.Close())
+	_, err = conn.Read(make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET, "the reset")
+}
+
+func connect(t *testing.T, l net.Listener, client string, fromPort int) (net.Conn, net.Conn) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(client), Port: fromPort}}
+	conn, err := d.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	require.NoError(t, conn.SetDeadline(time.Now().Add(5*time.Second)))
+	server, err := l.Accept()
+	require.NoError(t, err)
+	return conn, server
+}
+
+func load(t *testing.T, groups ...[]uint16) *Counter {
+	t.Helper()
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
+	programs.NeedBTF(t)
+	c, err := Load(btf.NewCache(), groups)
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	return c
+}
+
+func snapshot(t *testing.T, c *Counter) []Group {
+	t.Helper()
+	groups, err := c.Snapshot(10)
+	require.NoError(t, err)
+	return groups
+}
+
+func TestCountsEachRefusalOfWatchedPortsPerClient(t *testing.T) {
 	watched, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer watched.Close()
 	other, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer other.Close()
-	port := uint16(watched.Addr().(*net.TCPAddr).Port)
+	c := load(t, []uint16{uint16(watched.Addr().(*net.TCPAddr).Port)}, nil)
 
-	c, err := Load([][]uint16{{port}, {}})
-	require.NoError(t, err)
-	defer c.Close()
 	for range 3 {
-		resetFrom(t, watched, "127.0.0.33")
+		refuse(t, watched, "127.0.0.33", 0)
 	}
-	resetFrom(t, watched, "127.0.0.34")
-	resetFrom(t, other, "127.0.0.35") // not watched
+	refuse(t, watched, "127.0.0.34", 0)
+	refuse(t, other, "127.0.0.35", 0) // not watched
 	// A connection refused for no socket at all (nothing listens there):
 	// NO_SOCKET, not a refusal.
-	closed := loopback.Port()
-	_, err = net.DialTimeout("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), closed).String(), time.Second)
+	_, err = net.DialTimeout("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loopback.Port()).String(), time.Second)
 	require.Error(t, err)
 
-	groups, err := c.Snapshot(10)
-	require.NoError(t, err)
+	groups := snapshot(t, c)
 	assert.Equal(t, uint64(4), groups[0].Total)
 	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.33"), Count: 3}, {Client: netip.MustParseAddr("127.0.0.34"), Count: 1}}, groups[0].Top)
 	assert.Zero(t, groups[1].Total)
 	assert.Empty(t, groups[1].Top)
 }
+
+// A client whose source ports come round again (a narrow
+// ip_local_port_range, or more connections than its range holds) is
+// refused anew on the same address, port and local port: each time counts.
+func TestARefusalFromAPortUsedBeforeCountsAgain(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
+	fromPort := int(loopback.Port())
+	const n = 50
+	for range n {
+		refuse(t, l, "127.0.0.36", fromPort)
+	}
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(n), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.36"), Count: n}}, groups[0].Top)
+}
+
+// The kernel resets a connection whose server read its request and closed
+// with more unread: no refusal. Nor is a client's own reset.
+func TestAnsweredConnectionsClosedWithDataUnreadAreNotRefusals(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
+	for range 5 {
+		answer(t, l, "127.0.0.37")
+	}
+	conn, server := connect(t, l, "127.0.0.38", 0)
+	require.NoError(t, conn.(*net.TCPConn).SetLinger(0))
+	require.NoError(t, conn.Close()) // the client's reset
+	_, err = server.Read(make([]byte, 1))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	server.Close()
+	refuse(t, l, "127.0.0.39", 0)
+
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(1), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.39"), Count: 1}}, groups[0].Top)
+	assert.Zero(t, groups[0].Untracked)
+}
+
+// A listener on the watched port in another network namespace (a
+// container's, or an unprivileged user's own) is someone else's: its
+// resets never count.
+func TestRefusalsInAnotherNetworkNamespaceDoNotCount(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	c := load(t, []uint16{uint16(port)})
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread stays in the new namespace, and ends with the
+		// goroutine (never unlocked).
+		runtime.LockOSThread()
+		require.NoError(t, unix.Unshare(unix.CLONE_NEWNET))
+		loopbackUp(t)
+		theirs, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		require.NoError(t, err)
+		defer theirs.Close()
+		for range 20 {
+			refuse(t, theirs, "127.0.0.40", 0)
+		}
+	}()
+	<-done
+	refuse(t, l, "127.0.0.41", 0)
+
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(1), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.41"), Count: 1}}, groups[0].Top)
+}
+
+// loopbackUp brings lo up in the thread's network namespace, as a new one
+// has it down.
+func loopbackUp(t *testing.T) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	req, err := unix.NewIfreq("lo")
+	require.NoError(t, err)
+	require.NoError(t, unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, req))
+	req.SetUint16(req.Uint16() | unix.IFF_UP)
+	require.NoError(t, unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, req))
+}
+

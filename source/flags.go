@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"kernel.org/pub/linux/libs/security/libcap/cap"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
 )
@@ -18,6 +20,7 @@ type Flags struct {
 	sourceSet      bool
 	command        string
 	commandTimeout time.Duration
+	commandCaps    []string
 }
 
 // AddFlags declares the source's flags on app.
@@ -31,7 +34,22 @@ func AddFlags(app *kingpin.Application) *Flags {
 		StringVar(&f.command)
 	app.Flag("command.timeout", "Kill the command, and fail the collection, after this long.").
 		Default("10s").DurationVar(&f.commandTimeout)
+	app.Flag("command.capabilities", "A capability --command needs (e.g. CAP_SYS_ADMIN for ip netns exec and nsenter); repeatable. The exporter keeps it, and gives it to the command; every other capability is dropped at start.").
+		PlaceHolder("CAP_SYS_ADMIN").StringsVar(&f.commandCaps)
 	return f
+}
+
+// Capabilities are the ones --command.capabilities names, for the
+// exporter to keep for its command.
+func (f *Flags) Capabilities() ([]cap.Value, error) {
+	if len(f.commandCaps) > 0 && f.command == "" {
+		return nil, errors.New("--command.capabilities goes with --command: ss and netstat need none")
+	}
+	keep, err := capabilities.Parse(f.commandCaps)
+	if err != nil {
+		return nil, fmt.Errorf("--command.capabilities: %w", err)
+	}
+	return keep, nil
 }
 
 // ErrNoTool is no program to print the socket table with.

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0-only
+//go:build ignore
+//
+// Counts the connections the agent refuses past its per-client limit, in
+// the kernel, as they happen. The limiter (hashicorp/go-connlimit, and the
+// RPC server's) closes an accepted connection before reading a byte of it;
+// the kernel then resets it, at the close if the request had come, or when
+// it comes. So a refusal is decided at the agent's close, while the full
+// socket is there to say what the agent read, and counted at its reset:
+//
+//   inet_sock_set_state: the agent closes a connection of a watched port in
+//     the exporter's network namespace (ESTABLISHED or CLOSE-WAIT to
+//     FIN-WAIT-1, LAST-ACK, or CLOSE with the socket shut down), having
+//     read nothing of it: its verdict, by the socket's cookie.
+//   tcp_send_reset: the socket (or the TIME-WAIT one that took over its
+//     cookie) resets the connection: a verdict found is taken, and counted.
+//
+// The cookie is the socket's own, not its addresses: a client whose ports
+// come round again is counted once per connection, however often.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#define AF_INET 2   // include/linux/socket.h
+#define AF_INET6 10
+#define SEND_SHUTDOWN 2 // include/net/sock.h
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+// The network namespace of the exporter (its /proc/self/ns/net inode): a
+// listener on a watched port in any other namespace is someone else's.
+const volatile __u32 netns_inum = 0;
+
+// Watched ports, in network order, to their group.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be16);
+	__type(value, __u32);
+} ports SEC(".maps");
+
+struct verdict {
+	__u32 group;
+	__u8 client[16]; // IPv4 v4-mapped
+	__u64 closed_ns; // bpf_ktime_get_ns at the close: the exporter sweeps
+			 // those no reset can come for any more
+};
+
+// The refusals decided at the agent's close whose reset has not come yet.
+// An entry lives from the close to the reset (the request is usually on
+// its way already); one whose connection ends without a reset is swept by
+// the exporter. Made as needed: the map costs what is pending.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
+	__type(key, __u64);   // socket cookie
+	__type(value, struct verdict);
+} verdicts SEC(".maps");
+
+struct client_key {
+	__u32 group;
+	__u8 client[16];
+};
+
+// Refusals per client: an LRU, so a flood of addresses evicts the least
+// recent instead of growing; totals are exact whatever it evicts.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct client_key);
+	__type(value, __u64);
+} clients SEC(".maps");
+
+struct total {
+	__u64 refused;
+	__u64 untracked; // verdicts the full map could not take: maybe refusals
+};
+
+// Per group; the exporter sets max_entries to the number of groups.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct total);
+} totals SEC(".maps");
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0; // the tracepoint is DCCP's, SCTP's and MPTCP's too
+	if (oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT)
+		return 0;
+	switch (newstate) {
+	case TCP_FIN_WAIT1:
+	case TCP_LAST_ACK:
+		break; // only a close or shutdown by the application goes there
+	case TCP_CLOSE:
+		// The agent's close with data unread: tcp_close shuts the socket
+		// down, then resets it. A reset from the client, or a timeout,
+		// closes it before it is shut down.
+		if (!(BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & SEND_SHUTDOWN))
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+	if (BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != netns_inum)
+		return 0;
+	const struct inet_sock *inet = (const void *)sk;
+	__be16 port = BPF_CORE_READ(inet, inet_sport);
+	__u32 *group = bpf_map_lookup_elem(&ports, &port);
+	if (!group)
+		return 0;
+
+	// Read nothing: every byte received (and the FIN, which reading
+	// consumes too) is still unread. rcv_nxt - bytes_received is where
+	// the connection's data began.
+	const struct tcp_sock *tp = (const void *)sk;
+	__u32 copied = BPF_CORE_READ(tp, copied_seq);
+	__u32 next = BPF_CORE_READ(tp, rcv_nxt);
+	__u32 received = (__u32)BPF_CORE_READ(tp, bytes_received);
+	if (copied != next - received)
+		return 0; // answered: the agent read a request
+
+	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
+	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
+		BPF_CORE_READ_INTO(&v.client, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		__be32 addr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		v.client[10] = 0xff;
+		v.client[11] = 0xff;
+		__builtin_memcpy(&v.client[12], &addr, sizeof(addr));
+	}
+	// Made now, so that the TIME-WAIT socket that may take over from this
+	// one carries it too.
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	if (bpf_map_update_elem(&verdicts, &cookie, &v, BPF_NOEXIST) != 0) {
+		struct total *t = bpf_map_lookup_elem(&totals, &v.group);
+		if (t)
+			__sync_fetch_and_add(&t->untracked, 1);
+	}
+	return 0;
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(agent_reset, const struct sock *sk, const struct sk_buff *skb)
+{
+	if (!sk)
+		return 0; // a reset for no socket: nothing listens there
+	// Read, not made: a socket without a cookie has no verdict.
+	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	if (!cookie)
+		return 0;
+	struct verdict *found = bpf_map_lookup_elem(&verdicts, &cookie);
+	if (!found)
+		return 0;
+	struct verdict v = *found;
+	// Once per connection: a second reset of it (or one on another CPU at
+	// the same moment) finds the verdict gone.
+	if (bpf_map_delete_elem(&verdicts, &cookie) != 0)
+		return 0;
+
+	struct total *t = bpf_map_lookup_elem(&totals, &v.group);
+	if (t)
+		__sync_fetch_and_add(&t->refused, 1);
+	struct client_key key = {.group = v.group};
+	__builtin_memcpy(&key.client, &v.client, sizeof(key.client));
+	__u64 *count = bpf_map_lookup_elem(&clients, &key);
+	if (!count) {
+		__u64 one = 1;
+		if (bpf_map_update_elem(&clients, &key, &one, BPF_NOEXIST) == 0)
+			return 0;
+		count = bpf_map_lookup_elem(&clients, &key); // another CPU's first
+		if (!count)
+			return 0;
+	}
+	__sync_fetch_and_add(count, 1);
+	return 0;
+}
