@@ -266,6 +266,12 @@ func start(s *setup) error {
 		keep = append(keep, capabilities.DACReadSearch, capabilities.SysPtrace)
 	}
 	keep, err := capabilities.Confine(keep...)
+	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && counter == nil {
+		// Nothing loaded needs confining: run on as started, and say so.
+		closeAll(nil, lister)
+		s.logger.Warn("keeping the capabilities the exporter started with", "err", err)
+		return nil
+	}
 	if err != nil {
 		closeAll(counter, lister)
 		return err

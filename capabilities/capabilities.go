@@ -9,7 +9,9 @@
 package capabilities
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -36,6 +38,9 @@ const prSetNoNewPrivs = 38
 //   - the bounding set is cleared of the rest where the exporter may
 //     (CAP_SETPCAP, which root has).
 func Confine(keep ...cap.Value) ([]cap.Value, error) {
+	if err := reachEveryThread(); err != nil {
+		return nil, err
+	}
 	keep = slices.DeleteFunc(slices.Clone(keep), func(v cap.Value) bool { return len(Missing(v)) > 0 })
 	if have, _ := cap.GetProc().GetFlag(cap.Effective, cap.SETPCAP); have {
 		for v := range cap.MaxBits() {
@@ -67,6 +72,24 @@ func Confine(keep ...cap.Value) ([]cap.Value, error) {
 		}
 	}
 	return keep, nil
+}
+
+// ErrThreadsOutOfReach is a build with cgo on a host without /proc: it
+// cannot change every thread.
+var ErrThreadsOutOfReach = errors.New("cannot drop capabilities in every thread")
+
+// reachEveryThread says whether Confine can change every thread. Without
+// cgo the Go runtime does it; with cgo, libcap's psx lists
+// /proc/PID/task, and aborts the process where it cannot.
+func reachEveryThread() error {
+	if !withCgo {
+		return nil
+	}
+	task := fmt.Sprintf("/proc/%d/task", os.Getpid())
+	if _, err := os.Stat(task); err != nil {
+		return fmt.Errorf("%w: a build with cgo reaches them through %s, which is not there (mount /proc, or build without cgo: CGO_ENABLED=0, as the release is)", ErrThreadsOutOfReach, task)
+	}
+	return nil
 }
 
 // Missing are those of want the exporter does not hold (in its permitted

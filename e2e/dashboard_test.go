@@ -82,7 +82,6 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	loopback.Open(t, rpcL, "127.0.0.92", 3)
 	dir := t.TempDir()
 	exporterAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	// The build without cgo: --refusals drops its capabilities in every thread.
 	startServer(t, plainBinary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",
 		"--port", port(httpL), "--rpc.port", port(rpcL), "--clients.processes", "--refusals")
 	startServer(t, nodeExporter, "--web.listen-address="+nodeAddr,

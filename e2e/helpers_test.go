@@ -64,8 +64,9 @@ func TestMain(m *testing.M) {
 	// soak measures memory, which the race detector's own would swamp:
 	// it runs a plain build.
 	binary, plainBinary = filepath.Join(dir, "consul_conn_exporter"), filepath.Join(dir, "consul_conn_exporter.plain")
-	// The plain build is without cgo, as the release is built: --refusals
-	// drops capabilities in every thread, which a cgo binary cannot.
+	// The plain build is without cgo, as the release is built; the other
+	// is with cgo, as a plain go build is wherever a C compiler is: both
+	// load the kernel programs and drop capabilities in every thread.
 	builds := map[string][]string{plainBinary: {"CGO_ENABLED=0"}}
 	if raceEnabled() {
 		builds[binary] = []string{"CGO_ENABLED=1", "--race"}
@@ -413,15 +414,13 @@ type result struct {
 }
 
 // exporter runs the binary with args and reads the file it wrote in dir.
-// Under -race it is built with cgo, and cannot drop its capabilities: as
-// root, it names programs by walking /proc.
+// Under -race it is built with cgo.
 func exporter(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	return runExporter(t, dir, []string{binary}, args...)
 }
 
-// plainExporter is exporter with the plain build, as released: as root, it
-// names programs from the kernel's list of open files.
+// plainExporter is exporter with the plain build, as released.
 func plainExporter(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	return runExporter(t, dir, []string{plainBinary}, args...)

@@ -103,7 +103,7 @@ func TestABurstToARealAgentsLimitShowsInThePeak(t *testing.T) {
 	require.NoError(t, err)
 	addr := freeAddr(t)
 	t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
-	// With --refusals, which takes the build without cgo.
+	// With --refusals.
 	startServer(t, plainBinary, "--web.listen-address="+addr, "--port", httpPort, "--limit", "auto",
 		"--sample.interval", "500ms", "--peak.window", "1m", "--source", "netlink", "--refusals")
 	url := "http://" + addr + "/metrics"

@@ -3,7 +3,6 @@ package refusals
 import (
 	"net"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
@@ -156,40 +154,17 @@ func TestRefusalsInAnotherNetworkNamespaceDoNotCount(t *testing.T) {
 	port := l.Addr().(*net.TCPAddr).Port
 	c := load(t, []uint16{uint16(port)})
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// The thread stays in the new namespace, and ends with the
-		// goroutine (never unlocked).
-		runtime.LockOSThread()
-		require.NoError(t, unix.Unshare(unix.CLONE_NEWNET))
-		loopbackUp(t)
+	loopback.InNewNamespace(t, func() {
 		theirs, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		require.NoError(t, err)
 		defer theirs.Close()
 		for range 20 {
 			refuse(t, theirs, "127.0.0.40", 0)
 		}
-	}()
-	<-done
+	})
 	refuse(t, l, "127.0.0.41", 0)
 
 	groups := snapshot(t, c)
 	assert.Equal(t, uint64(1), groups[0].Total)
 	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.41"), Count: 1}}, groups[0].Top)
 }
-
-// loopbackUp brings lo up in the thread's network namespace, as a new one
-// has it down.
-func loopbackUp(t *testing.T) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	defer unix.Close(fd)
-	req, err := unix.NewIfreq("lo")
-	require.NoError(t, err)
-	require.NoError(t, unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, req))
-	req.SetUint16(req.Uint16() | unix.IFF_UP)
-	require.NoError(t, unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, req))
-}
-
