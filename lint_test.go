@@ -12,7 +12,7 @@ import (
 )
 
 // The README's one test command also checks what review would: gofmt and
-// go vet are clean.
+// go vet are clean, and go.mod and go.sum say exactly what the code uses.
 func TestSourceIsGofmtAndVetClean(t *testing.T) {
 	programs.NotShort(t, "runs gofmt and go vet")
 	out, err := exec.Command("gofmt", "-l", ".").CombinedOutput()
@@ -21,4 +21,10 @@ func TestSourceIsGofmtAndVetClean(t *testing.T) {
 
 	out, err = exec.Command("go", "vet", "./...").CombinedOutput()
 	assert.NoError(t, err, "go vet: %s", out)
+}
+
+func TestGoModIsTidy(t *testing.T) {
+	programs.NotShort(t, "runs go mod tidy")
+	out, err := exec.Command("go", "mod", "tidy", "-diff").CombinedOutput()
+	assert.NoError(t, err, "go mod tidy would change go.mod or go.sum:\n%s", out)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -37,6 +38,9 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 		{[]string{"--clients.top", "1e3"}, exitBadUsage, `"1e3" is not a whole number`},
 		{[]string{"--web.telemetry-path", ""}, exitBadUsage, "--web.telemetry-path"},
 		{[]string{"--web.telemetry-path", "/ metrics"}, exitBadUsage, "--web.telemetry-path"},
+		{[]string{"--command", "true", "--command.capabilities", "CAP_NOPE"}, exitBadUsage, `"CAP_NOPE" is not a capability`},
+		{[]string{"--command.capabilities", "CAP_SYS_ADMIN"}, exitBadUsage, "--command.capabilities goes with --command"},
+		{append([]string{"--refusals"}, manyPorts(65)...), exitBadUsage, "--refusals watches at most 64 ports, and --port and --rpc.port name 65"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -46,4 +50,12 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 			assert.Contains(t, stderr.String(), tc.says)
 		})
 	}
+}
+
+func manyPorts(n int) []string {
+	var args []string
+	for i := range n {
+		args = append(args, "--port", strconv.Itoa(9000+i))
+	}
+	return args
 }

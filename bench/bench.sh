@@ -191,15 +191,19 @@ for n in ${SAMPLE_SIZES:-1000 10000}; do
   release
 done
 
-# The refusals' kernel program (--refusals): 20,000 refusals (connections
-# accepted and reset at once, as Consul refuses one) without and with it
-# attached, three times over, and the median ratio. Root only.
+# The refusals' kernel programs (--refusals): 20,000 refusals (connections
+# accepted and closed with their request unread, as Consul refuses one), and
+# 20,000 short connections served (a request read and answered, then
+# closed), each without and with the programs attached, three times over,
+# and the median ratio. Root only.
 if [ "$(id -u)" = 0 ]; then
   echo
-  for _ in 1 2 3; do
-    go test -run '^$' -bench RefusalStorm -benchtime 20000x ./refusals \
-      | awk '/detached/ { d = $3 } /attached/ && !/detached/ { a = $3 } END { printf "%.4f %s %s\n", a / d, d, a }'
-  done | sort -n | awk 'NR == 2 { printf "refusal storm of 20,000: %.0f ns each without the program, %.0f with it: ratio %.3f (median of 3)\n", $2, $3, $1 }'
+  for storm in RefusalStorm ServedChurn; do
+    for _ in 1 2 3; do
+      go test -run '^$' -bench "$storm" -benchtime 20000x ./refusals \
+        | awk '/detached/ { d = $3 } /attached/ && !/detached/ { a = $3 } END { printf "%.4f %s %s\n", a / d, d, a }'
+    done | sort -n | awk -v storm="$storm" 'NR == 2 { printf "%s of 20,000: %.0f ns each without the programs, %.0f with them: ratio %.3f (median of 3)\n", storm, $2, $3, $1 }'
+  done
 fi
 
 bash deploy/build.sh "$work/release" >/dev/null

@@ -18,7 +18,7 @@ type groupDescs struct {
 	// From the samples over the peak window.
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 	// Counted in the kernel (--refusals).
-	refused, refusedPerClient *prometheus.Desc
+	refused, refusedPerClient, refusalsUntracked *prometheus.Desc
 }
 
 func newGroupDescs(group, what string) groupDescs {
@@ -49,7 +49,10 @@ func newGroupDescs(group, what string) groupDescs {
 			"Sampled time during which some client held at least "+limitName+" "+what+" connections.",
 			nil, nil),
 		refused: prometheus.NewDesc("consul_refused_"+group+"_connections_total",
-			what+" connections Consul refused (past "+limitName+": reset before their request was read), counted in the kernel since the exporter started.",
+			what+" connections Consul refused (past "+limitName+": closed having read nothing, then reset), counted in the kernel since the exporter started.",
+			nil, nil),
+		refusalsUntracked: prometheus.NewDesc("consul_refused_"+group+"_connections_untracked_total",
+			what+" connections Consul closed having read nothing that the kernel's map of pending refusals was too full to follow: each may be a refusal not counted (0 when the count is exact).",
 			nil, nil),
 		refusedPerClient: prometheus.NewDesc("consul_refused_"+group+"_connections_per_client_total",
 			what+" connections Consul refused to one client IP since the exporter started, for the clients refused most.",
@@ -95,7 +98,7 @@ var (
 // Describe sends the descriptions of every metric a Result can have.
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
 	for _, g := range groupMetrics {
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient} {
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked} {
 			ch <- d
 		}
 	}
@@ -178,6 +181,7 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		}
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))
+			counter(d.refusalsUntracked, float64(r.Refusals[i].Untracked))
 			for _, c := range r.Refusals[i].Top[:min(r.TopClients, len(r.Refusals[i].Top))] {
 				counter(d.refusedPerClient, float64(c.Count), c.Client.String())
 			}

@@ -121,6 +121,7 @@ func read(dir string) (licence, []string, error) {
 		if err != nil {
 			return licence{}, nil, err
 		}
+		text = elect(text)
 		id := classify(string(text))
 		if id == "" {
 			return licence{}, nil, fmt.Errorf("%s is no licence this tool knows: read it, and teach classify", e.Name())
@@ -137,6 +138,20 @@ func read(dir string) (licence, []string, error) {
 }
 
 // classify names a licence by its text, "" when it is none of these.
+// elect takes, of a licence text that offers a choice with the GPL (libcap's
+// "BSD-3-Clause OR GPL-2.0-only"), the other licence's part: the one the
+// exporter is distributed under, a permissive one like the rest.
+func elect(text []byte) []byte {
+	if !regexp.MustCompile(`SPDX-License-Identifier: BSD-3-Clause OR GPL-2\.0-only`).Match(text) {
+		return text
+	}
+	gpl := regexp.MustCompile(`(?m)^-+\nGPL v2\.0:`).FindIndex(text)
+	if gpl == nil {
+		return text
+	}
+	return append(text[:gpl[0]:gpl[0]], "(Also offered under GPL-2.0-only; distributed here under BSD-3-Clause.)\n"...)
+}
+
 func classify(text string) string {
 	t := strings.Join(strings.Fields(text), " ")
 	switch {
@@ -146,7 +161,7 @@ func classify(text string) string {
 		return "MPL-2.0"
 	case strings.Contains(t, "Permission is hereby granted, free of charge"):
 		return "MIT"
-	case strings.Contains(t, "Redistribution and use in source and binary forms") && strings.Contains(t, "Neither the name"):
+	case strings.Contains(t, "Redistribution and use in source and binary forms") && (strings.Contains(t, "Neither the name") || strings.Contains(t, "The name of any author may not be used to endorse")):
 		return "BSD-3-Clause"
 	case strings.Contains(t, "Redistribution and use in source and binary forms"):
 		return "BSD-2-Clause"

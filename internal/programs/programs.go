@@ -7,10 +7,14 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/shlex"
+	"github.com/stretchr/testify/require"
 )
 
 // Need returns the path of program, or ends the test: install says how to
@@ -103,4 +107,71 @@ func AliveFor(pid int) (time.Duration, bool) {
 	}
 	const ticks = 100 // USER_HZ, on every architecture Go runs Linux on
 	return max(0, time.Duration((now-started/ticks)*float64(time.Second))), true
+}
+
+// Regenerate compiles a package's kernel program again, as its
+// //go:generate line in generateFile says, in a copy of the source tree
+// made under a temporary directory (bpf/ and the package's C sources, in
+// the same layout), and returns what it made: file name -> bytes. It needs
+// Debian's clang and llvm (the versions the line names) and libbpf-dev.
+func Regenerate(t testing.TB, generateFile string) map[string][]byte {
+	t.Helper()
+	NotShort(t, "compiles a kernel program")
+	text, err := os.ReadFile(generateFile)
+	require.NoError(t, err)
+	var args []string
+	for _, line := range strings.Split(string(text), "\n") {
+		if rest, ok := strings.CutPrefix(line, "//go:generate go tool bpf2go "); ok {
+			args, err = shlex.Split(rest)
+			require.NoError(t, err)
+		}
+	}
+	require.NotEmpty(t, args, "no //go:generate go tool bpf2go line in %s", generateFile)
+	for i, arg := range args[:len(args)-1] {
+		if arg == "-cc" || arg == "-strip" {
+			Need(t, args[i+1], "apt-get install clang-14 llvm-14 libbpf-dev (Debian 12's, which made the committed objects)")
+		}
+	}
+	if _, err := os.Stat("/usr/include/bpf/bpf_helpers.h"); err != nil {
+		missing(t, "libbpf's headers are not installed: apt-get install libbpf-dev")
+	}
+
+	pkg, err := filepath.Abs(filepath.Dir(generateFile))
+	require.NoError(t, err)
+	tree := t.TempDir()
+	copyFile := func(from, to string) {
+		data, err := os.ReadFile(from)
+		require.NoError(t, err)
+		require.NoError(t, os.MkdirAll(filepath.Dir(to), 0o755))
+		require.NoError(t, os.WriteFile(to, data, 0o644))
+	}
+	copyFile(filepath.Join(pkg, "..", "bpf", "vmlinux.h"), filepath.Join(tree, "bpf", "vmlinux.h"))
+	sources, err := filepath.Glob(filepath.Join(pkg, "*.bpf.c"))
+	require.NoError(t, err)
+	out := filepath.Join(tree, filepath.Base(pkg))
+	for _, source := range sources {
+		copyFile(source, filepath.Join(out, filepath.Base(source)))
+	}
+	bpf2go := filepath.Join(tree, "bpf2go")
+	build := exec.Command("go", "build", "-o", bpf2go, "github.com/cilium/ebpf/cmd/bpf2go")
+	build.Dir = pkg
+	built, err := build.CombinedOutput()
+	require.NoError(t, err, "building bpf2go: %s", built)
+	cmd := exec.Command(bpf2go, args...)
+	cmd.Dir = out
+	cmd.Env = append(os.Environ(), "GOPACKAGE="+filepath.Base(pkg))
+	made, err := cmd.CombinedOutput()
+	require.NoError(t, err, "bpf2go: %s", made)
+
+	files := map[string][]byte{}
+	entries, err := os.ReadDir(out)
+	require.NoError(t, err)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".bpf.c") {
+			data, err := os.ReadFile(filepath.Join(out, e.Name()))
+			require.NoError(t, err)
+			files[e.Name()] = data
+		}
+	}
+	return files
 }

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
+	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
+)
+
+// start loads the kernel programs of the features enabled (the refusals'
+// counter; the list of open files that names programs), then confines the
+// exporter and every program it runs to the capabilities its features still
+// need: past this step nothing privileged can be done, root included.
+// Refusals that cannot be counted are an error; programs that cannot be
+// named from the kernel are named by walking /proc.
+func start(s *setup) error {
+	kernel := btf.NewCache() // the kernel's types, read once for every program
+	var counter *refusals.Counter
+	if s.refusals {
+		var ports [][]uint16
+		for _, g := range s.config.Groups {
+			ports = append(ports, g.Ports)
+		}
+		var err error
+		if counter, err = refusals.Load(kernel, ports); err != nil {
+			return err
+		}
+	}
+	var lister *owners.Iterator
+	if s.config.Processes && s.config.ProcessesFromKernel {
+		var err error
+		if lister, err = owners.LoadIterator(kernel); err != nil {
+			s.logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
+		}
+	}
+	if missing := capabilities.Missing(s.commandCaps...); len(missing) > 0 {
+		closeAll(counter, lister)
+		return fmt.Errorf("--command.capabilities: the exporter does not hold %s to give its command: run it as root, or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)", capabilities.Names(missing))
+	}
+	keep := slices.Clone(s.commandCaps)
+	if s.config.Processes { // the walk of /proc, if the list cannot be read
+		keep = append(keep, capabilities.DACReadSearch, capabilities.SysPtrace)
+	}
+	keep, err := capabilities.Confine(keep...)
+	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && counter == nil {
+		// Nothing loaded needs confining: run on as started, and say so.
+		closeAll(nil, lister)
+		s.logger.Warn("keeping the capabilities the exporter started with", "err", err)
+		return nil
+	}
+	if err != nil {
+		closeAll(counter, lister)
+		return err
+	}
+	if counter != nil {
+		s.collector.CountRefusals(counter.Snapshot)
+	}
+	if lister != nil {
+		if err := lister.Check(); err != nil {
+			lister.Close()
+			s.logger.Info("naming the programs by walking /proc: the kernel's list of open files cannot be read", "err", err)
+		} else {
+			s.collector.NameProgramsFrom(lister)
+			s.logger.Info("naming the programs from the kernel's list of open files")
+			if keep, err = capabilities.Confine(s.commandCaps...); err != nil { // nor the walk's
+				return err
+			}
+		}
+	}
+	s.logger.Info("capabilities dropped", "kept", capabilities.Names(keep))
+	return nil
+}
+
+// closeAll closes the kernel programs loaded, when the start fails.
+func closeAll(counter *refusals.Counter, lister *owners.Iterator) {
+	if counter != nil {
+		counter.Close()
+	}
+	if lister != nil {
+		lister.Close()
+	}
+}
