@@ -121,7 +121,12 @@ struct inet_sock {
 	__be16 inet_sport;
 };
 
+struct inet_connection_sock {
+	struct inet_sock icsk_inet;
+};
+
 struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 	u32 copied_seq;
 	u32 rcv_nxt;
 	u64 bytes_received;

@@ -11,7 +11,9 @@
 //   inet_sock_set_state: the agent closes a connection of a watched port in
 //     the exporter's network namespace (ESTABLISHED or CLOSE-WAIT to
 //     FIN-WAIT-1, LAST-ACK, or CLOSE with the socket shut down), having
-//     read nothing of it: its verdict, by the socket's cookie.
+//     read nothing of it. To CLOSE, the request is there unread and the
+//     kernel resets the connection at once: counted. Else its verdict is
+//     kept, by the socket's cookie, for the request still to come.
 //   tcp_send_reset: the socket (or the TIME-WAIT one that took over its
 //     cookie) resets the connection: a verdict found is taken, and counted.
 //
@@ -48,10 +50,11 @@ struct verdict {
 			 // those no reset can come for any more
 };
 
-// The refusals decided at the agent's close whose reset has not come yet.
-// An entry lives from the close to the reset (the request is usually on
-// its way already); one whose connection ends without a reset is swept by
-// the exporter. Made as needed: the map costs what is pending.
+// The refusals decided at the agent's close whose request, and so whose
+// reset, has not come yet (a request already there is reset at the close,
+// and counted then). An entry lives from the close to the reset (the
+// request is on its way); one whose connection ends without a reset is
+// swept by the exporter. Made as needed: the map costs what is pending.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -87,56 +90,73 @@ struct {
 	__type(value, struct total);
 } totals SEC(".maps");
 
+// count counts one refusal of client in group.
+static __always_inline void count(__u32 group, const __u8 client[16])
+{
+	struct total *t = bpf_map_lookup_elem(&totals, &group);
+	if (t)
+		__sync_fetch_and_add(&t->refused, 1);
+	struct client_key key = {.group = group};
+	__builtin_memcpy(&key.client, client, sizeof(key.client));
+	__u64 *n = bpf_map_lookup_elem(&clients, &key);
+	if (!n) {
+		__u64 one = 1;
+		if (bpf_map_update_elem(&clients, &key, &one, BPF_NOEXIST) == 0)
+			return;
+		n = bpf_map_lookup_elem(&clients, &key); // another CPU's first
+		if (!n)
+			return;
+	}
+	__sync_fetch_and_add(n, 1);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0; // the tracepoint is DCCP's, SCTP's and MPTCP's too
+	// Every change of state of every socket on the host comes here: what
+	// costs nothing (the states) is asked first.
 	if (oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT)
 		return 0;
-	switch (newstate) {
-	case TCP_FIN_WAIT1:
-	case TCP_LAST_ACK:
-		break; // only a close or shutdown by the application goes there
-	case TCP_CLOSE:
-		// The agent's close with data unread: tcp_close shuts the socket
-		// down, then resets it. A reset from the client, or a timeout,
-		// closes it before it is shut down.
-		if (!(BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & SEND_SHUTDOWN))
-			return 0;
-		break;
-	default:
-		return 0;
-	}
-	if (BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum) != netns_inum)
-		return 0;
-	const struct inet_sock *inet = (const void *)sk;
-	__be16 port = BPF_CORE_READ(inet, inet_sport);
+	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE)
+		return 0; // FIN-WAIT-1 and LAST-ACK: only the application's close or shutdown goes there
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	if (!tp)
+		return 0; // the tracepoint is DCCP's, SCTP's and MPTCP's too
+	__be16 port = tp->inet_conn.icsk_inet.inet_sport;
 	__u32 *group = bpf_map_lookup_elem(&ports, &port);
 	if (!group)
 		return 0;
-
+	// To CLOSE: the agent's close with data unread (tcp_close shuts the
+	// socket down, then resets it), not a reset from the client or a
+	// timeout, which close it before it is shut down.
+	if (newstate == TCP_CLOSE && !(BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN))
+		return 0;
+	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
+		return 0;
 	// Read nothing: every byte received (and the FIN, which reading
 	// consumes too) is still unread. rcv_nxt - bytes_received is where
 	// the connection's data began.
-	const struct tcp_sock *tp = (const void *)sk;
-	__u32 copied = BPF_CORE_READ(tp, copied_seq);
-	__u32 next = BPF_CORE_READ(tp, rcv_nxt);
-	__u32 received = (__u32)BPF_CORE_READ(tp, bytes_received);
-	if (copied != next - received)
+	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
 
 	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
-	if (BPF_CORE_READ(sk, __sk_common.skc_family) == AF_INET6) {
-		BPF_CORE_READ_INTO(&v.client, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	if (sk->__sk_common.skc_family == AF_INET6) {
+		__builtin_memcpy(&v.client, &sk->__sk_common.skc_v6_daddr, sizeof(v.client));
 	} else {
-		__be32 addr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__be32 addr = sk->__sk_common.skc_daddr;
 		v.client[10] = 0xff;
 		v.client[11] = 0xff;
 		__builtin_memcpy(&v.client[12], &addr, sizeof(addr));
 	}
-	// Made now, so that the TIME-WAIT socket that may take over from this
-	// one carries it too.
+	if (newstate == TCP_CLOSE) {
+		// The request came and is unread: tcp_close resets the
+		// connection right after this, always. Counted now.
+		count(v.group, v.client);
+		return 0;
+	}
+	// The request is still to come, and the reset with it: the verdict
+	// waits for it, under the cookie made now so that the TIME-WAIT
+	// socket that may take over from this one carries it too.
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 	if (bpf_map_update_elem(&verdicts, &cookie, &v, BPF_NOEXIST) != 0) {
 		struct total *t = bpf_map_lookup_elem(&totals, &v.group);
@@ -152,7 +172,7 @@ int BPF_PROG(agent_reset, const struct sock *sk, const struct sk_buff *skb)
 	if (!sk)
 		return 0; // a reset for no socket: nothing listens there
 	// Read, not made: a socket without a cookie has no verdict.
-	__u64 cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
 	if (!cookie)
 		return 0;
 	struct verdict *found = bpf_map_lookup_elem(&verdicts, &cookie);
@@ -164,20 +184,6 @@ int BPF_PROG(agent_reset, const struct sock *sk, const struct sk_buff *skb)
 	if (bpf_map_delete_elem(&verdicts, &cookie) != 0)
 		return 0;
 
-	struct total *t = bpf_map_lookup_elem(&totals, &v.group);
-	if (t)
-		__sync_fetch_and_add(&t->refused, 1);
-	struct client_key key = {.group = v.group};
-	__builtin_memcpy(&key.client, &v.client, sizeof(key.client));
-	__u64 *count = bpf_map_lookup_elem(&clients, &key);
-	if (!count) {
-		__u64 one = 1;
-		if (bpf_map_update_elem(&clients, &key, &one, BPF_NOEXIST) == 0)
-			return 0;
-		count = bpf_map_lookup_elem(&clients, &key); // another CPU's first
-		if (!count)
-			return 0;
-	}
-	__sync_fetch_and_add(count, 1);
+	count(v.group, v.client);
 	return 0;
 }

@@ -1,6 +1,8 @@
 package refusals
 
 import (
+	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -100,6 +102,41 @@ func TestCountsEachRefusalOfWatchedPortsPerClient(t *testing.T) {
 	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.33"), Count: 3}, {Client: netip.MustParseAddr("127.0.0.34"), Count: 1}}, groups[0].Top)
 	assert.Zero(t, groups[1].Total)
 	assert.Empty(t, groups[1].Top)
+}
+
+// The agent's close before the request came (Consul's limiter closes at
+// once): the request, when it comes, is reset by the socket in FIN-WAIT or
+// by the TIME-WAIT one that took over from it, and counted then, once. A
+// refused client that never writes gets no reset: not counted.
+func TestARequestThatComesAfterTheCloseIsCountedAtItsReset(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
+	for range 5 {
+		conn, server := connect(t, l, "127.0.0.42", 0)
+		require.NoError(t, server.Close()) // nothing unread: a FIN
+		_, err := conn.Read(make([]byte, 1))
+		require.ErrorIs(t, err, io.EOF, "the agent's close")
+		_, err = conn.Write([]byte("GET /v1/agent/self HTTP/1.1\r\n\r\n"))
+		require.NoError(t, err)
+		// The reset comes back; a write once it has is refused (each try
+		// a round trip on loopback, bounded by the deadline).
+		for err == nil {
+			_, err = conn.Write([]byte("\r\n"))
+		}
+		require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "the reset of the request: %v", err)
+		conn.Close()
+	}
+	silent, server := connect(t, l, "127.0.0.43", 0)
+	require.NoError(t, server.Close())
+	_, err = silent.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF)
+	silent.Close()
+
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(5), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.42"), Count: 5}}, groups[0].Top)
 }
 
 // A client whose source ports come round again (a narrow
