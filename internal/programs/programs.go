@@ -109,12 +109,14 @@ func AliveFor(pid int) (time.Duration, bool) {
 	return max(0, time.Duration((now-started/ticks)*float64(time.Second))), true
 }
 
-// Regenerate compiles a package's kernel program again, as its
-// //go:generate line in generateFile says, in a copy of the source tree
-// made under a temporary directory (bpf/ and the package's C sources, in
-// the same layout), and returns what it made: file name -> bytes. It needs
-// Debian's clang and llvm (the versions the line names) and libbpf-dev.
-func Regenerate(t testing.TB, generateFile string) map[string][]byte {
+// SameAsGenerated compiles the kernel program of the package in the
+// current directory again, as its //go:generate line in generateFile says,
+// in a copy of the source tree made under a temporary directory (bpf/ and
+// the package's C sources, in the same layout), and fails the test unless
+// every file made (the objects and bindings of both byte orders) is the one
+// committed. It needs Debian's clang and llvm (the versions the line names)
+// and libbpf-dev.
+func SameAsGenerated(t testing.TB, generateFile string) {
 	t.Helper()
 	NotShort(t, "compiles a kernel program")
 	text, err := os.ReadFile(generateFile)
@@ -163,15 +165,21 @@ func Regenerate(t testing.TB, generateFile string) map[string][]byte {
 	made, err := cmd.CombinedOutput()
 	require.NoError(t, err, "bpf2go: %s", made)
 
-	files := map[string][]byte{}
 	entries, err := os.ReadDir(out)
 	require.NoError(t, err)
+	compared := 0
 	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".bpf.c") {
-			data, err := os.ReadFile(filepath.Join(out, e.Name()))
-			require.NoError(t, err)
-			files[e.Name()] = data
+		if strings.HasSuffix(e.Name(), ".bpf.c") {
+			continue
 		}
+		made, err := os.ReadFile(filepath.Join(out, e.Name()))
+		require.NoError(t, err)
+		committed, err := os.ReadFile(filepath.Join(pkg, e.Name()))
+		require.NoError(t, err, "%s is made by go generate but not committed", e.Name())
+		if !bytes.Equal(made, committed) {
+			t.Errorf("%s differs from what its source compiles to: run go generate ./... (docs/development.md#kernel-programs)", e.Name())
+		}
+		compared++
 	}
-	return files
+	require.Equal(t, 4, compared, "the objects and bindings of both byte orders")
 }
