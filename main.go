@@ -18,7 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,6 +34,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/pushgateway"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
@@ -59,11 +60,11 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	s, err := parse(args, stderr)
+	s, checking, err := parse(args, stderr)
 	if err != nil {
 		// A typo in a health check is UNKNOWN, never read as CRITICAL.
 		exit := exitBadUsage
-		if slices.Contains(args, "check") {
+		if checking {
 			exit = int(check.Unknown)
 		}
 		fmt.Fprintf(stderr, "%s: error: %v; try --help\n", name, err)
@@ -139,9 +140,52 @@ type setup struct {
 	commandCaps []cap.Value // kept for --command
 }
 
-func parse(args []string, stderr io.Writer) (*setup, error) {
+// parse reads the command line; checking says whether it chose the check
+// command, a usage error included.
+func parse(args []string, stderr io.Writer) (s *setup, checking bool, err error) {
 	app := kingpin.New(name, "Counts the connections Consul holds open, per client IP and in total, against its per-client limits, and hands them to Prometheus.")
 	app.UsageWriter(stderr).ErrorWriter(stderr)
+	s, err = parseWith(app, args)
+	if err != nil {
+		return nil, checkChosen(app, args), err
+	}
+	return s, s.check != nil, nil
+}
+
+// checkChosen says whether args choose the check command as the parser
+// reads them: the command's word where a command stands, not a flag's
+// value, past a flag the parser did not know.
+func checkChosen(app *kingpin.Application, args []string) bool {
+	if ctx, _ := app.ParseContext(args); ctx != nil && ctx.SelectedCommand != nil && ctx.SelectedCommand.FullCommand() == "check" {
+		return true
+	}
+	takesValue := map[string]bool{}
+	flags := app.Model().Flags
+	for _, cmd := range app.Model().Commands {
+		flags = append(flags, cmd.Flags...)
+	}
+	for _, f := range flags {
+		if !f.IsBoolFlag() {
+			takesValue["--"+f.Name] = true
+			if f.Short != 0 {
+				takesValue["-"+string(f.Short)] = true
+			}
+		}
+	}
+	for i := 0; i < len(args); i++ {
+		switch arg := args[i]; {
+		case arg == "check":
+			return true
+		case takesValue[arg]:
+			i++ // its value: --textfile.directory check names a directory
+		case !strings.HasPrefix(arg, "-") || arg == "--":
+			return false // another command, or an argument
+		}
+	}
+	return false
+}
+
+func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 	app.Version(version.Print(name) + "\n  license:          " + license)
 	app.HelpFlag.Short('h')
 	app.Command("run", "Collect every --interval (or --once) for the textfile, a Pushgateway or /metrics (the default).").Default()
@@ -153,6 +197,7 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	textfileFlags := textfile.AddFlags(app)
 	pushFlags := pushgateway.AddFlags(app, name)
 	refusalFlags := refusals.AddFlags(app)
+	listenerFlags := listeners.AddFlags(app)
 	s := &setup{web: delivery.AddWebFlags(app)}
 	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&s.once)
 	app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").DurationVar(&s.interval)
@@ -221,6 +266,20 @@ func parse(args []string, stderr io.Writer) (*setup, error) {
 	}
 	s.source = src.String()
 	s.collector = collector.New(config, src, s.limits.Snapshot, s.logger)
+	agentUser, err := listenerFlags.User()
+	if err != nil {
+		return nil, err
+	}
+	if sourceFlags.OwnNamespace() {
+		var ports []uint16
+		for _, g := range config.Groups {
+			ports = append(ports, g.Ports...)
+		}
+		timeout := sourceFlags.Timeout()
+		s.collector.WatchListeners(func(ctx context.Context) ([]listeners.Listener, error) {
+			return listeners.Read(ctx, ports, timeout)
+		}, listeners.AgentAddr(), agentUser)
+	}
 	s.config, s.refusals = config, refusalFlags.Enabled
 	ports := 0
 	for _, g := range config.Groups {

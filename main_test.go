@@ -29,6 +29,8 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 		{[]string{"--port", "x", "check"}, 3, "--port x: not a TCP port"},
 		{[]string{"check", "--warning", "0.9", "--critical", "0.8"}, 3, "--warning 0.9 is above --critical 0.8"},
 		{[]string{"--warning", "0.5", "check"}, 3, "unknown long flag '--warning'"},
+		{[]string{"--textfile.directory", "check", "--bogus"}, exitBadUsage, "unknown long flag '--bogus'"}, // a directory named check
+		{[]string{"--push.job=check", "--port", "0"}, exitBadUsage, "--port 0: not a TCP port"},
 		{[]string{"--clients.top=-1", "check"}, 3, "--clients.top must be 0 or more"},
 		{[]string{"check", "--warning", "nan"}, 3, "must be numbers"},
 		{[]string{"check", "--critical", "inf"}, 3, "must be numbers"},

@@ -13,7 +13,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
-	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -171,14 +171,68 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 			r.Processes = append(r.Processes, Process{p.Process, p.Count})
 		}
 	} else if res.ProcessesAsked {
-		r.Notes = append(r.Notes, "the programs holding the connections cannot be seen: run as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH")
+		r.Notes = append(r.Notes, "the programs holding the connections cannot be named: "+res.ProcessesWhy)
 	}
-	f.judge(&r, res.Limits)
+	r.Notes = append(r.Notes, res.Limits.Unwatched...)
+	if res.Listeners != nil && len(res.Listeners.Shared()) > 0 {
+		if res.Listeners.Filtered {
+			r.Notes = append(r.Notes, fmt.Sprintf("several users listen on port %s: only the connections to the agent's listeners (uid %d) are counted", listeners.Ports(res.Listeners.Shared()), res.Listeners.UID))
+		} else {
+			r.Notes = append(r.Notes, res.Listeners.Undecided)
+		}
+	}
+	if res.ListenersErr != nil {
+		r.Notes = append(r.Notes, "cannot tell who listens on the watched ports: "+res.ListenersErr.Error())
+	}
+	f.judge(&r, res)
 	return r
 }
 
-// judge sets the status from the busiest client of any group.
-func (f *Flags) judge(r *Report, lim limits.Snapshot) {
+// severity orders the verdicts: the worst one wins, CRITICAL over WARNING
+// over UNKNOWN over OK.
+var severity = map[Status]int{OK: 0, Unknown: 1, Warning: 2, Critical: 3}
+
+// judge sets the status: the worst of the busiest client's verdict (of the
+// groups whose limit is known) and of what cannot be judged (a limit not
+// read, a watched port nothing listens on). What the verdict does not say
+// goes in the notes, so that one output tells it all.
+func (f *Flags) judge(r *Report, res collector.Result) {
+	lim := res.Limits
+	if lim.Auto && !lim.ReadOK && lim.TooManyConnections {
+		// The read of the limit was itself refused: this host's address
+		// is at the agent's HTTP limit, the very thing to warn of.
+		r.Status, r.Reason = Critical, "the Consul agent answered 429 Too Many Requests to this host: its address holds every connection http_max_conns_per_client allows"
+		return
+	}
+	status, reason := f.clientsVerdict(r)
+	var unknown []string
+	if lim.Auto && !lim.ReadOK {
+		why := "the limit could not be read from the Consul agent"
+		if lim.ReadErr != nil {
+			why = lim.ReadErr.Error()
+		}
+		unknown = append(unknown, why)
+	}
+	if res.Listeners != nil {
+		if quiet := res.Listeners.Quiet(); len(quiet) > 0 {
+			unknown = append(unknown, "nothing listens on port "+listeners.Ports(quiet)+": a wrong --port or --rpc.port, or the agent is down")
+		}
+	}
+	switch {
+	case len(unknown) == 0:
+		r.Status, r.Reason = status, reason
+	case severity[status] > severity[Unknown]:
+		r.Status, r.Reason = status, reason
+		r.Notes = append(r.Notes, unknown...)
+	default:
+		r.Status, r.Reason = Unknown, strings.Join(unknown, "; ")
+		r.Notes = append(r.Notes, reason)
+	}
+}
+
+// clientsVerdict is the verdict on the busiest client of any group whose
+// limit is known.
+func (f *Flags) clientsVerdict(r *Report) (Status, string) {
 	for i := range r.Groups {
 		g := &r.Groups[i]
 		if len(g.Clients) == 0 || g.Limit == 0 {
@@ -188,40 +242,27 @@ func (f *Flags) judge(r *Report, lim limits.Snapshot) {
 			r.worst = &worstClient{group: g, client: g.Clients[0]}
 		}
 	}
-	switch {
-	case lim.Auto && !lim.ReadOK && lim.TooManyConnections:
-		// The read of the limit was itself refused: this host's address
-		// is at the agent's HTTP limit, the very thing to warn of.
-		r.Status, r.Reason = Critical, "the Consul agent answered 429 Too Many Requests to this host: its address holds every connection http_max_conns_per_client allows"
-		return
-	case lim.Auto && !lim.ReadOK:
-		reason := "the limit could not be read from the Consul agent"
-		if lim.ReadErr != nil {
-			reason = lim.ReadErr.Error()
-		}
-		r.Status, r.Reason = Unknown, reason
-		return
-	case r.worst == nil:
-		r.Status, r.Reason = OK, "no client holds a connection"
+	if r.worst == nil {
 		for _, g := range r.Groups {
 			if len(g.Clients) > 0 {
-				r.Reason = "no per-client limit applies to the connections held"
+				return OK, "no per-client limit applies to the connections held"
 			}
 		}
-		return
+		return OK, "no client holds a connection"
 	}
 	w := r.worst
-	r.Status = OK
+	status := OK
 	if w.client.Share >= f.critical {
-		r.Status = Critical
+		status = Critical
 	} else if w.client.Share >= f.warning {
-		r.Status = Warning
+		status = Warning
 	}
-	r.Reason = fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%s)",
+	reason := fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%s)",
 		w.client.Client, w.client.Connections, w.group.Limit, strings.ToUpper(w.group.Name), w.group.LimitName, percent(w.client.Share))
 	if programs := processList(w.client.Processes); programs != "" {
-		r.Reason += ": " + programs
+		reason += ": " + programs
 	}
+	return status, reason
 }
 
 func share(n, limit int) float64 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
@@ -123,4 +125,64 @@ func TestNoLimitIsNoVerdict(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, r.WriteText(&out, false))
 	assert.Contains(t, out.String(), "HTTP connections (no per-client limit)")
+}
+
+// The worst verdict wins across groups, CRITICAL over WARNING over UNKNOWN
+// over OK, and what it leaves out is said in the notes of the same output.
+func TestTheWorstVerdictWinsAndTheRestIsSaid(t *testing.T) {
+	unreadable := limits.Snapshot{Auto: true, ReadErr: errors.New("reading the limits from the Consul agent: connection refused")}
+	for _, tc := range []struct {
+		name   string
+		res    collector.Result
+		status Status
+		reason string
+		note   string
+	}{
+		{"an RPC client at 150%, the HTTP limit unreadable", withLimits(result(
+			group(collector.HTTP, 8500, 0, map[string]int{"10.0.0.5": 3}),
+			group(collector.RPC, 8300, 100, map[string]int{"10.0.0.7": 150})), unreadable),
+			Critical, "10.0.0.7 holds 150 of the 100 RPC connections", "connection refused"},
+		{"a warning, and a port nothing listens on", withListeners(result(
+			group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 170})), map[uint16]int{8500: 1, 8501: 0}),
+			Warning, "10.0.0.5 holds 170", "nothing listens on port 8501"},
+		{"a port nothing listens on, all else OK", withListeners(result(
+			group(collector.HTTP, 8500, 200, nil)), map[uint16]int{8500: 0}),
+			Unknown, "nothing listens on port 8500: a wrong --port or --rpc.port, or the agent is down", "no client holds a connection"},
+		{"the limit unreadable, all else OK", withLimits(result(
+			group(collector.HTTP, 8500, 0, map[string]int{"10.0.0.5": 3})), unreadable),
+			Unknown, "connection refused", "no per-client limit applies"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := thresholds.Evaluate(tc.res)
+			assert.Equal(t, tc.status, r.Status)
+			assert.Contains(t, r.Reason, tc.reason)
+			assert.Contains(t, strings.Join(r.Notes, "\n"), tc.note)
+		})
+	}
+}
+
+func TestSeverityOrder(t *testing.T) {
+	assert.Greater(t, severity[Critical], severity[Warning])
+	assert.Greater(t, severity[Warning], severity[Unknown])
+	assert.Greater(t, severity[Unknown], severity[OK])
+}
+
+func withLimits(res collector.Result, snap limits.Snapshot) collector.Result {
+	res.Limits = snap
+	return res
+}
+
+// withListeners says how many users listen on each watched port.
+func withListeners(res collector.Result, users map[uint16]int) collector.Result {
+	var ls []listeners.Listener
+	var ports []uint16
+	for port, n := range users {
+		ports = append(ports, port)
+		for uid := range n {
+			ls = append(ls, listeners.Listener{Local: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), UID: uint32(uid)})
+		}
+	}
+	agent := listeners.Judge(ls, ports, netip.MustParseAddr("127.0.0.1"), nil)
+	res.Listeners = &agent
+	return res
 }

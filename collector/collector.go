@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -14,6 +15,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
@@ -102,6 +104,14 @@ type Collector struct {
 	// namingState, why the programs cannot be named, is logged once per
 	// change.
 	namingState changes.Tracker
+	// listeners reads who listens on the watched ports, nil where they
+	// cannot be known; the agent's user and address tell its listeners
+	// from others'.
+	listeners                    func(ctx context.Context) ([]listeners.Listener, error)
+	agentAddr                    netip.Addr
+	agentUser                    *uint32
+	quietState, sharedState      changes.Tracker
+	listenersState, decidedState changes.Tracker
 }
 
 // New collects config's counts from src; limits gives the limits known
@@ -112,6 +122,15 @@ func New(config Config, src source.Source, limits func() limits.Snapshot, logger
 		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
 	}
 	return c
+}
+
+// WatchListeners has every collection and sample read the listeners on the
+// watched ports with read: a port nothing listens on is said, and where
+// several users listen on one, only the connections to the agent's
+// listeners count (the agent's user is user where given, else the owner of
+// the listener at agentAddr or a wildcard one).
+func (c *Collector) WatchListeners(read func(ctx context.Context) ([]listeners.Listener, error), agentAddr netip.Addr, user *uint32) {
+	c.listeners, c.agentAddr, c.agentUser = read, agentAddr, user
 }
 
 // CountRefusals has every collection carry the refusals read reads.
@@ -136,10 +155,11 @@ func (c *Collector) Collect(ctx context.Context) Result {
 
 func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()
-	counts := newCounts(c.config, c.config.Processes)
+	agent, listenersErr := c.agent(ctx)
+	counts := newCounts(c.config, c.config.Processes, agent)
 	err := c.source.Read(ctx, counts.add, counts.reset)
 	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
-		Duration: time.Since(start), Err: err}
+		Listeners: agent, ListenersErr: listenersErr, Duration: time.Since(start), Err: err}
 	// After the count: a read of the agent's limits opens a connection
 	// of its own, which must not be counted.
 	res.Limits = c.limits()
@@ -155,7 +175,8 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: limitOf(res.Limits, g.Name), Counts: counts.groups[i]})
 	}
 	if counts.processes != nil {
-		res.Processes, res.ProcessesKnown = c.namePrograms(ctx, counts.processes)
+		res.Processes, res.ProcessesWhy = c.namePrograms(ctx, counts.processes)
+		res.ProcessesKnown = res.ProcessesWhy == ""
 	}
 	if c.refusals != nil {
 		var err error
@@ -166,7 +187,7 @@ func (c *Collector) collect(ctx context.Context) Result {
 		c.refusalsState.Log(c.logger, slog.LevelError, problem, "cannot read the refusals; their counters are absent", "the refusals can be read again")
 	}
 	if _, err := res.metrics(); err != nil {
-		res.Groups, res.Processes, res.ProcessesKnown, res.Peaks, res.Refusals = nil, nil, false, nil, nil
+		res.Groups, res.Processes, res.ProcessesKnown, res.ProcessesWhy, res.Peaks, res.Refusals = nil, nil, false, "", nil, nil
 		res.Err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
 	}
 	return res
@@ -176,7 +197,8 @@ func (c *Collector) collect(ctx context.Context) Result {
 // need; the programs are not named.
 func (c *Collector) Sample(ctx context.Context) {
 	start := time.Now()
-	counts := newCounts(c.config, false)
+	agent, _ := c.agent(ctx)
+	counts := newCounts(c.config, false, agent)
 	err := c.source.Read(ctx, counts.add, counts.reset)
 	c.sampled(start, counts, c.limits(), err)
 }
@@ -222,17 +244,54 @@ func limitOf(snap limits.Snapshot, group string) int {
 	return snap.HTTP
 }
 
+// agent reads the listeners and judges whose they are; nil where they are
+// not watched or cannot be read (said once per change, with why). What
+// they say is logged once per change.
+func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
+	if c.listeners == nil {
+		return nil, nil
+	}
+	var ports []uint16
+	for _, g := range c.config.Groups {
+		ports = append(ports, g.Ports...)
+	}
+	ls, err := c.listeners(ctx)
+	problem := ""
+	if err != nil {
+		problem = err.Error()
+	}
+	c.listenersState.Log(c.logger, slog.LevelWarn, problem, "cannot tell who listens on the watched ports; every connection on them counts", "the listeners on the watched ports can be read again")
+	if err != nil {
+		return nil, err
+	}
+	agent := listeners.Judge(ls, ports, c.agentAddr, c.agentUser)
+	quiet := ""
+	if q := agent.Quiet(); len(q) > 0 {
+		quiet = "nothing listens on port " + listeners.Ports(q) + ": a wrong --port or --rpc.port, or the agent is down"
+	}
+	c.quietState.Log(c.logger, slog.LevelWarn, quiet, "a watched port has no listener; its count of 0 says nothing of the agent", "every watched port has a listener again")
+	shared := ""
+	if s := agent.Shared(); len(s) > 0 && agent.Filtered {
+		shared = fmt.Sprintf("several users listen on port %s; only the connections to the agent's listeners (uid %d) count", listeners.Ports(s), agent.UID)
+	}
+	c.sharedState.Log(c.logger, slog.LevelWarn, shared, "another user listens on a watched port", "only the agent listens on the watched ports again")
+	c.decidedState.Log(c.logger, slog.LevelWarn, agent.Undecided, "cannot tell the agent's listeners from another user's; every connection counts", "the agent's listeners can be told again")
+	return &agent, nil
+}
+
 // counts are one collection's tallies: one per limiter group, and the
-// programs holding the HTTP connections when asked for.
+// programs holding the HTTP connections when asked for; where agent is
+// known, of the connections it accepted.
 type counts struct {
 	config        Config
 	withProcesses bool
+	agent         *listeners.Agent
 	groups        []*tally.Tally
 	processes     *tally.Processes
 }
 
-func newCounts(config Config, processes bool) *counts {
-	c := &counts{config: config, withProcesses: processes}
+func newCounts(config Config, processes bool, agent *listeners.Agent) *counts {
+	c := &counts{config: config, withProcesses: processes, agent: agent}
 	c.reset()
 	return c
 }
@@ -248,6 +307,10 @@ func (c *counts) reset() {
 }
 
 func (c *counts) add(s socket.Socket) {
+	// A server end by its own address, a client end by its server's.
+	if c.agent != nil && c.agent.Filtered && !(c.agent.Accepts(s.Local) && c.agent.Accepts(s.Peer)) {
+		return
+	}
 	for _, g := range c.groups {
 		g.Add(s)
 	}
@@ -260,13 +323,12 @@ func (c *counts) add(s socket.Socket) {
 // ends on this host: as the table names them, or by their inodes within the
 // budget. Whatever goes wrong costs only the names, never the
 // counts; it is logged once per change.
-func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tally.ProcessCount, bool) {
+func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) (held []tally.ProcessCount, why string) {
 	ctx, cancel := context.WithTimeout(ctx, c.config.ProcessesTimeout)
 	defer cancel()
 	names := p.Unnamed()
 	found, err := c.owners.Names(ctx, names)
 	held, unknown := p.Held(names)
-	var why string
 	switch {
 	case err != nil:
 		why = err.Error() + " (--clients.processes.timeout bounds the lookup)"
@@ -282,7 +344,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) ([]tal
 	c.namingState.Log(c.logger, slog.LevelWarn, why, "cannot tell which local programs hold the HTTP connections, so no per-process counts",
 		"the programs holding the HTTP connections can be named again")
 	if why != "" {
-		return nil, false
+		return nil, why
 	}
-	return held, true
+	return held, ""
 }

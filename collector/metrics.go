@@ -89,6 +89,14 @@ var (
 		"consul_conn_exporter_samples_failed_total",
 		"Reads of the socket table for the peaks that failed: they count in no peak.",
 		nil, nil)
+	portListeningDesc = prometheus.NewDesc(
+		"consul_conn_exporter_port_listening",
+		"1 if anything listens on the watched port, 0 if nothing does (then its count of 0 says nothing of the agent: a wrong --port, or the agent down).",
+		[]string{"port"}, nil)
+	portListenerUsersDesc = prometheus.NewDesc(
+		"consul_conn_exporter_port_listener_users",
+		"How many users listen on the watched port: past 1, only the connections to the Consul agent's listeners count.",
+		[]string{"port"}, nil)
 	durationDesc = prometheus.NewDesc(
 		"consul_conn_exporter_collect_duration_seconds",
 		"Time the collection took, command included.",
@@ -102,7 +110,7 @@ func (r Result) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc} {
+	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc} {
 		ch <- d
 	}
 }
@@ -185,6 +193,13 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 			for _, c := range r.Refusals[i].Top[:min(r.TopClients, len(r.Refusals[i].Top))] {
 				counter(d.refusedPerClient, float64(c.Count), c.Client.String())
 			}
+		}
+	}
+	if r.Listeners != nil {
+		for port, listening := range r.Listeners.Listening {
+			p := strconv.Itoa(int(port))
+			gauge(portListeningDesc, boolValue(listening), p)
+			gauge(portListenerUsersDesc, float64(r.Listeners.Owners[port]), p)
 		}
 	}
 	if r.ProcessesAsked {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
@@ -27,15 +28,23 @@ type Result struct {
 	Processes      []tally.ProcessCount
 	ProcessesKnown bool
 	ProcessesAsked bool
-	Limits         limits.Snapshot
+	// ProcessesWhy says why they could not be named, when asked and not
+	// known: the same words the log has.
+	ProcessesWhy string
+	Limits       limits.Snapshot
 	// Peaks are what the samples saw over the window, per group as in
 	// Groups; nil without sampling.
 	Peaks *peaks.View
 	// Refusals are each group's refusals counted in the kernel since
 	// start, as in Groups; nil without --refusals.
 	Refusals []refusals.Group
-	Duration time.Duration
-	Err      error
+	// Listeners are who listens on the watched ports, and whose
+	// connections counted; nil where they are not known (a --command, or
+	// their read failed: ListenersErr says why).
+	Listeners    *listeners.Agent
+	ListenersErr error
+	Duration     time.Duration
+	Err          error
 }
 
 // GroupCounts is one limiter group's counts beside its limit.

@@ -58,6 +58,9 @@ type Snapshot struct {
 	// TooManyConnections is a last read the agent answered with 429: this
 	// host's own address is at the agent's HTTP limit.
 	TooManyConnections bool
+	// Unwatched say, one each, the ports the agent serves that are not
+	// watched (its connections there are not counted).
+	Unwatched []string
 }
 
 // Source gives the limits, reading the agent where a limit is auto.
@@ -122,27 +125,42 @@ func (s *Source) Snapshot() Snapshot {
 	s.firstRead()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.snapshot
+	snap := s.snapshot
+	snap.Unwatched = slices.Clone(snap.Unwatched)
+	return snap
 }
 
 // Run reads the agent now (unless a snapshot has) and every refresh until
-// ctx is done; with no auto limit it returns at once.
+// ctx is done; with no auto limit it returns at once. After a failed read
+// it tries again soon (1 s, doubling up to refresh), so that an agent
+// started after the exporter has its limit known within seconds.
 func (s *Source) Run(ctx context.Context) {
 	if s.agent == nil {
 		return
 	}
-	ticker := time.NewTicker(s.refresh)
-	defer ticker.Stop()
 	s.firstRead()
+	retry := time.Duration(0)
 	for {
+		next := s.refresh
+		if s.Snapshot().ReadOK {
+			retry = 0
+		} else {
+			retry = min(max(2*retry, firstRetry), s.refresh)
+			next = retry
+		}
+		timer := time.NewTimer(next)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
-		case <-ticker.C:
+		case <-timer.C:
 			s.read()
 		}
 	}
 }
+
+// firstRetry is the wait before the first read again after a failed one.
+const firstRetry = time.Second
 
 // firstRead reads the agent now if no read has been made yet.
 func (s *Source) firstRead() {
@@ -233,6 +251,7 @@ func (s *Source) warnUnwatched(config map[string]any) {
 		if !s.warned[msg] {
 			s.warned[msg] = true
 			s.logger.Warn(msg)
+			s.snapshot.Unwatched = append(s.snapshot.Unwatched, msg)
 		}
 	}
 	check("HTTPPort", "HTTP", "port", s.httpPorts)

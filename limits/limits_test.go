@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -201,4 +202,24 @@ func TestAHugeAnswerIsRefusedNotRead(t *testing.T) {
 	snap := s.Snapshot()
 	assert.False(t, snap.ReadOK)
 	assert.ErrorContains(t, snap.ReadErr, "longer than 1048576 bytes")
+}
+
+// An agent that answers only after the exporter started has its limit known
+// within seconds, not at the next --limit.refresh (a minute here).
+func TestAFailedReadIsTriedAgainSoon(t *testing.T) {
+	s, answer := source(t, response{500, "starting"}, discard)
+	require.False(t, s.Snapshot().ReadOK)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	answer.Store(response{200, self})
+	require.Eventually(t, func() bool { return s.Snapshot().ReadOK }, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 150, s.Snapshot().HTTP)
+}
+
+// The ports the agent serves that are not watched travel with the limits,
+// for check to say.
+func TestUnwatchedPortsAreInTheSnapshot(t *testing.T) {
+	s, _ := source(t, response{200, self}, discard)
+	assert.Equal(t, []string{"the Consul agent serves HTTPS on port 8501, which is not watched: add --port 8501, or its connections are not counted"}, s.Snapshot().Unwatched)
 }

@@ -277,6 +277,7 @@ func Decode(b []byte) (socket.Socket, error) {
 		State: state,
 		Local: netip.AddrPortFrom(local, binary.BigEndian.Uint16(b[4:6])),
 		Peer:  netip.AddrPortFrom(peer, binary.BigEndian.Uint16(b[6:8])),
+		UID:   binary.NativeEndian.Uint32(b[64:68]),         // idiag_uid
 		Inode: uint64(binary.NativeEndian.Uint32(b[68:72])), // idiag_inode
 	}, nil
 }

@@ -23,6 +23,10 @@ type Socket struct {
 	// Inode is the socket's inode (ss -e's ino:, sock_diag's idiag_inode),
 	// by which /proc/PID/fd names its program; 0 when not known.
 	Inode uint64
+	// UID is the user owning the socket as the kernel keeps it
+	// (sock_diag's idiag_uid), from the built-in reader only; 0 is root,
+	// or not known.
+	UID uint32
 }
 
 // State is a TCP socket state as the kernel names it.

@@ -39,6 +39,13 @@ func AddFlags(app *kingpin.Application) *Flags {
 	return f
 }
 
+// OwnNamespace is whether the table is the exporter's own network
+// namespace's: not where a --command prints it (it may enter another).
+func (f *Flags) OwnNamespace() bool { return f.command == "" }
+
+// Timeout bounds each read of the table.
+func (f *Flags) Timeout() time.Duration { return f.commandTimeout }
+
 // Capabilities are the ones --command.capabilities names, for the
 // exporter to keep for its command.
 func (f *Flags) Capabilities() ([]cap.Value, error) {

@@ -1,0 +1,164 @@
+// Package listeners tells the agent's listeners on the watched ports from
+// anyone else's, and so which connections the agent accepted: a connection
+// is matched by its local address, an address nobody else listens on at the
+// agent's port being free for any local user to take (Consul listens on
+// 127.0.0.1 alone by default). Listeners are few, and read apart from the
+// connections: with the built-in reader, which gives each one's owner.
+package listeners
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+)
+
+// Listener is a socket listening on a watched port.
+type Listener struct {
+	Local netip.AddrPort // as the kernel keeps it: 0.0.0.0 or :: for a wildcard, v4-mapped kept
+	UID   uint32         // its owner
+}
+
+// Read reads the listeners on ports from the kernel's socket table, in the
+// exporter's network namespace.
+func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listener, error) {
+	var ls []Listener
+	r := sockdiag.New(ports, nil, []socket.State{socket.StateListen}, timeout)
+	err := r.Read(ctx, func(s socket.Socket) {
+		ls = append(ls, Listener{Local: s.Local, UID: s.UID})
+	}, func() { ls = ls[:0] })
+	if err != nil {
+		return nil, fmt.Errorf("reading the listeners: %w", err)
+	}
+	return ls, nil
+}
+
+// Agent is what the listeners say, for one collection: which watched ports
+// anything listens on, how many users do, and whose listeners are the
+// agent's.
+type Agent struct {
+	// Listening and Owners are, for every watched port, whether anything
+	// listens on it and how many users do.
+	Listening map[uint16]bool
+	Owners    map[uint16]int
+	// Filtered is set where several users listen on a watched port: then
+	// only connections to the agent's listeners (UID's) count.
+	Filtered bool
+	UID      uint32
+	// Undecided says why the agent's listeners could not be told from the
+	// others' ("" when they could, or did not need to be): then every
+	// connection counts, as without this check.
+	Undecided string
+	listeners []Listener
+}
+
+// Judge draws the agent's listeners from ls, the listeners on ports. Where
+// one user holds every one, they are the agent's. Where several do, the
+// agent's user is pinned (user, when not nil), or else the owner of the
+// listener at agentAddr (the address the agent's clients use,
+// CONSUL_HTTP_ADDR's host: Consul's client_addr), or of a wildcard one, on
+// any of ports.
+func Judge(ls []Listener, ports []uint16, agentAddr netip.Addr, user *uint32) Agent {
+	a := Agent{Listening: map[uint16]bool{}, Owners: map[uint16]int{}, listeners: ls}
+	owners := map[uint32]bool{}
+	for _, p := range ports {
+		a.Listening[p] = false
+		a.Owners[p] = 0
+		var here []uint32
+		for _, l := range ls {
+			if l.Local.Port() == p && !slices.Contains(here, l.UID) {
+				here = append(here, l.UID)
+				owners[l.UID] = true
+			}
+		}
+		a.Listening[p], a.Owners[p] = len(here) > 0, len(here)
+		if len(here) > 1 {
+			a.Filtered = true
+		}
+	}
+	if !a.Filtered {
+		return a
+	}
+	switch {
+	case user != nil:
+		a.UID = *user
+	default:
+		// The listener at the agent's own address wins over a wildcard.
+		agentAddr = agentAddr.Unmap()
+		found, exact := false, false
+		for _, l := range ls {
+			addr := l.Local.Addr().Unmap()
+			if addr == agentAddr && !exact || addr.IsUnspecified() && !found {
+				a.UID, found, exact = l.UID, true, addr == agentAddr
+			}
+		}
+		if !found {
+			a.Filtered = false
+			a.Undecided = fmt.Sprintf("several users listen on a watched port and none at the agent's address %s: pin the agent's with --consul.user", agentAddr)
+		}
+	}
+	return a
+}
+
+// Accepts says whether a connection whose server end's local address is
+// local counts: always, unless several users listen on its port, and then
+// when the listener it came through is the agent's (the one at its address,
+// or else the wildcard of its family). A connection no listener matches
+// any more (its listener closed) counts.
+func (a Agent) Accepts(local netip.AddrPort) bool {
+	if !a.Filtered {
+		return true
+	}
+	var wildcard *Listener
+	for i, l := range a.listeners {
+		switch {
+		case l.Local.Port() != local.Port():
+		case l.Local.Addr() == local.Addr():
+			return l.UID == a.UID
+		case l.Local.Addr().IsUnspecified() && l.Local.Addr().Is4() == local.Addr().Is4():
+			// 0.0.0.0 takes IPv4 connections; :: takes IPv6 ones and, on a
+			// dual-stack socket, IPv4 ones v4-mapped.
+			wildcard = &a.listeners[i]
+		}
+	}
+	return wildcard == nil || wildcard.UID == a.UID
+}
+
+// Quiet are the watched ports nothing listens on, in order.
+func (a Agent) Quiet() []uint16 {
+	var quiet []uint16
+	for p, listening := range a.Listening {
+		if !listening {
+			quiet = append(quiet, p)
+		}
+	}
+	slices.Sort(quiet)
+	return quiet
+}
+
+// Shared are the watched ports several users listen on, in order.
+func (a Agent) Shared() []uint16 {
+	var shared []uint16
+	for p, n := range a.Owners {
+		if n > 1 {
+			shared = append(shared, p)
+		}
+	}
+	slices.Sort(shared)
+	return shared
+}
+
+// Ports is "8500, 8501".
+func Ports(ports []uint16) string {
+	words := make([]string, len(ports))
+	for i, p := range ports {
+		words[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(words, ", ")
+}
