@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
@@ -18,6 +19,10 @@ type Command struct {
 	runner *runner.Runner
 	parser parser.Parser
 	logger *slog.Logger
+	// stderr, what the command last wrote there, is logged when it
+	// changes: a warning printed on every run (ss -e's "Failed to find
+	// cgroup2 mount" on a host without cgroup2) would be a line a second.
+	stderr changes.Tracker
 }
 
 // NewCommand reads the table r prints. implied is the state of rows printed
@@ -44,9 +49,8 @@ func (c *Command) Read(ctx context.Context, add func(socket.Socket), _ func()) e
 	if err := table.check(out); err != nil {
 		return fmt.Errorf("%s %w", name, err)
 	}
-	if len(out.Stderr) > 0 {
-		c.logger.Warn("command wrote to stderr", "command", name, "stderr", strings.Join(out.Stderr, "; "))
-	}
+	c.stderr.Log(c.logger, slog.LevelWarn, strings.Join(out.Stderr, "; "), "command wrote to stderr (logged again when what it writes changes)",
+		"command no longer writes to stderr", "command", name)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -135,4 +136,21 @@ func TestBuiltInReaderReadsWhatSSReads(t *testing.T) {
 	builtIn := loopback.Rows(t, sockdiag.New(want.Ports, nil, want.States, 10*time.Second))
 	assert.Len(t, builtIn, loopback.MixCounted)
 	assert.Equal(t, loopback.Rows(t, viaSS), builtIn)
+}
+
+// A warning the command prints on every run (ss -e's "Failed to find
+// cgroup2 mount" on a cgroup v1 host) is logged once, and again only when
+// it changes.
+func TestACommandsStderrIsLoggedWhenItChanges(t *testing.T) {
+	programs.NotShort(t, "starts programs")
+	var log bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&log, nil))
+	warning := "Failed to find cgroup2 mount"
+	r, err := runner.New(10*time.Second, []string{"sh", "-c", `echo "$0" >&2; cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt`, warning})
+	require.NoError(t, err)
+	c := NewCommand(r, socket.StateUnknown, false, logger)
+	for range 5 {
+		require.NoError(t, c.Read(context.Background(), func(socket.Socket) {}, func() {}))
+	}
+	assert.Equal(t, 1, strings.Count(log.String(), "command wrote to stderr"), log.String())
 }
