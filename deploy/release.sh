@@ -13,6 +13,11 @@ set -euo pipefail
 outdir=$(realpath -m "$1")
 cd "$(dirname "$0")/.."
 version=${2:-$(cat VERSION)}
+# A semantic version, one line: it names every file made.
+if ! [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]]; then
+  printf 'release.sh: the version must be a semantic version like 1.2.3 (VERSION or the second argument), not %q\n' "$version" >&2
+  exit 2
+fi
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -30,5 +35,6 @@ for arch in amd64 arm64; do
     -C "$stage" -cf - "$name" | gzip -9n > "$outdir/$name.tar.gz"
   GOARCH=$arch BINARY="$stage/$name/consul_conn_exporter" bash deploy/deb/build.sh "$outdir" "$version" >/dev/null
 done
-(cd "$outdir" && sha256sum -- *.tar.gz *.deb > sha256sums.txt)
+# Only what this run made: OUTDIR may hold other files.
+(cd "$outdir" && sha256sum -- consul_conn_exporter-"$version".linux-*.tar.gz consul-conn-exporter_"$version"_*.deb > sha256sums.txt)
 ls "$outdir"

@@ -21,11 +21,27 @@ import (
 func release(t *testing.T) string {
 	t.Helper()
 	out := t.TempDir()
+	// Something else already there: not the release's, not summed.
+	require.NoError(t, os.WriteFile(filepath.Join(out, "notes.txt"), []byte("mine\n"), 0o644))
 	cmd := exec.Command("bash", "release.sh", out, "1.2.3")
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH=1795600000")
 	text, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", text)
 	return out
+}
+
+// A version that is not a semantic version is refused before anything is
+// built, with one line.
+func TestAReleaseOfABadVersionIsRefusedAtOnce(t *testing.T) {
+	programs.NotShort(t, "runs release.sh")
+	for _, version := range []string{"1.2", "1.2.3 beta", "v1.2.3\n1.2.4"} {
+		out, err := exec.Command("bash", "release.sh", t.TempDir(), version).CombinedOutput()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, "%s", out)
+		assert.Equal(t, 2, exit.ExitCode())
+		assert.Equal(t, 1, strings.Count(strings.TrimSpace(string(out)), "\n")+1, "one line: %s", out)
+		assert.Contains(t, string(out), "must be a semantic version")
+	}
 }
 
 // A release for amd64 and arm64: every artifact verifies and has the
@@ -43,6 +59,7 @@ func TestReleaseArtifactsForAmd64AndArm64(t *testing.T) {
 		"consul-conn-exporter_1.2.3_amd64.deb", "consul-conn-exporter_1.2.3_arm64.deb"} {
 		assert.Contains(t, string(text), name+": OK")
 	}
+	assert.Equal(t, 4, strings.Count(string(text), ": OK"), "only what the release made: %s", text)
 
 	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
 		t.Run(arch, func(t *testing.T) {
