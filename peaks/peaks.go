@@ -38,12 +38,15 @@ type groupSample struct {
 	maxPerClient int
 }
 
-// Window keeps the samples of the last window, in a ring of a slot per
-// sample interval, reused: memory grows neither with the number of samples
-// nor with how often a scrape comes.
+// Window keeps the samples of the last window, in a ring of slots, reused:
+// memory grows neither with the number of samples nor with how often a
+// scrape comes, nor with the window's length. A slot is a sample interval,
+// or longer where the window holds more of them than the ring does (a
+// long window, or many top clients): a peak then stays for up to one slot
+// past the window.
 type Window struct {
-	window, interval time.Duration
-	top              int
+	window, interval, slot time.Duration
+	top                    int
 
 	mu            sync.Mutex
 	ring          []slot          // a slot per sample interval
@@ -53,17 +56,20 @@ type Window struct {
 	total, failed uint64
 }
 
+// MaxClients bounds the clients the ring holds over all its slots and
+// groups: 32 bytes each, about 6 MiB in all, whatever the window.
+const MaxClients = 200_000
+
 // New keeps groups groups over window, sampled every interval, with the top
 // busiest clients of each.
 func New(groups int, window, interval time.Duration, top int) *Window {
 	w := &Window{window: window, interval: interval, top: max(top, 1), atLimit: make([]time.Duration, groups)}
 	w.scratch = make([]tally.ClientCount, 0, w.top)
-	w.ring = make([]slot, int(window/interval)+2)
+	slots := min(int(window/interval)+2, max(MaxClients/(max(groups, 1)*w.top), 3))
+	w.slot = max(interval, window/time.Duration(slots-2))
+	w.ring = make([]slot, slots)
 	for i := range w.ring {
 		w.ring[i].groups = make([]groupSample, groups)
-		for g := range w.ring[i].groups {
-			w.ring[i].groups[g].top = make([]tally.ClientCount, 0, w.top)
-		}
 	}
 	return w
 }
@@ -80,7 +86,7 @@ func (w *Window) Add(now time.Time, groups []Group) {
 		elapsed = min(max(now.Sub(w.last), 0), w.interval)
 	}
 	w.last = now
-	interval := now.UnixNano()/int64(w.interval) + 1
+	interval := now.UnixNano()/int64(w.slot) + 1
 	s := &w.ring[interval%int64(len(w.ring))]
 	fresh := s.interval != interval
 	s.interval, s.at = interval, now
@@ -89,6 +95,9 @@ func (w *Window) Add(now time.Time, groups []Group) {
 		gs := &s.groups[i]
 		if fresh {
 			gs.maxPerClient, gs.top = 0, gs.top[:0]
+		}
+		if gs.top == nil { // made when first used: a window not yet full costs what it holds
+			gs.top = make([]tally.ClientCount, 0, w.top)
 		}
 		gs.maxPerClient = max(gs.maxPerClient, most)
 		gs.top = mergeTop(gs.top, g.Counts, w.top, w.scratch)

@@ -3,6 +3,7 @@ package peaks
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -119,4 +120,48 @@ func TestFrequentScrapesKeepTheBurstAndTheTime(t *testing.T) {
 		{Client: netip.MustParseAddr("10.0.0.6"), Count: 41},
 	}, v.Groups[0].Top)
 	assert.Equal(t, 3*time.Second, v.Groups[0].AtLimit, "the first sample's interval, then the 2 s that passed")
+}
+
+// However long the window and however many top clients, the ring holds at
+// most MaxClients: a day-long window of 1,000 clients each second, every
+// slot full, stays a few MiB.
+func TestMemoryIsBoundedWhateverTheWindow(t *testing.T) {
+	for _, tc := range []struct {
+		window time.Duration
+		top    int
+	}{{time.Minute, 10}, {24 * time.Hour, 10}, {27 * time.Hour, 1000}} {
+		w := New(2, tc.window, time.Second, tc.top)
+		assert.LessOrEqual(t, len(w.ring)*2*tc.top, MaxClients+3*2*tc.top, "%s, top %d", tc.window, tc.top)
+	}
+	clients := map[string]int{}
+	for i := range 1000 {
+		clients[fmt.Sprintf("10.0.%d.%d", i/256, i%256)] = 1 + i%7
+	}
+	counts := held(clients)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	w := New(2, 24*time.Hour, time.Second, 1000)
+	for i := range len(w.ring) { // one sample in every slot
+		w.Add(t0.Add(time.Duration(i)*w.slot), []Group{{Counts: counts, Limit: 200}, {Counts: counts, Limit: 100}})
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("a full day-long window of 1,000 top clients in 2 groups: %d slots of %s, %.1f MiB", len(w.ring), w.slot, float64(grown)/(1<<20))
+	assert.Less(t, grown, int64(16<<20))
+	runtime.KeepAlive(w)
+}
+
+// With slots coarser than the sample interval, a burst still shows for the
+// window, and is gone a slot after it.
+func TestABurstShowsForALongWindowOfCoarseSlots(t *testing.T) {
+	w := New(1, 24*time.Hour, time.Second, 1000)
+	require.Greater(t, w.slot, time.Second, "coarse slots")
+	w.Add(t0, []Group{{Counts: held(map[string]int{"10.0.0.5": 50}), Limit: 200}})
+	for i := 1; i <= 100; i++ {
+		w.Add(t0.Add(time.Duration(i)*time.Minute), []Group{{Counts: held(map[string]int{"10.0.0.5": 1}), Limit: 200}})
+	}
+	assert.Equal(t, 50, w.View(t0.Add(12 * time.Hour)).Groups[0].MaxPerClient)
+	assert.Equal(t, 1, w.View(t0.Add(24*time.Hour + 2*w.slot)).Groups[0].MaxPerClient)
 }
