@@ -191,6 +191,30 @@ for n in ${SAMPLE_SIZES:-1000 10000}; do
   release
 done
 
+# On a host without a cgroup2 mount (cgroup v1: older RHEL, Amazon Linux 2)
+# ss -e reads the mount table again for every socket; the exporter names the
+# programs without it (the client ends come from the built-in reader). One
+# collection through ss with and without --clients.processes at the largest
+# size, in a private mount namespace without /sys/fs/cgroup. Root only.
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
+  nocgroup() { unshare --mount sh -c 'umount -l /sys/fs/cgroup 2>/dev/null; exec "$@"' sh "$@"; }
+  n=${sizes[${#sizes[@]}-1]}
+  hold "$n"
+  : > "$work/off"; : > "$work/on"; : > "$work/pratio"
+  for _ in $(seq "$PRUNS"); do
+    nocgroup "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source ss --textfile.directory "$work/textfile" 2>"$work/off.m" >/dev/null
+    nocgroup "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source ss --clients.processes --textfile.directory "$work/textfile" 2>"$work/on.m" >/dev/null
+    read -r off_wall _ _ _ < "$work/off.m"
+    read -r on_wall _ _ _ < "$work/on.m"
+    echo "$off_wall" >> "$work/off"; echo "$on_wall" >> "$work/on"
+    ratio "$on_wall" "$off_wall" >> "$work/pratio"
+  done
+  named=$(awk '/^consul_open_http_connections_per_process/ { s += $2 } END { print s + 0 }' "$work/textfile/consul_open_http_connections.prom")
+  echo
+  echo "no cgroup2 mount, $n connections through ss: $(ms "$(median < "$work/off")") ms without names, $(ms "$(median < "$work/on")") ms with (ratio $(median2 < "$work/pratio"), median of $PRUNS), $named named"
+  release
+fi
+
 # The refusals' kernel programs (--refusals): 100,000 refusals (connections
 # accepted and closed with their request unread, as Consul refuses one), and
 # 100,000 short connections served (a request read and answered, then

@@ -1,6 +1,7 @@
 package source
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
@@ -20,11 +22,43 @@ var errNotInstalled = errors.New("not in PATH")
 //	ss -Htan state established state close-wait '( sport = :8500 )'
 //
 // falling back to the same without -H for iproute2 older than 4.13. With
-// client ports, the table also has the client side of connections to them
-// (dport) and each socket's inode (-e), by which its program is named from
-// /proc: ss -p would do it too, at a cost that grows with the square of the
-// sockets.
-func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error) {
+// client ports, the client sides of connections to them and their inodes,
+// by which their programs are named, come from the built-in reader beside
+// it: ss -e would print them too, at a cost per socket on some hosts (it
+// reads the mount table again for every socket where no cgroup2 is
+// mounted), and ss -p at a cost that grows with the square of the sockets.
+func ss(want Want, timeout time.Duration, logger *slog.Logger) (Source, error) {
+	c, err := ssCommand(Want{Ports: want.Ports, States: want.States}, timeout, logger)
+	if err != nil || !want.processes() {
+		return c, err
+	}
+	return withClientEnds{table: c, ends: sockdiag.New(nil, want.ClientPorts, []socket.State{socket.StateEstablished}, timeout)}, nil
+}
+
+// withClientEnds is a table joined with the client ends of local
+// connections and their inodes, read apart (a program's name needs its
+// established client end).
+type withClientEnds struct {
+	table Source
+	ends  *sockdiag.Reader
+}
+
+func (w withClientEnds) String() string { return w.table.String() }
+
+// Read reads the table, then the client ends. A dump of the client ends
+// started over gives some twice, which are one: the ends are joined by
+// their four-tuple.
+func (w withClientEnds) Read(ctx context.Context, add func(socket.Socket), reset func()) error {
+	if err := w.table.Read(ctx, add, reset); err != nil {
+		return err
+	}
+	if err := w.ends.Read(ctx, add, func() {}); err != nil {
+		return fmt.Errorf("reading the client ends of local connections: %w", err)
+	}
+	return nil
+}
+
+func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error) {
 	if len(want.Ports) == 0 {
 		return nil, errors.New("no port to watch")
 	}
@@ -32,9 +66,6 @@ func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error)
 		return nil, fmt.Errorf("ss: %w (install iproute2)", errNotInstalled)
 	}
 	options := "-tan"
-	if want.processes() {
-		options = "-tane"
-	}
 	var filter []string
 	for _, s := range want.States {
 		filter = append(filter, "state", s.String())
@@ -45,9 +76,6 @@ func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error)
 			filter = append(filter, "or")
 		}
 		filter = append(filter, "sport", "=", ":"+strconv.Itoa(int(p)))
-	}
-	for _, p := range want.ClientPorts {
-		filter = append(filter, "or", "dport", "=", ":"+strconv.Itoa(int(p)))
 	}
 	filter = append(filter, ")")
 	r, err := runner.New(timeout,
@@ -62,7 +90,7 @@ func ss(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error)
 	if len(want.States) == 1 {
 		implied = want.States[0]
 	}
-	return NewCommand(r, implied, want.processes(), logger), nil
+	return NewCommand(r, implied, false, logger), nil
 }
 
 // netstat runs netstat -tanW (whole addresses), falling back to the same
