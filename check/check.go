@@ -144,7 +144,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		r.states = append(r.states, state.Label())
 	}
 	for _, g := range res.Groups {
-		group := Group{Name: g.Name, LimitName: g.Setting(), Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
+		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
 		group.NoLimit = g.Limit == 0 && (!res.Limits.Auto || res.Limits.ReadOK)
 		for _, port := range g.Counts.Ports() {
 			p := Port{Port: port, Open: g.Counts.Total(port), ByState: map[string]int{}}
@@ -155,7 +155,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		}
 		for _, c := range g.Counts.TopClients(max(res.TopClients, 1)) {
 			client := Client{Client: c.Client.String(), Connections: c.Count, Share: share(c.Count, group.Limit)}
-			if g.Name == collector.HTTP && res.ProcessesKnown {
+			if g.Limiter == collector.HTTP && res.ProcessesKnown {
 				for _, h := range res.Processes {
 					if h.Client == c.Client {
 						client.Processes = append(client.Processes, Process{h.Process, h.Count})

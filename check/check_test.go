@@ -23,7 +23,7 @@ import (
 var states = []socket.State{socket.StateEstablished, socket.StateCloseWait}
 
 // group holds n connections from client on port, against limit.
-func group(name string, port uint16, limit int, held map[string]int) collector.GroupCounts {
+func group(l *collector.Limiter, port uint16, limit int, held map[string]int) collector.GroupCounts {
 	counts := tally.New([]uint16{port}, states)
 	peerPort := uint16(40000)
 	for client, n := range held {
@@ -36,7 +36,7 @@ func group(name string, port uint16, limit int, held map[string]int) collector.G
 			})
 		}
 	}
-	return collector.GroupCounts{Group: collector.Group{Name: name, Ports: []uint16{port}}, Limit: limit, Counts: counts}
+	return collector.GroupCounts{Group: collector.Group{Limiter: l, Ports: []uint16{port}}, Limit: limit, Counts: counts}
 }
 
 func result(groups ...collector.GroupCounts) collector.Result {

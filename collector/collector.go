@@ -24,24 +24,37 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
-// The limiter groups: each is a set of ports with one per-client limit in
-// Consul, and its own metric names. Counts are never summed across groups.
-const (
-	HTTP = "http" // the HTTP and HTTPS ports
-	RPC  = "rpc"  // a server's RPC port
+// Limiter is one of Consul's per-client limiters. A limiter group is a set
+// of ports it limits, with its own metrics: counts are never summed across
+// groups.
+type Limiter struct {
+	Name    string // its word in the metrics' names and check's tables: "http"
+	Setting string // Consul's name of its per-client limit
+	what    string // its connections, in help texts: "HTTP"
+	limit   func(limits.Snapshot) int
+	metrics groupDescs
+}
+
+// The limiters watched.
+var (
+	HTTP = newLimiter("http", "HTTP", "http_max_conns_per_client", func(s limits.Snapshot) int { return s.HTTP })    // the HTTP and HTTPS ports
+	RPC  = newLimiter("rpc", "server RPC", "rpc_max_conns_per_client", func(s limits.Snapshot) int { return s.RPC }) // a server's RPC port
 )
 
-// settings are Consul's names for each group's per-client limit.
-var settings = map[string]string{HTTP: "http_max_conns_per_client", RPC: "rpc_max_conns_per_client"}
+// Limiters are every limiter, HTTP first.
+var Limiters = []*Limiter{HTTP, RPC}
+
+func newLimiter(name, what, setting string, limit func(limits.Snapshot) int) *Limiter {
+	l := &Limiter{Name: name, Setting: setting, what: what, limit: limit}
+	l.metrics = newGroupDescs(l)
+	return l
+}
 
 // Group is the ports of one limiter.
 type Group struct {
-	Name  string // HTTP or RPC
+	*Limiter
 	Ports []uint16
 }
-
-// Setting is Consul's name for the group's per-client limit.
-func (g Group) Setting() string { return settings[g.Name] }
 
 // Config is what to count and how to report it.
 type Config struct {
@@ -62,11 +75,10 @@ type Config struct {
 	SampleInterval, PeakWindow time.Duration
 }
 
-// GroupPorts are the ports of the group named name, none if it is not
-// watched.
-func (c Config) GroupPorts(name string) []uint16 {
+// GroupPorts are the ports of l's group, none if it is not watched.
+func (c Config) GroupPorts(l *Limiter) []uint16 {
 	for _, g := range c.Groups {
-		if g.Name == name {
+		if g.Limiter == l {
 			return g.Ports
 		}
 	}
@@ -172,7 +184,7 @@ func (c *Collector) collect(ctx context.Context) Result {
 		return res
 	}
 	for i, g := range c.config.Groups {
-		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: limitOf(res.Limits, g.Name), Counts: counts.groups[i]})
+		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: g.limit(res.Limits), Counts: counts.groups[i]})
 	}
 	if counts.processes != nil {
 		res.Processes, res.ProcessesWhy = c.namePrograms(ctx, counts.processes)
@@ -230,18 +242,10 @@ func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot
 	default:
 		groups := make([]peaks.Group, len(c.config.Groups))
 		for i, g := range c.config.Groups {
-			groups[i] = peaks.Group{Counts: counts.groups[i], Limit: limitOf(lim, g.Name)}
+			groups[i] = peaks.Group{Counts: counts.groups[i], Limit: g.limit(lim)}
 		}
 		c.peaks.Add(start, groups)
 	}
-}
-
-// limitOf is group's limit in snap, 0 when not known.
-func limitOf(snap limits.Snapshot, group string) int {
-	if group == RPC {
-		return snap.RPC
-	}
-	return snap.HTTP
 }
 
 // agent reads the listeners and judges whose they are; nil where they are

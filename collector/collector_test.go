@@ -26,7 +26,7 @@ import (
 )
 
 var defaultConfig = Config{
-	Groups:     []Group{{Name: HTTP, Ports: []uint16{8500, 8501}}},
+	Groups:     []Group{{Limiter: HTTP, Ports: []uint16{8500, 8501}}},
 	States:     []socket.State{socket.StateEstablished, socket.StateCloseWait},
 	TopClients: 10,
 }
@@ -174,7 +174,7 @@ func expected(t *testing.T, capture string) fixtures.Expected {
 func TestGroupsSplitTheCountsAndNeverSumThem(t *testing.T) {
 	want := expected(t, mixed)
 	config := defaultConfig
-	config.Groups = []Group{{Name: HTTP, Ports: []uint16{8500}}, {Name: RPC, Ports: []uint16{8501}}}
+	config.Groups = []Group{{Limiter: HTTP, Ports: []uint16{8500}}, {Limiter: RPC, Ports: []uint16{8501}}}
 	res := collect(t, config, mixed)
 	require.NoError(t, res.Err)
 	httpCounts, rpcCounts := res.Groups[0].Counts, res.Groups[1].Counts
@@ -446,4 +446,24 @@ func TestWithoutSamplingThereAreNoPeaks(t *testing.T) {
 	for _, name := range []string{"consul_conn_exporter_samples_total", "consul_open_http_connections_max_per_client_peak", "consul_http_client_at_limit_seconds_total"} {
 		assert.Zero(t, testutil.CollectAndCount(res, name), name)
 	}
+}
+
+// Each limiter carries its own names and reads its own limit: nothing is
+// looked up by a group's name.
+func TestEachLimiterHasItsOwnNamesAndLimit(t *testing.T) {
+	snap := limits.Snapshot{HTTP: 200, RPC: 100}
+	for _, tc := range []struct {
+		l                     *Limiter
+		name, setting, metric string
+		limit                 int
+	}{
+		{HTTP, "http", "http_max_conns_per_client", "consul_open_http_connections_max_per_client", 200},
+		{RPC, "rpc", "rpc_max_conns_per_client", "consul_open_rpc_connections_max_per_client", 100},
+	} {
+		assert.Equal(t, tc.name, tc.l.Name)
+		assert.Equal(t, tc.setting, tc.l.Setting)
+		assert.Equal(t, tc.limit, tc.l.limit(snap))
+		assert.Contains(t, tc.l.metrics.maxPerClient.String(), `"`+tc.metric+`"`)
+	}
+	assert.Equal(t, []*Limiter{HTTP, RPC}, Limiters)
 }

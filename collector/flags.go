@@ -78,9 +78,9 @@ func (f *Flags) Config() (Config, error) {
 			return config, fmt.Errorf("port %d is in both --port and --rpc.port: Consul's HTTP and RPC limiters never share a port", p)
 		}
 	}
-	config.Groups = []Group{{Name: HTTP, Ports: httpPorts}}
+	config.Groups = []Group{{Limiter: HTTP, Ports: httpPorts}}
 	if len(rpcPorts) > 0 {
-		config.Groups = append(config.Groups, Group{Name: RPC, Ports: rpcPorts})
+		config.Groups = append(config.Groups, Group{Limiter: RPC, Ports: rpcPorts})
 	}
 	for _, word := range strings.Split(f.states, ",") {
 		s, ok := socket.ParseState(strings.TrimSpace(word))

@@ -21,8 +21,9 @@ type groupDescs struct {
 	refused, refusedPerClient, refusalsUntracked *prometheus.Desc
 }
 
-func newGroupDescs(group, what string) groupDescs {
-	prefix, limitName := "consul_open_"+group+"_connections", settings[group]
+func newGroupDescs(l *Limiter) groupDescs {
+	group, what, limitName := l.Name, l.what, l.Setting
+	prefix := "consul_open_" + group + "_connections"
 	return groupDescs{
 		connections: prometheus.NewDesc(prefix,
 			"Server-side TCP connections open on the "+what+" port (ESTABLISHED and CLOSE-WAIT by default).",
@@ -61,10 +62,6 @@ func newGroupDescs(group, what string) groupDescs {
 }
 
 var (
-	groupMetrics = map[string]groupDescs{
-		HTTP: newGroupDescs(HTTP, "HTTP"),
-		RPC:  newGroupDescs(RPC, "server RPC"),
-	}
 	perProcessDesc = prometheus.NewDesc(
 		"consul_open_http_connections_per_process",
 		"HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.",
@@ -105,7 +102,8 @@ var (
 
 // Describe sends the descriptions of every metric a Result can have.
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
-	for _, g := range groupMetrics {
+	for _, l := range Limiters {
+		g := l.metrics
 		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked} {
 			ch <- d
 		}
@@ -164,7 +162,7 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 	}
 	gauge(successDesc, 1)
 	for i, g := range r.Groups {
-		d := groupMetrics[g.Name]
+		d := g.metrics
 		for _, port := range g.Counts.Ports() {
 			p := strconv.Itoa(int(port))
 			gauge(d.connections, float64(g.Counts.Total(port)), p)
