@@ -279,6 +279,8 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		s.collector.WatchListeners(func(ctx context.Context) ([]listeners.Listener, error) {
 			return listeners.Read(ctx, ports, timeout)
 		}, listeners.AgentAddr(), agentUser)
+	} else {
+		s.logger.Info("the listeners on the watched ports are not read with --command (its table may be another namespace's): a port nothing listens on is not said, and every connection on them counts")
 	}
 	s.config, s.refusals = config, refusalFlags.Enabled
 	ports := 0
