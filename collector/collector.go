@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -106,6 +107,8 @@ type Collector struct {
 	// inFlight makes callers that arrive while a collection runs share it:
 	// however many scrapers and outputs, one read of the table at a time.
 	inFlight singleflight.Group
+	// tried is set once a collection has been made, whatever its result.
+	tried atomic.Bool
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
 	// refusals reads the refusals counted in the kernel, nil without.
@@ -162,8 +165,13 @@ func (c *Collector) Collect(ctx context.Context) Result {
 	res, _, _ := c.inFlight.Do("collect", func() (any, error) {
 		return c.collect(ctx), nil
 	})
+	c.tried.Store(true)
 	return res.(Result)
 }
+
+// Tried says whether a collection has been made yet, whatever its result:
+// the exporter is ready then.
+func (c *Collector) Tried() bool { return c.tried.Load() }
 
 func (c *Collector) collect(ctx context.Context) Result {
 	start := time.Now()

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,9 +23,12 @@ import (
 // for a client that never reads its answer.
 const shutdownGrace = 5 * time.Second
 
-// Serve serves the metrics path, collecting on every scrape, and a landing
-// page at / (unless the path is /), until ctx is done; then it stops within
-// shutdownGrace. name is the exporter's, for its version metric.
+// Serve serves the metrics path, collecting on every scrape, a landing page
+// at / (unless the path is /), and, as Prometheus does, /-/healthy (the
+// exporter answers) and /-/ready (a collection has been made, whatever its
+// result; one is made at start): probes that run no collection. Until ctx
+// is done; then it stops within shutdownGrace. name is the exporter's, for
+// its version metric.
 func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFlags, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -35,6 +39,19 @@ func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFl
 	)
 	mux := http.NewServeMux()
 	mux.Handle(f.metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: f.maxRequests}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "Healthy.\n")
+	})
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !coll.Tried() {
+			http.Error(w, "Not ready: no collection made yet.", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "Ready.\n")
+	})
+	if !coll.Tried() {
+		go coll.Collect(ctx) // ready once it is made; a failure is the scrapes' to say
+	}
 	if f.metricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "Consul connection exporter",

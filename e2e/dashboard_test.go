@@ -64,6 +64,7 @@ func TestDashboardIsOnTheDatasourceVariableWithNoHardCodedInstance(t *testing.T)
 			assert.Equal(t, "${datasource}", target.Datasource.UID, p.Title)
 			assert.Contains(t, target.Expr, `instance=~"$instance"`, p.Title)
 			assert.NotContains(t, target.Expr, `instance="`, p.Title)
+			assert.NotRegexp(t, `\[[0-9]+[smhd]\]`, target.Expr, "%s: a range is $__rate_interval, Grafana's convention", p.Title)
 		}
 	}
 }
@@ -115,7 +116,9 @@ scrape_configs:
 	require.FileExists(t, filepath.Join(dir, textfile.FileName))
 
 	// "All" in Grafana: the variables' allValue.
-	variables := strings.NewReplacer("$job", ".*", "$instance", ".*")
+	// Grafana sets $__rate_interval from the scrape interval; the range the
+	// panels had before it.
+	variables := strings.NewReplacer("$job", ".*", "$instance", ".*", "$__rate_interval", "5m")
 	for _, p := range readDashboard(t).Panels {
 		for _, target := range p.Targets {
 			expr := variables.Replace(target.Expr)

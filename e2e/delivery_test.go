@@ -281,3 +281,36 @@ func TestStopIsBoundedByAClientThatNeverFinishes(t *testing.T) {
 	require.NoError(t, err)
 	assert.Less(t, time.Since(stopped), 8*time.Second)
 }
+
+// /-/healthy answers at once and /-/ready once a collection has been made
+// (one is made at start, a slow one held here at a gate): probes that run
+// no collection of their own.
+func TestProbesAnswerWithoutACollection(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string) string { return filepath.Join(dir, name) }
+	command := fmt.Sprintf("sh -c 'echo run >> %s; until [ -e %s ]; do sleep 0.01; done; cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt'", file("runs"), file("gate"))
+	addr := freeAddr(t)
+	startServer(t, binary, "--web.listen-address="+addr, "--port", "8500", "--command", command, "--sample.interval", "0")
+	get := func(path string) int {
+		resp, err := http.Get("http://" + addr + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	runs := func() int {
+		text, _ := os.ReadFile(file("runs"))
+		return strings.Count(string(text), "run")
+	}
+	require.Eventually(t, func() bool { return runs() == 1 }, 10*time.Second, 10*time.Millisecond, "the collection made at start")
+	for range 5 {
+		assert.Equal(t, http.StatusOK, get("/-/healthy"))
+		assert.Equal(t, http.StatusServiceUnavailable, get("/-/ready"), "the first collection is still under way")
+	}
+	require.NoError(t, os.WriteFile(file("gate"), nil, 0o644))
+	require.Eventually(t, func() bool { return get("/-/ready") == http.StatusOK }, 10*time.Second, 10*time.Millisecond)
+	for range 5 {
+		get("/-/ready")
+		get("/-/healthy")
+	}
+	assert.Equal(t, 1, runs(), "no probe ran a collection")
+}
