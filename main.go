@@ -86,6 +86,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	s.logger.Info("starting", "version", version.Info(), "source", s.source)
+	if s.listenersUnread {
+		s.logger.Info("the listeners on the watched ports are not read with --command (its table may be another namespace's): a port nothing listens on is not said, and every connection on them counts")
+	}
 	if s.textfile != "" {
 		// What an exporter killed mid-write left; a refused directory is
 		// said by the first write.
@@ -138,6 +141,8 @@ type setup struct {
 	config      collector.Config
 	refusals    bool        // --refusals: load the counter
 	commandCaps []cap.Value // kept for --command
+	// listenersUnread: a --command's table may be another namespace's.
+	listenersUnread bool
 }
 
 // parse reads the command line; checking says whether it chose the check
@@ -280,7 +285,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 			return listeners.Read(ctx, ports, timeout)
 		}, listeners.AgentAddr(), agentUser)
 	} else {
-		s.logger.Info("the listeners on the watched ports are not read with --command (its table may be another namespace's): a port nothing listens on is not said, and every connection on them counts")
+		s.listenersUnread = true
 	}
 	s.config, s.refusals = config, refusalFlags.Enabled
 	ports := 0
