@@ -40,6 +40,10 @@ func TestDebianPackageInstallsRunsAndPurgesClean(t *testing.T) {
 
 	contents, err := exec.Command("dpkg-deb", "--contents", deb).Output()
 	require.NoError(t, err)
+	for _, file := range []string{"./usr/share/man/man1/consul_conn_exporter.1.gz",
+		"./usr/share/bash-completion/completions/consul_conn_exporter", "./usr/share/zsh/vendor-completions/_consul_conn_exporter"} {
+		assert.Contains(t, string(contents), " "+file+"\n", "the package ships %s", file)
+	}
 	out, err = exec.Command(dpkg, "-i", deb).CombinedOutput()
 	t.Cleanup(func() { exec.Command(dpkg, "-P", "consul-conn-exporter").Run() })
 	require.NoError(t, err, "dpkg -i: %s", out)

@@ -3,7 +3,8 @@
 # static stripped binaries with the version stamped, in
 # consul_conn_exporter-VERSION.linux-ARCH.tar.gz (a directory of that name
 # with the binary, LICENSE and NOTICES: every Go module linked in, with its
-# licence, from cmd/notices, which fails on a licence it does not know), the
+# licence, from cmd/notices, which fails on a licence it does not know; and
+# the manual page and the bash and zsh completions, deploy/cli-files.sh), the
 # Debian package of each, and sha256sums.txt over all of them. Building twice
 # from one commit with one SOURCE_DATE_EPOCH (default: the commit's time)
 # gives byte-identical tarballs and binaries.
@@ -27,10 +28,12 @@ for arch in amd64 arm64; do
   mkdir "$stage/$name"
   GOARCH=$arch bash deploy/build.sh "$stage/$name/consul_conn_exporter" "$version"
   cp LICENSE "$stage/$name/LICENSE"
+  bash deploy/cli-files.sh "$stage/$name" "$version"
   go run ./cmd/notices "$stage/$name/consul_conn_exporter" > "$stage/$name/NOTICES"
   touch -d "@$SOURCE_DATE_EPOCH" "$stage/$name" "$stage/$name"/*
   chmod 0755 "$stage/$name" "$stage/$name/consul_conn_exporter"
-  chmod 0644 "$stage/$name/LICENSE" "$stage/$name/NOTICES"
+  chmod 0644 "$stage/$name/LICENSE" "$stage/$name/NOTICES" "$stage/$name/consul_conn_exporter.1.gz" \
+    "$stage/$name/consul_conn_exporter.bash" "$stage/$name/_consul_conn_exporter"
   tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner --format=gnu \
     -C "$stage" -cf - "$name" | gzip -9n > "$outdir/$name.tar.gz"
   GOARCH=$arch BINARY="$stage/$name/consul_conn_exporter" bash deploy/deb/build.sh "$outdir" "$version" >/dev/null

@@ -71,7 +71,7 @@ func TestReleaseArtifactsForAmd64AndArm64(t *testing.T) {
 			for _, e := range entries {
 				files = append(files, e.Name())
 			}
-			assert.Equal(t, []string{"LICENSE", "NOTICES", "consul_conn_exporter"}, files)
+			assert.Equal(t, []string{"LICENSE", "NOTICES", "_consul_conn_exporter", "consul_conn_exporter", "consul_conn_exporter.1.gz", "consul_conn_exporter.bash"}, files)
 			binary := filepath.Join(dir, name, "consul_conn_exporter")
 			f, err := elf.Open(binary)
 			require.NoError(t, err)

@@ -4,6 +4,7 @@
 # into the product: the release binary (deploy/build.sh, or BINARY when a
 # release has built it already), the systemd units,
 # /etc/default/consul-conn-exporter (a conffile), the maintainer scripts,
+# the manual page and the bash and zsh completions (deploy/cli-files.sh),
 # and a copyright file naming every Go module linked in (cmd/notices).
 #
 #   bash deploy/deb/build.sh OUTDIR [VERSION]
@@ -30,15 +31,7 @@ printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
   "consul-conn-exporter developers <consul-conn-exporter@users.noreply.github.com>" \
   "$(date -R -u -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
   | gzip -9n > "$stage/changelog.gz"
-# kingpin writes the manual page; its header line would hold the whole
-# multi-line version text, so it gets a plain one.
-GOARCH= go run . --help-man \
-  | awk -v v="$VERSION" '
-      /^\.SH "NAME"/ { print ".TH CONSUL_CONN_EXPORTER 1 \"\" \"consul_conn_exporter " v "\""; on = 1; print; getline
-                       print "consul_conn_exporter \\- count Consul'"'"'s open connections per client against its limits"; next }
-      on
-      END { print ".SH \"LICENSE\""; print "Apache-2.0. The licences of the Go modules linked in: /usr/share/doc/consul-conn-exporter/copyright." }' \
-  | gzip -9n > "$stage/consul_conn_exporter.1.gz"
+bash deploy/cli-files.sh "$stage" "$VERSION"
 mkdir -p "$outdir"
 deb="$outdir/consul-conn-exporter_${VERSION}_${GOARCH}.deb"
 (cd "$stage" && GOARCH= go run "$nfpm" package --config nfpm.yaml --packager deb --target "$deb" >&2)
