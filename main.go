@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"text/template"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -193,8 +194,12 @@ func checkChosen(app *kingpin.Application, args []string) bool {
 func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 	app.Version(version.Print(name) + "\n  license:          " + license)
 	app.HelpFlag.Short('h')
+	// check --help fits a screen: its flags and those that change its verdict.
+	app.UsageFuncs(template.FuncMap{"HelpFlags": check.HelpFlags})
+	app.UsageTemplate(strings.Replace(kingpin.DefaultUsageTemplate, "{{.Context.Flags|FlagsToTwoColumns|FormatTwoColumns}}",
+		"{{.Context.Flags|HelpFlags .Context.SelectedCommand|FlagsToTwoColumns|FormatTwoColumns}}", 1))
 	app.Command("run", "Collect every --interval (or --once) for the textfile, a Pushgateway or /metrics (the default).").Default()
-	checkCmd := app.Command("check", "Collect once and print a verdict on the busiest client against its limit; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios, Consul script checks).")
+	checkCmd := app.Command("check", "Collect once and print a verdict on the busiest client against its limit; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios, Consul script checks). check --help lists the flags that change the verdict, --help-long every flag.")
 	checkFlags := check.AddFlags(checkCmd)
 	countFlags := collector.AddFlags(app)
 	sourceFlags := source.AddFlags(app)

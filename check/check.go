@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -286,4 +287,25 @@ func processList(processes []Process) string {
 		words[i] = fmt.Sprintf("%s %d", p.Process, p.Connections)
 	}
 	return strings.Join(words, ", ")
+}
+
+// verdictFlags are the exporter's flags that change check's verdict: check
+// --help lists them beside its own, and --help-long every flag.
+var verdictFlags = []string{"help", "port", "rpc.port", "limit", "rpc.limit", "states", "source",
+	"command", "command.timeout", "clients.processes", "consul.user"}
+
+// HelpFlags are the flags a usage of cmd lists: for check its own and the
+// ones that change its verdict, so that its help fits a screen; for the rest,
+// every flag.
+func HelpFlags(cmd *kingpin.CmdModel, flags []*kingpin.FlagModel) []*kingpin.FlagModel {
+	if cmd == nil || cmd.Name != "check" {
+		return flags
+	}
+	var shown []*kingpin.FlagModel
+	for _, f := range flags {
+		if slices.Contains(verdictFlags, f.Name) || slices.ContainsFunc(cmd.Flags, func(own *kingpin.FlagModel) bool { return own.Name == f.Name }) {
+			shown = append(shown, f)
+		}
+	}
+	return shown
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,4 +125,17 @@ func TestCheckUsageErrorsAreUnknownBeforeAnyCollection(t *testing.T) {
 			assert.NoFileExists(t, marker, "no collection")
 		})
 	}
+}
+
+// check --help fits a screen: its own flags and those that change its
+// verdict; --help-long has every flag.
+func TestCheckHelpFitsAScreen(t *testing.T) {
+	short, _ := exec.Command(binary, "check", "--help").CombinedOutput()
+	assert.LessOrEqual(t, strings.Count(string(short), "\n"), 60, "%s", short)
+	for _, flag := range []string{"--warning", "--critical", "--format", "--port", "--limit", "--rpc.limit", "--consul.user"} {
+		assert.Contains(t, string(short), flag)
+	}
+	assert.NotContains(t, string(short), "--push.url")
+	long, _ := exec.Command(binary, "check", "--help-long").CombinedOutput()
+	assert.Contains(t, string(long), "--push.url")
 }
