@@ -288,7 +288,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		timeout := sourceFlags.Timeout()
 		s.collector.WatchListeners(func(ctx context.Context) ([]listeners.Listener, error) {
 			return listeners.Read(ctx, ports, timeout)
-		}, listeners.AgentAddr(), agentUser)
+		}, listeners.AgentAddr(limitFlags.Server()), agentUser)
 	} else {
 		s.listenersUnread = true
 	}

@@ -4,15 +4,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 )
 
-// Flags are the limits as given on the command line.
+// Flags are the limits as given on the command line, and how to reach the
+// agent for auto ones.
 type Flags struct {
 	http, rpc string
 	refresh   time.Duration
+	agent     Agent
+}
+
+// Agent is how to reach the agent where the flags say (consul_exporter's
+// names); what they leave empty comes from Consul's environment
+// (CONSUL_HTTP_ADDR, CONSUL_CACERT, ...), as for the consul CLI.
+type Agent struct {
+	Server, CAFile, CertFile, KeyFile, ServerName, TokenFile string
+	Insecure                                                 bool
 }
 
 // AddFlags declares the limits' flags on app.
@@ -24,7 +35,25 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("100").StringVar(&f.rpc)
 	app.Flag("limit.refresh", "How often an auto limit is read again, so that a consul reload shows.").
 		Default("5m").DurationVar(&f.refresh)
+	a := &f.agent
+	app.Flag("consul.server", "The agent's HTTP API for --limit auto: host:port, http:// or https:// (default: CONSUL_HTTP_ADDR, else 127.0.0.1:8500).").
+		PlaceHolder("127.0.0.1:8500").StringVar(&a.Server)
+	app.Flag("consul.ca-file", "CA certificate file to verify the agent's TLS certificate (default: CONSUL_CACERT).").StringVar(&a.CAFile)
+	app.Flag("consul.cert-file", "Client certificate file for the agent's TLS (default: CONSUL_CLIENT_CERT).").StringVar(&a.CertFile)
+	app.Flag("consul.key-file", "Client key file for the agent's TLS (default: CONSUL_CLIENT_KEY).").StringVar(&a.KeyFile)
+	app.Flag("consul.server-name", "Name to verify in the agent's TLS certificate (default: CONSUL_TLS_SERVER_NAME, else the host of --consul.server).").StringVar(&a.ServerName)
+	app.Flag("consul.insecure", "Do not verify the agent's TLS certificate (default: CONSUL_HTTP_SSL_VERIFY=false).").BoolVar(&a.Insecure)
+	app.Flag("consul.token-file", "File holding an ACL token with agent:read, read at each refresh (default: CONSUL_HTTP_TOKEN_FILE, or CONSUL_HTTP_TOKEN).").StringVar(&a.TokenFile)
 	return f
+}
+
+// Server is the agent's address: --consul.server, else CONSUL_HTTP_ADDR,
+// else "" (127.0.0.1:8500).
+func (f *Flags) Server() string {
+	if f.agent.Server != "" {
+		return f.agent.Server
+	}
+	return os.Getenv("CONSUL_HTTP_ADDR")
 }
 
 // Source checks the flags and gives their limits for the watched ports.
@@ -43,5 +72,5 @@ func (f *Flags) Source(httpPorts, rpcPorts []uint16, logger *slog.Logger) (*Sour
 	if f.refresh < time.Second {
 		return nil, errors.New("--limit.refresh must be 1s or more: each refresh is a request to the agent")
 	}
-	return NewSource(http, rpc, httpPorts, rpcPorts, f.refresh, logger)
+	return NewSource(http, rpc, httpPorts, rpcPorts, f.refresh, f.agent, logger)
 }

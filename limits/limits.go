@@ -84,7 +84,7 @@ type Source struct {
 // Consul's standard environment names (CONSUL_HTTP_ADDR,
 // CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ...). The watched ports are for
 // a warning when the agent serves a port that is not among them.
-func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Duration, logger *slog.Logger) (*Source, error) {
+func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Duration, agent Agent, logger *slog.Logger) (*Source, error) {
 	s := &Source{
 		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: rpcPorts,
 		refresh: refresh, readTimeout: min(refresh, 5*time.Second), logger: logger,
@@ -97,6 +97,7 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	// Not pooled: no idle connection of ours holds one of the agent's
 	// per-client slots between reads.
 	config := api.DefaultNonPooledConfig()
+	agent.over(config)
 	dial := config.Transport.DialContext
 	config.Transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := dial(ctx, network, addr)
@@ -114,6 +115,26 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	config.HttpClient = client
 	s.agent = config
 	return s, nil
+}
+
+// over puts what the flags say over what the environment said in config:
+// a flag given wins.
+func (a Agent) over(config *api.Config) {
+	for _, f := range []struct {
+		to   *string
+		flag string
+	}{{&config.Address, a.Server}, {&config.TLSConfig.CAFile, a.CAFile}, {&config.TLSConfig.CertFile, a.CertFile},
+		{&config.TLSConfig.KeyFile, a.KeyFile}, {&config.TLSConfig.Address, a.ServerName}, {&config.TokenFile, a.TokenFile}} {
+		if f.flag != "" {
+			*f.to = f.flag
+		}
+	}
+	if a.TokenFile != "" {
+		config.Token = "" // the file given wins over CONSUL_HTTP_TOKEN
+	}
+	if a.Insecure {
+		config.TLSConfig.InsecureSkipVerify = true
+	}
 }
 
 // maxAnswer bounds the agent's answer: /v1/agent/self is a few KiB.

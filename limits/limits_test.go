@@ -46,7 +46,7 @@ func source(t *testing.T, answer response, logger *slog.Logger) (*Source, *atomi
 	var a atomic.Value
 	a.Store(answer)
 	agent(t, &a)
-	s, err := NewSource(Limit{Auto: true}, Limit{Auto: true}, []uint16{8500}, []uint16{8300}, time.Minute, logger)
+	s, err := NewSource(Limit{Auto: true}, Limit{Auto: true}, []uint16{8500}, []uint16{8300}, time.Minute, Agent{}, logger)
 	require.NoError(t, err)
 	return s, &a
 }
@@ -120,7 +120,7 @@ func TestAPortTheAgentServesButIsNotWatchedIsWarnedOnce(t *testing.T) {
 }
 
 func TestNumberedLimitsNeedNoAgent(t *testing.T) {
-	s, err := NewSource(Limit{N: 200}, Limit{N: 100}, nil, nil, time.Minute, discard)
+	s, err := NewSource(Limit{N: 200}, Limit{N: 100}, nil, nil, time.Minute, Agent{}, discard)
 	require.NoError(t, err)
 	assert.Equal(t, Snapshot{HTTP: 200, RPC: 100}, s.Snapshot())
 	for _, bad := range []string{"-1", "many", "", "1e3"} {
@@ -150,7 +150,7 @@ func TestA429SentBeforeTheRequestIsRead(t *testing.T) {
 	t.Setenv("CONSUL_HTTP_TOKEN", "")
 	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
 	for range 20 {
-		s, err := NewSource(Limit{Auto: true}, Limit{N: 100}, []uint16{8500}, nil, time.Minute, discard)
+		s, err := NewSource(Limit{Auto: true}, Limit{N: 100}, []uint16{8500}, nil, time.Minute, Agent{}, discard)
 		require.NoError(t, err)
 		snap := s.Snapshot()
 		require.True(t, snap.TooManyConnections, "%v", snap.ReadErr)
@@ -162,7 +162,7 @@ func TestZeroIsNoLimitAndOnlyTheWatchedGroupsAreRead(t *testing.T) {
 	var a atomic.Value
 	a.Store(response{200, `{"DebugConfig": {"HTTPMaxConnsPerClient": 0, "HTTPPort": 8500}}`})
 	agent(t, &a)
-	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, discard)
+	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, Agent{}, discard)
 	require.NoError(t, err)
 	snap := s.Snapshot()
 	require.True(t, snap.ReadOK, "%v", snap.ReadErr)
@@ -183,7 +183,7 @@ func TestTheTokenFileIsReadAtEveryRefresh(t *testing.T) {
 	t.Setenv("CONSUL_HTTP_ADDR", strings.TrimPrefix(server.URL, "http://"))
 	t.Setenv("CONSUL_HTTP_TOKEN", "")
 	t.Setenv("CONSUL_HTTP_TOKEN_FILE", tokenFile)
-	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, discard)
+	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, Agent{}, discard)
 	require.NoError(t, err, "a missing token file is a failed read, not a failed start")
 	snap := s.Snapshot()
 	assert.False(t, snap.ReadOK)
@@ -222,4 +222,26 @@ func TestAFailedReadIsTriedAgainSoon(t *testing.T) {
 func TestUnwatchedPortsAreInTheSnapshot(t *testing.T) {
 	s, _ := source(t, response{200, self}, discard)
 	assert.Equal(t, []string{"the Consul agent serves HTTPS on port 8501, which is not watched: add --port 8501, or its connections are not counted"}, s.Snapshot().Unwatched)
+}
+
+// --consul.server and --consul.token-file win over CONSUL_HTTP_ADDR and
+// CONSUL_HTTP_TOKEN; what no flag names still comes from the environment.
+func TestTheAgentsFlagsWinOverTheEnvironment(t *testing.T) {
+	var seen atomic.Value
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Header.Get("X-Consul-Token"))
+		io.WriteString(w, self)
+	}))
+	defer server.Close()
+	t.Setenv("CONSUL_HTTP_ADDR", "127.0.0.1:1") // nothing there
+	t.Setenv("CONSUL_HTTP_TOKEN", "from-the-environment")
+	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
+	token := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(token, []byte("from-the-file\n"), 0o600))
+	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, Agent{Server: server.URL, TokenFile: token}, discard)
+	require.NoError(t, err)
+	snap := s.Snapshot()
+	require.True(t, snap.ReadOK, "%v", snap.ReadErr)
+	assert.Equal(t, 150, snap.HTTP)
+	assert.Equal(t, "from-the-file", seen.Load())
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -46,12 +45,13 @@ func (f *Flags) User() (*uint32, error) {
 	return &v, nil
 }
 
-// AgentAddr is the address the agent's clients use, as the consul CLI
-// reads it: CONSUL_HTTP_ADDR's host, 127.0.0.1 where it is not set or not
-// an address of this host's (a name is looked up).
-func AgentAddr() netip.Addr {
+// AgentAddr is the address the agent's clients use, from server as the
+// consul CLI reads CONSUL_HTTP_ADDR (--consul.server, or that variable):
+// its host, 127.0.0.1 where it is empty or not an address (a name is
+// looked up).
+func AgentAddr(server string) netip.Addr {
 	fallback := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	addr := os.Getenv("CONSUL_HTTP_ADDR")
+	addr := server
 	if addr == "" || strings.HasPrefix(addr, "unix://") {
 		return fallback
 	}
