@@ -291,8 +291,8 @@ func processList(processes []Process) string {
 
 // verdictFlags are the exporter's flags that change check's verdict: check
 // --help lists them beside its own, and --help-long every flag.
-var verdictFlags = []string{"help", "port", "rpc.port", "limit", "rpc.limit", "states", "source",
-	"command", "command.timeout", "clients.processes", "consul.user", "consul.server", "consul.token-file"}
+var verdictFlags = []string{"help", "port", "rpc.port", "limit", "rpc.limit", "source", "command",
+	"clients.processes", "consul.server", "consul.user"}
 
 // HelpFlags are the flags a usage of cmd lists: for check its own and the
 // ones that change its verdict, so that its help fits a screen; for the rest,
