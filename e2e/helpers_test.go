@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -166,8 +167,7 @@ func startConsul(t *testing.T, limits string, acl bool, extra ...func(consulAgen
 
 func startAgent(t *testing.T, limits string, opts agentOptions, extra ...func(consulAgent) string) consulAgent {
 	t.Helper()
-	consul := programs.Need(t, "consul",
-		"build Consul v1.20.1 with: (cd tools/consul && go build -o \"$(go env GOPATH)/bin/consul\" github.com/hashicorp/consul), and put it in PATH")
+	consul := consulAgentBinary(t)
 	agent := consulAgent{httpAddr: opts.httpAddr, serverAddr: freeAddr(t), config: filepath.Join(t.TempDir(), "agent.hcl")}
 	if agent.httpAddr == "" {
 		agent.httpAddr = freeAddr(t)
@@ -202,6 +202,29 @@ tls { defaults { ca_file = %q, cert_file = %q, key_file = %q } }
 	require.NoError(t, os.WriteFile(agent.config, []byte(hcl), 0o600))
 	startUntil(t, "Consul agent running!", consul, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1", "-config-file", agent.config)
 	return agent
+}
+
+// consulAgentBinary is the Consul agent the tests run: consul in PATH, else
+// the one .ci/run builds from tools/consul into the cache (the one place
+// the README names).
+func consulAgentBinary(t *testing.T) string {
+	t.Helper()
+	programs.NotShort(t, "runs a Consul agent")
+	if path, err := exec.LookPath("consul"); err == nil {
+		return path
+	}
+	mod, err := os.ReadFile("../tools/consul/go.mod")
+	require.NoError(t, err)
+	version := regexp.MustCompile(`github.com/hashicorp/consul (v\S+)`).FindSubmatch(mod)
+	require.NotNil(t, version, "tools/consul/go.mod names no Consul version")
+	cache, err := os.UserCacheDir()
+	require.NoError(t, err)
+	built := filepath.Join(cache, "consul-conn-exporter", "consul-"+string(version[1]), "consul")
+	if _, err := os.Stat(built); err == nil {
+		return built
+	}
+	return programs.Need(t, "consul", "build the Consul agent the tests pin, as .ci/run does (a few minutes, once): "+
+		"(cd tools/consul && go build -o "+built+" github.com/hashicorp/consul), or put a consul in PATH")
 }
 
 func (a consulAgent) httpPort() string {

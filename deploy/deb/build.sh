@@ -13,7 +13,10 @@ outdir=$(realpath -m "$1")
 cd "$(dirname "$0")/../.."
 export VERSION=${2:-$(cat VERSION)}
 export GOARCH=${GOARCH:-amd64}
-nfpm=github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+# nfpm, pinned as a tool of the tools module (tools/go.mod, apart so that
+# its many dependencies do not move the exporter's): built once, then run
+# from the cache with no network (go mod download -modfile=tools/go.mod).
+nfpm=$(GOARCH= go tool -modfile=tools/go.mod -n nfpm)
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -34,5 +37,5 @@ printf '%s (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
 bash deploy/cli-files.sh "$stage" "$VERSION"
 mkdir -p "$outdir"
 deb="$outdir/consul-conn-exporter_${VERSION}_${GOARCH}.deb"
-(cd "$stage" && GOARCH= go run "$nfpm" package --config nfpm.yaml --packager deb --target "$deb" >&2)
+(cd "$stage" && "$nfpm" package --config nfpm.yaml --packager deb --target "$deb" >&2)
 echo "$deb"
