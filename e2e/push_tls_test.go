@@ -120,8 +120,14 @@ func TestPushConfigFileAuthenticatesOverTLS(t *testing.T) {
 	cmd := exec.Command(binary, "--command", "true", "--push.url", "https://"+addr, "--push.config.file", good, "--interval", "1h")
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	argv, err := os.ReadFile("/proc/" + itoa(uint64(cmd.Process.Pid)) + "/cmdline")
-	require.NoError(t, err)
+	// The kernel tells the parent that exec worked before it has set the
+	// new argv up: under load a read at once can find it empty.
+	var argv []byte
+	require.Eventually(t, func() bool {
+		var err error
+		argv, err = os.ReadFile("/proc/" + itoa(uint64(cmd.Process.Pid)) + "/cmdline")
+		return err == nil && len(argv) > 0
+	}, 10*time.Second, 10*time.Millisecond)
 	assert.Contains(t, string(argv), "--push.config.file")
 	assert.NotContains(t, string(argv), secret)
 }
