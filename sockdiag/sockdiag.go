@@ -23,11 +23,12 @@ import (
 // From linux/inet_diag.h and linux/sock_diag.h.
 const (
 	sockDiagByFamily    = 20 // SOCK_DIAG_BY_FAMILY
+	tcpDiagGetSock      = 18 // TCPDIAG_GETSOCK: inet_diag's request of TCP sockets, any family
 	inetDiagReqBytecode = 1  // INET_DIAG_REQ_BYTECODE
 	bcJmp               = 1  // INET_DIAG_BC_JMP
 	bcSCond             = 7  // INET_DIAG_BC_S_COND
 	bcDCond             = 8  // INET_DIAG_BC_D_COND
-	reqLen              = 56 // struct inet_diag_req_v2
+	reqV1Len            = 60 // struct inet_diag_req
 	msgLen              = 72 // struct inet_diag_msg
 )
 
@@ -136,28 +137,17 @@ func (r *Reader) dump(ctx context.Context, add func(socket.Socket)) error {
 		return describe(err)
 	}
 	buf := make([]byte, bufferSize)
-	interrupted := false
-	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		request := netlink.Message{
-			Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
-			Data:   r.request(family),
-		}
-		if _, err := conn.Send(request); err != nil {
-			return describe(err)
-		}
-		err := receive(raw, buf, add)
-		if errors.Is(err, errInterrupted) {
-			interrupted = true // the other family's sockets are read all the same
-			continue
-		}
-		if err != nil {
-			return err
-		}
+	// One request for both families (inet_diag's older TCPDIAG_GETSOCK,
+	// whose AF_UNSPEC SOCK_DIAG_BY_FAMILY lacks): the kernel walks its TCP
+	// hash table once, where a request per family walks it twice.
+	request := netlink.Message{
+		Header: netlink.Header{Type: tcpDiagGetSock, Flags: netlink.Request | netlink.Dump},
+		Data:   r.request(),
 	}
-	if interrupted {
-		return errInterrupted
+	if _, err := conn.Send(request); err != nil {
+		return describe(err)
 	}
-	return nil
+	return receive(raw, buf, add)
 }
 
 // bufferSize holds the largest datagram the kernel makes of a dump (it
@@ -227,7 +217,7 @@ func datagram(b []byte, add func(socket.Socket)) (done, interrupted bool, err er
 			if errno := -int32(binary.NativeEndian.Uint32(body)); errno != 0 {
 				return false, interrupted, describe(syscall.Errno(errno))
 			}
-		case sockDiagByFamily:
+		case sockDiagByFamily, tcpDiagGetSock:
 			s, err := Decode(body)
 			if err != nil {
 				return false, interrupted, err
@@ -243,10 +233,12 @@ func datagram(b []byte, add func(socket.Socket)) (done, interrupted bool, err er
 
 // request is an inet_diag_req_v2 for TCP sockets of family in the watched
 // states, followed by the port filter.
-func (r *Reader) request(family uint8) []byte {
-	b := make([]byte, reqLen, reqLen+4+len(r.bytecode))
-	b[0], b[1] = family, unix.IPPROTO_TCP
-	binary.NativeEndian.PutUint32(b[4:], r.states)
+func (r *Reader) request() []byte {
+	// struct inet_diag_req: family (AF_UNSPEC: both), src_len, dst_len,
+	// ext, the socket id (48), states, dbs.
+	b := make([]byte, reqV1Len, reqV1Len+4+len(r.bytecode))
+	b[0] = unix.AF_UNSPEC
+	binary.NativeEndian.PutUint32(b[52:], r.states)
 	attr := make([]byte, 4)
 	binary.NativeEndian.PutUint16(attr, uint16(4+len(r.bytecode)))
 	binary.NativeEndian.PutUint16(attr[2:], inetDiagReqBytecode)
