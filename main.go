@@ -281,10 +281,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		return nil, err
 	}
 	if sourceFlags.OwnNamespace() {
-		var ports []uint16
-		for _, g := range config.Groups {
-			ports = append(ports, g.Ports...)
-		}
+		ports := config.Ports()
 		timeout := sourceFlags.Timeout()
 		s.collector.WatchListeners(func(ctx context.Context) ([]listeners.Listener, error) {
 			return listeners.Read(ctx, ports, timeout)
@@ -293,11 +290,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		s.listenersUnread = true
 	}
 	s.config, s.refusals = config, refusalFlags.Enabled
-	ports := 0
-	for _, g := range config.Groups {
-		ports += len(g.Ports)
-	}
-	if s.refusals && ports > refusals.MaxPorts {
+	if ports := len(config.Ports()); s.refusals && ports > refusals.MaxPorts {
 		return nil, fmt.Errorf("--refusals watches at most %d ports, and --port and --rpc.port name %d", refusals.MaxPorts, ports)
 	}
 	if s.commandCaps, err = sourceFlags.Capabilities(); err != nil {

@@ -86,12 +86,18 @@ func (c Config) GroupPorts(l *Limiter) []uint16 {
 	return nil
 }
 
+// Ports are every group's ports.
+func (c Config) Ports() []uint16 {
+	var ports []uint16
+	for _, g := range c.Groups {
+		ports = append(ports, g.Ports...)
+	}
+	return ports
+}
+
 // Want is what the source must read for config.
 func (c Config) Want() source.Want {
-	want := source.Want{States: c.States}
-	for _, g := range c.Groups {
-		want.Ports = append(want.Ports, g.Ports...)
-	}
+	want := source.Want{States: c.States, Ports: c.Ports()}
 	if c.Processes {
 		want.ClientPorts = c.GroupPorts(HTTP)
 	}
@@ -263,10 +269,6 @@ func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
 	if c.listeners == nil {
 		return nil, nil
 	}
-	var ports []uint16
-	for _, g := range c.config.Groups {
-		ports = append(ports, g.Ports...)
-	}
 	ls, err := c.listeners(ctx)
 	problem := ""
 	if err != nil {
@@ -276,7 +278,7 @@ func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	agent := listeners.Judge(ls, ports, c.agentAddr, c.agentUser)
+	agent := listeners.Judge(ls, c.config.Ports(), c.agentAddr, c.agentUser)
 	quiet := ""
 	if q := agent.Quiet(); len(q) > 0 {
 		quiet = "nothing listens on port " + listeners.Ports(q) + ": a wrong --port or --rpc.port, or the agent is down"
