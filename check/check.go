@@ -14,7 +14,6 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
-	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -175,12 +174,8 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		r.Notes = append(r.Notes, "the programs holding the connections cannot be named: "+res.ProcessesWhy)
 	}
 	r.Notes = append(r.Notes, res.Limits.Unwatched...)
-	if res.Listeners != nil && len(res.Listeners.Shared()) > 0 {
-		if res.Listeners.Filtered {
-			r.Notes = append(r.Notes, fmt.Sprintf("several users listen on port %s: only the connections to the agent's listeners (uid %d) are counted", listeners.Ports(res.Listeners.Shared()), res.Listeners.UID))
-		} else {
-			r.Notes = append(r.Notes, res.Listeners.Undecided)
-		}
+	if res.Listeners != nil && res.Listeners.SharedReason() != "" {
+		r.Notes = append(r.Notes, res.Listeners.SharedReason())
 	}
 	if res.ListenersErr != nil {
 		r.Notes = append(r.Notes, "cannot tell who listens on the watched ports: "+res.ListenersErr.Error())
@@ -214,10 +209,8 @@ func (f *Flags) judge(r *Report, res collector.Result) {
 		}
 		unknown = append(unknown, why)
 	}
-	if res.Listeners != nil {
-		if quiet := res.Listeners.Quiet(); len(quiet) > 0 {
-			unknown = append(unknown, "nothing listens on port "+listeners.Ports(quiet)+": a wrong --port or --rpc.port, or the agent is down")
-		}
+	if res.Listeners != nil && res.Listeners.QuietReason() != "" {
+		unknown = append(unknown, res.Listeners.QuietReason())
 	}
 	switch {
 	case len(unknown) == 0:

@@ -128,11 +128,10 @@ type Collector struct {
 	// listeners reads who listens on the watched ports, nil where they
 	// cannot be known; the agent's user and address tell its listeners
 	// from others'.
-	listeners                    func(ctx context.Context) ([]listeners.Listener, error)
-	agentAddr                    netip.Addr
-	agentUser                    *uint32
-	quietState, sharedState      changes.Tracker
-	listenersState, decidedState changes.Tracker
+	listeners                               func(ctx context.Context) ([]listeners.Listener, error)
+	agentAddr                               netip.Addr
+	agentUser                               *uint32
+	listenersState, quietState, sharedState changes.Tracker
 }
 
 // New collects config's counts from src; limits gives the limits known
@@ -279,17 +278,8 @@ func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
 		return nil, err
 	}
 	agent := listeners.Judge(ls, c.config.Ports(), c.agentAddr, c.agentUser)
-	quiet := ""
-	if q := agent.Quiet(); len(q) > 0 {
-		quiet = "nothing listens on port " + listeners.Ports(q) + ": a wrong --port or --rpc.port, or the agent is down"
-	}
-	c.quietState.Log(c.logger, slog.LevelWarn, quiet, "a watched port has no listener; its count of 0 says nothing of the agent", "every watched port has a listener again")
-	shared := ""
-	if s := agent.Shared(); len(s) > 0 && agent.Filtered {
-		shared = fmt.Sprintf("several users listen on port %s; only the connections to the agent's listeners (uid %d) count", listeners.Ports(s), agent.UID)
-	}
-	c.sharedState.Log(c.logger, slog.LevelWarn, shared, "another user listens on a watched port", "only the agent listens on the watched ports again")
-	c.decidedState.Log(c.logger, slog.LevelWarn, agent.Undecided, "cannot tell the agent's listeners from another user's; every connection counts", "the agent's listeners can be told again")
+	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "a watched port has no listener; its count of 0 says nothing of the agent", "every watched port has a listener again")
+	c.sharedState.Log(c.logger, slog.LevelWarn, agent.SharedReason(), "another user listens on a watched port", "only the agent listens on the watched ports again")
 	return &agent, nil
 }
 

@@ -194,10 +194,10 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		}
 	}
 	if r.Listeners != nil {
-		for port, listening := range r.Listeners.Listening {
+		for port, users := range r.Listeners.Owners {
 			p := strconv.Itoa(int(port))
-			gauge(portListeningDesc, boolValue(listening), p)
-			gauge(portListenerUsersDesc, float64(r.Listeners.Owners[port]), p)
+			gauge(portListeningDesc, boolValue(users > 0), p)
+			gauge(portListenerUsersDesc, float64(users), p)
 		}
 	}
 	if r.ProcessesAsked {

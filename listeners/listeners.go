@@ -43,10 +43,9 @@ func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listene
 // anything listens on, how many users do, and whose listeners are the
 // agent's.
 type Agent struct {
-	// Listening and Owners are, for every watched port, whether anything
-	// listens on it and how many users do.
-	Listening map[uint16]bool
-	Owners    map[uint16]int
+	// Owners are, for every watched port, how many users listen on it (0:
+	// nothing does).
+	Owners map[uint16]int
 	// Filtered is set where several users listen on a watched port: then
 	// only connections to the agent's listeners (UID's) count.
 	Filtered bool
@@ -65,22 +64,16 @@ type Agent struct {
 // CONSUL_HTTP_ADDR's host: Consul's client_addr), or of a wildcard one, on
 // any of ports.
 func Judge(ls []Listener, ports []uint16, agentAddr netip.Addr, user *uint32) Agent {
-	a := Agent{Listening: map[uint16]bool{}, Owners: map[uint16]int{}, listeners: ls}
-	owners := map[uint32]bool{}
+	a := Agent{Owners: map[uint16]int{}, listeners: ls}
 	for _, p := range ports {
-		a.Listening[p] = false
-		a.Owners[p] = 0
 		var here []uint32
 		for _, l := range ls {
 			if l.Local.Port() == p && !slices.Contains(here, l.UID) {
 				here = append(here, l.UID)
-				owners[l.UID] = true
 			}
 		}
-		a.Listening[p], a.Owners[p] = len(here) > 0, len(here)
-		if len(here) > 1 {
-			a.Filtered = true
-		}
+		a.Owners[p] = len(here)
+		a.Filtered = a.Filtered || len(here) > 1
 	}
 	if !a.Filtered {
 		return a
@@ -133,8 +126,8 @@ func (a Agent) Accepts(local netip.AddrPort) bool {
 // Quiet are the watched ports nothing listens on, in order.
 func (a Agent) Quiet() []uint16 {
 	var quiet []uint16
-	for p, listening := range a.Listening {
-		if !listening {
+	for p, n := range a.Owners {
+		if n == 0 {
 			quiet = append(quiet, p)
 		}
 	}
@@ -152,6 +145,28 @@ func (a Agent) Shared() []uint16 {
 	}
 	slices.Sort(shared)
 	return shared
+}
+
+// QuietReason says which watched ports nothing listens on, "" when every
+// one has a listener: the words of the log and of check alike.
+func (a Agent) QuietReason() string {
+	quiet := a.Quiet()
+	if len(quiet) == 0 {
+		return ""
+	}
+	return "nothing listens on port " + Ports(quiet) + ": a wrong --port or --rpc.port, or the agent is down"
+}
+
+// SharedReason says where several users listen on a watched port and what
+// counts then, "" where none does: the words of the log and of check alike.
+func (a Agent) SharedReason() string {
+	switch shared := a.Shared(); {
+	case len(shared) == 0:
+		return ""
+	case a.Filtered:
+		return fmt.Sprintf("several users listen on port %s: only the connections to the agent's listeners (uid %d) count", Ports(shared), a.UID)
+	}
+	return a.Undecided
 }
 
 // Ports is "8500, 8501".
