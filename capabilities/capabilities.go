@@ -41,7 +41,8 @@ func Confine(keep ...cap.Value) ([]cap.Value, error) {
 	if err := reachEveryThread(); err != nil {
 		return nil, err
 	}
-	keep = slices.DeleteFunc(slices.Clone(keep), func(v cap.Value) bool { return len(Missing(v)) > 0 })
+	missing := Missing(keep...)
+	keep = slices.DeleteFunc(slices.Clone(keep), func(v cap.Value) bool { return slices.Contains(missing, v) })
 	if have, _ := cap.GetProc().GetFlag(cap.Effective, cap.SETPCAP); have {
 		for v := range cap.MaxBits() {
 			if !slices.Contains(keep, v) {
