@@ -29,8 +29,11 @@ var errNotInstalled = errors.New("not in PATH")
 // mounted), and ss -p at a cost that grows with the square of the sockets.
 func ss(want Want, timeout time.Duration, logger *slog.Logger) (Source, error) {
 	c, err := ssCommand(Want{Ports: want.Ports, States: want.States}, timeout, logger)
-	if err != nil || !want.processes() {
-		return c, err
+	switch {
+	case err != nil:
+		return nil, err // not a nil *Command in a non-nil Source
+	case !want.processes():
+		return c, nil
 	}
 	return withClientEnds{table: c, ends: sockdiag.New(nil, want.ClientPorts, []socket.State{socket.StateEstablished}, timeout)}, nil
 }
