@@ -126,10 +126,11 @@ func dialFrom(t *testing.T, from, to string) net.Conn {
 	return conn
 }
 
-// portOpener builds cmd/port-opener and says where.
+// portOpener builds cmd/port-opener where every user may run it, and says
+// where.
 func portOpener(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "port-opener")
+	bin := filepath.Join(sharedDir(t), "port-opener")
 	out, err := exec.Command("go", "build", "-o", bin, "../cmd/port-opener").CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	return bin

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,9 +25,7 @@ func TestAnotherUsersListenerOnTheAgentsPortIsNotCounted(t *testing.T) {
 		require.Equal(t, http.StatusOK, status)
 		t.Cleanup(func() { conn.Close() })
 	}
-	opener := filepath.Join(sharedDir(t), "port-opener")
-	out, err := exec.Command("go", "build", "-o", opener, "../cmd/port-opener").CombinedOutput()
-	require.NoError(t, err, "%s", out)
+	opener := portOpener(t) // run as nobody
 	startUntil(t, "opened 250 client connections",
 		append(programs.AsNobody(t), opener, "-address", "127.0.0.60", "-p", agent.httpPort(), "-n", "250", "-clients", "1")...)
 
