@@ -27,12 +27,18 @@ typedef __u32 u32;
 typedef __u64 u64;
 typedef __s64 s64;
 typedef _Bool bool;
+enum {
+	false = 0,
+	true = 1,
+};
 typedef unsigned short umode_t;
 
 enum bpf_map_type {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_SK_STORAGE = 24,
 };
 
 /* bpf_map_update_elem's flags (include/uapi/linux/bpf.h). */
@@ -40,6 +46,11 @@ enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
+};
+
+/* bpf_sk_storage_get's flags (include/uapi/linux/bpf.h). */
+enum {
+	BPF_SK_STORAGE_GET_F_CREATE = 1,
 };
 
 /* include/net/tcp_states.h */
@@ -158,6 +169,12 @@ struct bpf_iter__task_file {
 	struct task_struct *task;
 	u32 fd;
 	struct file *file;
+};
+
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+	unsigned int uid;
 };
 
 #pragma clang attribute pop

@@ -27,6 +27,9 @@ type Socket struct {
 	// (sock_diag's idiag_uid), from the built-in reader only; 0 is root,
 	// or not known.
 	UID uint32
+	// Sockets is how many sockets the record stands for, where a source
+	// keeps counts rather than rows (the kernel's events); 0 is one.
+	Sockets int
 }
 
 // State is a TCP socket state as the kernel names it.

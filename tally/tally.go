@@ -53,8 +53,9 @@ func (t *Tally) Add(s socket.Socket) {
 	if state < 0 {
 		return
 	}
-	t.byState[port][state]++
-	t.perClient[Client(s.Peer.Addr())]++
+	n := max(s.Sockets, 1)
+	t.byState[port][state] += n
+	t.perClient[Client(s.Peer.Addr())] += n
 }
 
 // Client is how a peer address is known as a client: one host whether the

@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: MIT OR GPL-2.0-only
+//go:build ignore
+//
+// Keeps, in the kernel, the count of the connections the agent holds open on
+// the watched ports, as they open and close, and how they open and close:
+//
+//   inet_sock_set_state (every change of a TCP socket's state): a server
+//     end of a watched port, in the exporter's network namespace, that
+//     enters the watched states is counted under its addresses, port and
+//     state; one that moves between them is moved; one that leaves them is
+//     taken off, and its close is counted by how it ended, with its
+//     lifetime. Each socket's own storage (it lives and dies with the
+//     socket) says whether and where it is counted.
+//   census (a TCP iterator the exporter runs: at start, and every audit):
+//     counts every connection already open that no event counted, the
+//     seed, and moves every counted one into the new generation. It runs
+//     under each socket's lock, the one every change of state holds, so no
+//     change can fall between what it reads and what it writes. Whatever a
+//     missed event left in the old generation is what the audit reports,
+//     and drops.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+#define AF_INET6 10 // include/linux/socket.h
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+// The network namespace of the exporter (its /proc/self/ns/net inode).
+const volatile __u32 netns_inum = 0;
+// The watched states, a bit each (1 << TCP_ESTABLISHED, ...).
+const volatile __u32 watched_states = 0;
+
+// The generation counts are made in; the exporter starts a new one for
+// each census. Only its last bit is in the keys: the census moves every
+// socket of the one before into it.
+__u32 generation = 0;
+
+// Watched ports (host order) to their group.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u16);
+	__type(value, __u32);
+} ports SEC(".maps");
+
+// What one socket's counting left in its own storage.
+struct socket_state {
+	__u64 opened_ns;  // bpf_ktime_get_ns when it entered the watched
+			  // states; 0 for one the census found already open
+	__u32 generation; // of its count, when counted
+	__u8 counted;	  // counted in connections under state and generation
+	__u8 state;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
+	__type(key, int);
+	__type(value, struct socket_state);
+} sockets SEC(".maps");
+
+// The open connections, per (generation, addresses, port, state): a client
+// holds a few such keys, whatever its connections.
+struct connection_key {
+	__u8 local[16];	 // IPv4 v4-mapped
+	__u8 client[16]; // IPv4 v4-mapped
+	__u16 port;	 // local, host order
+	__u8 state;
+	__u8 generation; // the last bit of it
+	__u8 ipv6;	 // an IPv6 socket: its v4-mapped addresses stay so
+	__u8 unused;	 // zero: keys are compared byte by byte
+};
+
+// Never an LRU: an eviction would lose a count silently. A full map is a
+// failed insert, counted in lost.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: costs what it holds
+	__type(key, struct connection_key);
+	__type(value, __s64);
+} connections SEC(".maps");
+
+struct client_key {
+	__u32 group;
+	__u8 client[16]; // IPv4 v4-mapped
+};
+
+enum {
+	CLOSED_BY_AGENT,  // the agent's FIN first
+	CLOSED_BY_CLIENT, // the client's FIN first
+	CLOSED_BY_RESET,  // a reset, either way
+	CLOSE_KINDS,
+};
+
+struct client_churn {
+	__u64 opened;
+	__u64 closed[CLOSE_KINDS];
+};
+
+// Opens and closes per group and client since the program was attached.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
+	__type(key, struct client_key);
+	__type(value, struct client_churn);
+} clients SEC(".maps");
+
+// The lifetimes' buckets, by their upper bounds: a request, a blocking
+// query (5 minutes at most by default), a leak.
+#define LIFETIME_BUCKETS 12
+static const __u64 lifetime_bounds_ns[LIFETIME_BUCKETS] = {
+	1000000ULL,	    // 1 ms
+	5000000ULL,	    // 5 ms
+	25000000ULL,	    // 25 ms
+	100000000ULL,	    // 100 ms
+	500000000ULL,	    // 500 ms
+	2500000000ULL,	    // 2.5 s
+	10000000000ULL,	    // 10 s
+	60000000000ULL,	    // 1 min
+	330000000000ULL,    // 5.5 min
+	900000000000ULL,    // 15 min
+	1800000000000ULL,   // 30 min
+	3600000000000ULL,   // 1 h
+};
+
+// Per group, a copy per CPU, summed by the exporter.
+struct group_totals {
+	__u64 opened;
+	__u64 closed[CLOSE_KINDS];
+	__u64 lifetimes[LIFETIME_BUCKETS + 1]; // the last: longer
+	__u64 lifetime_ns;		       // their sum
+	__u64 seeded;			       // found open by the census, uncounted
+	__u64 lost;			       // could not be counted: a map full
+};
+
+// The exporter sets max_entries to the number of groups.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct group_totals);
+} totals SEC(".maps");
+
+static __always_inline bool watched(int state)
+{
+	return state >= 0 && state < 32 && (watched_states & (1U << state));
+}
+
+// v4mapped writes an IPv4 address as ::ffff:a.b.c.d, so that a client has
+// one key whichever family its socket is.
+static __always_inline void v4mapped(__u8 out[16], __be32 addr)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &addr, sizeof(addr));
+}
+
+static __always_inline void addresses(const struct sock *sk, struct connection_key *key)
+{
+	if (sk->__sk_common.skc_family == AF_INET6) {
+		key->ipv6 = 1;
+		__builtin_memcpy(&key->local, &sk->__sk_common.skc_v6_rcv_saddr, sizeof(key->local));
+		__builtin_memcpy(&key->client, &sk->__sk_common.skc_v6_daddr, sizeof(key->client));
+	} else {
+		v4mapped(key->local, sk->__sk_common.skc_rcv_saddr);
+		v4mapped(key->client, sk->__sk_common.skc_daddr);
+	}
+}
+
+// add adds n to the open count under key; false where the map is full.
+static __always_inline bool add(struct connection_key *key, __s64 n)
+{
+	__s64 *count = bpf_map_lookup_elem(&connections, key);
+	if (!count) {
+		if (bpf_map_update_elem(&connections, key, &n, BPF_NOEXIST) == 0)
+			return true;
+		count = bpf_map_lookup_elem(&connections, key); // another CPU's first
+		if (!count)
+			return false;
+	}
+	__sync_fetch_and_add(count, n);
+	return true;
+}
+
+static __always_inline struct client_churn *churn_of(__u32 group, const struct connection_key *key)
+{
+	struct client_key ck = {.group = group};
+	__builtin_memcpy(&ck.client, &key->client, sizeof(ck.client));
+	struct client_churn *c = bpf_map_lookup_elem(&clients, &ck);
+	if (c)
+		return c;
+	struct client_churn zero = {};
+	bpf_map_update_elem(&clients, &ck, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&clients, &ck);
+}
+
+// server_end is sk as a TCP server end of a watched port in the exporter's
+// namespace, with its group; NULL for any other socket.
+static __always_inline struct tcp_sock *server_end(void *sk, __u32 *group)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return NULL; // not TCP: the tracepoint is DCCP's, SCTP's and MPTCP's too
+	__u16 port = tp->inet_conn.icsk_inet.sk.__sk_common.skc_num;
+	__u32 *g = bpf_map_lookup_elem(&ports, &port);
+	if (!g)
+		return NULL; // a client end's local port is its own
+	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum != netns_inum)
+		return NULL;
+	*group = *g;
+	return tp;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
+{
+	// Every change of every socket on the host comes here: the states,
+	// which cost nothing, are asked first.
+	bool was = watched(oldstate), is = watched(newstate);
+	if (!was && !is)
+		return 0;
+	__u32 group;
+	struct tcp_sock *tp = server_end((void *)sk, &group);
+	if (!tp)
+		return 0;
+	struct group_totals *t = bpf_map_lookup_elem(&totals, &group);
+	if (!t)
+		return 0;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, is ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!st) {
+		if (is)
+			t->lost++;
+		return 0; // leaving, never counted: open before the census found it
+	}
+	struct connection_key key = {.port = sk->__sk_common.skc_num};
+	addresses(sk, &key);
+	__u64 now = bpf_ktime_get_ns();
+	bool counted = st->counted;
+	if (counted) {
+		key.state = st->state;
+		key.generation = st->generation & 1;
+		add(&key, -1);
+		st->counted = 0;
+	}
+	if (is) {
+		if (!was) { // a new connection
+			st->opened_ns = now;
+			t->opened++;
+			struct client_churn *c = churn_of(group, &key);
+			if (c)
+				__sync_fetch_and_add(&c->opened, 1);
+		}
+		key.state = newstate;
+		key.generation = generation & 1;
+		if (!add(&key, 1)) {
+			t->lost++;
+			return 0;
+		}
+		st->counted = 1;
+		st->state = newstate;
+		st->generation = generation;
+		return 0;
+	}
+	if (!counted)
+		return 0;
+	// A close: how it ended, and after how long.
+	__u32 how = CLOSED_BY_AGENT;
+	if (newstate == TCP_CLOSE)
+		how = CLOSED_BY_RESET;
+	else if (oldstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE_WAIT)
+		how = CLOSED_BY_CLIENT;
+	t->closed[how & 3]++;
+	struct client_churn *c = churn_of(group, &key);
+	if (c)
+		__sync_fetch_and_add(&c->closed[how & 3], 1);
+	if (st->opened_ns) {
+		__u64 lived = now - st->opened_ns;
+		t->lifetime_ns += lived;
+		__u32 i = 0;
+		for (; i < LIFETIME_BUCKETS; i++)
+			if (lived <= lifetime_bounds_ns[i])
+				break;
+		if (i <= LIFETIME_BUCKETS)
+			t->lifetimes[i]++;
+	}
+	return 0;
+}
+
+SEC("iter/tcp")
+int census(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc || !watched(skc->skc_state))
+		return 0;
+	__u32 group;
+	struct tcp_sock *tp = server_end(skc, &group);
+	if (!tp)
+		return 0;
+	struct group_totals *t = bpf_map_lookup_elem(&totals, &group);
+	if (!t)
+		return 0;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		t->lost++;
+		return 0;
+	}
+	__u32 now = generation;
+	if (st->counted && st->generation == now)
+		return 0; // counted in this generation already, by an event
+	struct connection_key key = {.port = skc->skc_num};
+	addresses((struct sock *)tp, &key);
+	if (st->counted) {
+		key.state = st->state;
+		key.generation = st->generation & 1;
+		add(&key, -1);
+		st->counted = 0;
+	} else {
+		t->seeded++;
+	}
+	key.state = skc->skc_state;
+	key.generation = now & 1;
+	if (!add(&key, 1)) {
+		t->lost++;
+		return 0;
+	}
+	st->counted = 1;
+	st->state = key.state;
+	st->generation = now;
+	return 0;
+}

@@ -1,0 +1,275 @@
+// Package events keeps, in the kernel, the count of the connections the
+// agent holds open on the watched ports as they open and close, with how
+// they opened and closed (churn per client, closes by how, lifetimes): a
+// source whose read costs what the clients cost, not the connections.
+//
+// The kernel programs are events.bpf.c (compiled by bpf2go): one follows
+// every change of a TCP socket's state, the other, a census of the socket
+// table, counts what was open before it (the seed) and, on every audit,
+// moves each count into a new generation, so that whatever a missed event
+// left behind is found, reported as drift, and dropped.
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+)
+
+// MaxPorts is how many watched ports the kernel program takes, over all
+// groups (its ports map).
+const MaxPorts = 64
+
+// ErrUnavailable is a kernel or a host that cannot keep the counts: the
+// error says what is missing and how to get it.
+var ErrUnavailable = errors.New("cannot count from the kernel's events")
+
+// Counter is the attached programs and their maps.
+type Counter struct {
+	objs   programObjects
+	links  []link.Link
+	census *link.Iter
+	groups int
+
+	// mu makes a census and a read of the counts one at a time: during a
+	// census the counts are in two generations.
+	mu         sync.Mutex
+	generation uint32
+	drift      uint64 // connections the last audit found wrong
+	audits     uint64 // censuses since the seed
+}
+
+// Load attaches the programs that count the connections of each group's
+// ports (groups[i] are group i's ports) in states, in the exporter's
+// network namespace, then seeds the counts with a census of what is open
+// already. It needs CAP_BPF and CAP_PERFMON (or root), and a kernel with
+// BTF; kernel is the kernel's types, read once for every program the
+// exporter loads.
+func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter, error) {
+	netns, err := refusals.Namespace()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	spec, err := loadProgram()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	var mask uint32
+	for _, s := range states {
+		mask |= 1 << s
+	}
+	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
+	for name, value := range map[string]uint32{programVarNetnsInum: netns, programVarWatchedStates: mask} {
+		if err := spec.Variables[name].Set(value); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
+	c := &Counter{groups: len(groups)}
+	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
+		return nil, explain(err)
+	}
+	if err := c.attach(groups); err != nil {
+		c.Close()
+		return nil, explain(err)
+	}
+	// The seed: after the events are followed, so that a connection
+	// opening meanwhile is counted by one or the other, once.
+	if _, err := c.Census(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return c, nil
+}
+
+func (c *Counter) attach(groups [][]uint16) error {
+	for group, ports := range groups {
+		for _, p := range ports {
+			if err := c.objs.Ports.Put(p, uint32(group)); err != nil {
+				return err
+			}
+		}
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: c.objs.Changed})
+	if err != nil {
+		return err
+	}
+	c.links = append(c.links, l)
+	if c.census, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
+		return fmt.Errorf("this kernel has no TCP iterator (Linux 5.15 or later): %w", err)
+	}
+	return nil
+}
+
+// explain says what a refusal to load means and how to grant what lacks.
+func explain(err error) error {
+	var verifier *ebpf.VerifierError
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("%w: --source events needs CAP_BPF and CAP_PERFMON (or root) to load its kernel programs: "+
+			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON", ErrUnavailable)
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return fmt.Errorf("%w: this kernel cannot attach a BTF tracepoint program with socket storage (Linux 5.15 or later, with BTF): %v", ErrUnavailable, err)
+	case errors.As(err, &verifier):
+		// The verifier's log is many lines; its last says why.
+		return fmt.Errorf("%w: this kernel refused the programs (Linux 5.15 or later): %v", ErrUnavailable, oneline.Fold(err.Error()))
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, oneline.Fold(err.Error()))
+}
+
+// Close detaches the programs.
+func (c *Counter) Close() {
+	if c.census != nil {
+		c.census.Close()
+	}
+	for _, l := range c.links {
+		l.Close()
+	}
+	c.objs.Close()
+}
+
+// String names the source for messages.
+func (c *Counter) String() string { return "the kernel's events" }
+
+// Census is what one census of the socket table found.
+type Census struct {
+	// Uncounted are the connections open that no event had counted: at
+	// the seed, those open before the start; after, events missed.
+	Uncounted uint64
+	// Stale are the counts of connections that were gone, whose close no
+	// event took off.
+	Stale uint64
+}
+
+// Census walks the socket table once, under each socket's lock: it counts
+// the connections no event counted, and moves every count into a new
+// generation; the counts the old one still holds are of connections gone,
+// and are dropped. The counts are exact after it, whatever events were
+// missed before.
+func (c *Counter) Census() (Census, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	before, err := c.totals()
+	if err != nil {
+		return Census{}, err
+	}
+	old := c.generation
+	c.generation++
+	if err := c.objs.Generation.Set(c.generation); err != nil {
+		return Census{}, fmt.Errorf("starting a census: %w", err)
+	}
+	r, err := c.census.Open()
+	if err != nil {
+		return Census{}, fmt.Errorf("opening the census of the socket table: %w", err)
+	}
+	_, err = io.Copy(io.Discard, r)
+	r.Close()
+	if err != nil {
+		return Census{}, fmt.Errorf("taking the census of the socket table: %w", err)
+	}
+	after, err := c.totals()
+	if err != nil {
+		return Census{}, err
+	}
+	var found Census
+	for g := range after {
+		found.Uncounted += after[g].Seeded - before[g].Seeded
+	}
+	// No event writes the old generation any more: each of its sockets
+	// is in the new one, or closed.
+	var (
+		key   programConnectionKey
+		count int64
+		stale []programConnectionKey
+	)
+	it := c.objs.Connections.Iterate()
+	for it.Next(&key, &count) {
+		if uint32(key.Generation) != old&1 {
+			continue
+		}
+		found.Stale += uint64(max(count, -count))
+		stale = append(stale, key)
+	}
+	if err := it.Err(); err != nil {
+		return Census{}, fmt.Errorf("reading the counts: %w", err)
+	}
+	for _, key := range stale {
+		if err := c.objs.Connections.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Census{}, fmt.Errorf("dropping the old counts: %w", err)
+		}
+	}
+	return found, nil
+}
+
+// Read calls add with one record per local address, port, state and
+// client, standing for the connections counted under them: the same
+// records every source yields, each for many sockets.
+func (c *Counter) Read(_ context.Context, add func(socket.Socket), _ func()) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var (
+		key   programConnectionKey
+		count int64
+	)
+	it := c.objs.Connections.Iterate()
+	for it.Next(&key, &count) {
+		if count <= 0 {
+			continue // all closed: the key stays, at 0
+		}
+		add(socket.Socket{
+			State:   socket.State(key.State),
+			Local:   netip.AddrPortFrom(address(key.Local, key.Ipv6), key.Port),
+			Peer:    netip.AddrPortFrom(address(key.Client, key.Ipv6), 0),
+			Sockets: int(count),
+		})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the counts from the kernel: %w", err)
+	}
+	return nil
+}
+
+// address is an address as the kernel's table has it: IPv4 for an IPv4
+// socket, v4-mapped for an IPv6 one; the programs write IPv4 v4-mapped.
+func address(a [16]byte, ipv6 uint8) netip.Addr {
+	if ipv6 != 0 {
+		return netip.AddrFrom16(a)
+	}
+	return netip.AddrFrom16(a).Unmap()
+}
+
+// totals sums each group's totals over the CPUs.
+func (c *Counter) totals() ([]programGroupTotals, error) {
+	sums := make([]programGroupTotals, c.groups)
+	for g := range sums {
+		var perCPU []programGroupTotals
+		if err := c.objs.Totals.Lookup(uint32(g), &perCPU); err != nil {
+			return nil, fmt.Errorf("reading the kernel's totals: %w", err)
+		}
+		s := &sums[g]
+		for _, t := range perCPU {
+			s.Opened += t.Opened
+			for i := range s.Closed {
+				s.Closed[i] += t.Closed[i]
+			}
+			for i := range s.Lifetimes {
+				s.Lifetimes[i] += t.Lifetimes[i]
+			}
+			s.LifetimeNs += t.LifetimeNs
+			s.Seeded += t.Seeded
+			s.Lost += t.Lost
+		}
+	}
+	return sums, nil
+}
