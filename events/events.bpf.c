@@ -23,6 +23,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 
 #define AF_INET6 10 // include/linux/socket.h
 
@@ -37,12 +38,15 @@ const volatile __u32 watched_states = 0;
 // each census. Only its last bit is in the keys: the census moves every
 // socket of the one before into it.
 __u32 generation = 0;
+// The epoch of the peaks: the exporter starts a new one at each read of
+// them, and reads the one before, which no event writes any more.
+__u32 epoch = 0;
 
-// Watched ports (host order) to their group.
+// Watched ports, in network order, to their group.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);
-	__type(key, __u16);
+	__type(key, __be16);
 	__type(value, __u32);
 } ports SEC(".maps");
 
@@ -89,6 +93,21 @@ struct client_key {
 	__u8 client[16]; // IPv4 v4-mapped
 };
 
+// Each client's count in its group, per generation as the connections'.
+struct holding_key {
+	__u32 group;
+	__u8 client[16];
+	__u32 generation; // the last bit of it
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
+	__type(key, struct holding_key);
+	__type(value, __s64);
+} holding SEC(".maps");
+
 enum {
 	CLOSED_BY_AGENT,  // the agent's FIN first
 	CLOSED_BY_CLIENT, // the client's FIN first
@@ -96,19 +115,50 @@ enum {
 	CLOSE_KINDS,
 };
 
-struct client_churn {
+// What each client did since the program was attached. The peaks are per
+// epoch, two by its last bit (the one being made, the one being read),
+// each an epoch << 32 | a count, changed as one by compare-and-swap:
+// begin is the count before the epoch's first change (it held from the
+// epoch's start), peak the most the count was in the epoch.
+struct client_state {
 	__u64 opened;
 	__u64 closed[CLOSE_KINDS];
+	__u64 begin[2];
+	__u64 peak[2];
+	__u32 at_limit; // 1 while counted in its group's clients at the limit
+	__u32 unused;
 };
 
-// Opens and closes per group and client since the program was attached.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
 	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
 	__type(key, struct client_key);
-	__type(value, struct client_churn);
+	__type(value, struct client_state);
 } clients SEC(".maps");
+
+// Each group's per-client limit, as the exporter last read it (0: not
+// known); the exporter sets max_entries to the number of groups.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} limits SEC(".maps");
+
+// The time some client of the group held at least its limit.
+struct group_state {
+	__s64 clients_at_limit;
+	__u64 since_ns; // when the first of them reached it
+	__u64 at_limit_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct group_state);
+} groups SEC(".maps");
 
 // The lifetimes' buckets, by their upper bounds: a request, a blocking
 // query (5 minutes at most by default), a leak.
@@ -188,16 +238,99 @@ static __always_inline bool add(struct connection_key *key, __s64 n)
 	return true;
 }
 
-static __always_inline struct client_churn *churn_of(__u32 group, const struct connection_key *key)
+static __always_inline struct client_state *client_of(__u32 group, const struct connection_key *key)
 {
 	struct client_key ck = {.group = group};
 	__builtin_memcpy(&ck.client, &key->client, sizeof(ck.client));
-	struct client_churn *c = bpf_map_lookup_elem(&clients, &ck);
+	struct client_state *c = bpf_map_lookup_elem(&clients, &ck);
 	if (c)
 		return c;
-	struct client_churn zero = {};
+	struct client_state zero = {};
 	bpf_map_update_elem(&clients, &ck, &zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&clients, &ck);
+}
+
+// fetch_add adds n to the count under key, made where missing, and
+// returns the count before; false where the map is full.
+static __always_inline bool fetch_add(struct holding_key *key, __s64 n, __s64 *before)
+{
+	__s64 *count = bpf_map_lookup_elem(&holding, key);
+	if (!count) {
+		if (bpf_map_update_elem(&holding, key, &n, BPF_NOEXIST) == 0) {
+			*before = 0;
+			return true;
+		}
+		count = bpf_map_lookup_elem(&holding, key); // another CPU's first
+		if (!count)
+			return false;
+	}
+	*before = __sync_fetch_and_add(count, n);
+	return true;
+}
+
+// set_if makes *slot an epoch's value: want(old) says what, or 0 to leave
+// it. Bounded: a change lost to others' changes at the same moment, four
+// times over, is left (no peak is lost: theirs are as high).
+#define CAS_TRIES 4
+
+static __always_inline void keep_begin(__u64 *slot, __u32 epoch_now, __s64 before)
+{
+	for (int i = 0; i < CAS_TRIES; i++) {
+		__u64 old = *slot;
+		if ((__u32)(old >> 32) == epoch_now)
+			return; // begun: an earlier change of this epoch
+		__u64 want = (__u64)epoch_now << 32 | (__u32)before;
+		if (__sync_val_compare_and_swap(slot, old, want) == old)
+			return;
+	}
+}
+
+static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
+{
+	for (int i = 0; i < CAS_TRIES; i++) {
+		__u64 old = *slot;
+		if ((__u32)(old >> 32) == epoch_now && (__s64)(__u32)old >= count)
+			return;
+		__u64 want = (__u64)epoch_now << 32 | (__u32)count;
+		if (__sync_val_compare_and_swap(slot, old, want) == old)
+			return;
+	}
+}
+
+// held changes a client's count in its group by n, in generation gen (the
+// one its connection is counted in), and follows what the change does to
+// its peak and to its group's time at the limit.
+static __always_inline void held(__u32 group, const struct connection_key *key, struct client_state *c, __s64 n, __u32 gen, __u64 now)
+{
+	struct holding_key hk = {.group = group, .generation = gen & 1};
+	__builtin_memcpy(&hk.client, &key->client, sizeof(hk.client));
+	__s64 before;
+	if (!fetch_add(&hk, n, &before))
+		return;
+	hk.generation ^= 1; // the other: what a census has not moved yet
+	__s64 *rest = bpf_map_lookup_elem(&holding, &hk);
+	if (rest)
+		before += *rest;
+	__s64 after = before + n;
+	if (!c)
+		return;
+	__u32 e = epoch;
+	keep_begin(&c->begin[e & 1], e, before);
+	keep_peak(&c->peak[e & 1], e, before > after ? before : after);
+
+	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
+	struct group_state *g = bpf_map_lookup_elem(&groups, &group);
+	if (!limit || !g)
+		return;
+	__u32 is = *limit > 0 && after >= *limit, was = c->at_limit;
+	if (is == was || __sync_val_compare_and_swap(&c->at_limit, was, is) != was)
+		return;
+	if (is) {
+		if (__sync_fetch_and_add(&g->clients_at_limit, 1) == 0)
+			g->since_ns = now;
+	} else if (__sync_fetch_and_add(&g->clients_at_limit, -1) == 1) {
+		__sync_fetch_and_add(&g->at_limit_ns, now - g->since_ns);
+	}
 }
 
 // server_end is sk as a TCP server end of a watched port in the exporter's
@@ -207,7 +340,9 @@ static __always_inline struct tcp_sock *server_end(void *sk, __u32 *group)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return NULL; // not TCP: the tracepoint is DCCP's, SCTP's and MPTCP's too
-	__u16 port = tp->inet_conn.icsk_inet.sk.__sk_common.skc_num;
+	// inet_sport, not skc_num: a socket going to CLOSE gives its port
+	// back (inet_put_port zeroes skc_num) before the change is traced.
+	__be16 port = tp->inet_conn.icsk_inet.inet_sport;
 	__u32 *g = bpf_map_lookup_elem(&ports, &port);
 	if (!g)
 		return NULL; // a client end's local port is its own
@@ -215,6 +350,18 @@ static __always_inline struct tcp_sock *server_end(void *sk, __u32 *group)
 		return NULL;
 	*group = *g;
 	return tp;
+}
+
+// moved moves one of a client's count from generation from to the
+// current one: its count is the same, nothing to follow.
+static __always_inline void moved(__u32 group, const struct connection_key *key, __u32 from)
+{
+	struct holding_key hk = {.group = group, .generation = from & 1};
+	__builtin_memcpy(&hk.client, &key->client, sizeof(hk.client));
+	__s64 before;
+	fetch_add(&hk, -1, &before);
+	hk.generation = generation & 1;
+	fetch_add(&hk, 1, &before);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -238,10 +385,12 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 			t->lost++;
 		return 0; // leaving, never counted: open before the census found it
 	}
-	struct connection_key key = {.port = sk->__sk_common.skc_num};
+	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, &key);
 	__u64 now = bpf_ktime_get_ns();
+	struct client_state *c = client_of(group, &key);
 	bool counted = st->counted;
+	__u32 counted_in = st->generation;
 	if (counted) {
 		key.state = st->state;
 		key.generation = st->generation & 1;
@@ -252,7 +401,6 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		if (!was) { // a new connection
 			st->opened_ns = now;
 			t->opened++;
-			struct client_churn *c = churn_of(group, &key);
 			if (c)
 				__sync_fetch_and_add(&c->opened, 1);
 		}
@@ -260,15 +408,22 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		key.generation = generation & 1;
 		if (!add(&key, 1)) {
 			t->lost++;
+			if (counted)
+				held(group, &key, c, -1, counted_in, now);
 			return 0;
 		}
 		st->counted = 1;
 		st->state = newstate;
 		st->generation = generation;
+		if (!counted)
+			held(group, &key, c, 1, generation, now);
+		else if ((counted_in ^ generation) & 1)
+			moved(group, &key, counted_in);
 		return 0;
 	}
 	if (!counted)
 		return 0;
+	held(group, &key, c, -1, counted_in, now);
 	// A close: how it ended, and after how long.
 	__u32 how = CLOSED_BY_AGENT;
 	if (newstate == TCP_CLOSE)
@@ -276,7 +431,6 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	else if (oldstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE_WAIT)
 		how = CLOSED_BY_CLIENT;
 	t->closed[how & 3]++;
-	struct client_churn *c = churn_of(group, &key);
 	if (c)
 		__sync_fetch_and_add(&c->closed[how & 3], 1);
 	if (st->opened_ns) {
@@ -313,11 +467,13 @@ int census(struct bpf_iter__tcp *ctx)
 	__u32 now = generation;
 	if (st->counted && st->generation == now)
 		return 0; // counted in this generation already, by an event
-	struct connection_key key = {.port = skc->skc_num};
+	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses((struct sock *)tp, &key);
-	if (st->counted) {
+	bool counted = st->counted;
+	__u32 counted_in = st->generation;
+	if (counted) {
 		key.state = st->state;
-		key.generation = st->generation & 1;
+		key.generation = counted_in & 1;
 		add(&key, -1);
 		st->counted = 0;
 	} else {
@@ -327,10 +483,16 @@ int census(struct bpf_iter__tcp *ctx)
 	key.generation = now & 1;
 	if (!add(&key, 1)) {
 		t->lost++;
+		if (counted)
+			held(group, &key, client_of(group, &key), -1, counted_in, bpf_ktime_get_ns());
 		return 0;
 	}
 	st->counted = 1;
 	st->state = key.state;
 	st->generation = now;
+	if (!counted)
+		held(group, &key, client_of(group, &key), 1, now, bpf_ktime_get_ns());
+	else if ((counted_in ^ now) & 1)
+		moved(group, &key, counted_in);
 	return 0;
 }

@@ -12,6 +12,7 @@ package events
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -40,15 +41,17 @@ var ErrUnavailable = errors.New("cannot count from the kernel's events")
 type Counter struct {
 	objs   programObjects
 	links  []link.Link
-	census *link.Iter
+	iterator *link.Iter
 	groups int
 
 	// mu makes a census and a read of the counts one at a time: during a
 	// census the counts are in two generations.
 	mu         sync.Mutex
 	generation uint32
-	drift      uint64 // connections the last audit found wrong
+	epoch      uint32
+	last       Census // the last audit's
 	audits     uint64 // censuses since the seed
+	missedAt   uint64 // the events the kernel skipped, at the last census
 }
 
 // Load attaches the programs that count the connections of each group's
@@ -71,12 +74,15 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter
 		mask |= 1 << s
 	}
 	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
-	for name, value := range map[string]uint32{programVarNetnsInum: netns, programVarWatchedStates: mask} {
+	// Epoch 0 is every peak's zero value: the first is 1.
+	for name, value := range map[string]uint32{programVarNetnsInum: netns, programVarWatchedStates: mask, programVarEpoch: 1} {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 	}
-	c := &Counter{groups: len(groups)}
+	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
+	spec.Maps[programMapGroups].MaxEntries = uint32(len(groups))
+	c := &Counter{groups: len(groups), epoch: 1}
 	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)
 	}
@@ -86,7 +92,10 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter
 	}
 	// The seed: after the events are followed, so that a connection
 	// opening meanwhile is counted by one or the other, once.
-	if _, err := c.Census(); err != nil {
+	c.mu.Lock()
+	_, err = c.census()
+	c.mu.Unlock()
+	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -96,7 +105,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter
 func (c *Counter) attach(groups [][]uint16) error {
 	for group, ports := range groups {
 		for _, p := range ports {
-			if err := c.objs.Ports.Put(p, uint32(group)); err != nil {
+			if err := c.objs.Ports.Put(portKey(p), uint32(group)); err != nil {
 				return err
 			}
 		}
@@ -106,10 +115,17 @@ func (c *Counter) attach(groups [][]uint16) error {
 		return err
 	}
 	c.links = append(c.links, l)
-	if c.census, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
+	if c.iterator, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
 		return fmt.Errorf("this kernel has no TCP iterator (Linux 5.15 or later): %w", err)
 	}
 	return nil
+}
+
+// portKey is a port as the kernel keeps inet_sport: in network order.
+func portKey(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
 }
 
 // explain says what a refusal to load means and how to grant what lacks.
@@ -130,8 +146,8 @@ func explain(err error) error {
 
 // Close detaches the programs.
 func (c *Counter) Close() {
-	if c.census != nil {
-		c.census.Close()
+	if c.iterator != nil {
+		c.iterator.Close()
 	}
 	for _, l := range c.links {
 		l.Close()
@@ -152,6 +168,10 @@ type Census struct {
 	Stale uint64
 }
 
+// Drift is the connections one side had and the other did not: 0 when
+// the events missed nothing.
+func (c Census) Drift() uint64 { return c.Uncounted + c.Stale }
+
 // Census walks the socket table once, under each socket's lock: it counts
 // the connections no event counted, and moves every count into a new
 // generation; the counts the old one still holds are of connections gone,
@@ -160,6 +180,20 @@ type Census struct {
 func (c *Counter) Census() (Census, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	found, err := c.census()
+	if err != nil {
+		return Census{}, err
+	}
+	c.last = found
+	c.audits++
+	return found, nil
+}
+
+func (c *Counter) census() (Census, error) {
+	missed, err := c.missed()
+	if err != nil {
+		return Census{}, err
+	}
 	before, err := c.totals()
 	if err != nil {
 		return Census{}, err
@@ -169,7 +203,7 @@ func (c *Counter) Census() (Census, error) {
 	if err := c.objs.Generation.Set(c.generation); err != nil {
 		return Census{}, fmt.Errorf("starting a census: %w", err)
 	}
-	r, err := c.census.Open()
+	r, err := c.iterator.Open()
 	if err != nil {
 		return Census{}, fmt.Errorf("opening the census of the socket table: %w", err)
 	}
@@ -187,29 +221,58 @@ func (c *Counter) Census() (Census, error) {
 		found.Uncounted += after[g].Seeded - before[g].Seeded
 	}
 	// No event writes the old generation any more: each of its sockets
-	// is in the new one, or closed.
+	// is in the new one, or closed. What it holds is of connections gone.
+	stale, err := dropGeneration(c.objs.Connections, old, func(k programConnectionKey) uint32 { return uint32(k.Generation) })
+	if err != nil {
+		return Census{}, err
+	}
+	found.Stale = stale
+	// The clients' counts, the same connections summed per client: what
+	// they hold is dropped, not counted twice.
+	if _, err := dropGeneration(c.objs.Holding, old, func(k programHoldingKey) uint32 { return k.Generation }); err != nil {
+		return Census{}, err
+	}
+	c.missedAt = missed
+	return found, nil
+}
+
+// dropGeneration deletes m's counts of generation gen, and returns how
+// many connections they were counting.
+func dropGeneration[K any](m *ebpf.Map, gen uint32, generation func(K) uint32) (uint64, error) {
 	var (
-		key   programConnectionKey
+		key   K
 		count int64
-		stale []programConnectionKey
+		keys  []K
+		total uint64
 	)
-	it := c.objs.Connections.Iterate()
+	it := m.Iterate()
 	for it.Next(&key, &count) {
-		if uint32(key.Generation) != old&1 {
+		if generation(key) != gen&1 {
 			continue
 		}
-		found.Stale += uint64(max(count, -count))
-		stale = append(stale, key)
+		total += uint64(max(count, -count))
+		keys = append(keys, key)
 	}
 	if err := it.Err(); err != nil {
-		return Census{}, fmt.Errorf("reading the counts: %w", err)
+		return 0, fmt.Errorf("reading the kernel's counts: %w", err)
 	}
-	for _, key := range stale {
-		if err := c.objs.Connections.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return Census{}, fmt.Errorf("dropping the old counts: %w", err)
+	for _, key := range keys {
+		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("dropping the old counts: %w", err)
 		}
 	}
-	return found, nil
+	return total, nil
+}
+
+// missed is how many times the kernel skipped the program, as it does when
+// the program is already running on that CPU (a socket's change in an
+// interrupt of another's): each a change not counted.
+func (c *Counter) missed() (uint64, error) {
+	stats, err := c.objs.Changed.Stats()
+	if err != nil {
+		return 0, fmt.Errorf("reading the program's statistics: %w", err)
+	}
+	return stats.RecursionMisses, nil
 }
 
 // Read calls add with one record per local address, port, state and

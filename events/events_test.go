@@ -2,6 +2,8 @@ package events
 
 import (
 	"context"
+	"net"
+	"syscall"
 	"net/netip"
 	"sync"
 	"testing"
@@ -144,3 +146,122 @@ func TestAnotherNamespacesConnectionsNeverCount(t *testing.T) {
 }
 
 
+
+func snapshotOf(t *testing.T, c *Counter, limits ...int) Snapshot {
+	t.Helper()
+	if limits == nil {
+		limits = []int{0}
+	}
+	s, err := c.Snapshot(10, limits)
+	require.NoError(t, err)
+	return s
+}
+
+func opened(g Group, client string) int {
+	for _, c := range g.TopOpened {
+		if c.Client == netip.MustParseAddr(client) {
+			return c.Count
+		}
+	}
+	return 0
+}
+
+// closeAs ends a connection the way how says: the agent's FIN first, the
+// client's, or a reset from the client; each returns once the server end
+// has left the watched states.
+func closeAs(t *testing.T, how string, p portopener.Pair) {
+	t.Helper()
+	switch how {
+	case "agent":
+		require.NoError(t, p.Server.Close()) // ESTABLISHED to FIN-WAIT-1, in the close
+		require.NoError(t, p.Client.Close())
+	case "client":
+		require.NoError(t, p.Client.Close())
+		_, err := p.Server.Read(make([]byte, 1))
+		require.Error(t, err, "EOF: the server end is in CLOSE-WAIT")
+		require.NoError(t, p.Server.Close()) // CLOSE-WAIT to LAST-ACK, in the close
+	case "reset":
+		require.NoError(t, p.Client.(*net.TCPConn).SetLinger(0))
+		require.NoError(t, p.Client.Close())
+		_, err := p.Server.Read(make([]byte, 1))
+		require.ErrorIs(t, err, syscall.ECONNRESET, "the server end reset: CLOSED")
+		require.NoError(t, p.Server.Close())
+	}
+}
+
+func TestThousandsOfShortConnectionsAreCountedOneByOneWithHowTheyEndedAndTheirLifetimes(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.41", 3) // open throughout, from before the start: neither opened nor closed
+	c := load(t, []uint16{l.Port()})
+	long := loopback.Open(t, l, "127.0.0.43", 5) // living through the short ones
+	opened5 := time.Now()
+	want := map[string]int{"agent": 1000 + 5, "client": 600, "reset": 400}
+	for how, n := range map[string]int{"agent": 1000, "client": 600, "reset": 400} {
+		for range n {
+			pairs, err := l.Open(context.Background(), netip.MustParseAddr("127.0.0.42"), 1)
+			require.NoError(t, err)
+			closeAs(t, how, pairs[0])
+		}
+	}
+	lived := time.Since(opened5)
+	for _, p := range long {
+		closeAs(t, "agent", p)
+	}
+	g := snapshotOf(t, c).Groups[0]
+	assert.Equal(t, uint64(2005), g.Opened)
+	assert.Equal(t, 2000, opened(g, "127.0.0.42"))
+	assert.Zero(t, opened(g, "127.0.0.41"), "open before the start: no open seen")
+	for i, how := range Closes {
+		assert.Equal(t, uint64(want[how]), g.Closed[i], "closed by %s", how)
+	}
+	assert.Equal(t, uint64(2005), g.LifetimeCount, "each closed connection's lifetime")
+	assert.Equal(t, g.LifetimeCount, g.Lifetimes[len(g.Lifetimes)-1], "none longer than an hour")
+	for i, bound := range LifetimeBounds {
+		if bound < lived.Seconds() {
+			assert.LessOrEqual(t, g.Lifetimes[i], uint64(2000), "the 5 long ones lived more than %gs", bound)
+		}
+	}
+	assert.GreaterOrEqual(t, g.LifetimeSum, 5*lived.Seconds())
+	assert.Zero(t, g.Lost)
+	assert.Equal(t, peerless(table(t, l.Port())), counted(t, c))
+}
+
+func TestABurstHeldForMillisecondsShowsExactlyInThePeak(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := load(t, []uint16{l.Port()})
+	loopback.Open(t, l, "127.0.0.51", 5) // steady: no change in any epoch
+	snapshotOf(t, c)                     // an epoch starts
+	burst := loopback.Open(t, l, "127.0.0.52", 40)
+	portopener.CloseAll(burst[:35])
+	s := snapshotOf(t, c)
+	peaks := s.Groups[0].Peaks.TopClients(10)
+	require.Len(t, peaks, 2)
+	assert.Equal(t, "127.0.0.52", peaks[0].Client.String())
+	assert.Equal(t, 40, peaks[0].Count, "the burst's top, gone before the read")
+	assert.Equal(t, 5, peaks[1].Count, "a steady client's count held through the epoch")
+
+	portopener.CloseAll(burst[35:])
+	loopback.Open(t, l, "127.0.0.52", 2)
+	peaks = snapshotOf(t, c).Groups[0].Peaks.TopClients(10)
+	assert.Equal(t, 5, peaks[0].Count, "the burst's epoch is over: 5 at most since, for either")
+	assert.Equal(t, 5, peaks[1].Count)
+}
+
+func TestTheTimeAtTheLimitRunsFromTheConnectionThatReachesItToTheCloseThatLeavesIt(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := load(t, []uint16{l.Port()})
+	loopback.Open(t, l, "127.0.0.61", 9)
+	assert.Zero(t, snapshotOf(t, c, 10).Groups[0].AtLimit, "9 of 10: below")
+	beforeReach := time.Now()
+	tenth := loopback.Open(t, l, "127.0.0.61", 1)
+	reached := time.Now()
+	loopback.Open(t, l, "127.0.0.62", 3) // another client, below the limit
+	beforeLeave := time.Now()
+	closeAs(t, "agent", tenth[0])
+	left := time.Now()
+	at := snapshotOf(t, c, 10).Groups[0].AtLimit
+	assert.GreaterOrEqual(t, at, beforeLeave.Sub(reached), "at the limit from the tenth to its close")
+	assert.LessOrEqual(t, at, left.Sub(beforeReach))
+	loopback.Open(t, l, "127.0.0.62", 3)
+	assert.Equal(t, at, snapshotOf(t, c, 10).Groups[0].AtLimit, "below since: no more time")
+}

@@ -13,16 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type programClientChurn struct {
-	_      structs.HostLayout
-	Opened uint64
-	Closed [3]uint64
-}
-
 type programClientKey struct {
 	_      structs.HostLayout
 	Group  uint32
 	Client [16]uint8
+}
+
+type programClientState struct {
+	_       structs.HostLayout
+	Opened  uint64
+	Closed  [3]uint64
+	Begin   [2]uint64
+	Peak    [2]uint64
+	AtLimit uint32
+	Unused  uint32
 }
 
 type programConnectionKey struct {
@@ -36,6 +40,13 @@ type programConnectionKey struct {
 	Unused     uint8
 }
 
+type programGroupState struct {
+	_              structs.HostLayout
+	ClientsAtLimit int64
+	SinceNs        uint64
+	AtLimitNs      uint64
+}
+
 type programGroupTotals struct {
 	_          structs.HostLayout
 	Opened     uint64
@@ -44,6 +55,13 @@ type programGroupTotals struct {
 	LifetimeNs uint64
 	Seeded     uint64
 	Lost       uint64
+}
+
+type programHoldingKey struct {
+	_          structs.HostLayout
+	Group      uint32
+	Client     [16]uint8
+	Generation uint32
 }
 
 type programSocketState struct {
@@ -61,11 +79,15 @@ type programSocketState struct {
 const (
 	programMapClients       = "clients"
 	programMapConnections   = "connections"
+	programMapGroups        = "groups"
+	programMapHolding       = "holding"
+	programMapLimits        = "limits"
 	programMapPorts         = "ports"
 	programMapSockets       = "sockets"
 	programMapTotals        = "totals"
 	programProgCensus       = "census"
 	programProgChanged      = "changed"
+	programVarEpoch         = "epoch"
 	programVarGeneration    = "generation"
 	programVarNetnsInum     = "netns_inum"
 	programVarWatchedStates = "watched_states"
@@ -123,6 +145,9 @@ type programProgramSpecs struct {
 type programMapSpecs struct {
 	Clients     *ebpf.MapSpec `ebpf:"clients"`
 	Connections *ebpf.MapSpec `ebpf:"connections"`
+	Groups      *ebpf.MapSpec `ebpf:"groups"`
+	Holding     *ebpf.MapSpec `ebpf:"holding"`
+	Limits      *ebpf.MapSpec `ebpf:"limits"`
 	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
@@ -132,6 +157,7 @@ type programMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programVariableSpecs struct {
+	Epoch         *ebpf.VariableSpec `ebpf:"epoch"`
 	Generation    *ebpf.VariableSpec `ebpf:"generation"`
 	NetnsInum     *ebpf.VariableSpec `ebpf:"netns_inum"`
 	WatchedStates *ebpf.VariableSpec `ebpf:"watched_states"`
@@ -159,6 +185,9 @@ func (o *programObjects) Close() error {
 type programMaps struct {
 	Clients     *ebpf.Map `ebpf:"clients"`
 	Connections *ebpf.Map `ebpf:"connections"`
+	Groups      *ebpf.Map `ebpf:"groups"`
+	Holding     *ebpf.Map `ebpf:"holding"`
+	Limits      *ebpf.Map `ebpf:"limits"`
 	Ports       *ebpf.Map `ebpf:"ports"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
@@ -168,6 +197,9 @@ func (m *programMaps) Close() error {
 	return _ProgramClose(
 		m.Clients,
 		m.Connections,
+		m.Groups,
+		m.Holding,
+		m.Limits,
 		m.Ports,
 		m.Sockets,
 		m.Totals,
@@ -178,6 +210,7 @@ func (m *programMaps) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programVariables struct {
+	Epoch         *ebpf.Variable `ebpf:"epoch"`
 	Generation    *ebpf.Variable `ebpf:"generation"`
 	NetnsInum     *ebpf.Variable `ebpf:"netns_inum"`
 	WatchedStates *ebpf.Variable `ebpf:"watched_states"`

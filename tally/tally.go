@@ -41,6 +41,16 @@ func New(ports []uint16, states []socket.State) *Tally {
 	return t
 }
 
+// OfClients is a tally of clients' counts alone, none per port or state:
+// what a client held at its busiest, say.
+func OfClients(counts map[netip.Addr]int) *Tally {
+	t := New(nil, nil)
+	for client, n := range counts {
+		t.perClient[Client(client)] += n
+	}
+	return t
+}
+
 // Add counts s if it is a server-side socket of a watched port in a watched
 // state. A client-side socket whose peer is the watched port is not counted:
 // its server-side twin is, when the server runs on this host.

@@ -1,0 +1,200 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
+)
+
+// Closes are how a connection can end, in the order of Group.Closed.
+var Closes = []string{"agent", "client", "reset"}
+
+// LifetimeBounds are the lifetimes' buckets, by their upper bounds in
+// seconds, as events.bpf.c has them: a request, a blocking query, a leak.
+var LifetimeBounds = []float64{0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 60, 330, 900, 1800, 3600}
+
+// Snapshot is what the events say, per group as Load was given them.
+type Snapshot struct {
+	Groups []Group
+	// Audit is what the last audit's census found (none before the
+	// first); Audits counts them.
+	Audit  Census
+	Audits uint64
+	// Missed are the changes the kernel skipped the program for since
+	// start; the next census corrects what they left.
+	Missed uint64
+}
+
+// Group is one group's events since the program was attached.
+type Group struct {
+	// Opened are the connections that entered the watched states.
+	Opened uint64
+	// Closed are the counted connections that left them, by how, in
+	// Closes' order.
+	Closed [3]uint64
+	// Lifetimes count the closed connections' lifetimes per bucket of
+	// LifetimeBounds, cumulative, as a Prometheus histogram has them
+	// (those open before the start are not in them); LifetimeCount and
+	// LifetimeSum are all of them, and their sum in seconds.
+	Lifetimes     []uint64
+	LifetimeCount uint64
+	LifetimeSum   float64
+	// Lost are connections a full map could not count: until a census
+	// finds room for them, the counts lack them.
+	Lost uint64
+	// TopOpened are the clients that opened the most, most first.
+	TopOpened []tally.ClientCount
+	// Peaks are each client's most held since the last snapshot.
+	Peaks *tally.Tally
+	// AtLimit is the time some client held at least the group's limit, as
+	// the limits given to Snapshot had it.
+	AtLimit time.Duration
+}
+
+// Snapshot reads the events since start, and each client's peak since the
+// last snapshot, with top clients each; limits (per group, 0 for none
+// known) are what the time at the limit counts against from now on.
+// Where the kernel skipped the program since the last census, a census
+// is taken first: the counts are right again before they are read.
+func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	missed, err := c.missed()
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if missed > c.missedAt {
+		found, err := c.census()
+		if err != nil {
+			return Snapshot{}, err
+		}
+		c.last = found
+		c.audits++
+	}
+	for g, limit := range limits[:min(len(limits), c.groups)] {
+		if err := c.objs.Limits.Put(uint32(g), uint32(max(limit, 0))); err != nil {
+			return Snapshot{}, fmt.Errorf("setting the limits in the kernel: %w", err)
+		}
+	}
+	snap := Snapshot{Groups: make([]Group, c.groups), Audit: c.last, Audits: c.audits, Missed: missed}
+	totals, err := c.totals()
+	if err != nil {
+		return Snapshot{}, err
+	}
+	now, err := monotonic()
+	if err != nil {
+		return Snapshot{}, err
+	}
+	for g := range snap.Groups {
+		t, group := totals[g], &snap.Groups[g]
+		group.Opened, group.Closed, group.Lost = t.Opened, t.Closed, t.Lost
+		group.Lifetimes = make([]uint64, len(LifetimeBounds))
+		var sum uint64
+		for i, n := range t.Lifetimes {
+			sum += n
+			if i < len(group.Lifetimes) {
+				group.Lifetimes[i] = sum
+			}
+		}
+		group.LifetimeCount, group.LifetimeSum = sum, time.Duration(t.LifetimeNs).Seconds()
+		var s programGroupState
+		if err := c.objs.Groups.Lookup(uint32(g), &s); err != nil {
+			return Snapshot{}, fmt.Errorf("reading the kernel's time at the limit: %w", err)
+		}
+		group.AtLimit = time.Duration(s.AtLimitNs)
+		if s.ClientsAtLimit > 0 && now > s.SinceNs {
+			group.AtLimit += time.Duration(now - s.SinceNs)
+		}
+	}
+	if err := c.clients(snap.Groups, top); err != nil {
+		return Snapshot{}, err
+	}
+	return snap, nil
+}
+
+// clients reads each client's opens and its peak over the epoch that
+// ends now.
+func (c *Counter) clients(groups []Group, top int) error {
+	ended := c.epoch
+	c.epoch++
+	if err := c.objs.Epoch.Set(c.epoch); err != nil {
+		return fmt.Errorf("starting an epoch of the peaks: %w", err)
+	}
+	peaks := make([]map[netip.Addr]int, len(groups))
+	for g := range peaks {
+		peaks[g] = map[netip.Addr]int{}
+	}
+	var (
+		key   programClientKey
+		state programClientState
+	)
+	it := c.objs.Clients.Iterate()
+	for it.Next(&key, &state) {
+		if int(key.Group) >= len(groups) {
+			continue
+		}
+		client := netip.AddrFrom16(key.Client).Unmap()
+		group := &groups[key.Group]
+		group.TopOpened = tally.Keep(group.TopOpened, tally.ClientCount{Client: client, Count: int(state.Opened)}, top)
+		peak, err := c.peak(key, state, ended)
+		if err != nil {
+			return err
+		}
+		if peak > 0 {
+			peaks[key.Group][client] = peak
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the kernel's clients: %w", err)
+	}
+	for g := range groups {
+		groups[g].Peaks = tally.OfClients(peaks[g])
+	}
+	return nil
+}
+
+// peak is the most a client held over epoch ended: the peak the events
+// of the epoch left; with none, the count that held through it, which is
+// the count before the next epoch's first change, or, with none yet, the
+// count now.
+func (c *Counter) peak(key programClientKey, state programClientState, ended uint32) (int, error) {
+	if epochOf(state.Peak[ended&1]) == ended {
+		return countOf(state.Peak[ended&1]), nil
+	}
+	// The count first, then whether a change came since: if none, the
+	// count read held through the epoch.
+	now := 0
+	for gen := range uint32(2) {
+		var n int64
+		err := c.objs.Holding.Lookup(programHoldingKey{Group: key.Group, Client: key.Client, Generation: gen}, &n)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("reading the kernel's clients: %w", err)
+		}
+		now += int(n)
+	}
+	if err := c.objs.Clients.Lookup(key, &state); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, fmt.Errorf("reading the kernel's clients: %w", err)
+	}
+	if next := state.Begin[(ended+1)&1]; epochOf(next) == ended+1 {
+		return countOf(next), nil
+	}
+	return now, nil
+}
+
+func epochOf(slot uint64) uint32 { return uint32(slot >> 32) }
+func countOf(slot uint64) int    { return int(int32(uint32(slot))) }
+
+// monotonic is the clock the kernel's bpf_ktime_get_ns reads.
+func monotonic() (uint64, error) {
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
+		return 0, fmt.Errorf("reading the clock: %w", err)
+	}
+	return uint64(now.Nano()), nil
+}
