@@ -33,6 +33,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/check"
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
+	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
@@ -109,6 +110,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	go s.limits.Run(ctx)
 	go s.collector.SampleEvery(ctx)
+	if s.audit != nil {
+		go s.audit(ctx)
+	}
 	var serve func(context.Context) error
 	if s.serveWeb {
 		serve = func(ctx context.Context) error { return delivery.Serve(ctx, s.collector, name, s.web, s.logger) }
@@ -140,7 +144,9 @@ type setup struct {
 
 	// For the start-up step.
 	config      collector.Config
-	refusals    bool        // --refusals: load the counter
+	refusals    bool          // --refusals: load the counter
+	events      *events.Flags // with --source events: load the programs
+	audit       func(context.Context)
 	commandCaps []cap.Value // kept for --command
 	// listenersUnread: a --command's table may be another namespace's.
 	listenersUnread bool
@@ -207,6 +213,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 	textfileFlags := textfile.AddFlags(app)
 	pushFlags := pushgateway.AddFlags(app, name)
 	refusalFlags := refusals.AddFlags(app)
+	eventFlags := events.AddFlags(app)
 	listenerFlags := listeners.AddFlags(app)
 	s := &setup{web: delivery.AddWebFlags(app)}
 	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&s.once)
@@ -290,8 +297,17 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		s.listenersUnread = true
 	}
 	s.config, s.refusals = config, refusalFlags.Enabled
+	if sourceFlags.Events() {
+		if err := eventFlags.Validate(); err != nil {
+			return nil, err
+		}
+		s.events = eventFlags
+	}
 	if ports := len(config.Ports()); s.refusals && ports > refusals.MaxPorts {
 		return nil, fmt.Errorf("--refusals watches at most %d ports, and --port and --rpc.port name %d", refusals.MaxPorts, ports)
+	}
+	if ports := len(config.Ports()); s.events != nil && ports > events.MaxPorts {
+		return nil, fmt.Errorf("--source events watches at most %d ports, and --port and --rpc.port name %d", events.MaxPorts, ports)
 	}
 	if s.commandCaps, err = sourceFlags.Capabilities(); err != nil {
 		return nil, err

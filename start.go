@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -8,26 +9,37 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
+	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 )
 
-// start loads the kernel programs of the features enabled (the refusals'
-// counter; the list of open files that names programs), then confines the
+// start loads the kernel programs of the features enabled (the events'
+// counts; the refusals' counter; the list of open files that names
+// programs), then confines the
 // exporter and every program it runs to the capabilities its features still
 // need: past this step nothing privileged can be done, root included.
-// Refusals that cannot be counted are an error; programs that cannot be
-// named from the kernel are named by walking /proc.
+// Counts or refusals that cannot be kept as asked are an error (no other
+// source stands in for --source events: it was asked for by name);
+// programs that cannot be named from the kernel are named by walking /proc.
 func start(s *setup) error {
 	kernel := btf.NewCache() // the kernel's types, read once for every program
+	var ports [][]uint16
+	for _, g := range s.config.Groups {
+		ports = append(ports, g.Ports)
+	}
+	var counts *events.Counter
+	if s.events != nil {
+		var err error
+		if counts, err = events.Load(kernel, ports, s.config.States); err != nil {
+			return err
+		}
+	}
 	var counter *refusals.Counter
 	if s.refusals {
-		var ports [][]uint16
-		for _, g := range s.config.Groups {
-			ports = append(ports, g.Ports)
-		}
 		var err error
 		if counter, err = refusals.Load(kernel, ports); err != nil {
+			closeAll(counts, nil, nil)
 			return err
 		}
 	}
@@ -39,7 +51,7 @@ func start(s *setup) error {
 		}
 	}
 	if missing := capabilities.Missing(s.commandCaps...); len(missing) > 0 {
-		closeAll(counter, lister)
+		closeAll(counts, counter, lister)
 		return fmt.Errorf("--command.capabilities: the exporter does not hold %s to give its command: run it as root, or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)", capabilities.Names(missing))
 	}
 	keep := slices.Clone(s.commandCaps)
@@ -47,15 +59,21 @@ func start(s *setup) error {
 		keep = append(keep, capabilities.DACReadSearch, capabilities.SysPtrace)
 	}
 	keep, err := capabilities.Confine(keep...)
-	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && counter == nil {
+	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && counter == nil && counts == nil {
 		// Nothing loaded needs confining: run on as started, and say so.
-		closeAll(nil, lister)
+		closeAll(nil, nil, lister)
 		s.logger.Warn("keeping the capabilities the exporter started with", "err", err)
 		return nil
 	}
 	if err != nil {
-		closeAll(counter, lister)
+		closeAll(counts, counter, lister)
 		return err
+	}
+	if counts != nil {
+		s.collector.CountFromEvents(counts, counts.Snapshot)
+		s.source = counts.String()
+		interval, logger := s.events.AuditInterval, s.logger
+		s.audit = func(ctx context.Context) { counts.AuditEvery(ctx, interval, logger) }
 	}
 	if counter != nil {
 		s.collector.CountRefusals(counter.Snapshot)
@@ -77,7 +95,10 @@ func start(s *setup) error {
 }
 
 // closeAll closes the kernel programs loaded, when the start fails.
-func closeAll(counter *refusals.Counter, lister *owners.Iterator) {
+func closeAll(counts *events.Counter, counter *refusals.Counter, lister *owners.Iterator) {
+	if counts != nil {
+		counts.Close()
+	}
 	if counter != nil {
 		counter.Close()
 	}

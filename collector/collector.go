@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
@@ -117,6 +118,9 @@ type Collector struct {
 	tried atomic.Bool
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
+	// events reads what the kernel's events keep besides the counts (with
+	// --source events), nil without.
+	events func(top int, limits []int) (events.Snapshot, error)
 	// refusals reads the refusals counted in the kernel, nil without.
 	refusals      func(top int) ([]refusals.Group, error)
 	refusalsState changes.Tracker
@@ -151,6 +155,14 @@ func New(config Config, src source.Source, limits func() limits.Snapshot, logger
 // the listener at agentAddr or a wildcard one).
 func (c *Collector) WatchListeners(read func(ctx context.Context) ([]listeners.Listener, error), agentAddr netip.Addr, user *uint32) {
 	c.listeners, c.agentAddr, c.agentUser = read, agentAddr, user
+}
+
+// CountFromEvents has the counts read from src, the kernel's events, and
+// every collection and sample carry what read reads of them besides: the
+// churn, the lifetimes, and each client's peak between two reads, which the
+// peaks then hold instead of what a read saw at its moment.
+func (c *Collector) CountFromEvents(src source.Source, read func(top int, limits []int) (events.Snapshot, error)) {
+	c.source, c.events = src, read
 }
 
 // CountRefusals has every collection carry the refusals read reads.
@@ -188,7 +200,11 @@ func (c *Collector) collect(ctx context.Context) Result {
 	// After the count: a read of the agent's limits opens a connection
 	// of its own, which must not be counted.
 	res.Limits = c.limits()
-	c.sampled(start, counts, res.Limits, err) // a collection is a sample too
+	if err == nil {
+		res.Events, err = c.readEvents(res.Limits)
+		res.Err = err
+	}
+	c.sampled(start, counts, res.Limits, res.Events, err) // a collection is a sample too
 	if c.peaks != nil {
 		view := c.peaks.View(time.Now())
 		res.Peaks = &view
@@ -212,7 +228,7 @@ func (c *Collector) collect(ctx context.Context) Result {
 		c.refusalsState.Log(c.logger, slog.LevelError, problem, "cannot read the refusals; their counters are absent", "the refusals can be read again")
 	}
 	if _, err := res.metrics(); err != nil {
-		res.Groups, res.Processes, res.ProcessesKnown, res.ProcessesWhy, res.Peaks, res.Refusals = nil, nil, false, "", nil, nil
+		res.Groups, res.Processes, res.ProcessesKnown, res.ProcessesWhy, res.Peaks, res.Refusals, res.Events = nil, nil, false, "", nil, nil, nil
 		res.Err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
 	}
 	return res
@@ -225,7 +241,29 @@ func (c *Collector) Sample(ctx context.Context) {
 	agent, _ := c.agent(ctx)
 	counts := newCounts(c.config, false, agent)
 	err := c.source.Read(ctx, counts.add, counts.reset)
-	c.sampled(start, counts, c.limits(), err)
+	lim := c.limits()
+	var events *events.Snapshot
+	if err == nil {
+		events, err = c.readEvents(lim)
+	}
+	c.sampled(start, counts, lim, events, err)
+}
+
+// readEvents reads what the events keep besides the counts, nil without
+// them; lim are the limits their time at the limit counts against.
+func (c *Collector) readEvents(lim limits.Snapshot) (*events.Snapshot, error) {
+	if c.events == nil {
+		return nil, nil
+	}
+	perGroup := make([]int, len(c.config.Groups))
+	for i, g := range c.config.Groups {
+		perGroup[i] = g.limit(lim)
+	}
+	snap, err := c.events(c.config.TopClients, perGroup)
+	if err != nil {
+		return nil, fmt.Errorf("reading the kernel's events: %w", err)
+	}
+	return &snap, nil
 }
 
 // SampleEvery samples every interval until ctx is done; without sampling
@@ -246,8 +284,9 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 	}
 }
 
-// sampled adds a sample taken at start to the peaks, if they are kept.
-func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot, err error) {
+// sampled adds a sample taken at start to the peaks, if they are kept: with
+// the events, each client's peak since the last read, else its count.
+func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot, events *events.Snapshot, err error) {
 	switch {
 	case c.peaks == nil:
 	case err != nil:
@@ -256,6 +295,9 @@ func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot
 		groups := make([]peaks.Group, len(c.config.Groups))
 		for i, g := range c.config.Groups {
 			groups[i] = peaks.Group{Counts: counts.groups[i], Limit: g.limit(lim)}
+			if events != nil {
+				groups[i].Counts = events.Groups[i].Peaks
+			}
 		}
 		c.peaks.Add(start, groups)
 	}

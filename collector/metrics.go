@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -19,6 +20,8 @@ type groupDescs struct {
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 	// Counted in the kernel (--refusals).
 	refused, refusedPerClient, refusalsUntracked *prometheus.Desc
+	// Kept by the kernel's events (--source events).
+	opened, openedPerClient, closed, lifetimes, lost *prometheus.Desc
 }
 
 func newGroupDescs(l *Limiter) groupDescs {
@@ -58,6 +61,21 @@ func newGroupDescs(l *Limiter) groupDescs {
 		refusedPerClient: prometheus.NewDesc("consul_refused_"+group+"_connections_per_client_total",
 			what+" connections Consul refused to one client IP since the exporter started, for the clients refused most.",
 			[]string{"client"}, nil),
+		opened: prometheus.NewDesc("consul_opened_"+group+"_connections_total",
+			what+" connections opened (entered the watched states) since the exporter started, from the kernel's events.",
+			nil, nil),
+		openedPerClient: prometheus.NewDesc("consul_opened_"+group+"_connections_per_client_total",
+			what+" connections one client IP opened since the exporter started, for the clients that opened the most.",
+			[]string{"client"}, nil),
+		closed: prometheus.NewDesc("consul_closed_"+group+"_connections_total",
+			what+" connections closed (left the watched states) since the exporter started, by who ended them: the agent's FIN first, the client's, or a reset either way.",
+			[]string{"by"}, nil),
+		lifetimes: prometheus.NewDesc("consul_"+group+"_connection_duration_seconds",
+			"How long the "+what+" connections closed since the exporter started were open (those open before it are not in it).",
+			nil, nil),
+		lost: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_lost_total",
+			what+" connections the kernel's maps were too full to count: until an audit finds room for them, the counts lack them (0 when they are exact).",
+			nil, nil),
 	}
 }
 
@@ -94,6 +112,18 @@ var (
 		"consul_conn_exporter_port_listener_users",
 		"How many users listen on the watched port: past 1, only the connections to the Consul agent's listeners count.",
 		[]string{"port"}, nil)
+	eventsDriftDesc = prometheus.NewDesc(
+		"consul_conn_exporter_events_drift",
+		"Connections the last audit (--events.audit-interval) found the kernel's events had counted wrong, one way or the other, and corrected: 0 when all is well.",
+		nil, nil)
+	eventsAuditsDesc = prometheus.NewDesc(
+		"consul_conn_exporter_events_audits_total",
+		"Audits of the kernel's events against its socket table since start.",
+		nil, nil)
+	eventsMissedDesc = prometheus.NewDesc(
+		"consul_conn_exporter_events_missed_total",
+		"Changes of a socket the kernel skipped the events' program for (its recursion guard): each is audited before the next read.",
+		nil, nil)
 	durationDesc = prometheus.NewDesc(
 		"consul_conn_exporter_collect_duration_seconds",
 		"Time the collection took, command included.",
@@ -104,11 +134,13 @@ var (
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range Limiters {
 		g := l.metrics
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked} {
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked,
+			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost} {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc} {
+	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
+		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc} {
 		ch <- d
 	}
 }
@@ -183,7 +215,30 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 			for _, c := range p.Top[:min(r.TopClients, len(p.Top))] {
 				gauge(d.peakPerClient, float64(c.Count), c.Client.String())
 			}
-			counter(d.atLimit, p.AtLimit.Seconds())
+			if r.Events == nil { // the events' is exact, not sampled
+				counter(d.atLimit, p.AtLimit.Seconds())
+			}
+		}
+		if r.Events != nil {
+			e := r.Events.Groups[i]
+			counter(d.atLimit, e.AtLimit.Seconds())
+			counter(d.opened, float64(e.Opened))
+			for _, c := range e.TopOpened[:min(r.TopClients, len(e.TopOpened))] {
+				counter(d.openedPerClient, float64(c.Count), c.Client.String())
+			}
+			for how, n := range e.Closed {
+				counter(d.closed, float64(n), events.Closes[how])
+			}
+			buckets := make(map[float64]uint64, len(events.LifetimeBounds))
+			for b, bound := range events.LifetimeBounds {
+				buckets[bound] = e.Lifetimes[b]
+			}
+			if m, err := prometheus.NewConstHistogram(d.lifetimes, e.LifetimeCount, e.LifetimeSum, buckets); err != nil {
+				errs = append(errs, err)
+			} else {
+				metrics = append(metrics, m)
+			}
+			counter(d.lost, float64(e.Lost))
 		}
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))
@@ -192,6 +247,11 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 				counter(d.refusedPerClient, float64(c.Count), c.Client.String())
 			}
 		}
+	}
+	if r.Events != nil {
+		gauge(eventsDriftDesc, float64(r.Events.Audit.Drift()))
+		counter(eventsAuditsDesc, float64(r.Events.Audits))
+		counter(eventsMissedDesc, float64(r.Events.Missed))
 	}
 	if r.Listeners != nil {
 		for port, users := range r.Listeners.Owners {

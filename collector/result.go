@@ -3,6 +3,7 @@ package collector
 import (
 	"time"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/peaks"
@@ -35,6 +36,10 @@ type Result struct {
 	// Peaks are what the samples saw over the window, per group as in
 	// Groups; nil without sampling.
 	Peaks *peaks.View
+	// Events are what the kernel's events keep besides the counts (churn,
+	// lifetimes, the time at the limit), per group as in Groups; nil but
+	// with --source events.
+	Events *events.Snapshot
 	// Refusals are each group's refusals counted in the kernel since
 	// start, as in Groups; nil without --refusals.
 	Refusals []refusals.Group

@@ -39,10 +39,10 @@ var ErrUnavailable = errors.New("cannot count from the kernel's events")
 
 // Counter is the attached programs and their maps.
 type Counter struct {
-	objs   programObjects
-	links  []link.Link
+	objs     programObjects
+	links    []link.Link
 	iterator *link.Iter
-	groups int
+	groups   int
 
 	// mu makes a census and a read of the counts one at a time: during a
 	// census the counts are in two generations.

@@ -3,9 +3,9 @@ package events
 import (
 	"context"
 	"net"
-	"syscall"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,8 +144,6 @@ func TestAnotherNamespacesConnectionsNeverCount(t *testing.T) {
 	loopback.Open(t, l, "127.0.0.1", 2)
 	assert.Len(t, counted(t, c), 2)
 }
-
-
 
 func snapshotOf(t *testing.T, c *Counter, limits ...int) Snapshot {
 	t.Helper()

@@ -26,10 +26,10 @@ type Flags struct {
 // AddFlags declares the source's flags on app.
 func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
-	source := app.Flag("source", "Where the sockets come from: ss (netstat where ss is missing, the built-in netlink reader where neither is), netstat, netlink (the kernel's socket table, read directly), or command (--command).").
+	source := app.Flag("source", "Where the sockets come from: ss (netstat where ss is missing, the built-in netlink reader where neither is), netstat, netlink (the kernel's socket table, read directly), command (--command), or events (counts the kernel keeps as connections open and close, with churn and exact peaks: an eBPF program, needs CAP_BPF and CAP_PERFMON or root at start, Linux 5.15 with BTF).").
 		Default("ss")
 	source.IsSetByUser(&f.sourceSet)
-	source.EnumVar(&f.source, "ss", "netstat", "netlink", "command")
+	source.EnumVar(&f.source, "ss", "netstat", "netlink", "command", "events")
 	app.Flag("command", "Command that prints the socket table, instead of ss (or netstat); split like a shell would, run without one.").
 		StringVar(&f.command)
 	app.Flag("command.timeout", "Kill the command, and fail the collection, after this long.").
@@ -42,6 +42,10 @@ func AddFlags(app *kingpin.Application) *Flags {
 // OwnNamespace is whether the table is the exporter's own network
 // namespace's: not where a --command prints it (it may enter another).
 func (f *Flags) OwnNamespace() bool { return f.command == "" }
+
+// Events is whether the counts come from the kernel's events: loaded at
+// start (events.Load), in place of the source New gives.
+func (f *Flags) Events() bool { return f.source == "events" }
 
 // Timeout bounds each read of the table.
 func (f *Flags) Timeout() time.Duration { return f.commandTimeout }
@@ -83,7 +87,10 @@ func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
 		return NewCommand(r, impliedState(r.Argv()), want.processes(), logger), nil
 	case f.source == "command":
 		return nil, errors.New("--source command needs --command")
-	case f.source == "netlink":
+	case f.source == "events" && want.processes():
+		return nil, errors.New("--clients.processes names programs from each socket's row: not with --source events, which keeps counts")
+	case f.source == "netlink", f.source == "events":
+		// With events, the built-in reader until the programs load.
 		return netlink()
 	case f.source == "netstat":
 		c, err := netstat(want, f.commandTimeout, logger)
