@@ -5,6 +5,7 @@ package exposition
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -32,6 +33,19 @@ func Parse(r io.Reader) (map[string]float64, error) {
 				key += "{" + strings.Join(labels, ",") + "}"
 			}
 			switch {
+			case m.Histogram != nil: // as the text has it: _bucket{le=...}, _sum, _count
+				h := m.GetHistogram()
+				for _, b := range h.GetBucket() {
+					bucket := append(slices.Clone(labels), fmt.Sprintf("le=%q", model.FloatString(b.GetUpperBound()).String()))
+					sort.Strings(bucket)
+					metrics[name+"_bucket{"+strings.Join(bucket, ",")+"}"] = float64(b.GetCumulativeCount())
+				}
+				suffix := ""
+				if len(labels) > 0 {
+					suffix = "{" + strings.Join(labels, ",") + "}"
+				}
+				metrics[name+"_sum"+suffix] = h.GetSampleSum()
+				metrics[name+"_count"+suffix] = float64(h.GetSampleCount())
 			case m.Counter != nil:
 				metrics[key] = m.GetCounter().GetValue()
 			case m.Untyped != nil:

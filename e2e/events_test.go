@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+)
+
+// needEvents ends the test where the events' programs cannot load here.
+func needEvents(t *testing.T) {
+	t.Helper()
+	programs.NeedRoot(t, "load the events' kernel programs")
+	programs.NeedBTF(t)
+}
+
+// openCounts are the open connections' series of metrics: what the
+// events must give as a read of the table gives them.
+func openCounts(metrics map[string]float64) map[string]float64 {
+	m := maps.Clone(metrics)
+	maps.DeleteFunc(m, func(key string, _ float64) bool {
+		return !strings.HasPrefix(key, "consul_open_") || strings.Contains(key, "_peak")
+	})
+	return m
+}
+
+// eventsExporter starts the exporter with --source events and args, and
+// returns its /metrics URL.
+func eventsExporter(t *testing.T, args ...string) string {
+	t.Helper()
+	addr := freeAddr(t)
+	startServer(t, append([]string{binary, "--web.listen-address=" + addr, "--source", "events"}, args...)...)
+	return "http://" + addr + "/metrics"
+}
+
+// The counts the events keep equal a read of the table after every step:
+// connections open before the start, IPv4, IPv6 and v4-mapped, CLOSE-WAIT,
+// the RPC group, opens and closes.
+func TestEventsCountsEqualTheTablesAfterEveryStep(t *testing.T) {
+	needEvents(t)
+	v4, v6, mapped := loopback.Mix(t) // before the start
+	rpc := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, rpc, "127.0.0.16", 3)
+	args := []string{"--port", port(v4), "--port", port(v6), "--port", port(mapped), "--rpc.port", port(rpc), "--limit", "50", "--rpc.limit", "10"}
+	url := eventsExporter(t, args...)
+	table := func() map[string]float64 {
+		res := exporter(t, t.TempDir(), append([]string{"--source", "netlink", "--once"}, args...)...)
+		require.Zero(t, res.exit, res.stderr)
+		return openCounts(res.metrics)
+	}
+	assert.Equal(t, table(), openCounts(scrape(t, url)), "the seed")
+
+	more := loopback.Open(t, v4, "127.0.0.11", 10) // the same client as the seed's 20
+	loopback.Open(t, mapped, "127.0.0.11", 4)      // and v4-mapped: one client
+	loopback.Open(t, v6, "::1", 2)
+	loopback.Open(t, rpc, "127.0.0.16", 5)
+	got := scrape(t, url)
+	assert.Equal(t, table(), openCounts(got), "after opens")
+	assert.Equal(t, 34.0, value(t, got, `consul_open_http_connections_per_client{client="127.0.0.11"}`))
+	assert.Equal(t, 14.0, value(t, got, `consul_opened_http_connections_per_client_total{client="127.0.0.11"}`), "opened since the start")
+	assert.Equal(t, 5.0, value(t, got, `consul_opened_rpc_connections_per_client_total{client="127.0.0.16"}`))
+
+	for _, p := range more[:6] { // the client first: CLOSE-WAIT, still held
+		require.NoError(t, p.Client.Close())
+		_, err := p.Server.Read(make([]byte, 1))
+		require.Error(t, err)
+	}
+	portopener.CloseAll(more[6:])
+	got = scrape(t, url)
+	assert.Equal(t, table(), openCounts(got), "after closes")
+	assert.Equal(t, 4.0, value(t, got, `consul_closed_http_connections_total{by="client"}`))
+	assert.Equal(t, 4.0, value(t, got, `consul_http_connection_duration_seconds_count`))
+	assert.Zero(t, value(t, got, "consul_conn_exporter_events_drift"))
+}
+
+// Thousands of short connections from one client, each opened and closed
+// between two scrapes, are counted one by one; a burst of 40 held for
+// milliseconds shows as 40 in the peak.
+func TestEventsCountEveryShortConnectionAndTheBurstsPeakExactly(t *testing.T) {
+	needEvents(t)
+	l := loopback.Listen(t, "127.0.0.1")
+	url := eventsExporter(t, "--port", port(l), "--limit", "30", "--peak.window", "1h")
+	before := scrape(t, url)
+	from := netip.MustParseAddr("127.0.0.70")
+	for range 3000 {
+		pairs, err := l.Open(context.Background(), from, 1)
+		require.NoError(t, err)
+		require.NoError(t, portopener.CloseAll(pairs))
+	}
+	burst := loopback.Open(t, l, "127.0.0.71", 40)
+	require.NoError(t, portopener.CloseAll(burst))
+	got := scrape(t, url)
+	opened := value(t, got, "consul_opened_http_connections_total") - value(t, before, "consul_opened_http_connections_total")
+	assert.Equal(t, 3040.0, opened)
+	assert.Equal(t, 3000.0, value(t, got, `consul_opened_http_connections_per_client_total{client="127.0.0.70"}`))
+	closed := 0.0
+	for _, by := range []string{"agent", "client", "reset"} {
+		closed += value(t, got, `consul_closed_http_connections_total{by="`+by+`"}`)
+	}
+	assert.Equal(t, 3040.0, closed)
+	assert.Equal(t, 3040.0, value(t, got, "consul_http_connection_duration_seconds_count"))
+	assert.Equal(t, 0.0, value(t, got, "consul_open_http_connections_max_per_client"), "the snapshot sees none")
+	assert.Equal(t, 40.0, value(t, got, `consul_open_http_connections_peak_per_client{client="127.0.0.71"}`), "the burst, exactly")
+	assert.Positive(t, value(t, got, "consul_http_client_at_limit_seconds_total"), "40 of 30: at the limit while it lasted")
+}
+
+// Minutes of constant churn from several clients, with an audit every
+// second: every audit finds nothing to correct, and the counts equal the
+// table's when the churn stops.
+func TestEventsSoakUnderChurnHasNoDrift(t *testing.T) {
+	needEvents(t)
+	soak := 60 * time.Second
+	var ls []*portopener.Listener
+	args := []string{"--events.audit-interval", "1s"}
+	for range 4 {
+		l := loopback.Listen(t, "127.0.0.1")
+		ls = append(ls, l)
+		args = append(args, "--port", port(l))
+	}
+	loopback.Open(t, ls[0], "127.0.0.80", 25) // held throughout
+	url := eventsExporter(t, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), soak)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, l := range ls { // a listener takes one opener
+		wg.Go(func() {
+			from := netip.AddrFrom4([4]byte{127, 0, 0, byte(81 + i)})
+			for ctx.Err() == nil {
+				pairs, err := l.Open(context.Background(), from, 1+i)
+				if !assert.NoError(t, err) {
+					return
+				}
+				portopener.CloseAll(pairs)
+			}
+		})
+	}
+	scrapes := 0
+	for ctx.Err() == nil {
+		got := scrape(t, url)
+		require.Zero(t, value(t, got, "consul_conn_exporter_events_drift"), "scrape %d", scrapes)
+		scrapes++
+	}
+	wg.Wait()
+	got := scrape(t, url)
+	assert.GreaterOrEqual(t, value(t, got, "consul_conn_exporter_events_audits_total"), soak.Seconds()-2, "an audit a second")
+	assert.Zero(t, value(t, got, "consul_conn_exporter_events_drift"))
+	assert.Zero(t, value(t, got, "consul_conn_exporter_events_missed_total"))
+	t.Logf("%d scrapes, %.0f connections opened, %.0f audits", scrapes, value(t, got, "consul_opened_http_connections_total"), value(t, got, "consul_conn_exporter_events_audits_total"))
+	res := exporter(t, t.TempDir(), append([]string{"--source", "netlink", "--once"}, args[2:]...)...)
+	require.Zero(t, res.exit, res.stderr)
+	assert.Equal(t, openCounts(res.metrics), openCounts(got))
+	assert.Equal(t, 25.0, value(t, got, "consul_open_http_connections_max_per_client"))
+}
+
+// Without the privilege to load its programs, --source events says what to
+// grant in one line and exits 2: no other source stands in for it.
+func TestEventsWithoutPrivilegeSayWhatToGrant(t *testing.T) {
+	programs.NotShort(t, "runs the exporter")
+	res := runAsNobody(t, nil, "--source", "events", "--once")
+	assert.Equal(t, 2, res.exit)
+	assert.Contains(t, res.stderr, "CAP_BPF and CAP_PERFMON")
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %s", res.stderr)
+	assert.Nil(t, res.metrics, "nothing written")
+}
