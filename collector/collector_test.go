@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
@@ -466,4 +467,90 @@ func TestEachLimiterHasItsOwnNamesAndLimit(t *testing.T) {
 		assert.Contains(t, tc.l.metrics.maxPerClient.String(), `"`+tc.metric+`"`)
 	}
 	assert.Equal(t, []*Limiter{HTTP, RPC}, Limiters)
+}
+
+// What the kernel's events keep is rendered beside the counts, lint-clean:
+// the churn of each group under its own names, the lifetimes as a
+// histogram, the exact time at the limit in place of the sampled one, and
+// the peaks from each client's peak between reads, not from the reads.
+func TestTheEventsChurnLifetimesAndPeaksAreRendered(t *testing.T) {
+	config := defaultConfig
+	config.Groups = append(config.Groups, Group{Limiter: RPC, Ports: []uint16{8300}})
+	config.SampleInterval, config.PeakWindow = time.Second, time.Minute
+	burst := map[netip.Addr]int{netip.MustParseAddr("127.0.0.9"): 45}
+	var asked [][]int
+	read := func(top int, limits []int) (events.Snapshot, error) {
+		asked = append(asked, limits)
+		http := events.Group{Opened: 3045, Closed: [3]uint64{3000, 40, 5}, Lost: 0, AtLimit: 1500 * time.Millisecond,
+			Lifetimes: []uint64{3000, 3040, 3040, 3040, 3040, 3040, 3040, 3040, 3040, 3040, 3040, 3040}, LifetimeCount: 3045, LifetimeSum: 4.5,
+			TopOpened: []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.9"), Count: 3045}}, Peaks: tally.OfClients(burst)}
+		rpc := events.Group{Lifetimes: make([]uint64, len(events.LifetimeBounds)), Peaks: tally.OfClients(nil)}
+		return events.Snapshot{Groups: []events.Group{http, rpc}, Audits: 2, Audit: events.Census{Stale: 1}}, nil
+	}
+	c := New(config, captured(t, "", false), defaultLimits, discard)
+	c.CountFromEvents(captured(t, "", false), read)
+	res := c.Collect(context.Background())
+	require.NoError(t, res.Err)
+	assert.Equal(t, [][]int{{200, 100}}, asked, "each group's limit, for the time at it")
+	want := `
+# HELP consul_closed_http_connections_total HTTP connections closed (left the watched states) since the exporter started, by who ended them: the agent's FIN first, the client's, or a reset either way.
+# TYPE consul_closed_http_connections_total counter
+consul_closed_http_connections_total{by="agent"} 3000
+consul_closed_http_connections_total{by="client"} 40
+consul_closed_http_connections_total{by="reset"} 5
+# HELP consul_conn_exporter_events_drift Connections the last audit (--events.audit-interval) found the kernel's events had counted wrong, one way or the other, and corrected: 0 when all is well.
+# TYPE consul_conn_exporter_events_drift gauge
+consul_conn_exporter_events_drift 1
+# HELP consul_http_client_at_limit_seconds_total Time during which some client held at least http_max_conns_per_client HTTP connections: sampled every --sample.interval, or exact from the kernel's events (--source events).
+# TYPE consul_http_client_at_limit_seconds_total counter
+consul_http_client_at_limit_seconds_total 1.5
+# HELP consul_http_connection_duration_seconds How long the HTTP connections closed since the exporter started were open (those open before it are not in it).
+# TYPE consul_http_connection_duration_seconds histogram
+consul_http_connection_duration_seconds_bucket{le="0.001"} 3000
+consul_http_connection_duration_seconds_bucket{le="0.005"} 3040
+consul_http_connection_duration_seconds_bucket{le="0.025"} 3040
+consul_http_connection_duration_seconds_bucket{le="0.1"} 3040
+consul_http_connection_duration_seconds_bucket{le="0.5"} 3040
+consul_http_connection_duration_seconds_bucket{le="2.5"} 3040
+consul_http_connection_duration_seconds_bucket{le="10"} 3040
+consul_http_connection_duration_seconds_bucket{le="60"} 3040
+consul_http_connection_duration_seconds_bucket{le="330"} 3040
+consul_http_connection_duration_seconds_bucket{le="900"} 3040
+consul_http_connection_duration_seconds_bucket{le="1800"} 3040
+consul_http_connection_duration_seconds_bucket{le="3600"} 3040
+consul_http_connection_duration_seconds_bucket{le="+Inf"} 3045
+consul_http_connection_duration_seconds_sum 4.5
+consul_http_connection_duration_seconds_count 3045
+# HELP consul_open_http_connections_max_per_client_peak Most HTTP connections any one client IP held at any sample over the peak window: the burst a snapshot misses.
+# TYPE consul_open_http_connections_max_per_client_peak gauge
+consul_open_http_connections_max_per_client_peak 45
+# HELP consul_opened_http_connections_per_client_total HTTP connections one client IP opened since the exporter started, for the clients that opened the most.
+# TYPE consul_opened_http_connections_per_client_total counter
+consul_opened_http_connections_per_client_total{client="127.0.0.9"} 3045
+# HELP consul_opened_http_connections_total HTTP connections opened (entered the watched states) since the exporter started, from the kernel's events.
+# TYPE consul_opened_http_connections_total counter
+consul_opened_http_connections_total 3045
+# HELP consul_opened_rpc_connections_total server RPC connections opened (entered the watched states) since the exporter started, from the kernel's events.
+# TYPE consul_opened_rpc_connections_total counter
+consul_opened_rpc_connections_total 0
+`
+	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want),
+		"consul_closed_http_connections_total", "consul_conn_exporter_events_drift", "consul_http_client_at_limit_seconds_total",
+		"consul_http_connection_duration_seconds", "consul_open_http_connections_max_per_client_peak",
+		"consul_opened_http_connections_per_client_total", "consul_opened_http_connections_total", "consul_opened_rpc_connections_total"))
+	problems, err := testutil.CollectAndLint(res)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}
+
+// A failed read of the events fails the collection: no count stands in.
+func TestAFailedReadOfTheEventsFailsTheCollection(t *testing.T) {
+	c := New(defaultConfig, captured(t, mixed, false), defaultLimits, discard)
+	c.CountFromEvents(captured(t, mixed, false), func(int, []int) (events.Snapshot, error) {
+		return events.Snapshot{}, errors.New("reading the kernel's totals: bad file descriptor")
+	})
+	res := c.Collect(context.Background())
+	require.ErrorContains(t, res.Err, "reading the kernel's events: reading the kernel's totals")
+	assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections"))
+	assert.Zero(t, testutil.CollectAndCount(res, "consul_opened_http_connections_total"))
 }

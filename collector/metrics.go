@@ -50,7 +50,7 @@ func newGroupDescs(l *Limiter) groupDescs {
 			"Most "+what+" connections any one client IP held at any sample over the peak window: the burst a snapshot misses.",
 			nil, nil),
 		atLimit: prometheus.NewDesc("consul_"+group+"_client_at_limit_seconds_total",
-			"Sampled time during which some client held at least "+limitName+" "+what+" connections.",
+			"Time during which some client held at least "+limitName+" "+what+" connections: sampled every --sample.interval, or exact from the kernel's events (--source events).",
 			nil, nil),
 		refused: prometheus.NewDesc("consul_refused_"+group+"_connections_total",
 			what+" connections Consul refused (past "+limitName+": closed having read nothing, then reset), counted in the kernel since the exporter started.",
