@@ -38,6 +38,9 @@ const volatile __u32 watched_states = 0;
 // each census. Only its last bit is in the keys: the census moves every
 // socket of the one before into it.
 __u32 generation = 0;
+// The last generation whose census is over: what the one before it still
+// holds is of connections gone.
+__u32 settled = 0;
 // The epoch of the peaks: the exporter starts a new one at each read of
 // them, and reads the one before, which no event writes any more.
 __u32 epoch = 0;
@@ -93,21 +96,6 @@ struct client_key {
 	__u8 client[16]; // IPv4 v4-mapped
 };
 
-// Each client's count in its group, per generation as the connections'.
-struct holding_key {
-	__u32 group;
-	__u8 client[16];
-	__u32 generation; // the last bit of it
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
-	__type(key, struct holding_key);
-	__type(value, __s64);
-} holding SEC(".maps");
-
 enum {
 	CLOSED_BY_AGENT,  // the agent's FIN first
 	CLOSED_BY_CLIENT, // the client's FIN first
@@ -115,18 +103,25 @@ enum {
 	CLOSE_KINDS,
 };
 
-// What each client did since the program was attached. The peaks are per
-// epoch, two by its last bit (the one being made, the one being read),
-// each an epoch << 32 | a count, changed as one by compare-and-swap:
-// begin is the count before the epoch's first change (it held from the
-// epoch's start), peak the most the count was in the epoch.
+// What each client did since the program was attached, and holds.
+//
+// held is its count in its group, per generation as the connections'
+// (the one a census moves from, the one it moves to); once a census is
+// settled, what the old one still holds is of connections gone, and the
+// client's next change drops it (cleared says for which census).
+//
+// The peaks are per epoch, two by its last bit (the one being made, the
+// one being read), each an epoch << 32 | a count, changed as one by
+// compare-and-swap: begin is the count before the epoch's first change (it
+// held from the epoch's start), peak the most the count was in the epoch.
 struct client_state {
 	__u64 opened;
 	__u64 closed[CLOSE_KINDS];
+	__s64 held[2];
 	__u64 begin[2];
 	__u64 peak[2];
 	__u32 at_limit; // 1 while counted in its group's clients at the limit
-	__u32 unused;
+	__u32 cleared;
 };
 
 struct {
@@ -250,27 +245,8 @@ static __always_inline struct client_state *client_of(__u32 group, const struct 
 	return bpf_map_lookup_elem(&clients, &ck);
 }
 
-// fetch_add adds n to the count under key, made where missing, and
-// returns the count before; false where the map is full.
-static __always_inline bool fetch_add(struct holding_key *key, __s64 n, __s64 *before)
-{
-	__s64 *count = bpf_map_lookup_elem(&holding, key);
-	if (!count) {
-		if (bpf_map_update_elem(&holding, key, &n, BPF_NOEXIST) == 0) {
-			*before = 0;
-			return true;
-		}
-		count = bpf_map_lookup_elem(&holding, key); // another CPU's first
-		if (!count)
-			return false;
-	}
-	*before = __sync_fetch_and_add(count, n);
-	return true;
-}
-
-// set_if makes *slot an epoch's value: want(old) says what, or 0 to leave
-// it. Bounded: a change lost to others' changes at the same moment, four
-// times over, is left (no peak is lost: theirs are as high).
+// The compare-and-swaps are bounded: a change lost to others' at the same
+// moment, four times over, is left (no peak is lost: theirs are as high).
 #define CAS_TRIES 4
 
 static __always_inline void keep_begin(__u64 *slot, __u32 epoch_now, __s64 before)
@@ -297,23 +273,26 @@ static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
 	}
 }
 
+// settle drops what a settled census left in a client's old generation.
+static __always_inline void settle(struct client_state *c)
+{
+	__u32 done = settled;
+	if (c->cleared == done || generation != done)
+		return; // dropped already, or a census runs: both generations hold
+	__sync_fetch_and_and(&c->held[(done & 1) ^ 1], 0);
+	c->cleared = done;
+}
+
 // held changes a client's count in its group by n, in generation gen (the
 // one its connection is counted in), and follows what the change does to
 // its peak and to its group's time at the limit.
-static __always_inline void held(__u32 group, const struct connection_key *key, struct client_state *c, __s64 n, __u32 gen, __u64 now)
+static __always_inline void held(__u32 group, struct client_state *c, __s64 n, __u32 gen, __u64 now)
 {
-	struct holding_key hk = {.group = group, .generation = gen & 1};
-	__builtin_memcpy(&hk.client, &key->client, sizeof(hk.client));
-	__s64 before;
-	if (!fetch_add(&hk, n, &before))
-		return;
-	hk.generation ^= 1; // the other: what a census has not moved yet
-	__s64 *rest = bpf_map_lookup_elem(&holding, &hk);
-	if (rest)
-		before += *rest;
-	__s64 after = before + n;
 	if (!c)
 		return;
+	settle(c);
+	__s64 before = __sync_fetch_and_add(&c->held[gen & 1], n) + c->held[(gen & 1) ^ 1];
+	__s64 after = before + n;
 	__u32 e = epoch;
 	keep_begin(&c->begin[e & 1], e, before);
 	keep_peak(&c->peak[e & 1], e, before > after ? before : after);
@@ -354,14 +333,12 @@ static __always_inline struct tcp_sock *server_end(void *sk, __u32 *group)
 
 // moved moves one of a client's count from generation from to the
 // current one: its count is the same, nothing to follow.
-static __always_inline void moved(__u32 group, const struct connection_key *key, __u32 from)
+static __always_inline void moved(struct client_state *c, __u32 from)
 {
-	struct holding_key hk = {.group = group, .generation = from & 1};
-	__builtin_memcpy(&hk.client, &key->client, sizeof(hk.client));
-	__s64 before;
-	fetch_add(&hk, -1, &before);
-	hk.generation = generation & 1;
-	fetch_add(&hk, 1, &before);
+	if (!c)
+		return;
+	__sync_fetch_and_add(&c->held[from & 1], -1);
+	__sync_fetch_and_add(&c->held[generation & 1], 1);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -387,44 +364,49 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	}
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, &key);
-	__u64 now = bpf_ktime_get_ns();
-	struct client_state *c = client_of(group, &key);
 	bool counted = st->counted;
-	__u32 counted_in = st->generation;
+	__u32 counted_in = st->generation, now_in = generation;
 	if (counted) {
 		key.state = st->state;
-		key.generation = st->generation & 1;
+		key.generation = counted_in & 1;
 		add(&key, -1);
 		st->counted = 0;
 	}
 	if (is) {
+		key.state = newstate;
+		key.generation = now_in & 1;
+		bool added = add(&key, 1);
+		if (added) {
+			st->counted = 1;
+			st->state = newstate;
+			st->generation = now_in;
+		} else {
+			t->lost++;
+		}
+		if (counted && added && !((counted_in ^ now_in) & 1))
+			return 0; // from one watched state to another: the client's count is the same
+		__u64 now = bpf_ktime_get_ns();
+		struct client_state *c = client_of(group, &key);
 		if (!was) { // a new connection
 			st->opened_ns = now;
 			t->opened++;
 			if (c)
 				__sync_fetch_and_add(&c->opened, 1);
 		}
-		key.state = newstate;
-		key.generation = generation & 1;
-		if (!add(&key, 1)) {
-			t->lost++;
-			if (counted)
-				held(group, &key, c, -1, counted_in, now);
-			return 0;
-		}
-		st->counted = 1;
-		st->state = newstate;
-		st->generation = generation;
-		if (!counted)
-			held(group, &key, c, 1, generation, now);
-		else if ((counted_in ^ generation) & 1)
-			moved(group, &key, counted_in);
+		if (!added && counted)
+			held(group, c, -1, counted_in, now);
+		else if (added && !counted)
+			held(group, c, 1, now_in, now);
+		else if (added)
+			moved(c, counted_in);
 		return 0;
 	}
 	if (!counted)
 		return 0;
-	held(group, &key, c, -1, counted_in, now);
 	// A close: how it ended, and after how long.
+	__u64 now = bpf_ktime_get_ns();
+	struct client_state *c = client_of(group, &key);
+	held(group, c, -1, counted_in, now);
 	__u32 how = CLOSED_BY_AGENT;
 	if (newstate == TCP_CLOSE)
 		how = CLOSED_BY_RESET;
@@ -464,8 +446,8 @@ int census(struct bpf_iter__tcp *ctx)
 		t->lost++;
 		return 0;
 	}
-	__u32 now = generation;
-	if (st->counted && st->generation == now)
+	__u32 now_in = generation;
+	if (st->counted && st->generation == now_in)
 		return 0; // counted in this generation already, by an event
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses((struct sock *)tp, &key);
@@ -480,19 +462,20 @@ int census(struct bpf_iter__tcp *ctx)
 		t->seeded++;
 	}
 	key.state = skc->skc_state;
-	key.generation = now & 1;
+	key.generation = now_in & 1;
+	struct client_state *c = client_of(group, &key);
 	if (!add(&key, 1)) {
 		t->lost++;
 		if (counted)
-			held(group, &key, client_of(group, &key), -1, counted_in, bpf_ktime_get_ns());
+			held(group, c, -1, counted_in, bpf_ktime_get_ns());
 		return 0;
 	}
 	st->counted = 1;
 	st->state = key.state;
-	st->generation = now;
+	st->generation = now_in;
 	if (!counted)
-		held(group, &key, client_of(group, &key), 1, now, bpf_ktime_get_ns());
-	else if ((counted_in ^ now) & 1)
-		moved(group, &key, counted_in);
+		held(group, c, 1, now_in, bpf_ktime_get_ns());
+	else
+		moved(c, counted_in);
 	return 0;
 }

@@ -227,10 +227,10 @@ func (c *Counter) census() (Census, error) {
 		return Census{}, err
 	}
 	found.Stale = stale
-	// The clients' counts, the same connections summed per client: what
-	// they hold is dropped, not counted twice.
-	if _, err := dropGeneration(c.objs.Holding, old, func(k programHoldingKey) uint32 { return k.Generation }); err != nil {
-		return Census{}, err
+	// Each client's count, the same connections summed, drops what its old
+	// generation holds at its next change: the census is settled.
+	if err := c.objs.Settled.Set(c.generation); err != nil {
+		return Census{}, fmt.Errorf("settling a census: %w", err)
 	}
 	c.missedAt = missed
 	return found, nil

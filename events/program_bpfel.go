@@ -23,10 +23,11 @@ type programClientState struct {
 	_       structs.HostLayout
 	Opened  uint64
 	Closed  [3]uint64
+	Held    [2]int64
 	Begin   [2]uint64
 	Peak    [2]uint64
 	AtLimit uint32
-	Unused  uint32
+	Cleared uint32
 }
 
 type programConnectionKey struct {
@@ -57,13 +58,6 @@ type programGroupTotals struct {
 	Lost       uint64
 }
 
-type programHoldingKey struct {
-	_          structs.HostLayout
-	Group      uint32
-	Client     [16]uint8
-	Generation uint32
-}
-
 type programSocketState struct {
 	_          structs.HostLayout
 	OpenedNs   uint64
@@ -80,7 +74,6 @@ const (
 	programMapClients       = "clients"
 	programMapConnections   = "connections"
 	programMapGroups        = "groups"
-	programMapHolding       = "holding"
 	programMapLimits        = "limits"
 	programMapPorts         = "ports"
 	programMapSockets       = "sockets"
@@ -90,6 +83,7 @@ const (
 	programVarEpoch         = "epoch"
 	programVarGeneration    = "generation"
 	programVarNetnsInum     = "netns_inum"
+	programVarSettled       = "settled"
 	programVarWatchedStates = "watched_states"
 )
 
@@ -146,7 +140,6 @@ type programMapSpecs struct {
 	Clients     *ebpf.MapSpec `ebpf:"clients"`
 	Connections *ebpf.MapSpec `ebpf:"connections"`
 	Groups      *ebpf.MapSpec `ebpf:"groups"`
-	Holding     *ebpf.MapSpec `ebpf:"holding"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
 	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
@@ -160,6 +153,7 @@ type programVariableSpecs struct {
 	Epoch         *ebpf.VariableSpec `ebpf:"epoch"`
 	Generation    *ebpf.VariableSpec `ebpf:"generation"`
 	NetnsInum     *ebpf.VariableSpec `ebpf:"netns_inum"`
+	Settled       *ebpf.VariableSpec `ebpf:"settled"`
 	WatchedStates *ebpf.VariableSpec `ebpf:"watched_states"`
 }
 
@@ -186,7 +180,6 @@ type programMaps struct {
 	Clients     *ebpf.Map `ebpf:"clients"`
 	Connections *ebpf.Map `ebpf:"connections"`
 	Groups      *ebpf.Map `ebpf:"groups"`
-	Holding     *ebpf.Map `ebpf:"holding"`
 	Limits      *ebpf.Map `ebpf:"limits"`
 	Ports       *ebpf.Map `ebpf:"ports"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
@@ -198,7 +191,6 @@ func (m *programMaps) Close() error {
 		m.Clients,
 		m.Connections,
 		m.Groups,
-		m.Holding,
 		m.Limits,
 		m.Ports,
 		m.Sockets,
@@ -213,6 +205,7 @@ type programVariables struct {
 	Epoch         *ebpf.Variable `ebpf:"epoch"`
 	Generation    *ebpf.Variable `ebpf:"generation"`
 	NetnsInum     *ebpf.Variable `ebpf:"netns_inum"`
+	Settled       *ebpf.Variable `ebpf:"settled"`
 	WatchedStates *ebpf.Variable `ebpf:"watched_states"`
 }
 

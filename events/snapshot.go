@@ -168,16 +168,9 @@ func (c *Counter) peak(key programClientKey, state programClientState, ended uin
 		return countOf(state.Peak[ended&1]), nil
 	}
 	// The count first, then whether a change came since: if none, the
-	// count read held through the epoch.
-	now := 0
-	for gen := range uint32(2) {
-		var n int64
-		err := c.objs.Holding.Lookup(programHoldingKey{Group: key.Group, Client: key.Client, Generation: gen}, &n)
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, fmt.Errorf("reading the kernel's clients: %w", err)
-		}
-		now += int(n)
-	}
+	// count read held through the epoch. It is all in the generation of
+	// the last census: what the one before holds is of connections gone.
+	now := int(state.Held[c.generation&1])
 	if err := c.objs.Clients.Lookup(key, &state); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return 0, fmt.Errorf("reading the kernel's clients: %w", err)
 	}
