@@ -232,5 +232,51 @@ if [ "$(id -u)" = 0 ]; then
   done
 fi
 
+# The counts the kernel's events keep (--source events): a collection in a
+# running exporter reads maps whose size is the clients', not the
+# connections'. Side by side with a running exporter reading the table
+# (--source netlink), each collection's own time as the exporters report
+# it (consul_conn_exporter_collect_duration_seconds), from alternating
+# scrapes, at EVENT_SIZES connections (50 clients); the ratio of the
+# medians; each exporter's peak RSS, and the kernel memory of the events'
+# maps (their memlock). Then the storms, as for the refusals, with the
+# events' program attached and detached, each run in a network namespace
+# of its own (no earlier run's TIME-WAIT sockets). Root only.
+if [ "$(id -u)" = 0 ]; then
+  echo
+  printf '%-11s %-20s %-22s %-8s %-24s %-s\n' connections "events collect ms" "netlink collect ms" ratio "peak RSS MiB ev/nl" "events' maps MiB"
+  duration() { curl -s "$1" | awk '/^consul_conn_exporter_collect_duration_seconds / { printf "%.0f\n", $2 * 1e6 }'; }
+  hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+  for n in ${EVENT_SIZES:-1000 10000 100000}; do
+    hold "$n"
+    "$work/consul_conn_exporter" --source events --sample.interval 0 --web.listen-address 127.0.0.1:19858 2>/dev/null &
+    ev=$!
+    "$work/consul_conn_exporter" --source netlink --sample.interval 0 --web.listen-address 127.0.0.1:19859 2>/dev/null &
+    nl=$!
+    for port in 19858 19859; do
+      for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" && break; sleep 0.05; done
+    done
+    : > "$work/ev.d"; : > "$work/nl.d"
+    for _ in $(seq "$RUNS"); do
+      duration http://127.0.0.1:19858/metrics >> "$work/ev.d"
+      duration http://127.0.0.1:19859/metrics >> "$work/nl.d"
+    done
+    maps=$(for fd in /proc/$ev/fdinfo/*; do awk '/^map_type/ { m = 1 } /^memlock/ && m { print $2 }' "$fd"; done | awk '{ s += $1 } END { print s + 0 }')
+    printf '%-11s %-20s %-22s %-8s %-24s %-s\n' "$n" "$(ms "$(median < "$work/ev.d")")" "$(ms "$(median < "$work/nl.d")")" \
+      "$(ratio "$(median < "$work/ev.d")" "$(median < "$work/nl.d")")" "$(mib "$(hwm "$ev")")/$(mib "$(hwm "$nl")")" \
+      "$(awk -v b="$maps" 'BEGIN { printf "%.1f", b / 1048576 }')"
+    kill "$ev" "$nl"; wait "$ev" "$nl" 2>/dev/null || true
+    release
+  done
+  go test -c -o "$work/events.test" ./events
+  for storm in ChurnStorm RefusalStorm; do
+    for _ in 1 2 3 4 5 6 7 8 9; do
+      unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "$storm" -test.benchtime 30000x | awk '
+        /^Benchmark/ { for (i = 3; i < NF; i++) v[$(i + 1)] = $i
+          printf "%s %s %s %s\n", v["ratio"], v["detached-ns/op"], v["attached-ns/op"], v["program-ns/op"] }'
+    done | sort -n | awk -v storm="$storm" 'NR == 5 { printf "events, %s of 30,000: %.0f ns each detached, %.0f attached: ratio %.3f (median of 9); the program ran %.0f ns per connection\n", storm, $2, $3, $1, $4 }'
+  done
+fi
+
 bash deploy/build.sh "$work/release" >/dev/null
 awk -v b="$(stat -c %s "$work/release")" 'BEGIN { printf "release binary (static, stripped): %.1f MiB\n", b / 1048576 }'

@@ -17,6 +17,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
 )
 
@@ -82,18 +83,23 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	loopback.Open(t, httpL, "127.0.0.91", 12)
 	loopback.Open(t, rpcL, "127.0.0.92", 3)
 	dir := t.TempDir()
-	exporterAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	exporterAddr, eventsAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	startServer(t, plainBinary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",
 		"--port", port(httpL), "--rpc.port", port(rpcL), "--clients.processes", "--refusals")
+	// The churn's panels: a second exporter, on the kernel's events
+	// (--clients.processes needs rows), and connections that come and go.
+	startServer(t, plainBinary, "--web.listen-address="+eventsAddr, "--source", "events", "--port", port(httpL), "--rpc.port", port(rpcL))
+	churn := loopback.Open(t, httpL, "127.0.0.93", 5)
+	require.NoError(t, portopener.CloseAll(churn))
 	startServer(t, nodeExporter, "--web.listen-address="+nodeAddr,
 		"--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory="+dir)
 	config := filepath.Join(t.TempDir(), "prometheus.yml")
 	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
 scrape_configs:
-  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q]}]}
+  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q, %q]}]}
   - {job_name: node, static_configs: [{targets: [%q]}]}
-`, mustAbs(t, "../deploy/prometheus/alerts.yml"), exporterAddr, nodeAddr), 0o644))
+`, mustAbs(t, "../deploy/prometheus/alerts.yml"), exporterAddr, eventsAddr, nodeAddr), 0o644))
 	startUntil(t, "Server is ready to receive web requests", prometheus, "--config.file="+config,
 		"--storage.tsdb.path="+t.TempDir(), "--web.listen-address="+promAddr)
 
@@ -111,7 +117,7 @@ scrape_configs:
 	// Two scrapes of each target.
 	require.Eventually(t, func() bool {
 		_, n, _ := query(`count_over_time(up[1m]) >= 2`)
-		return n == 2
+		return n == 3
 	}, 30*time.Second, 100*time.Millisecond, "two scrapes of both targets")
 	require.FileExists(t, filepath.Join(dir, textfile.FileName))
 

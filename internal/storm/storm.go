@@ -46,8 +46,9 @@ func Served(b *testing.B, client, server net.Conn) {
 	server.Close()
 }
 
-// WithAndWithout runs connection against l, on a new connection from a new
-// loopback address each time, in batches with the tracing programs progs
+// WithAndWithout runs connection against l, on a new connection each time
+// from one of 50 loopback addresses in turn (clients that churn come
+// round again; and no address runs out of ports), in batches with the tracing programs progs
 // attached and detached in turn, so that the machine's drift weighs on
 // both alike. It reports each side's time per connection, their ratio,
 // and, from one more batch, the kernel's own count of the time the
