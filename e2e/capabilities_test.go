@@ -141,3 +141,49 @@ func sharedDir(t *testing.T) string {
 	require.NoError(t, os.Chmod(dir, 0o777))
 	return dir
 }
+
+// --source events runs no program: the exporter's own threads hold
+// nothing past the start, for both builds, as root and as a user given
+// CAP_BPF and CAP_PERFMON; and the counts are read all the same.
+func TestTheEventsKeepNoCapabilityOnceLoaded(t *testing.T) {
+	programs.NeedRoot(t, "load the events' kernel programs")
+	for _, run := range []struct {
+		name string
+		argv []string
+	}{
+		{"root, release build", []string{plainBinary}},
+		{"root, cgo build", []string{binary}},
+		{"nobody with CAP_BPF and CAP_PERFMON", append(programs.AsNobody(t, "bpf", "perfmon"), plainBinary)},
+	} {
+		t.Run(run.name, func(t *testing.T) {
+			if run.argv[0] == binary && binary == plainBinary {
+				t.Skip("the cgo build is the one under -race: run the tests with -race, as the README's command does")
+			}
+			addr := freeAddr(t)
+			p := startServer(t, append(run.argv, "--source", "events", "--web.listen-address="+addr)...)
+			pid := p.cmd.Process.Pid
+			if len(run.argv) > 1 { // behind setpriv: the exporter is its exec'ed self
+				require.Equal(t, mustAbs(t, plainBinary), exe(t, pid))
+			}
+			scrape(t, "http://"+addr+"/metrics")
+			tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+			require.NoError(t, err)
+			require.NotEmpty(t, tasks)
+			for _, task := range tasks {
+				text, err := os.ReadFile(task)
+				require.NoError(t, err)
+				for _, want := range []string{"CapEff:\t" + capNone, "CapPrm:\t" + capNone, "CapAmb:\t" + capNone, "NoNewPrivs:\t1"} {
+					assert.Contains(t, string(text), want, task)
+				}
+			}
+		})
+	}
+}
+
+// exe is the program pid runs.
+func exe(t *testing.T, pid int) string {
+	t.Helper()
+	path, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	require.NoError(t, err)
+	return path
+}
