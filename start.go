@@ -38,7 +38,11 @@ func start(s *setup) error {
 	var counter *refusals.Counter
 	if s.refusals {
 		var err error
-		if counter, err = refusals.Load(kernel, ports); err != nil {
+		var shared *refusals.Counts
+		if counts != nil {
+			shared = counts.Shared()
+		}
+		if counter, err = refusals.Load(kernel, ports, shared); err != nil {
 			closeAll(counts, nil, nil)
 			return err
 		}

@@ -19,7 +19,7 @@ type groupDescs struct {
 	// From the samples over the peak window.
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 	// Counted in the kernel (--refusals).
-	refused, refusedPerClient, refusalsUntracked *prometheus.Desc
+	refused, refusedPerClient, refusalsUntracked, refusedBelowLimit *prometheus.Desc
 	// Kept by the kernel's events (--source events).
 	opened, openedPerClient, closed, lifetimes, lost *prometheus.Desc
 }
@@ -57,6 +57,9 @@ func newGroupDescs(l *Limiter) groupDescs {
 			nil, nil),
 		refusalsUntracked: prometheus.NewDesc("consul_refused_"+group+"_connections_untracked_total",
 			what+" connections Consul closed having read nothing that the kernel's map of pending refusals was too full to follow: each may be a refusal not counted (0 when the count is exact).",
+			nil, nil),
+		refusedBelowLimit: prometheus.NewDesc("consul_refused_"+group+"_connections_below_limit_total",
+			what+" connections Consul refused while its client held fewer than "+limitName+" besides them, as the kernel counted them (--source events with --refusals): the limiter held slots the kernel had freed.",
 			nil, nil),
 		refusedPerClient: prometheus.NewDesc("consul_refused_"+group+"_connections_per_client_total",
 			what+" connections Consul refused to one client IP since the exporter started, for the clients refused most.",
@@ -134,7 +137,7 @@ var (
 func (r Result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range Limiters {
 		g := l.metrics
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked,
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
 			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost} {
 			ch <- d
 		}
@@ -243,6 +246,9 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))
 			counter(d.refusalsUntracked, float64(r.Refusals[i].Untracked))
+			if r.Events != nil {
+				counter(d.refusedBelowLimit, float64(r.Refusals[i].BelowLimit))
+			}
 			for _, c := range r.Refusals[i].Top[:min(r.TopClients, len(r.Refusals[i].Top))] {
 				counter(d.refusedPerClient, float64(c.Count), c.Client.String())
 			}

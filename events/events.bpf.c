@@ -20,6 +20,7 @@
 //     and drops.
 
 #include "vmlinux.h"
+#include "counts.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
@@ -53,15 +54,6 @@ struct {
 	__type(value, __u32);
 } ports SEC(".maps");
 
-// What one socket's counting left in its own storage.
-struct socket_state {
-	__u64 opened_ns;  // bpf_ktime_get_ns when it entered the watched
-			  // states; 0 for one the census found already open
-	__u32 generation; // of its count, when counted
-	__u8 counted;	  // counted in connections under state and generation
-	__u8 state;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
@@ -81,52 +73,18 @@ struct connection_key {
 	__u8 unused;	 // zero: keys are compared byte by byte
 };
 
-// Never an LRU: an eviction would lose a count silently. A full map is a
-// failed insert, counted in lost.
+// A full map is a failed insert, counted in lost.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, MAX_KEYS);
 	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: costs what it holds
 	__type(key, struct connection_key);
 	__type(value, __s64);
 } connections SEC(".maps");
 
-struct client_key {
-	__u32 group;
-	__u8 client[16]; // IPv4 v4-mapped
-};
-
-enum {
-	CLOSED_BY_AGENT,  // the agent's FIN first
-	CLOSED_BY_CLIENT, // the client's FIN first
-	CLOSED_BY_RESET,  // a reset, either way
-	CLOSE_KINDS,
-};
-
-// What each client did since the program was attached, and holds.
-//
-// held is its count in its group, per generation as the connections'
-// (the one a census moves from, the one it moves to); once a census is
-// settled, what the old one still holds is of connections gone, and the
-// client's next change drops it (cleared says for which census).
-//
-// The peaks are per epoch, two by its last bit (the one being made, the
-// one being read), each an epoch << 32 | a count, changed as one by
-// compare-and-swap: begin is the count before the epoch's first change (it
-// held from the epoch's start), peak the most the count was in the epoch.
-struct client_state {
-	__u64 opened;
-	__u64 closed[CLOSE_KINDS];
-	__s64 held[2];
-	__u64 begin[2];
-	__u64 peak[2];
-	__u32 at_limit; // 1 while counted in its group's clients at the limit
-	__u32 cleared;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, MAX_KEYS);
 	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
 	__type(key, struct client_key);
 	__type(value, struct client_state);

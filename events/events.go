@@ -12,7 +12,6 @@ package events
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -105,7 +104,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter
 func (c *Counter) attach(groups [][]uint16) error {
 	for group, ports := range groups {
 		for _, p := range ports {
-			if err := c.objs.Ports.Put(portKey(p), uint32(group)); err != nil {
+			if err := c.objs.Ports.Put(refusals.PortKey(p), uint32(group)); err != nil {
 				return err
 			}
 		}
@@ -119,13 +118,6 @@ func (c *Counter) attach(groups [][]uint16) error {
 		return fmt.Errorf("this kernel has no TCP iterator (Linux 5.15 or later): %w", err)
 	}
 	return nil
-}
-
-// portKey is a port as the kernel keeps inet_sport: in network order.
-func portKey(port uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], port)
-	return binary.NativeEndian.Uint16(b[:])
 }
 
 // explain says what a refusal to load means and how to grant what lacks.
@@ -153,6 +145,12 @@ func (c *Counter) Close() {
 		l.Close()
 	}
 	c.objs.Close()
+}
+
+// Shared are the maps that say what each client holds as it happens, for
+// the refusals' program to judge each refusal by the limiter's rule.
+func (c *Counter) Shared() *refusals.Counts {
+	return &refusals.Counts{Sockets: c.objs.Sockets, Clients: c.objs.Clients, Limits: c.objs.Limits}
 }
 
 // String names the source for messages.

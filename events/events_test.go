@@ -16,6 +16,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/sockdiag"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
@@ -262,4 +263,35 @@ func TestTheTimeAtTheLimitRunsFromTheConnectionThatReachesItToTheCloseThatLeaves
 	assert.LessOrEqual(t, at, left.Sub(beforeReach))
 	loopback.Open(t, l, "127.0.0.62", 3)
 	assert.Equal(t, at, snapshotOf(t, c, 10).Groups[0].AtLimit, "below since: no more time")
+}
+
+// With the events' maps shared, each refusal is judged by the limiter's
+// own rule: one made while its client held the limit besides it is a
+// refusal like any; one made while it held fewer is counted apart.
+func TestARefusalWhileTheClientHeldFewerThanTheLimitIsCountedApart(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := load(t, []uint16{l.Port()})
+	r, err := refusals.Load(btf.NewCache(), [][]uint16{{l.Port()}}, c.Shared())
+	require.NoError(t, err)
+	t.Cleanup(r.Close)
+	snapshotOf(t, c, 3) // the limit, as the exporter reads it
+	loopback.Open(t, l, "127.0.0.91", 3)
+	refuse := func(from string) {
+		pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), 1)
+		require.NoError(t, err)
+		_, err = pairs[0].Client.Write([]byte("GET /v1/agent/self HTTP/1.1\r\n\r\n"))
+		require.NoError(t, err)
+		require.NoError(t, pairs[0].Server.Close()) // unread: a reset
+		_, err = pairs[0].Client.Read(make([]byte, 1))
+		require.ErrorIs(t, err, syscall.ECONNRESET)
+		pairs[0].Client.Close()
+	}
+	loopback.Open(t, l, "127.0.0.92", 2)
+	refuse("127.0.0.91") // 3 held besides it: at the limit
+	refuse("127.0.0.92") // 2 besides it, 3 with it: below
+	refuse("127.0.0.92")
+	groups, err := r.Snapshot(10)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), groups[0].Total)
+	assert.Equal(t, uint64(2), groups[0].BelowLimit)
 }

@@ -16,14 +16,14 @@ import (
 // the Go side has not followed shows here).
 func TestTheMapsRecordsAreTheCStructs(t *testing.T) {
 	assert.Equal(t, 20, binary.Size(programClientKey{}), "struct client_key: group, client[16]")
-	assert.Equal(t, 32, binary.Size(programVerdict{}), "struct verdict: group, client[16], padding, closed_ns")
-	assert.Equal(t, 16, binary.Size(programTotal{}), "struct total: refused, untracked")
+	assert.Equal(t, 32, binary.Size(programVerdict{}), "struct verdict: group, below_limit, client[16], closed_ns")
+	assert.Equal(t, 24, binary.Size(programTotal{}), "struct total: refused, untracked, below_limit")
 }
 
 // inet_sport is in network order; the map's key is its two bytes as the
 // host reads them.
 func TestAPortKeyIsThePortInNetworkOrder(t *testing.T) {
-	key := portKey(8500)
+	key := PortKey(8500)
 	var b [2]byte
 	binary.NativeEndian.PutUint16(b[:], key)
 	assert.Equal(t, [2]byte{0x21, 0x34}, b)

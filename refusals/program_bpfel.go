@@ -19,18 +19,39 @@ type programClientKey struct {
 	Client [16]uint8
 }
 
+type programClientState struct {
+	_       structs.HostLayout
+	Opened  uint64
+	Closed  [3]uint64
+	Held    [2]int64
+	Begin   [2]uint64
+	Peak    [2]uint64
+	AtLimit uint32
+	Cleared uint32
+}
+
+type programSocketState struct {
+	_          structs.HostLayout
+	OpenedNs   uint64
+	Generation uint32
+	Counted    uint8
+	State      uint8
+	_          [2]byte
+}
+
 type programTotal struct {
-	_         structs.HostLayout
-	Refused   uint64
-	Untracked uint64
+	_          structs.HostLayout
+	Refused    uint64
+	Untracked  uint64
+	BelowLimit uint64
 }
 
 type programVerdict struct {
-	_        structs.HostLayout
-	Group    uint32
-	Client   [16]uint8
-	_        [4]byte
-	ClosedNs uint64
+	_          structs.HostLayout
+	Group      uint32
+	BelowLimit uint32
+	Client     [16]uint8
+	ClosedNs   uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -38,12 +59,16 @@ type programVerdict struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	programMapClients      = "clients"
+	programMapClientsHeld  = "clients_held"
+	programMapLimits       = "limits"
 	programMapPorts        = "ports"
+	programMapSockets      = "sockets"
 	programMapTotals       = "totals"
 	programMapVerdicts     = "verdicts"
 	programProgAgentClosed = "agent_closed"
 	programProgAgentReset  = "agent_reset"
 	programVarNetnsInum    = "netns_inum"
+	programVarWithCounts   = "with_counts"
 )
 
 // loadProgram returns the embedded CollectionSpec for program.
@@ -96,17 +121,21 @@ type programProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programMapSpecs struct {
-	Clients  *ebpf.MapSpec `ebpf:"clients"`
-	Ports    *ebpf.MapSpec `ebpf:"ports"`
-	Totals   *ebpf.MapSpec `ebpf:"totals"`
-	Verdicts *ebpf.MapSpec `ebpf:"verdicts"`
+	Clients     *ebpf.MapSpec `ebpf:"clients"`
+	ClientsHeld *ebpf.MapSpec `ebpf:"clients_held"`
+	Limits      *ebpf.MapSpec `ebpf:"limits"`
+	Ports       *ebpf.MapSpec `ebpf:"ports"`
+	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
+	Totals      *ebpf.MapSpec `ebpf:"totals"`
+	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
 
 // programVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programVariableSpecs struct {
-	NetnsInum *ebpf.VariableSpec `ebpf:"netns_inum"`
+	NetnsInum  *ebpf.VariableSpec `ebpf:"netns_inum"`
+	WithCounts *ebpf.VariableSpec `ebpf:"with_counts"`
 }
 
 // programObjects contains all objects after they have been loaded into the kernel.
@@ -129,16 +158,22 @@ func (o *programObjects) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programMaps struct {
-	Clients  *ebpf.Map `ebpf:"clients"`
-	Ports    *ebpf.Map `ebpf:"ports"`
-	Totals   *ebpf.Map `ebpf:"totals"`
-	Verdicts *ebpf.Map `ebpf:"verdicts"`
+	Clients     *ebpf.Map `ebpf:"clients"`
+	ClientsHeld *ebpf.Map `ebpf:"clients_held"`
+	Limits      *ebpf.Map `ebpf:"limits"`
+	Ports       *ebpf.Map `ebpf:"ports"`
+	Sockets     *ebpf.Map `ebpf:"sockets"`
+	Totals      *ebpf.Map `ebpf:"totals"`
+	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *programMaps) Close() error {
 	return _ProgramClose(
 		m.Clients,
+		m.ClientsHeld,
+		m.Limits,
 		m.Ports,
+		m.Sockets,
 		m.Totals,
 		m.Verdicts,
 	)
@@ -148,7 +183,8 @@ func (m *programMaps) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programVariables struct {
-	NetnsInum *ebpf.Variable `ebpf:"netns_inum"`
+	NetnsInum  *ebpf.Variable `ebpf:"netns_inum"`
+	WithCounts *ebpf.Variable `ebpf:"with_counts"`
 }
 
 // programPrograms contains all programs after they have been loaded into the kernel.

@@ -19,8 +19,15 @@
 //
 // The cookie is the socket's own, not its addresses: a client whose ports
 // come round again is counted once per connection, however often.
+//
+// With the events' counts beside it (--source events: their maps are
+// shared), each refusal is also judged by the limiter's own rule: at the
+// agent's close, the client held at least the limit besides this
+// connection. One where it held fewer is counted apart (below_limit): the
+// limiter held slots the kernel had freed (hashicorp/consul#11030).
 
 #include "vmlinux.h"
+#include "counts.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
@@ -34,6 +41,32 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 // The network namespace of the exporter (its /proc/self/ns/net inode): a
 // listener on a watched port in any other namespace is someone else's.
 const volatile __u32 netns_inum = 0;
+// Whether the events' maps below are theirs, shared: else they are empty
+// stand-ins of one entry.
+const volatile __u32 with_counts = 0;
+
+// The events' maps (events/events.bpf.c), shared.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
+	__type(key, int);
+	__type(value, struct socket_state);
+} sockets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_KEYS);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
+	__type(key, struct client_key);
+	__type(value, struct client_state);
+} clients_held SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} limits SEC(".maps");
 
 // Watched ports, in network order, to their group.
 struct {
@@ -45,7 +78,8 @@ struct {
 
 struct verdict {
 	__u32 group;
-	__u8 client[16]; // IPv4 v4-mapped
+	__u32 below_limit; // the client held fewer than the limit besides it
+	__u8 client[16];   // IPv4 v4-mapped
 	__u64 closed_ns; // bpf_ktime_get_ns at the close: the exporter sweeps
 			 // those no reset can come for any more
 };
@@ -63,11 +97,6 @@ struct {
 	__type(value, struct verdict);
 } verdicts SEC(".maps");
 
-struct client_key {
-	__u32 group;
-	__u8 client[16];
-};
-
 // Refusals per client: an LRU, so a flood of addresses evicts the least
 // recent instead of growing; totals are exact whatever it evicts.
 struct {
@@ -79,7 +108,8 @@ struct {
 
 struct total {
 	__u64 refused;
-	__u64 untracked; // verdicts the full map could not take: maybe refusals
+	__u64 untracked;   // verdicts the full map could not take: maybe refusals
+	__u64 below_limit; // of refused, while the kernel held the client below the limit
 };
 
 // Per group; the exporter sets max_entries to the number of groups.
@@ -91,11 +121,14 @@ struct {
 } totals SEC(".maps");
 
 // count counts one refusal of client in group.
-static __always_inline void count(__u32 group, const __u8 client[16])
+static __always_inline void count(__u32 group, const __u8 client[16], bool below_limit)
 {
 	struct total *t = bpf_map_lookup_elem(&totals, &group);
-	if (t)
+	if (t) {
 		__sync_fetch_and_add(&t->refused, 1);
+		if (below_limit)
+			__sync_fetch_and_add(&t->below_limit, 1);
+	}
 	struct client_key key = {.group = group};
 	__builtin_memcpy(&key.client, client, sizeof(key.client));
 	__u64 *n = bpf_map_lookup_elem(&clients, &key);
@@ -108,6 +141,27 @@ static __always_inline void count(__u32 group, const __u8 client[16])
 			return;
 	}
 	__sync_fetch_and_add(n, 1);
+}
+
+// below_limit says whether the client of a connection the agent refuses
+// held fewer than the limit besides it, as the events count: the count
+// still has the connection if their program has not taken it off yet
+// (both follow the same change, in either order).
+static __always_inline bool below_limit(void *sk, const struct verdict *v)
+{
+	if (!with_counts)
+		return false;
+	__u32 *limit = bpf_map_lookup_elem(&limits, &v->group);
+	if (!limit || !*limit)
+		return false; // no limit known: nothing is below it
+	struct client_key key = {.group = v->group};
+	__builtin_memcpy(&key.client, v->client, sizeof(key.client));
+	struct client_state *c = bpf_map_lookup_elem(&clients_held, &key);
+	__s64 held = c ? c->held[0] + c->held[1] : 0;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (st && st->counted)
+		held--; // this one
+	return held < *limit;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -148,10 +202,11 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 		v.client[11] = 0xff;
 		__builtin_memcpy(&v.client[12], &addr, sizeof(addr));
 	}
+	v.below_limit = below_limit((void *)sk, &v);
 	if (newstate == TCP_CLOSE) {
 		// The request came and is unread: tcp_close resets the
 		// connection right after this, always. Counted now.
-		count(v.group, v.client);
+		count(v.group, v.client, v.below_limit);
 		return 0;
 	}
 	// The request is still to come, and the reset with it: the verdict
@@ -184,6 +239,6 @@ int BPF_PROG(agent_reset, const struct sock *sk, const struct sk_buff *skb)
 	if (bpf_map_delete_elem(&verdicts, &cookie) != 0)
 		return 0;
 
-	count(v.group, v.client);
+	count(v.group, v.client, v.below_limit);
 	return 0;
 }

@@ -48,11 +48,22 @@ type Counter struct {
 	groups int
 }
 
+// Counts are the maps of the events' programs (--source events) that say
+// what each client holds as it happens: shared, each refusal is judged by
+// the limiter's own rule too.
+type Counts struct {
+	// Sockets is their socket storage; Clients their per-client state;
+	// Limits each group's limit as the exporter last read it.
+	Sockets, Clients, Limits *ebpf.Map
+}
+
 // Load attaches the program that counts the refusals of each group's ports
-// (groups[i] are group i's ports) in the exporter's network namespace. It
-// needs CAP_BPF and CAP_PERFMON (or root), and a kernel with BTF; kernel
-// is the kernel's types, read once for every program the exporter loads.
-func Load(kernel *btf.Cache, groups [][]uint16) (*Counter, error) {
+// (groups[i] are group i's ports) in the exporter's network namespace;
+// with counts (nil for none), each refusal made while its client held fewer
+// than the limit besides it is counted apart. It needs CAP_BPF and
+// CAP_PERFMON (or root), and a kernel with BTF; kernel is the kernel's
+// types, read once for every program the exporter loads.
+func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error) {
 	netns, err := Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -62,11 +73,22 @@ func Load(kernel *btf.Cache, groups [][]uint16) (*Counter, error) {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
-	if err := spec.Variables[programVarNetnsInum].Set(netns); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
+	options := &ebpf.CollectionOptions{Cache: kernel}
+	withCounts := uint32(0)
+	if counts != nil {
+		withCounts = 1
+		options.MapReplacements = map[string]*ebpf.Map{programMapSockets: counts.Sockets, programMapClientsHeld: counts.Clients, programMapLimits: counts.Limits}
+	} else {
+		spec.Maps[programMapClientsHeld].MaxEntries = 1 // a stand-in, never read
+	}
+	for name, value := range map[string]uint32{programVarNetnsInum: netns, programVarWithCounts: withCounts} {
+		if err := spec.Variables[name].Set(value); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
 	}
 	c := &Counter{groups: len(groups)}
-	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
+	if err := spec.LoadAndAssign(&c.objs, options); err != nil {
 		return nil, explain(err)
 	}
 	if err := c.attach(groups); err != nil {
@@ -82,7 +104,7 @@ func Load(kernel *btf.Cache, groups [][]uint16) (*Counter, error) {
 func (c *Counter) attach(groups [][]uint16) error {
 	for group, ports := range groups {
 		for _, p := range ports {
-			if err := c.objs.Ports.Put(portKey(p), uint32(group)); err != nil {
+			if err := c.objs.Ports.Put(PortKey(p), uint32(group)); err != nil {
 				return err
 			}
 		}
@@ -97,8 +119,8 @@ func (c *Counter) attach(groups [][]uint16) error {
 	return nil
 }
 
-// portKey is a port as the kernel keeps inet_sport: in network order.
-func portKey(port uint16) uint16 {
+// PortKey is a port as the kernel keeps inet_sport: in network order.
+func PortKey(port uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], port)
 	return binary.NativeEndian.Uint16(b[:])
@@ -147,6 +169,10 @@ type Group struct {
 	// each may have been a refusal, not counted. 0 unless more than 65,536
 	// such closes were pending at once.
 	Untracked uint64
+	// BelowLimit are the refusals made while the client held fewer than
+	// the limit besides the refused connection, as the events counted it
+	// (with Load's counts; else 0).
+	BelowLimit uint64
 	// Top are the clients with the most refusals, in tally.Compare's
 	// order, at most top.
 	Top []tally.ClientCount
@@ -162,7 +188,7 @@ func (c *Counter) Snapshot(top int) ([]Group, error) {
 		if err := c.objs.Totals.Lookup(uint32(g), &t); err != nil {
 			return nil, fmt.Errorf("reading the refusals: %w", err)
 		}
-		groups[g].Total, groups[g].Untracked = t.Refused, t.Untracked
+		groups[g].Total, groups[g].Untracked, groups[g].BelowLimit = t.Refused, t.Untracked, t.BelowLimit
 	}
 	// Each key is one client of one group, so the busiest are kept as they
 	// come: memory stays that of top clients, however full the map.

@@ -65,7 +65,7 @@ func load(t *testing.T, groups ...[]uint16) *Counter {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	c, err := Load(btf.NewCache(), groups)
+	c, err := Load(btf.NewCache(), groups, nil)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	return c

@@ -147,7 +147,11 @@ func SameAsGenerated(t testing.TB, generateFile string) {
 		require.NoError(t, os.MkdirAll(filepath.Dir(to), 0o755))
 		require.NoError(t, os.WriteFile(to, data, 0o644))
 	}
-	copyFile(filepath.Join(pkg, "..", "bpf", "vmlinux.h"), filepath.Join(tree, "bpf", "vmlinux.h"))
+	headers, err := filepath.Glob(filepath.Join(pkg, "..", "bpf", "*.h"))
+	require.NoError(t, err)
+	for _, header := range headers {
+		copyFile(header, filepath.Join(tree, "bpf", filepath.Base(header)))
+	}
 	sources, err := filepath.Glob(filepath.Join(pkg, "*.bpf.c"))
 	require.NoError(t, err)
 	out := filepath.Join(tree, filepath.Base(pkg))
