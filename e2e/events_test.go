@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"maps"
+	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -171,4 +174,41 @@ func TestEventsWithoutPrivilegeSayWhatToGrant(t *testing.T) {
 	assert.Contains(t, res.stderr, "CAP_BPF and CAP_PERFMON")
 	assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %s", res.stderr)
 	assert.Nil(t, res.metrics, "nothing written")
+}
+
+// Against a real agent with http_max_conns_per_client = 20: before each
+// new connection from one client, the events' count says how many it
+// holds, and the agent serves it while that is below the limit; the 21st
+// is refused, counted as a refusal at the limit (none below it), and shows
+// in the peak as the moment the kernel held 21 before the agent closed it.
+func TestEventsAgainstARealAgent(t *testing.T) {
+	needEvents(t)
+	const limit = 20
+	agent := startConsul(t, "http_max_conns_per_client = 20", false)
+	_, consulPort, err := net.SplitHostPort(agent.httpAddr)
+	require.NoError(t, err)
+	args := []string{"--port", consulPort, "--limit", fmt.Sprint(limit)}
+	url := eventsExporter(t, append([]string{"--refusals", "--sample.interval", "100ms", "--peak.window", "1h"}, args...)...)
+	const busy = "127.0.0.111"
+	for held := range limit {
+		got := scrape(t, url)
+		require.Equal(t, float64(held), got[`consul_open_http_connections_per_client{client="`+busy+`"}`], "before connection %d", held+1)
+		status, _ := request(t, agent.httpAddr, busy)
+		require.Equal(t, http.StatusOK, status, "connection %d of %d", held+1, limit)
+	}
+	require.True(t, refused(t, agent.httpAddr, busy), "the 21st")
+	var got map[string]float64
+	require.Eventually(t, func() bool {
+		got = scrape(t, url)
+		return got["consul_refused_http_connections_total"] >= 1
+	}, 10*time.Second, 50*time.Millisecond, "the refusal counted")
+	assert.Equal(t, 1.0, value(t, got, "consul_refused_http_connections_total"))
+	assert.Zero(t, value(t, got, "consul_refused_http_connections_below_limit_total"), "the limiter and the kernel agree")
+	assert.Equal(t, float64(limit), value(t, got, `consul_open_http_connections_per_client{client="`+busy+`"}`))
+	assert.Equal(t, float64(limit+1), value(t, got, `consul_open_http_connections_peak_per_client{client="`+busy+`"}`), "the refused one was open a moment")
+	assert.Equal(t, float64(limit+1), value(t, got, `consul_opened_http_connections_per_client_total{client="`+busy+`"}`))
+	assert.Positive(t, value(t, got, "consul_http_client_at_limit_seconds_total"))
+	res := exporter(t, t.TempDir(), append([]string{"--source", "netlink", "--once"}, args...)...)
+	require.Zero(t, res.exit, res.stderr)
+	assert.Equal(t, openCounts(res.metrics), openCounts(got), "the table's counts")
 }
