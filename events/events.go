@@ -16,14 +16,13 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
@@ -122,18 +121,7 @@ func (c *Counter) attach(groups [][]uint16) error {
 
 // explain says what a refusal to load means and how to grant what lacks.
 func explain(err error) error {
-	var verifier *ebpf.VerifierError
-	switch {
-	case errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("%w: --source events needs CAP_BPF and CAP_PERFMON (or root) to load its kernel programs: "+
-			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON", ErrUnavailable)
-	case errors.Is(err, ebpf.ErrNotSupported):
-		return fmt.Errorf("%w: this kernel cannot attach a BTF tracepoint program with socket storage (Linux 5.15 or later, with BTF): %v", ErrUnavailable, err)
-	case errors.As(err, &verifier):
-		// The verifier's log is many lines; its last says why.
-		return fmt.Errorf("%w: this kernel refused the programs (Linux 5.15 or later): %v", ErrUnavailable, oneline.Fold(err.Error()))
-	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, oneline.Fold(err.Error()))
+	return loaderr.Explain(err, ErrUnavailable, "--source events", "Linux 5.15 or later")
 }
 
 // Close detaches the programs.

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -22,7 +21,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -138,18 +137,7 @@ func Namespace() (uint32, error) {
 
 // explain says what a refusal to load means and how to grant what lacks.
 func explain(err error) error {
-	var verifier *ebpf.VerifierError
-	switch {
-	case errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("%w: --refusals needs CAP_BPF and CAP_PERFMON (or root) to load its kernel program: "+
-			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON", ErrUnavailable)
-	case errors.Is(err, ebpf.ErrNotSupported):
-		return fmt.Errorf("%w: this kernel cannot attach a BTF tracepoint program (Linux 5.12 or later, with BTF): %v", ErrUnavailable, err)
-	case errors.As(err, &verifier):
-		// The verifier's log is many lines; its last says why.
-		return fmt.Errorf("%w: this kernel refused the program (Linux 5.12 or later): %v", ErrUnavailable, oneline.Fold(err.Error()))
-	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, oneline.Fold(err.Error()))
+	return loaderr.Explain(err, ErrUnavailable, "--refusals", "Linux 5.12 or later")
 }
 
 // Close detaches the programs.

@@ -1,0 +1,31 @@
+// Package loaderr says in one line why the kernel would not load a program
+// of the exporter's, and what to grant or run instead.
+package loaderr
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
+)
+
+// Explain is err, from loading or attaching the programs of the feature
+// named by flag, as one line under unavailable: the capabilities to grant,
+// or the kernel needed (kernel: "Linux 5.15 or later").
+func Explain(err error, unavailable error, flag, kernel string) error {
+	var verifier *ebpf.VerifierError
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("%w: %s needs CAP_BPF and CAP_PERFMON (or root) to load its kernel programs: "+
+			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON", unavailable, flag)
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return fmt.Errorf("%w: this kernel cannot attach the programs of %s (%s, with BTF): %v", unavailable, flag, kernel, err)
+	case errors.As(err, &verifier):
+		// The verifier's log is many lines; its last says why.
+		return fmt.Errorf("%w: this kernel refused the programs of %s (%s): %v", unavailable, flag, kernel, oneline.Fold(err.Error()))
+	}
+	return fmt.Errorf("%w: %v", unavailable, oneline.Fold(err.Error()))
+}
