@@ -32,8 +32,8 @@ enum {
 //
 // held is its count in its group, per generation as the connections'
 // (the one a census moves from, the one it moves to); once a census is
-// settled, what the old one still holds is of connections gone, and the
-// client's next change drops it (cleared says for which census).
+// over, what the old one still holds is of connections gone, and a walk of
+// every client drops it (events/events.bpf.c's settle).
 //
 // The peaks are per epoch, two by its last bit (the one being made, the
 // one being read), each an epoch << 32 | a count, changed as one by
@@ -46,7 +46,7 @@ struct client_state {
 	__u64 begin[2];
 	__u64 peak[2];
 	__u32 at_limit; // 1 while counted in its group's clients at the limit
-	__u32 cleared;
+	__u32 unused;
 };
 
 // The maps' sizes: never an LRU for counts (an eviction would lose a close

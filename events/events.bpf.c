@@ -18,6 +18,8 @@
 //     change can fall between what it reads and what it writes. Whatever a
 //     missed event left in the old generation is what the audit reports,
 //     and drops.
+//   settle (an iterator over the clients, after each census): drops what
+//     the old generation of each client's count still holds.
 
 #include "vmlinux.h"
 #include "counts.h"
@@ -39,9 +41,6 @@ const volatile __u32 watched_states = 0;
 // each census. Only its last bit is in the keys: the census moves every
 // socket of the one before into it.
 __u32 generation = 0;
-// The last generation whose census is over: what the one before it still
-// holds is of connections gone.
-__u32 settled = 0;
 // The epoch of the peaks: the exporter starts a new one at each read of
 // them, and reads the one before, which no event writes any more.
 __u32 epoch = 0;
@@ -231,16 +230,6 @@ static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
 	}
 }
 
-// settle drops what a settled census left in a client's old generation.
-static __always_inline void settle(struct client_state *c)
-{
-	__u32 done = settled;
-	if (c->cleared == done || generation != done)
-		return; // dropped already, or a census runs: both generations hold
-	__sync_fetch_and_and(&c->held[(done & 1) ^ 1], 0);
-	c->cleared = done;
-}
-
 // held changes a client's count in its group by n, in generation gen (the
 // one its connection is counted in), and follows what the change does to
 // its peak and to its group's time at the limit.
@@ -248,7 +237,6 @@ static __always_inline void held(__u32 group, struct client_state *c, __s64 n, _
 {
 	if (!c)
 		return;
-	settle(c);
 	__s64 before = __sync_fetch_and_add(&c->held[gen & 1], n) + c->held[(gen & 1) ^ 1];
 	__s64 after = before + n;
 	__u32 e = epoch;
@@ -435,5 +423,25 @@ int census(struct bpf_iter__tcp *ctx)
 		held(group, c, 1, now_in, bpf_ktime_get_ns());
 	else
 		moved(c, counted_in);
+	return 0;
+}
+
+// settle runs on every client once a census is over: what the generation
+// before it still holds is of connections gone (their sockets are all
+// counted in the new one, or closed), and no event writes it any more. It
+// is dropped, so that the next census, which moves the counts into it,
+// finds it empty.
+SEC("iter/bpf_map_elem")
+int settle(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct client_state *c = ctx->value;
+	if (!c)
+		return 0;
+	// Constant offsets: the verifier takes no variable one into an
+	// iterator's buffer.
+	if (generation & 1)
+		__sync_fetch_and_and(&c->held[0], 0);
+	else
+		__sync_fetch_and_and(&c->held[1], 0);
 	return 0;
 }

@@ -39,7 +39,8 @@ var ErrUnavailable = errors.New("cannot count from the kernel's events")
 type Counter struct {
 	objs     programObjects
 	links    []link.Link
-	iterator *link.Iter
+	iterator *link.Iter // the census
+	settler  *link.Iter // over the clients, after each census
 	groups   int
 
 	// mu makes a census and a read of the counts one at a time: during a
@@ -116,6 +117,9 @@ func (c *Counter) attach(groups [][]uint16) error {
 	if c.iterator, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
 		return fmt.Errorf("this kernel has no TCP iterator (Linux 5.15 or later): %w", err)
 	}
+	if c.settler, err = link.AttachIter(link.IterOptions{Program: c.objs.Settle, Map: c.objs.Clients}); err != nil {
+		return fmt.Errorf("this kernel has no map iterator (Linux 5.15 or later): %w", err)
+	}
 	return nil
 }
 
@@ -126,8 +130,10 @@ func explain(err error) error {
 
 // Close detaches the programs.
 func (c *Counter) Close() {
-	if c.iterator != nil {
-		c.iterator.Close()
+	for _, it := range []*link.Iter{c.iterator, c.settler} {
+		if it != nil {
+			it.Close()
+		}
 	}
 	for _, l := range c.links {
 		l.Close()
@@ -189,13 +195,7 @@ func (c *Counter) census() (Census, error) {
 	if err := c.objs.Generation.Set(c.generation); err != nil {
 		return Census{}, fmt.Errorf("starting a census: %w", err)
 	}
-	r, err := c.iterator.Open()
-	if err != nil {
-		return Census{}, fmt.Errorf("opening the census of the socket table: %w", err)
-	}
-	_, err = io.Copy(io.Discard, r)
-	r.Close()
-	if err != nil {
+	if err := walk(c.iterator); err != nil {
 		return Census{}, fmt.Errorf("taking the census of the socket table: %w", err)
 	}
 	after, err := c.totals()
@@ -214,12 +214,23 @@ func (c *Counter) census() (Census, error) {
 	}
 	found.Stale = stale
 	// Each client's count, the same connections summed, drops what its old
-	// generation holds at its next change: the census is settled.
-	if err := c.objs.Settled.Set(c.generation); err != nil {
-		return Census{}, fmt.Errorf("settling a census: %w", err)
+	// generation holds: the next census moves the counts into it.
+	if err := walk(c.settler); err != nil {
+		return Census{}, fmt.Errorf("settling the clients' counts: %w", err)
 	}
 	c.missedAt = missed
 	return found, nil
+}
+
+// walk runs an iterator's program over all it iterates.
+func walk(it *link.Iter) error {
+	r, err := it.Open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(io.Discard, r)
+	return err
 }
 
 // dropGeneration deletes m's counts of generation gen, and returns how

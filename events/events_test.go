@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -294,4 +295,50 @@ func TestARefusalWhileTheClientHeldFewerThanTheLimitIsCountedApart(t *testing.T)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(3), groups[0].Total)
 	assert.Equal(t, uint64(2), groups[0].BelowLimit)
+}
+
+// Events the program never saw (here, while it was detached: as when the
+// kernel skips it) leave the counts wrong until a census: it finds each
+// connection no event counted and each count of one gone, says how many,
+// and the counts equal the table again.
+func TestACensusFindsAndCorrectsWhatMissedEventsLeft(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := load(t, []uint16{l.Port()})
+	held := loopback.Open(t, l, "127.0.0.95", 10)
+	for _, lk := range c.links {
+		require.NoError(t, lk.Close())
+	}
+	c.links = nil
+	loopback.Open(t, l, "127.0.0.96", 5) // opens not seen
+	for _, p := range held[:3] {         // closes not seen
+		closeAs(t, "agent", p)
+	}
+	lk, err := link.AttachTracing(link.TracingOptions{Program: c.objs.Changed})
+	require.NoError(t, err)
+	c.links = append(c.links, lk)
+	require.NotEqual(t, peerless(table(t, l.Port())), counted(t, c), "wrong before the census")
+
+	found, err := c.Census()
+	require.NoError(t, err)
+	assert.Equal(t, Census{Uncounted: 5, Stale: 3}, found)
+	assert.Equal(t, uint64(8), found.Drift())
+	assert.Equal(t, peerless(table(t, l.Port())), counted(t, c), "right after it")
+	s := snapshotOf(t, c) // the epoch of the 10: its peak
+	assert.Equal(t, found, s.Audit)
+	peaks := snapshotOf(t, c).Groups[0].Peaks.TopClients(10) // one with no change: the counts held through it
+	require.Len(t, peaks, 2)
+	assert.Equal(t, "127.0.0.95", peaks[0].Client.String())
+	assert.Equal(t, 7, peaks[0].Count, "the clients' own counts corrected too")
+	assert.Equal(t, 5, peaks[1].Count, "127.0.0.96's, counted by the census")
+
+	found, err = c.Census()
+	require.NoError(t, err)
+	assert.Zero(t, found, "nothing left to correct")
+
+	// The kernel's own count of the client, for its time at the limit, is
+	// 7 too: a close leaves it at 6, below a limit of 8 (the 3 gone, still
+	// counted, would have made it 9).
+	snapshotOf(t, c, 8)
+	closeAs(t, "agent", held[3])
+	assert.Zero(t, snapshotOf(t, c, 8).Groups[0].AtLimit)
 }

@@ -27,7 +27,7 @@ type programClientState struct {
 	Begin   [2]uint64
 	Peak    [2]uint64
 	AtLimit uint32
-	Cleared uint32
+	Unused  uint32
 }
 
 type programConnectionKey struct {
@@ -80,10 +80,10 @@ const (
 	programMapTotals        = "totals"
 	programProgCensus       = "census"
 	programProgChanged      = "changed"
+	programProgSettle       = "settle"
 	programVarEpoch         = "epoch"
 	programVarGeneration    = "generation"
 	programVarNetnsInum     = "netns_inum"
-	programVarSettled       = "settled"
 	programVarWatchedStates = "watched_states"
 )
 
@@ -131,6 +131,7 @@ type programSpecs struct {
 type programProgramSpecs struct {
 	Census  *ebpf.ProgramSpec `ebpf:"census"`
 	Changed *ebpf.ProgramSpec `ebpf:"changed"`
+	Settle  *ebpf.ProgramSpec `ebpf:"settle"`
 }
 
 // programMapSpecs contains maps before they are loaded into the kernel.
@@ -153,7 +154,6 @@ type programVariableSpecs struct {
 	Epoch         *ebpf.VariableSpec `ebpf:"epoch"`
 	Generation    *ebpf.VariableSpec `ebpf:"generation"`
 	NetnsInum     *ebpf.VariableSpec `ebpf:"netns_inum"`
-	Settled       *ebpf.VariableSpec `ebpf:"settled"`
 	WatchedStates *ebpf.VariableSpec `ebpf:"watched_states"`
 }
 
@@ -205,7 +205,6 @@ type programVariables struct {
 	Epoch         *ebpf.Variable `ebpf:"epoch"`
 	Generation    *ebpf.Variable `ebpf:"generation"`
 	NetnsInum     *ebpf.Variable `ebpf:"netns_inum"`
-	Settled       *ebpf.Variable `ebpf:"settled"`
 	WatchedStates *ebpf.Variable `ebpf:"watched_states"`
 }
 
@@ -215,12 +214,14 @@ type programVariables struct {
 type programPrograms struct {
 	Census  *ebpf.Program `ebpf:"census"`
 	Changed *ebpf.Program `ebpf:"changed"`
+	Settle  *ebpf.Program `ebpf:"settle"`
 }
 
 func (p *programPrograms) Close() error {
 	return _ProgramClose(
 		p.Census,
 		p.Changed,
+		p.Settle,
 	)
 }
 

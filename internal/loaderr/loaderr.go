@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 )
@@ -18,14 +19,16 @@ import (
 func Explain(err error, unavailable error, flag, kernel string) error {
 	var verifier *ebpf.VerifierError
 	switch {
+	case errors.As(err, &verifier) && !errors.Is(err, unix.EPERM):
+		// Before the permission: the verifier's refusal is an EACCES too
+		// (a lack of privilege is EPERM). Its log is many lines; its last
+		// says why.
+		return fmt.Errorf("%w: this kernel refused the programs of %s (%s): %v", unavailable, flag, kernel, oneline.Fold(err.Error()))
 	case errors.Is(err, os.ErrPermission):
 		return fmt.Errorf("%w: %s needs CAP_BPF and CAP_PERFMON (or root) to load its kernel programs: "+
 			"systemd AmbientCapabilities=CAP_BPF CAP_PERFMON, Kubernetes securityContext.capabilities.add [BPF, PERFMON], docker --cap-add BPF --cap-add PERFMON", unavailable, flag)
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return fmt.Errorf("%w: this kernel cannot attach the programs of %s (%s, with BTF): %v", unavailable, flag, kernel, err)
-	case errors.As(err, &verifier):
-		// The verifier's log is many lines; its last says why.
-		return fmt.Errorf("%w: this kernel refused the programs of %s (%s): %v", unavailable, flag, kernel, oneline.Fold(err.Error()))
 	}
 	return fmt.Errorf("%w: %v", unavailable, oneline.Fold(err.Error()))
 }

@@ -1,0 +1,32 @@
+package loaderr
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/stretchr/testify/assert"
+	"golang.org/x/sys/unix"
+)
+
+var errUnavailable = errors.New("cannot count")
+
+// The verifier's refusal is an EACCES, as a lack of privilege can be: it
+// must name the kernel, not ask for capabilities the exporter has.
+func TestAVerifiersRefusalNamesTheKernelAndALackOfPrivilegeTheCapabilities(t *testing.T) {
+	refused := fmt.Errorf("load program: %w", &ebpf.VerifierError{Cause: unix.EACCES, Log: []string{"0: (b7) r0 = 0", "R1 invalid variable buffer offset"}})
+	err := Explain(refused, errUnavailable, "--source events", "Linux 5.15 or later")
+	assert.ErrorIs(t, err, errUnavailable)
+	assert.Contains(t, err.Error(), "this kernel refused the programs of --source events (Linux 5.15 or later)")
+	assert.Contains(t, err.Error(), "R1 invalid variable buffer offset")
+	assert.NotContains(t, err.Error(), "CAP_BPF")
+
+	for _, denied := range []error{
+		fmt.Errorf("map create: %w", unix.EPERM),
+		fmt.Errorf("load program: %w", &ebpf.VerifierError{Cause: unix.EPERM}),
+	} {
+		err := Explain(denied, errUnavailable, "--refusals", "Linux 5.12 or later")
+		assert.Contains(t, err.Error(), "--refusals needs CAP_BPF and CAP_PERFMON (or root)")
+	}
+}
