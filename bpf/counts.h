@@ -14,6 +14,15 @@ struct socket_state {
 	__u32 generation; // of its count, when counted
 	__u8 counted;	  // counted in connections under state and generation
 	__u8 state;
+	__u8 over_limit; // OVER_LIMIT: it opened while its client held at least
+			 // the limit besides it, to be refused by the limiter's
+			 // rule; OVER_LIMIT_JUDGED once the refusals judged it
+	__u8 unused;
+};
+
+enum {
+	OVER_LIMIT = 1,
+	OVER_LIMIT_JUDGED = 2,
 };
 
 struct client_key {

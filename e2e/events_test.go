@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"maps"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"net/netip"
 	"strings"
 	"sync"
@@ -178,9 +182,10 @@ func TestEventsWithoutPrivilegeSayWhatToGrant(t *testing.T) {
 
 // Against a real agent with http_max_conns_per_client = 20: before each
 // new connection from one client, the events' count says how many it
-// holds, and the agent serves it while that is below the limit; the 21st
-// is refused, counted as a refusal at the limit (none below it), and shows
-// in the peak as the moment the kernel held 21 before the agent closed it.
+// holds, and the agent serves it while that is below the limit; the next
+// 50 are refused, each counted once as a refusal at the limit (none below
+// it), and show in the peak as the moment the kernel held 21 before the
+// agent closed each.
 func TestEventsAgainstARealAgent(t *testing.T) {
 	needEvents(t)
 	const limit = 20
@@ -197,18 +202,83 @@ func TestEventsAgainstARealAgent(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, "connection %d of %d", held+1, limit)
 	}
 	require.True(t, refused(t, agent.httpAddr, busy), "the 21st")
+	first := scrape(t, url)
+	assert.Equal(t, float64(limit+1), value(t, first, `consul_open_http_connections_peak_per_client{client="`+busy+`"}`), "the refused one was open a moment")
+	const refusals = 50
+	for i := 1; i < refusals; i++ {
+		require.True(t, refused(t, agent.httpAddr, busy), "connection %d", limit+1+i)
+	}
 	var got map[string]float64
 	require.Eventually(t, func() bool {
 		got = scrape(t, url)
-		return got["consul_refused_http_connections_total"] >= 1
-	}, 10*time.Second, 50*time.Millisecond, "the refusal counted")
-	assert.Equal(t, 1.0, value(t, got, "consul_refused_http_connections_total"))
+		return got["consul_refused_http_connections_total"] >= refusals
+	}, 10*time.Second, 50*time.Millisecond, "the refusals counted")
+	assert.Equal(t, float64(refusals), value(t, got, "consul_refused_http_connections_total"), "each once, by one rule or the other")
 	assert.Zero(t, value(t, got, "consul_refused_http_connections_below_limit_total"), "the limiter and the kernel agree")
 	assert.Equal(t, float64(limit), value(t, got, `consul_open_http_connections_per_client{client="`+busy+`"}`))
-	assert.Equal(t, float64(limit+1), value(t, got, `consul_open_http_connections_peak_per_client{client="`+busy+`"}`), "the refused one was open a moment")
-	assert.Equal(t, float64(limit+1), value(t, got, `consul_opened_http_connections_per_client_total{client="`+busy+`"}`))
+	assert.Equal(t, float64(limit+refusals), value(t, got, `consul_opened_http_connections_per_client_total{client="`+busy+`"}`))
 	assert.Positive(t, value(t, got, "consul_http_client_at_limit_seconds_total"))
 	res := exporter(t, t.TempDir(), append([]string{"--source", "netlink", "--once"}, args...)...)
 	require.Zero(t, res.exit, res.stderr)
 	assert.Equal(t, openCounts(res.metrics), openCounts(got), "the table's counts")
+}
+
+// Over HTTPS, Consul reads the TLS handshake before its 429, so the rule of
+// --refusals alone (closed having read nothing) counts none there. With
+// the events beside it, the limiter's own rule counts each: ten held from
+// one address, then every HTTPS request of it refused is counted, once;
+// HTTPS requests served to another address, none.
+func TestEventsCountEveryHTTPSRefusalOfARealAgent(t *testing.T) {
+	needEvents(t)
+	agent := startAgent(t, "http_max_conns_per_client = 10", agentOptions{dualStackTLS: true})
+	_, httpPort, err := net.SplitHostPort(agent.httpAddr)
+	require.NoError(t, err)
+	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
+	require.NoError(t, err)
+	url := eventsExporter(t, "--refusals", "--port", httpPort, "--port", httpsPort, "--limit", "10")
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(agent.certs, "consul-agent-ca.pem"))
+	require.NoError(t, err)
+	require.True(t, pool.AppendCertsFromPEM(ca))
+	tlsConfig := &tls.Config{RootCAs: pool, ServerName: "localhost"}
+	overTLS := func(from string) (int, error) {
+		conn := tls.Client(dialFrom(t, from, agent.httpsAddr), tlsConfig)
+		defer conn.Close()
+		return ask(conn)
+	}
+
+	for range 5 {
+		status, err := overTLS("127.0.0.26")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, status, "served over HTTPS")
+	}
+	const busy = "127.0.0.27"
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for range 10 {
+		code, conn := request(t, agent.httpAddr, busy)
+		require.Equal(t, http.StatusOK, code)
+		held = append(held, conn)
+	}
+	refusedOverTLS := 0
+	for range 20 {
+		status, err := overTLS(busy)
+		if err != nil || status == http.StatusTooManyRequests {
+			refusedOverTLS++ // a 429, or the close before it could be read
+		}
+	}
+	require.Equal(t, 20, refusedOverTLS, "the agent refused every one")
+	var got map[string]float64
+	require.Eventually(t, func() bool {
+		got = scrape(t, url)
+		return got["consul_refused_http_connections_total"] >= 20
+	}, 10*time.Second, 50*time.Millisecond)
+	assert.Equal(t, 20.0, value(t, got, "consul_refused_http_connections_total"))
+	assert.Equal(t, 20.0, value(t, got, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`))
+	assert.NotContains(t, got, `consul_refused_http_connections_per_client_total{client="127.0.0.26"}`)
+	assert.Zero(t, value(t, got, "consul_refused_http_connections_below_limit_total"))
 }

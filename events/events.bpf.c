@@ -232,11 +232,12 @@ static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
 
 // held changes a client's count in its group by n, in generation gen (the
 // one its connection is counted in), and follows what the change does to
-// its peak and to its group's time at the limit.
-static __always_inline void held(__u32 group, struct client_state *c, __s64 n, __u32 gen, __u64 now)
+// its peak and to its group's time at the limit. It says whether the count
+// before it was at least the limit.
+static __always_inline bool held(__u32 group, struct client_state *c, __s64 n, __u32 gen, __u64 now)
 {
 	if (!c)
-		return;
+		return false;
 	__s64 before = __sync_fetch_and_add(&c->held[gen & 1], n) + c->held[(gen & 1) ^ 1];
 	__s64 after = before + n;
 	__u32 e = epoch;
@@ -246,16 +247,18 @@ static __always_inline void held(__u32 group, struct client_state *c, __s64 n, _
 	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
 	struct group_state *g = bpf_map_lookup_elem(&groups, &group);
 	if (!limit || !g)
-		return;
+		return false;
+	bool full = *limit > 0 && before >= *limit;
 	__u32 is = *limit > 0 && after >= *limit, was = c->at_limit;
 	if (is == was || __sync_val_compare_and_swap(&c->at_limit, was, is) != was)
-		return;
+		return full;
 	if (is) {
 		if (__sync_fetch_and_add(&g->clients_at_limit, 1) == 0)
 			g->since_ns = now;
 	} else if (__sync_fetch_and_add(&g->clients_at_limit, -1) == 1) {
 		__sync_fetch_and_add(&g->at_limit_ns, now - g->since_ns);
 	}
+	return full;
 }
 
 // server_end is sk as a TCP server end of a watched port in the exporter's
@@ -342,7 +345,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		if (!added && counted)
 			held(group, c, -1, counted_in, now);
 		else if (added && !counted)
-			held(group, c, 1, now_in, now);
+			st->over_limit = held(group, c, 1, now_in, now) && !was ? OVER_LIMIT : 0;
 		else if (added)
 			moved(c, counted_in);
 		return 0;

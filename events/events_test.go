@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"net"
+	"slices"
 	"net/netip"
 	"sync"
 	"syscall"
@@ -341,4 +342,58 @@ func TestACensusFindsAndCorrectsWhatMissedEventsLeft(t *testing.T) {
 	snapshotOf(t, c, 8)
 	closeAs(t, "agent", held[3])
 	assert.Zero(t, snapshotOf(t, c, 8).Groups[0].AtLimit)
+}
+
+// A connection the agent reads from before it closes it (over HTTPS Consul
+// reads the TLS handshake before its 429) is a refusal by the limiter's
+// rule alone: it opened while its client held the limit besides it, and
+// the agent closed it at once. The same exchange from a client below the
+// limit is a request served.
+func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := load(t, []uint16{l.Port()})
+	r, err := refusals.Load(btf.NewCache(), [][]uint16{{l.Port()}}, c.Shared())
+	require.NoError(t, err)
+	t.Cleanup(r.Close)
+	snapshotOf(t, c, 3)
+	loopback.Open(t, l, "127.0.0.97", 3)
+	loopback.Open(t, l, "127.0.0.98", 1)
+	handshakeThenClose := func(from string) {
+		pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), 1)
+		require.NoError(t, err)
+		p := pairs[0]
+		_, err = p.Client.Write([]byte("\x16\x03\x01 a ClientHello"))
+		require.NoError(t, err)
+		_, err = p.Server.Read(make([]byte, 5)) // the agent reads from it
+		require.NoError(t, err)
+		_, err = p.Server.Write([]byte("HTTP/1.1 429 Too Many Requests\r\n\r\n"))
+		require.NoError(t, err)
+		require.NoError(t, p.Server.Close())
+		p.Client.Close()
+	}
+	// The client's FIN first, then the agent's close with the request
+	// unread: judged once, by the limiter's rule, not again by the other.
+	clientFirst := func(from string) {
+		pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), 1)
+		require.NoError(t, err)
+		p := pairs[0]
+		_, err = p.Client.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+		require.NoError(t, err)
+		require.NoError(t, p.Client.(*net.TCPConn).CloseWrite())
+		require.Eventually(t, func() bool {
+			return slices.Contains(table(t, l.Port()), "close-wait "+p.Server.LocalAddr().String()+" "+p.Client.LocalAddr().String())
+		}, 5*time.Second, time.Millisecond, "the server end in CLOSE-WAIT")
+		require.NoError(t, p.Server.Close())
+		p.Client.Close()
+	}
+	handshakeThenClose("127.0.0.97") // 3 held besides it: refused
+	handshakeThenClose("127.0.0.98") // 1 besides it: served
+	handshakeThenClose("127.0.0.97")
+	clientFirst("127.0.0.97")
+	groups, err := r.Snapshot(10)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), groups[0].Total)
+	require.Len(t, groups[0].Top, 1)
+	assert.Equal(t, "127.0.0.97", groups[0].Top[0].Client.String())
+	assert.Zero(t, groups[0].BelowLimit)
 }

@@ -64,7 +64,8 @@ type programSocketState struct {
 	Generation uint32
 	Counted    uint8
 	State      uint8
-	_          [2]byte
+	OverLimit  uint8
+	Unused     uint8
 }
 
 // Names of all BPF objects in the ELF.

@@ -36,7 +36,8 @@ type programSocketState struct {
 	Generation uint32
 	Counted    uint8
 	State      uint8
-	_          [2]byte
+	OverLimit  uint8
+	Unused     uint8
 }
 
 type programTotal struct {

@@ -24,7 +24,11 @@
 // shared), each refusal is also judged by the limiter's own rule: at the
 // agent's close, the client held at least the limit besides this
 // connection. One where it held fewer is counted apart (below_limit): the
-// limiter held slots the kernel had freed (hashicorp/consul#11030).
+// limiter held slots the kernel had freed (hashicorp/consul#11030). And a
+// connection that opened while its client held the limit besides it (the
+// events keep that in its storage) is a refusal by the limiter's rule
+// alone, whoever ends it, as long as it ends within its first second: so
+// over HTTPS too, where the agent reads the TLS handshake before its 429.
 
 #include "vmlinux.h"
 #include "counts.h"
@@ -35,6 +39,7 @@
 #define AF_INET 2   // include/linux/socket.h
 #define AF_INET6 10
 #define SEND_SHUTDOWN 2 // include/net/sock.h
+#define REFUSED_WITHIN_NS 1000000000ULL // the limiter refuses at the accept: a second is ample
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -143,6 +148,47 @@ static __always_inline void count(__u32 group, const __u8 client[16], bool below
 	__sync_fetch_and_add(n, 1);
 }
 
+// client_of writes the client's address into client, v4-mapped for IPv4,
+// and returns it.
+static __always_inline const __u8 *client_of(const struct sock *sk, __u8 client[16])
+{
+	if (sk->__sk_common.skc_family == AF_INET6) {
+		__builtin_memcpy(client, &sk->__sk_common.skc_v6_daddr, 16);
+	} else {
+		__be32 addr = sk->__sk_common.skc_daddr;
+		__builtin_memset(client, 0, 10);
+		client[10] = 0xff;
+		client[11] = 0xff;
+		__builtin_memcpy(&client[12], &addr, sizeof(addr));
+	}
+	return client;
+}
+
+// The limiter's rule's verdicts on a connection.
+enum {
+	NOT_OVER, // opened below the limit: the rule of the read nothing judges it
+	REFUSED,  // opened past it, and ends within its first second: refused
+	JUDGED,   // opened past it, and judged already (or ends too late to be)
+};
+
+// by_the_limiters_rule judges a connection by the limiter's own rule, once:
+// the events found it opened while its client held the limit besides it,
+// and it ends within its first second, whoever ends it first (over HTTPS
+// the agent reads the TLS handshake before its 429, and the client, having
+// read the 429, may close first).
+static __always_inline int by_the_limiters_rule(void *sk, __u64 now)
+{
+	if (!with_counts)
+		return NOT_OVER;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, sk, 0, 0);
+	if (!st || !st->over_limit)
+		return NOT_OVER;
+	if (st->over_limit != OVER_LIMIT)
+		return JUDGED;
+	st->over_limit = OVER_LIMIT_JUDGED;
+	return st->opened_ns && now - st->opened_ns < REFUSED_WITHIN_NS ? REFUSED : JUDGED;
+}
+
 // below_limit says whether the client of a connection the agent refuses
 // held fewer than the limit besides it, as the events count: the count
 // still has the connection if their program has not taken it off yet
@@ -171,7 +217,8 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	// costs nothing (the states) is asked first.
 	if (oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT)
 		return 0;
-	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE)
+	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE &&
+	    !(with_counts && newstate == TCP_CLOSE_WAIT))
 		return 0; // FIN-WAIT-1 and LAST-ACK: only the application's close or shutdown goes there
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	if (!tp)
@@ -180,28 +227,29 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	__u32 *group = bpf_map_lookup_elem(&ports, &port);
 	if (!group)
 		return 0;
+	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
+		return 0;
+	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
+	switch (by_the_limiters_rule((void *)sk, v.closed_ns)) {
+	case REFUSED:
+		count(v.group, client_of(sk, v.client), false);
+		return 0;
+	case JUDGED:
+		return 0;
+	}
+	if (newstate == TCP_CLOSE_WAIT)
+		return 0; // the client's FIN: for the limiter's rule alone
 	// To CLOSE: the agent's close with data unread (tcp_close shuts the
 	// socket down, then resets it), not a reset from the client or a
 	// timeout, which close it before it is shut down.
 	if (newstate == TCP_CLOSE && !(BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN))
-		return 0;
-	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return 0;
 	// Read nothing: every byte received (and the FIN, which reading
 	// consumes too) is still unread. rcv_nxt - bytes_received is where
 	// the connection's data began.
 	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
-
-	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
-	if (sk->__sk_common.skc_family == AF_INET6) {
-		__builtin_memcpy(&v.client, &sk->__sk_common.skc_v6_daddr, sizeof(v.client));
-	} else {
-		__be32 addr = sk->__sk_common.skc_daddr;
-		v.client[10] = 0xff;
-		v.client[11] = 0xff;
-		__builtin_memcpy(&v.client[12], &addr, sizeof(addr));
-	}
+	client_of(sk, v.client);
 	v.below_limit = below_limit((void *)sk, &v);
 	if (newstate == TCP_CLOSE) {
 		// The request came and is unread: tcp_close resets the
