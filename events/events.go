@@ -274,10 +274,24 @@ func (c *Counter) missed() (uint64, error) {
 
 // Read calls add with one record per local address, port, state and
 // client, standing for the connections counted under them: the same
-// records every source yields, each for many sockets.
+// records every source yields, each for many sockets. Where the kernel
+// skipped the program since the last census, a census is taken first: the
+// counts are right again before they are read.
 func (c *Counter) Read(_ context.Context, add func(socket.Socket), _ func()) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	missed, err := c.missed()
+	if err != nil {
+		return err
+	}
+	if missed > c.missedAt {
+		found, err := c.census()
+		if err != nil {
+			return err
+		}
+		c.last = found
+		c.audits++
+	}
 	var (
 		key   programConnectionKey
 		count int64

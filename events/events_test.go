@@ -3,8 +3,8 @@ package events
 import (
 	"context"
 	"net"
-	"slices"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -124,9 +124,15 @@ func TestAConnectionOpenWhileTheCensusRunsIsCountedOnce(t *testing.T) {
 			done = true
 		default:
 		}
+		missedBefore, err := c.missed()
+		require.NoError(t, err)
 		found, err := c.Census()
 		require.NoError(t, err)
-		require.Zero(t, found, "census %d under churn found something uncounted or stale", censuses)
+		if found != (Census{}) { // only where the kernel skipped the program, as it may under load
+			missedAfter, err := c.missed()
+			require.NoError(t, err)
+			require.Greater(t, missedAfter, missedBefore, "census %d under churn found %+v with no event missed", censuses, found)
+		}
 	}
 	t.Logf("%d censuses under churn", censuses)
 	require.Eventually(t, func() bool { return len(table(t, ports...)) == 50 }, 5*time.Second, 10*time.Millisecond, "the churn's server ends closed")
@@ -146,6 +152,21 @@ func TestAnotherNamespacesConnectionsNeverCount(t *testing.T) {
 	})
 	loopback.Open(t, l, "127.0.0.1", 2)
 	assert.Len(t, counted(t, c), 2)
+}
+
+// exactUnlessMissed asserts got is want, or, where the kernel skipped the
+// program (as it may under load: a socket's change in an interrupt of
+// another's), within the changes it skipped.
+func exactUnlessMissed(t *testing.T, c *Counter, want, got uint64, what string) {
+	t.Helper()
+	missed, err := c.missed()
+	require.NoError(t, err)
+	if missed == 0 {
+		assert.Equal(t, want, got, what)
+		return
+	}
+	t.Logf("the kernel skipped the program %d times: %s within as many", missed, what)
+	assert.LessOrEqual(t, max(want, got)-min(want, got), missed, what)
 }
 
 func snapshotOf(t *testing.T, c *Counter, limits ...int) Snapshot {
@@ -209,13 +230,13 @@ func TestThousandsOfShortConnectionsAreCountedOneByOneWithHowTheyEndedAndTheirLi
 		closeAs(t, "agent", p)
 	}
 	g := snapshotOf(t, c).Groups[0]
-	assert.Equal(t, uint64(2005), g.Opened)
-	assert.Equal(t, 2000, opened(g, "127.0.0.42"))
+	exactUnlessMissed(t, c, 2005, g.Opened, "opened")
+	exactUnlessMissed(t, c, 2000, uint64(opened(g, "127.0.0.42")), "opened by 127.0.0.42")
 	assert.Zero(t, opened(g, "127.0.0.41"), "open before the start: no open seen")
 	for i, how := range Closes {
-		assert.Equal(t, uint64(want[how]), g.Closed[i], "closed by %s", how)
+		exactUnlessMissed(t, c, uint64(want[how]), g.Closed[i], "closed by "+how)
 	}
-	assert.Equal(t, uint64(2005), g.LifetimeCount, "each closed connection's lifetime")
+	exactUnlessMissed(t, c, 2005, g.LifetimeCount, "each closed connection's lifetime")
 	assert.Equal(t, g.LifetimeCount, g.Lifetimes[len(g.Lifetimes)-1], "none longer than an hour")
 	for i, bound := range LifetimeBounds {
 		if bound < lived.Seconds() {

@@ -60,22 +60,12 @@ type Group struct {
 // Snapshot reads the events since start, and each client's peak since the
 // last snapshot, with top clients each; limits (per group, 0 for none
 // known) are what the time at the limit counts against from now on.
-// Where the kernel skipped the program since the last census, a census
-// is taken first: the counts are right again before they are read.
 func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	missed, err := c.missed()
 	if err != nil {
 		return Snapshot{}, err
-	}
-	if missed > c.missedAt {
-		found, err := c.census()
-		if err != nil {
-			return Snapshot{}, err
-		}
-		c.last = found
-		c.audits++
 	}
 	for g, limit := range limits[:min(len(limits), c.groups)] {
 		if err := c.objs.Limits.Put(uint32(g), uint32(max(limit, 0))); err != nil {
