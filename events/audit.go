@@ -11,9 +11,10 @@ import (
 
 // AuditEvery takes a census every interval until ctx is done: a drift
 // found is logged once, when it starts or changes, and is corrected by the
-// census itself.
+// census itself; connections a full map could not count are said too.
 func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger *slog.Logger) {
-	var drift changes.Tracker
+	var drift, full changes.Tracker
+	lostBefore := uint64(0)
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -31,5 +32,26 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 			problem = fmt.Sprintf("the events' counts lacked %d open connections and held %d closed ones; corrected", found.Uncounted, found.Stale)
 		}
 		drift.Log(logger, slog.LevelWarn, problem, "the kernel's events drifted from the socket table", "the kernel's events agree with the socket table again")
+		lost, err := c.lost()
+		problem = ""
+		if err == nil && lost > lostBefore {
+			problem = fmt.Sprintf("%d connections since the last audit: the kernel's maps are full (2^20 keys each); the counts lack them", lost-lostBefore)
+		}
+		lostBefore = max(lostBefore, lost)
+		full.Log(logger, slog.LevelError, problem, "connections could not be counted", "every connection is counted again")
 	}
+}
+
+// lost is how many connections the kernel's maps were too full to count,
+// in all groups, since start.
+func (c *Counter) lost() (uint64, error) {
+	totals, err := c.totals()
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, t := range totals {
+		n += t.Lost
+	}
+	return n, nil
 }
