@@ -45,11 +45,13 @@ __u32 generation = 0;
 // them, and reads the one before, which no event writes any more.
 __u32 epoch = 0;
 
-// Watched ports, in network order, to their group.
+// Every port, by its number as inet_sport keeps it (network order), to 1 +
+// its group, 0 for a port not watched: an array, whose lookup the verifier
+// inlines, since every change of every TCP socket on the host asks it.
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __be16);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__type(value, __u32);
 } ports SEC(".maps");
 
@@ -270,13 +272,13 @@ static __always_inline struct tcp_sock *server_end(void *sk, __u32 *group)
 		return NULL; // not TCP: the tracepoint is DCCP's, SCTP's and MPTCP's too
 	// inet_sport, not skc_num: a socket going to CLOSE gives its port
 	// back (inet_put_port zeroes skc_num) before the change is traced.
-	__be16 port = tp->inet_conn.icsk_inet.inet_sport;
+	__u32 port = tp->inet_conn.icsk_inet.inet_sport;
 	__u32 *g = bpf_map_lookup_elem(&ports, &port);
-	if (!g)
+	if (!g || !*g)
 		return NULL; // a client end's local port is its own
 	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum != netns_inum)
 		return NULL;
-	*group = *g;
+	*group = *g - 1;
 	return tp;
 }
 

@@ -104,7 +104,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter
 func (c *Counter) attach(groups [][]uint16) error {
 	for group, ports := range groups {
 		for _, p := range ports {
-			if err := c.objs.Ports.Put(refusals.PortKey(p), uint32(group)); err != nil {
+			if err := c.objs.Ports.Put(uint32(refusals.PortKey(p)), uint32(group)+1); err != nil {
 				return err
 			}
 		}
