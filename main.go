@@ -306,9 +306,6 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 	if ports := len(config.Ports()); s.refusals && ports > refusals.MaxPorts {
 		return nil, fmt.Errorf("--refusals watches at most %d ports, and --port and --rpc.port name %d", refusals.MaxPorts, ports)
 	}
-	if ports := len(config.Ports()); s.events != nil && ports > events.MaxPorts {
-		return nil, fmt.Errorf("--source events watches at most %d ports, and --port and --rpc.port name %d", events.MaxPorts, ports)
-	}
 	if s.commandCaps, err = sourceFlags.Capabilities(); err != nil {
 		return nil, err
 	}

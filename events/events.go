@@ -27,10 +27,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
-// MaxPorts is how many watched ports the kernel program takes, over all
-// groups (its ports map).
-const MaxPorts = 64
-
 // ErrUnavailable is a kernel or a host that cannot keep the counts: the
 // error says what is missing and how to get it.
 var ErrUnavailable = errors.New("cannot count from the kernel's events")
