@@ -31,7 +31,7 @@ func start(s *setup) error {
 	var counts *events.Counter
 	if s.events != nil {
 		var err error
-		if counts, err = events.Load(kernel, ports, s.config.States); err != nil {
+		if counts, err = events.Load(kernel, ports, s.config.States, s.events.Keys); err != nil {
 			return err
 		}
 	}

@@ -59,7 +59,8 @@ struct client_state {
 };
 
 // The maps' sizes: never an LRU for counts (an eviction would lose a close
-// silently); a full map is a failed insert, counted.
+// silently); a full map is a failed insert, counted. The exporter sizes
+// them at load (--events.keys); this is the size compiled in.
 #define MAX_KEYS (1 << 20)
 
 #endif

@@ -77,7 +77,7 @@ func newGroupDescs(l *Limiter) groupDescs {
 			"How long the "+what+" connections closed since the exporter started were open (those open before it are not in it).",
 			nil, nil),
 		lost: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_lost_total",
-			what+" connections the kernel's maps were too full to count: until an audit finds room for them, the counts lack them (0 when they are exact).",
+			what+" connections the kernel's maps (--events.keys) were too full to count, or to follow per client: until an audit finds room for them, the counts, or the client's churn and peaks, lack them (0 when all is exact).",
 			nil, nil),
 	}
 }

@@ -28,7 +28,7 @@ func withAndWithout(b *testing.B, connection func(b *testing.B, client, server n
 		b.Fatal(err)
 	}
 	defer l.Close()
-	c, err := Load(btf.NewCache(), [][]uint16{{uint16(l.Addr().(*net.TCPAddr).Port)}}, held)
+	c, err := Load(btf.NewCache(), [][]uint16{{uint16(l.Addr().(*net.TCPAddr).Port)}}, held, 1<<20)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -192,7 +192,10 @@ static __always_inline bool add(struct connection_key *key, __s64 n)
 	return true;
 }
 
-static __always_inline struct client_state *client_of(__u32 group, const struct connection_key *key)
+// client_of is the client's entry, made where missing; NULL, counted as
+// lost, where the map is full: its counts are right, its churn, peak and
+// time at the limit lack the connection.
+static __always_inline struct client_state *client_of(__u32 group, const struct connection_key *key, struct group_totals *t)
 {
 	struct client_key ck = {.group = group};
 	__builtin_memcpy(&ck.client, &key->client, sizeof(ck.client));
@@ -201,7 +204,10 @@ static __always_inline struct client_state *client_of(__u32 group, const struct 
 		return c;
 	struct client_state zero = {};
 	bpf_map_update_elem(&clients, &ck, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&clients, &ck);
+	c = bpf_map_lookup_elem(&clients, &ck);
+	if (!c)
+		t->lost++;
+	return c;
 }
 
 // The compare-and-swaps are bounded: a change lost to others' at the same
@@ -337,7 +343,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		if (counted && added && !((counted_in ^ now_in) & 1))
 			return 0; // from one watched state to another: the client's count is the same
 		__u64 now = bpf_ktime_get_ns();
-		struct client_state *c = client_of(group, &key);
+		struct client_state *c = client_of(group, &key, t);
 		if (!was) { // a new connection
 			st->opened_ns = now;
 			t->opened++;
@@ -356,7 +362,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	// A close: how it ended, and after how long.
 	__u64 now = bpf_ktime_get_ns();
-	struct client_state *c = client_of(group, &key);
+	struct client_state *c = client_of(group, &key, t);
 	held(group, c, -1, counted_in, now);
 	__u32 how = CLOSED_BY_AGENT;
 	if (newstate == TCP_CLOSE)
@@ -414,7 +420,7 @@ int census(struct bpf_iter__tcp *ctx)
 	}
 	key.state = skc->skc_state;
 	key.generation = now_in & 1;
-	struct client_state *c = client_of(group, &key);
+	struct client_state *c = client_of(group, &key, t);
 	if (!add(&key, 1)) {
 		t->lost++;
 		if (counted)

@@ -51,11 +51,11 @@ type Counter struct {
 
 // Load attaches the programs that count the connections of each group's
 // ports (groups[i] are group i's ports) in states, in the exporter's
-// network namespace, then seeds the counts with a census of what is open
-// already. It needs CAP_BPF and CAP_PERFMON (or root), and a kernel with
+// network namespace, in maps of keys keys each, then seeds the counts with
+// a census of what is open already. It needs CAP_BPF and CAP_PERFMON (or root), and a kernel with
 // BTF; kernel is the kernel's types, read once for every program the
 // exporter loads.
-func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter, error) {
+func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int) (*Counter, error) {
 	netns, err := refusals.Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -77,6 +77,8 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State) (*Counter
 	}
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapGroups].MaxEntries = uint32(len(groups))
+	spec.Maps[programMapConnections].MaxEntries = uint32(keys)
+	spec.Maps[programMapClients].MaxEntries = uint32(keys)
 	c := &Counter{groups: len(groups), epoch: 1}
 	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)

@@ -30,7 +30,7 @@ func load(t *testing.T, groups ...[]uint16) *Counter {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	c, err := Load(btf.NewCache(), groups, held)
+	c, err := Load(btf.NewCache(), groups, held, 1<<16)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	return c
@@ -417,4 +417,28 @@ func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
 	require.Len(t, groups[0].Top, 1)
 	assert.Equal(t, "127.0.0.97", groups[0].Top[0].Client.String())
 	assert.Zero(t, groups[0].BelowLimit)
+}
+
+// Maps too small for the clients (--events.keys at its least): the
+// connections past them are counted as lost, never silently, and the
+// counts that fit stay right; a census finds the lost ones uncounted, and
+// cannot count them either.
+func TestConnectionsAFullMapCannotCountAreCountedAsLost(t *testing.T) {
+	programs.NotShort(t, "loads a kernel program")
+	programs.NeedRoot(t, "load a kernel program")
+	programs.NeedBTF(t)
+	l := loopback.Listen(t, "127.0.0.1")
+	c, err := Load(btf.NewCache(), [][]uint16{{l.Port()}}, held, minKeys)
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	const clients = minKeys + 20 // each from an address of its own: a key each
+	for i := range clients {
+		loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}).String(), 1)
+	}
+	g := snapshotOf(t, c).Groups[0]
+	assert.GreaterOrEqual(t, g.Lost, uint64(20), "the connections past the maps")
+	assert.Len(t, counted(t, c), minKeys, "the ones that fit, each once")
+	found, err := c.Census()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(20), found.Uncounted, "still not counted: no room")
 }

@@ -78,6 +78,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 	if counts != nil {
 		withCounts = 1
 		options.MapReplacements = map[string]*ebpf.Map{programMapSockets: counts.Sockets, programMapClientsHeld: counts.Clients, programMapLimits: counts.Limits}
+		spec.Maps[programMapClientsHeld].MaxEntries = counts.Clients.MaxEntries() // theirs, as sized
 	} else {
 		spec.Maps[programMapClientsHeld].MaxEntries = 1 // a stand-in, never read
 	}
