@@ -69,6 +69,12 @@ func start(s *setup) error {
 		s.logger.Warn("keeping the capabilities the exporter started with", "err", err)
 		return nil
 	}
+	if err == nil && counts != nil {
+		err = counts.Check()
+	}
+	if err == nil && counter != nil {
+		err = counter.Check()
+	}
 	if err != nil {
 		closeAll(counts, counter, lister)
 		return err

@@ -139,6 +139,19 @@ func (c *Counter) Close() {
 	c.objs.Close()
 }
 
+// Check reads the maps and opens the census as the exporter will once it
+// has dropped its capabilities: it says whether the kernel lets it.
+func (c *Counter) Check() error {
+	if _, err := c.totals(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, loaderr.Unprivileged(err))
+	}
+	r, err := c.iterator.Open()
+	if err != nil {
+		return fmt.Errorf("%w: opening the census: %w", ErrUnavailable, loaderr.Unprivileged(err))
+	}
+	return r.Close()
+}
+
 // Shared are the maps that say what each client holds as it happens, for
 // the refusals' program to judge each refusal by the limiter's rule.
 func (c *Counter) Shared() *refusals.Counts {

@@ -149,6 +149,16 @@ func (c *Counter) Close() {
 	c.objs.Close()
 }
 
+// Check reads the maps as the exporter will once it has dropped its
+// capabilities: it says whether the kernel lets it.
+func (c *Counter) Check() error {
+	var t programTotal
+	if err := c.objs.Totals.Lookup(uint32(0), &t); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, loaderr.Unprivileged(err))
+	}
+	return nil
+}
+
 // Group is one group's refusals since the program was attached.
 type Group struct {
 	// Total is exact, whatever the map of clients evicted.

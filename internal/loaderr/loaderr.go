@@ -32,3 +32,15 @@ func Explain(err error, unavailable error, flag, kernel string) error {
 	}
 	return fmt.Errorf("%w: %v", unavailable, oneline.Fold(err.Error()))
 }
+
+// Unprivileged is err, from reading a map or opening an iterator of the
+// exporter's own once it has dropped its capabilities, with what to do
+// where the kernel refused it for want of CAP_BPF.
+func Unprivileged(err error) error {
+	if !errors.Is(err, os.ErrPermission) {
+		return err
+	}
+	return fmt.Errorf("%w: this kernel lets only CAP_BPF use the programs' maps and iterators while kernel.unprivileged_bpf_disabled is set "+
+		"(maps before Linux 5.19, iterators before 6.5), and the exporter drops every capability once they are loaded: "+
+		"run a later kernel, or set kernel.unprivileged_bpf_disabled=0", err)
+}

@@ -30,3 +30,13 @@ func TestAVerifiersRefusalNamesTheKernelAndALackOfPrivilegeTheCapabilities(t *te
 		assert.Contains(t, err.Error(), "--refusals needs CAP_BPF and CAP_PERFMON (or root)")
 	}
 }
+
+// A kernel that lets only CAP_BPF use the maps (before Linux 5.19, with
+// unprivileged BPF off) is said with what to do; another failure as it is.
+func TestAMapRefusedToTheConfinedExporterSaysWhy(t *testing.T) {
+	err := Unprivileged(fmt.Errorf("lookup: %w", unix.EPERM))
+	assert.ErrorIs(t, err, unix.EPERM)
+	assert.Contains(t, err.Error(), "kernel.unprivileged_bpf_disabled")
+	other := fmt.Errorf("lookup: %w", unix.EBADF)
+	assert.Equal(t, other, Unprivileged(other))
+}
