@@ -2,7 +2,8 @@
 /*
  * What the events' programs keep per socket and per client
  * (events/events.bpf.c), which the refusals' program reads too
- * (refusals/refusals.bpf.c): one layout for both, as the maps are shared.
+ * (refusals/refusals.bpf.c): one layout, and one definition of the maps
+ * they share. Include it after bpf/bpf_helpers.h (the maps use its macros).
  */
 #ifndef CCX_COUNTS_H
 #define CCX_COUNTS_H
@@ -62,5 +63,34 @@ struct client_state {
 // silently); a full map is a failed insert, counted. The exporter sizes
 // them at load (--events.keys); this is the size compiled in.
 #define MAX_KEYS (1 << 20)
+
+// The maps both programs use: the events' own, shared with the refusals'
+// program (which the exporter loads with these in their place).
+
+// Each socket's counting, in the socket's own storage.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
+	__type(key, int);
+	__type(value, struct socket_state);
+} sockets SEC(".maps");
+
+// What each client of each group did, and holds.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_KEYS);
+	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
+	__type(key, struct client_key);
+	__type(value, struct client_state);
+} clients_held SEC(".maps");
+
+// Each group's per-client limit, as the exporter last read it (0: not
+// known); the exporter sets max_entries to the number of groups.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} limits SEC(".maps");
 
 #endif

@@ -22,11 +22,11 @@
 //     the old generation of each client's count still holds.
 
 #include "vmlinux.h"
-#include "counts.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
+#include "counts.h"
 
 #define AF_INET6 10 // include/linux/socket.h
 
@@ -55,13 +55,6 @@ struct {
 	__type(value, __u32);
 } ports SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
-	__type(key, int);
-	__type(value, struct socket_state);
-} sockets SEC(".maps");
-
 // The open connections, per (generation, addresses, port, state): a client
 // holds a few such keys, whatever its connections.
 struct connection_key {
@@ -82,23 +75,6 @@ struct {
 	__type(key, struct connection_key);
 	__type(value, __s64);
 } connections SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_KEYS);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
-	__type(key, struct client_key);
-	__type(value, struct client_state);
-} clients SEC(".maps");
-
-// Each group's per-client limit, as the exporter last read it (0: not
-// known); the exporter sets max_entries to the number of groups.
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} limits SEC(".maps");
 
 // The time some client of the group held at least its limit.
 struct group_state {
@@ -199,12 +175,12 @@ static __always_inline struct client_state *client_of(__u32 group, const struct 
 {
 	struct client_key ck = {.group = group};
 	__builtin_memcpy(&ck.client, &key->client, sizeof(ck.client));
-	struct client_state *c = bpf_map_lookup_elem(&clients, &ck);
+	struct client_state *c = bpf_map_lookup_elem(&clients_held, &ck);
 	if (c)
 		return c;
 	struct client_state zero = {};
-	bpf_map_update_elem(&clients, &ck, &zero, BPF_NOEXIST);
-	c = bpf_map_lookup_elem(&clients, &ck);
+	bpf_map_update_elem(&clients_held, &ck, &zero, BPF_NOEXIST);
+	c = bpf_map_lookup_elem(&clients_held, &ck);
 	if (!c)
 		t->lost++;
 	return c;

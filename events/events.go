@@ -78,7 +78,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapGroups].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapConnections].MaxEntries = uint32(keys)
-	spec.Maps[programMapClients].MaxEntries = uint32(keys)
+	spec.Maps[programMapClientsHeld].MaxEntries = uint32(keys)
 	c := &Counter{groups: len(groups), epoch: 1}
 	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)
@@ -115,7 +115,7 @@ func (c *Counter) attach(groups [][]uint16) error {
 	if c.iterator, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
 		return fmt.Errorf("this kernel has no TCP iterator (Linux 5.15 or later): %w", err)
 	}
-	if c.settler, err = link.AttachIter(link.IterOptions{Program: c.objs.Settle, Map: c.objs.Clients}); err != nil {
+	if c.settler, err = link.AttachIter(link.IterOptions{Program: c.objs.Settle, Map: c.objs.ClientsHeld}); err != nil {
 		return fmt.Errorf("this kernel has no map iterator (Linux 5.15 or later): %w", err)
 	}
 	return nil
@@ -155,7 +155,7 @@ func (c *Counter) Check() error {
 // Shared are the maps that say what each client holds as it happens, for
 // the refusals' program to judge each refusal by the limiter's rule.
 func (c *Counter) Shared() *refusals.Counts {
-	return &refusals.Counts{Sockets: c.objs.Sockets, Clients: c.objs.Clients, Limits: c.objs.Limits}
+	return &refusals.Counts{Sockets: c.objs.Sockets, Clients: c.objs.ClientsHeld, Limits: c.objs.Limits}
 }
 
 // String names the source for messages.

@@ -72,7 +72,7 @@ type programSocketState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	programMapClients       = "clients"
+	programMapClientsHeld   = "clients_held"
 	programMapConnections   = "connections"
 	programMapGroups        = "groups"
 	programMapLimits        = "limits"
@@ -139,7 +139,7 @@ type programProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programMapSpecs struct {
-	Clients     *ebpf.MapSpec `ebpf:"clients"`
+	ClientsHeld *ebpf.MapSpec `ebpf:"clients_held"`
 	Connections *ebpf.MapSpec `ebpf:"connections"`
 	Groups      *ebpf.MapSpec `ebpf:"groups"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
@@ -178,7 +178,7 @@ func (o *programObjects) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programMaps struct {
-	Clients     *ebpf.Map `ebpf:"clients"`
+	ClientsHeld *ebpf.Map `ebpf:"clients_held"`
 	Connections *ebpf.Map `ebpf:"connections"`
 	Groups      *ebpf.Map `ebpf:"groups"`
 	Limits      *ebpf.Map `ebpf:"limits"`
@@ -189,7 +189,7 @@ type programMaps struct {
 
 func (m *programMaps) Close() error {
 	return _ProgramClose(
-		m.Clients,
+		m.ClientsHeld,
 		m.Connections,
 		m.Groups,
 		m.Limits,

@@ -124,7 +124,7 @@ func (c *Counter) clients(groups []Group, top int) error {
 		key   programClientKey
 		state programClientState
 	)
-	it := c.objs.Clients.Iterate()
+	it := c.objs.ClientsHeld.Iterate()
 	for it.Next(&key, &state) {
 		if int(key.Group) >= len(groups) {
 			continue
@@ -161,7 +161,7 @@ func (c *Counter) peak(key programClientKey, state programClientState, ended uin
 	// count read held through the epoch. It is all in the generation of
 	// the last census: what the one before holds is of connections gone.
 	now := int(state.Held[c.generation&1])
-	if err := c.objs.Clients.Lookup(key, &state); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := c.objs.ClientsHeld.Lookup(key, &state); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return 0, fmt.Errorf("reading the kernel's clients: %w", err)
 	}
 	if next := state.Begin[(ended+1)&1]; epochOf(next) == ended+1 {

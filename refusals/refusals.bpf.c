@@ -31,10 +31,10 @@
 // over HTTPS too, where the agent reads the TLS handshake before its 429.
 
 #include "vmlinux.h"
-#include "counts.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include "counts.h"
 
 #define AF_INET 2   // include/linux/socket.h
 #define AF_INET6 10
@@ -46,32 +46,9 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 // The network namespace of the exporter (its /proc/self/ns/net inode): a
 // listener on a watched port in any other namespace is someone else's.
 const volatile __u32 netns_inum = 0;
-// Whether the events' maps below are theirs, shared: else they are empty
-// stand-ins of one entry.
+// Whether the maps of counts.h are the events', shared: else they are
+// empty stand-ins.
 const volatile __u32 with_counts = 0;
-
-// The events' maps (events/events.bpf.c), shared.
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
-	__type(key, int);
-	__type(value, struct socket_state);
-} sockets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_KEYS);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
-	__type(key, struct client_key);
-	__type(value, struct client_state);
-} clients_held SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} limits SEC(".maps");
 
 // Watched ports, in network order, to their group.
 struct {
