@@ -16,9 +16,10 @@ import (
 
 // start loads the kernel programs of the features enabled (the events'
 // counts; the refusals' counter; the list of open files that names
-// programs), then confines the
-// exporter and every program it runs to the capabilities its features still
-// need: past this step nothing privileged can be done, root included.
+// programs), then confines the exporter and every program it runs to the
+// capabilities its features still need: past this step nothing privileged
+// can be done, root included. The maps are read once then, as they will
+// be.
 // Counts or refusals that cannot be kept as asked are an error (no other
 // source stands in for --source events: it was asked for by name);
 // programs that cannot be named from the kernel are named by walking /proc.
