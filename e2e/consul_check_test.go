@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -51,18 +50,10 @@ func TestConsulScriptCheckWarnsBeforeThe429s(t *testing.T) {
 	state("passing")
 
 	const busy = "127.0.0.5"
-	var held []net.Conn
-	hold := func(n int) {
-		for range n {
-			status, conn := request(t, agent.httpAddr, busy)
-			require.Equal(t, http.StatusOK, status)
-			held = append(held, conn)
-		}
-	}
-	hold(24) // 80%
+	held := holdServed(t, agent.httpAddr, busy, 24) // 80%
 	output := state("warning")
 	assert.Contains(t, output, "WARNING: 127.0.0.5 holds 24 of the 30 HTTP connections http_max_conns_per_client allows (80%)")
-	hold(6) // 100%
+	held = append(held, holdServed(t, agent.httpAddr, busy, 6)...) // 100%
 	output = state("critical")
 	assert.Contains(t, output, "CRITICAL: 127.0.0.5 holds 30 of the 30 HTTP connections http_max_conns_per_client allows (100%)")
 	for _, conn := range held {

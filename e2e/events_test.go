@@ -2,15 +2,11 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"maps"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -258,37 +254,16 @@ func TestEventsCountEveryHTTPSRefusalOfARealAgent(t *testing.T) {
 	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
 	require.NoError(t, err)
 	url := eventsExporter(t, "--refusals", "--port", httpPort, "--port", httpsPort, "--limit", "10")
-	pool := x509.NewCertPool()
-	ca, err := os.ReadFile(filepath.Join(agent.certs, "consul-agent-ca.pem"))
-	require.NoError(t, err)
-	require.True(t, pool.AppendCertsFromPEM(ca))
-	tlsConfig := &tls.Config{RootCAs: pool, ServerName: "localhost"}
-	overTLS := func(from string) (int, error) {
-		conn := tls.Client(dialFrom(t, from, agent.httpsAddr), tlsConfig)
-		defer conn.Close()
-		return ask(conn)
-	}
-
 	for range 5 {
-		status, err := overTLS("127.0.0.26")
+		status, err := agent.askOverTLS(t, "127.0.0.26")
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, status, "served over HTTPS")
 	}
 	const busy = "127.0.0.27"
-	var held []net.Conn
-	t.Cleanup(func() {
-		for _, c := range held {
-			c.Close()
-		}
-	})
-	for range 10 {
-		code, conn := request(t, agent.httpAddr, busy)
-		require.Equal(t, http.StatusOK, code)
-		held = append(held, conn)
-	}
+	holdServed(t, agent.httpAddr, busy, 10)
 	refusedOverTLS := 0
 	for range 20 {
-		status, err := overTLS(busy)
+		status, err := agent.askOverTLS(t, busy)
 		if err != nil || status == http.StatusTooManyRequests {
 			refusedOverTLS++ // a 429, or the close before it could be read
 		}

@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -267,6 +269,38 @@ func request(t *testing.T, consulAddr, from string) (int, net.Conn) {
 	status, conn, err := exchange(t, consulAddr, from)
 	require.NoError(t, err)
 	return status, conn
+}
+
+// holdServed makes n requests to the agent at consulAddr from the address
+// from, each answered 200, and returns their connections, open until the
+// test ends.
+func holdServed(t *testing.T, consulAddr, from string, n int) []net.Conn {
+	t.Helper()
+	var held []net.Conn
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	for i := range n {
+		status, conn := request(t, consulAddr, from)
+		held = append(held, conn)
+		require.Equal(t, http.StatusOK, status, "request %d of %d from %s", i+1, n, from)
+	}
+	return held
+}
+
+// askOverTLS asks the agent's HTTPS port from the address from, on a new
+// connection, trusting the agent's CA (dualStackTLS).
+func (a consulAgent) askOverTLS(t *testing.T, from string) (int, error) {
+	t.Helper()
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(a.certs, "consul-agent-ca.pem"))
+	require.NoError(t, err)
+	require.True(t, pool.AppendCertsFromPEM(ca))
+	conn := tls.Client(dialFrom(t, from, a.httpsAddr), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	defer conn.Close()
+	return ask(conn)
 }
 
 // closedByPeer is an error of a connection the other end closed or reset.

@@ -124,12 +124,7 @@ func TestABurstToARealAgentsLimitShowsInThePeak(t *testing.T) {
 	}, 20*time.Second, 100*time.Millisecond, "the limit read from the agent")
 
 	const busy = "127.0.0.6"
-	var held []net.Conn
-	for range 20 {
-		status, conn := request(t, agent.httpAddr, busy)
-		require.Equal(t, http.StatusOK, status)
-		held = append(held, conn)
-	}
+	held := holdServed(t, agent.httpAddr, busy, 20)
 	for i := range 3 { // refused meanwhile
 		require.True(t, refused(t, agent.httpAddr, busy), "request %d past the limit", i+1)
 	}

@@ -2,15 +2,12 @@ package e2e
 
 import (
 	"bufio"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -81,17 +78,7 @@ func TestRefusalsOfARealAgentAreCountedPerClient(t *testing.T) {
 	assert.Equal(t, 0.0, value(t, none, "consul_refused_rpc_connections_total"))
 
 	const busy = "127.0.0.15"
-	var held []net.Conn
-	t.Cleanup(func() {
-		for _, c := range held {
-			c.Close()
-		}
-	})
-	for range 10 {
-		code, conn := request(t, agent.httpAddr, busy)
-		require.Equal(t, http.StatusOK, code)
-		held = append(held, conn)
-	}
+	held := holdServed(t, agent.httpAddr, busy, 10)
 	const n = 7
 	for i := range n {
 		require.True(t, refused(t, agent.httpAddr, busy), "request %d past the limit", i+1)
@@ -350,19 +337,9 @@ func TestRefusalsOverIPv6AreCountedAndOverHTTPSNone(t *testing.T) {
 	url, _ := startRefusals(t, "--port", httpPort, "--port", httpsPort, "--limit", "10", "--command", "true")
 	total := func() float64 { return value(t, scrape(t, url), "consul_refused_http_connections_total") }
 
-	var held []net.Conn
-	t.Cleanup(func() {
-		for _, c := range held {
-			c.Close()
-		}
-	})
 	// IPv6: ten held from ::1, three more refused.
 	v6 := net.JoinHostPort("::1", httpPort)
-	for range 10 {
-		code, conn := request(t, v6, "::1")
-		require.Equal(t, http.StatusOK, code)
-		held = append(held, conn)
-	}
+	holdServed(t, v6, "::1", 10)
 	for i := range 3 {
 		require.True(t, refused(t, v6, "::1"), "IPv6 request %d past the limit", i+1)
 	}
@@ -373,23 +350,10 @@ func TestRefusalsOverIPv6AreCountedAndOverHTTPSNone(t *testing.T) {
 	// HTTPS: ten held from one address over HTTP, then its connections to
 	// the HTTPS port are refused by the same limiter, with a 429 over TLS.
 	const busy = "127.0.0.25"
-	for range 10 {
-		code, conn := request(t, agent.httpAddr, busy)
-		require.Equal(t, http.StatusOK, code)
-		held = append(held, conn)
-	}
-	pool := x509.NewCertPool()
-	ca, err := os.ReadFile(filepath.Join(agent.certs, "consul-agent-ca.pem"))
-	require.NoError(t, err)
-	require.True(t, pool.AppendCertsFromPEM(ca))
-	tlsConfig := &tls.Config{RootCAs: pool, ServerName: "localhost"}
+	holdServed(t, agent.httpAddr, busy, 10)
 	refusedOverTLS := 0
 	for range 20 {
-		conn := tls.Client(dialFrom(t, busy, agent.httpsAddr), tlsConfig)
-		require.NoError(t, conn.SetDeadline(time.Now().Add(30*time.Second)))
-		status, err := ask(conn)
-		conn.Close()
-		if err == nil {
+		if status, err := agent.askOverTLS(t, busy); err == nil {
 			require.Equal(t, http.StatusTooManyRequests, status)
 			refusedOverTLS++
 		}
