@@ -89,9 +89,12 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	}
 	// The seed: after the events are followed, so that a connection
 	// opening meanwhile is counted by one or the other, once.
-	c.mu.Lock()
-	_, err = c.census()
-	c.mu.Unlock()
+	missed, err := c.missed()
+	if err == nil {
+		c.mu.Lock()
+		_, err = c.census(missed)
+		c.mu.Unlock()
+	}
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -183,7 +186,17 @@ func (c Census) Drift() uint64 { return c.Uncounted + c.Stale }
 func (c *Counter) Census() (Census, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	found, err := c.census()
+	missed, err := c.missed()
+	if err != nil {
+		return Census{}, err
+	}
+	return c.audit(missed)
+}
+
+// audit takes a census as an audit, which the snapshots report: missed is
+// the changes the kernel skipped the program for until now.
+func (c *Counter) audit(missed uint64) (Census, error) {
+	found, err := c.census(missed)
 	if err != nil {
 		return Census{}, err
 	}
@@ -192,11 +205,8 @@ func (c *Counter) Census() (Census, error) {
 	return found, nil
 }
 
-func (c *Counter) census() (Census, error) {
-	missed, err := c.missed()
-	if err != nil {
-		return Census{}, err
-	}
+// census is Census under c.mu, the seed included.
+func (c *Counter) census(missed uint64) (Census, error) {
 	before, err := c.totals()
 	if err != nil {
 		return Census{}, err
@@ -219,11 +229,9 @@ func (c *Counter) census() (Census, error) {
 	}
 	// No event writes the old generation any more: each of its sockets
 	// is in the new one, or closed. What it holds is of connections gone.
-	stale, err := dropGeneration(c.objs.Connections, old, func(k programConnectionKey) uint32 { return uint32(k.Generation) })
-	if err != nil {
+	if found.Stale, err = c.dropGeneration(old); err != nil {
 		return Census{}, err
 	}
-	found.Stale = stale
 	// Each client's count, the same connections summed, drops what its old
 	// generation holds: the next census moves the counts into it.
 	if err := walk(c.settler); err != nil {
@@ -244,28 +252,27 @@ func walk(it *link.Iter) error {
 	return err
 }
 
-// dropGeneration deletes m's counts of generation gen, and returns how
-// many connections they were counting.
-func dropGeneration[K any](m *ebpf.Map, gen uint32, generation func(K) uint32) (uint64, error) {
+// dropGeneration deletes the counts of generation gen, and returns how many
+// connections they were counting.
+func (c *Counter) dropGeneration(gen uint32) (uint64, error) {
 	var (
-		key   K
+		key   programConnectionKey
 		count int64
-		keys  []K
+		keys  []programConnectionKey
 		total uint64
 	)
-	it := m.Iterate()
+	it := c.objs.Connections.Iterate()
 	for it.Next(&key, &count) {
-		if generation(key) != gen&1 {
-			continue
+		if uint32(key.Generation) == gen&1 {
+			total += uint64(max(count, -count))
+			keys = append(keys, key)
 		}
-		total += uint64(max(count, -count))
-		keys = append(keys, key)
 	}
 	if err := it.Err(); err != nil {
 		return 0, fmt.Errorf("reading the kernel's counts: %w", err)
 	}
 	for _, key := range keys {
-		if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := c.objs.Connections.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, fmt.Errorf("dropping the old counts: %w", err)
 		}
 	}
@@ -296,12 +303,9 @@ func (c *Counter) Read(_ context.Context, add func(socket.Socket), _ func()) err
 		return err
 	}
 	if missed > c.missedAt {
-		found, err := c.census()
-		if err != nil {
+		if _, err := c.audit(missed); err != nil {
 			return err
 		}
-		c.last = found
-		c.audits++
 	}
 	var (
 		key   programConnectionKey
