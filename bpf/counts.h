@@ -3,10 +3,34 @@
  * What the events' programs keep per socket and per client
  * (events/events.bpf.c), which the refusals' program reads too
  * (refusals/refusals.bpf.c): one layout, and one definition of the maps
- * they share. Include it after bpf/bpf_helpers.h (the maps use its macros).
+ * they share, and how both write a client's address. Include it after
+ * bpf/bpf_helpers.h (the maps use its macros).
  */
 #ifndef CCX_COUNTS_H
 #define CCX_COUNTS_H
+
+#define AF_INET6 10 // include/linux/socket.h
+
+// v4mapped writes an IPv4 address as ::ffff:a.b.c.d, so that a client has
+// one key whichever family its socket is.
+static __always_inline void v4mapped(__u8 out[16], __be32 addr)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(&out[12], &addr, sizeof(addr));
+}
+
+// client_address writes sk's peer, the client, into out: as it is for an
+// IPv6 socket, v4-mapped for an IPv4 one.
+static __always_inline const __u8 *client_address(const struct sock *sk, __u8 out[16])
+{
+	if (sk->__sk_common.skc_family == AF_INET6)
+		__builtin_memcpy(out, &sk->__sk_common.skc_v6_daddr, 16);
+	else
+		v4mapped(out, sk->__sk_common.skc_daddr);
+	return out;
+}
 
 // What one socket's counting left in its own storage.
 struct socket_state {

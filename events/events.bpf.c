@@ -28,7 +28,6 @@
 #include <bpf/bpf_endian.h>
 #include "counts.h"
 
-#define AF_INET6 10 // include/linux/socket.h
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -131,25 +130,15 @@ static __always_inline bool watched(int state)
 	return state >= 0 && state < 32 && (watched_states & (1U << state));
 }
 
-// v4mapped writes an IPv4 address as ::ffff:a.b.c.d, so that a client has
-// one key whichever family its socket is.
-static __always_inline void v4mapped(__u8 out[16], __be32 addr)
-{
-	__builtin_memset(out, 0, 10);
-	out[10] = 0xff;
-	out[11] = 0xff;
-	__builtin_memcpy(&out[12], &addr, sizeof(addr));
-}
-
+// addresses writes sk's local address and client into key.
 static __always_inline void addresses(const struct sock *sk, struct connection_key *key)
 {
+	client_address(sk, key->client);
 	if (sk->__sk_common.skc_family == AF_INET6) {
 		key->ipv6 = 1;
 		__builtin_memcpy(&key->local, &sk->__sk_common.skc_v6_rcv_saddr, sizeof(key->local));
-		__builtin_memcpy(&key->client, &sk->__sk_common.skc_v6_daddr, sizeof(key->client));
 	} else {
 		v4mapped(key->local, sk->__sk_common.skc_rcv_saddr);
-		v4mapped(key->client, sk->__sk_common.skc_daddr);
 	}
 }
 
@@ -165,6 +154,29 @@ static __always_inline bool add(struct connection_key *key, __s64 n)
 			return false;
 	}
 	__sync_fetch_and_add(count, n);
+	return true;
+}
+
+// uncount takes a counted socket off the count it is under.
+static __always_inline void uncount(struct socket_state *st, struct connection_key *key)
+{
+	key->state = st->state;
+	key->generation = st->generation & 1;
+	add(key, -1);
+	st->counted = 0;
+}
+
+// count_as counts a socket under state in generation gen; false where the
+// map is full (it is then counted nowhere).
+static __always_inline bool count_as(struct socket_state *st, struct connection_key *key, __u8 state, __u32 gen)
+{
+	key->state = state;
+	key->generation = gen & 1;
+	if (!add(key, 1))
+		return false;
+	st->counted = 1;
+	st->state = state;
+	st->generation = gen;
 	return true;
 }
 
@@ -299,23 +311,12 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	addresses(sk, &key);
 	bool counted = st->counted;
 	__u32 counted_in = st->generation, now_in = generation;
-	if (counted) {
-		key.state = st->state;
-		key.generation = counted_in & 1;
-		add(&key, -1);
-		st->counted = 0;
-	}
+	if (counted)
+		uncount(st, &key);
 	if (is) {
-		key.state = newstate;
-		key.generation = now_in & 1;
-		bool added = add(&key, 1);
-		if (added) {
-			st->counted = 1;
-			st->state = newstate;
-			st->generation = now_in;
-		} else {
+		bool added = count_as(st, &key, newstate, now_in);
+		if (!added)
 			t->lost++;
-		}
 		if (counted && added && !((counted_in ^ now_in) & 1))
 			return 0; // from one watched state to another: the client's count is the same
 		__u64 now = bpf_ktime_get_ns();
@@ -386,26 +387,17 @@ int census(struct bpf_iter__tcp *ctx)
 	addresses((struct sock *)tp, &key);
 	bool counted = st->counted;
 	__u32 counted_in = st->generation;
-	if (counted) {
-		key.state = st->state;
-		key.generation = counted_in & 1;
-		add(&key, -1);
-		st->counted = 0;
-	} else {
+	if (counted)
+		uncount(st, &key);
+	else
 		t->seeded++;
-	}
-	key.state = skc->skc_state;
-	key.generation = now_in & 1;
 	struct client_state *c = client_of(group, &key, t);
-	if (!add(&key, 1)) {
+	if (!count_as(st, &key, skc->skc_state, now_in)) {
 		t->lost++;
 		if (counted)
 			held(group, c, -1, counted_in, bpf_ktime_get_ns());
 		return 0;
 	}
-	st->counted = 1;
-	st->state = key.state;
-	st->generation = now_in;
 	if (!counted)
 		held(group, c, 1, now_in, bpf_ktime_get_ns());
 	else

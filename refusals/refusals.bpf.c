@@ -36,8 +36,6 @@
 #include <bpf/bpf_tracing.h>
 #include "counts.h"
 
-#define AF_INET 2   // include/linux/socket.h
-#define AF_INET6 10
 #define SEND_SHUTDOWN 2 // include/net/sock.h
 #define REFUSED_WITHIN_NS 1000000000ULL // the limiter refuses at the accept: a second is ample
 
@@ -125,22 +123,6 @@ static __always_inline void count(__u32 group, const __u8 client[16], bool below
 	__sync_fetch_and_add(n, 1);
 }
 
-// client_of writes the client's address into client, v4-mapped for IPv4,
-// and returns it.
-static __always_inline const __u8 *client_of(const struct sock *sk, __u8 client[16])
-{
-	if (sk->__sk_common.skc_family == AF_INET6) {
-		__builtin_memcpy(client, &sk->__sk_common.skc_v6_daddr, 16);
-	} else {
-		__be32 addr = sk->__sk_common.skc_daddr;
-		__builtin_memset(client, 0, 10);
-		client[10] = 0xff;
-		client[11] = 0xff;
-		__builtin_memcpy(&client[12], &addr, sizeof(addr));
-	}
-	return client;
-}
-
 // The limiter's rule's verdicts on a connection.
 enum {
 	NOT_OVER, // opened below the limit: the rule of the read nothing judges it
@@ -209,7 +191,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
 	switch (by_the_limiters_rule((void *)sk, v.closed_ns)) {
 	case REFUSED:
-		count(v.group, client_of(sk, v.client), false);
+		count(v.group, client_address(sk, v.client), false);
 		return 0;
 	case JUDGED:
 		return 0;
@@ -226,7 +208,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	// the connection's data began.
 	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
-	client_of(sk, v.client);
+	client_address(sk, v.client);
 	v.below_limit = below_limit((void *)sk, &v);
 	if (newstate == TCP_CLOSE) {
 		// The request came and is unread: tcp_close resets the
