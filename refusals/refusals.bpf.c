@@ -135,11 +135,8 @@ enum {
 // and it ends within its first second, whoever ends it first (over HTTPS
 // the agent reads the TLS handshake before its 429, and the client, having
 // read the 429, may close first).
-static __always_inline int by_the_limiters_rule(void *sk, __u64 now)
+static __always_inline int by_the_limiters_rule(struct socket_state *st, __u64 now)
 {
-	if (!with_counts)
-		return NOT_OVER;
-	struct socket_state *st = bpf_sk_storage_get(&sockets, sk, 0, 0);
 	if (!st || !st->over_limit)
 		return NOT_OVER;
 	if (st->over_limit != OVER_LIMIT)
@@ -151,8 +148,9 @@ static __always_inline int by_the_limiters_rule(void *sk, __u64 now)
 // below_limit says whether the client of a connection the agent refuses
 // held fewer than the limit besides it, as the events count: the count
 // still has the connection if their program has not taken it off yet
-// (both follow the same change, in either order).
-static __always_inline bool below_limit(void *sk, const struct verdict *v)
+// (both follow the same change, in either order). st is the connection's
+// storage, NULL for none.
+static __always_inline bool below_limit(const struct socket_state *st, const struct verdict *v)
 {
 	if (!with_counts)
 		return false;
@@ -163,7 +161,6 @@ static __always_inline bool below_limit(void *sk, const struct verdict *v)
 	__builtin_memcpy(&key.client, v->client, sizeof(key.client));
 	struct client_state *c = bpf_map_lookup_elem(&clients_held, &key);
 	__s64 held = c ? c->held[0] + c->held[1] : 0;
-	struct socket_state *st = bpf_sk_storage_get(&sockets, sk, 0, 0);
 	if (st && st->counted)
 		held--; // this one
 	return held < *limit;
@@ -189,7 +186,9 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return 0;
 	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
-	switch (by_the_limiters_rule((void *)sk, v.closed_ns)) {
+	// The events' storage of the connection, where they are shared.
+	struct socket_state *st = with_counts ? bpf_sk_storage_get(&sockets, (void *)sk, 0, 0) : NULL;
+	switch (by_the_limiters_rule(st, v.closed_ns)) {
 	case REFUSED:
 		count(v.group, client_address(sk, v.client), false);
 		return 0;
@@ -209,7 +208,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
 	client_address(sk, v.client);
-	v.below_limit = below_limit((void *)sk, &v);
+	v.below_limit = below_limit(st, &v);
 	if (newstate == TCP_CLOSE) {
 		// The request came and is unread: tcp_close resets the
 		// connection right after this, always. Counted now.
