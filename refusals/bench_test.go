@@ -7,7 +7,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/storm"
 )
 
@@ -22,20 +21,15 @@ func BenchmarkRefusalStorm(b *testing.B) { withAndWithout(b, storm.Refused) }
 func BenchmarkServedChurn(b *testing.B) { withAndWithout(b, storm.Served) }
 
 func withAndWithout(b *testing.B, connection func(b *testing.B, client, server net.Conn)) {
-	programs.NeedRoot(b, "load the refusals' kernel program")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	c, err := Load(btf.NewCache(), [][]uint16{{uint16(l.Addr().(*net.TCPAddr).Port)}}, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	for _, lk := range c.links { // attached in turn by the storm
-		lk.Close()
-	}
-	c.links = nil
-	storm.WithAndWithout(b, l, []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset}, connection)
+	storm.WithAndWithout(b, func(port uint16) ([]*ebpf.Program, func(), error) {
+		c, err := Load(btf.NewCache(), [][]uint16{{port}}, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, lk := range c.links { // attached in turn by the storm
+			lk.Close()
+		}
+		c.links = nil
+		return []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset}, c.Close, nil
+	}, connection)
 }

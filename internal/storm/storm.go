@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 )
 
 // Refused is a connection accepted and closed with its request unread, as
@@ -46,14 +48,27 @@ func Served(b *testing.B, client, server net.Conn) {
 	server.Close()
 }
 
-// WithAndWithout runs connection against l, on a new connection each time
-// from one of 50 loopback addresses in turn (clients that churn come
-// round again; and no address runs out of ports), in batches with the tracing programs progs
-// attached and detached in turn, so that the machine's drift weighs on
-// both alike. It reports each side's time per connection, their ratio,
-// and, from one more batch, the kernel's own count of the time the
-// programs ran per connection.
-func WithAndWithout(b *testing.B, l net.Listener, progs []*ebpf.Program, connection func(b *testing.B, client, server net.Conn)) {
+// WithAndWithout runs connection against a listener of its own on
+// loopback, on a new connection each time from one of 50 loopback
+// addresses in turn (clients that churn come round again; and no address
+// runs out of ports), in batches with the tracing programs that load
+// returns (loaded for the listener's port, none attached) attached and
+// detached in turn, so that the machine's drift weighs on both alike. It
+// reports each side's time per connection, their ratio, and, from one more
+// batch, the kernel's own count of the time the programs ran per
+// connection.
+func WithAndWithout(b *testing.B, load func(port uint16) (progs []*ebpf.Program, unload func(), err error), connection func(b *testing.B, client, server net.Conn)) {
+	programs.NeedRoot(b, "load kernel programs")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	progs, unload, err := load(uint16(l.Addr().(*net.TCPAddr).Port))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unload()
 	var links []link.Link
 	detach := func() {
 		for _, lk := range links {
