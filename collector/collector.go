@@ -191,32 +191,21 @@ func (c *Collector) Collect(ctx context.Context) Result {
 func (c *Collector) Tried() bool { return c.tried.Load() }
 
 func (c *Collector) collect(ctx context.Context) Result {
-	start := time.Now()
-	agent, listenersErr := c.agent(ctx)
-	counts := newCounts(c.config, c.config.Processes, agent)
-	err := c.source.Read(ctx, counts.add, counts.reset)
+	r := c.read(ctx, c.config.Processes)
 	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
-		Listeners: agent, ListenersErr: listenersErr, Duration: time.Since(start), Err: err}
-	// After the count: a read of the agent's limits opens a connection
-	// of its own, which must not be counted.
-	res.Limits = c.limits()
-	if err == nil {
-		res.Events, err = c.readEvents(res.Limits)
-		res.Err = err
-	}
-	c.sampled(start, counts, res.Limits, res.Events, err) // a collection is a sample too
+		Listeners: r.agent, ListenersErr: r.listenersErr, Duration: r.took, Limits: r.limits, Events: r.events, Err: r.err}
 	if c.peaks != nil {
 		view := c.peaks.View(time.Now())
 		res.Peaks = &view
 	}
-	if err != nil {
+	if r.err != nil {
 		return res
 	}
 	for i, g := range c.config.Groups {
-		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: g.limit(res.Limits), Counts: counts.groups[i]})
+		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: g.limit(res.Limits), Counts: r.counts.groups[i]})
 	}
-	if counts.processes != nil {
-		res.Processes, res.ProcessesWhy = c.namePrograms(ctx, counts.processes)
+	if r.counts.processes != nil {
+		res.Processes, res.ProcessesWhy = c.namePrograms(ctx, r.counts.processes)
 		res.ProcessesKnown = res.ProcessesWhy == ""
 	}
 	if c.refusals != nil {
@@ -237,16 +226,38 @@ func (c *Collector) collect(ctx context.Context) Result {
 // Sample reads the table once between collections and keeps what the peaks
 // need; the programs are not named.
 func (c *Collector) Sample(ctx context.Context) {
+	c.read(ctx, false)
+}
+
+// reading is what a collection and a sample both read.
+type reading struct {
+	agent        *listeners.Agent
+	listenersErr error
+	counts       *counts
+	took         time.Duration // the table's read and count
+	limits       limits.Snapshot
+	events       *events.Snapshot
+	err          error
+}
+
+// read reads the listeners, the table (with the programs holding the
+// connections where processes), then the limits, and what the events keep
+// besides; and adds it to the peaks as a sample.
+func (c *Collector) read(ctx context.Context, processes bool) reading {
 	start := time.Now()
-	agent, _ := c.agent(ctx)
-	counts := newCounts(c.config, false, agent)
-	err := c.source.Read(ctx, counts.add, counts.reset)
-	lim := c.limits()
-	var events *events.Snapshot
-	if err == nil {
-		events, err = c.readEvents(lim)
+	var r reading
+	r.agent, r.listenersErr = c.agent(ctx)
+	r.counts = newCounts(c.config, processes, r.agent)
+	r.err = c.source.Read(ctx, r.counts.add, r.counts.reset)
+	r.took = time.Since(start)
+	// After the count: a read of the agent's limits opens a connection
+	// of its own, which must not be counted.
+	r.limits = c.limits()
+	if r.err == nil {
+		r.events, r.err = c.readEvents(r.limits)
 	}
-	c.sampled(start, counts, lim, events, err)
+	c.sampled(start, r.counts, r.limits, r.events, r.err)
+	return r
 }
 
 // readEvents reads what the events keep besides the counts, nil without
