@@ -35,7 +35,7 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 		lost, err := c.lost()
 		problem = ""
 		if err == nil && lost > lostBefore {
-			problem = fmt.Sprintf("%d connections since the last audit: the kernel's maps are full (2^20 keys each); the counts lack them", lost-lostBefore)
+			problem = fmt.Sprintf("%d connections since the last audit: the kernel's maps are full (--events.keys); the counts lack them", lost-lostBefore)
 		}
 		lostBefore = max(lostBefore, lost)
 		full.Log(logger, slog.LevelError, problem, "connections could not be counted", "every connection is counted again")

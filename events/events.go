@@ -44,9 +44,10 @@ type Counter struct {
 	mu         sync.Mutex
 	generation uint32
 	epoch      uint32
-	last       Census // the last audit's
-	audits     uint64 // censuses since the seed
-	missedAt   uint64 // the events the kernel skipped, at the last census
+	limits     []uint32 // per group, as last given to the kernel
+	last       Census   // the last audit's
+	audits     uint64   // censuses since the seed
+	missedAt   uint64   // the events the kernel skipped, at the last census
 }
 
 // Load attaches the programs that count the connections of each group's

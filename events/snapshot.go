@@ -67,10 +67,8 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	for g, limit := range limits[:min(len(limits), c.groups)] {
-		if err := c.objs.Limits.Put(uint32(g), uint32(max(limit, 0))); err != nil {
-			return Snapshot{}, fmt.Errorf("setting the limits in the kernel: %w", err)
-		}
+	if err := c.setLimits(limits); err != nil {
+		return Snapshot{}, err
 	}
 	snap := Snapshot{Groups: make([]Group, c.groups), Audit: c.last, Audits: c.audits, Missed: missed}
 	totals, err := c.totals()
@@ -106,6 +104,24 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 		return Snapshot{}, err
 	}
 	return snap, nil
+}
+
+// setLimits gives the kernel each group's limit where it changed.
+func (c *Counter) setLimits(limits []int) error {
+	if c.limits == nil {
+		c.limits = make([]uint32, c.groups)
+	}
+	for g, limit := range limits[:min(len(limits), c.groups)] {
+		limit := uint32(max(limit, 0))
+		if limit == c.limits[g] {
+			continue // the map's zero value too: nothing known
+		}
+		if err := c.objs.Limits.Put(uint32(g), limit); err != nil {
+			return fmt.Errorf("setting the limits in the kernel: %w", err)
+		}
+		c.limits[g] = limit
+	}
+	return nil
 }
 
 // clients reads each client's opens and its peak over the epoch that
