@@ -218,13 +218,15 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 			for _, c := range p.Top[:min(r.TopClients, len(p.Top))] {
 				gauge(d.peakPerClient, float64(c.Count), c.Client.String())
 			}
-			if r.Events == nil { // the events' is exact, not sampled
-				counter(d.atLimit, p.AtLimit.Seconds())
-			}
+		}
+		switch { // the events' time at the limit is exact, the samples' sampled
+		case r.Events != nil:
+			counter(d.atLimit, r.Events.Groups[i].AtLimit.Seconds())
+		case r.Peaks != nil && r.Peaks.Known:
+			counter(d.atLimit, r.Peaks.Groups[i].AtLimit.Seconds())
 		}
 		if r.Events != nil {
 			e := r.Events.Groups[i]
-			counter(d.atLimit, e.AtLimit.Seconds())
 			counter(d.opened, float64(e.Opened))
 			for _, c := range e.TopOpened[:min(r.TopClients, len(e.TopOpened))] {
 				counter(d.openedPerClient, float64(c.Count), c.Client.String())
