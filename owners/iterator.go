@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
@@ -69,11 +70,8 @@ func (it *Iterator) Check() error {
 
 func (it *Iterator) open() (io.ReadCloser, error) {
 	r, err := it.link.Open()
-	if errors.Is(err, os.ErrPermission) {
-		return nil, fmt.Errorf("opening the kernel's iterator: %w (before Linux 6.5, only CAP_BPF may while kernel.unprivileged_bpf_disabled is set)", err)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("opening the kernel's iterator: %w", err)
+		return nil, fmt.Errorf("opening the kernel's iterator: %w", loaderr.Unprivileged(err))
 	}
 	return r, nil
 }
