@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -15,7 +14,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
@@ -48,14 +46,12 @@ func LoadIterator(kernel *btf.Cache) (*Iterator, error) {
 	return &Iterator{link: lk}, nil
 }
 
+// ErrUnavailable is a kernel or a host that cannot list the open files for
+// the exporter: the error says what is missing.
+var ErrUnavailable = errors.New("cannot list the open files in the kernel")
+
 func explainLoad(err error) error {
-	switch {
-	case errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("loading a kernel program needs CAP_BPF and CAP_PERFMON, or root: %w", err)
-	case errors.Is(err, ebpf.ErrNotSupported):
-		return fmt.Errorf("this kernel has no task_file iterator (Linux 5.8 or later): %w", err)
-	}
-	return errors.New(oneline.Fold(err.Error()))
+	return loaderr.Explain(err, ErrUnavailable, "--clients.processes.bpf", "Linux 5.8 or later")
 }
 
 // Check opens the iterator once, as each lookup will: it says whether the
