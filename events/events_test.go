@@ -288,16 +288,24 @@ func TestTheTimeAtTheLimitRunsFromTheConnectionThatReachesItToTheCloseThatLeaves
 	assert.Equal(t, at, snapshotOf(t, c, 10).Groups[0].AtLimit, "below since: no more time")
 }
 
+// loadWithRefusals loads the events' programs for port, and the refusals'
+// with their maps shared, the limit given as the exporter reads it.
+func loadWithRefusals(t *testing.T, port uint16, limit int) (*Counter, *refusals.Counter) {
+	t.Helper()
+	c := load(t, []uint16{port})
+	r, err := refusals.Load(btf.NewCache(), [][]uint16{{port}}, c.Shared())
+	require.NoError(t, err)
+	t.Cleanup(r.Close)
+	snapshotOf(t, c, limit)
+	return c, r
+}
+
 // With the events' maps shared, each refusal is judged by the limiter's
 // own rule: one made while its client held the limit besides it is a
 // refusal like any; one made while it held fewer is counted apart.
 func TestARefusalWhileTheClientHeldFewerThanTheLimitIsCountedApart(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
-	c := load(t, []uint16{l.Port()})
-	r, err := refusals.Load(btf.NewCache(), [][]uint16{{l.Port()}}, c.Shared())
-	require.NoError(t, err)
-	t.Cleanup(r.Close)
-	snapshotOf(t, c, 3) // the limit, as the exporter reads it
+	_, r := loadWithRefusals(t, l.Port(), 3)
 	loopback.Open(t, l, "127.0.0.91", 3)
 	refuse := func(from string) {
 		pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), 1)
@@ -372,11 +380,7 @@ func TestACensusFindsAndCorrectsWhatMissedEventsLeft(t *testing.T) {
 // limit is a request served.
 func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
-	c := load(t, []uint16{l.Port()})
-	r, err := refusals.Load(btf.NewCache(), [][]uint16{{l.Port()}}, c.Shared())
-	require.NoError(t, err)
-	t.Cleanup(r.Close)
-	snapshotOf(t, c, 3)
+	_, r := loadWithRefusals(t, l.Port(), 3)
 	loopback.Open(t, l, "127.0.0.97", 3)
 	loopback.Open(t, l, "127.0.0.98", 1)
 	handshakeThenClose := func(from string) {
