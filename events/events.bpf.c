@@ -35,6 +35,10 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const volatile __u32 netns_inum = 0;
 // The watched states, a bit each (1 << TCP_ESTABLISHED, ...).
 const volatile __u32 watched_states = 0;
+// The watched ports, a bit each by number (port >> 5, 1 << (port & 31)):
+// every change of every TCP socket on the host asks it, and 8 KiB stay in
+// the cache where the ports array's 256 do not.
+const volatile __u32 watched_ports[2048] = {};
 
 // The generation counts are made in; the exporter starts a new one for
 // each census. Only its last bit is in the keys: the census moves every
@@ -46,7 +50,7 @@ __u32 epoch = 0;
 
 // Every port, by its number as inet_sport keeps it (network order), to 1 +
 // its group, 0 for a port not watched: an array, whose lookup the verifier
-// inlines, since every change of every TCP socket on the host asks it.
+// inlines, asked for the ports watched_ports lets through.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 65536);
@@ -259,17 +263,23 @@ static __always_inline bool held(__u32 group, struct client_state *c, __s64 n, _
 
 // server_end is sk as a TCP server end of a watched port in the exporter's
 // namespace, with its group; NULL for any other socket.
-static __always_inline struct tcp_sock *server_end(void *sk, __u32 *group)
+static __always_inline struct tcp_sock *server_end(const struct sock_common *skc, __u32 *group)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	// Most changes on a host are other ports' (a client end's local port
+	// is its own): the bitmap turns them away before the helper call that
+	// tells TCP. A socket going to CLOSE has given its port back
+	// (inet_put_port zeroes skc_num before the change is traced): its port
+	// is then the tcp_sock's inet_sport, asked after the helper.
+	__u32 num = skc->skc_num;
+	if (num && !(watched_ports[(num >> 5) & 2047] & (1U << (num & 31))))
+		return NULL;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)skc);
 	if (!tp)
 		return NULL; // not TCP: the tracepoint is DCCP's, SCTP's and MPTCP's too
-	// inet_sport, not skc_num: a socket going to CLOSE gives its port
-	// back (inet_put_port zeroes skc_num) before the change is traced.
 	__u32 port = tp->inet_conn.icsk_inet.inet_sport;
 	__u32 *g = bpf_map_lookup_elem(&ports, &port);
 	if (!g || !*g)
-		return NULL; // a client end's local port is its own
+		return NULL;
 	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum != netns_inum)
 		return NULL;
 	*group = *g - 1;
@@ -295,7 +305,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	if (!was && !is)
 		return 0;
 	__u32 group;
-	struct tcp_sock *tp = server_end((void *)sk, &group);
+	struct tcp_sock *tp = server_end(&sk->__sk_common, &group);
 	if (!tp)
 		return 0;
 	struct group_totals *t = bpf_map_lookup_elem(&totals, &group);

@@ -76,6 +76,15 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 	}
+	var watched [2048]uint32
+	for _, ports := range groups {
+		for _, p := range ports {
+			watched[p>>5] |= 1 << (p & 31)
+		}
+	}
+	if err := spec.Variables[programVarWatchedPorts].Set(watched); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapGroups].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapConnections].MaxEntries = uint32(keys)

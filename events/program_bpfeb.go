@@ -85,6 +85,7 @@ const (
 	programVarEpoch         = "epoch"
 	programVarGeneration    = "generation"
 	programVarNetnsInum     = "netns_inum"
+	programVarWatchedPorts  = "watched_ports"
 	programVarWatchedStates = "watched_states"
 )
 
@@ -155,6 +156,7 @@ type programVariableSpecs struct {
 	Epoch         *ebpf.VariableSpec `ebpf:"epoch"`
 	Generation    *ebpf.VariableSpec `ebpf:"generation"`
 	NetnsInum     *ebpf.VariableSpec `ebpf:"netns_inum"`
+	WatchedPorts  *ebpf.VariableSpec `ebpf:"watched_ports"`
 	WatchedStates *ebpf.VariableSpec `ebpf:"watched_states"`
 }
 
@@ -206,6 +208,7 @@ type programVariables struct {
 	Epoch         *ebpf.Variable `ebpf:"epoch"`
 	Generation    *ebpf.Variable `ebpf:"generation"`
 	NetnsInum     *ebpf.Variable `ebpf:"netns_inum"`
+	WatchedPorts  *ebpf.Variable `ebpf:"watched_ports"`
 	WatchedStates *ebpf.Variable `ebpf:"watched_states"`
 }
 
