@@ -77,6 +77,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f\n", a / b }'; }
 ms() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 median2() { median | awk '{ printf "%.2f", $1 }'; }
+# storm NAME RUNS COMMAND...: runs a storm benchmark (internal/storm) RUNS
+# times and says, from the medians over the runs, a connection's time with
+# no program attached and with the programs, the ratio, the ratio with the
+# floor instead (an empty program where each attaches: what the kernel
+# takes to run any program there), and the programs' own time.
+storm() {
+  name=$1 runs=$2
+  shift 2
+  for _ in $(seq "$runs"); do
+    "$@" | awk '/^Benchmark/ { for (i = 3; i < NF; i++) v[$(i + 1)] = $i
+      print v["ratio"], v["detached-ns/op"], v["attached-ns/op"], v["program-ns/op"], v["floor-ratio"] }'
+  done > "$work/storm"
+  col() { cut -d' ' -f"$1" "$work/storm" | median; }
+  printf '%s: %.0f ns each detached, %.0f attached: ratio %.3f, the floor %.3f (medians of %s); the programs ran %.0f ns per connection\n' \
+    "$name" "$(col 2)" "$(col 3)" "$(col 1)" "$(col 5)" "$runs" "$(col 4)"
+}
 count() { awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$work/textfile/consul_open_http_connections.prom"; }
 
 printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' connections "counted ss/nl" "bare ss ms/CPU" "exporter (ss) ms" ratio "exporter (netlink) ms" ratio "CPU ratio" "peak RSS MiB ss/nl"
@@ -218,17 +234,13 @@ fi
 # The refusals' kernel programs (--refusals): 100,000 refusals (connections
 # accepted and closed with their request unread, as Consul refuses one), and
 # 100,000 short connections served (a request read and answered, then
-# closed), in batches with the programs attached and detached in turn; five
-# runs, the median ratio, and the kernel's count of the time the programs
-# ran per connection. Root only.
+# closed), in batches with no program, an empty one where each attaches (the
+# floor) and the programs attached in turn; five runs, the medians, and the
+# kernel's count of the time the programs ran per connection. Root only.
 if [ "$(id -u)" = 0 ]; then
   echo
-  for storm in RefusalStorm ServedChurn; do
-    for _ in 1 2 3 4 5; do
-      go test -run '^$' -bench "$storm" -benchtime 100000x ./refusals | awk '
-        /^Benchmark/ { for (i = 3; i < NF; i++) v[$(i + 1)] = $i
-          printf "%s %s %s %s\n", v["ratio"], v["detached-ns/op"], v["attached-ns/op"], v["program-ns/op"] }'
-    done | sort -n | awk -v storm="$storm" 'NR == 3 { printf "%s of 100,000: %.0f ns each detached, %.0f attached: ratio %.3f (median of 5); the programs ran %.0f ns per connection\n", storm, $2, $3, $1, $4 }'
+  for s in RefusalStorm ServedChurn; do
+    storm "refusals, $s of 100,000" 5 go test -run '^$' -bench "$s" -benchtime 100000x ./refusals
   done
 fi
 
@@ -240,8 +252,8 @@ fi
 # scrapes, at EVENT_SIZES connections (50 clients); the ratio of the
 # medians; each exporter's peak RSS, and the kernel memory of the events'
 # maps (their memlock). Then the storms, as for the refusals, with the
-# events' program attached and detached, each run in a network namespace
-# of its own (no earlier run's TIME-WAIT sockets). Root only.
+# events' program, each of seven runs in a network namespace of its own (no
+# earlier run's TIME-WAIT sockets). Root only.
 if [ "$(id -u)" = 0 ]; then
   echo
   printf '%-11s %-20s %-22s %-8s %-24s %-s\n' connections "events collect ms" "netlink collect ms" ratio "peak RSS MiB ev/nl" "events' maps MiB"
@@ -269,12 +281,8 @@ if [ "$(id -u)" = 0 ]; then
     release
   done
   go test -c -o "$work/events.test" ./events
-  for storm in ChurnStorm RefusalStorm; do
-    for _ in 1 2 3 4 5 6 7; do
-      unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "$storm" -test.benchtime 36000x | awk '
-        /^Benchmark/ { for (i = 3; i < NF; i++) v[$(i + 1)] = $i
-          printf "%s %s %s %s\n", v["ratio"], v["detached-ns/op"], v["attached-ns/op"], v["program-ns/op"] }'
-    done | sort -n | awk -v storm="$storm" 'NR == 4 { printf "events, %s of 36,000: %.0f ns each detached, %.0f attached: ratio %.3f (median of 7); the program ran %.0f ns per connection\n", storm, $2, $3, $1, $4 }'
+  for s in ChurnStorm RefusalStorm; do
+    storm "events, $s of 72,000" 7 unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "$s" -test.benchtime 72000x
   done
 fi
 

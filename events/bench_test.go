@@ -21,15 +21,23 @@ func BenchmarkChurnStorm(b *testing.B) { withAndWithout(b, storm.Served) }
 func BenchmarkRefusalStorm(b *testing.B) { withAndWithout(b, storm.Refused) }
 
 func withAndWithout(b *testing.B, connection func(b *testing.B, client, server net.Conn)) {
-	storm.WithAndWithout(b, func(port uint16) ([]*ebpf.Program, func(), error) {
+	storm.WithAndWithout(b, func(port uint16) (storm.Loaded, error) {
+		spec, err := loadProgram()
+		if err != nil {
+			return storm.Loaded{}, err
+		}
 		c, err := Load(btf.NewCache(), [][]uint16{{port}}, held, 1<<20)
 		if err != nil {
-			return nil, nil, err
+			return storm.Loaded{}, err
 		}
 		for _, lk := range c.links { // attached in turn by the storm
 			lk.Close()
 		}
 		c.links = nil
-		return []*ebpf.Program{c.objs.Changed}, c.Close, nil
+		return storm.Loaded{
+			Programs: []*ebpf.Program{c.objs.Changed},
+			Specs:    []*ebpf.ProgramSpec{spec.Programs["changed"]},
+			Unload:   c.Close,
+		}, nil
 	}, connection)
 }
