@@ -69,22 +69,23 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	for _, s := range states {
 		mask |= 1 << s
 	}
-	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
+	// Each port's group, and a bit each in watched_ports, which turns away
+	// every other port's changes before the map is asked.
+	var watched [2048]uint32
+	for group, ports := range groups {
+		for _, p := range ports {
+			watched[p>>5] |= 1 << (p & 31)
+			spec.Maps[programMapPorts].Contents = append(spec.Maps[programMapPorts].Contents,
+				ebpf.MapKV{Key: uint32(refusals.PortKey(p)), Value: uint32(group) + 1})
+		}
+	}
 	// Epoch 0 is every peak's zero value: the first is 1.
-	for name, value := range map[string]uint32{programVarNetnsInum: netns, programVarWatchedStates: mask, programVarEpoch: 1} {
+	for name, value := range map[string]any{programVarNetnsInum: netns, programVarWatchedStates: mask, programVarWatchedPorts: watched, programVarEpoch: uint32(1)} {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 	}
-	var watched [2048]uint32
-	for _, ports := range groups {
-		for _, p := range ports {
-			watched[p>>5] |= 1 << (p & 31)
-		}
-	}
-	if err := spec.Variables[programVarWatchedPorts].Set(watched); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
+	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapGroups].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapConnections].MaxEntries = uint32(keys)
@@ -93,7 +94,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)
 	}
-	if err := c.attach(groups); err != nil {
+	if err := c.attach(); err != nil {
 		c.Close()
 		return nil, explain(err)
 	}
@@ -112,14 +113,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	return c, nil
 }
 
-func (c *Counter) attach(groups [][]uint16) error {
-	for group, ports := range groups {
-		for _, p := range ports {
-			if err := c.objs.Ports.Put(uint32(refusals.PortKey(p)), uint32(group)+1); err != nil {
-				return err
-			}
-		}
-	}
+func (c *Counter) attach() error {
 	l, err := link.AttachTracing(link.TracingOptions{Program: c.objs.Changed})
 	if err != nil {
 		return err
