@@ -71,6 +71,11 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	for group, ports := range groups {
+		for _, p := range ports {
+			spec.Maps[programMapPorts].Contents = append(spec.Maps[programMapPorts].Contents, ebpf.MapKV{Key: PortKey(p), Value: uint32(group)})
+		}
+	}
 	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
 	options := &ebpf.CollectionOptions{Cache: kernel}
@@ -91,24 +96,16 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 	if err := spec.LoadAndAssign(&c.objs, options); err != nil {
 		return nil, explain(err)
 	}
-	if err := c.attach(groups); err != nil {
+	if err := c.attach(); err != nil {
 		c.Close()
 		return nil, explain(err)
 	}
 	return c, nil
 }
 
-// attach fills the ports map with each group's ports, then attaches the
-// programs: the one that decides at the agent's close first, so that no
-// reset comes before its verdict could have.
-func (c *Counter) attach(groups [][]uint16) error {
-	for group, ports := range groups {
-		for _, p := range ports {
-			if err := c.objs.Ports.Put(PortKey(p), uint32(group)); err != nil {
-				return err
-			}
-		}
-	}
+// attach attaches the programs: the one that decides at the agent's close
+// first, so that no reset comes before its verdict could have.
+func (c *Counter) attach() error {
 	for _, prog := range []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset} {
 		l, err := link.AttachTracing(link.TracingOptions{Program: prog})
 		if err != nil {
