@@ -303,9 +303,6 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		}
 		s.events = eventFlags
 	}
-	if ports := len(config.Ports()); s.refusals && ports > refusals.MaxPorts {
-		return nil, fmt.Errorf("--refusals watches at most %d ports, and --port and --rpc.port name %d", refusals.MaxPorts, ports)
-	}
 	if s.commandCaps, err = sourceFlags.Capabilities(); err != nil {
 		return nil, err
 	}

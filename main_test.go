@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -42,7 +41,6 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 		{[]string{"--web.telemetry-path", "/ metrics"}, exitBadUsage, "--web.telemetry-path"},
 		{[]string{"--command", "true", "--command.capabilities", "CAP_NOPE"}, exitBadUsage, `"CAP_NOPE" is not a capability`},
 		{[]string{"--command.capabilities", "CAP_SYS_ADMIN"}, exitBadUsage, "--command.capabilities goes with --command"},
-		{append([]string{"--refusals"}, manyPorts(65)...), exitBadUsage, "--refusals watches at most 64 ports, and --port and --rpc.port name 65"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -52,12 +50,4 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 			assert.Contains(t, stderr.String(), tc.says)
 		})
 	}
-}
-
-func manyPorts(n int) []string {
-	var args []string
-	for i := range n {
-		args = append(args, "--port", strconv.Itoa(9000+i))
-	}
-	return args
 }

@@ -10,6 +10,7 @@
 #define CCX_COUNTS_H
 
 #define AF_INET6 10 // include/linux/socket.h
+#define BPF_F_NO_PREALLOC 1 // include/uapi/linux/bpf.h: a hash map that costs what it holds
 
 // v4mapped writes an IPv4 address as ::ffff:a.b.c.d, so that a client has
 // one key whichever family its socket is.
@@ -30,6 +31,37 @@ static __always_inline const __u8 *client_address(const struct sock *sk, __u8 ou
 	else
 		v4mapped(out, sk->__sk_common.skc_daddr);
 	return out;
+}
+
+// Each port, by its number, to 1 + its group; 0 for a port not watched.
+// Set at load, read by both programs: 64 KiB of constants, asked without a
+// helper call by every change of every TCP socket on the host.
+const volatile __u8 port_groups[65536] = {};
+
+// group_of is the group of a port (host order): false for one not watched.
+static __always_inline bool group_of(__u16 port, __u32 *group)
+{
+	__u8 g = port_groups[port];
+	if (!g)
+		return false;
+	*group = g - 1;
+	return true;
+}
+
+// add_to adds n to the count under key in map, made where missing; false
+// where the map is full.
+static __always_inline bool add_to(void *map, const void *key, __s64 n)
+{
+	__s64 *count = bpf_map_lookup_elem(map, key);
+	if (!count) {
+		if (bpf_map_update_elem(map, key, &n, BPF_NOEXIST) == 0)
+			return true;
+		count = bpf_map_lookup_elem(map, key); // another CPU's first
+		if (!count)
+			return false;
+	}
+	__sync_fetch_and_add(count, n);
+	return true;
 }
 
 // What one socket's counting left in its own storage.
@@ -64,10 +96,14 @@ enum {
 
 // What each client did since the program was attached, and holds.
 //
-// held is its count in its group, per generation as the connections'
-// (the one a census moves from, the one it moves to); once a census is
-// over, what the old one still holds is of connections gone, and a walk of
-// every client drops it (events/events.bpf.c's settle).
+// held is its count in its group per generation as the connections' (the
+// one a census moves from, the one it moves to), in one word, so that one
+// atomic add changes a count, moves it between generations, and reads both
+// as they were: bits 0-31 generation 0's, 32-62 generation 1's, each plus
+// HELD_BIAS so that neither borrows from the other; bit 63 once the entry
+// is dropped (an add that finds it set was made on an entry gone). Once a
+// census is over, what the old generation still holds is of connections
+// gone, and the census's last call drops it (events/events.bpf.c).
 //
 // The peaks are per epoch, two by its last bit (the one being made, the
 // one being read), each an epoch << 32 | a count, changed as one by
@@ -76,12 +112,36 @@ enum {
 struct client_state {
 	__u64 opened;
 	__u64 closed[CLOSE_KINDS];
-	__s64 held[2];
+	__u64 held;
 	__u64 begin[2];
 	__u64 peak[2];
 	__u32 at_limit; // 1 while counted in its group's clients at the limit
 	__u32 unused;
 };
+
+#define HELD_BIAS (1ULL << 30)
+#define HELD_NONE (HELD_BIAS | HELD_BIAS << 32) // an entry that holds nothing
+#define HELD_DROPPED (1ULL << 63)
+
+// held_delta is what adds n to a client's count in generation gen.
+static __always_inline __u64 held_delta(__u32 gen, __s64 n)
+{
+	return (__u64)n << ((gen & 1) * 32);
+}
+
+// held_in is a client's count in generation gen, from its held word.
+static __always_inline __s64 held_in(__u64 held, __u32 gen)
+{
+	return (__s64)((held >> ((gen & 1) * 32)) & 0x7fffffff) - (__s64)HELD_BIAS;
+}
+
+// held_count is a client's count, both generations: 0 for an entry dropped.
+static __always_inline __s64 held_count(__u64 held)
+{
+	if (held & HELD_DROPPED)
+		return 0;
+	return held_in(held, 0) + held_in(held, 1);
+}
 
 // The maps' sizes: never an LRU for counts (an eviction would lose a close
 // silently); a full map is a failed insert, counted. The exporter sizes
@@ -94,7 +154,7 @@ struct client_state {
 // Each socket's counting, in the socket's own storage.
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: storage needs it
+	__uint(map_flags, BPF_F_NO_PREALLOC); // storage needs it
 	__type(key, int);
 	__type(value, struct socket_state);
 } sockets SEC(".maps");
@@ -103,7 +163,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_KEYS);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct client_key);
 	__type(value, struct client_state);
 } clients_held SEC(".maps");

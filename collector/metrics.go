@@ -21,7 +21,7 @@ type groupDescs struct {
 	// Counted in the kernel (--refusals).
 	refused, refusedPerClient, refusalsUntracked, refusedBelowLimit *prometheus.Desc
 	// Kept by the kernel's events (--source events).
-	opened, openedPerClient, closed, lifetimes, lost *prometheus.Desc
+	opened, openedPerClient, closed, lifetimes, lost, unfollowed *prometheus.Desc
 }
 
 func newGroupDescs(l *Limiter) groupDescs {
@@ -77,7 +77,10 @@ func newGroupDescs(l *Limiter) groupDescs {
 			"How long the "+what+" connections closed since the exporter started were open (those open before it are not in it).",
 			nil, nil),
 		lost: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_lost_total",
-			what+" connections the kernel's maps (--events.keys) were too full to count, or to follow per client: until an audit finds room for them, the counts, or the client's churn and peaks, lack them (0 when all is exact).",
+			what+" connections the kernel's connections map (--events.keys) was too full to count: until an audit finds room for them, the counts lack them (0 when the counts are exact).",
+			nil, nil),
+		unfollowed: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_unfollowed_total",
+			what+" connections counted whose client the kernel's clients map (--events.keys) was too full to follow: that client's churn, peak and time at the limit lack them (0 when they are exact).",
 			nil, nil),
 	}
 }
@@ -138,7 +141,7 @@ func (r Result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range Limiters {
 		g := l.metrics
 		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
-			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost} {
+			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
 	}
@@ -244,6 +247,7 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 				metrics = append(metrics, m)
 			}
 			counter(d.lost, float64(e.Lost))
+			counter(d.unfollowed, float64(e.Unfollowed))
 		}
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))

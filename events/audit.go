@@ -11,10 +11,11 @@ import (
 
 // AuditEvery takes a census every interval until ctx is done: a drift
 // found is logged once, when it starts or changes, and is corrected by the
-// census itself; connections a full map could not count are said too.
+// census itself; connections a full map could not count, clients it could
+// not follow, and counts a census could not move are said too.
 func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger *slog.Logger) {
-	var drift, full changes.Tracker
-	lostBefore := uint64(0)
+	var drift, full, unfollowed changes.Tracker
+	var before lossCounts
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -28,30 +29,43 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 		switch {
 		case err != nil:
 			problem = "the audit failed: " + err.Error()
+		case found.Unmoved > 0:
+			problem = fmt.Sprintf("the census could not move %d open connections into its new generation: the kernel's connections map is full (--events.keys); they stay counted, and the drift found is corrected once there is room", found.Unmoved)
 		case found.Drift() > 0:
 			problem = fmt.Sprintf("the events' counts lacked %d open connections and held %d closed ones; corrected", found.Uncounted, found.Stale)
 		}
 		drift.Log(logger, slog.LevelWarn, problem, "the kernel's events drifted from the socket table", "the kernel's events agree with the socket table again")
-		lost, err := c.lost()
-		problem = ""
-		if err == nil && lost > lostBefore {
-			problem = fmt.Sprintf("%d connections since the last audit: the kernel's maps are full (--events.keys); the counts lack them", lost-lostBefore)
+		now, err := c.losses()
+		if err != nil {
+			continue // said by the census's failure, which reads the same
 		}
-		lostBefore = max(lostBefore, lost)
+		problem = ""
+		if now.lost > before.lost {
+			problem = fmt.Sprintf("%d connections since the last audit: the kernel's connections map is full (--events.keys); the counts lack them", now.lost-before.lost)
+		}
 		full.Log(logger, slog.LevelError, problem, "connections could not be counted", "every connection is counted again")
+		problem = ""
+		if now.unfollowed > before.unfollowed {
+			problem = fmt.Sprintf("%d connections since the last audit: the kernel's clients map is full (--events.keys); their clients' churn, peaks and time at the limit lack them, their counts do not", now.unfollowed-before.unfollowed)
+		}
+		unfollowed.Log(logger, slog.LevelWarn, problem, "clients could not be followed", "every client is followed again")
+		before = now
 	}
 }
 
-// lost is how many connections the kernel's maps were too full to count,
-// in all groups, since start.
-func (c *Counter) lost() (uint64, error) {
+// lossCounts are the connections, in all groups since start, the kernel's
+// maps were too full to count (lost), or to follow the client of.
+type lossCounts struct{ lost, unfollowed uint64 }
+
+func (c *Counter) losses() (lossCounts, error) {
 	totals, err := c.totals()
 	if err != nil {
-		return 0, err
+		return lossCounts{}, err
 	}
-	var n uint64
+	var n lossCounts
 	for _, t := range totals {
-		n += t.Lost
+		n.lost += t.Lost
+		n.unfollowed += t.Unfollowed
 	}
 	return n, nil
 }

@@ -17,9 +17,11 @@
 //     under each socket's lock, the one every change of state holds, so no
 //     change can fall between what it reads and what it writes. Whatever a
 //     missed event left in the old generation is what the audit reports,
-//     and drops.
-//   settle (an iterator over the clients, after each census): drops what
-//     the old generation of each client's count still holds.
+//     and drops. Its last call, once every socket is moved, drops what the
+//     old generation of each client's count still holds, and the clients
+//     that hold nothing: one program type besides the tracepoint, the one
+//     every kernel with these programs allows (no map-element iterator,
+//     which some security policies refuse).
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -35,10 +37,11 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const volatile __u32 netns_inum = 0;
 // The watched states, a bit each (1 << TCP_ESTABLISHED, ...).
 const volatile __u32 watched_states = 0;
-// The watched ports, a bit each by number (port >> 5, 1 << (port & 31)):
-// every change of every TCP socket on the host asks it, and 8 KiB stay in
-// the cache where the ports array's 256 do not.
-const volatile __u32 watched_ports[2048] = {};
+
+// The lifetimes' buckets, by their upper bounds, as the exporter gives them
+// (events.LifetimeBounds): a request, a blocking query, a leak.
+#define LIFETIME_BUCKETS 12
+const volatile __u64 lifetime_bounds_ns[LIFETIME_BUCKETS] = {};
 
 // The generation counts are made in; the exporter starts a new one for
 // each census. Only its last bit is in the keys: the census moves every
@@ -47,16 +50,13 @@ __u32 generation = 0;
 // The epoch of the peaks: the exporter starts a new one at each read of
 // them, and reads the one before, which no event writes any more.
 __u32 epoch = 0;
-
-// Every port, by its number as inet_sport keeps it (network order), to 1 +
-// its group, 0 for a port not watched: an array, whose lookup the verifier
-// inlines, asked for the ports watched_ports lets through.
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u32);
-} ports SEC(".maps");
+// The census's connections it could not move into the new generation (the
+// map full): they stay counted in the old one, which is then kept. The
+// exporter zeroes it before each census.
+__u64 unmoved = 0;
+// The generation whose census's last call settled the clients: the census
+// ran to its end.
+__u32 settled = 0;
 
 // The open connections, per (generation, addresses, port, state): a client
 // holds a few such keys, whatever its connections.
@@ -74,7 +74,7 @@ struct connection_key {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_KEYS);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC: costs what it holds
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct connection_key);
 	__type(value, __s64);
 } connections SEC(".maps");
@@ -93,24 +93,6 @@ struct {
 	__type(value, struct group_state);
 } groups SEC(".maps");
 
-// The lifetimes' buckets, by their upper bounds: a request, a blocking
-// query (5 minutes at most by default), a leak.
-#define LIFETIME_BUCKETS 12
-static const __u64 lifetime_bounds_ns[LIFETIME_BUCKETS] = {
-	1000000ULL,	    // 1 ms
-	5000000ULL,	    // 5 ms
-	25000000ULL,	    // 25 ms
-	100000000ULL,	    // 100 ms
-	500000000ULL,	    // 500 ms
-	2500000000ULL,	    // 2.5 s
-	10000000000ULL,	    // 10 s
-	60000000000ULL,	    // 1 min
-	330000000000ULL,    // 5.5 min
-	900000000000ULL,    // 15 min
-	1800000000000ULL,   // 30 min
-	3600000000000ULL,   // 1 h
-};
-
 // Per group, a copy per CPU, summed by the exporter.
 struct group_totals {
 	__u64 opened;
@@ -118,7 +100,8 @@ struct group_totals {
 	__u64 lifetimes[LIFETIME_BUCKETS + 1]; // the last: longer
 	__u64 lifetime_ns;		       // their sum
 	__u64 seeded;			       // found open by the census, uncounted
-	__u64 lost;			       // could not be counted: a map full
+	__u64 lost;			       // connections not counted: the connections map full
+	__u64 unfollowed;		       // connections whose client was not followed: the clients map full
 };
 
 // The exporter sets max_entries to the number of groups.
@@ -146,38 +129,24 @@ static __always_inline void addresses(const struct sock *sk, struct connection_k
 	}
 }
 
-// add adds n to the open count under key; false where the map is full.
-static __always_inline bool add(struct connection_key *key, __s64 n)
-{
-	__s64 *count = bpf_map_lookup_elem(&connections, key);
-	if (!count) {
-		if (bpf_map_update_elem(&connections, key, &n, BPF_NOEXIST) == 0)
-			return true;
-		count = bpf_map_lookup_elem(&connections, key); // another CPU's first
-		if (!count)
-			return false;
-	}
-	__sync_fetch_and_add(count, n);
-	return true;
-}
-
-// uncount takes a counted socket off the count it is under.
-static __always_inline void uncount(struct socket_state *st, struct connection_key *key)
-{
-	key->state = st->state;
-	key->generation = st->generation & 1;
-	add(key, -1);
-	st->counted = 0;
-}
-
-// count_as counts a socket under state in generation gen; false where the
-// map is full (it is then counted nowhere).
-static __always_inline bool count_as(struct socket_state *st, struct connection_key *key, __u8 state, __u32 gen)
+// count_as adds n to the count of state in generation gen under key's
+// addresses and port; false where the map is full.
+static __always_inline bool count_as(struct connection_key *key, __u8 state, __u32 gen, __s64 n)
 {
 	key->state = state;
 	key->generation = gen & 1;
-	if (!add(key, 1))
+	return add_to(&connections, key, n);
+}
+
+// recount counts a socket as state in generation gen, then takes it off
+// where it was counted before: in that order, so that a full map leaves it
+// counted where it was, never nowhere. False where the map is full.
+static __always_inline bool recount(struct socket_state *st, struct connection_key *key, __u8 state, __u32 gen)
+{
+	if (!count_as(key, state, gen, 1))
 		return false;
+	if (st->counted)
+		count_as(key, st->state, st->generation, -1);
 	st->counted = 1;
 	st->state = state;
 	st->generation = gen;
@@ -185,20 +154,20 @@ static __always_inline bool count_as(struct socket_state *st, struct connection_
 }
 
 // client_of is the client's entry, made where missing; NULL, counted as
-// lost, where the map is full: its counts are right, its churn, peak and
-// time at the limit lack the connection.
-static __always_inline struct client_state *client_of(__u32 group, const struct connection_key *key, struct group_totals *t)
+// unfollowed, where the map is full: the counts have the connection, the
+// client's churn, peak and time at the limit lack it.
+static __always_inline struct client_state *client_of(__u32 group, const __u8 client[16], struct group_totals *t)
 {
 	struct client_key ck = {.group = group};
-	__builtin_memcpy(&ck.client, &key->client, sizeof(ck.client));
+	__builtin_memcpy(&ck.client, client, sizeof(ck.client));
 	struct client_state *c = bpf_map_lookup_elem(&clients_held, &ck);
 	if (c)
 		return c;
-	struct client_state zero = {};
-	bpf_map_update_elem(&clients_held, &ck, &zero, BPF_NOEXIST);
+	struct client_state fresh = {.held = HELD_NONE};
+	bpf_map_update_elem(&clients_held, &ck, &fresh, BPF_NOEXIST);
 	c = bpf_map_lookup_elem(&clients_held, &ck);
 	if (!c)
-		t->lost++;
+		t->unfollowed++;
 	return c;
 }
 
@@ -206,11 +175,14 @@ static __always_inline struct client_state *client_of(__u32 group, const struct 
 // moment, four times over, is left (no peak is lost: theirs are as high).
 #define CAS_TRIES 4
 
+static __always_inline __u32 epoch_of(__u64 slot) { return slot >> 32; }
+static __always_inline __s64 count_of(__u64 slot) { return (__s32)(__u32)slot; }
+
 static __always_inline void keep_begin(__u64 *slot, __u32 epoch_now, __s64 before)
 {
 	for (int i = 0; i < CAS_TRIES; i++) {
 		__u64 old = *slot;
-		if ((__u32)(old >> 32) == epoch_now)
+		if (epoch_of(old) == epoch_now)
 			return; // begun: an earlier change of this epoch
 		__u64 want = (__u64)epoch_now << 32 | (__u32)before;
 		if (__sync_val_compare_and_swap(slot, old, want) == old)
@@ -222,7 +194,7 @@ static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
 {
 	for (int i = 0; i < CAS_TRIES; i++) {
 		__u64 old = *slot;
-		if ((__u32)(old >> 32) == epoch_now && (__s64)(__u32)old >= count)
+		if (epoch_of(old) == epoch_now && count_of(old) >= count)
 			return;
 		__u64 want = (__u64)epoch_now << 32 | (__u32)count;
 		if (__sync_val_compare_and_swap(slot, old, want) == old)
@@ -230,16 +202,34 @@ static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
 	}
 }
 
-// held changes a client's count in its group by n, in generation gen (the
-// one its connection is counted in), and follows what the change does to
-// its peak and to its group's time at the limit. It says whether the count
-// before it was at least the limit.
-static __always_inline bool held(__u32 group, struct client_state *c, __s64 n, __u32 gen, __u64 now)
+// follow adds delta to a client's held word (held_delta's: n to its count
+// in a generation, or, n 0, one moved between them) and, where its count
+// changed, follows what that does to its peak and to its group's time at
+// the limit. It returns the client's entry (NULL where not followed), and
+// says in full whether its count before was at least the limit.
+static __always_inline struct client_state *follow(__u32 group, const __u8 client[16], struct group_totals *t,
+						   __u64 delta, __s64 n, __u64 now, bool *full)
 {
+	*full = false;
+	struct client_state *c = client_of(group, client, t);
 	if (!c)
-		return false;
-	__s64 before = __sync_fetch_and_add(&c->held[gen & 1], n) + c->held[(gen & 1) ^ 1];
-	__s64 after = before + n;
+		return NULL;
+	__u64 word = __sync_fetch_and_add(&c->held, delta);
+	if (word & HELD_DROPPED) {
+		// Dropped by a census between the lookup and the add (it held
+		// nothing): the add is made again, on the entry made anew.
+		c = client_of(group, client, t);
+		if (!c)
+			return NULL;
+		word = __sync_fetch_and_add(&c->held, delta);
+		if (word & HELD_DROPPED) {
+			t->unfollowed++;
+			return NULL;
+		}
+	}
+	if (n == 0)
+		return c; // moved: its count is the same
+	__s64 before = held_count(word), after = before + n;
 	__u32 e = epoch;
 	keep_begin(&c->begin[e & 1], e, before);
 	keep_peak(&c->peak[e & 1], e, before > after ? before : after);
@@ -247,18 +237,18 @@ static __always_inline bool held(__u32 group, struct client_state *c, __s64 n, _
 	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
 	struct group_state *g = bpf_map_lookup_elem(&groups, &group);
 	if (!limit || !g)
-		return false;
-	bool full = *limit > 0 && before >= *limit;
+		return c;
+	*full = *limit > 0 && before >= *limit;
 	__u32 is = *limit > 0 && after >= *limit, was = c->at_limit;
 	if (is == was || __sync_val_compare_and_swap(&c->at_limit, was, is) != was)
-		return full;
+		return c;
 	if (is) {
 		if (__sync_fetch_and_add(&g->clients_at_limit, 1) == 0)
 			g->since_ns = now;
 	} else if (__sync_fetch_and_add(&g->clients_at_limit, -1) == 1) {
 		__sync_fetch_and_add(&g->at_limit_ns, now - g->since_ns);
 	}
-	return full;
+	return c;
 }
 
 // server_end is sk as a TCP server end of a watched port in the exporter's
@@ -266,34 +256,48 @@ static __always_inline bool held(__u32 group, struct client_state *c, __s64 n, _
 static __always_inline struct tcp_sock *server_end(const struct sock_common *skc, __u32 *group)
 {
 	// Most changes on a host are other ports' (a client end's local port
-	// is its own): the bitmap turns them away before the helper call that
-	// tells TCP. A socket going to CLOSE has given its port back
+	// is its own): the ports' groups turn them away before the helper call
+	// that tells TCP. A socket going to CLOSE has given its port back
 	// (inet_put_port zeroes skc_num before the change is traced): its port
 	// is then the tcp_sock's inet_sport, asked after the helper.
-	__u32 num = skc->skc_num;
-	if (num && !(watched_ports[(num >> 5) & 2047] & (1U << (num & 31))))
+	__u16 num = skc->skc_num;
+	if (num && !group_of(num, group))
 		return NULL;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)skc);
 	if (!tp)
 		return NULL; // not TCP: the tracepoint is DCCP's, SCTP's and MPTCP's too
-	__u32 port = tp->inet_conn.icsk_inet.inet_sport;
-	__u32 *g = bpf_map_lookup_elem(&ports, &port);
-	if (!g || !*g)
+	if (!group_of(bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport), group))
 		return NULL;
 	if (tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum != netns_inum)
 		return NULL;
-	*group = *g - 1;
 	return tp;
 }
 
-// moved moves one of a client's count from generation from to the
-// current one: its count is the same, nothing to follow.
-static __always_inline void moved(struct client_state *c, __u32 from)
+// closed counts a counted connection's close, by how it ended, and after
+// how long.
+static __always_inline void closed(struct group_totals *t, struct client_state *c, const struct socket_state *st,
+				   int oldstate, int newstate, __u64 now)
 {
-	if (!c)
-		return;
-	__sync_fetch_and_add(&c->held[from & 1], -1);
-	__sync_fetch_and_add(&c->held[generation & 1], 1);
+	__u32 how = CLOSED_BY_AGENT;
+	if (newstate == TCP_CLOSE)
+		how = CLOSED_BY_RESET;
+	else if (oldstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE_WAIT)
+		how = CLOSED_BY_CLIENT;
+	if (how < CLOSE_KINDS) {
+		t->closed[how]++;
+		if (c)
+			__sync_fetch_and_add(&c->closed[how], 1);
+	}
+	if (!st->opened_ns)
+		return; // open before the start: its lifetime is not known
+	__u64 lived = now - st->opened_ns;
+	t->lifetime_ns += lived;
+	__u32 i = 0;
+	for (; i < LIFETIME_BUCKETS; i++)
+		if (lived <= lifetime_bounds_ns[i])
+			break;
+	if (i <= LIFETIME_BUCKETS)
+		t->lifetimes[i]++;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -319,56 +323,68 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	}
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, &key);
-	bool counted = st->counted;
+	bool counted = st->counted, full;
 	__u32 counted_in = st->generation, now_in = generation;
-	if (counted)
-		uncount(st, &key);
+	__u64 now;
 	if (is) {
-		bool added = count_as(st, &key, newstate, now_in);
-		if (!added)
-			t->lost++;
-		if (counted && added && !((counted_in ^ now_in) & 1))
+		if (!was)
+			t->opened++;
+		if (!recount(st, &key, newstate, now_in)) {
+			t->lost++; // counted as it was, or, new, not at all
+			return 0;
+		}
+		if (counted && !((counted_in ^ now_in) & 1))
 			return 0; // from one watched state to another: the client's count is the same
-		__u64 now = bpf_ktime_get_ns();
-		struct client_state *c = client_of(group, &key, t);
+		now = bpf_ktime_get_ns();
+		if (counted) {
+			follow(group, key.client, t, held_delta(now_in, 1) + held_delta(counted_in, -1), 0, now, &full);
+			return 0;
+		}
+		struct client_state *c = follow(group, key.client, t, held_delta(now_in, 1), 1, now, &full);
 		if (!was) { // a new connection
 			st->opened_ns = now;
-			t->opened++;
 			if (c)
 				__sync_fetch_and_add(&c->opened, 1);
 		}
-		if (!added && counted)
-			held(group, c, -1, counted_in, now);
-		else if (added && !counted)
-			st->over_limit = held(group, c, 1, now_in, now) && !was ? OVER_LIMIT : 0;
-		else if (added)
-			moved(c, counted_in);
+		st->over_limit = full && !was ? OVER_LIMIT : 0;
 		return 0;
 	}
 	if (!counted)
 		return 0;
-	// A close: how it ended, and after how long.
-	__u64 now = bpf_ktime_get_ns();
-	struct client_state *c = client_of(group, &key, t);
-	held(group, c, -1, counted_in, now);
-	__u32 how = CLOSED_BY_AGENT;
-	if (newstate == TCP_CLOSE)
-		how = CLOSED_BY_RESET;
-	else if (oldstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE_WAIT)
-		how = CLOSED_BY_CLIENT;
-	t->closed[how & 3]++;
-	if (c)
-		__sync_fetch_and_add(&c->closed[how & 3], 1);
-	if (st->opened_ns) {
-		__u64 lived = now - st->opened_ns;
-		t->lifetime_ns += lived;
-		__u32 i = 0;
-		for (; i < LIFETIME_BUCKETS; i++)
-			if (lived <= lifetime_bounds_ns[i])
-				break;
-		if (i <= LIFETIME_BUCKETS)
-			t->lifetimes[i]++;
-	}
+	count_as(&key, st->state, counted_in, -1);
+	st->counted = 0;
+	now = bpf_ktime_get_ns();
+	struct client_state *c = follow(group, key.client, t, held_delta(counted_in, -1), -1, now, &full);
+	closed(t, c, st, oldstate, newstate, now);
+	return 0;
+}
+
+// What the census's last call drops of each client.
+struct settling {
+	__u32 old;   // the generation moved from
+	__u32 epoch; // of the peaks, now
+};
+
+// settle runs on every client once the census has moved every socket: what
+// the old generation still holds is of connections gone, and no event
+// writes it any more; it is dropped, so that the next census, which moves
+// the counts into it, finds it empty. A client that then holds nothing,
+// and whose count did not change in this epoch of the peaks (its peak is
+// 0), is dropped: its churn lives on in the totals. An event that took the
+// entry before the drop finds its add made on a dropped one (follow), and
+// makes it again.
+static long settle(struct bpf_map *map, struct client_key *key, struct client_state *c, struct settling *s)
+{
+	__u64 held = c->held;
+	if (held & HELD_DROPPED)
+		return 0;
+	__s64 stale = held_in(held, s->old);
+	if (stale)
+		held = __sync_fetch_and_add(&c->held, held_delta(s->old, -stale)) + held_delta(s->old, -stale);
+	if (held != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch)
+		return 0;
+	if (__sync_val_compare_and_swap(&c->held, HELD_NONE, HELD_DROPPED) == HELD_NONE)
+		bpf_map_delete_elem(&clients_held, key);
 	return 0;
 }
 
@@ -376,7 +392,18 @@ SEC("iter/tcp")
 int census(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	if (!skc || !watched(skc->skc_state))
+	if (!skc) {
+		// The last call, after every socket: the clients are settled
+		// where every counted socket moved (else the old generation
+		// still holds some of them, and is kept).
+		if (!unmoved) {
+			struct settling s = {.old = generation - 1, .epoch = epoch};
+			bpf_for_each_map_elem(&clients_held, settle, &s, 0);
+			settled = generation;
+		}
+		return 0;
+	}
+	if (!watched(skc->skc_state))
 		return 0;
 	__u32 group;
 	struct tcp_sock *tp = server_end(skc, &group);
@@ -395,42 +422,20 @@ int census(struct bpf_iter__tcp *ctx)
 		return 0; // counted in this generation already, by an event
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses((struct sock *)tp, &key);
-	bool counted = st->counted;
+	bool counted = st->counted, full;
 	__u32 counted_in = st->generation;
-	if (counted)
-		uncount(st, &key);
-	else
+	if (!counted)
 		t->seeded++;
-	struct client_state *c = client_of(group, &key, t);
-	if (!count_as(st, &key, skc->skc_state, now_in)) {
-		t->lost++;
+	if (!recount(st, &key, skc->skc_state, now_in)) {
 		if (counted)
-			held(group, c, -1, counted_in, bpf_ktime_get_ns());
+			__sync_fetch_and_add(&unmoved, 1);
+		else
+			t->lost++;
 		return 0;
 	}
-	if (!counted)
-		held(group, c, 1, now_in, bpf_ktime_get_ns());
+	if (counted)
+		follow(group, key.client, t, held_delta(now_in, 1) + held_delta(counted_in, -1), 0, 0, &full);
 	else
-		moved(c, counted_in);
-	return 0;
-}
-
-// settle runs on every client once a census is over: what the generation
-// before it still holds is of connections gone (their sockets are all
-// counted in the new one, or closed), and no event writes it any more. It
-// is dropped, so that the next census, which moves the counts into it,
-// finds it empty.
-SEC("iter/bpf_map_elem")
-int settle(struct bpf_iter__bpf_map_elem *ctx)
-{
-	struct client_state *c = ctx->value;
-	if (!c)
-		return 0;
-	// Constant offsets: the verifier takes no variable one into an
-	// iterator's buffer.
-	if (generation & 1)
-		__sync_fetch_and_and(&c->held[0], 0);
-	else
-		__sync_fetch_and_and(&c->held[1], 0);
+		follow(group, key.client, t, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &full);
 	return 0;
 }

@@ -7,7 +7,9 @@
 // every change of a TCP socket's state, the other, a census of the socket
 // table, counts what was open before it (the seed) and, on every audit,
 // moves each count into a new generation, so that whatever a missed event
-// left behind is found, reported as drift, and dropped.
+// left behind is found, reported as drift, and dropped. They are of two
+// types only, a BTF tracepoint and a TCP iterator: some security policies
+// refuse the others (map-element iterators, above all).
 package events
 
 import (
@@ -36,7 +38,6 @@ type Counter struct {
 	objs     programObjects
 	links    []link.Link
 	iterator *link.Iter // the census
-	settler  *link.Iter // over the clients, after each census
 	groups   int
 
 	// mu makes a census and a read of the counts one at a time: during a
@@ -53,10 +54,16 @@ type Counter struct {
 // Load attaches the programs that count the connections of each group's
 // ports (groups[i] are group i's ports) in states, in the exporter's
 // network namespace, in maps of keys keys each, then seeds the counts with
-// a census of what is open already. It needs CAP_BPF and CAP_PERFMON (or root), and a kernel with
-// BTF; kernel is the kernel's types, read once for every program the
-// exporter loads.
+// a census of what is open already. It needs CAP_BPF and CAP_PERFMON (or
+// root), and a kernel with BTF; kernel is the kernel's types, read once for
+// every program the exporter loads.
 func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int) (*Counter, error) {
+	return load(kernel, groups, states, keys, nil)
+}
+
+// load is Load on a host whose security policy refuses what refusing does
+// (the tests' stand-in for one; nil: the kernel's own policy alone).
+func load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int, refusing func(*ebpf.CollectionSpec) error) (*Counter, error) {
 	netns, err := refusals.Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -69,18 +76,13 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	for _, s := range states {
 		mask |= 1 << s
 	}
-	// Each port's group, and a bit each in watched_ports, which turns away
-	// every other port's changes before the map is asked.
-	var watched [2048]uint32
-	for group, ports := range groups {
-		for _, p := range ports {
-			watched[p>>5] |= 1 << (p & 31)
-			spec.Maps[programMapPorts].Contents = append(spec.Maps[programMapPorts].Contents,
-				ebpf.MapKV{Key: uint32(refusals.PortKey(p)), Value: uint32(group) + 1})
-		}
+	bounds := make([]uint64, len(LifetimeBounds))
+	for i, b := range LifetimeBounds {
+		bounds[i] = uint64(b * 1e9)
 	}
 	// Epoch 0 is every peak's zero value: the first is 1.
-	for name, value := range map[string]any{programVarNetnsInum: netns, programVarWatchedStates: mask, programVarWatchedPorts: watched, programVarEpoch: uint32(1)} {
+	for name, value := range map[string]any{programVarNetnsInum: netns, programVarWatchedStates: mask,
+		programVarPortGroups: refusals.PortGroups(groups), programVarLifetimeBoundsNs: bounds, programVarEpoch: uint32(1)} {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -91,6 +93,11 @@ func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int)
 	spec.Maps[programMapConnections].MaxEntries = uint32(keys)
 	spec.Maps[programMapClientsHeld].MaxEntries = uint32(keys)
 	c := &Counter{groups: len(groups), epoch: 1}
+	if refusing != nil {
+		if err := refusing(spec); err != nil {
+			return nil, explain(err)
+		}
+	}
 	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)
 	}
@@ -120,10 +127,7 @@ func (c *Counter) attach() error {
 	}
 	c.links = append(c.links, l)
 	if c.iterator, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
-		return fmt.Errorf("this kernel has no TCP iterator (Linux 5.15 or later): %w", err)
-	}
-	if c.settler, err = link.AttachIter(link.IterOptions{Program: c.objs.Settle, Map: c.objs.ClientsHeld}); err != nil {
-		return fmt.Errorf("this kernel has no map iterator (Linux 5.15 or later): %w", err)
+		return fmt.Errorf("attaching the census: %w", err)
 	}
 	return nil
 }
@@ -135,10 +139,8 @@ func explain(err error) error {
 
 // Close detaches the programs.
 func (c *Counter) Close() {
-	for _, it := range []*link.Iter{c.iterator, c.settler} {
-		if it != nil {
-			it.Close()
-		}
+	if c.iterator != nil {
+		c.iterator.Close()
 	}
 	for _, l := range c.links {
 		l.Close()
@@ -176,6 +178,10 @@ type Census struct {
 	// Stale are the counts of connections that were gone, whose close no
 	// event took off.
 	Stale uint64
+	// Unmoved are the connections the census could not move into the new
+	// generation, the map full: they stay counted where they were, and
+	// the drift found before them is kept until a census moves them all.
+	Unmoved uint64
 }
 
 // Drift is the connections one side had and the other did not: 0 when
@@ -217,6 +223,9 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	}
 	old := c.generation
 	c.generation++
+	if err := c.objs.Unmoved.Set(uint64(0)); err != nil {
+		return Census{}, fmt.Errorf("starting a census: %w", err)
+	}
 	if err := c.objs.Generation.Set(c.generation); err != nil {
 		return Census{}, fmt.Errorf("starting a census: %w", err)
 	}
@@ -231,17 +240,30 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	for g := range after {
 		found.Uncounted += after[g].Seeded - before[g].Seeded
 	}
+	c.missedAt = missed
+	if err := c.objs.Unmoved.Get(&found.Unmoved); err != nil {
+		return Census{}, fmt.Errorf("reading the census: %w", err)
+	}
+	if found.Unmoved > 0 {
+		// The old generation still counts some open connections: kept,
+		// with whatever else it holds, until a census moves them all. Its
+		// keys at 0 count none, and no event adds to them: dropped, to
+		// make room for the next.
+		_, err := c.dropGeneration(old, true)
+		return found, err
+	}
+	var settled uint32
+	if err := c.objs.Settled.Get(&settled); err != nil {
+		return Census{}, fmt.Errorf("reading the census: %w", err)
+	}
+	if settled != c.generation {
+		return Census{}, fmt.Errorf("the census of the socket table ended before its last call: the kernel stopped it")
+	}
 	// No event writes the old generation any more: each of its sockets
 	// is in the new one, or closed. What it holds is of connections gone.
-	if found.Stale, err = c.dropGeneration(old); err != nil {
+	if found.Stale, err = c.dropGeneration(old, false); err != nil {
 		return Census{}, err
 	}
-	// Each client's count, the same connections summed, drops what its old
-	// generation holds: the next census moves the counts into it.
-	if err := walk(c.settler); err != nil {
-		return Census{}, fmt.Errorf("settling the clients' counts: %w", err)
-	}
-	c.missedAt = missed
 	return found, nil
 }
 
@@ -256,9 +278,9 @@ func walk(it *link.Iter) error {
 	return err
 }
 
-// dropGeneration deletes the counts of generation gen, and returns how many
-// connections they were counting.
-func (c *Counter) dropGeneration(gen uint32) (uint64, error) {
+// dropGeneration deletes the counts of generation gen (only those at 0
+// where emptyOnly), and returns how many connections they were counting.
+func (c *Counter) dropGeneration(gen uint32, emptyOnly bool) (uint64, error) {
 	var (
 		key   programConnectionKey
 		count int64
@@ -267,7 +289,7 @@ func (c *Counter) dropGeneration(gen uint32) (uint64, error) {
 	)
 	it := c.objs.Connections.Iterate()
 	for it.Next(&key, &count) {
-		if uint32(key.Generation) == gen&1 {
+		if uint32(key.Generation) == gen&1 && (!emptyOnly || count == 0) {
 			total += uint64(max(count, -count))
 			keys = append(keys, key)
 		}
@@ -362,6 +384,7 @@ func (c *Counter) totals() ([]programGroupTotals, error) {
 			s.LifetimeNs += t.LifetimeNs
 			s.Seeded += t.Seeded
 			s.Lost += t.Lost
+			s.Unfollowed += t.Unfollowed
 		}
 	}
 	return sums, nil

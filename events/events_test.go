@@ -15,7 +15,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/policy"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
@@ -25,13 +27,15 @@ import (
 
 var held = []socket.State{socket.StateEstablished, socket.StateCloseWait}
 
-func load(t *testing.T, groups ...[]uint16) *Counter {
+func loaded(t *testing.T, groups ...[]uint16) *Counter {
 	t.Helper()
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	c, err := Load(btf.NewCache(), groups, held, 1<<16)
-	require.NoError(t, err)
+	// On a host whose policy refuses map-element iterators, as some do:
+	// every test of the counts runs there.
+	c, err := load(btf.NewCache(), groups, held, 1<<16, policy.MapElementIterators.Load)
+	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
 }
@@ -82,7 +86,7 @@ func peerless(rows []string) []string {
 func TestOpenBeforeTheStartCountedOnceAndThenFollowed(t *testing.T) {
 	v4, v6, mapped := loopback.Mix(t)
 	ports := []uint16{v4.Port(), v6.Port(), mapped.Port()}
-	c := load(t, ports)
+	c := loaded(t, ports)
 	require.Len(t, table(t, ports...), loopback.MixCounted)
 	assert.Equal(t, peerless(table(t, ports...)), counted(t, c), "the seed")
 
@@ -100,7 +104,7 @@ func TestAConnectionOpenWhileTheCensusRunsIsCountedOnce(t *testing.T) {
 		ls = append(ls, loopback.Listen(t, "127.0.0.1"))
 		ports = append(ports, ls[len(ls)-1].Port())
 	}
-	c := load(t, ports)
+	c := loaded(t, ports)
 	loopback.Open(t, ls[0], "127.0.0.29", 50) // held throughout: each census moves them
 	var wg sync.WaitGroup
 	for i, l := range ls { // churn, each goroutine holding a few at a time
@@ -141,7 +145,7 @@ func TestAConnectionOpenWhileTheCensusRunsIsCountedOnce(t *testing.T) {
 
 func TestAnotherNamespacesConnectionsNeverCount(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
-	c := load(t, []uint16{l.Port()})
+	c := loaded(t, []uint16{l.Port()})
 	loopback.InNewNamespace(t, func() {
 		there, err := portopener.Listen(l.Addr())
 		require.NoError(t, err)
@@ -214,7 +218,7 @@ func closeAs(t *testing.T, how string, p portopener.Pair) {
 func TestThousandsOfShortConnectionsAreCountedOneByOneWithHowTheyEndedAndTheirLifetimes(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
 	loopback.Open(t, l, "127.0.0.41", 3) // open throughout, from before the start: neither opened nor closed
-	c := load(t, []uint16{l.Port()})
+	c := loaded(t, []uint16{l.Port()})
 	long := loopback.Open(t, l, "127.0.0.43", 5) // living through the short ones
 	opened5 := time.Now()
 	want := map[string]int{"agent": 1000 + 5, "client": 600, "reset": 400}
@@ -250,7 +254,7 @@ func TestThousandsOfShortConnectionsAreCountedOneByOneWithHowTheyEndedAndTheirLi
 
 func TestABurstHeldForMillisecondsShowsExactlyInThePeak(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
-	c := load(t, []uint16{l.Port()})
+	c := loaded(t, []uint16{l.Port()})
 	loopback.Open(t, l, "127.0.0.51", 5) // steady: no change in any epoch
 	snapshotOf(t, c)                     // an epoch starts
 	burst := loopback.Open(t, l, "127.0.0.52", 40)
@@ -271,7 +275,7 @@ func TestABurstHeldForMillisecondsShowsExactlyInThePeak(t *testing.T) {
 
 func TestTheTimeAtTheLimitRunsFromTheConnectionThatReachesItToTheCloseThatLeavesIt(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
-	c := load(t, []uint16{l.Port()})
+	c := loaded(t, []uint16{l.Port()})
 	loopback.Open(t, l, "127.0.0.61", 9)
 	assert.Zero(t, snapshotOf(t, c, 10).Groups[0].AtLimit, "9 of 10: below")
 	beforeReach := time.Now()
@@ -292,7 +296,7 @@ func TestTheTimeAtTheLimitRunsFromTheConnectionThatReachesItToTheCloseThatLeaves
 // with their maps shared, the limit given as the exporter reads it.
 func loadWithRefusals(t *testing.T, port uint16, limit int) (*Counter, *refusals.Counter) {
 	t.Helper()
-	c := load(t, []uint16{port})
+	c := loaded(t, []uint16{port})
 	r, err := refusals.Load(btf.NewCache(), [][]uint16{{port}}, c.Shared())
 	require.NoError(t, err)
 	t.Cleanup(r.Close)
@@ -333,7 +337,7 @@ func TestARefusalWhileTheClientHeldFewerThanTheLimitIsCountedApart(t *testing.T)
 // and the counts equal the table again.
 func TestACensusFindsAndCorrectsWhatMissedEventsLeft(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
-	c := load(t, []uint16{l.Port()})
+	c := loaded(t, []uint16{l.Port()})
 	held := loopback.Open(t, l, "127.0.0.95", 10)
 	for _, lk := range c.links {
 		require.NoError(t, lk.Close())
@@ -424,25 +428,135 @@ func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
 }
 
 // Maps too small for the clients (--events.keys at its least): the
-// connections past them are counted as lost, never silently, and the
-// counts that fit stay right; a census finds the lost ones uncounted, and
-// cannot count them either.
-func TestConnectionsAFullMapCannotCountAreCountedAsLost(t *testing.T) {
+// connections past them are counted as lost, and their clients as not
+// followed, never silently, and the counts that fit stay right; a census
+// finds the lost ones uncounted, cannot count them either, and cannot move
+// the counted ones into its new generation: they stay counted where they
+// were (a full map at the audit zeroes no count). Once connections close,
+// the censuses make room, and count every one.
+func TestConnectionsAFullMapCannotCountAreCountedAsLostAndAFullMapZeroesNoCount(t *testing.T) {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
 	l := loopback.Listen(t, "127.0.0.1")
-	c, err := Load(btf.NewCache(), [][]uint16{{l.Port()}}, held, minKeys)
-	require.NoError(t, err)
+	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, minKeys, policy.MapElementIterators.Load)
+	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	const clients = minKeys + 20 // each from an address of its own: a key each
+	var pairs []portopener.Pair
 	for i := range clients {
-		loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}).String(), 1)
+		pairs = append(pairs, loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 1, byte(i >> 8), byte(i)}).String(), 1)...)
 	}
 	g := snapshotOf(t, c).Groups[0]
-	assert.GreaterOrEqual(t, g.Lost, uint64(20), "the connections past the maps")
+	assert.Equal(t, uint64(20), g.Lost, "the connections past the connections map")
+	assert.Zero(t, g.Unfollowed, "the client of a connection not counted is not followed either: lost says it")
 	assert.Len(t, counted(t, c), minKeys, "the ones that fit, each once")
+
 	found, err := c.Census()
 	require.NoError(t, err)
-	assert.Equal(t, uint64(20), found.Uncounted, "still not counted: no room")
+	assert.Equal(t, Census{Uncounted: 20, Unmoved: minKeys}, found, "none lost counted: no room; none moved")
+	assert.Len(t, counted(t, c), minKeys, "a full map at the audit zeroes no count")
+
+	for _, p := range pairs[:clients/2] {
+		closeAs(t, "agent", p)
+	}
+	for range 4 { // each makes room the next uses
+		if found, err = c.Census(); err != nil || found.Unmoved == 0 && found.Uncounted == 0 {
+			break
+		}
+	}
+	require.NoError(t, err)
+	assert.Equal(t, peerless(table(t, l.Port())), counted(t, c), "every connection counted, once")
+}
+
+// A client that holds nothing is dropped from the kernel's clients at the
+// first audit after a read of the peaks that saw it change (its churn is in
+// the totals): clients gone cost nothing, and leave room. Until then, a new
+// client the full map cannot take is said (unfollowed), its connections
+// counted; once there is room it is followed, and one dropped that comes
+// back is counted from its first.
+func TestClientsThatHoldNothingAreDroppedAtTheAudit(t *testing.T) {
+	programs.NotShort(t, "loads a kernel program")
+	programs.NeedRoot(t, "load a kernel program")
+	programs.NeedBTF(t)
+	l := loopback.Listen(t, "127.0.0.1")
+	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, minKeys, policy.MapElementIterators.Load)
+	programs.Loaded(t, err)
+	t.Cleanup(c.Close)
+	clients := func() map[string]int {
+		var (
+			key   programClientKey
+			state programClientState
+		)
+		held := map[string]int{}
+		it := c.objs.ClientsHeld.Iterate()
+		for it.Next(&key, &state) {
+			held[netip.AddrFrom16(key.Client).Unmap().String()] = heldCount(state.Held)
+		}
+		require.NoError(t, it.Err())
+		return held
+	}
+	census := func() {
+		t.Helper()
+		found, err := c.Census()
+		require.NoError(t, err)
+		require.Zero(t, found.Drift())
+	}
+	for i := range minKeys {
+		for _, p := range loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 2, byte(i >> 8), byte(i)}).String(), 1) {
+			closeAs(t, "agent", p)
+		}
+	}
+	census()
+	require.Len(t, clients(), minKeys, "changed in this epoch of the peaks: kept for its read")
+
+	stays := loopback.Open(t, l, "127.0.0.3", 2)
+	assert.Equal(t, uint64(2), snapshotOf(t, c).Groups[0].Unfollowed, "the clients map full")
+	assert.Equal(t, peerless(table(t, l.Port())), counted(t, c), "counted all the same")
+	census()
+	assert.Empty(t, clients(), "none holds: all dropped")
+	g := snapshotOf(t, c).Groups[0]
+	assert.Equal(t, uint64(minKeys+2), g.Opened, "the churn, in the totals")
+
+	census()
+	assert.Equal(t, map[string]int{"127.0.0.3": 2}, clients(), "followed once there is room")
+	back := loopback.Open(t, l, "127.2.0.7", 3)
+	closeAs(t, "client", back[0])
+	peaks := snapshotOf(t, c).Groups[0].Peaks.TopClients(10)
+	require.Len(t, peaks, 2)
+	assert.Equal(t, "127.2.0.7", peaks[0].Client.String())
+	assert.Equal(t, 3, peaks[0].Count, "counted from its first again")
+	assert.Equal(t, 2, peaks[1].Count)
+	assert.Equal(t, peerless(table(t, l.Port())), counted(t, c))
+	closeAs(t, "agent", stays[0])
+	assert.Equal(t, map[string]int{"127.0.0.3": 1, "127.2.0.7": 2}, clients())
+}
+
+// Where the host's policy refuses a program the events need, the error
+// says so: the program, the errno, the policy, never a lack of the
+// capabilities the exporter holds.
+func TestAProgramThePolicyRefusesIsSaidAsThePolicysRefusal(t *testing.T) {
+	programs.NotShort(t, "loads a kernel program")
+	programs.NeedRoot(t, "load a kernel program")
+	programs.NeedBTF(t)
+	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, policy.Refusing{policy.TCPIterator}.Load)
+	require.ErrorIs(t, err, ErrUnavailable)
+	require.ErrorIs(t, err, loaderr.ErrPolicy)
+	assert.Contains(t, err.Error(), "program census")
+	assert.Contains(t, err.Error(), "operation not permitted")
+	assert.Contains(t, err.Error(), "a security policy (LSM) or kernel configuration refused it")
+	assert.NotContains(t, err.Error(), "needs CAP_BPF")
+}
+
+// The programs are of the kinds every kernel with them allows: a BTF
+// tracepoint and a TCP iterator, and no map-element iterator.
+func TestTheProgramsAreATracepointAndATCPIterator(t *testing.T) {
+	spec, err := loadProgram()
+	require.NoError(t, err)
+	kinds := map[string]string{}
+	for name, p := range spec.Programs {
+		kinds[name] = p.SectionName
+	}
+	assert.Equal(t, map[string]string{"changed": "tp_btf/inet_sock_set_state", "census": "iter/tcp"}, kinds)
+	assert.NoError(t, policy.MapElementIterators.Load(spec))
 }

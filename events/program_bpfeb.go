@@ -23,7 +23,7 @@ type programClientState struct {
 	_       structs.HostLayout
 	Opened  uint64
 	Closed  [3]uint64
-	Held    [2]int64
+	Held    uint64
 	Begin   [2]uint64
 	Peak    [2]uint64
 	AtLimit uint32
@@ -56,6 +56,7 @@ type programGroupTotals struct {
 	LifetimeNs uint64
 	Seeded     uint64
 	Lost       uint64
+	Unfollowed uint64
 }
 
 type programSocketState struct {
@@ -72,21 +73,22 @@ type programSocketState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	programMapClientsHeld   = "clients_held"
-	programMapConnections   = "connections"
-	programMapGroups        = "groups"
-	programMapLimits        = "limits"
-	programMapPorts         = "ports"
-	programMapSockets       = "sockets"
-	programMapTotals        = "totals"
-	programProgCensus       = "census"
-	programProgChanged      = "changed"
-	programProgSettle       = "settle"
-	programVarEpoch         = "epoch"
-	programVarGeneration    = "generation"
-	programVarNetnsInum     = "netns_inum"
-	programVarWatchedPorts  = "watched_ports"
-	programVarWatchedStates = "watched_states"
+	programMapClientsHeld      = "clients_held"
+	programMapConnections      = "connections"
+	programMapGroups           = "groups"
+	programMapLimits           = "limits"
+	programMapSockets          = "sockets"
+	programMapTotals           = "totals"
+	programProgCensus          = "census"
+	programProgChanged         = "changed"
+	programVarEpoch            = "epoch"
+	programVarGeneration       = "generation"
+	programVarLifetimeBoundsNs = "lifetime_bounds_ns"
+	programVarNetnsInum        = "netns_inum"
+	programVarPortGroups       = "port_groups"
+	programVarSettled          = "settled"
+	programVarUnmoved          = "unmoved"
+	programVarWatchedStates    = "watched_states"
 )
 
 // loadProgram returns the embedded CollectionSpec for program.
@@ -133,7 +135,6 @@ type programSpecs struct {
 type programProgramSpecs struct {
 	Census  *ebpf.ProgramSpec `ebpf:"census"`
 	Changed *ebpf.ProgramSpec `ebpf:"changed"`
-	Settle  *ebpf.ProgramSpec `ebpf:"settle"`
 }
 
 // programMapSpecs contains maps before they are loaded into the kernel.
@@ -144,7 +145,6 @@ type programMapSpecs struct {
 	Connections *ebpf.MapSpec `ebpf:"connections"`
 	Groups      *ebpf.MapSpec `ebpf:"groups"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
-	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
 }
@@ -153,11 +153,14 @@ type programMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programVariableSpecs struct {
-	Epoch         *ebpf.VariableSpec `ebpf:"epoch"`
-	Generation    *ebpf.VariableSpec `ebpf:"generation"`
-	NetnsInum     *ebpf.VariableSpec `ebpf:"netns_inum"`
-	WatchedPorts  *ebpf.VariableSpec `ebpf:"watched_ports"`
-	WatchedStates *ebpf.VariableSpec `ebpf:"watched_states"`
+	Epoch            *ebpf.VariableSpec `ebpf:"epoch"`
+	Generation       *ebpf.VariableSpec `ebpf:"generation"`
+	LifetimeBoundsNs *ebpf.VariableSpec `ebpf:"lifetime_bounds_ns"`
+	NetnsInum        *ebpf.VariableSpec `ebpf:"netns_inum"`
+	PortGroups       *ebpf.VariableSpec `ebpf:"port_groups"`
+	Settled          *ebpf.VariableSpec `ebpf:"settled"`
+	Unmoved          *ebpf.VariableSpec `ebpf:"unmoved"`
+	WatchedStates    *ebpf.VariableSpec `ebpf:"watched_states"`
 }
 
 // programObjects contains all objects after they have been loaded into the kernel.
@@ -184,7 +187,6 @@ type programMaps struct {
 	Connections *ebpf.Map `ebpf:"connections"`
 	Groups      *ebpf.Map `ebpf:"groups"`
 	Limits      *ebpf.Map `ebpf:"limits"`
-	Ports       *ebpf.Map `ebpf:"ports"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
 }
@@ -195,7 +197,6 @@ func (m *programMaps) Close() error {
 		m.Connections,
 		m.Groups,
 		m.Limits,
-		m.Ports,
 		m.Sockets,
 		m.Totals,
 	)
@@ -205,11 +206,14 @@ func (m *programMaps) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programVariables struct {
-	Epoch         *ebpf.Variable `ebpf:"epoch"`
-	Generation    *ebpf.Variable `ebpf:"generation"`
-	NetnsInum     *ebpf.Variable `ebpf:"netns_inum"`
-	WatchedPorts  *ebpf.Variable `ebpf:"watched_ports"`
-	WatchedStates *ebpf.Variable `ebpf:"watched_states"`
+	Epoch            *ebpf.Variable `ebpf:"epoch"`
+	Generation       *ebpf.Variable `ebpf:"generation"`
+	LifetimeBoundsNs *ebpf.Variable `ebpf:"lifetime_bounds_ns"`
+	NetnsInum        *ebpf.Variable `ebpf:"netns_inum"`
+	PortGroups       *ebpf.Variable `ebpf:"port_groups"`
+	Settled          *ebpf.Variable `ebpf:"settled"`
+	Unmoved          *ebpf.Variable `ebpf:"unmoved"`
+	WatchedStates    *ebpf.Variable `ebpf:"watched_states"`
 }
 
 // programPrograms contains all programs after they have been loaded into the kernel.
@@ -218,14 +222,12 @@ type programVariables struct {
 type programPrograms struct {
 	Census  *ebpf.Program `ebpf:"census"`
 	Changed *ebpf.Program `ebpf:"changed"`
-	Settle  *ebpf.Program `ebpf:"settle"`
 }
 
 func (p *programPrograms) Close() error {
 	return _ProgramClose(
 		p.Census,
 		p.Changed,
-		p.Settle,
 	)
 }
 

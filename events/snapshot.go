@@ -48,6 +48,10 @@ type Group struct {
 	// Lost are connections a full map could not count: until a census
 	// finds room for them, the counts lack them.
 	Lost uint64
+	// Unfollowed are connections whose client a full map could not
+	// follow: the counts have them, the client's churn, peak and time at
+	// the limit do not.
+	Unfollowed uint64
 	// TopOpened are the clients that opened the most, most first.
 	TopOpened []tally.ClientCount
 	// Peaks are each client's most held since the last snapshot.
@@ -81,7 +85,7 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	}
 	for g := range snap.Groups {
 		t, group := totals[g], &snap.Groups[g]
-		group.Opened, group.Closed, group.Lost = t.Opened, t.Closed, t.Lost
+		group.Opened, group.Closed, group.Lost, group.Unfollowed = t.Opened, t.Closed, t.Lost, t.Unfollowed
 		group.Lifetimes = make([]uint64, len(LifetimeBounds))
 		var sum uint64
 		for i, n := range t.Lifetimes {
@@ -174,9 +178,8 @@ func (c *Counter) peak(key programClientKey, state programClientState, ended uin
 		return countOf(state.Peak[ended&1]), nil
 	}
 	// The count first, then whether a change came since: if none, the
-	// count read held through the epoch. It is all in the generation of
-	// the last census: what the one before holds is of connections gone.
-	now := int(state.Held[c.generation&1])
+	// count read held through the epoch.
+	now := heldCount(state.Held)
 	if err := c.objs.ClientsHeld.Lookup(key, &state); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return 0, fmt.Errorf("reading the kernel's clients: %w", err)
 	}
@@ -184,6 +187,17 @@ func (c *Counter) peak(key programClientKey, state programClientState, ended uin
 		return countOf(next), nil
 	}
 	return now, nil
+}
+
+// heldCount is a client's count from its held word, as bpf/counts.h's
+// held_count reads it: two generations' counts, each plus a bias, and a
+// bit for an entry dropped.
+func heldCount(word uint64) int {
+	const bias, dropped = 1 << 30, 1 << 63
+	if word&dropped != 0 {
+		return 0
+	}
+	return int(word&0x7fffffff) - bias + int(word>>32&0x7fffffff) - bias
 }
 
 func epochOf(slot uint64) uint32 { return uint32(slot >> 32) }

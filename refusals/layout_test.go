@@ -20,13 +20,14 @@ func TestTheMapsRecordsAreTheCStructs(t *testing.T) {
 	assert.Equal(t, 24, binary.Size(programTotal{}), "struct total: refused, untracked, below_limit")
 }
 
-// inet_sport is in network order; the map's key is its two bytes as the
-// host reads them.
-func TestAPortKeyIsThePortInNetworkOrder(t *testing.T) {
-	key := PortKey(8500)
-	var b [2]byte
-	binary.NativeEndian.PutUint16(b[:], key)
-	assert.Equal(t, [2]byte{0x21, 0x34}, b)
+// Each watched port reads as 1 + its group, every other as 0.
+func TestEachWatchedPortReadsAsItsGroup(t *testing.T) {
+	of := PortGroups([][]uint16{{8500, 8501}, {8300}})
+	assert.Equal(t, uint8(1), of[8500])
+	assert.Equal(t, uint8(1), of[8501])
+	assert.Equal(t, uint8(2), of[8300])
+	assert.Equal(t, uint8(0), of[8502])
+	assert.Equal(t, uint8(0), of[0])
 }
 
 // The namespace compared in the kernel is the one /proc/self/ns/net names.

@@ -23,7 +23,7 @@ type programClientState struct {
 	_       structs.HostLayout
 	Opened  uint64
 	Closed  [3]uint64
-	Held    [2]int64
+	Held    uint64
 	Begin   [2]uint64
 	Peak    [2]uint64
 	AtLimit uint32
@@ -62,13 +62,13 @@ const (
 	programMapClients      = "clients"
 	programMapClientsHeld  = "clients_held"
 	programMapLimits       = "limits"
-	programMapPorts        = "ports"
 	programMapSockets      = "sockets"
 	programMapTotals       = "totals"
 	programMapVerdicts     = "verdicts"
 	programProgAgentClosed = "agent_closed"
 	programProgAgentReset  = "agent_reset"
 	programVarNetnsInum    = "netns_inum"
+	programVarPortGroups   = "port_groups"
 	programVarWithCounts   = "with_counts"
 )
 
@@ -125,7 +125,6 @@ type programMapSpecs struct {
 	Clients     *ebpf.MapSpec `ebpf:"clients"`
 	ClientsHeld *ebpf.MapSpec `ebpf:"clients_held"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
-	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
 	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
@@ -136,6 +135,7 @@ type programMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type programVariableSpecs struct {
 	NetnsInum  *ebpf.VariableSpec `ebpf:"netns_inum"`
+	PortGroups *ebpf.VariableSpec `ebpf:"port_groups"`
 	WithCounts *ebpf.VariableSpec `ebpf:"with_counts"`
 }
 
@@ -162,7 +162,6 @@ type programMaps struct {
 	Clients     *ebpf.Map `ebpf:"clients"`
 	ClientsHeld *ebpf.Map `ebpf:"clients_held"`
 	Limits      *ebpf.Map `ebpf:"limits"`
-	Ports       *ebpf.Map `ebpf:"ports"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
 	Verdicts    *ebpf.Map `ebpf:"verdicts"`
@@ -173,7 +172,6 @@ func (m *programMaps) Close() error {
 		m.Clients,
 		m.ClientsHeld,
 		m.Limits,
-		m.Ports,
 		m.Sockets,
 		m.Totals,
 		m.Verdicts,
@@ -185,6 +183,7 @@ func (m *programMaps) Close() error {
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programVariables struct {
 	NetnsInum  *ebpf.Variable `ebpf:"netns_inum"`
+	PortGroups *ebpf.Variable `ebpf:"port_groups"`
 	WithCounts *ebpf.Variable `ebpf:"with_counts"`
 }
 

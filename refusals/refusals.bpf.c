@@ -34,6 +34,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 #include "counts.h"
 
 #define SEND_SHUTDOWN 2 // include/net/sock.h
@@ -47,14 +48,6 @@ const volatile __u32 netns_inum = 0;
 // Whether the maps of counts.h are the events', shared: else they are
 // empty stand-ins.
 const volatile __u32 with_counts = 0;
-
-// Watched ports, in network order, to their group.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __be16);
-	__type(value, __u32);
-} ports SEC(".maps");
 
 struct verdict {
 	__u32 group;
@@ -72,8 +65,8 @@ struct verdict {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__uint(map_flags, 1); // BPF_F_NO_PREALLOC
-	__type(key, __u64);   // socket cookie
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); // socket cookie
 	__type(value, struct verdict);
 } verdicts SEC(".maps");
 
@@ -111,16 +104,7 @@ static __always_inline void count(__u32 group, const __u8 client[16], bool below
 	}
 	struct client_key key = {.group = group};
 	__builtin_memcpy(&key.client, client, sizeof(key.client));
-	__u64 *n = bpf_map_lookup_elem(&clients, &key);
-	if (!n) {
-		__u64 one = 1;
-		if (bpf_map_update_elem(&clients, &key, &one, BPF_NOEXIST) == 0)
-			return;
-		n = bpf_map_lookup_elem(&clients, &key); // another CPU's first
-		if (!n)
-			return;
-	}
-	__sync_fetch_and_add(n, 1);
+	add_to(&clients, &key, 1);
 }
 
 // The limiter's rule's verdicts on a connection.
@@ -160,7 +144,7 @@ static __always_inline bool below_limit(const struct socket_state *st, const str
 	struct client_key key = {.group = v->group};
 	__builtin_memcpy(&key.client, v->client, sizeof(key.client));
 	struct client_state *c = bpf_map_lookup_elem(&clients_held, &key);
-	__s64 held = c ? c->held[0] + c->held[1] : 0;
+	__s64 held = c ? held_count(c->held) : 0;
 	if (st && st->counted)
 		held--; // this one
 	return held < *limit;
@@ -179,13 +163,12 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	if (!tp)
 		return 0; // the tracepoint is DCCP's, SCTP's and MPTCP's too
-	__be16 port = tp->inet_conn.icsk_inet.inet_sport;
-	__u32 *group = bpf_map_lookup_elem(&ports, &port);
-	if (!group)
+	__u32 group;
+	if (!group_of(bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport), &group))
 		return 0;
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return 0;
-	struct verdict v = {.group = *group, .closed_ns = bpf_ktime_get_ns()};
+	struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 	// The events' storage of the connection, where they are shared.
 	struct socket_state *st = with_counts ? bpf_sk_storage_get(&sockets, (void *)sk, 0, 0) : NULL;
 	switch (by_the_limiters_rule(st, v.closed_ns)) {

@@ -10,7 +10,6 @@
 package refusals
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -24,10 +23,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
-
-// MaxPorts is how many watched ports the kernel program takes, over all
-// groups (its ports map).
-const MaxPorts = 64
 
 // pendingFor is how long after the agent's close a refused connection can
 // still be reset: its socket lingers in FIN-WAIT (tcp_fin_timeout, 60 s by
@@ -71,11 +66,6 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	for group, ports := range groups {
-		for _, p := range ports {
-			spec.Maps[programMapPorts].Contents = append(spec.Maps[programMapPorts].Contents, ebpf.MapKV{Key: PortKey(p), Value: uint32(group)})
-		}
-	}
 	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
 	options := &ebpf.CollectionOptions{Cache: kernel}
@@ -87,7 +77,7 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 	} else {
 		spec.Maps[programMapClientsHeld].MaxEntries = 1 // a stand-in, never read
 	}
-	for name, value := range map[string]uint32{programVarNetnsInum: netns, programVarWithCounts: withCounts} {
+	for name, value := range map[string]any{programVarNetnsInum: netns, programVarWithCounts: withCounts, programVarPortGroups: PortGroups(groups)} {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -116,11 +106,17 @@ func (c *Counter) attach() error {
 	return nil
 }
 
-// PortKey is a port as the kernel keeps inet_sport: in network order.
-func PortKey(port uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], port)
-	return binary.NativeEndian.Uint16(b[:])
+// PortGroups is port_groups of bpf/counts.h, which both programs read:
+// each port, by its number, to 1 + its group (groups[i] are group i's
+// ports), 0 for a port not watched. A limiter group is one of a few.
+func PortGroups(groups [][]uint16) *[65536]uint8 {
+	var of [65536]uint8
+	for group, ports := range groups[:min(len(groups), 255)] {
+		for _, p := range ports {
+			of[p] = uint8(group) + 1
+		}
+	}
+	return &of
 }
 
 // Namespace is the exporter's network namespace, as the kernel numbers it

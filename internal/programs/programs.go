@@ -5,6 +5,7 @@ package programs
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/google/shlex"
 	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 )
 
 // Need returns the path of program, or ends the test: install says how to
@@ -54,6 +57,18 @@ func NeedBTF(t testing.TB) {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		missing(t, "this kernel has no BTF (/sys/kernel/btf/vmlinux): run the tests on Linux 5.5 or later built with CONFIG_DEBUG_INFO_BTF, as Debian's and Ubuntu's are")
 	}
+}
+
+// Loaded ends the test where loading the exporter's kernel programs failed
+// (err, from their Load), saying which it was: this host's security policy
+// refusing them, which is no fault of theirs (a skip, or in CI a failure),
+// or anything else, which is (a failure).
+func Loaded(t testing.TB, err error) {
+	t.Helper()
+	if errors.Is(err, loaderr.ErrPolicy) {
+		missing(t, "this host's security policy refused the kernel programs, not a fault of theirs: "+err.Error())
+	}
+	require.NoError(t, err, "the kernel programs failed to load: a fault of theirs, or a kernel too old")
 }
 
 func missing(t testing.TB, msg string) {
