@@ -15,7 +15,9 @@ import (
 // A user with no privileges listens on another loopback address at the
 // agent's port (Consul listens on 127.0.0.1 alone by default) and opens 250
 // connections to itself: they are not the agent's, and neither the counts
-// nor check move; the port is said to have two users listening.
+// nor check move; the port is said to have two users listening. The same
+// user listening at the agent's address on another watched port (the RPC
+// port here) decides nothing on the agent's HTTP port.
 func TestAnotherUsersListenerOnTheAgentsPortIsNotCounted(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	agent := startConsul(t, "http_max_conns_per_client = 200", false)
@@ -28,13 +30,16 @@ func TestAnotherUsersListenerOnTheAgentsPortIsNotCounted(t *testing.T) {
 	opener := portOpener(t) // run as nobody
 	startUntil(t, "opened 250 client connections",
 		append(programs.AsNobody(t), opener, "-address", "127.0.0.60", "-p", agent.httpPort(), "-n", "250", "-clients", "1")...)
+	_, rpc, _ := strings.Cut(freeAddr(t), ":")
+	startUntil(t, "opened 1 client connections",
+		append(programs.AsNobody(t), opener, "-address", "127.0.0.1", "-p", rpc, "-n", "1", "-clients", "1")...)
 
 	for _, source := range []string{"ss", "netstat", "netlink"} {
 		t.Run(source, func(t *testing.T) {
 			if source == "netstat" {
 				programs.Need(t, "netstat", "apt-get install net-tools")
 			}
-			res := exporter(t, t.TempDir(), "--once", "--source", source, "--port", agent.httpPort(), "--limit", "200")
+			res := exporter(t, t.TempDir(), "--once", "--source", source, "--port", agent.httpPort(), "--rpc.port", rpc, "--limit", "200")
 			require.Equal(t, 0, res.exit, res.stderr)
 			p := agent.httpPort()
 			assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))

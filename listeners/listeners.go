@@ -46,25 +46,30 @@ type Agent struct {
 	// Owners are, for every watched port, how many users listen on it (0:
 	// nothing does).
 	Owners map[uint16]int
-	// Filtered is set where several users listen on a watched port: then
-	// only connections to the agent's listeners (UID's) count.
+	// UIDs are, for each watched port several users listen on, the
+	// agent's user there, drawn from that port's listeners alone: on it,
+	// only connections to that user's listeners count. Filtered is set
+	// where there is one.
+	UIDs     map[uint16]uint32
 	Filtered bool
-	UID      uint32
-	// Undecided says why the agent's listeners could not be told from the
-	// others' ("" when they could, or did not need to be): then every
-	// connection counts, as without this check.
+	// Undecided says where the agent's listeners could not be told from
+	// the others' ("" where they could, or did not need to be): there,
+	// every connection counts, as without this check.
 	Undecided string
 	listeners []Listener
 }
 
-// Judge draws the agent's listeners from ls, the listeners on ports. Where
-// one user holds every one, they are the agent's. Where several do, the
-// agent's user is pinned (user, when not nil), or else the owner of the
-// listener at agentAddr (the address the agent's clients use,
-// CONSUL_HTTP_ADDR's host: Consul's client_addr), or of a wildcard one, on
-// any of ports.
+// Judge draws the agent's listeners from ls, the listeners on ports, port
+// by port. Where one user holds every listener of a port, they are the
+// agent's. Where several do, the agent's user is pinned (user, when not
+// nil), or else the owner of that port's listener at agentAddr (the
+// address the agent's clients use, CONSUL_HTTP_ADDR's host: Consul's
+// client_addr), or of a wildcard one: a listener on another port (another
+// user's at the agent's address on 8300) never decides this one.
 func Judge(ls []Listener, ports []uint16, agentAddr netip.Addr, user *uint32) Agent {
-	a := Agent{Owners: map[uint16]int{}, listeners: ls}
+	a := Agent{Owners: map[uint16]int{}, UIDs: map[uint16]uint32{}, listeners: ls}
+	agentAddr = agentAddr.Unmap()
+	var undecided []uint16
 	for _, p := range ports {
 		var here []uint32
 		for _, l := range ls {
@@ -73,39 +78,49 @@ func Judge(ls []Listener, ports []uint16, agentAddr netip.Addr, user *uint32) Ag
 			}
 		}
 		a.Owners[p] = len(here)
-		a.Filtered = a.Filtered || len(here) > 1
-	}
-	if !a.Filtered {
-		return a
-	}
-	switch {
-	case user != nil:
-		a.UID = *user
-	default:
-		// The listener at the agent's own address wins over a wildcard.
-		agentAddr = agentAddr.Unmap()
-		found, exact := false, false
-		for _, l := range ls {
-			addr := l.Local.Addr().Unmap()
-			if addr == agentAddr && !exact || addr.IsUnspecified() && !found {
-				a.UID, found, exact = l.UID, true, addr == agentAddr
+		switch {
+		case len(here) < 2:
+		case user != nil:
+			a.UIDs[p] = *user
+		default:
+			if uid, found := agentOn(ls, p, agentAddr); found {
+				a.UIDs[p] = uid
+			} else {
+				undecided = append(undecided, p)
 			}
 		}
-		if !found {
-			a.Filtered = false
-			a.Undecided = fmt.Sprintf("several users listen on a watched port and none at the agent's address %s: pin the agent's with --consul.user", agentAddr)
-		}
+	}
+	a.Filtered = len(a.UIDs) > 0
+	if len(undecided) > 0 {
+		a.Undecided = fmt.Sprintf("several users listen on port %s and none at the agent's address %s: pin the agent's with --consul.user", Ports(undecided), agentAddr)
 	}
 	return a
 }
 
+// agentOn is the owner of the listener on port at the agent's address, or
+// else of a wildcard one.
+func agentOn(ls []Listener, port uint16, agentAddr netip.Addr) (uid uint32, found bool) {
+	for _, l := range ls {
+		addr := l.Local.Addr().Unmap()
+		switch {
+		case l.Local.Port() != port:
+		case addr == agentAddr:
+			return l.UID, true
+		case addr.IsUnspecified() && !found:
+			uid, found = l.UID, true
+		}
+	}
+	return uid, found
+}
+
 // Accepts says whether a connection whose server end's local address is
 // local counts: always, unless several users listen on its port, and then
-// when the listener it came through is the agent's (the one at its address,
-// or else the wildcard of its family). A connection no listener matches
-// any more (its listener closed) counts.
+// when the listener it came through is the agent's on that port (the one at
+// its address, or else the wildcard of its family). A connection no
+// listener matches any more (its listener closed) counts.
 func (a Agent) Accepts(local netip.AddrPort) bool {
-	if !a.Filtered {
+	uid, filtered := a.UIDs[local.Port()]
+	if !filtered {
 		return true
 	}
 	var wildcard *Listener
@@ -113,14 +128,14 @@ func (a Agent) Accepts(local netip.AddrPort) bool {
 		switch {
 		case l.Local.Port() != local.Port():
 		case l.Local.Addr() == local.Addr():
-			return l.UID == a.UID
+			return l.UID == uid
 		case l.Local.Addr().IsUnspecified() && l.Local.Addr().Is4() == local.Addr().Is4():
 			// 0.0.0.0 takes IPv4 connections; :: takes IPv6 ones and, on a
 			// dual-stack socket, IPv4 ones v4-mapped.
 			wildcard = &a.listeners[i]
 		}
 	}
-	return wildcard == nil || wildcard.UID == a.UID
+	return wildcard == nil || wildcard.UID == uid
 }
 
 // Quiet are the watched ports nothing listens on, in order.
@@ -160,13 +175,20 @@ func (a Agent) QuietReason() string {
 // SharedReason says where several users listen on a watched port and what
 // counts then, "" where none does: the words of the log and of check alike.
 func (a Agent) SharedReason() string {
-	switch shared := a.Shared(); {
-	case len(shared) == 0:
-		return ""
-	case a.Filtered:
-		return fmt.Sprintf("several users listen on port %s: only the connections to the agent's listeners (uid %d) count", Ports(shared), a.UID)
+	var filtered []string
+	for _, p := range a.Shared() {
+		if uid, ok := a.UIDs[p]; ok {
+			filtered = append(filtered, fmt.Sprintf("%d (the agent's: uid %d)", p, uid))
+		}
 	}
-	return a.Undecided
+	reasons := make([]string, 0, 2)
+	if len(filtered) > 0 {
+		reasons = append(reasons, "several users listen on port "+strings.Join(filtered, ", ")+": only the connections to the agent's listeners there count")
+	}
+	if a.Undecided != "" {
+		reasons = append(reasons, a.Undecided)
+	}
+	return strings.Join(reasons, "; ")
 }
 
 // Ports is "8500, 8501".

@@ -50,7 +50,7 @@ func TestSeveralUsersOnlyTheAgentsConnectionsCount(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := Judge(tc.listeners, []uint16{8500}, agentAddr, tc.user)
 			assert.True(t, a.Filtered)
-			assert.Equal(t, tc.uid, a.UID)
+			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.UIDs)
 			assert.Equal(t, []uint16{8500}, a.Shared())
 			assert.Empty(t, a.Undecided)
 			for local, want := range tc.accepts {
@@ -58,6 +58,28 @@ func TestSeveralUsersOnlyTheAgentsConnectionsCount(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The agent's listener is chosen on each port from that port's listeners: a
+// user listening on another watched port at the agent's address (8300
+// here, where the agent's RPC is on its bind address) decides nothing on
+// 8500, whose connections to the agent count.
+func TestTheAgentsListenerIsChosenPortByPort(t *testing.T) {
+	ls := []Listener{
+		at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534), // the agent's HTTP, and a user beside it
+		at("10.0.0.5:8300", 100), at("127.0.0.1:8300", 65534), // the agent's RPC, and the user at the agent's address
+	}
+	a := Judge(ls, []uint16{8500, 8300}, agentAddr, nil)
+	assert.Equal(t, uint32(100), a.UIDs[8500])
+	assert.True(t, a.Accepts(netip.MustParseAddrPort("127.0.0.1:8500")), "the agent's connections on 8500 count")
+	assert.False(t, a.Accepts(netip.MustParseAddrPort("127.0.0.2:8500")))
+	assert.Contains(t, a.SharedReason(), "8500 (the agent's: uid 100)")
+
+	// The user alone on another port: nothing shared there, nothing
+	// filtered there.
+	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534), at("127.0.0.1:8300", 65534)}, []uint16{8500, 8300}, agentAddr, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100}, a.UIDs)
+	assert.True(t, a.Accepts(netip.MustParseAddrPort("127.0.0.1:8500")))
 }
 
 // Several users and none at the agent's address: the agent cannot be told,
