@@ -171,12 +171,13 @@ func checkChosen(app *kingpin.Application, args []string) bool {
 	if ctx, _ := app.ParseContext(args); ctx != nil && ctx.SelectedCommand != nil && ctx.SelectedCommand.FullCommand() == "check" {
 		return true
 	}
-	takesValue := map[string]bool{}
+	takesValue, known := map[string]bool{}, map[string]bool{}
 	flags := app.Model().Flags
 	for _, cmd := range app.Model().Commands {
 		flags = append(flags, cmd.Flags...)
 	}
 	for _, f := range flags {
+		known["--"+f.Name], known["--no-"+f.Name] = true, true
 		if !f.IsBoolFlag() {
 			takesValue["--"+f.Name] = true
 			if f.Short != 0 {
@@ -190,6 +191,9 @@ func checkChosen(app *kingpin.Application, args []string) bool {
 			return true
 		case takesValue[arg]:
 			i++ // its value: --textfile.directory check names a directory
+		case strings.HasPrefix(arg, "--") && !strings.Contains(arg, "=") && !known[arg] &&
+			i+1 < len(args) && args[i+1] != "check" && !strings.HasPrefix(args[i+1], "-"):
+			i++ // a flag the parser does not know (a typo), and what may be its value
 		case !strings.HasPrefix(arg, "-") || arg == "--":
 			return false // another command, or an argument
 		}
@@ -298,7 +302,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 	}
 	s.config, s.refusals = config, refusalFlags.Enabled
 	if sourceFlags.Events() {
-		if err := eventFlags.Validate(); err != nil {
+		if err := eventFlags.Validate(config.States); err != nil {
 			return nil, err
 		}
 		s.events = eventFlags

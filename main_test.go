@@ -25,6 +25,8 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 		{[]string{"--source", "command"}, exitBadUsage, "--source command needs --command"},
 		{[]string{"check", "--bogus"}, 3, "unknown long flag '--bogus'"},
 		{[]string{"--bogus", "check"}, 3, "unknown long flag '--bogus'"},
+		{[]string{"--clients.toop", "5", "check"}, 3, "unknown long flag '--clients.toop'"},
+		{[]string{"--source", "events", "--states", "established,syn-recv"}, exitBadUsage, "--source events cannot count --states syn-recv"},
 		{[]string{"--port", "x", "check"}, 3, "--port x: not a TCP port"},
 		{[]string{"check", "--warning", "0.9", "--critical", "0.8"}, 3, "--warning 0.9 is above --critical 0.8"},
 		{[]string{"--warning", "0.5", "check"}, 3, "unknown long flag '--warning'"},
@@ -39,6 +41,8 @@ func TestUsageErrorsExitByCommandWithOneLine(t *testing.T) {
 		{[]string{"--clients.top", "1e3"}, exitBadUsage, `"1e3" is not a whole number`},
 		{[]string{"--web.telemetry-path", ""}, exitBadUsage, "--web.telemetry-path"},
 		{[]string{"--web.telemetry-path", "/ metrics"}, exitBadUsage, "--web.telemetry-path"},
+		{[]string{"--web.telemetry-path", "/-/healthy"}, exitBadUsage, `--web.telemetry-path "/-/healthy" is the exporter's own health probe`},
+		{[]string{"--web.telemetry-path", "/-/ready"}, exitBadUsage, `--web.telemetry-path "/-/ready" is the exporter's own health probe`},
 		{[]string{"--command", "true", "--command.capabilities", "CAP_NOPE"}, exitBadUsage, `"CAP_NOPE" is not a capability`},
 		{[]string{"--command.capabilities", "CAP_SYS_ADMIN"}, exitBadUsage, "--command.capabilities goes with --command"},
 	} {

@@ -237,10 +237,16 @@ func (f *Flags) clientsVerdict(r *Report) (Status, string) {
 		}
 	}
 	if r.worst == nil {
+		held, unknown := false, false
 		for _, g := range r.Groups {
-			if len(g.Clients) > 0 {
-				return OK, "no per-client limit applies to the connections held"
-			}
+			held = held || len(g.Clients) > 0
+			unknown = unknown || len(g.Clients) > 0 && !g.NoLimit
+		}
+		switch {
+		case unknown:
+			return OK, "the per-client limit of the connections held is unknown: none judged"
+		case held:
+			return OK, "no per-client limit applies to the connections held"
 		}
 		return OK, "no client holds a connection"
 	}

@@ -150,7 +150,7 @@ func TestTheWorstVerdictWinsAndTheRestIsSaid(t *testing.T) {
 			Unknown, "nothing listens on port 8500: a wrong --port or --rpc.port, or the agent is down", "no client holds a connection"},
 		{"the limit unreadable, all else OK", withLimits(result(
 			group(collector.HTTP, 8500, 0, map[string]int{"10.0.0.5": 3})), unreadable),
-			Unknown, "connection refused", "no per-client limit applies"},
+			Unknown, "connection refused", "the per-client limit of the connections held is unknown: none judged"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := thresholds.Evaluate(tc.res)

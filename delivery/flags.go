@@ -44,6 +44,8 @@ func (f *WebFlags) Validate() error {
 	switch {
 	case !strings.HasPrefix(f.metricsPath, "/") || strings.ContainsAny(f.metricsPath, " \t\n{}"):
 		return fmt.Errorf("--web.telemetry-path %q: want a path starting with /, e.g. /metrics", f.metricsPath)
+	case slices.Contains(probePaths, f.metricsPath):
+		return fmt.Errorf("--web.telemetry-path %q is the exporter's own health probe: choose another, e.g. /metrics", f.metricsPath)
 	case f.maxRequests < 0:
 		return errors.New("--web.max-requests must be 0 or more")
 	case f.maxConnections < 1:

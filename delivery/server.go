@@ -29,6 +29,10 @@ const shutdownGrace = 5 * time.Second
 // result; one is made at start): probes that run no collection. Until ctx
 // is done; then it stops within shutdownGrace. name is the exporter's, for
 // its version metric.
+// probePaths are the health and readiness probes, served beside the
+// metrics: --web.telemetry-path may be neither.
+var probePaths = []string{"/-/healthy", "/-/ready"}
+
 func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFlags, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -39,10 +43,10 @@ func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFl
 	)
 	mux := http.NewServeMux()
 	mux.Handle(f.metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: f.maxRequests}))
-	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc(probePaths[0], func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "Healthy.\n")
 	})
-	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc(probePaths[1], func(w http.ResponseWriter, _ *http.Request) {
 		if !coll.Tried() {
 			http.Error(w, "Not ready: no collection made yet.", http.StatusServiceUnavailable)
 			return

@@ -3,11 +3,13 @@ package events
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 // Flags say how often the counts kept by the events are audited, and how
@@ -33,8 +35,12 @@ func AddFlags(app *kingpin.Application) *Flags {
 	return f
 }
 
-// Validate checks the flags.
-func (f *Flags) Validate() error {
+// Validate checks the flags, and the states (--states) the events would
+// count.
+func (f *Flags) Validate(states []socket.State) error {
+	if slices.Contains(states, socket.StateSynRecv) {
+		return errors.New("--source events cannot count --states syn-recv: a half-open connection is a request socket, whose changes the kernel does not trace; use --source netlink")
+	}
 	if f.AuditInterval < time.Second {
 		return errors.New("--events.audit-interval must be 1s or more: each audit walks the whole socket table")
 	}
