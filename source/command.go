@@ -2,8 +2,10 @@ package source
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
@@ -23,6 +25,9 @@ type Command struct {
 	// changes: a warning printed on every run (ss -e's "Failed to find
 	// cgroup2 mount" on a host without cgroup2) would be a line a second.
 	stderr changes.Tracker
+	// userCommand is --command's: one refused a permission is told which
+	// flag gives it back.
+	userCommand bool
 }
 
 // NewCommand reads the table r prints. implied is the state of rows printed
@@ -43,6 +48,10 @@ func (c *Command) Read(ctx context.Context, add func(socket.Socket), _ func()) e
 	table := newTable(c.parser, add)
 	out, err := c.runner.Run(ctx, table.read)
 	if err != nil {
+		var exit *runner.ExitError
+		if c.userCommand && errors.As(err, &exit) && deniedWords.MatchString(strings.Join(exit.Stderr, " ")) {
+			return fmt.Errorf("%w: --command may need a capability the exporter dropped at start; keep it with --command.capabilities (CAP_SYS_ADMIN for ip netns exec and nsenter)", err)
+		}
 		return err
 	}
 	name := c.runner.String()
@@ -53,6 +62,10 @@ func (c *Command) Read(ctx context.Context, add func(socket.Socket), _ func()) e
 		"command no longer writes to stderr", "command", name)
 	return nil
 }
+
+// deniedWords are how a command says the kernel refused it a permission
+// (strerror of EPERM and EACCES).
+var deniedWords = regexp.MustCompile(`(?i)operation not permitted|permission denied`)
 
 // table reads a command's output a line at a time and decides whether what
 // it read can be counted.

@@ -84,7 +84,9 @@ func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--command: %w", err)
 		}
-		return NewCommand(r, impliedState(r.Argv()), want.processes(), logger), nil
+		c := NewCommand(r, impliedState(r.Argv()), want.processes(), logger)
+		c.userCommand = true
+		return c, nil
 	case f.source == "command":
 		return nil, errors.New("--source command needs --command")
 	case f.source == "events" && want.processes():

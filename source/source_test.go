@@ -130,6 +130,19 @@ func TestCommandFailuresFailTheRead(t *testing.T) {
 	}
 }
 
+// A --command refused a permission (ip netns exec once the exporter has
+// dropped CAP_SYS_ADMIN) is told the flag that keeps it.
+func TestACommandRefusedAPermissionNamesTheFlagThatKeepsIt(t *testing.T) {
+	programs.NotShort(t, "starts programs")
+	f := &Flags{command: `sh -c 'echo "setting the network namespace \"consul\" failed: Operation not permitted" >&2; exit 255'`, commandTimeout: 10 * time.Second}
+	src, err := f.New(Want{Ports: []uint16{8500}, States: states}, discard)
+	require.NoError(t, err)
+	err = src.Read(context.Background(), func(socket.Socket) {}, func() {})
+	require.ErrorContains(t, err, "Operation not permitted")
+	assert.ErrorContains(t, err, "keep it with --command.capabilities")
+	assert.NotContains(t, err.Error(), "\n")
+}
+
 // The built-in reader and ss, each filtering in the kernel, read the same
 // sockets: IPv4, IPv6, v4-mapped, CLOSE-WAIT, and not an unwatched port.
 func TestBuiltInReaderReadsWhatSSReads(t *testing.T) {
