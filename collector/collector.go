@@ -122,7 +122,7 @@ type Collector struct {
 	// --source events), nil without.
 	events func(top int, limits []int) (events.Snapshot, error)
 	// refusals reads the refusals counted in the kernel, nil without.
-	refusals      func(top int) ([]refusals.Group, error)
+	refusals      func(top int) (refusals.Snapshot, error)
 	refusalsState changes.Tracker
 	// owners names the programs holding the connections.
 	owners owners.Lookup
@@ -166,7 +166,7 @@ func (c *Collector) CountFromEvents(src source.Source, read func(top int, limits
 }
 
 // CountRefusals has every collection carry the refusals read reads.
-func (c *Collector) CountRefusals(read func(top int) ([]refusals.Group, error)) {
+func (c *Collector) CountRefusals(read func(top int) (refusals.Snapshot, error)) {
 	c.refusals = read
 }
 
@@ -211,9 +211,11 @@ func (c *Collector) collect(ctx context.Context) Result {
 	if c.refusals != nil {
 		var err error
 		problem := ""
-		if res.Refusals, err = c.refusals(c.config.TopClients); err != nil {
+		snap, err := c.refusals(c.config.TopClients)
+		if err != nil {
 			problem = err.Error()
 		}
+		res.Refusals, res.RefusalsMissed = snap.Groups, snap.Missed
 		c.refusalsState.Log(c.logger, slog.LevelError, problem, "cannot read the refusals; their counters are absent", "the refusals can be read again")
 	}
 	if _, err := res.metrics(); err != nil {

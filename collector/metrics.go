@@ -130,6 +130,10 @@ var (
 		"consul_conn_exporter_events_missed_total",
 		"Changes of a socket the kernel skipped the events' program for (its recursion guard): each is audited before the next read.",
 		nil, nil)
+	refusalsMissedDesc = prometheus.NewDesc(
+		"consul_conn_exporter_refusals_missed_total",
+		"Changes of a socket, and resets, the kernel skipped the refusals' programs for (their recursion guard): each may have been a refusal not counted.",
+		nil, nil)
 	durationDesc = prometheus.NewDesc(
 		"consul_conn_exporter_collect_duration_seconds",
 		"Time the collection took, command included.",
@@ -146,7 +150,7 @@ func (r Result) Describe(ch chan<- *prometheus.Desc) {
 		}
 	}
 	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
-		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc} {
+		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc, refusalsMissedDesc} {
 		ch <- d
 	}
 }
@@ -259,6 +263,9 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 				counter(d.refusedPerClient, float64(c.Count), c.Client.String())
 			}
 		}
+	}
+	if r.Refusals != nil {
+		counter(refusalsMissedDesc, float64(r.RefusalsMissed))
 	}
 	if r.Events != nil {
 		gauge(eventsDriftDesc, float64(r.Events.Audit.Drift()))

@@ -43,6 +43,9 @@ type Result struct {
 	// Refusals are each group's refusals counted in the kernel since
 	// start, as in Groups; nil without --refusals.
 	Refusals []refusals.Group
+	// RefusalsMissed are the changes the kernel skipped the refusals'
+	// programs for since start (with Refusals).
+	RefusalsMissed uint64
 	// Listeners are who listens on the watched ports, and whose
 	// connections counted; nil where they are not known (a --command, or
 	// their read failed: ListenersErr says why).

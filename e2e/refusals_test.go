@@ -98,6 +98,10 @@ func TestRefusalsOfARealAgentAreCountedPerClient(t *testing.T) {
 	}
 	assert.Equal(t, float64(n), value(t, metrics, "consul_refused_http_connections_total"), "%v", refusedSeries())
 	assert.Equal(t, float64(n), value(t, metrics, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`))
+	// What the kernel skipped the programs for is exported (value fails
+	// the test where a series is absent): 0 here, or the counts above
+	// would lack it.
+	assert.Zero(t, value(t, metrics, "consul_conn_exporter_refusals_missed_total"))
 	for key := range metrics {
 		if strings.HasPrefix(key, "consul_refused_") {
 			assert.NotContains(t, key, "127.0.0.16", "served: never refused")

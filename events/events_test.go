@@ -325,8 +325,9 @@ func TestARefusalWhileTheClientHeldFewerThanTheLimitIsCountedApart(t *testing.T)
 	refuse("127.0.0.91") // 3 held besides it: at the limit
 	refuse("127.0.0.92") // 2 besides it, 3 with it: below
 	refuse("127.0.0.92")
-	groups, err := r.Snapshot(10)
+	snap, err := r.Snapshot(10)
 	require.NoError(t, err)
+	groups := snap.Groups
 	assert.Equal(t, uint64(3), groups[0].Total)
 	assert.Equal(t, uint64(2), groups[0].BelowLimit)
 }
@@ -419,8 +420,9 @@ func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
 	handshakeThenClose("127.0.0.98") // 1 besides it: served
 	handshakeThenClose("127.0.0.97")
 	clientFirst("127.0.0.97")
-	groups, err := r.Snapshot(10)
+	snap, err := r.Snapshot(10)
 	require.NoError(t, err)
+	groups := snap.Groups
 	assert.Equal(t, uint64(3), groups[0].Total)
 	require.Len(t, groups[0].Top, 1)
 	assert.Equal(t, "127.0.0.97", groups[0].Top[0].Client.String())

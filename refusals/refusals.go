@@ -170,10 +170,47 @@ type Group struct {
 	Top []tally.ClientCount
 }
 
+// Snapshot is the refusals counted since the programs were attached.
+type Snapshot struct {
+	// Groups are each group's, as Load was given them.
+	Groups []Group
+	// Missed are the changes of a socket, and the resets, the kernel
+	// skipped the programs for (their recursion guard: one in an interrupt
+	// of another's on the same CPU): each may have been a refusal not
+	// counted.
+	Missed uint64
+}
+
 // Snapshot reads each group's refusals, with its top busiest clients
 // (addresses unmapped, as the connection counts have them), and sweeps the
 // verdicts no reset can come for any more.
-func (c *Counter) Snapshot(top int) ([]Group, error) {
+func (c *Counter) Snapshot(top int) (Snapshot, error) {
+	missed, err := c.missed()
+	if err != nil {
+		return Snapshot{}, err
+	}
+	groups, err := c.groupsRead(top)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	return Snapshot{Groups: groups, Missed: missed}, c.sweep()
+}
+
+// missed sums the programs' recursion misses.
+func (c *Counter) missed() (uint64, error) {
+	var n uint64
+	for _, p := range []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset} {
+		stats, err := p.Stats()
+		if err != nil {
+			return 0, fmt.Errorf("reading the refusals' programs' statistics: %w", err)
+		}
+		n += stats.RecursionMisses
+	}
+	return n, nil
+}
+
+// groupsRead reads each group's refusals, with its top busiest clients.
+func (c *Counter) groupsRead(top int) ([]Group, error) {
 	groups := make([]Group, c.groups)
 	for g := range groups {
 		var t programTotal
@@ -199,7 +236,7 @@ func (c *Counter) Snapshot(top int) ([]Group, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the refusals: %w", err)
 	}
-	return groups, c.sweep()
+	return groups, nil
 }
 
 // sweep deletes the verdicts older than pendingFor. Those pending are few:

@@ -73,9 +73,9 @@ func load(t *testing.T, groups ...[]uint16) *Counter {
 
 func snapshot(t *testing.T, c *Counter) []Group {
 	t.Helper()
-	groups, err := c.Snapshot(10)
+	snap, err := c.Snapshot(10)
 	require.NoError(t, err)
-	return groups
+	return snap.Groups
 }
 
 func TestCountsEachRefusalOfWatchedPortsPerClient(t *testing.T) {
