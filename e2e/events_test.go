@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -58,6 +60,37 @@ func eventsExporter(t *testing.T, args ...string) string {
 	addr := freeAddr(t)
 	startServer(t, append([]string{binary, "--web.listen-address=" + addr, "--source", "events"}, args...)...)
 	return "http://" + addr + "/metrics"
+}
+
+// The exporter's programs are a BTF tracepoint and a TCP iterator, as its
+// links say (their fdinfo): no map-element iterator, which some security
+// policies refuse, and which would take the whole source down there.
+func TestEventsLinkNoMapElementIterator(t *testing.T) {
+	needEvents(t)
+	l := loopback.Listen(t, "127.0.0.1")
+	p := startServer(t, binary, "--web.listen-address="+freeAddr(t), "--source", "events", "--port", port(l))
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fdinfo", p.cmd.Process.Pid))
+	require.NoError(t, err)
+	var links []string
+	for _, fd := range fds {
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", p.cmd.Process.Pid, fd.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		var kind, target string
+		for _, line := range strings.Split(string(info), "\n") {
+			if k, v, ok := strings.Cut(line, ":\t"); ok && k == "link_type" {
+				kind = v
+			} else if ok && k == "target_name" {
+				target = v
+			}
+		}
+		if kind != "" {
+			links = append(links, strings.TrimSpace(kind+" "+target))
+		}
+	}
+	slices.Sort(links)
+	assert.Equal(t, []string{"iter tcp", "raw_tracepoint"}, links, "tp_btf attaches as a raw tracepoint")
 }
 
 // The counts the events keep equal a read of the table after every step:
