@@ -82,6 +82,7 @@ func start(s *setup) error {
 	}
 	if counts != nil {
 		s.collector.CountFromEvents(counts, counts.Snapshot)
+		s.limits.ExcludeOwn(counts) // its reads of the limits are not the agent's clients
 		s.source = counts.String()
 		interval, logger := s.events.AuditInterval, s.logger
 		s.audit = func(ctx context.Context) { counts.AuditEvery(ctx, interval, logger) }

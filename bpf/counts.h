@@ -74,7 +74,7 @@ struct socket_state {
 	__u8 over_limit; // OVER_LIMIT: it opened while its client held at least
 			 // the limit besides it, to be refused by the limiter's
 			 // rule; OVER_LIMIT_JUDGED once the refusals judged it
-	__u8 unused;
+	__u8 own; // the exporter's own connection to the agent: never counted
 };
 
 enum {

@@ -274,6 +274,31 @@ func TestEventsAgainstARealAgent(t *testing.T) {
 	assert.Equal(t, openCounts(res.metrics), openCounts(got), "the table's counts")
 }
 
+// The exporter's own reads of the limits from a real agent (--limit auto,
+// every second) are never among the agent's clients: no churn, no count,
+// no series of their address, while an agent's client's are all there.
+func TestEventsNeverCountTheExportersOwnReadsOfTheLimits(t *testing.T) {
+	needEvents(t)
+	agent := startConsul(t, "http_max_conns_per_client = 20", false)
+	t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
+	url := eventsExporter(t, "--port", agent.httpPort(), "--limit", "auto", "--limit.refresh", "1s")
+	require.Eventually(t, func() bool {
+		return scrape(t, url)["consul_http_max_conns_per_client"] == 20
+	}, 20*time.Second, 50*time.Millisecond, "the limit read from the agent")
+	const client = "127.0.0.113"
+	status, conn := request(t, agent.httpAddr, client)
+	require.Equal(t, http.StatusOK, status)
+	conn.Close()
+	got := scrape(t, url)
+	exactUnlessMissed(t, got, 1, "consul_opened_http_connections_total")
+	exactUnlessMissed(t, got, 1, `consul_opened_http_connections_per_client_total{client="`+client+`"}`)
+	host, _, err := net.SplitHostPort(agent.httpAddr)
+	require.NoError(t, err)
+	for key := range got {
+		assert.NotContains(t, key, `client="`+host+`"`, "the exporter's own address")
+	}
+}
+
 // Over HTTPS, Consul reads the TLS handshake before its 429, so the rule of
 // --refusals alone (closed having read nothing) counts none there. With
 // the events beside it, the limiter's own rule counts each: ten held from

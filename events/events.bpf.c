@@ -112,6 +112,33 @@ struct {
 	__type(value, struct group_totals);
 } totals SEC(".maps");
 
+// The local ports of the exporter's own connections to the agent (its
+// reads of the limits), host order: the server ends they reach are the
+// exporter's, never counted (their storage says so from their open on). It
+// adds each before it connects, and takes it off once closed.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u16);
+	__type(value, __u8);
+} own_ports SEC(".maps");
+
+// own says whether a server end is one of the exporter's own connections:
+// its client is on this host (at the server end's own address) at one of
+// the exporter's ports.
+static __always_inline bool own(const struct sock_common *skc)
+{
+	if (skc->skc_family == AF_INET6) {
+		for (int i = 0; i < 4; i++)
+			if (skc->skc_v6_daddr.in6_u.u6_addr32[i] != skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i])
+				return false;
+	} else if (skc->skc_daddr != skc->skc_rcv_saddr) {
+		return false;
+	}
+	__u16 port = bpf_ntohs(skc->skc_dport);
+	return bpf_map_lookup_elem(&own_ports, &port);
+}
+
 static __always_inline bool watched(int state)
 {
 	return state >= 0 && state < 32 && (watched_states & (1U << state));
@@ -315,11 +342,20 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	struct group_totals *t = bpf_map_lookup_elem(&totals, &group);
 	if (!t)
 		return 0;
-	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, is ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	// Storage is made at the open; a socket without it was open before
+	// the census found it, which counts it.
+	bool opens = !was && is;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, opens ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 	if (!st) {
-		if (is)
+		if (opens)
 			t->lost++;
-		return 0; // leaving, never counted: open before the census found it
+		return 0;
+	}
+	if (st->own)
+		return 0;
+	if (opens && own(&sk->__sk_common)) {
+		st->own = 1; // the exporter's own: never counted, whatever it does next
+		return 0;
 	}
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, &key);
@@ -415,6 +451,10 @@ int census(struct bpf_iter__tcp *ctx)
 	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
 		t->lost++;
+		return 0;
+	}
+	if (st->own || (!st->counted && own(skc))) {
+		st->own = 1;
 		return 0;
 	}
 	__u32 now_in = generation;

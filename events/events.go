@@ -389,3 +389,18 @@ func (c *Counter) totals() ([]programGroupTotals, error) {
 	}
 	return sums, nil
 }
+
+// Own tells the programs that the exporter connects to the agent from
+// local port: the server end it reaches is the exporter's own (its reads
+// of the limits), and is never counted. Tell it before connecting.
+func (c *Counter) Own(port uint16) error {
+	if err := c.objs.OwnPorts.Put(port, uint8(1)); err != nil {
+		return fmt.Errorf("telling the kernel's events of the exporter's own connection: %w", err)
+	}
+	return nil
+}
+
+// Disown takes back Own, once the connection is closed.
+func (c *Counter) Disown(port uint16) {
+	c.objs.OwnPorts.Delete(port) // gone already, or never put: nothing to take back
+}

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
@@ -561,4 +563,54 @@ func TestTheProgramsAreATracepointAndATCPIterator(t *testing.T) {
 	}
 	assert.Equal(t, map[string]string{"changed": "tp_btf/inet_sock_set_state", "census": "iter/tcp"}, kinds)
 	assert.NoError(t, policy.MapElementIterators.Load(spec))
+}
+
+// The exporter's own connections to the agent (its reads of the limits)
+// are never counted: a connection from a port it owns, bound and told of
+// before the connect as the limits' reads do, is in no count, no churn and
+// no client's entry, whatever it does next, once the port is disowned too;
+// nor does a census count it.
+func TestTheExportersOwnConnectionsAreNeverCounted(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := loaded(t, []uint16{l.Port()})
+	var port uint16
+	d := net.Dialer{Control: func(_, _ string, raw syscall.RawConn) error {
+		var err error
+		if cerr := raw.Control(func(fd uintptr) {
+			if err = unix.Bind(int(fd), &unix.SockaddrInet4{}); err != nil {
+				return
+			}
+			var local unix.Sockaddr
+			if local, err = unix.Getsockname(int(fd)); err == nil {
+				port = uint16(local.(*unix.SockaddrInet4).Port)
+			}
+		}); cerr != nil {
+			return cerr
+		}
+		if err != nil {
+			return err
+		}
+		return c.Own(port)
+	}}
+	theirs := loopback.Open(t, l, "127.0.0.1", 1)
+	own, err := d.Dial("tcp4", l.Addr().String()) // left unaccepted: its server end is open all the same
+	require.NoError(t, err)
+	require.Len(t, table(t, l.Port()), 2, "both open")
+
+	rows := counted(t, c)
+	require.Len(t, rows, 1, "the agent's client's alone")
+	assert.NotContains(t, rows[0], fmt.Sprintf(":%d", port))
+	assert.Equal(t, uint64(1), snapshotOf(t, c).Groups[0].Opened)
+
+	require.NoError(t, own.Close()) // its server end to CLOSE-WAIT, then disowned
+	c.Disown(port)
+	found, err := c.Census()
+	require.NoError(t, err)
+	assert.Zero(t, found.Drift(), "the census does not count it either")
+	assert.Len(t, counted(t, c), 1)
+	closeAs(t, "agent", theirs[0])
+	g := snapshotOf(t, c).Groups[0]
+	assert.Equal(t, uint64(1), g.Opened)
+	assert.Equal(t, [3]uint64{1, 0, 0}, g.Closed, "the agent's client's close alone")
+	assert.Empty(t, counted(t, c))
 }

@@ -66,7 +66,7 @@ type programSocketState struct {
 	Counted    uint8
 	State      uint8
 	OverLimit  uint8
-	Unused     uint8
+	Own        uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -77,6 +77,7 @@ const (
 	programMapConnections      = "connections"
 	programMapGroups           = "groups"
 	programMapLimits           = "limits"
+	programMapOwnPorts         = "own_ports"
 	programMapSockets          = "sockets"
 	programMapTotals           = "totals"
 	programProgCensus          = "census"
@@ -145,6 +146,7 @@ type programMapSpecs struct {
 	Connections *ebpf.MapSpec `ebpf:"connections"`
 	Groups      *ebpf.MapSpec `ebpf:"groups"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
+	OwnPorts    *ebpf.MapSpec `ebpf:"own_ports"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
 }
@@ -187,6 +189,7 @@ type programMaps struct {
 	Connections *ebpf.Map `ebpf:"connections"`
 	Groups      *ebpf.Map `ebpf:"groups"`
 	Limits      *ebpf.Map `ebpf:"limits"`
+	OwnPorts    *ebpf.Map `ebpf:"own_ports"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
 }
@@ -197,6 +200,7 @@ func (m *programMaps) Close() error {
 		m.Connections,
 		m.Groups,
 		m.Limits,
+		m.OwnPorts,
 		m.Sockets,
 		m.Totals,
 	)

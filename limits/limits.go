@@ -17,9 +17,12 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/bodylimit"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
@@ -73,6 +76,10 @@ type Source struct {
 	agent  *api.Config
 	logger *slog.Logger
 
+	// own, where set, is told of each of the exporter's connections to the
+	// agent, which the kernel's events then never count.
+	own atomic.Pointer[OwnConnections]
+
 	first     sync.Once
 	mu        sync.Mutex
 	snapshot  Snapshot
@@ -98,9 +105,8 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	// per-client slots between reads.
 	config := api.DefaultNonPooledConfig()
 	agent.over(config)
-	dial := config.Transport.DialContext
 	config.Transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := dial(ctx, network, addr)
+		conn, err := s.dial(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
@@ -115,6 +121,118 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	config.HttpClient = client
 	s.agent = config
 	return s, nil
+}
+
+// OwnConnections are told the local port of each of the exporter's
+// connections to the agent before it connects, and once it is closed: the
+// kernel's events (--source events) never count them.
+type OwnConnections interface {
+	Own(port uint16) error
+	Disown(port uint16)
+}
+
+// ExcludeOwn has every read of the limits from now on tell own of its
+// connection.
+func (s *Source) ExcludeOwn(own OwnConnections) { s.own.Store(&own) }
+
+// dialer is how the api package dials (its DefaultNonPooledConfig's).
+var dialer = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+
+// dial connects to the agent: where the exporter's own connections are to
+// be told of (ExcludeOwn), from a port bound first and told of before the
+// connect, and taken back once closed or failed.
+func (s *Source) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	own := s.own.Load()
+	if own == nil {
+		return dialer.DialContext(ctx, network, addr)
+	}
+	var (
+		mu    sync.Mutex
+		ports []uint16 // one per address tried
+	)
+	d := dialer
+	d.Control = func(network, _ string, raw syscall.RawConn) error {
+		port, err := bindAnyPort(network, raw)
+		if err != nil || port == 0 {
+			return err // a unix socket has no port
+		}
+		mu.Lock()
+		ports = append(ports, port)
+		mu.Unlock()
+		return (*own).Own(port)
+	}
+	conn, err := d.DialContext(ctx, network, addr)
+	var kept uint16
+	if err == nil {
+		if local, ok := conn.LocalAddr().(*net.TCPAddr); ok {
+			kept = uint16(local.Port)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, p := range ports {
+		if p != kept {
+			(*own).Disown(p)
+		}
+	}
+	if err != nil || kept == 0 {
+		return conn, err
+	}
+	return &disowned{Conn: conn, disown: func() { (*own).Disown(kept) }}, nil
+}
+
+// bindAnyPort binds a TCP socket about to connect to a port of the
+// kernel's choosing, as the connect would, and says which: known before the
+// connection is.
+func bindAnyPort(network string, raw syscall.RawConn) (uint16, error) {
+	var wildcard unix.Sockaddr
+	switch network {
+	case "tcp4":
+		wildcard = &unix.SockaddrInet4{}
+	case "tcp6":
+		wildcard = &unix.SockaddrInet6{}
+	default:
+		return 0, nil
+	}
+	var (
+		port uint16
+		err  error
+	)
+	if cerr := raw.Control(func(fd uintptr) {
+		if err = unix.Bind(int(fd), wildcard); err != nil {
+			return
+		}
+		var local unix.Sockaddr
+		if local, err = unix.Getsockname(int(fd)); err != nil {
+			return
+		}
+		switch a := local.(type) {
+		case *unix.SockaddrInet4:
+			port = uint16(a.Port)
+		case *unix.SockaddrInet6:
+			port = uint16(a.Port)
+		}
+	}); cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("binding the connection to the agent: %w", err)
+	}
+	return port, nil
+}
+
+// disowned is a connection of the exporter's own that takes its port back
+// from OwnConnections once closed.
+type disowned struct {
+	net.Conn
+	disown func()
+	once   sync.Once
+}
+
+func (c *disowned) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.disown)
+	return err
 }
 
 // over puts what the flags say over what the environment said in config:

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -244,4 +245,63 @@ func TestTheAgentsFlagsWinOverTheEnvironment(t *testing.T) {
 	require.True(t, snap.ReadOK, "%v", snap.ReadErr)
 	assert.Equal(t, 150, snap.HTTP)
 	assert.Equal(t, "from-the-file", seen.Load())
+}
+
+// ownPorts records what the reads tell of their connections.
+type ownPorts struct {
+	mu    sync.Mutex
+	owned map[uint16]bool
+}
+
+func (o *ownPorts) Own(port uint16) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.owned[port] = true
+	return nil
+}
+
+func (o *ownPorts) Disown(port uint16) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.owned, port)
+}
+
+func (o *ownPorts) has(port uint16) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.owned[port]
+}
+
+// Each connection of a read is told of from the port it connects from
+// before the agent can see it, and taken back once closed, or failed.
+func TestEachReadsConnectionIsToldOfBeforeItConnectsAndTakenBackOnceClosed(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	own := &ownPorts{owned: map[uint16]bool{}}
+	ownedAtAccept := make(chan bool, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			ownedAtAccept <- false
+			return
+		}
+		defer conn.Close()
+		ownedAtAccept <- own.has(uint16(conn.RemoteAddr().(*net.TCPAddr).Port))
+	}()
+	s := &Source{}
+	s.ExcludeOwn(own)
+	conn, err := s.dial(context.Background(), "tcp", ln.Addr().String())
+	require.NoError(t, err)
+	assert.True(t, <-ownedAtAccept, "told of before the agent accepted it")
+	port := uint16(conn.LocalAddr().(*net.TCPAddr).Port)
+	assert.True(t, own.has(port))
+	require.NoError(t, conn.Close())
+	assert.False(t, own.has(port), "taken back once closed")
+
+	closedPort := ln.Addr().String()
+	ln.Close()
+	_, err = s.dial(context.Background(), "tcp", closedPort)
+	require.Error(t, err)
+	assert.Empty(t, own.owned, "a failed connection's port taken back")
 }

@@ -37,7 +37,7 @@ type programSocketState struct {
 	Counted    uint8
 	State      uint8
 	OverLimit  uint8
-	Unused     uint8
+	Own        uint8
 }
 
 type programTotal struct {
