@@ -77,7 +77,7 @@ func newGroupDescs(l *Limiter) groupDescs {
 			"How long the "+what+" connections closed since the exporter started were open (those open before it are not in it).",
 			nil, nil),
 		lost: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_lost_total",
-			what+" connections the kernel's connections map (--events.keys) was too full to count: until an audit finds room for them, the counts lack them (0 when the counts are exact).",
+			what+" connections the kernel's connections map (--events.keys) was too full to count, each time it could not (at the open, and at each audit that finds it): until an audit finds room, the counts lack them (0 when the counts are exact).",
 			nil, nil),
 		unfollowed: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_unfollowed_total",
 			what+" connections counted whose client the kernel's clients map (--events.keys) was too full to follow: that client's churn, peak and time at the limit lack them (0 when they are exact).",

@@ -75,6 +75,29 @@ func TestTheExporterAndEveryProgramItRunsKeepOnlyWhatTheirModeNeeds(t *testing.T
 	}
 }
 
+// A --command that needs a capability the exporter drops at start (ip
+// netns exec, without --command.capabilities) fails naming the flag that
+// keeps it; with the flag, it reads the namespace's table.
+func TestACommandRefusedACapabilityNamesTheFlagThatKeepsIt(t *testing.T) {
+	programs.NeedRoot(t, "make a network namespace")
+	ip := programs.Need(t, "ip", "apt-get install iproute2")
+	programs.Need(t, "ss", "apt-get install iproute2")
+	namespace := fmt.Sprintf("ccx-denied-%d", os.Getpid())
+	out, err := exec.Command(ip, "netns", "add", namespace).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	t.Cleanup(func() { exec.Command(ip, "netns", "delete", namespace).Run() })
+	command := ip + " netns exec " + namespace + " ss -Htan"
+
+	res := exporter(t, t.TempDir(), "--once", "--command", command)
+	assert.NotZero(t, res.exit)
+	assert.Contains(t, res.stderr, "Operation not permitted")
+	assert.Contains(t, res.stderr, "keep it with --command.capabilities")
+
+	res = exporter(t, t.TempDir(), "--once", "--command", command, "--command.capabilities", "CAP_SYS_ADMIN")
+	assert.Zero(t, res.exit, res.stderr)
+	assert.NotContains(t, res.stderr, "--command.capabilities")
+}
+
 // A user other than root given CAP_BPF and CAP_PERFMON (systemd's
 // AmbientCapabilities=) keeps none of them past the start, nor do the
 // programs it runs.

@@ -77,6 +77,8 @@ func TestCheckIsUnknownWhenAnAutoLimitCannotBeReadAndStillShowsTheCounts(t *test
 	assert.Contains(t, res.stdout, "  127.0.0.10  9 ")
 	assert.True(t, strings.HasPrefix(lastLine(res.stdout), "UNKNOWN: reading the limits from the Consul agent: "), res.stdout)
 	assert.Contains(t, lastLine(res.stdout), "connection refused")
+	assert.Contains(t, res.stdout, "the per-client limit of the connections held is unknown: none judged")
+	assert.NotContains(t, res.stdout, "no per-client limit applies", "a limit not known is not no limit")
 }
 
 func TestCheckJSONReadsBack(t *testing.T) {

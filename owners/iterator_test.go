@@ -46,7 +46,7 @@ func TestTheKernelsListNamesWhatTheWalkOfProcNames(t *testing.T) {
 	inodes := append(socketInodes(t, l.(*net.TCPListener), client.(*net.TCPConn), server.(*net.TCPConn)), 1<<62)
 
 	it, err := LoadIterator(btf.NewCache())
-	require.NoError(t, err)
+	programs.Loaded(t, err)
 	defer it.Close()
 	require.NoError(t, it.Check())
 	fromKernel, fromProc := want(inodes...), want(inodes...)

@@ -66,7 +66,7 @@ func load(t *testing.T, groups ...[]uint16) *Counter {
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
 	c, err := Load(btf.NewCache(), groups, nil)
-	require.NoError(t, err)
+	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
 }
