@@ -319,6 +319,38 @@ func TestEventsAFullMapAtTheAuditZeroesNoCount(t *testing.T) {
 		"the ones past the map, again at each audit that finds them")
 }
 
+// Clients gone are dropped from the kernel's clients at the audit after a
+// read (their per-client series go), their churn kept in the totals; a
+// client that still holds stays.
+func TestEventsDropTheClientsGoneAndKeepTheirChurnInTheTotals(t *testing.T) {
+	needEvents(t)
+	l := loopback.Listen(t, "127.0.0.1")
+	url := eventsExporter(t, "--port", port(l), "--events.audit-interval", "1s", "--clients.top", "20")
+	const gone = 10
+	for i := range gone {
+		portopener.CloseAll(loopback.Open(t, l, fmt.Sprintf("127.0.5.%d", i+1), 1))
+	}
+	loopback.Open(t, l, "127.0.6.1", 2)
+	perClient := func(metrics map[string]float64) (clients []string) {
+		for key := range metrics {
+			if strings.HasPrefix(key, "consul_opened_http_connections_per_client_total{") {
+				clients = append(clients, key)
+			}
+		}
+		return clients
+	}
+	got := scrape(t, url)
+	exactUnlessMissed(t, got, gone+2, "consul_opened_http_connections_total")
+	require.Len(t, perClient(got), gone+1, "every client, before an audit")
+	require.Eventually(t, func() bool {
+		got = scrape(t, url) // each read starts an epoch: the audit after it drops them
+		return len(perClient(got)) == 1
+	}, 20*time.Second, 100*time.Millisecond, "the clients gone dropped")
+	assert.Equal(t, []string{`consul_opened_http_connections_per_client_total{client="127.0.6.1"}`}, perClient(got))
+	exactUnlessMissed(t, got, gone+2, "consul_opened_http_connections_total")
+	assert.Equal(t, 2.0, value(t, got, `consul_open_http_connections_per_client{client="127.0.6.1"}`))
+}
+
 // Over HTTPS, Consul reads the TLS handshake before its 429, so the rule of
 // --refusals alone (closed having read nothing) counts none there. With
 // the events beside it, the limiter's own rule counts each: ten held from
