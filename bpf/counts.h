@@ -99,11 +99,13 @@ enum {
 // held is its count in its group per generation as the connections' (the
 // one a census moves from, the one it moves to), in one word, so that one
 // atomic add changes a count, moves it between generations, and reads both
-// as they were: bits 0-31 generation 0's, 32-62 generation 1's, each plus
-// HELD_BIAS so that neither borrows from the other; bit 63 once the entry
-// is dropped (an add that finds it set was made on an entry gone). Once a
-// census is over, what the old generation still holds is of connections
-// gone, and the census's last call drops it (events/events.bpf.c).
+// as they were: bits 0-23 generation 0's, 24-47 generation 1's, each plus
+// HELD_BIAS so that neither borrows from the other; bit 48 once the entry
+// is dropped (an add that finds it set was made on an entry gone); bits
+// 49-63 a version every change of the count adds one to (its carry out of
+// the word is lost, so it wraps). Once a census is over, what the old
+// generation still holds is of connections gone, and the census's last
+// call drops it (events/events.bpf.c).
 //
 // The peaks are per epoch, two by its last bit (the one being made, the
 // one being read), each an epoch << 32 | a count, changed as one by
@@ -116,23 +118,28 @@ struct client_state {
 	__u64 begin[2];
 	__u64 peak[2];
 	__u32 at_limit; // 1 while counted in its group's clients at the limit
-	__u32 unused;
+	__u32 idle;	// the held word's version | IDLE, where a census last
+			// found the client holding nothing: dropped at the next
+			// census that finds the word unchanged
 };
 
-#define HELD_BIAS (1ULL << 30)
-#define HELD_NONE (HELD_BIAS | HELD_BIAS << 32) // an entry that holds nothing
-#define HELD_DROPPED (1ULL << 63)
+#define HELD_BIAS (1ULL << 23)
+#define HELD_COUNTS ((1ULL << 48) - 1)
+#define HELD_NONE (HELD_BIAS | HELD_BIAS << 24) // both counts 0
+#define HELD_DROPPED (1ULL << 48)
+#define HELD_CHANGE (1ULL << 49) // one more version
+#define IDLE (1U << 31)
 
 // held_delta is what adds n to a client's count in generation gen.
 static __always_inline __u64 held_delta(__u32 gen, __s64 n)
 {
-	return (__u64)n << ((gen & 1) * 32);
+	return (__u64)n << ((gen & 1) * 24);
 }
 
 // held_in is a client's count in generation gen, from its held word.
 static __always_inline __s64 held_in(__u64 held, __u32 gen)
 {
-	return (__s64)((held >> ((gen & 1) * 32)) & 0x7fffffff) - (__s64)HELD_BIAS;
+	return (__s64)((held >> ((gen & 1) * 24)) & 0xffffff) - (__s64)HELD_BIAS;
 }
 
 // held_count is a client's count, both generations: 0 for an entry dropped.

@@ -241,10 +241,12 @@ static __always_inline struct client_state *follow(__u32 group, const __u8 clien
 	struct client_state *c = client_of(group, client, t);
 	if (!c)
 		return NULL;
+	delta += HELD_CHANGE;
 	__u64 word = __sync_fetch_and_add(&c->held, delta);
 	if (word & HELD_DROPPED) {
 		// Dropped by a census between the lookup and the add (it held
-		// nothing): the add is made again, on the entry made anew.
+		// nothing since the census before): the add is made again, on
+		// the entry made anew.
 		c = client_of(group, client, t);
 		if (!c)
 			return NULL;
@@ -404,11 +406,13 @@ struct settling {
 // settle runs on every client once the census has moved every socket: what
 // the old generation still holds is of connections gone, and no event
 // writes it any more; it is dropped, so that the next census, which moves
-// the counts into it, finds it empty. A client that then holds nothing,
-// and whose count did not change in this epoch of the peaks (its peak is
-// 0), is dropped: its churn lives on in the totals. An event that took the
-// entry before the drop finds its add made on a dropped one (follow), and
-// makes it again.
+// the counts into it, finds it empty. A client that holds nothing, whose
+// count did not change in this epoch of the peaks (its peak is 0) nor at
+// all since the census before found it so (the word's version is the
+// same), is dropped: its churn lives on in the totals. Every event that
+// changed it is then an audit's interval old, its bookkeeping long done;
+// one that took the entry before the drop finds its add made on a dropped
+// one (follow), and makes it again.
 static long settle(struct bpf_map *map, struct client_key *key, struct client_state *c, struct settling *s)
 {
 	__u64 held = c->held;
@@ -417,9 +421,16 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	__s64 stale = held_in(held, s->old);
 	if (stale)
 		held = __sync_fetch_and_add(&c->held, held_delta(s->old, -stale)) + held_delta(s->old, -stale);
-	if (held != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch)
+	if ((held & HELD_COUNTS) != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch) {
+		c->idle = 0;
 		return 0;
-	if (__sync_val_compare_and_swap(&c->held, HELD_NONE, HELD_DROPPED) == HELD_NONE)
+	}
+	__u32 idle = (__u32)(held >> 49) | IDLE;
+	if (c->idle != idle) {
+		c->idle = idle; // holding nothing, since this version: dropped at the next census if still so
+		return 0;
+	}
+	if (__sync_val_compare_and_swap(&c->held, held, held | HELD_DROPPED) == held)
 		bpf_map_delete_elem(&clients_held, key);
 	return 0;
 }

@@ -190,14 +190,14 @@ func (c *Counter) peak(key programClientKey, state programClientState, ended uin
 }
 
 // heldCount is a client's count from its held word, as bpf/counts.h's
-// held_count reads it: two generations' counts, each plus a bias, and a
-// bit for an entry dropped.
+// held_count reads it: two generations' counts of 24 bits, each plus a
+// bias, a bit for an entry dropped, and a version above.
 func heldCount(word uint64) int {
-	const bias, dropped = 1 << 30, 1 << 63
+	const bias, dropped = 1 << 23, 1 << 48
 	if word&dropped != 0 {
 		return 0
 	}
-	return int(word&0x7fffffff) - bias + int(word>>32&0x7fffffff) - bias
+	return int(word&0xffffff) - bias + int(word>>24&0xffffff) - bias
 }
 
 func epochOf(slot uint64) uint32 { return uint32(slot >> 32) }

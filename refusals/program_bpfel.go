@@ -27,7 +27,7 @@ type programClientState struct {
 	Begin   [2]uint64
 	Peak    [2]uint64
 	AtLimit uint32
-	Unused  uint32
+	Idle    uint32
 }
 
 type programSocketState struct {

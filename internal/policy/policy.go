@@ -1,8 +1,9 @@
 // Package policy stands in, for the tests, for a host whose security policy
 // (an LSM) refuses some kinds of kernel programs, as hosts in the field do
-// (map-element iterators, above all): the kernel here cannot be made to
-// refuse them (it loads no BPF LSM program), so a test loads the exporter's
-// programs through the refusal such a kernel gives.
+// (map-element iterators, above all, as machines this was built on do):
+// a test cannot make a kernel refuse them (that takes a BPF LSM program,
+// which such hosts refuse too), so on any host a test loads the
+// exporter's programs through the refusal such a kernel gives.
 package policy
 
 import (
