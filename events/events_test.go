@@ -31,12 +31,18 @@ var held = []socket.State{socket.StateEstablished, socket.StateCloseWait}
 
 func loaded(t *testing.T, groups ...[]uint16) *Counter {
 	t.Helper()
+	return loadedWith(t, 1<<16, groups...)
+}
+
+// loadedWith loads the programs with maps of keys keys.
+func loadedWith(t *testing.T, keys int, groups ...[]uint16) *Counter {
+	t.Helper()
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
 	// On a host whose policy refuses map-element iterators, as some do:
 	// every test of the counts runs there.
-	c, err := load(btf.NewCache(), groups, held, 1<<16, policy.MapElementIterators.Load)
+	c, err := load(btf.NewCache(), groups, held, keys, policy.MapElementIterators.Load)
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
@@ -439,13 +445,8 @@ func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
 // were (a full map at the audit zeroes no count). Once connections close,
 // the censuses make room, and count every one.
 func TestConnectionsAFullMapCannotCountAreCountedAsLostAndAFullMapZeroesNoCount(t *testing.T) {
-	programs.NotShort(t, "loads a kernel program")
-	programs.NeedRoot(t, "load a kernel program")
-	programs.NeedBTF(t)
 	l := loopback.Listen(t, "127.0.0.1")
-	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, minKeys, policy.MapElementIterators.Load)
-	programs.Loaded(t, err)
-	t.Cleanup(c.Close)
+	c := loadedWith(t, minKeys, []uint16{l.Port()})
 	const clients = minKeys + 20 // each from an address of its own: a key each
 	var pairs []portopener.Pair
 	for i := range clients {
@@ -481,13 +482,8 @@ func TestConnectionsAFullMapCannotCountAreCountedAsLostAndAFullMapZeroesNoCount(
 // room it is followed, and one dropped that comes back is counted from its
 // first.
 func TestClientsThatHoldNothingAreDroppedAtTheAudit(t *testing.T) {
-	programs.NotShort(t, "loads a kernel program")
-	programs.NeedRoot(t, "load a kernel program")
-	programs.NeedBTF(t)
 	l := loopback.Listen(t, "127.0.0.1")
-	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, minKeys, policy.MapElementIterators.Load)
-	programs.Loaded(t, err)
-	t.Cleanup(c.Close)
+	c := loadedWith(t, minKeys, []uint16{l.Port()})
 	clients := func() map[string]int {
 		var (
 			key   programClientKey
