@@ -223,6 +223,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--web.telemetry-path", ""},
 		{"--web.telemetry-path", "metrics"},
 		{"--web.telemetry-path", "/ metrics"},
+		{"--web.telemetry-path", "/-/healthy"}, // the health probe's: was a panic
 		{"--web.max-connections", "0"},
 		{"--limit", "abc"},
 		{"--rpc.limit", "-1"},
@@ -238,6 +239,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--source", "proc"},
 		{"--source", "netlink", "--command", "ss -tan"},
 		{"--source", "command"},
+		{"--source", "events", "--states", "established,syn-recv"},
 		{"--push.url", "ftp://gateway:9091"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
@@ -247,6 +249,15 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 			assert.Nil(t, res.metrics)
 		})
 	}
+}
+
+// A typo before check, with what may be its value, is check's usage error:
+// exit 3 (UNKNOWN), one line.
+func TestATypoBeforeCheckExitsThree(t *testing.T) {
+	res := runExporter(t, "", []string{binary}, "--clients.toop", "5", "check")
+	assert.Equal(t, 3, res.exit, res.stderr)
+	assert.Contains(t, res.stderr, "unknown long flag '--clients.toop'")
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %q", res.stderr)
 }
 
 func TestMissingTextfileDirectoryIsCreated(t *testing.T) {
