@@ -23,6 +23,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loaderr"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
@@ -274,8 +275,24 @@ func walk(it *link.Iter) error {
 		return err
 	}
 	defer r.Close()
-	_, err = io.Copy(io.Discard, r)
-	return err
+	return drain(r)
+}
+
+// drain reads r to its end. The kernel stops a read of an iterator that
+// wrote nothing after a million objects (a socket table that large) with
+// EAGAIN, having kept its place: the next read goes on from there.
+func drain(r io.Reader) error {
+	buf := make([]byte, 4096)
+	for {
+		_, err := r.Read(buf)
+		switch {
+		case err == io.EOF:
+			return nil
+		case errors.Is(err, unix.EAGAIN):
+		case err != nil:
+			return err
+		}
+	}
 }
 
 // dropGeneration deletes the counts of generation gen (only those at 0

@@ -3,12 +3,15 @@ package events
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/cilium/ebpf/btf"
@@ -612,4 +615,25 @@ func TestTheExportersOwnConnectionsAreNeverCounted(t *testing.T) {
 	assert.Equal(t, uint64(1), g.Opened)
 	assert.Equal(t, [3]uint64{1, 0, 0}, g.Closed, "the agent's client's close alone")
 	assert.Empty(t, counted(t, c))
+}
+
+// pausing is an iterator's read as the kernel makes it past a million
+// objects that wrote nothing: EAGAIN, then on from where it stopped.
+type pausing struct{ pauses, reads int }
+
+func (p *pausing) Read([]byte) (int, error) {
+	p.reads++
+	if p.reads <= p.pauses {
+		return 0, &os.PathError{Op: "read", Path: "iter", Err: unix.EAGAIN}
+	}
+	return 0, io.EOF
+}
+
+// A census of a table past a million sockets reads on through the kernel's
+// pauses to the end; another error ends it.
+func TestACensusReadsOnThroughTheKernelsPauses(t *testing.T) {
+	p := &pausing{pauses: 3}
+	require.NoError(t, drain(p))
+	assert.Equal(t, 4, p.reads)
+	assert.ErrorIs(t, drain(iotest.ErrReader(unix.EBADF)), unix.EBADF)
 }
