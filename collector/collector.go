@@ -209,7 +209,6 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.ProcessesKnown = res.ProcessesWhy == ""
 	}
 	if c.refusals != nil {
-		var err error
 		problem := ""
 		snap, err := c.refusals(c.config.TopClients)
 		if err != nil {

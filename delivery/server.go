@@ -19,6 +19,10 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 )
 
+// probePaths are the health and readiness probes, served beside the
+// metrics: --web.telemetry-path may be neither.
+var probePaths = []string{"/-/healthy", "/-/ready"}
+
 // shutdownGrace bounds how long a stop waits for scrapes under way, even
 // for a client that never reads its answer.
 const shutdownGrace = 5 * time.Second
@@ -29,10 +33,6 @@ const shutdownGrace = 5 * time.Second
 // result; one is made at start): probes that run no collection. Until ctx
 // is done; then it stops within shutdownGrace. name is the exporter's, for
 // its version metric.
-// probePaths are the health and readiness probes, served beside the
-// metrics: --web.telemetry-path may be neither.
-var probePaths = []string{"/-/healthy", "/-/ready"}
-
 func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFlags, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
