@@ -136,6 +136,13 @@ static __always_inline __u64 held_delta(__u32 gen, __s64 n)
 	return (__u64)n << ((gen & 1) * 24);
 }
 
+// held_move is what moves one of a client's count from generation from to
+// generation to.
+static __always_inline __u64 held_move(__u32 from, __u32 to)
+{
+	return held_delta(to, 1) + held_delta(from, -1);
+}
+
 // held_in is a client's count in generation gen, from its held word.
 static __always_inline __s64 held_in(__u64 held, __u32 gen)
 {

@@ -123,10 +123,9 @@ struct {
 	__type(value, __u8);
 } own_ports SEC(".maps");
 
-// own says whether a server end is one of the exporter's own connections:
-// its client is on this host (at the server end's own address) at one of
-// the exporter's ports.
-static __always_inline bool own(const struct sock_common *skc)
+// own_port says whether a server end's client is on this host (at the
+// server end's own address) at one of the exporter's ports.
+static __always_inline bool own_port(const struct sock_common *skc)
 {
 	if (skc->skc_family == AF_INET6) {
 		for (int i = 0; i < 4; i++)
@@ -137,6 +136,16 @@ static __always_inline bool own(const struct sock_common *skc)
 	}
 	__u16 port = bpf_ntohs(skc->skc_dport);
 	return bpf_map_lookup_elem(&own_ports, &port);
+}
+
+// own says whether a server end is one of the exporter's own connections,
+// as its storage says from its open on; fresh is a socket not counted yet,
+// which its port may make the exporter's.
+static __always_inline bool own(struct socket_state *st, const struct sock_common *skc, bool fresh)
+{
+	if (!st->own && fresh && own_port(skc))
+		st->own = 1; // never counted, whatever it does next
+	return st->own;
 }
 
 static __always_inline bool watched(int state)
@@ -353,12 +362,8 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 			t->lost++;
 		return 0;
 	}
-	if (st->own)
+	if (own(st, &sk->__sk_common, opens))
 		return 0;
-	if (opens && own(&sk->__sk_common)) {
-		st->own = 1; // the exporter's own: never counted, whatever it does next
-		return 0;
-	}
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, &key);
 	bool counted = st->counted, full;
@@ -375,7 +380,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 			return 0; // from one watched state to another: the client's count is the same
 		now = bpf_ktime_get_ns();
 		if (counted) {
-			follow(group, key.client, t, held_delta(now_in, 1) + held_delta(counted_in, -1), 0, now, &full);
+			follow(group, key.client, t, held_move(counted_in, now_in), 0, now, &full);
 			return 0;
 		}
 		struct client_state *c = follow(group, key.client, t, held_delta(now_in, 1), 1, now, &full);
@@ -464,10 +469,8 @@ int census(struct bpf_iter__tcp *ctx)
 		t->lost++;
 		return 0;
 	}
-	if (st->own || (!st->counted && own(skc))) {
-		st->own = 1;
+	if (own(st, skc, !st->counted))
 		return 0;
-	}
 	__u32 now_in = generation;
 	if (st->counted && st->generation == now_in)
 		return 0; // counted in this generation already, by an event
@@ -485,7 +488,7 @@ int census(struct bpf_iter__tcp *ctx)
 		return 0;
 	}
 	if (counted)
-		follow(group, key.client, t, held_delta(now_in, 1) + held_delta(counted_in, -1), 0, 0, &full);
+		follow(group, key.client, t, held_move(counted_in, now_in), 0, 0, &full);
 	else
 		follow(group, key.client, t, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &full);
 	return 0;
