@@ -8,6 +8,7 @@ package policy
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -39,12 +40,7 @@ type Refusing []Kind
 // first program of a refused kind, as the kernel gives it (EPERM, under the
 // program's name, as cilium/ebpf says it), or nil where none is.
 func (r Refusing) Load(spec *ebpf.CollectionSpec) error {
-	names := make([]string, 0, len(spec.Programs))
-	for name := range spec.Programs {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(spec.Programs)) {
 		p := spec.Programs[name]
 		for _, k := range r {
 			if p.Type == k.Type && p.AttachType == k.AttachType && (k.Target == "" || p.AttachTo == k.Target) {
