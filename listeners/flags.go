@@ -1,12 +1,15 @@
 package listeners
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/alecthomas/kingpin/v2"
 )
@@ -19,7 +22,7 @@ type Flags struct {
 // AddFlags declares the listeners' flag on app.
 func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
-	app.Flag("consul.user", "The user the Consul agent runs as (a name or a uid): where several users listen on a watched port, only the connections to its listeners count. By default, the owner of the listener at the agent's address (CONSUL_HTTP_ADDR's host, 127.0.0.1 by default) or of a wildcard one.").
+	app.Flag("consul.user", "The user the Consul agent runs as (a name or a uid): only the connections its listeners accepted count. By default, the owner of the listener the agent's address reaches (--consul.server or CONSUL_HTTP_ADDR, 127.0.0.1:8500 by default), else the one user listening on the port.").
 		PlaceHolder("consul").StringVar(&f.user)
 	return f
 }
@@ -45,35 +48,89 @@ func (f *Flags) User() (*uint32, error) {
 	return &v, nil
 }
 
-// AgentAddr is the address the agent's clients use, from server as the
-// consul CLI reads CONSUL_HTTP_ADDR (--consul.server, or that variable):
-// its host, 127.0.0.1 where it is empty or not an address (a name is
-// looked up).
-func AgentAddr(server string) netip.Addr {
-	fallback := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	addr := server
-	if addr == "" || strings.HasPrefix(addr, "unix://") {
-		return fallback
+// Address is the agent's HTTP API address as the consul CLI reads
+// CONSUL_HTTP_ADDR (--consul.server, or that variable): 127.0.0.1:8500
+// where it is empty or a unix socket (Consul's default client_addr). A
+// name is looked up at each Resolve, so that one that does not resolve
+// now is tried again, never taken for 127.0.0.1.
+type Address struct {
+	host string // a name, or an address
+	port uint16
+	ip   netip.Addr // host, where it is an address
+
+	mu   sync.Mutex
+	last netip.AddrPort // the last resolution that worked
+}
+
+// ParseAddress reads server as the consul CLI reads CONSUL_HTTP_ADDR.
+func ParseAddress(server string) (*Address, error) {
+	a := &Address{host: "127.0.0.1", port: 8500}
+	if server == "" || strings.HasPrefix(server, "unix://") {
+		a.ip = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		return a, nil
 	}
-	if _, rest, ok := strings.Cut(addr, "://"); ok {
-		addr = rest
+	scheme, rest, found := strings.Cut(server, "://")
+	if !found {
+		scheme, rest = "http", server
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
+	host, port, err := net.SplitHostPort(rest)
+	switch {
+	case err != nil && scheme == "https":
+		host, port = rest, "443"
+	case err != nil:
+		host, port = rest, "80"
 	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || n == 0 || host == "" {
+		return nil, fmt.Errorf("the agent's address %q (--consul.server or CONSUL_HTTP_ADDR) is not host:port", server)
+	}
+	a.host, a.port = host, uint16(n)
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return ip.Unmap()
+		a.ip = ip.Unmap()
 	}
-	ips, err := net.LookupIP(host)
+	return a, nil
+}
+
+// Port is the agent's HTTP port.
+func (a *Address) Port() uint16 { return a.port }
+
+// String is the address as given.
+func (a *Address) String() string { return net.JoinHostPort(a.host, strconv.Itoa(int(a.port))) }
+
+// Resolve looks the agent's host up (IPv4 first, as localhost is
+// 127.0.0.1 to the agent's default client_addr). Where it does not
+// resolve, the error says so, and the address is the last one it resolved
+// to: invalid if it never did.
+func (a *Address) Resolve(ctx context.Context) (netip.AddrPort, error) {
+	if a.ip.IsValid() {
+		return netip.AddrPortFrom(a.ip, a.port), nil
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", a.host)
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if err != nil || len(ips) == 0 {
-		return fallback
+		if err == nil {
+			err = errors.New("no address")
+		}
+		return a.last, fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
 	}
-	for _, ip := range ips { // IPv4 first, as localhost is 127.0.0.1 to the agent's default client_addr
-		if v4 := ip.To4(); v4 != nil {
-			return netip.AddrFrom4([4]byte(v4))
+	ip := ips[0]
+	for _, candidate := range ips {
+		if candidate.Unmap().Is4() {
+			ip = candidate
+			break
 		}
 	}
-	ip, _ := netip.AddrFromSlice(ips[0])
-	return ip.Unmap()
+	a.last = netip.AddrPortFrom(ip.Unmap(), a.port)
+	return a.last, nil
+}
+
+// Last is what the last Resolve gave, without a lookup.
+func (a *Address) Last() netip.AddrPort {
+	if a.ip.IsValid() {
+		return netip.AddrPortFrom(a.ip, a.port)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.last
 }

@@ -1,8 +1,11 @@
 // Package listeners tells the agent's listeners on the watched ports from
-// anyone else's, and so which connections the agent accepted: a connection
-// is matched by its local address, an address nobody else listens on at the
-// agent's port being free for any local user to take (Consul listens on
-// 127.0.0.1 alone by default). Listeners are few, and read apart from the
+// anyone else's, and so which connections the agent accepted: the trust
+// model every source is judged by (docs/sources.md). A connection counts
+// only if one of the agent's listeners took it: its local address is one
+// that an agent's listener of its family covers, and its socket's user,
+// where the table gives it, is that listener's (the kernel gives an
+// accepted socket its listener's user; a socket a local user planted on
+// the port is its planter's). Listeners are few, and read apart from the
 // connections: with the built-in reader, which gives each one's owner.
 package listeners
 
@@ -21,8 +24,9 @@ import (
 
 // Listener is a socket listening on a watched port.
 type Listener struct {
-	Local netip.AddrPort // as the kernel keeps it: 0.0.0.0 or :: for a wildcard, v4-mapped kept
-	UID   uint32         // its owner
+	Local  netip.AddrPort // as the kernel keeps it: 0.0.0.0 or :: for a wildcard, v4-mapped kept
+	UID    uint32         // its owner
+	V6Only bool           // an IPv6 listener that takes no IPv4 connection
 }
 
 // Read reads the listeners on ports from the kernel's socket table, in the
@@ -31,7 +35,7 @@ func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listene
 	var ls []Listener
 	r := sockdiag.New(ports, nil, []socket.State{socket.StateListen}, timeout)
 	err := r.Read(ctx, func(s socket.Socket) {
-		ls = append(ls, Listener{Local: s.Local, UID: s.UID})
+		ls = append(ls, Listener{Local: s.Local, UID: s.UID, V6Only: s.V6Only})
 	}, func() { ls = ls[:0] })
 	if err != nil {
 		return nil, fmt.Errorf("reading the listeners: %w", err)
@@ -46,30 +50,35 @@ type Agent struct {
 	// Owners are, for every watched port, how many users listen on it (0:
 	// nothing does).
 	Owners map[uint16]int
-	// UIDs are, for each watched port several users listen on, the
-	// agent's user there, drawn from that port's listeners alone: on it,
-	// only connections to that user's listeners count. Filtered is set
-	// where there is one.
-	UIDs     map[uint16]uint32
-	Filtered bool
-	// Undecided says where the agent's listeners could not be told from
-	// the others' ("" where they could, or did not need to be): there,
-	// every connection counts, as without this check.
-	Undecided string
+	// Users are the agent's user on each watched port where it is known:
+	// the user pinned, else the owner of the listener that takes the
+	// agent's address (the one its clients use), else the one user
+	// listening on that port. Only its listeners' connections count
+	// there.
+	Users map[uint16]uint32
+	// Undecided are the ports several users listen on where the agent's
+	// cannot be told: there, each listener's connections count (each
+	// checked against its own listener's user).
+	Undecided []uint16
 	listeners []Listener
 }
 
-// Judge draws the agent's listeners from ls, the listeners on ports, port
-// by port. Where one user holds every listener of a port, they are the
-// agent's. Where several do, the agent's user is pinned (user, when not
-// nil), or else the owner of that port's listener at agentAddr (the
-// address the agent's clients use, CONSUL_HTTP_ADDR's host: Consul's
-// client_addr), or of a wildcard one: a listener on another port (another
-// user's at the agent's address on 8300) never decides this one.
-func Judge(ls []Listener, ports []uint16, agentAddr netip.Addr, user *uint32) Agent {
-	a := Agent{Owners: map[uint16]int{}, UIDs: map[uint16]uint32{}, listeners: ls}
-	agentAddr = agentAddr.Unmap()
-	var undecided []uint16
+// Judge draws the agent's listeners from ls, the listeners on ports (and on
+// the port of the agent's address, where it is another). The agent's user
+// is user where pinned (not nil); else the owner of the listener the kernel
+// would give a connection to agent, the address the agent's clients use
+// (CONSUL_HTTP_ADDR: Consul's client_addr and HTTP port), that user on
+// every port; else, port by port, the owner of the listener that takes the
+// agent's host there, or the one user listening there. agent is invalid
+// where it is not known (a name that does not resolve).
+func Judge(ls []Listener, ports []uint16, agent netip.AddrPort, user *uint32) Agent {
+	a := Agent{Owners: map[uint16]int{}, Users: map[uint16]uint32{}, listeners: ls}
+	everywhere := user
+	if everywhere == nil && agent.IsValid() {
+		if l := taking(ls, agent); l != nil {
+			everywhere = &l.UID
+		}
+	}
 	for _, p := range ports {
 		var here []uint32
 		for _, l := range ls {
@@ -78,64 +87,124 @@ func Judge(ls []Listener, ports []uint16, agentAddr netip.Addr, user *uint32) Ag
 			}
 		}
 		a.Owners[p] = len(here)
-		switch {
-		case len(here) < 2:
-		case user != nil:
-			a.UIDs[p] = *user
-		default:
-			if uid, found := agentOn(ls, p, agentAddr); found {
-				a.UIDs[p] = uid
-			} else {
-				undecided = append(undecided, p)
-			}
+		var l *Listener
+		if agent.IsValid() {
+			l = taking(ls, netip.AddrPortFrom(agent.Addr(), p))
 		}
-	}
-	a.Filtered = len(a.UIDs) > 0
-	if len(undecided) > 0 {
-		a.Undecided = fmt.Sprintf("several users listen on port %s and none at the agent's address %s: pin the agent's with --consul.user", Ports(undecided), agentAddr)
+		switch {
+		case len(here) == 0: // nothing listens: nothing counts
+		case everywhere != nil:
+			a.Users[p] = *everywhere
+		case l != nil:
+			a.Users[p] = l.UID
+		case len(here) == 1:
+			a.Users[p] = here[0]
+		default:
+			a.Undecided = append(a.Undecided, p)
+		}
 	}
 	return a
 }
 
-// agentOn is the owner of the listener on port at the agent's address, or
-// else of a wildcard one.
-func agentOn(ls []Listener, port uint16, agentAddr netip.Addr) (uid uint32, found bool) {
-	for _, l := range ls {
-		addr := l.Local.Addr().Unmap()
-		switch {
-		case l.Local.Port() != port:
-		case addr == agentAddr:
-			return l.UID, true
-		case addr.IsUnspecified() && !found:
-			uid, found = l.UID, true
+// taking is the listener the kernel gives a connection to addr, nil for
+// none: for an IPv4 address, an IPv4 listener at it, or an IPv6 one at it
+// v4-mapped, then an IPv4 wildcard, then an IPv6 one that takes IPv4; for
+// an IPv6 address, an IPv6 listener at it, then an IPv6 wildcard. An IPv6
+// wildcard with IPV6_V6ONLY never takes IPv4 connections, whoever bound it
+// and whenever.
+func taking(ls []Listener, addr netip.AddrPort) *Listener {
+	host := addr.Addr().Unmap()
+	var rank []func(Listener) bool
+	if host.Is4() {
+		mapped := netip.AddrFrom16(host.As16())
+		rank = []func(Listener) bool{
+			func(l Listener) bool { return l.Local.Addr() == host },
+			func(l Listener) bool { return l.Local.Addr() == mapped && !l.V6Only },
+			func(l Listener) bool { return l.Local.Addr() == netip.IPv4Unspecified() },
+			func(l Listener) bool { return l.Local.Addr() == netip.IPv6Unspecified() && !l.V6Only },
+		}
+	} else {
+		rank = []func(Listener) bool{
+			func(l Listener) bool { return l.Local.Addr() == host },
+			func(l Listener) bool { return l.Local.Addr() == netip.IPv6Unspecified() },
 		}
 	}
-	return uid, found
+	for _, takes := range rank {
+		for i, l := range ls {
+			if l.Local.Port() == addr.Port() && takes(l) {
+				return &ls[i]
+			}
+		}
+	}
+	return nil
 }
 
-// Accepts says whether a connection whose server end's local address is
-// local counts: always, unless several users listen on its port, and then
-// when the listener it came through is the agent's on that port (the one at
-// its address, or else the wildcard of its family). A connection no
-// listener matches any more (its listener closed) counts.
-func (a Agent) Accepts(local netip.AddrPort) bool {
-	uid, filtered := a.UIDs[local.Port()]
-	if !filtered {
-		return true
-	}
+// covering is the listener of the socket's own family that a connection
+// whose server end is at local came through: the one at its address, else
+// the wildcard of its family (:: takes v4-mapped ones unless IPV6_V6ONLY).
+// An IPv4 socket is only ever an IPv4 listener's: a dual-stack listener's
+// connections are IPv6 sockets, v4-mapped.
+func (a Agent) covering(local netip.AddrPort) *Listener {
 	var wildcard *Listener
+	v4 := local.Addr().Is4()
 	for i, l := range a.listeners {
+		addr := l.Local.Addr()
 		switch {
-		case l.Local.Port() != local.Port():
-		case l.Local.Addr() == local.Addr():
-			return l.UID == uid
-		case l.Local.Addr().IsUnspecified() && l.Local.Addr().Is4() == local.Addr().Is4():
-			// 0.0.0.0 takes IPv4 connections; :: takes IPv6 ones and, on a
-			// dual-stack socket, IPv4 ones v4-mapped.
+		case l.Local.Port() != local.Port() || addr.Is4() != v4:
+		case addr == local.Addr():
+			return &a.listeners[i]
+		case addr.IsUnspecified() && !(l.V6Only && local.Addr().Is4In6()):
 			wildcard = &a.listeners[i]
 		}
 	}
-	return wildcard == nil || wildcard.UID == uid
+	return wildcard
+}
+
+// agents says whether l is one of the agent's listeners.
+func (a Agent) agents(l *Listener) bool {
+	uid, known := a.Users[l.Local.Port()]
+	return !known || uid == l.UID // undecided: any listener's
+}
+
+// Accepts says whether a server end, s, is a connection the agent accepted:
+// an agent's listener covers its local address, and its user, where the
+// table gives it, is that listener's. A socket with no file (one waiting
+// in the listener's queue, not yet accepted) reads as root's on kernels
+// whose table gives the file's owner (sock_i_uid) rather than the
+// socket's: its user is not judged then.
+func (a Agent) Accepts(s socket.Socket) bool {
+	l := a.covering(s.Local)
+	if l == nil || !a.agents(l) {
+		return false
+	}
+	return !s.UIDKnown || (s.UID == 0 && s.Inode == 0) || s.UID == l.UID
+}
+
+// Serves says whether the server end at server, of a connection whose
+// client end is on this host, is at one of the agent's listeners.
+func (a Agent) Serves(server netip.AddrPort) bool {
+	l := a.covering(server)
+	return l != nil && a.agents(l)
+}
+
+// KernelUsers are the agent's user on each port, as the kernel programs
+// take them (bpf/counts.h's agent_users): where it cannot be told, or the
+// listeners are not known (a nil agent), anyUser: every listener's
+// connections count there, as they do here. A port nothing listens on is
+// left out: nothing counts there.
+func KernelUsers(a *Agent, ports []uint16, anyUser uint32) map[uint16]uint32 {
+	users := map[uint16]uint32{}
+	for _, p := range ports {
+		switch {
+		case a == nil || slices.Contains(a.Undecided, p):
+			users[p] = anyUser
+		case a.Owners[p] > 0:
+			if uid, ok := a.Users[p]; ok {
+				users[p] = uid
+			}
+		}
+	}
+	return users
 }
 
 // Quiet are the watched ports nothing listens on, in order.
@@ -162,6 +231,21 @@ func (a Agent) Shared() []uint16 {
 	return shared
 }
 
+// elsewhere are the watched ports others listen on and the agent's user
+// does not: none of their connections count.
+func (a Agent) elsewhere() []uint16 {
+	var ports []uint16
+	for p, n := range a.Owners {
+		uid, known := a.Users[p]
+		if n == 0 || !known || slices.ContainsFunc(a.listeners, func(l Listener) bool { return l.Local.Port() == p && l.UID == uid }) {
+			continue
+		}
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	return ports
+}
+
 // QuietReason says which watched ports nothing listens on, "" when every
 // one has a listener: the words of the log and of check alike.
 func (a Agent) QuietReason() string {
@@ -172,21 +256,25 @@ func (a Agent) QuietReason() string {
 	return "nothing listens on port " + Ports(quiet) + ": a wrong --port or --rpc.port, or the agent is down"
 }
 
-// SharedReason says where several users listen on a watched port and what
-// counts then, "" where none does: the words of the log and of check alike.
+// SharedReason says where users other than the agent's listen on a watched
+// port and what counts then, "" where none does: the words of the log and
+// of check alike.
 func (a Agent) SharedReason() string {
 	var filtered []string
 	for _, p := range a.Shared() {
-		if uid, ok := a.UIDs[p]; ok {
+		if uid, ok := a.Users[p]; ok {
 			filtered = append(filtered, fmt.Sprintf("%d (the agent's: uid %d)", p, uid))
 		}
 	}
-	reasons := make([]string, 0, 2)
+	reasons := make([]string, 0, 3)
 	if len(filtered) > 0 {
-		reasons = append(reasons, "several users listen on port "+strings.Join(filtered, ", ")+": only the connections to the agent's listeners there count")
+		reasons = append(reasons, "several users listen on port "+strings.Join(filtered, ", ")+": only the connections to the agent's listeners count")
 	}
-	if a.Undecided != "" {
-		reasons = append(reasons, a.Undecided)
+	if away := a.elsewhere(); len(away) > 0 {
+		reasons = append(reasons, fmt.Sprintf("the agent's user (uid %d) does not listen on port %s, another does: none of its connections count", a.Users[away[0]], Ports(away)))
+	}
+	if len(a.Undecided) > 0 {
+		reasons = append(reasons, "several users listen on port "+Ports(a.Undecided)+" and none where the agent's address goes: each listener's connections count; pin the agent's user with --consul.user")
 	}
 	return strings.Join(reasons, "; ")
 }

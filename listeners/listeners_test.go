@@ -1,107 +1,186 @@
 package listeners
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 )
 
 func at(addr string, uid uint32) Listener {
 	return Listener{Local: netip.MustParseAddrPort(addr), UID: uid}
 }
 
-var agentAddr = netip.MustParseAddr("127.0.0.1")
-
-// One user holding every listener (the usual host, and test rigs that
-// listen on many loopback addresses) is the agent: nothing is filtered.
-func TestOneUserListeningIsTheAgent(t *testing.T) {
-	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 100), at("[::1]:8500", 100)}, []uint16{8500, 8501}, agentAddr, nil)
-	assert.False(t, a.Filtered)
-	assert.Equal(t, map[uint16]int{8500: 1, 8501: 0}, a.Owners)
-	assert.Equal(t, []uint16{8501}, a.Quiet())
-	assert.Empty(t, a.Shared())
-	assert.True(t, a.Accepts(netip.MustParseAddrPort("127.0.0.2:8500")))
+func v6only(addr string, uid uint32) Listener {
+	l := at(addr, uid)
+	l.V6Only = true
+	return l
 }
 
-// Several users: the agent's is the owner of the listener at its address
-// (or a wildcard), or the one pinned; connections are matched to the
-// listener that took them: at their local address, else the wildcard of
-// their family (:: takes v4-mapped ones).
+var agentAddr = netip.MustParseAddrPort("127.0.0.1:8500")
+
+// conn is a server end at local, its socket's user uid (accepted: the
+// listener's; planted: its planter's).
+func conn(local string, uid uint32) socket.Socket {
+	return socket.Socket{Local: netip.MustParseAddrPort(local), UID: uid, UIDKnown: true, Inode: 1, State: socket.StateEstablished}
+}
+
+// One user holding every listener (the usual host, and test rigs that
+// listen on many loopback addresses) is the agent; its listeners' own
+// connections count, and nothing else on the port: a socket bound to the
+// port at an address no listener of its family covers, or one whose user
+// is not its listener's, was not accepted by the agent.
+func TestOneUserListeningIsTheAgentAndOnlyItsAcceptedConnectionsCount(t *testing.T) {
+	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 100), at("[::1]:8500", 100)}, []uint16{8500, 8501}, agentAddr, nil)
+	assert.Equal(t, map[uint16]int{8500: 1, 8501: 0}, a.Owners)
+	assert.Equal(t, map[uint16]uint32{8500: 100}, a.Users)
+	assert.Equal(t, []uint16{8501}, a.Quiet())
+	assert.Empty(t, a.Shared())
+	assert.Empty(t, a.SharedReason())
+	for _, tc := range []struct {
+		name    string
+		s       socket.Socket
+		accepts bool
+	}{
+		{"accepted at its listener's address", conn("127.0.0.2:8500", 100), true},
+		{"accepted over IPv6", conn("[::1]:8500", 100), true},
+		{"bound by another user where nothing listens", conn("127.0.0.5:8500", 65534), false},
+		{"bound by the agent's user where nothing listens", conn("127.0.0.5:8500", 100), false},
+		{"planted by another user at the agent's address before it listened", conn("127.0.0.1:8500", 65534), false},
+		{"v4-mapped, with no IPv6 listener to take it", conn("[::ffff:127.0.0.1]:8500", 100), false},
+		{"waiting in the listener's queue, read as root's by an older kernel", socket.Socket{Local: netip.MustParseAddrPort("127.0.0.1:8500"), UIDKnown: true}, true},
+		{"a table that gives no user", socket.Socket{Local: netip.MustParseAddrPort("127.0.0.1:8500")}, true},
+		{"a port nothing listens on", conn("127.0.0.1:8501", 100), false},
+	} {
+		assert.Equal(t, tc.accepts, a.Accepts(tc.s), tc.name)
+	}
+}
+
+// Several users: the agent's is the owner of the listener the kernel gives
+// the agent's address to (its own address, or the wildcard of its family:
+// an IPv6 one with IPV6_V6ONLY takes no IPv4), whichever bound first, or
+// the one pinned; connections are matched to the listener of their family
+// that took them: at their local address, else the wildcard (:: takes
+// v4-mapped ones, but with IPV6_V6ONLY).
 func TestSeveralUsersOnlyTheAgentsConnectionsCount(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		listeners []Listener
 		user      *uint32
 		uid       uint32
-		accepts   map[string]bool
+		accepts   map[socket.Socket]bool
 	}{
 		{"another user on another loopback address", []Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534)}, nil, 100,
-			map[string]bool{"127.0.0.1:8500": true, "127.0.0.2:8500": false}},
+			map[socket.Socket]bool{conn("127.0.0.1:8500", 100): true, conn("127.0.0.2:8500", 65534): false}},
 		{"the agent on ::1 too, another user's wildcard on IPv4", []Listener{at("[::1]:8500", 100), at("127.0.0.1:8500", 100), at("0.0.0.0:8500", 65534)}, nil, 100,
-			map[string]bool{"127.0.0.1:8500": true, "[::1]:8500": true, "127.0.0.9:8500": false}},
+			map[socket.Socket]bool{conn("127.0.0.1:8500", 100): true, conn("[::1]:8500", 100): true, conn("127.0.0.9:8500", 65534): false}},
 		{"the agent's wildcard, another user's exact address", []Listener{at("0.0.0.0:8500", 100), at("127.0.0.3:8500", 65534)}, nil, 100,
-			map[string]bool{"127.0.0.1:8500": true, "10.0.0.1:8500": true, "127.0.0.3:8500": false}},
-		{"dual-stack [::] of the agent, another user's [::1] (IPV6_V6ONLY elsewhere)", []Listener{at("[::]:8500", 100), at("[::1]:8500", 65534)}, nil, 100,
-			map[string]bool{"[::ffff:127.0.0.1]:8500": true, "[::1]:8500": false, "127.0.0.1:8500": true}},
+			map[socket.Socket]bool{conn("127.0.0.1:8500", 100): true, conn("10.0.0.1:8500", 100): true, conn("127.0.0.3:8500", 65534): false}},
+		{"dual-stack [::] of the agent, another user's [::1]", []Listener{at("[::]:8500", 100), at("[::1]:8500", 65534)}, nil, 100,
+			map[socket.Socket]bool{conn("[::ffff:127.0.0.1]:8500", 100): true, conn("[::1]:8500", 65534): false, conn("127.0.0.1:8500", 100): false}},
+		{"the agent's IPv4 wildcard, another user's IPV6_V6ONLY [::] bound after it (listed first)", []Listener{v6only("[::]:8500", 65534), at("0.0.0.0:8500", 0)}, nil, 0,
+			map[socket.Socket]bool{conn("127.0.0.1:8500", 0): true, conn("[::1]:8500", 65534): false, conn("[::ffff:127.0.0.1]:8500", 65534): false}},
+		{"the same, bound before it (listed last)", []Listener{at("0.0.0.0:8500", 0), v6only("[::]:8500", 65534)}, nil, 0,
+			map[socket.Socket]bool{conn("127.0.0.1:8500", 0): true, conn("[::1]:8500", 65534): false}},
 		{"pinned", []Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534)}, ptr(65534), 65534,
-			map[string]bool{"127.0.0.1:8500": false, "127.0.0.2:8500": true}},
+			map[socket.Socket]bool{conn("127.0.0.1:8500", 100): false, conn("127.0.0.2:8500", 65534): true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := Judge(tc.listeners, []uint16{8500}, agentAddr, tc.user)
-			assert.True(t, a.Filtered)
-			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.UIDs)
+			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.Users)
 			assert.Equal(t, []uint16{8500}, a.Shared())
 			assert.Empty(t, a.Undecided)
-			for local, want := range tc.accepts {
-				assert.Equal(t, want, a.Accepts(netip.MustParseAddrPort(local)), local)
+			for s, want := range tc.accepts {
+				assert.Equal(t, want, a.Accepts(s), s.Local.String())
 			}
 		})
 	}
 }
 
-// The agent's listener is chosen on each port from that port's listeners: a
-// user listening on another watched port at the agent's address (8300
-// here, where the agent's RPC is on its bind address) decides nothing on
-// 8500, whose connections to the agent count.
-func TestTheAgentsListenerIsChosenPortByPort(t *testing.T) {
+// The agent's user is the owner of the listener its address reaches, on
+// every port: a user listening at the agent's host on the RPC port (where
+// the agent listens on its bind address) is not the agent there.
+func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 	ls := []Listener{
 		at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534), // the agent's HTTP, and a user beside it
-		at("10.0.0.5:8300", 100), at("127.0.0.1:8300", 65534), // the agent's RPC, and the user at the agent's address
+		at("10.0.0.5:8300", 100), at("127.0.0.1:8300", 65534), // the agent's RPC, and the user at the agent's host
 	}
 	a := Judge(ls, []uint16{8500, 8300}, agentAddr, nil)
-	assert.Equal(t, uint32(100), a.UIDs[8500])
-	assert.True(t, a.Accepts(netip.MustParseAddrPort("127.0.0.1:8500")), "the agent's connections on 8500 count")
-	assert.False(t, a.Accepts(netip.MustParseAddrPort("127.0.0.2:8500")))
-	assert.Contains(t, a.SharedReason(), "8500 (the agent's: uid 100)")
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users)
+	assert.True(t, a.Accepts(conn("10.0.0.5:8300", 100)))
+	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
+	assert.Contains(t, a.SharedReason(), "8300 (the agent's: uid 100), 8500 (the agent's: uid 100)")
 
-	// The user alone on another port: nothing shared there, nothing
-	// filtered there.
-	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534), at("127.0.0.1:8300", 65534)}, []uint16{8500, 8300}, agentAddr, nil)
-	assert.Equal(t, map[uint16]uint32{8500: 100}, a.UIDs)
-	assert.True(t, a.Accepts(netip.MustParseAddrPort("127.0.0.1:8500")))
+	// The user alone on the RPC port: none of its connections count, and
+	// that is said.
+	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.1:8300", 65534)}, []uint16{8500, 8300}, agentAddr, nil)
+	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
+	assert.Contains(t, a.SharedReason(), "the agent's user (uid 100) does not listen on port 8300")
+
+	// Where the agent's address reaches no listener, each port on its
+	// own: the listener at the agent's host there, or its one user.
+	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, agentAddr, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 65534}, a.Users)
 }
 
-// Several users and none at the agent's address: the agent cannot be told,
-// and said; everything counts, as without the check.
+// Several users and nothing where the agent's address goes (or no address
+// known: a name that does not resolve): the agent cannot be told, and
+// that is said; each listener's connections count, each by its own
+// listener's user, so a socket planted on the port still does not.
 func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
-	a := Judge([]Listener{at("127.0.0.5:8500", 100), at("127.0.0.6:8500", 65534)}, []uint16{8500}, agentAddr, nil)
-	assert.False(t, a.Filtered)
-	assert.Contains(t, a.Undecided, "pin the agent's with --consul.user")
-	assert.True(t, a.Accepts(netip.MustParseAddrPort("127.0.0.6:8500")))
+	for _, addr := range []netip.AddrPort{agentAddr, {}} {
+		a := Judge([]Listener{at("127.0.0.5:8500", 100), at("127.0.0.6:8500", 65534)}, []uint16{8500}, addr, nil)
+		assert.Equal(t, []uint16{8500}, a.Undecided)
+		assert.Contains(t, a.SharedReason(), "pin the agent's user with --consul.user")
+		assert.True(t, a.Accepts(conn("127.0.0.6:8500", 65534)))
+		assert.True(t, a.Accepts(conn("127.0.0.5:8500", 100)))
+		assert.False(t, a.Accepts(conn("127.0.0.5:8500", 65534)), "not its listener's user")
+		assert.False(t, a.Accepts(conn("127.0.0.7:8500", 100)), "no listener there")
+	}
+}
+
+// A client end on this host counts where its server end is at one of the
+// agent's listeners.
+func TestAClientEndCountsWhereItsServerIsTheAgents(t *testing.T) {
+	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534)}, []uint16{8500}, agentAddr, nil)
+	assert.True(t, a.Serves(netip.MustParseAddrPort("127.0.0.1:8500")))
+	assert.False(t, a.Serves(netip.MustParseAddrPort("127.0.0.2:8500")))
+	assert.False(t, a.Serves(netip.MustParseAddrPort("127.0.0.3:8500")))
 }
 
 func ptr(v uint32) *uint32 { return &v }
 
 func TestTheAgentsAddressIsReadAsTheConsulCLIReadsIt(t *testing.T) {
 	for env, want := range map[string]string{
-		"":                        "127.0.0.1",
-		"10.0.0.5:8500":           "10.0.0.5",
-		"https://[::1]:8501":      "::1",
-		"http://localhost:8500":   "127.0.0.1",
-		"unix:///run/consul.sock": "127.0.0.1",
-		"[::ffff:10.0.0.7]:8500":  "10.0.0.7",
+		"":                        "127.0.0.1:8500",
+		"10.0.0.5:8500":           "10.0.0.5:8500",
+		"https://[::1]:8501":      "[::1]:8501",
+		"http://localhost:8500":   "127.0.0.1:8500",
+		"unix:///run/consul.sock": "127.0.0.1:8500",
+		"[::ffff:10.0.0.7]:8500":  "10.0.0.7:8500",
+		"https://10.0.0.8":        "10.0.0.8:443",
 	} {
-		assert.Equal(t, netip.MustParseAddr(want), AgentAddr(env), env)
+		a, err := ParseAddress(env)
+		require.NoError(t, err, env)
+		got, err := a.Resolve(context.Background())
+		require.NoError(t, err, env)
+		assert.Equal(t, netip.MustParseAddrPort(want), got, env)
 	}
+	_, err := ParseAddress("10.0.0.5:port")
+	assert.ErrorContains(t, err, "is not host:port")
+}
+
+// A name that does not resolve is an error, at each look-up, never
+// 127.0.0.1: the address is the last one it resolved to, none before.
+func TestANameThatDoesNotResolveIsSaidAndTriedAgain(t *testing.T) {
+	a, err := ParseAddress("http://not_a_host!:8500")
+	require.NoError(t, err)
+	got, err := a.Resolve(context.Background())
+	assert.ErrorContains(t, err, "the agent's address not_a_host!:8500 does not resolve")
+	assert.False(t, got.IsValid())
+	assert.False(t, a.Last().IsValid())
 }

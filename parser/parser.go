@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
@@ -35,9 +34,9 @@ type Parser struct {
 	// which ss drops when its filter names a single state
 	// (`ss -tn state established`). socket.StateUnknown makes such rows an error.
 	ImpliedState socket.State
-	// Processes reads what tells the owning program of each row: its name
-	// (ss -p, netstat -p) or its socket inode (ss -e, netstat -e); off, the rest of a
-	// row is not even looked at.
+	// Processes reads the name of the program owning each row (ss -p,
+	// netstat -p). Its user and inode (ss -e, netstat -e) are read
+	// wherever the row has them.
 	Processes bool
 }
 
@@ -46,17 +45,20 @@ type Parser struct {
 func (p Parser) ParseLine(line string) (socket.Socket, Kind, error) {
 	w := words{rest: line}
 	s, kind, err := p.parseLine(&w)
-	if p.Processes && kind == TCPSocket && err == nil {
-		s.Process = socket.ProcessName(owner(w.rest))
-		s.Inode = inode(w.rest)
+	if kind == TCPSocket && err == nil {
+		s.UID, s.Inode, s.UIDKnown = owner(w.rest)
+		if p.Processes {
+			s.Process = socket.ProcessName(program(w.rest))
+		}
 	}
 	return s, kind, err
 }
 
-// owner is the first program named in what follows a row's addresses (and
-// netstat's State): ss's users:(("nomad",pid=1,fd=7),...) anywhere among
-// its extras, or netstat's PID/Program name column; "" if neither.
-func owner(rest string) string {
+// program is the first program named in what follows a row's addresses
+// (and netstat's State): ss's users:(("nomad",pid=1,fd=7),...) anywhere
+// among its extras, or netstat's PID/Program name column (after User and
+// Inode with -e); "" if neither.
+func program(rest string) string {
 	if i := strings.Index(rest, `users:(("`); i >= 0 {
 		name := rest[i+len(`users:(("`):]
 		if end := strings.IndexByte(name, '"'); end > 0 {
@@ -65,27 +67,55 @@ func owner(rest string) string {
 		return ""
 	}
 	w := words{rest: rest}
-	word := w.next()
-	if slash := strings.IndexByte(word, '/'); slash > 0 && isCount(word[:slash]) {
-		return word[slash+1:]
+	for range 3 {
+		word := w.next()
+		if slash := strings.IndexByte(word, '/'); slash > 0 && isCount(word[:slash]) {
+			return word[slash+1:]
+		}
 	}
 	return ""
 }
 
-// inode is the socket inode: among ss -e's extras (ino:12345), or netstat
-// -e's Inode column (after User, numeric with -n); 0 if none.
-func inode(rest string) uint64 {
-	w := words{rest: rest}
+// owner is the socket's user and inode, known where the row has them: ss
+// -e's extras (ino:12345, and uid:100, which ss prints only for a user
+// other than root), or netstat -e's User and Inode columns (numeric with
+// -n).
+func owner(rest string) (uid uint32, inode uint64, known bool) {
 	if i := strings.Index(rest, " ino:"); i >= 0 {
-		w.rest = rest[i+len(" ino:"):]
-	} else if user := w.next(); !isCount(user) {
-		return 0
+		w := words{rest: rest[i+len(" ino:"):]}
+		inode, _ = number(w.next())
+		if j := strings.Index(rest, " uid:"); j >= 0 {
+			w = words{rest: rest[j+len(" uid:"):]}
+			n, ok := number(w.next())
+			if !ok || n > 1<<32-1 {
+				return 0, inode, false
+			}
+			uid = uint32(n)
+		}
+		return uid, inode, true
 	}
-	n, err := strconv.ParseUint(w.next(), 10, 64)
-	if err != nil {
-		return 0
+	w := words{rest: rest}
+	user, ok := number(w.next())
+	if !ok || user > 1<<32-1 {
+		return 0, 0, false
 	}
-	return n
+	if inode, ok = number(w.next()); !ok {
+		return 0, 0, false
+	}
+	return uint32(user), inode, true
+}
+
+// number reads a decimal number of at most 19 digits, without allocating
+// (strconv's errors do).
+func number(s string) (uint64, bool) {
+	if !isCount(s) || len(s) > 19 {
+		return 0, false
+	}
+	var n uint64
+	for i := 0; i < len(s); i++ {
+		n = n*10 + uint64(s[i]-'0')
+	}
+	return n, true
 }
 
 func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {

@@ -173,32 +173,36 @@ func TestProcessesFromCapturesWithP(t *testing.T) {
 	assert.Equal(t, 2, withP, "ss -tanp and netstat -tanpW")
 }
 
-// -e gives each socket's inode: ss as ino:N among its extras, netstat in
-// its Inode column. Not read unless asked for; a TIME-WAIT socket has none.
-func TestInodesFromDashE(t *testing.T) {
+// -e gives each socket's user and inode: ss as uid:N (printed only for a
+// user other than root) and ino:N among its extras, netstat in its User
+// and Inode columns. A table without -e gives neither; a TIME-WAIT socket
+// has no inode.
+func TestUsersAndInodesFromDashE(t *testing.T) {
 	for _, c := range []struct {
-		capture  string
-		row      []string
-		inode    uint64
-		timeWait []string
+		capture, plain string
+		row            []string
+		inode          uint64
+		timeWait       []string
 	}{
-		{"../fixtures/ss-iproute2-6.1.0_tanoei_mixed.txt", []string{"ESTAB", "127.0.0.11:39599", "127.0.0.1:8501"}, 9691, []string{"TIME-WAIT"}},
-		{"../fixtures/netstat-net-tools-2.10_taneW_mixed.txt", []string{"ESTABLISHED", "127.0.0.11:48755", "127.0.0.1:8500"}, 5477950, []string{"TIME_WAIT"}},
+		{"../fixtures/ss-iproute2-6.1.0_tanoei_mixed.txt", "../fixtures/ss-iproute2-6.1.0_tan_mixed.txt", []string{"ESTAB", "127.0.0.11:39599", "127.0.0.1:8501"}, 9691, []string{"TIME-WAIT"}},
+		{"../fixtures/netstat-net-tools-2.10_taneW_mixed.txt", "../fixtures/netstat-net-tools-2.10_tanW_mixed.txt", []string{"ESTABLISHED", "127.0.0.11:48755", "127.0.0.1:8500"}, 5477950, []string{"TIME_WAIT"}},
 	} {
 		t.Run(filepath.Base(c.capture), func(t *testing.T) {
-			s, kind, err := parser.Parser{Processes: true}.ParseLine(lineContaining(t, c.capture, c.row...))
+			s, kind, err := parser.Parser{}.ParseLine(lineContaining(t, c.capture, c.row...))
 			require.NoError(t, err)
 			require.Equal(t, parser.TCPSocket, kind)
 			assert.Equal(t, c.inode, s.Inode)
+			assert.True(t, s.UIDKnown)
+			assert.Zero(t, s.UID, "made as root")
 			assert.Empty(t, s.Process, "-e names no program")
 
-			s, _, err = parser.Parser{}.ParseLine(lineContaining(t, c.capture, c.row...))
-			require.NoError(t, err)
-			assert.Zero(t, s.Inode, "not read unless asked for")
-
-			s, _, err = parser.Parser{Processes: true}.ParseLine(lineContaining(t, c.capture, c.timeWait...))
+			s, _, err = parser.Parser{}.ParseLine(lineContaining(t, c.capture, c.timeWait...))
 			require.NoError(t, err)
 			assert.Zero(t, s.Inode, "a TIME-WAIT socket has none")
+
+			s, _, err = parser.Parser{}.ParseLine(lineContaining(t, c.plain, "127.0.0.11:"))
+			require.NoError(t, err)
+			assert.False(t, s.UIDKnown, "no user without -e")
 		})
 	}
 }

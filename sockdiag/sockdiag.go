@@ -246,8 +246,8 @@ func (r *Reader) request() []byte {
 }
 
 // Decode reads one inet_diag_msg: the socket's state, its local and peer
-// addresses, as the kernel has them (a v4-mapped peer stays mapped), and
-// its inode.
+// addresses, as the kernel has them (a v4-mapped peer stays mapped), its
+// user and inode, and, for an IPv6 listener, whether it is IPV6_V6ONLY.
 func Decode(b []byte) (socket.Socket, error) {
 	if len(b) < msgLen {
 		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket message of %d bytes, want %d", len(b), msgLen)
@@ -265,13 +265,37 @@ func Decode(b []byte) (socket.Socket, error) {
 	if state == socket.StateUnknown || state > socket.StateClosing {
 		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket in TCP state %d", b[1])
 	}
-	return socket.Socket{
-		State: state,
-		Local: netip.AddrPortFrom(local, binary.BigEndian.Uint16(b[4:6])),
-		Peer:  netip.AddrPortFrom(peer, binary.BigEndian.Uint16(b[6:8])),
-		UID:   binary.NativeEndian.Uint32(b[64:68]),         // idiag_uid
-		Inode: uint64(binary.NativeEndian.Uint32(b[68:72])), // idiag_inode
-	}, nil
+	s := socket.Socket{
+		State:    state,
+		Local:    netip.AddrPortFrom(local, binary.BigEndian.Uint16(b[4:6])),
+		Peer:     netip.AddrPortFrom(peer, binary.BigEndian.Uint16(b[6:8])),
+		UID:      binary.NativeEndian.Uint32(b[64:68]), // idiag_uid
+		UIDKnown: true,
+		Inode:    uint64(binary.NativeEndian.Uint32(b[68:72])), // idiag_inode
+	}
+	if state == socket.StateListen && b[0] == unix.AF_INET6 {
+		s.V6Only = v6Only(b[msgLen:])
+	}
+	return s, nil
+}
+
+// inetDiagSkV6Only is INET_DIAG_SKV6ONLY, the attribute the kernel adds to
+// every IPv6 listener's message.
+const inetDiagSkV6Only = 11
+
+// v6Only reads INET_DIAG_SKV6ONLY among a message's attributes.
+func v6Only(attrs []byte) bool {
+	for len(attrs) >= 4 {
+		length := int(binary.NativeEndian.Uint16(attrs))
+		if length < 4 || length > len(attrs) {
+			return false
+		}
+		if binary.NativeEndian.Uint16(attrs[2:]) == inetDiagSkV6Only && length >= 5 {
+			return attrs[4] != 0
+		}
+		attrs = attrs[min(len(attrs), (length+3)&^3):]
+	}
+	return false
 }
 
 // describe says what a netlink error means for this reader.

@@ -23,10 +23,16 @@ type Socket struct {
 	// Inode is the socket's inode (ss -e's ino:, sock_diag's idiag_inode),
 	// by which /proc/PID/fd names its program; 0 when not known.
 	Inode uint64
-	// UID is the user owning the socket as the kernel keeps it
-	// (sock_diag's idiag_uid), from the built-in reader only; 0 is root,
-	// or not known.
-	UID uint32
+	// UID is the user owning the socket as the kernel keeps it, where
+	// UIDKnown: the built-in reader's idiag_uid, ss -e's uid: (not printed
+	// for root), net-tools netstat -e's User, the user of the listener
+	// that accepted a connection the kernel's events counted. Busybox's
+	// netstat, and ss and netstat without -e, print none.
+	UID      uint32
+	UIDKnown bool
+	// V6Only is an IPv6 listener's IPV6_V6ONLY, as the built-in reader
+	// reads it: a wildcard that takes no IPv4 connection.
+	V6Only bool
 	// Sockets is how many sockets the record stands for, where a source
 	// keeps counts rather than rows (the kernel's events); 0 is one.
 	Sockets int

@@ -17,16 +17,20 @@ import (
 // errNotInstalled is a tool that is not in PATH.
 var errNotInstalled = errors.New("not in PATH")
 
-// ss runs ss, filtered in the kernel to the server-side sockets wanted:
+// ss runs ss, filtered in the kernel to the server-side sockets wanted,
+// with each socket's user and inode (-e), by which the agent's connections
+// are told from sockets other users planted on its port:
 //
-//	ss -Htan state established state close-wait '( sport = :8500 )'
+//	ss -Htane state established state close-wait '( sport = :8500 )'
 //
 // falling back to the same without -H for iproute2 older than 4.13. With
 // client ports, the client sides of connections to them and their inodes,
 // by which their programs are named, come from the built-in reader beside
-// it: ss -e would print them too, at a cost per socket on some hosts (it
-// reads the mount table again for every socket where no cgroup2 is
-// mounted), and ss -p at a cost that grows with the square of the sockets.
+// it: ss -p would print their programs at a cost that grows with the
+// square of the sockets. (ss -e costs nothing more here: the cgroup it
+// would look up for every socket, and warn of on a host without cgroup2,
+// is sent only to a reader holding CAP_NET_ADMIN, which the exporter
+// drops before it runs ss.)
 func ss(want Want, timeout time.Duration, logger *slog.Logger) (Source, error) {
 	c, err := ssCommand(Want{Ports: want.Ports, States: want.States}, timeout, logger)
 	switch {
@@ -68,7 +72,7 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 	if _, err := exec.LookPath("ss"); err != nil {
 		return nil, fmt.Errorf("ss: %w (install iproute2)", errNotInstalled)
 	}
-	options := "-tan"
+	options := "-tane"
 	var filter []string
 	for _, s := range want.States {
 		filter = append(filter, "state", s.String())
@@ -96,20 +100,17 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 	return NewCommand(r, implied, false, logger), nil
 }
 
-// netstat runs netstat -tanW (whole addresses), falling back to the same
-// without -W for busybox builds; the parser then does the filtering. With
-// client ports, each socket's inode too (-e), by which its program is named
-// from /proc: netstat -p would do it too, with a cache of 211 buckets that
-// grows with the square of the sockets, as ss -p does.
+// netstat runs netstat -taneW (whole addresses, each socket's user and
+// inode), falling back to the same without -W for busybox builds, whose
+// -e prints neither: the parser then does the filtering. Each socket's
+// inode names its program from /proc: netstat -p would do it too, with a
+// cache of 211 buckets that grows with the square of the sockets, as ss -p
+// does.
 func netstat(want Want, timeout time.Duration, logger *slog.Logger) (*Command, error) {
 	if _, err := exec.LookPath("netstat"); err != nil {
 		return nil, fmt.Errorf("netstat: %w (install net-tools)", errNotInstalled)
 	}
-	options := "-tan"
-	if want.processes() {
-		options = "-tane"
-	}
-	r, err := runner.New(timeout, []string{"netstat", options + "W"}, []string{"netstat", options})
+	r, err := runner.New(timeout, []string{"netstat", "-taneW"}, []string{"netstat", "-tane"})
 	if err != nil {
 		return nil, err
 	}
