@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"text/template"
@@ -292,11 +293,18 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		return nil, err
 	}
 	if sourceFlags.OwnNamespace() {
+		agentAddr, err := listeners.ParseAddress(limitFlags.Server())
+		if err != nil {
+			return nil, err
+		}
 		ports := config.Ports()
+		if !slices.Contains(ports, agentAddr.Port()) {
+			ports = append(ports, agentAddr.Port()) // where the agent's own listener is
+		}
 		timeout := sourceFlags.Timeout()
 		s.collector.WatchListeners(func(ctx context.Context) ([]listeners.Listener, error) {
 			return listeners.Read(ctx, ports, timeout)
-		}, listeners.AgentAddr(limitFlags.Server()), agentUser)
+		}, agentAddr, agentUser)
 	} else {
 		s.listenersUnread = true
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
 	"github.com/consul-conn-exporter/consul-conn-exporter/events"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
 )
@@ -29,10 +30,16 @@ func start(s *setup) error {
 	for _, g := range s.config.Groups {
 		ports = append(ports, g.Ports)
 	}
+	// The kernel programs count only the connections the agent's listeners
+	// accepted, as the listeners are judged now, and at every collection.
+	var users map[uint16]uint32
+	if s.events != nil || s.refusals {
+		users = listeners.KernelUsers(s.collector.Agent(context.Background()), s.config.Ports(), refusals.AnyUser)
+	}
 	var counts *events.Counter
 	if s.events != nil {
 		var err error
-		if counts, err = events.Load(kernel, ports, s.config.States, s.events.Keys); err != nil {
+		if counts, err = events.Load(kernel, ports, s.config.States, s.events.Keys, users); err != nil {
 			return err
 		}
 	}
@@ -43,7 +50,7 @@ func start(s *setup) error {
 		if counts != nil {
 			shared = counts.Shared()
 		}
-		if counter, err = refusals.Load(kernel, ports, shared); err != nil {
+		if counter, err = refusals.Load(kernel, ports, shared, users); err != nil {
 			closeAll(counts, nil, nil)
 			return err
 		}
@@ -88,7 +95,29 @@ func start(s *setup) error {
 		s.audit = func(ctx context.Context) { counts.AuditEvery(ctx, interval, logger) }
 	}
 	if counter != nil {
-		s.collector.CountRefusals(counter.Snapshot)
+		limits := s.limits
+		s.collector.CountRefusals(func(top int, agent refusals.Agent) (refusals.Snapshot, error) {
+			snap, err := counter.Snapshot(top, agent)
+			if snap.Pending > 0 {
+				limits.ReadSoon() // to count them or not
+			}
+			return snap, err
+		})
+	}
+	if counts != nil || counter != nil {
+		watched := s.config.Ports()
+		s.collector.TellAgent(func(a listeners.Agent) error {
+			users := listeners.KernelUsers(&a, watched, refusals.AnyUser)
+			if counts != nil {
+				if err := counts.Trust(users); err != nil {
+					return err
+				}
+			}
+			if counter != nil {
+				return counter.Trust(users)
+			}
+			return nil
+		})
 	}
 	if lister != nil {
 		if err := lister.Check(); err != nil {

@@ -69,18 +69,53 @@ struct socket_state {
 	__u64 opened_ns;  // bpf_ktime_get_ns when it entered the watched
 			  // states; 0 for one the census found already open
 	__u32 generation; // of its count, when counted
+	__u32 listener_uid; // the user of the listener that accepted it (accepted)
 	__u8 counted;	  // counted in connections under state and generation
 	__u8 state;
 	__u8 over_limit; // OVER_LIMIT: it opened while its client held at least
 			 // the limit besides it, to be refused by the limiter's
 			 // rule; OVER_LIMIT_JUDGED once the refusals judged it
-	__u8 own; // the exporter's own connection to the agent: never counted
+	__u8 own; // OWN_READ, OWN_DIAL: the exporter's own (below)
+	__u8 accepted; // a listener's: its LISTEN to SYN-RECV change was seen,
+		       // which only a listener's accept makes (a self-connect
+		       // goes SYN-SENT to SYN-RECV)
+	__u8 lost;     // counted once in the lost: a full map could not count it
+	__u8 unused[2];
 };
 
 enum {
 	OVER_LIMIT = 1,
 	OVER_LIMIT_JUDGED = 2,
 };
+
+enum {
+	OWN_READ = 1, // the server end of one of the exporter's own reads of
+		      // the agent: never counted, whatever it does next
+	OWN_DIAL = 2, // the client end the exporter reads from, so marked by
+		      // the exporter before it connects
+};
+
+// The agent's user on each watched port (host order), as the exporter
+// last judged the listeners (listeners.Judge): only the connections one of
+// that user's listeners accepted count. A port without an entry has no
+// agent's listener: nothing there counts. ANY_USER where the agent's
+// cannot be told: every listener's connections count. The exporter sets
+// max_entries to the number of ports.
+#define ANY_USER 0xffffffffU
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u32);
+} agent_users SEC(".maps");
+
+// agents says whether a connection on port whose listener (or socket,
+// where no accept was seen) is uid's is one the agent accepted.
+static __always_inline bool agents(__u16 port, __u32 uid)
+{
+	__u32 *want = bpf_map_lookup_elem(&agent_users, &port);
+	return want && (*want == ANY_USER || *want == uid);
+}
 
 struct client_key {
 	__u32 group;

@@ -74,7 +74,16 @@ enum {
 	IPPROTO_TCP = 6,
 };
 
+/* include/uapi/linux/bpf.h: a map value's lock, found by its name. */
+struct bpf_spin_lock {
+	__u32 val;
+};
+
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+typedef struct {
+	__u32 val;
+} kuid_t;
 
 typedef struct {
 	s64 counter;
@@ -125,6 +134,7 @@ struct sock {
 	struct sock_common __sk_common;
 	u16 sk_protocol;
 	u8 sk_shutdown;
+	kuid_t sk_uid;
 };
 
 struct inet_sock {

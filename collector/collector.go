@@ -7,7 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -122,7 +122,7 @@ type Collector struct {
 	// --source events), nil without.
 	events func(top int, limits []int) (events.Snapshot, error)
 	// refusals reads the refusals counted in the kernel, nil without.
-	refusals      func(top int) (refusals.Snapshot, error)
+	refusals      func(top int, agent refusals.Agent) (refusals.Snapshot, error)
 	refusalsState changes.Tracker
 	// owners names the programs holding the connections.
 	owners owners.Lookup
@@ -132,10 +132,13 @@ type Collector struct {
 	// listeners reads who listens on the watched ports, nil where they
 	// cannot be known; the agent's user and address tell its listeners
 	// from others'.
-	listeners                               func(ctx context.Context) ([]listeners.Listener, error)
-	agentAddr                               netip.Addr
-	agentUser                               *uint32
-	listenersState, quietState, sharedState changes.Tracker
+	listeners                                                     func(ctx context.Context) ([]listeners.Listener, error)
+	agentAddr                                                     *listeners.Address
+	agentUser                                                     *uint32
+	listenersState, quietState, sharedState, addrState, ownerless changes.Tracker
+	// tell, where set, is told of every judgement of the listeners: the
+	// kernel programs count only the agent's connections too.
+	tell func(listeners.Agent) error
 }
 
 // New collects config's counts from src; limits gives the limits known
@@ -149,12 +152,20 @@ func New(config Config, src source.Source, limits func() limits.Snapshot, logger
 }
 
 // WatchListeners has every collection and sample read the listeners on the
-// watched ports with read: a port nothing listens on is said, and where
-// several users listen on one, only the connections to the agent's
-// listeners count (the agent's user is user where given, else the owner of
-// the listener at agentAddr or a wildcard one).
-func (c *Collector) WatchListeners(read func(ctx context.Context) ([]listeners.Listener, error), agentAddr netip.Addr, user *uint32) {
+// watched ports (and the agent's address's) with read: a port nothing
+// listens on is said, and only the connections the agent's listeners
+// accepted count (the agent's user is user where given, else the owner of
+// the listener the agent's address reaches, looked up at each collection,
+// else the one user listening on the port).
+func (c *Collector) WatchListeners(read func(ctx context.Context) ([]listeners.Listener, error), agentAddr *listeners.Address, user *uint32) {
 	c.listeners, c.agentAddr, c.agentUser = read, agentAddr, user
+}
+
+// TellAgent has every judgement of the listeners told to tell (the kernel
+// programs, which count only the agent's connections too) before the
+// table is read.
+func (c *Collector) TellAgent(tell func(listeners.Agent) error) {
+	c.tell = tell
 }
 
 // CountFromEvents has the counts read from src, the kernel's events, and
@@ -165,8 +176,9 @@ func (c *Collector) CountFromEvents(src source.Source, read func(top int, limits
 	c.source, c.events = src, read
 }
 
-// CountRefusals has every collection carry the refusals read reads.
-func (c *Collector) CountRefusals(read func(top int) (refusals.Snapshot, error)) {
+// CountRefusals has every collection carry the refusals read reads, told
+// what the last read of the agent said.
+func (c *Collector) CountRefusals(read func(top int, agent refusals.Agent) (refusals.Snapshot, error)) {
 	c.refusals = read
 }
 
@@ -191,7 +203,7 @@ func (c *Collector) Collect(ctx context.Context) Result {
 func (c *Collector) Tried() bool { return c.tried.Load() }
 
 func (c *Collector) collect(ctx context.Context) Result {
-	r := c.read(ctx, c.config.Processes)
+	r := c.read(ctx, true)
 	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
 		Listeners: r.agent, ListenersErr: r.listenersErr, Duration: r.took, Limits: r.limits, Events: r.events, Err: r.err}
 	if c.peaks != nil {
@@ -210,7 +222,14 @@ func (c *Collector) collect(ctx context.Context) Result {
 	}
 	if c.refusals != nil {
 		problem := ""
-		snap, err := c.refusals(c.config.TopClients)
+		agent := refusals.Agent{ReadAt: res.Limits.ReadAt}
+		for _, g := range res.Groups {
+			agent.Limits = append(agent.Limits, g.Limit)
+			if g.Limiter == HTTP {
+				agent.TLSPorts = res.Limits.TLSPorts
+			}
+		}
+		snap, err := c.refusals(c.config.TopClients, agent)
 		if err != nil {
 			problem = err.Error()
 		}
@@ -230,6 +249,13 @@ func (c *Collector) Sample(ctx context.Context) {
 	c.read(ctx, false)
 }
 
+// Agent reads the listeners and judges whose they are, as a collection
+// does: nil where they are not watched or cannot be read.
+func (c *Collector) Agent(ctx context.Context) *listeners.Agent {
+	agent, _ := c.agent(ctx, true)
+	return agent
+}
+
 // reading is what a collection and a sample both read.
 type reading struct {
 	agent        *listeners.Agent
@@ -242,15 +268,29 @@ type reading struct {
 }
 
 // read reads the listeners, the table (with the programs holding the
-// connections where processes), then the limits, and what the events keep
-// besides; and adds it to the peaks as a sample.
-func (c *Collector) read(ctx context.Context, processes bool) reading {
+// connections in a collection, where asked for), then the limits, and what
+// the events keep besides; and adds it to the peaks as a sample.
+func (c *Collector) read(ctx context.Context, collection bool) reading {
 	start := time.Now()
 	var r reading
-	r.agent, r.listenersErr = c.agent(ctx)
-	r.counts = newCounts(c.config, processes, r.agent)
-	r.err = c.source.Read(ctx, r.counts.add, r.counts.reset)
+	r.agent, r.listenersErr = c.agent(ctx, collection)
+	if r.agent != nil && c.tell != nil {
+		if err := c.tell(*r.agent); err != nil {
+			r.err = err
+		}
+	}
+	r.counts = newCounts(c.config, collection && c.config.Processes, r.agent)
+	if r.err == nil {
+		r.err = c.source.Read(ctx, r.counts.add, r.counts.reset)
+	}
 	r.took = time.Since(start)
+	if r.err == nil && r.agent != nil {
+		problem := ""
+		if r.counts.ownerless {
+			problem = "the socket table gives no connection's user (busybox's netstat, or a table without -e): a socket another user planted on the agent's address before the agent started would count; ss, net-tools' netstat and --source netlink give it"
+		}
+		c.ownerless.Log(c.logger, slog.LevelWarn, problem, "cannot tell every connection's user", "every connection's user is known again")
+	}
 	// After the count: a read of the agent's limits opens a connection
 	// of its own, which must not be counted.
 	r.limits = c.limits()
@@ -317,10 +357,24 @@ func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot
 
 // agent reads the listeners and judges whose they are; nil where they are
 // not watched or cannot be read (said once per change, with why). What
-// they say is logged once per change.
-func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
+// they say is logged once per change. A collection looks the agent's
+// address up again; a sample takes the last one.
+func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agent, error) {
 	if c.listeners == nil {
 		return nil, nil
+	}
+	addr := c.agentAddr.Last()
+	if collection {
+		var err error
+		addr, err = c.agentAddr.Resolve(ctx)
+		problem := ""
+		switch {
+		case err != nil && addr.IsValid():
+			problem = fmt.Sprintf("%v; judging the listeners by the address it last resolved to, %s", err, addr)
+		case err != nil:
+			problem = fmt.Sprintf("%v; the agent's listeners are those of the one user listening on each port, and where several do, each listener's connections count", err)
+		}
+		c.addrState.Log(c.logger, slog.LevelWarn, problem, "cannot look up the agent's address", "the agent's address resolves again")
 	}
 	ls, err := c.listeners(ctx)
 	problem := ""
@@ -331,7 +385,7 @@ func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	agent := listeners.Judge(ls, c.config.Ports(), c.agentAddr, c.agentUser)
+	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
 	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "a watched port has no listener; its count of 0 says nothing of the agent", "every watched port has a listener again")
 	c.sharedState.Log(c.logger, slog.LevelWarn, agent.SharedReason(), "another user listens on a watched port", "only the agent listens on the watched ports again")
 	return &agent, nil
@@ -342,19 +396,24 @@ func (c *Collector) agent(ctx context.Context) (*listeners.Agent, error) {
 // known, of the connections it accepted.
 type counts struct {
 	config        Config
+	ports         []uint16
 	withProcesses bool
 	agent         *listeners.Agent
 	groups        []*tally.Tally
 	processes     *tally.Processes
+	// ownerless: the table did not give the user of some connection the
+	// agent accepted.
+	ownerless bool
 }
 
 func newCounts(config Config, processes bool, agent *listeners.Agent) *counts {
-	c := &counts{config: config, withProcesses: processes, agent: agent}
+	c := &counts{config: config, ports: config.Ports(), withProcesses: processes, agent: agent}
 	c.reset()
 	return c
 }
 
 func (c *counts) reset() {
+	c.ownerless = false
 	c.groups = nil
 	for _, g := range c.config.Groups {
 		c.groups = append(c.groups, tally.New(g.Ports, c.config.States))
@@ -365,9 +424,18 @@ func (c *counts) reset() {
 }
 
 func (c *counts) add(s socket.Socket) {
-	// A server end by its own address, a client end by its server's.
-	if c.agent != nil && c.agent.Filtered && !(c.agent.Accepts(s.Local) && c.agent.Accepts(s.Peer)) {
-		return
+	if c.agent != nil {
+		// A server end by its own listener and user, a client end on this
+		// host by its server's listener.
+		server := slices.Contains(c.ports, s.Local.Port())
+		switch {
+		case server && !c.agent.Accepts(s):
+			return
+		case !server && !c.agent.Serves(s.Peer):
+			return
+		case server && !s.UIDKnown:
+			c.ownerless = true
+		}
 	}
 	for _, g := range c.groups {
 		g.Add(s)

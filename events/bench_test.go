@@ -33,7 +33,7 @@ func withAndWithout(b *testing.B, connection func(b *testing.B, client, server n
 		if !watched {
 			port++ // nothing listens there
 		}
-		c, err := Load(btf.NewCache(), [][]uint16{{port}}, held, 1<<20)
+		c, err := Load(btf.NewCache(), [][]uint16{{port}}, held, 1<<20, rootListens([]uint16{port}))
 		if err != nil {
 			return storm.Loaded{}, err
 		}

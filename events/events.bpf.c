@@ -4,22 +4,29 @@
 // Keeps, in the kernel, the count of the connections the agent holds open on
 // the watched ports, as they open and close, and how they open and close:
 //
-//   inet_sock_set_state (every change of a TCP socket's state): a server
-//     end of a watched port, in the exporter's network namespace, that
-//     enters the watched states is counted under its addresses, port and
-//     state; one that moves between them is moved; one that leaves them is
-//     taken off, and its close is counted by how it ended, with its
-//     lifetime. Each socket's own storage (it lives and dies with the
-//     socket) says whether and where it is counted.
-//   census (a TCP iterator the exporter runs: at start, and every audit):
-//     counts every connection already open that no event counted, the
-//     seed, and moves every counted one into the new generation. It runs
+//   inet_sock_set_state (every change of a TCP socket's state): a
+//     listener's accept on a watched port, in the exporter's network
+//     namespace (the new socket's LISTEN to SYN-RECV change), is marked in
+//     the new socket's own storage (it lives and dies with the socket),
+//     with the listener's user; such a socket, of a listener of the
+//     agent's user, that enters the watched states is counted under its
+//     addresses, port, state and user; one that moves between them is
+//     moved; one that leaves them is taken off, and its close is counted
+//     by how it ended, with its lifetime. A socket no listener accepted (a
+//     local user's bound to the port and connected out) is never counted.
+//   census (a TCP iterator the exporter runs: at start, every audit, and
+//     whenever the agent's listeners or a limit change): counts every
+//     connection already open that no event counted and that the agent
+//     accepted (its listener's user, or where no accept was seen, its own,
+//     is the agent's), the seed; takes off any it no longer judges the
+//     agent's; and moves every counted one into the new generation. It runs
 //     under each socket's lock, the one every change of state holds, so no
 //     change can fall between what it reads and what it writes. Whatever a
 //     missed event left in the old generation is what the audit reports,
 //     and drops. Its last call, once every socket is moved, drops what the
-//     old generation of each client's count still holds, and the clients
-//     that hold nothing: one program type besides the tracepoint, the one
+//     old generation of each client's count still holds, judges again
+//     which clients are at the limit, and drops the clients that hold
+//     nothing: one program type besides the tracepoint, the one
 //     every kernel with these programs allows (no map-element iterator,
 //     which some security policies refuse).
 
@@ -54,20 +61,27 @@ __u32 epoch = 0;
 // map full): they stay counted in the old one, which is then kept. The
 // exporter zeroes it before each census.
 __u64 unmoved = 0;
+// The exporter's clock (bpf_ktime_get_ns's) when it last read the time at
+// the limit: no time taken after is before it, so that what it read never
+// goes back.
+__u64 read_ns = 0;
 // The generation whose census's last call settled the clients: the census
 // ran to its end.
 __u32 settled = 0;
 
-// The open connections, per (generation, addresses, port, state): a client
-// holds a few such keys, whatever its connections.
+// The open connections, per (generation, addresses, port, state, user):
+// a client holds a few such keys, whatever its connections. A key whose
+// count falls to 0 is dropped at once (KEY_DROPPED), so that connections
+// gone leave no key behind to fill the map.
 struct connection_key {
 	__u8 local[16];	 // IPv4 v4-mapped
 	__u8 client[16]; // IPv4 v4-mapped
+	__u32 uid;	 // its listener's user (its own, where no accept was seen)
 	__u16 port;	 // local, host order
 	__u8 state;
 	__u8 generation; // the last bit of it
 	__u8 ipv6;	 // an IPv6 socket: its v4-mapped addresses stay so
-	__u8 unused;	 // zero: keys are compared byte by byte
+	__u8 unused[3];	 // zero: keys are compared byte by byte
 };
 
 // A full map is a failed insert, counted in lost.
@@ -79,11 +93,19 @@ struct {
 	__type(value, __s64);
 } connections SEC(".maps");
 
-// The time some client of the group held at least its limit.
+// A key's count with this bit is being dropped: an add that finds it was
+// made on a key gone, and is made again on the key made anew.
+#define KEY_DROPPED (1LL << 62)
+
+// The time some client of the group held at least its limit, changed
+// under the lock in one order: the clients at the limit, since when, the
+// time summed, and the last time taken, before which no time is.
 struct group_state {
-	__s64 clients_at_limit;
+	struct bpf_spin_lock lock;
+	__u32 clients_at_limit;
 	__u64 since_ns; // when the first of them reached it
 	__u64 at_limit_ns;
+	__u64 last_ns;
 };
 
 struct {
@@ -99,9 +121,11 @@ struct group_totals {
 	__u64 closed[CLOSE_KINDS];
 	__u64 lifetimes[LIFETIME_BUCKETS + 1]; // the last: longer
 	__u64 lifetime_ns;		       // their sum
-	__u64 seeded;			       // found open by the census, uncounted
-	__u64 lost;			       // connections not counted: the connections map full
+	__u64 seeded;			       // found open by the census, uncounted, and counted
+	__u64 lost;			       // connections not counted, once each: the connections map full
 	__u64 unfollowed;		       // connections whose client was not followed: the clients map full
+	__u64 misplaced;		       // moves between watched states not made: the map full
+	__u64 disowned;			       // counted, and judged by a census not the agent's any more
 };
 
 // The exporter sets max_entries to the number of groups.
@@ -112,39 +136,71 @@ struct {
 	__type(value, struct group_totals);
 } totals SEC(".maps");
 
-// The local ports of the exporter's own connections to the agent (its
-// reads of the limits), host order: the server ends they reach are the
-// exporter's, never counted (their storage says so from their open on). It
-// adds each before it connects, and takes it off once closed.
+// A connection of the exporter's own to the agent (a read of the limits),
+// by its four ends, from its client end's open (which the exporter marks
+// OWN_DIAL before it connects) until its server end's: whatever source
+// address the kernel picked.
+struct own_read {
+	__u8 client[16]; // IPv4 v4-mapped
+	__u8 server[16];
+	__u16 client_port; // host order
+	__u16 server_port;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u16);
+	__uint(max_entries, 256);
+	__type(key, struct own_read);
 	__type(value, __u8);
-} own_ports SEC(".maps");
+} own_reads SEC(".maps");
 
-// own_port says whether a server end's client is on this host (at the
-// server end's own address) at one of the exporter's ports.
-static __always_inline bool own_port(const struct sock_common *skc)
+// local_address writes sk's local address into out, v4-mapped for IPv4.
+static __always_inline void local_address(const struct sock_common *skc, __u8 out[16])
 {
-	if (skc->skc_family == AF_INET6) {
-		for (int i = 0; i < 4; i++)
-			if (skc->skc_v6_daddr.in6_u.u6_addr32[i] != skc->skc_v6_rcv_saddr.in6_u.u6_addr32[i])
-				return false;
-	} else if (skc->skc_daddr != skc->skc_rcv_saddr) {
-		return false;
-	}
-	__u16 port = bpf_ntohs(skc->skc_dport);
-	return bpf_map_lookup_elem(&own_ports, &port);
+	if (skc->skc_family == AF_INET6)
+		__builtin_memcpy(out, &skc->skc_v6_rcv_saddr, 16);
+	else
+		v4mapped(out, skc->skc_rcv_saddr);
 }
 
-// own says whether a server end is one of the exporter's own connections,
-// as its storage says from its open on; fresh is a socket not counted yet,
-// which its port may make the exporter's.
-static __always_inline bool own(struct socket_state *st, const struct sock_common *skc, bool fresh)
+// dialed follows the exporter's own client ends to a watched port: at
+// their open their four ends are kept, for their server end's open to
+// find; at their close they are let go.
+static __always_inline void dialed(const struct sock *sk, int newstate)
 {
-	if (!st->own && fresh && own_port(skc))
-		st->own = 1; // never counted, whatever it does next
+	const struct sock_common *skc = &sk->__sk_common;
+	__u32 group;
+	if (!group_of(bpf_ntohs(skc->skc_dport), &group))
+		return;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	if (!tp)
+		return;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, 0);
+	if (!st || st->own != OWN_DIAL)
+		return;
+	struct own_read key = {.client_port = skc->skc_num, .server_port = bpf_ntohs(skc->skc_dport)};
+	local_address(skc, key.client);
+	client_address(sk, key.server);
+	__u8 one = 1;
+	if (newstate == TCP_ESTABLISHED)
+		bpf_map_update_elem(&own_reads, &key, &one, BPF_ANY);
+	else
+		bpf_map_delete_elem(&own_reads, &key);
+}
+
+// own says whether a server end is one of the exporter's own reads, as
+// its storage says from its open on; fresh is a socket not counted yet,
+// which its four ends may make the exporter's.
+static __always_inline bool own(struct socket_state *st, const struct sock *sk, bool fresh)
+{
+	if (st->own || !fresh)
+		return st->own;
+	const struct sock_common *skc = &sk->__sk_common;
+	struct own_read key = {.client_port = bpf_ntohs(skc->skc_dport), .server_port = skc->skc_num};
+	client_address(sk, key.client);
+	local_address(skc, key.server);
+	if (bpf_map_delete_elem(&own_reads, &key) == 0)
+		st->own = OWN_READ; // never counted, whatever it does next
 	return st->own;
 }
 
@@ -153,25 +209,66 @@ static __always_inline bool watched(int state)
 	return state >= 0 && state < 32 && (watched_states & (1U << state));
 }
 
-// addresses writes sk's local address and client into key.
-static __always_inline void addresses(const struct sock *sk, struct connection_key *key)
+// user is the user a connection is judged by: its listener's, where the
+// accept was seen, else its socket's own (the kernel gives an accepted
+// socket its listener's user).
+static __always_inline __u32 user(const struct socket_state *st, const struct sock *sk)
+{
+	// Both read, then one chosen: one load from either of two kinds of
+	// pointer is refused by the verifier.
+	__u32 own = sk->sk_uid.val, listener = st->listener_uid;
+	asm volatile("" : "+r"(own), "+r"(listener));
+	return st->accepted ? listener : own;
+}
+
+// addresses writes sk's local address, client and user into key.
+static __always_inline void addresses(const struct sock *sk, const struct socket_state *st, struct connection_key *key)
 {
 	client_address(sk, key->client);
-	if (sk->__sk_common.skc_family == AF_INET6) {
-		key->ipv6 = 1;
-		__builtin_memcpy(&key->local, &sk->__sk_common.skc_v6_rcv_saddr, sizeof(key->local));
-	} else {
-		v4mapped(key->local, sk->__sk_common.skc_rcv_saddr);
+	local_address(&sk->__sk_common, key->local);
+	key->ipv6 = sk->__sk_common.skc_family == AF_INET6;
+	key->uid = user(st, sk);
+}
+
+// The compare-and-swaps and retries are bounded: a change lost to others'
+// at the same moment, four times over, is left (no peak is lost: theirs
+// are as high), or counted where it is a count.
+#define CAS_TRIES 4
+
+// add_count adds n to a connection key's count, made where missing, and
+// drops the key whose count it brings to 0: the dropping marks the count
+// KEY_DROPPED first, by a compare-and-swap from 0 that no add can fall
+// between, so that an add made on a key being dropped is seen, and made
+// again on the key made anew. False where the map is full.
+static __always_inline bool add_count(const struct connection_key *key, __s64 n)
+{
+	for (int i = 0; i < CAS_TRIES; i++) {
+		__s64 *count = bpf_map_lookup_elem(&connections, key);
+		if (!count) {
+			long err = bpf_map_update_elem(&connections, key, &n, BPF_NOEXIST);
+			if (err == 0)
+				return true;
+			if (err != -17) // EEXIST: another CPU's first, or a key not yet gone
+				return false;
+			continue;
+		}
+		__s64 before = __sync_fetch_and_add(count, n);
+		if (before & KEY_DROPPED)
+			continue;
+		if (before + n == 0 && __sync_val_compare_and_swap(count, 0, KEY_DROPPED) == 0)
+			bpf_map_delete_elem(&connections, key);
+		return true;
 	}
+	return false;
 }
 
 // count_as adds n to the count of state in generation gen under key's
-// addresses and port; false where the map is full.
+// addresses, port and user; false where the map is full.
 static __always_inline bool count_as(struct connection_key *key, __u8 state, __u32 gen, __s64 n)
 {
 	key->state = state;
 	key->generation = gen & 1;
-	return add_to(&connections, key, n);
+	return add_count(key, n);
 }
 
 // recount counts a socket as state in generation gen, then takes it off
@@ -187,6 +284,15 @@ static __always_inline bool recount(struct socket_state *st, struct connection_k
 	st->state = state;
 	st->generation = gen;
 	return true;
+}
+
+// lose counts a connection a full map could not count, once.
+static __always_inline void lose(struct socket_state *st, struct group_totals *t)
+{
+	if (st->lost)
+		return;
+	st->lost = 1;
+	t->lost++;
 }
 
 // client_of is the client's entry, made where missing; NULL, counted as
@@ -206,10 +312,6 @@ static __always_inline struct client_state *client_of(__u32 group, const __u8 cl
 		t->unfollowed++;
 	return c;
 }
-
-// The compare-and-swaps are bounded: a change lost to others' at the same
-// moment, four times over, is left (no peak is lost: theirs are as high).
-#define CAS_TRIES 4
 
 static __always_inline __u32 epoch_of(__u64 slot) { return slot >> 32; }
 static __always_inline __s64 count_of(__u64 slot) { return (__s32)(__u32)slot; }
@@ -236,6 +338,39 @@ static __always_inline void keep_peak(__u64 *slot, __u32 epoch_now, __s64 count)
 		if (__sync_val_compare_and_swap(slot, old, want) == old)
 			return;
 	}
+}
+
+// judge sets whether a client is at its group's limit from its count as
+// it is now, and follows the group's time at the limit, under the group's
+// lock: every change of a count that can reach or leave the limit judges
+// after it, so the last judge, in the lock's order, sees the last count,
+// and no two changes racing on two CPUs leave a client at the limit it
+// left. The time taken under the lock never goes back: never before the
+// last time taken, nor before the exporter's last read of it.
+static __always_inline void judge(__u32 group, struct client_state *c, __u64 now)
+{
+	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
+	struct group_state *g = bpf_map_lookup_elem(&groups, &group);
+	if (!limit || !g)
+		return;
+	__u32 lim = *limit;
+	bpf_spin_lock(&g->lock);
+	if (now < g->last_ns)
+		now = g->last_ns;
+	if (now < read_ns)
+		now = read_ns;
+	g->last_ns = now;
+	__u32 is = lim > 0 && held_count(c->held) >= (__s64)lim;
+	if (is != c->at_limit) {
+		c->at_limit = is;
+		if (is) {
+			if (g->clients_at_limit++ == 0)
+				g->since_ns = now;
+		} else if (g->clients_at_limit > 0 && --g->clients_at_limit == 0) {
+			g->at_limit_ns += now - g->since_ns;
+		}
+	}
+	bpf_spin_unlock(&g->lock);
 }
 
 // follow adds delta to a client's held word (held_delta's: n to its count
@@ -273,19 +408,12 @@ static __always_inline struct client_state *follow(__u32 group, const __u8 clien
 	keep_peak(&c->peak[e & 1], e, before > after ? before : after);
 
 	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
-	struct group_state *g = bpf_map_lookup_elem(&groups, &group);
-	if (!limit || !g)
+	if (!limit)
 		return c;
-	*full = *limit > 0 && before >= *limit;
-	__u32 is = *limit > 0 && after >= *limit, was = c->at_limit;
-	if (is == was || __sync_val_compare_and_swap(&c->at_limit, was, is) != was)
-		return c;
-	if (is) {
-		if (__sync_fetch_and_add(&g->clients_at_limit, 1) == 0)
-			g->since_ns = now;
-	} else if (__sync_fetch_and_add(&g->clients_at_limit, -1) == 1) {
-		__sync_fetch_and_add(&g->at_limit_ns, now - g->since_ns);
-	}
+	__s64 lim = *limit;
+	*full = lim > 0 && before >= lim;
+	if ((lim > 0 && (before >= lim || after >= lim)) || c->at_limit)
+		judge(group, c, now);
 	return c;
 }
 
@@ -338,11 +466,39 @@ static __always_inline void closed(struct group_totals *t, struct client_state *
 		t->lifetimes[i]++;
 }
 
+// accepted marks a listener's new socket of a watched port as accepted,
+// with the listener's user: its LISTEN to SYN-RECV change is traced while
+// it is still the listener's copy (inet_csk_clone_lock), before it has an
+// address of its own.
+static __always_inline void accepted(const struct sock *sk)
+{
+	__u32 group;
+	struct tcp_sock *tp = server_end(&sk->__sk_common, &group);
+	if (!tp)
+		return;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		struct group_totals *t = bpf_map_lookup_elem(&totals, &group);
+		if (t)
+			t->lost++;
+		return;
+	}
+	st->accepted = 1;
+	st->listener_uid = sk->sk_uid.val;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 {
 	// Every change of every socket on the host comes here: the states,
 	// which cost nothing, are asked first.
+	if (oldstate == TCP_LISTEN) {
+		if (newstate == TCP_SYN_RECV)
+			accepted(sk);
+		return 0;
+	}
+	if ((oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) || newstate == TCP_CLOSE)
+		dialed(sk, newstate);
 	bool was = watched(oldstate), is = watched(newstate);
 	if (!was && !is)
 		return 0;
@@ -353,47 +509,49 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	struct group_totals *t = bpf_map_lookup_elem(&totals, &group);
 	if (!t)
 		return 0;
-	// Storage is made at the open; a socket without it was open before
-	// the census found it, which counts it.
-	bool opens = !was && is;
-	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, opens ? BPF_SK_STORAGE_GET_F_CREATE : 0);
-	if (!st) {
-		if (opens)
-			t->lost++;
+	// Storage is made at a listener's accept (or by the census, which
+	// counts what was open before): a socket without it was not accepted.
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, 0);
+	if (!st)
 		return 0;
-	}
-	if (own(st, &sk->__sk_common, opens))
+	bool opens = !was && is;
+	if (own(st, sk, opens && st->accepted))
 		return 0;
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
-	addresses(sk, &key);
+	addresses(sk, st, &key);
 	bool counted = st->counted, full;
 	__u32 counted_in = st->generation, now_in = generation;
 	__u64 now;
-	if (is) {
-		if (!was)
-			t->opened++;
+	if (opens) {
+		// Only a connection one of the agent's listeners accepted; one
+		// of another user's listener, or of none, is left to the census,
+		// which judges it again as the agent's listeners change.
+		if (!st->accepted || !agents(key.port, key.uid))
+			return 0;
 		if (!recount(st, &key, newstate, now_in)) {
-			t->lost++; // counted as it was, or, new, not at all
+			lose(st, t);
 			return 0;
 		}
-		if (counted && !((counted_in ^ now_in) & 1))
-			return 0; // from one watched state to another: the client's count is the same
+		t->opened++;
 		now = bpf_ktime_get_ns();
-		if (counted) {
-			follow(group, key.client, t, held_move(counted_in, now_in), 0, now, &full);
-			return 0;
-		}
+		st->opened_ns = now;
 		struct client_state *c = follow(group, key.client, t, held_delta(now_in, 1), 1, now, &full);
-		if (!was) { // a new connection
-			st->opened_ns = now;
-			if (c)
-				__sync_fetch_and_add(&c->opened, 1);
-		}
-		st->over_limit = full && !was ? OVER_LIMIT : 0;
+		if (c)
+			__sync_fetch_and_add(&c->opened, 1);
+		st->over_limit = full ? OVER_LIMIT : 0;
 		return 0;
 	}
 	if (!counted)
 		return 0;
+	if (is) { // from one watched state to another
+		if (!recount(st, &key, newstate, now_in)) {
+			t->misplaced++; // still counted, in the state it left
+			return 0;
+		}
+		if ((counted_in ^ now_in) & 1)
+			follow(group, key.client, t, held_move(counted_in, now_in), 0, 0, &full);
+		return 0;
+	}
 	count_as(&key, st->state, counted_in, -1);
 	st->counted = 0;
 	now = bpf_ktime_get_ns();
@@ -402,22 +560,25 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
-// What the census's last call drops of each client.
+// What the census's last call does to each client.
 struct settling {
 	__u32 old;   // the generation moved from
 	__u32 epoch; // of the peaks, now
+	__u64 now;
 };
 
 // settle runs on every client once the census has moved every socket: what
 // the old generation still holds is of connections gone, and no event
 // writes it any more; it is dropped, so that the next census, which moves
-// the counts into it, finds it empty. A client that holds nothing, whose
-// count did not change in this epoch of the peaks (its peak is 0) nor at
-// all since the census before found it so (the word's version is the
-// same), is dropped: its churn lives on in the totals. Every event that
-// changed it is then an audit's interval old, its bookkeeping long done;
-// one that took the entry before the drop finds its add made on a dropped
-// one (follow), and makes it again.
+// the counts into it, finds it empty. Then whether the client is at the
+// limit is judged again, from its count now and the limit now (one
+// changed since, or one a client reached before the start). A client that
+// holds nothing, whose count did not change in this epoch of the peaks
+// (its peak is 0) nor at all since the census before found it so (the
+// word's version is the same), is dropped: its churn lives on in the
+// totals. Every event that changed it is then an audit's interval old, its
+// bookkeeping long done; one that took the entry before the drop finds its
+// add made on a dropped one (follow), and makes it again.
 static long settle(struct bpf_map *map, struct client_key *key, struct client_state *c, struct settling *s)
 {
 	__u64 held = c->held;
@@ -426,7 +587,8 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	__s64 stale = held_in(held, s->old);
 	if (stale)
 		held = __sync_fetch_and_add(&c->held, held_delta(s->old, -stale)) + held_delta(s->old, -stale);
-	if ((held & HELD_COUNTS) != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch) {
+	judge(key->group, c, s->now);
+	if ((held & HELD_COUNTS) != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch || c->at_limit) {
 		c->idle = 0;
 		return 0;
 	}
@@ -449,7 +611,7 @@ int census(struct bpf_iter__tcp *ctx)
 		// where every counted socket moved (else the old generation
 		// still holds some of them, and is kept).
 		if (!unmoved) {
-			struct settling s = {.old = generation - 1, .epoch = epoch};
+			struct settling s = {.old = generation - 1, .epoch = epoch, .now = bpf_ktime_get_ns()};
 			bpf_for_each_map_elem(&clients_held, settle, &s, 0);
 			settled = generation;
 		}
@@ -469,27 +631,38 @@ int census(struct bpf_iter__tcp *ctx)
 		t->lost++;
 		return 0;
 	}
-	if (own(st, skc, !st->counted))
+	struct sock *sk = (struct sock *)tp;
+	if (own(st, sk, !st->counted))
 		return 0;
-	__u32 now_in = generation;
-	if (st->counted && st->generation == now_in)
-		return 0; // counted in this generation already, by an event
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
-	addresses((struct sock *)tp, &key);
+	addresses(sk, st, &key);
 	bool counted = st->counted, full;
-	__u32 counted_in = st->generation;
-	if (!counted)
-		t->seeded++;
+	__u32 counted_in = st->generation, now_in = generation;
+	if (!agents(key.port, key.uid)) {
+		if (!counted)
+			return 0;
+		// Counted, and no longer the agent's as it is now judged (its
+		// listeners' user changed): taken off, no close.
+		count_as(&key, st->state, counted_in, -1);
+		st->counted = 0;
+		follow(group, key.client, t, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &full);
+		t->disowned++;
+		return 0;
+	}
+	if (counted && counted_in == now_in)
+		return 0; // counted in this generation already, by an event
 	if (!recount(st, &key, skc->skc_state, now_in)) {
 		if (counted)
 			__sync_fetch_and_add(&unmoved, 1);
 		else
-			t->lost++;
+			lose(st, t);
 		return 0;
 	}
-	if (counted)
+	if (counted) {
 		follow(group, key.client, t, held_move(counted_in, now_in), 0, 0, &full);
-	else
-		follow(group, key.client, t, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &full);
+		return 0;
+	}
+	t->seeded++;
+	follow(group, key.client, t, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &full);
 	return 0;
 }

@@ -52,19 +52,20 @@ type Counter struct {
 	missedAt   uint64   // the events the kernel skipped, at the last census
 }
 
-// Load attaches the programs that count the connections of each group's
-// ports (groups[i] are group i's ports) in states, in the exporter's
-// network namespace, in maps of keys keys each, then seeds the counts with
-// a census of what is open already. It needs CAP_BPF and CAP_PERFMON (or
-// root), and a kernel with BTF; kernel is the kernel's types, read once for
-// every program the exporter loads.
-func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int) (*Counter, error) {
-	return load(kernel, groups, states, keys, nil)
+// Load attaches the programs that count the connections the agent's
+// listeners accept on each group's ports (groups[i] are group i's ports;
+// users the agent's user on each, as Trust takes them) in states, in the
+// exporter's network namespace, in maps of keys keys each, then seeds the
+// counts with a census of what is open already. It needs CAP_BPF and
+// CAP_PERFMON (or root), and a kernel with BTF; kernel is the kernel's
+// types, read once for every program the exporter loads.
+func Load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32) (*Counter, error) {
+	return load(kernel, groups, states, keys, users, nil)
 }
 
 // load is Load on a host whose security policy refuses what refusing does
 // (the tests' stand-in for one; nil: the kernel's own policy alone).
-func load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int, refusing func(*ebpf.CollectionSpec) error) (*Counter, error) {
+func load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, refusing func(*ebpf.CollectionSpec) error) (*Counter, error) {
 	netns, err := refusals.Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -93,6 +94,7 @@ func load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int,
 	spec.Maps[programMapGroups].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapConnections].MaxEntries = uint32(keys)
 	spec.Maps[programMapClientsHeld].MaxEntries = uint32(keys)
+	spec.Maps[programMapAgentUsers].MaxEntries = uint32(max(1, portCount(groups)))
 	c := &Counter{groups: len(groups), epoch: 1}
 	if refusing != nil {
 		if err := refusing(spec); err != nil {
@@ -101,6 +103,10 @@ func load(kernel *btf.Cache, groups [][]uint16, states []socket.State, keys int,
 	}
 	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: kernel}); err != nil {
 		return nil, explain(err)
+	}
+	if _, err := refusals.WriteUsers(c.objs.AgentUsers, users); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if err := c.attach(); err != nil {
 		c.Close()
@@ -163,9 +169,39 @@ func (c *Counter) Check() error {
 }
 
 // Shared are the maps that say what each client holds as it happens, for
-// the refusals' program to judge each refusal by the limiter's rule.
+// the refusals' program to judge each refusal by the limiter's rule, and
+// whose connections are the agent's.
 func (c *Counter) Shared() *refusals.Counts {
-	return &refusals.Counts{Sockets: c.objs.Sockets, Clients: c.objs.ClientsHeld, Limits: c.objs.Limits}
+	return &refusals.Counts{Sockets: c.objs.Sockets, Clients: c.objs.ClientsHeld, Limits: c.objs.Limits, AgentUsers: c.objs.AgentUsers}
+}
+
+// Trust has the programs count only the connections accepted by the
+// agent's listeners: users are the agent's user on each watched port
+// (listeners.AnyUser where it cannot be told; a port left out has no
+// listener of the agent's, and nothing there counts). Where that changes,
+// a census judges every open connection again.
+func (c *Counter) Trust(users map[uint16]uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed, err := refusals.WriteUsers(c.objs.AgentUsers, users)
+	if err != nil || !changed {
+		return err
+	}
+	missed, err := c.missed()
+	if err != nil {
+		return err
+	}
+	_, err = c.audit(missed)
+	return err
+}
+
+// portCount is how many ports the groups watch.
+func portCount(groups [][]uint16) int {
+	n := 0
+	for _, g := range groups {
+		n += len(g)
+	}
+	return n
 }
 
 // String names the source for messages.
@@ -247,11 +283,9 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	}
 	if found.Unmoved > 0 {
 		// The old generation still counts some open connections: kept,
-		// with whatever else it holds, until a census moves them all. Its
-		// keys at 0 count none, and no event adds to them: dropped, to
-		// make room for the next.
-		_, err := c.dropGeneration(old, true)
-		return found, err
+		// with whatever else it holds, until a census moves them all (a
+		// key falling to 0 is dropped by the programs themselves).
+		return found, nil
 	}
 	var settled uint32
 	if err := c.objs.Settled.Get(&settled); err != nil {
@@ -262,7 +296,7 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	}
 	// No event writes the old generation any more: each of its sockets
 	// is in the new one, or closed. What it holds is of connections gone.
-	if found.Stale, err = c.dropGeneration(old, false); err != nil {
+	if found.Stale, err = c.dropGeneration(old); err != nil {
 		return Census{}, err
 	}
 	return found, nil
@@ -295,9 +329,14 @@ func drain(r io.Reader) error {
 	}
 }
 
-// dropGeneration deletes the counts of generation gen (only those at 0
-// where emptyOnly), and returns how many connections they were counting.
-func (c *Counter) dropGeneration(gen uint32, emptyOnly bool) (uint64, error) {
+// keyDropped is the bit a connection key's count has while the programs
+// drop it (KEY_DROPPED, events.bpf.c): it counts nothing.
+const keyDropped = 1 << 62
+
+// dropGeneration deletes the counts of generation gen, once no event
+// writes them (every socket moved to the next, or closed), and returns how
+// many connections they were counting.
+func (c *Counter) dropGeneration(gen uint32) (uint64, error) {
 	var (
 		key   programConnectionKey
 		count int64
@@ -306,8 +345,10 @@ func (c *Counter) dropGeneration(gen uint32, emptyOnly bool) (uint64, error) {
 	)
 	it := c.objs.Connections.Iterate()
 	for it.Next(&key, &count) {
-		if uint32(key.Generation) == gen&1 && (!emptyOnly || count == 0) {
-			total += uint64(max(count, -count))
+		if uint32(key.Generation) == gen&1 {
+			if count&keyDropped == 0 {
+				total += uint64(max(count, -count))
+			}
 			keys = append(keys, key)
 		}
 	}
@@ -356,14 +397,16 @@ func (c *Counter) Read(_ context.Context, add func(socket.Socket), _ func()) err
 	)
 	it := c.objs.Connections.Iterate()
 	for it.Next(&key, &count) {
-		if count <= 0 {
-			continue // all closed: the key stays, at 0
+		if count <= 0 || count&keyDropped != 0 {
+			continue // all closed, the key being dropped
 		}
 		add(socket.Socket{
-			State:   socket.State(key.State),
-			Local:   netip.AddrPortFrom(address(key.Local, key.Ipv6), key.Port),
-			Peer:    netip.AddrPortFrom(address(key.Client, key.Ipv6), 0),
-			Sockets: int(count),
+			State:    socket.State(key.State),
+			Local:    netip.AddrPortFrom(address(key.Local, key.Ipv6), key.Port),
+			Peer:     netip.AddrPortFrom(address(key.Client, key.Ipv6), 0),
+			UID:      key.Uid,
+			UIDKnown: true,
+			Sockets:  int(count),
 		})
 	}
 	if err := it.Err(); err != nil {
@@ -402,22 +445,23 @@ func (c *Counter) totals() ([]programGroupTotals, error) {
 			s.Seeded += t.Seeded
 			s.Lost += t.Lost
 			s.Unfollowed += t.Unfollowed
+			s.Misplaced += t.Misplaced
+			s.Disowned += t.Disowned
 		}
 	}
 	return sums, nil
 }
 
-// Own tells the programs that the exporter connects to the agent from
-// local port: the server end it reaches is the exporter's own (its reads
-// of the limits), and is never counted. Tell it before connecting.
-func (c *Counter) Own(port uint16) error {
-	if err := c.objs.OwnPorts.Put(port, uint8(1)); err != nil {
+// Own tells the programs that the socket fd, about to connect to the
+// agent, is the exporter's own (a read of the limits): the server end it
+// reaches is never counted, whatever source address the kernel picks for
+// it. Tell it before connecting; the mark dies with the socket.
+func (c *Counter) Own(fd int) error {
+	if err := c.objs.Sockets.Update(int32(fd), programSocketState{Own: ownDial}, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("telling the kernel's events of the exporter's own connection: %w", err)
 	}
 	return nil
 }
 
-// Disown takes back Own, once the connection is closed.
-func (c *Counter) Disown(port uint16) {
-	c.objs.OwnPorts.Delete(port) // gone already, or never put: nothing to take back
-}
+// ownDial is OWN_DIAL (bpf/counts.h): a client end of the exporter's own.
+const ownDial = 2

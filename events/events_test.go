@@ -2,7 +2,6 @@ package events
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -45,10 +44,22 @@ func loadedWith(t *testing.T, keys int, groups ...[]uint16) *Counter {
 	programs.NeedBTF(t)
 	// On a host whose policy refuses map-element iterators, as some do:
 	// every test of the counts runs there.
-	c, err := load(btf.NewCache(), groups, held, keys, policy.MapElementIterators.Load)
+	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), policy.MapElementIterators.Load)
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
+}
+
+// rootListens is the agent's user on every port of groups, as the kernel
+// programs take it: root, who runs the tests and their listeners.
+func rootListens(groups ...[]uint16) map[uint16]uint32 {
+	users := map[uint16]uint32{}
+	for _, g := range groups {
+		for _, p := range g {
+			users[p] = 0
+		}
+	}
+	return users
 }
 
 // table is what the built-in reader reads of ports: the rows the events'
@@ -308,7 +319,7 @@ func TestTheTimeAtTheLimitRunsFromTheConnectionThatReachesItToTheCloseThatLeaves
 func loadWithRefusals(t *testing.T, port uint16, limit int) (*Counter, *refusals.Counter) {
 	t.Helper()
 	c := loaded(t, []uint16{port})
-	r, err := refusals.Load(btf.NewCache(), [][]uint16{{port}}, c.Shared())
+	r, err := refusals.Load(btf.NewCache(), [][]uint16{{port}}, c.Shared(), nil)
 	programs.Loaded(t, err)
 	t.Cleanup(r.Close)
 	snapshotOf(t, c, limit)
@@ -336,7 +347,7 @@ func TestARefusalWhileTheClientHeldFewerThanTheLimitIsCountedApart(t *testing.T)
 	refuse("127.0.0.91") // 3 held besides it: at the limit
 	refuse("127.0.0.92") // 2 besides it, 3 with it: below
 	refuse("127.0.0.92")
-	snap, err := r.Snapshot(10)
+	snap, err := r.Snapshot(10, refusals.Agent{})
 	require.NoError(t, err)
 	groups := snap.Groups
 	assert.Equal(t, uint64(3), groups[0].Total)
@@ -389,17 +400,33 @@ func TestACensusFindsAndCorrectsWhatMissedEventsLeft(t *testing.T) {
 	assert.Zero(t, snapshotOf(t, c, 8).Groups[0].AtLimit)
 }
 
-// A connection the agent reads from before it closes it (over HTTPS Consul
-// reads the TLS handshake before its 429) is a refusal by the limiter's
-// rule alone: it opened while its client held the limit besides it, and
-// the agent closed it at once. The same exchange from a client below the
-// limit is a request served.
-func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
-	l := loopback.Listen(t, "127.0.0.1")
-	_, r := loadWithRefusals(t, l.Port(), 3)
-	loopback.Open(t, l, "127.0.0.97", 3)
-	loopback.Open(t, l, "127.0.0.98", 1)
-	handshakeThenClose := func(from string) {
+// On the agent's TLS ports (over HTTPS Consul reads the TLS handshake
+// before its 429), a connection the agent reads from before it closes it
+// is a refusal by the limiter's rule alone: it opened while its client
+// held the limit besides it, and the agent closed it at once. It counts
+// once a read of the agent's limit made after it finds the limit it was
+// judged against; a read that finds another (a `consul reload` raised it)
+// counts it as untracked. The same exchange from a client below the limit
+// is a request served; on a plain port the rule judges nothing, whatever
+// the client held (there, a request read is the agent's own evidence).
+func TestOnTLSPortsAConnectionReadFromIsARefusalWhenItOpenedPastTheLimitAndAReadConfirmsIt(t *testing.T) {
+	tls, plain := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1")
+	c := loaded(t, []uint16{tls.Port(), plain.Port()})
+	r, err := refusals.Load(btf.NewCache(), [][]uint16{{tls.Port(), plain.Port()}}, c.Shared(), nil)
+	programs.Loaded(t, err)
+	t.Cleanup(r.Close)
+	snapshotOf(t, c, 3)
+	agent := refusals.Agent{Limits: []int{3}, TLSPorts: []uint16{tls.Port()}}
+	read := func(agent refusals.Agent) refusals.Snapshot {
+		t.Helper()
+		snap, err := r.Snapshot(10, agent)
+		require.NoError(t, err)
+		return snap
+	}
+	read(agent) // the agent's TLS port known
+	loopback.Open(t, tls, "127.0.0.97", 3)
+	loopback.Open(t, tls, "127.0.0.98", 1)
+	handshakeThenClose := func(l *portopener.Listener, from string) {
 		pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), 1)
 		require.NoError(t, err)
 		p := pairs[0]
@@ -415,38 +442,61 @@ func TestAConnectionReadFromIsARefusalWhenItOpenedPastTheLimit(t *testing.T) {
 	// The client's FIN first, then the agent's close with the request
 	// unread: judged once, by the limiter's rule, not again by the other.
 	clientFirst := func(from string) {
-		pairs, err := l.Open(context.Background(), netip.MustParseAddr(from), 1)
+		pairs, err := tls.Open(context.Background(), netip.MustParseAddr(from), 1)
 		require.NoError(t, err)
 		p := pairs[0]
 		_, err = p.Client.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
 		require.NoError(t, err)
 		require.NoError(t, p.Client.(*net.TCPConn).CloseWrite())
 		require.Eventually(t, func() bool {
-			return slices.Contains(table(t, l.Port()), "close-wait "+p.Server.LocalAddr().String()+" "+p.Client.LocalAddr().String())
+			return slices.Contains(table(t, tls.Port()), "close-wait "+p.Server.LocalAddr().String()+" "+p.Client.LocalAddr().String())
 		}, 5*time.Second, time.Millisecond, "the server end in CLOSE-WAIT")
 		require.NoError(t, p.Server.Close())
 		p.Client.Close()
 	}
-	handshakeThenClose("127.0.0.97") // 3 held besides it: refused
-	handshakeThenClose("127.0.0.98") // 1 besides it: served
-	handshakeThenClose("127.0.0.97")
+	handshakeThenClose(tls, "127.0.0.97")   // 3 held besides it: refused
+	handshakeThenClose(tls, "127.0.0.98")   // 1 besides it: served
+	handshakeThenClose(plain, "127.0.0.97") // 3 besides it, on a plain port: a request read, served
+	handshakeThenClose(tls, "127.0.0.97")
 	clientFirst("127.0.0.97")
-	snap, err := r.Snapshot(10)
-	require.NoError(t, err)
+	snap := read(agent)
+	assert.Equal(t, 3, snap.Pending, "no read of the agent since")
+	assert.Zero(t, snap.Groups[0].Total)
+
+	agent.ReadAt = monotonicNow(t) // a read after them, of the same limit
+	snap = read(agent)
+	assert.Zero(t, snap.Pending)
 	groups := snap.Groups
 	assert.Equal(t, uint64(3), groups[0].Total)
 	require.Len(t, groups[0].Top, 1)
 	assert.Equal(t, "127.0.0.97", groups[0].Top[0].Client.String())
+	assert.Equal(t, 3, groups[0].Top[0].Count)
 	assert.Zero(t, groups[0].BelowLimit)
+	assert.Zero(t, groups[0].Untracked)
+
+	handshakeThenClose(tls, "127.0.0.97")
+	agent.Limits, agent.ReadAt = []int{5}, monotonicNow(t) // the agent's limit raised meanwhile
+	groups = read(agent).Groups
+	assert.Equal(t, uint64(3), groups[0].Total, "judged against a limit the agent no longer had: not counted")
+	assert.Equal(t, uint64(1), groups[0].Untracked, "said: it may have been one")
+}
+
+// monotonicNow is the kernel programs' clock now.
+func monotonicNow(t *testing.T) uint64 {
+	t.Helper()
+	now, err := monotonic()
+	require.NoError(t, err)
+	return now
 }
 
 // Maps too small for the clients (--events.keys at its least): the
 // connections past them are counted as lost, and their clients as not
 // followed, never silently, and the counts that fit stay right; a census
-// finds the lost ones uncounted, cannot count them either, and cannot move
-// the counted ones into its new generation: they stay counted where they
-// were (a full map at the audit zeroes no count). Once connections close,
-// the censuses make room, and count every one.
+// finds the lost ones uncounted, cannot count them either (nor counts them
+// as lost again), and cannot move the counted ones into its new
+// generation: they stay counted where they were (a full map at the audit
+// zeroes no count). Once connections close, their keys go, and the
+// censuses count every one.
 func TestConnectionsAFullMapCannotCountAreCountedAsLostAndAFullMapZeroesNoCount(t *testing.T) {
 	l := loopback.Listen(t, "127.0.0.1")
 	c := loadedWith(t, minKeys, []uint16{l.Port()})
@@ -462,8 +512,13 @@ func TestConnectionsAFullMapCannotCountAreCountedAsLostAndAFullMapZeroesNoCount(
 
 	found, err := c.Census()
 	require.NoError(t, err)
-	assert.Equal(t, Census{Uncounted: 20, Unmoved: minKeys}, found, "none lost counted: no room; none moved")
-	assert.Len(t, counted(t, c), minKeys, "a full map at the audit zeroes no count")
+	assert.Equal(t, Census{Unmoved: minKeys}, found, "none lost counted: no room; none moved")
+	for range 3 {
+		assert.Len(t, counted(t, c), minKeys, "a full map at the audit zeroes no count")
+		assert.Equal(t, uint64(20), snapshotOf(t, c).Groups[0].Lost, "each lost connection counted once, however many audits find it")
+		_, err := c.Census()
+		require.NoError(t, err)
+	}
 
 	for _, p := range pairs[:clients/2] {
 		closeAs(t, "agent", p)
@@ -545,7 +600,7 @@ func TestAProgramThePolicyRefusesIsSaidAsThePolicysRefusal(t *testing.T) {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, policy.Refusing{policy.TCPIterator}.Load)
+	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, policy.Refusing{policy.TCPIterator}.Load)
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.ErrorIs(t, err, loaderr.ErrPolicy)
 	assert.Contains(t, err.Error(), "program census")
@@ -568,53 +623,49 @@ func TestTheProgramsAreATracepointAndATCPIterator(t *testing.T) {
 }
 
 // The exporter's own connections to the agent (its reads of the limits)
-// are never counted: a connection from a port it owns, bound and told of
-// before the connect as the limits' reads do, is in no count, no churn and
-// no client's entry, whatever it does next, once the port is disowned too;
-// nor does a census count it.
+// are never counted: a connection from a socket the exporter told of
+// before the connect, as the limits' reads do, is in no count, no churn and
+// no client's entry, whatever it does next; nor does a census count it.
+// So whatever source address the kernel picks: towards an agent on
+// 127.0.0.2, the kernel connects from 127.0.0.1.
 func TestTheExportersOwnConnectionsAreNeverCounted(t *testing.T) {
-	l := loopback.Listen(t, "127.0.0.1")
-	c := loaded(t, []uint16{l.Port()})
-	var port uint16
-	d := net.Dialer{Control: func(_, _ string, raw syscall.RawConn) error {
-		var err error
-		if cerr := raw.Control(func(fd uintptr) {
-			if err = unix.Bind(int(fd), &unix.SockaddrInet4{}); err != nil {
-				return
+	for _, at := range []string{"127.0.0.1", "127.0.0.2", "::1"} {
+		t.Run(at, func(t *testing.T) {
+			l := loopback.Listen(t, at)
+			c := loaded(t, []uint16{l.Port()})
+			d := net.Dialer{Control: func(_, _ string, raw syscall.RawConn) error {
+				var err error
+				if cerr := raw.Control(func(fd uintptr) { err = c.Own(int(fd)) }); cerr != nil {
+					return cerr
+				}
+				return err
+			}}
+			from := "127.0.0.1"
+			if netip.MustParseAddr(at).Is6() {
+				from = "::1"
 			}
-			var local unix.Sockaddr
-			if local, err = unix.Getsockname(int(fd)); err == nil {
-				port = uint16(local.(*unix.SockaddrInet4).Port)
-			}
-		}); cerr != nil {
-			return cerr
-		}
-		if err != nil {
-			return err
-		}
-		return c.Own(port)
-	}}
-	theirs := loopback.Open(t, l, "127.0.0.1", 1)
-	own, err := d.Dial("tcp4", l.Addr().String()) // left unaccepted: its server end is open all the same
-	require.NoError(t, err)
-	require.Len(t, table(t, l.Port()), 2, "both open")
+			theirs := loopback.Open(t, l, from, 1)
+			own, err := d.Dial("tcp", l.Addr().String()) // left unaccepted: its server end is open all the same
+			require.NoError(t, err)
+			require.Len(t, table(t, l.Port()), 2, "both open")
 
-	rows := counted(t, c)
-	require.Len(t, rows, 1, "the agent's client's alone")
-	assert.NotContains(t, rows[0], fmt.Sprintf(":%d", port))
-	assert.Equal(t, uint64(1), snapshotOf(t, c).Groups[0].Opened)
+			rows := counted(t, c)
+			require.Len(t, rows, 1, "the agent's client's alone")
+			assert.NotContains(t, rows[0], own.LocalAddr().String())
+			assert.Equal(t, uint64(1), snapshotOf(t, c).Groups[0].Opened)
 
-	require.NoError(t, own.Close()) // its server end to CLOSE-WAIT, then disowned
-	c.Disown(port)
-	found, err := c.Census()
-	require.NoError(t, err)
-	assert.Zero(t, found.Drift(), "the census does not count it either")
-	assert.Len(t, counted(t, c), 1)
-	closeAs(t, "agent", theirs[0])
-	g := snapshotOf(t, c).Groups[0]
-	assert.Equal(t, uint64(1), g.Opened)
-	assert.Equal(t, [3]uint64{1, 0, 0}, g.Closed, "the agent's client's close alone")
-	assert.Empty(t, counted(t, c))
+			require.NoError(t, own.Close()) // its server end to CLOSE-WAIT
+			found, err := c.Census()
+			require.NoError(t, err)
+			assert.Zero(t, found.Drift(), "the census does not count it either")
+			assert.Len(t, counted(t, c), 1)
+			closeAs(t, "agent", theirs[0])
+			g := snapshotOf(t, c).Groups[0]
+			assert.Equal(t, uint64(1), g.Opened)
+			assert.Equal(t, [3]uint64{1, 0, 0}, g.Closed, "the agent's client's close alone")
+			assert.Empty(t, counted(t, c))
+		})
+	}
 }
 
 // pausing is an iterator's read as the kernel makes it past a million

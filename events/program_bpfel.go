@@ -34,18 +34,24 @@ type programConnectionKey struct {
 	_          structs.HostLayout
 	Local      [16]uint8
 	Client     [16]uint8
+	Uid        uint32
 	Port       uint16
 	State      uint8
 	Generation uint8
 	Ipv6       uint8
-	Unused     uint8
+	Unused     [3]uint8
 }
 
 type programGroupState struct {
-	_              structs.HostLayout
-	ClientsAtLimit int64
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	ClientsAtLimit uint32
 	SinceNs        uint64
 	AtLimitNs      uint64
+	LastNs         uint64
 }
 
 type programGroupTotals struct {
@@ -57,27 +63,42 @@ type programGroupTotals struct {
 	Seeded     uint64
 	Lost       uint64
 	Unfollowed uint64
+	Misplaced  uint64
+	Disowned   uint64
+}
+
+type programOwnRead struct {
+	_          structs.HostLayout
+	Client     [16]uint8
+	Server     [16]uint8
+	ClientPort uint16
+	ServerPort uint16
 }
 
 type programSocketState struct {
-	_          structs.HostLayout
-	OpenedNs   uint64
-	Generation uint32
-	Counted    uint8
-	State      uint8
-	OverLimit  uint8
-	Own        uint8
+	_           structs.HostLayout
+	OpenedNs    uint64
+	Generation  uint32
+	ListenerUid uint32
+	Counted     uint8
+	State       uint8
+	OverLimit   uint8
+	Own         uint8
+	Accepted    uint8
+	Lost        uint8
+	Unused      [2]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	programMapAgentUsers       = "agent_users"
 	programMapClientsHeld      = "clients_held"
 	programMapConnections      = "connections"
 	programMapGroups           = "groups"
 	programMapLimits           = "limits"
-	programMapOwnPorts         = "own_ports"
+	programMapOwnReads         = "own_reads"
 	programMapSockets          = "sockets"
 	programMapTotals           = "totals"
 	programProgCensus          = "census"
@@ -87,6 +108,7 @@ const (
 	programVarLifetimeBoundsNs = "lifetime_bounds_ns"
 	programVarNetnsInum        = "netns_inum"
 	programVarPortGroups       = "port_groups"
+	programVarReadNs           = "read_ns"
 	programVarSettled          = "settled"
 	programVarUnmoved          = "unmoved"
 	programVarWatchedStates    = "watched_states"
@@ -142,11 +164,12 @@ type programProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programMapSpecs struct {
+	AgentUsers  *ebpf.MapSpec `ebpf:"agent_users"`
 	ClientsHeld *ebpf.MapSpec `ebpf:"clients_held"`
 	Connections *ebpf.MapSpec `ebpf:"connections"`
 	Groups      *ebpf.MapSpec `ebpf:"groups"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
-	OwnPorts    *ebpf.MapSpec `ebpf:"own_ports"`
+	OwnReads    *ebpf.MapSpec `ebpf:"own_reads"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
 }
@@ -160,6 +183,7 @@ type programVariableSpecs struct {
 	LifetimeBoundsNs *ebpf.VariableSpec `ebpf:"lifetime_bounds_ns"`
 	NetnsInum        *ebpf.VariableSpec `ebpf:"netns_inum"`
 	PortGroups       *ebpf.VariableSpec `ebpf:"port_groups"`
+	ReadNs           *ebpf.VariableSpec `ebpf:"read_ns"`
 	Settled          *ebpf.VariableSpec `ebpf:"settled"`
 	Unmoved          *ebpf.VariableSpec `ebpf:"unmoved"`
 	WatchedStates    *ebpf.VariableSpec `ebpf:"watched_states"`
@@ -185,22 +209,24 @@ func (o *programObjects) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programMaps struct {
+	AgentUsers  *ebpf.Map `ebpf:"agent_users"`
 	ClientsHeld *ebpf.Map `ebpf:"clients_held"`
 	Connections *ebpf.Map `ebpf:"connections"`
 	Groups      *ebpf.Map `ebpf:"groups"`
 	Limits      *ebpf.Map `ebpf:"limits"`
-	OwnPorts    *ebpf.Map `ebpf:"own_ports"`
+	OwnReads    *ebpf.Map `ebpf:"own_reads"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
 }
 
 func (m *programMaps) Close() error {
 	return _ProgramClose(
+		m.AgentUsers,
 		m.ClientsHeld,
 		m.Connections,
 		m.Groups,
 		m.Limits,
-		m.OwnPorts,
+		m.OwnReads,
 		m.Sockets,
 		m.Totals,
 	)
@@ -215,6 +241,7 @@ type programVariables struct {
 	LifetimeBoundsNs *ebpf.Variable `ebpf:"lifetime_bounds_ns"`
 	NetnsInum        *ebpf.Variable `ebpf:"netns_inum"`
 	PortGroups       *ebpf.Variable `ebpf:"port_groups"`
+	ReadNs           *ebpf.Variable `ebpf:"read_ns"`
 	Settled          *ebpf.Variable `ebpf:"settled"`
 	Unmoved          *ebpf.Variable `ebpf:"unmoved"`
 	WatchedStates    *ebpf.Variable `ebpf:"watched_states"`

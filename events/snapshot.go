@@ -63,7 +63,8 @@ type Group struct {
 
 // Snapshot reads the events since start, and each client's peak since the
 // last snapshot, with top clients each; limits (per group, 0 for none
-// known) are what the time at the limit counts against from now on.
+// known) are what the time at the limit counts against from now on: where
+// one changed, a census judges every client against it again.
 func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -71,17 +72,29 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	if err := c.setLimits(limits); err != nil {
+	changed, err := c.setLimits(limits)
+	if err != nil {
 		return Snapshot{}, err
+	}
+	if changed {
+		if _, err := c.audit(missed); err != nil {
+			return Snapshot{}, err
+		}
 	}
 	snap := Snapshot{Groups: make([]Group, c.groups), Audit: c.last, Audits: c.audits, Missed: missed}
 	totals, err := c.totals()
 	if err != nil {
 		return Snapshot{}, err
 	}
+	// The clock first, then the time at the limit: told of the read, the
+	// programs take no time before it from then on, so that the time read
+	// never goes back.
 	now, err := monotonic()
 	if err != nil {
 		return Snapshot{}, err
+	}
+	if err := c.objs.ReadNs.Set(now); err != nil {
+		return Snapshot{}, fmt.Errorf("telling the kernel's events of the read: %w", err)
 	}
 	for g := range snap.Groups {
 		t, group := totals[g], &snap.Groups[g]
@@ -96,7 +109,7 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 		}
 		group.LifetimeCount, group.LifetimeSum = sum, time.Duration(t.LifetimeNs).Seconds()
 		var s programGroupState
-		if err := c.objs.Groups.Lookup(uint32(g), &s); err != nil {
+		if err := c.objs.Groups.LookupWithFlags(uint32(g), &s, ebpf.LookupLock); err != nil {
 			return Snapshot{}, fmt.Errorf("reading the kernel's time at the limit: %w", err)
 		}
 		group.AtLimit = time.Duration(s.AtLimitNs)
@@ -110,8 +123,9 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	return snap, nil
 }
 
-// setLimits gives the kernel each group's limit where it changed.
-func (c *Counter) setLimits(limits []int) error {
+// setLimits gives the kernel each group's limit where it changed, and
+// says whether one did.
+func (c *Counter) setLimits(limits []int) (changed bool, err error) {
 	if c.limits == nil {
 		c.limits = make([]uint32, c.groups)
 	}
@@ -121,11 +135,12 @@ func (c *Counter) setLimits(limits []int) error {
 			continue // the map's zero value too: nothing known
 		}
 		if err := c.objs.Limits.Put(uint32(g), limit); err != nil {
-			return fmt.Errorf("setting the limits in the kernel: %w", err)
+			return changed, fmt.Errorf("setting the limits in the kernel: %w", err)
 		}
 		c.limits[g] = limit
+		changed = true
 	}
-	return nil
+	return changed, nil
 }
 
 // clients reads each client's opens and its peak over the epoch that

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -64,6 +65,11 @@ type Snapshot struct {
 	// Unwatched say, one each, the ports the agent serves that are not
 	// watched (its connections there are not counted).
 	Unwatched []string
+	// TLSPorts are the watched ports the agent serves HTTPS on, as the
+	// last read said, where the HTTP limit is read from it; ReadAt is when
+	// the last read that worked began (CLOCK_MONOTONIC, ns; 0 before one).
+	TLSPorts []uint16
+	ReadAt   uint64
 }
 
 // Source gives the limits, reading the agent where a limit is auto.
@@ -81,6 +87,7 @@ type Source struct {
 	own atomic.Pointer[OwnConnections]
 
 	first     sync.Once
+	soon      chan struct{} // ReadSoon's
 	mu        sync.Mutex
 	snapshot  Snapshot
 	readState changes.Tracker // logged once per change
@@ -96,6 +103,7 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: rpcPorts,
 		refresh: refresh, readTimeout: min(refresh, 5*time.Second), logger: logger,
 		warned:   map[string]bool{},
+		soon:     make(chan struct{}, 1),
 		snapshot: Snapshot{HTTP: http.N, RPC: rpc.N, Auto: http.Auto || rpc.Auto},
 	}
 	if !s.snapshot.Auto {
@@ -123,12 +131,11 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	return s, nil
 }
 
-// OwnConnections are told the local port of each of the exporter's
-// connections to the agent before it connects, and once it is closed: the
-// kernel's events (--source events) never count them.
+// OwnConnections are told of each of the exporter's connections to the
+// agent, by its socket, before it connects: the kernel's events (--source
+// events) never count them, whatever source address the kernel picks.
 type OwnConnections interface {
-	Own(port uint16) error
-	Disown(port uint16)
+	Own(fd int) error
 }
 
 // ExcludeOwn has every read of the limits from now on tell own of its
@@ -139,100 +146,21 @@ func (s *Source) ExcludeOwn(own OwnConnections) { s.own.Store(&own) }
 var dialer = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 
 // dial connects to the agent: where the exporter's own connections are to
-// be told of (ExcludeOwn), from a port bound first and told of before the
-// connect, and taken back once closed or failed.
+// be told of (ExcludeOwn), a TCP socket is told of before it connects.
 func (s *Source) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	own := s.own.Load()
-	if own == nil {
+	if own == nil || !strings.HasPrefix(network, "tcp") {
 		return dialer.DialContext(ctx, network, addr)
 	}
-	var (
-		mu    sync.Mutex
-		ports []uint16 // one per address tried
-	)
 	d := dialer
-	d.Control = func(network, _ string, raw syscall.RawConn) error {
-		port, err := bindAnyPort(network, raw)
-		if err != nil || port == 0 {
-			return err // a unix socket has no port
+	d.Control = func(_, _ string, raw syscall.RawConn) error {
+		var err error
+		if cerr := raw.Control(func(fd uintptr) { err = (*own).Own(int(fd)) }); cerr != nil {
+			return cerr
 		}
-		mu.Lock()
-		ports = append(ports, port)
-		mu.Unlock()
-		return (*own).Own(port)
+		return err
 	}
-	conn, err := d.DialContext(ctx, network, addr)
-	var kept uint16
-	if err == nil {
-		if local, ok := conn.LocalAddr().(*net.TCPAddr); ok {
-			kept = uint16(local.Port)
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, p := range ports {
-		if p != kept {
-			(*own).Disown(p)
-		}
-	}
-	if err != nil || kept == 0 {
-		return conn, err
-	}
-	return &disowned{Conn: conn, disown: func() { (*own).Disown(kept) }}, nil
-}
-
-// bindAnyPort binds a TCP socket about to connect to a port of the
-// kernel's choosing, as the connect would, and says which: known before the
-// connection is.
-func bindAnyPort(network string, raw syscall.RawConn) (uint16, error) {
-	var wildcard unix.Sockaddr
-	switch network {
-	case "tcp4":
-		wildcard = &unix.SockaddrInet4{}
-	case "tcp6":
-		wildcard = &unix.SockaddrInet6{}
-	default:
-		return 0, nil
-	}
-	var (
-		port uint16
-		err  error
-	)
-	if cerr := raw.Control(func(fd uintptr) {
-		if err = unix.Bind(int(fd), wildcard); err != nil {
-			return
-		}
-		var local unix.Sockaddr
-		if local, err = unix.Getsockname(int(fd)); err != nil {
-			return
-		}
-		switch a := local.(type) {
-		case *unix.SockaddrInet4:
-			port = uint16(a.Port)
-		case *unix.SockaddrInet6:
-			port = uint16(a.Port)
-		}
-	}); cerr != nil {
-		return 0, cerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("binding the connection to the agent: %w", err)
-	}
-	return port, nil
-}
-
-// disowned is a connection of the exporter's own that takes its port back
-// from OwnConnections once closed.
-type disowned struct {
-	net.Conn
-	disown func()
-	once   sync.Once
-}
-
-func (c *disowned) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.disown)
-	return err
+	return d.DialContext(ctx, network, addr)
 }
 
 // over puts what the flags say over what the environment said in config:
@@ -266,7 +194,17 @@ func (s *Source) Snapshot() Snapshot {
 	defer s.mu.Unlock()
 	snap := s.snapshot
 	snap.Unwatched = slices.Clone(snap.Unwatched)
+	snap.TLSPorts = slices.Clone(snap.TLSPorts)
 	return snap
+}
+
+// ReadSoon has Run read the agent now, rather than at the next refresh:
+// for what waits on a read made after it.
+func (s *Source) ReadSoon() {
+	select {
+	case s.soon <- struct{}{}:
+	default: // one is asked for already
+	}
 }
 
 // Run reads the agent now (unless a snapshot has) and every refresh until
@@ -294,6 +232,9 @@ func (s *Source) Run(ctx context.Context) {
 			return
 		case <-timer.C:
 			s.read()
+		case <-s.soon:
+			timer.Stop()
+			s.read()
 		}
 	}
 }
@@ -309,7 +250,8 @@ func (s *Source) firstRead() {
 }
 
 func (s *Source) read() {
-	httpLimit, rpcLimit, err := s.ask()
+	began := monotonic()
+	httpLimit, rpcLimit, tls, err := s.ask()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
@@ -325,24 +267,34 @@ func (s *Source) read() {
 		return
 	}
 	if s.http.Auto {
-		s.snapshot.HTTP = httpLimit
+		s.snapshot.HTTP, s.snapshot.TLSPorts = httpLimit, tls
 	}
 	if s.rpc.Auto {
 		s.snapshot.RPC = rpcLimit
 	}
+	s.snapshot.ReadAt = began
 }
 
-// ask reads the limits that are auto from the agent. A limit of 0 is
-// Consul's "no limit".
-func (s *Source) ask() (httpLimit, rpcLimit int, err error) {
+// monotonic is CLOCK_MONOTONIC in ns, the kernel programs' clock.
+func monotonic() uint64 {
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
+		return 0
+	}
+	return uint64(now.Nano())
+}
+
+// ask reads the limits that are auto from the agent, and the watched
+// ports it serves HTTPS on. A limit of 0 is Consul's "no limit".
+func (s *Source) ask() (httpLimit, rpcLimit int, tls []uint16, err error) {
 	config := *s.agent // NewClient writes the token it reads into its config
 	client, err := api.NewClient(&config)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	self, err := client.Agent().Self()
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	debug := self["DebugConfig"]
 	limit := func(l Limit, key string) int {
@@ -356,7 +308,10 @@ func (s *Source) ask() (httpLimit, rpcLimit int, err error) {
 	if err == nil {
 		s.warnUnwatched(debug)
 	}
-	return httpLimit, rpcLimit, err
+	if p := number(debug["HTTPSPort"]); p > 0 && slices.Contains(s.httpPorts, uint16(p)) {
+		tls = []uint16{uint16(p)}
+	}
+	return httpLimit, rpcLimit, tls, err
 }
 
 // explain is err on one line, with what grants access where that is the

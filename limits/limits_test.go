@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // agent answers /v1/agent/self as a Consul agent does, with the status and
@@ -247,61 +248,39 @@ func TestTheAgentsFlagsWinOverTheEnvironment(t *testing.T) {
 	assert.Equal(t, "from-the-file", seen.Load())
 }
 
-// ownPorts records what the reads tell of their connections.
-type ownPorts struct {
-	mu    sync.Mutex
-	owned map[uint16]bool
+// ownSockets are the sockets a read told of, and whether each was
+// connected already when it was.
+type ownSockets struct {
+	mu        sync.Mutex
+	told      []int
+	connected []bool
 }
 
-func (o *ownPorts) Own(port uint16) error {
+func (o *ownSockets) Own(fd int) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.owned[port] = true
+	_, err := unix.Getpeername(fd)
+	o.told = append(o.told, fd)
+	o.connected = append(o.connected, err == nil)
 	return nil
 }
 
-func (o *ownPorts) Disown(port uint16) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	delete(o.owned, port)
-}
-
-func (o *ownPorts) has(port uint16) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.owned[port]
-}
-
-// Each connection of a read is told of from the port it connects from
-// before the agent can see it, and taken back once closed, or failed.
-func TestEachReadsConnectionIsToldOfBeforeItConnectsAndTakenBackOnceClosed(t *testing.T) {
+// Each connection of a read is told of, by its own socket, before it
+// connects: whatever address the kernel picks for it.
+func TestEachReadsConnectionIsToldOfByItsSocketBeforeItConnects(t *testing.T) {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
-	own := &ownPorts{owned: map[uint16]bool{}}
-	ownedAtAccept := make(chan bool, 1)
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			ownedAtAccept <- false
-			return
-		}
-		defer conn.Close()
-		ownedAtAccept <- own.has(uint16(conn.RemoteAddr().(*net.TCPAddr).Port))
-	}()
+	own := &ownSockets{}
 	s := &Source{}
 	s.ExcludeOwn(own)
 	conn, err := s.dial(context.Background(), "tcp", ln.Addr().String())
 	require.NoError(t, err)
-	assert.True(t, <-ownedAtAccept, "told of before the agent accepted it")
-	port := uint16(conn.LocalAddr().(*net.TCPAddr).Port)
-	assert.True(t, own.has(port))
-	require.NoError(t, conn.Close())
-	assert.False(t, own.has(port), "taken back once closed")
-
-	closedPort := ln.Addr().String()
-	ln.Close()
-	_, err = s.dial(context.Background(), "tcp", closedPort)
-	require.Error(t, err)
-	assert.Empty(t, own.owned, "a failed connection's port taken back")
+	defer conn.Close()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	require.NoError(t, err)
+	var fd int
+	require.NoError(t, raw.Control(func(f uintptr) { fd = int(f) }))
+	assert.Equal(t, []int{fd}, own.told, "its own socket")
+	assert.Equal(t, []bool{false}, own.connected, "told of before it connected")
 }

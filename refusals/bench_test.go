@@ -26,7 +26,7 @@ func withAndWithout(b *testing.B, connection func(b *testing.B, client, server n
 		if err != nil {
 			return storm.Loaded{}, err
 		}
-		c, err := Load(btf.NewCache(), [][]uint16{{port}}, nil)
+		c, err := Load(btf.NewCache(), [][]uint16{{port}}, nil, map[uint16]uint32{port: 0})
 		if err != nil {
 			return storm.Loaded{}, err
 		}

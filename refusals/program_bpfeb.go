@@ -31,13 +31,25 @@ type programClientState struct {
 }
 
 type programSocketState struct {
-	_          structs.HostLayout
-	OpenedNs   uint64
-	Generation uint32
-	Counted    uint8
-	State      uint8
-	OverLimit  uint8
-	Own        uint8
+	_           structs.HostLayout
+	OpenedNs    uint64
+	Generation  uint32
+	ListenerUid uint32
+	Counted     uint8
+	State       uint8
+	OverLimit   uint8
+	Own         uint8
+	Accepted    uint8
+	Lost        uint8
+	Unused      [2]uint8
+}
+
+type programSuspect struct {
+	_        structs.HostLayout
+	Group    uint32
+	Limit    uint32
+	Client   [16]uint8
+	JudgedNs uint64
 }
 
 type programTotal struct {
@@ -59,10 +71,13 @@ type programVerdict struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	programMapAgentUsers   = "agent_users"
 	programMapClients      = "clients"
 	programMapClientsHeld  = "clients_held"
 	programMapLimits       = "limits"
 	programMapSockets      = "sockets"
+	programMapSuspects     = "suspects"
+	programMapTlsPorts     = "tls_ports"
 	programMapTotals       = "totals"
 	programMapVerdicts     = "verdicts"
 	programProgAgentClosed = "agent_closed"
@@ -122,10 +137,13 @@ type programProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programMapSpecs struct {
+	AgentUsers  *ebpf.MapSpec `ebpf:"agent_users"`
 	Clients     *ebpf.MapSpec `ebpf:"clients"`
 	ClientsHeld *ebpf.MapSpec `ebpf:"clients_held"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
+	Suspects    *ebpf.MapSpec `ebpf:"suspects"`
+	TlsPorts    *ebpf.MapSpec `ebpf:"tls_ports"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
 	Verdicts    *ebpf.MapSpec `ebpf:"verdicts"`
 }
@@ -159,20 +177,26 @@ func (o *programObjects) Close() error {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programMaps struct {
+	AgentUsers  *ebpf.Map `ebpf:"agent_users"`
 	Clients     *ebpf.Map `ebpf:"clients"`
 	ClientsHeld *ebpf.Map `ebpf:"clients_held"`
 	Limits      *ebpf.Map `ebpf:"limits"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
+	Suspects    *ebpf.Map `ebpf:"suspects"`
+	TlsPorts    *ebpf.Map `ebpf:"tls_ports"`
 	Totals      *ebpf.Map `ebpf:"totals"`
 	Verdicts    *ebpf.Map `ebpf:"verdicts"`
 }
 
 func (m *programMaps) Close() error {
 	return _ProgramClose(
+		m.AgentUsers,
 		m.Clients,
 		m.ClientsHeld,
 		m.Limits,
 		m.Sockets,
+		m.Suspects,
+		m.TlsPorts,
 		m.Totals,
 		m.Verdicts,
 	)

@@ -20,15 +20,23 @@
 // The cookie is the socket's own, not its addresses: a client whose ports
 // come round again is counted once per connection, however often.
 //
+// Only the agent's connections are judged: those of a listener of the
+// agent's user (agent_users, as the exporter judges the listeners; the
+// kernel gives an accepted socket its listener's user), never a socket a
+// local user bound to the port itself.
+//
 // With the events' counts beside it (--source events: their maps are
 // shared), each refusal is also judged by the limiter's own rule: at the
 // agent's close, the client held at least the limit besides this
 // connection. One where it held fewer is counted apart (below_limit): the
-// limiter held slots the kernel had freed (hashicorp/consul#11030). And a
-// connection that opened while its client held the limit besides it (the
-// events keep that in its storage) is a refusal by the limiter's rule
-// alone, whoever ends it, as long as it ends within its first second: so
-// over HTTPS too, where the agent reads the TLS handshake before its 429.
+// limiter held slots the kernel had freed (hashicorp/consul#11030). And on
+// the agent's TLS ports, where it reads the handshake before its 429 (so
+// nothing says it read nothing), a connection that opened while its client
+// held the limit besides it (the events keep that in its storage) and ends
+// within its first second, whoever ends it, is a refusal by the limiter's
+// rule alone: a suspect, counted by the exporter once a read of the
+// agent's limit after it confirms the limit it was judged against (a
+// `consul reload` that raised it leaves none counted).
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -70,6 +78,33 @@ struct {
 	__type(value, struct verdict);
 } verdicts SEC(".maps");
 
+// The agent's TLS ports (host order), where the exporter reads the limit
+// from the agent (its ports.https): the only ports the limiter's rule
+// judges. The exporter sets max_entries to the number of ports.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u8);
+} tls_ports SEC(".maps");
+
+// A refusal by the limiter's rule alone, until a read of the agent's
+// limit after it says whether the limit it was judged against held.
+struct suspect {
+	__u32 group;
+	__u32 limit;	 // as the kernel had it
+	__u8 client[16]; // IPv4 v4-mapped
+	__u64 judged_ns; // bpf_ktime_get_ns
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); // socket cookie
+	__type(value, struct suspect);
+} suspects SEC(".maps");
+
 // Refusals per client: an LRU, so a flood of addresses evicts the least
 // recent instead of growing; totals are exact whatever it evicts.
 struct {
@@ -81,7 +116,7 @@ struct {
 
 struct total {
 	__u64 refused;
-	__u64 untracked;   // verdicts the full map could not take: maybe refusals
+	__u64 untracked;   // verdicts or suspects the full maps could not take: maybe refusals
 	__u64 below_limit; // of refused, while the kernel held the client below the limit
 };
 
@@ -114,14 +149,14 @@ enum {
 	JUDGED,   // opened past it, and judged already (or ends too late to be)
 };
 
-// by_the_limiters_rule judges a connection by the limiter's own rule, once:
-// the events found it opened while its client held the limit besides it,
-// and it ends within its first second, whoever ends it first (over HTTPS
-// the agent reads the TLS handshake before its 429, and the client, having
-// read the 429, may close first).
-static __always_inline int by_the_limiters_rule(struct socket_state *st, __u64 now)
+// by_the_limiters_rule judges a connection of a TLS port by the limiter's
+// own rule, once: the events found it opened while its client held the
+// limit besides it, and it ends within its first second, whoever ends it
+// first (over HTTPS the agent reads the TLS handshake before its 429, and
+// the client, having read the 429, may close first).
+static __always_inline int by_the_limiters_rule(struct socket_state *st, __u16 port, __u64 now)
 {
-	if (!st || !st->over_limit)
+	if (!st || !st->over_limit || !bpf_map_lookup_elem(&tls_ports, &port))
 		return NOT_OVER;
 	if (st->over_limit != OVER_LIMIT)
 		return JUDGED;
@@ -150,6 +185,23 @@ static __always_inline bool below_limit(const struct socket_state *st, const str
 	return held < *limit;
 }
 
+// suspect keeps a refusal by the limiter's rule, for the exporter to count
+// once a read of the agent's limit confirms it.
+static __always_inline void suspect(const struct sock *sk, __u32 group, __u64 now)
+{
+	struct suspect s = {.group = group, .judged_ns = now};
+	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
+	if (limit)
+		s.limit = *limit;
+	client_address(sk, s.client);
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	if (bpf_map_update_elem(&suspects, &cookie, &s, BPF_NOEXIST) != 0) {
+		struct total *t = bpf_map_lookup_elem(&totals, &group);
+		if (t)
+			__sync_fetch_and_add(&t->untracked, 1);
+	}
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 {
@@ -164,16 +216,19 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (!tp)
 		return 0; // the tracepoint is DCCP's, SCTP's and MPTCP's too
 	__u32 group;
-	if (!group_of(bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport), &group))
+	__u16 port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	if (!group_of(port, &group))
 		return 0;
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return 0;
+	if (!agents(port, sk->sk_uid.val))
+		return 0; // not a connection the agent accepted
 	struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 	// The events' storage of the connection, where they are shared.
 	struct socket_state *st = with_counts ? bpf_sk_storage_get(&sockets, (void *)sk, 0, 0) : NULL;
-	switch (by_the_limiters_rule(st, v.closed_ns)) {
+	switch (by_the_limiters_rule(st, port, v.closed_ns)) {
 	case REFUSED:
-		count(v.group, client_address(sk, v.client), false);
+		suspect(sk, group, v.closed_ns);
 		return 0;
 	case JUDGED:
 		return 0;

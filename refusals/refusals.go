@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -40,6 +42,18 @@ type Counter struct {
 	objs   programObjects
 	links  []link.Link
 	groups int
+	// shared: the agent's users are the events' map, which they keep.
+	shared bool
+
+	// The refusals by the limiter's rule that a read of the agent's limit
+	// confirmed, per group, and per client (up to maxConfirmedClients),
+	// which the kernel's counts lack; and those a read did not confirm,
+	// which are counted as untracked.
+	mu          sync.Mutex
+	confirmed   []uint64
+	unconfirmed []uint64
+	byClient    map[programClientKey]uint64
+	tls         []uint16
 }
 
 // Counts are the maps of the events' programs (--source events) that say
@@ -47,17 +61,20 @@ type Counter struct {
 // the limiter's own rule too.
 type Counts struct {
 	// Sockets is their socket storage; Clients their per-client state;
-	// Limits each group's limit as the exporter last read it.
-	Sockets, Clients, Limits *ebpf.Map
+	// Limits each group's limit as the exporter last read it; AgentUsers
+	// the agent's user on each watched port.
+	Sockets, Clients, Limits, AgentUsers *ebpf.Map
 }
 
 // Load attaches the program that counts the refusals of each group's ports
-// (groups[i] are group i's ports) in the exporter's network namespace;
-// with counts (nil for none), each refusal made while its client held fewer
-// than the limit besides it is counted apart. It needs CAP_BPF and
-// CAP_PERFMON (or root), and a kernel with BTF; kernel is the kernel's
-// types, read once for every program the exporter loads.
-func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error) {
+// (groups[i] are group i's ports) in the exporter's network namespace, of
+// the connections the agent's listeners accept (users, as Trust takes
+// them, where counts are not given); with counts (nil for none), each
+// refusal made while its client held fewer than the limit besides it is
+// counted apart, and the limiter's rule judges the agent's TLS ports. It
+// needs CAP_BPF and CAP_PERFMON (or root), and a kernel with BTF; kernel is
+// the kernel's types, read once for every program the exporter loads.
+func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts, users map[uint16]uint32) (*Counter, error) {
 	netns, err := Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -66,14 +83,22 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	ports := 0
+	for _, g := range groups {
+		ports += len(g)
+	}
 	spec.Maps[programMapTotals].MaxEntries = uint32(len(groups))
 	spec.Maps[programMapLimits].MaxEntries = uint32(len(groups))
+	spec.Maps[programMapAgentUsers].MaxEntries = uint32(max(1, ports))
+	spec.Maps[programMapTlsPorts].MaxEntries = uint32(max(1, ports))
 	options := &ebpf.CollectionOptions{Cache: kernel}
 	withCounts := uint32(0)
 	if counts != nil {
 		withCounts = 1
-		options.MapReplacements = map[string]*ebpf.Map{programMapSockets: counts.Sockets, programMapClientsHeld: counts.Clients, programMapLimits: counts.Limits}
+		options.MapReplacements = map[string]*ebpf.Map{programMapSockets: counts.Sockets, programMapClientsHeld: counts.Clients,
+			programMapLimits: counts.Limits, programMapAgentUsers: counts.AgentUsers}
 		spec.Maps[programMapClientsHeld].MaxEntries = counts.Clients.MaxEntries() // theirs, as sized
+		spec.Maps[programMapAgentUsers].MaxEntries = counts.AgentUsers.MaxEntries()
 	} else {
 		spec.Maps[programMapClientsHeld].MaxEntries = 1 // a stand-in, never read
 	}
@@ -82,9 +107,14 @@ func Load(kernel *btf.Cache, groups [][]uint16, counts *Counts) (*Counter, error
 			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 	}
-	c := &Counter{groups: len(groups)}
+	c := &Counter{groups: len(groups), shared: counts != nil, confirmed: make([]uint64, len(groups)), unconfirmed: make([]uint64, len(groups)),
+		byClient: map[programClientKey]uint64{}}
 	if err := spec.LoadAndAssign(&c.objs, options); err != nil {
 		return nil, explain(err)
+	}
+	if err := c.Trust(users); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	if err := c.attach(); err != nil {
 		c.Close()
@@ -104,6 +134,60 @@ func (c *Counter) attach() error {
 		c.links = append(c.links, l)
 	}
 	return nil
+}
+
+// Trust has the programs judge only the connections accepted by the
+// agent's listeners: users are the agent's user on each watched port (as
+// events.Counter.Trust takes them). With the events' maps shared, the
+// events keep them, and this does nothing.
+func (c *Counter) Trust(users map[uint16]uint32) error {
+	if c.shared {
+		return nil
+	}
+	_, err := WriteUsers(c.objs.AgentUsers, users)
+	return err
+}
+
+// AnyUser, as the agent's user on a port, is a port whose agent's
+// listeners cannot be told from others' (listeners.Agent.Undecided):
+// every listener's connections count there. It is bpf/counts.h's ANY_USER.
+const AnyUser = ^uint32(0)
+
+// WriteUsers makes m, agent_users of bpf/counts.h, say users: the agent's
+// user on each watched port (AnyUser: any), none on a port left out. It
+// says whether anything changed.
+func WriteUsers(m *ebpf.Map, users map[uint16]uint32) (changed bool, err error) {
+	var (
+		port  uint16
+		uid   uint32
+		stale []uint16
+	)
+	it := m.Iterate()
+	for it.Next(&port, &uid) {
+		if want, ok := users[port]; !ok || want != uid {
+			stale = append(stale, port)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return false, fmt.Errorf("reading the agent's users in the kernel: %w", err)
+	}
+	for _, port := range stale {
+		if err := m.Delete(port); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, fmt.Errorf("writing the agent's users in the kernel: %w", err)
+		}
+		changed = true
+	}
+	for port, uid := range users {
+		var have uint32
+		if err := m.Lookup(port, &have); err == nil && have == uid {
+			continue
+		}
+		if err := m.Put(port, uid); err != nil {
+			return changed, fmt.Errorf("writing the agent's users in the kernel: %w", err)
+		}
+		changed = true
+	}
+	return changed, nil
 }
 
 // PortGroups is port_groups of bpf/counts.h, which both programs read:
@@ -157,9 +241,11 @@ type Group struct {
 	// Total is exact, whatever the map of clients evicted.
 	Total uint64
 	// Untracked are the agent's closes of connections it had read nothing
-	// of that the kernel's map of pending verdicts was too full to take:
-	// each may have been a refusal, not counted. 0 unless more than 65,536
-	// such closes were pending at once.
+	// of that the kernel's map of pending verdicts was too full to take,
+	// and refusals by the limiter's rule judged against a limit the agent
+	// changed before a read confirmed it: each may have been a refusal,
+	// not counted. 0 unless more than 65,536 such closes were pending at
+	// once, or a `consul reload` changed the limit.
 	Untracked uint64
 	// BelowLimit are the refusals made while the client held fewer than
 	// the limit besides the refused connection, as the events counted it
@@ -179,13 +265,38 @@ type Snapshot struct {
 	// of another's on the same CPU): each may have been a refusal not
 	// counted.
 	Missed uint64
+	// Pending are the refusals by the limiter's rule that wait for a read
+	// of the agent's limit after them, to be counted or not.
+	Pending int
+}
+
+// Agent is what the exporter last read of the agent, by which the
+// refusals of the limiter's rule are judged and confirmed: each group's
+// limit as read; the agent's TLS ports among the watched ones (none where
+// the limit is not read from the agent: the rule then judges nothing); and
+// when the read that said so began (CLOCK_MONOTONIC, ns).
+type Agent struct {
+	Limits   []int
+	TLSPorts []uint16
+	ReadAt   uint64
 }
 
 // Snapshot reads each group's refusals, with its top busiest clients
-// (addresses unmapped, as the connection counts have them), and sweeps the
-// verdicts no reset can come for any more.
-func (c *Counter) Snapshot(top int) (Snapshot, error) {
+// (addresses unmapped, as the connection counts have them), counts the
+// refusals by the limiter's rule that agent's read confirms (judged before
+// it began, against the limit it read), and sweeps the verdicts no reset
+// can come for any more.
+func (c *Counter) Snapshot(top int, agent Agent) (Snapshot, error) {
 	missed, err := c.missed()
+	if err != nil {
+		return Snapshot{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.judgeTLS(agent.TLSPorts); err != nil {
+		return Snapshot{}, err
+	}
+	pending, err := c.confirm(agent)
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -193,7 +304,76 @@ func (c *Counter) Snapshot(top int) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	return Snapshot{Groups: groups, Missed: missed}, c.sweep()
+	return Snapshot{Groups: groups, Missed: missed, Pending: pending}, c.sweep()
+}
+
+// judgeTLS has the limiter's rule judge ports, where they changed.
+func (c *Counter) judgeTLS(ports []uint16) error {
+	if slices.Equal(ports, c.tls) {
+		return nil
+	}
+	for _, p := range c.tls {
+		if err := c.objs.TlsPorts.Delete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("setting the agent's TLS ports in the kernel: %w", err)
+		}
+	}
+	for _, p := range ports {
+		if err := c.objs.TlsPorts.Put(p, uint8(1)); err != nil {
+			return fmt.Errorf("setting the agent's TLS ports in the kernel: %w", err)
+		}
+	}
+	c.tls = slices.Clone(ports)
+	return nil
+}
+
+// maxConfirmedClients bounds the clients whose refusals by the limiter's
+// rule are kept apart, as the kernel's map of clients is bounded: past it,
+// a new client's are in the total alone.
+const maxConfirmedClients = 65536
+
+// confirm takes the suspects judged before agent's read began: counted
+// where the limit they were judged against is the one read, else counted
+// as untracked (the agent's limit changed: they may or may not have been
+// refused). It returns how many wait for a later read.
+func (c *Counter) confirm(agent Agent) (pending int, err error) {
+	var (
+		cookie  uint64
+		s       programSuspect
+		cookies []uint64
+	)
+	it := c.objs.Suspects.Iterate()
+	for it.Next(&cookie, &s) {
+		if s.JudgedNs >= agent.ReadAt {
+			pending++
+			continue
+		}
+		cookies = append(cookies, cookie)
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("reading the refusals by the limiter's rule: %w", err)
+	}
+	for _, cookie := range cookies {
+		if err := c.objs.Suspects.LookupAndDelete(cookie, &s); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				continue
+			}
+			return pending, fmt.Errorf("taking the refusals by the limiter's rule: %w", err)
+		}
+		g := int(s.Group)
+		if g >= c.groups {
+			continue
+		}
+		if g >= len(agent.Limits) || agent.Limits[g] <= 0 || uint32(agent.Limits[g]) != s.Limit {
+			c.unconfirmed[g]++
+			continue
+		}
+		c.confirmed[g]++
+		key := programClientKey{Group: s.Group, Client: s.Client}
+		if _, ok := c.byClient[key]; ok || len(c.byClient) < maxConfirmedClients {
+			c.byClient[key]++
+		}
+	}
+	return pending, nil
 }
 
 // missed sums the programs' recursion misses.
@@ -209,7 +389,8 @@ func (c *Counter) missed() (uint64, error) {
 	return n, nil
 }
 
-// groupsRead reads each group's refusals, with its top busiest clients.
+// groupsRead reads each group's refusals, with its top busiest clients:
+// the kernel's counts, and the refusals by the limiter's rule confirmed.
 func (c *Counter) groupsRead(top int) ([]Group, error) {
 	groups := make([]Group, c.groups)
 	for g := range groups {
@@ -217,7 +398,7 @@ func (c *Counter) groupsRead(top int) ([]Group, error) {
 		if err := c.objs.Totals.Lookup(uint32(g), &t); err != nil {
 			return nil, fmt.Errorf("reading the refusals: %w", err)
 		}
-		groups[g].Total, groups[g].Untracked, groups[g].BelowLimit = t.Refused, t.Untracked, t.BelowLimit
+		groups[g].Total, groups[g].Untracked, groups[g].BelowLimit = t.Refused+c.confirmed[g], t.Untracked+c.unconfirmed[g], t.BelowLimit
 	}
 	// Each key is one client of one group, so the busiest are kept as they
 	// come: memory stays that of top clients, however full the map.
@@ -225,22 +406,36 @@ func (c *Counter) groupsRead(top int) ([]Group, error) {
 		key   programClientKey
 		count uint64
 	)
+	seen := map[programClientKey]bool{}
+	keep := func(key programClientKey, n uint64) {
+		if int(key.Group) < len(groups) {
+			client := tally.ClientCount{Client: netip.AddrFrom16(key.Client).Unmap(), Count: int(n)}
+			groups[key.Group].Top = tally.Keep(groups[key.Group].Top, client, top)
+		}
+	}
 	it := c.objs.Clients.Iterate()
 	for it.Next(&key, &count) {
-		if int(key.Group) >= len(groups) {
-			continue
+		if n, ok := c.byClient[key]; ok {
+			count += n
+			seen[key] = true
 		}
-		client := tally.ClientCount{Client: netip.AddrFrom16(key.Client).Unmap(), Count: int(count)}
-		groups[key.Group].Top = tally.Keep(groups[key.Group].Top, client, top)
+		keep(key, count)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the refusals: %w", err)
 	}
+	for key, n := range c.byClient {
+		if !seen[key] {
+			keep(key, n)
+		}
+	}
 	return groups, nil
 }
 
-// sweep deletes the verdicts older than pendingFor. Those pending are few:
-// a refused connection's reset follows its close within a round trip.
+// sweep deletes the verdicts, and the suspects, older than pendingFor.
+// Those pending are few: a refused connection's reset follows its close
+// within a round trip, and a read of the agent is asked for as soon as a
+// suspect waits for one.
 func (c *Counter) sweep() error {
 	var now unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &now); err != nil {
@@ -264,6 +459,26 @@ func (c *Counter) sweep() error {
 		// Gone already if its reset came meanwhile.
 		if err := c.objs.Verdicts.Delete(cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("sweeping the refusals' pending verdicts: %w", err)
+		}
+	}
+	// Refusals by the limiter's rule no read of the agent confirmed for as
+	// long (the agent unreachable): may have been refusals.
+	var (
+		s     programSuspect
+		stale []uint64
+	)
+	suspects := c.objs.Suspects.Iterate()
+	for suspects.Next(&cookie, &s) {
+		if time.Duration(now.Nano()-int64(s.JudgedNs)) > pendingFor {
+			stale = append(stale, cookie)
+		}
+	}
+	if err := suspects.Err(); err != nil {
+		return fmt.Errorf("reading the refusals by the limiter's rule: %w", err)
+	}
+	for _, cookie := range stale {
+		if err := c.objs.Suspects.LookupAndDelete(cookie, &s); err == nil && int(s.Group) < c.groups {
+			c.unconfirmed[s.Group]++
 		}
 	}
 	return nil

@@ -65,7 +65,13 @@ func load(t *testing.T, groups ...[]uint16) *Counter {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	c, err := Load(btf.NewCache(), groups, nil)
+	users := map[uint16]uint32{} // root's listeners, the tests'
+	for _, g := range groups {
+		for _, p := range g {
+			users[p] = 0
+		}
+	}
+	c, err := Load(btf.NewCache(), groups, nil, users)
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
@@ -73,7 +79,7 @@ func load(t *testing.T, groups ...[]uint16) *Counter {
 
 func snapshot(t *testing.T, c *Counter) []Group {
 	t.Helper()
-	snap, err := c.Snapshot(10)
+	snap, err := c.Snapshot(10, Agent{})
 	require.NoError(t, err)
 	return snap.Groups
 }

@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+)
+
+// attackEnv, set, makes the test binary a local user's program instead of
+// the tests (TestMain): what any user can do with sockets of its own, run
+// as nobody against the agent's port.
+const attackEnv = "CONSUL_CONN_EXPORTER_E2E_ATTACK"
+
+// attackMain runs one attack, prints "ready" once it is in place, and holds
+// its sockets until SIGTERM; on SIGUSR1 it closes the sockets it bound on
+// the agent's port first, reading nothing, and prints "closed".
+//
+//	listen ADDR:PORT N FROM [v6only]  a listener (IPV6_V6ONLY if asked),
+//	                                  and N connections to it from FROM
+//	forge PORT N FIRST [unread]       N sockets bound to PORT at FIRST and
+//	                                  the addresses after it (SO_REUSEADDR),
+//	                                  each connected to a listener of its
+//	                                  own on loopback, which writes them a
+//	                                  byte where unread
+func attackMain(args []string) int {
+	done := make(chan os.Signal, 1)
+	signal.Notify(done, syscall.SIGTERM, syscall.SIGINT)
+	closing := make(chan os.Signal, 1)
+	signal.Notify(closing, syscall.SIGUSR1)
+	var (
+		forged []net.Conn
+		held   []io.Closer
+		err    error
+	)
+	switch {
+	case len(args) >= 4 && args[0] == "listen":
+		held, err = listenAndOpen(args[1], args[2], args[3], len(args) > 4 && args[4] == "v6only")
+	case len(args) >= 4 && args[0] == "forge":
+		forged, held, err = forge(args[1], args[2], args[3], len(args) > 4 && args[4] == "unread")
+	default:
+		err = fmt.Errorf("usage: listen ADDR:PORT N FROM [v6only] | forge PORT N FIRST [unread]: %q", args)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "attack:", err)
+		return 1
+	}
+	fmt.Println("ready")
+	for {
+		select {
+		case <-closing:
+			for _, c := range forged {
+				c.Close()
+			}
+			fmt.Println("closed")
+		case <-done:
+			for _, c := range forged {
+				c.Close()
+			}
+			for _, c := range held {
+				c.Close()
+			}
+			return 0
+		}
+	}
+}
+
+func listenAndOpen(addr, count, from string, v6only bool) ([]io.Closer, error) {
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		return nil, err
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, raw syscall.RawConn) error {
+		var serr error
+		err := raw.Control(func(fd uintptr) {
+			if v6only {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+			}
+		})
+		return cmpErr(err, serr)
+	}}
+	network := "tcp4"
+	if netip.MustParseAddrPort(addr).Addr().Is6() {
+		network = "tcp6"
+	}
+	l, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		return nil, err
+	}
+	conns := []io.Closer{l}
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	for range n {
+		c, err := dialer.Dial("tcp", l.Addr().String())
+		if err != nil {
+			return nil, err
+		}
+		s, err := l.Accept()
+		if err != nil {
+			return nil, err
+		}
+		conns = append(conns, c, s)
+	}
+	return conns, nil
+}
+
+func forge(portWord, count, first string, unread bool) (forged []net.Conn, held []io.Closer, err error) {
+	port, err := strconv.ParseUint(portWord, 10, 16)
+	if err != nil {
+		return nil, nil, err
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		return nil, nil, err
+	}
+	addr := netip.MustParseAddr(first)
+	for range n {
+		to := "127.0.0.1:0"
+		if addr.Is6() && !addr.Is4In6() {
+			to = "[::1]:0"
+		}
+		l, err := net.Listen("tcp", to)
+		if err != nil {
+			return nil, nil, err
+		}
+		dialer := net.Dialer{
+			LocalAddr: &net.TCPAddr{IP: addr.AsSlice(), Port: int(port)},
+			Control: func(_, _ string, raw syscall.RawConn) error {
+				var serr error
+				err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+				return cmpErr(err, serr)
+			},
+		}
+		network := "tcp4"
+		if addr.Is6() {
+			network = "tcp6" // a v4-mapped address on an IPv6 socket
+		}
+		c, err := dialer.Dial(network, l.Addr().String())
+		if err != nil {
+			return nil, nil, fmt.Errorf("binding %s: %w", netip.AddrPortFrom(addr, uint16(port)), err)
+		}
+		s, err := l.Accept()
+		if err != nil {
+			return nil, nil, err
+		}
+		if unread {
+			if _, err := s.Write([]byte{'x'}); err != nil {
+				return nil, nil, err
+			}
+		}
+		forged = append(forged, c)
+		held = append(held, s, l)
+		addr = addr.Next()
+	}
+	return forged, held, nil
+}
+
+func cmpErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var (
+	attackerOnce sync.Once
+	attackerPath string
+	attackerErr  error
+)
+
+// attacker starts the test binary as a local user's program: prefix are
+// the words before it (programs.AsNobody, ip netns exec ...), args the
+// attack; it returns once the attack is in place.
+func attacker(t *testing.T, prefix []string, args ...string) *process {
+	t.Helper()
+	attackerOnce.Do(func() {
+		self, err := os.Executable()
+		if err != nil {
+			attackerErr = err
+			return
+		}
+		attackerPath = filepath.Join(filepath.Dir(binary), "attacker")
+		attackerErr = exec.Command("cp", self, attackerPath).Run()
+	})
+	require.NoError(t, attackerErr)
+	return startUntil(t, "ready", append(append(prefix[:len(prefix):len(prefix)], "env", attackEnv+"=1", attackerPath), args...)...)
+}
+
+// asNobody is the words that run a program as the nobody user.
+func asNobody(t *testing.T) []string {
+	t.Helper()
+	return programs.AsNobody(t)
+}
