@@ -76,9 +76,11 @@ struct socket_state {
 			 // the limit besides it, to be refused by the limiter's
 			 // rule; OVER_LIMIT_JUDGED once the refusals judged it
 	__u8 own; // OWN_READ, OWN_DIAL: the exporter's own (below)
-	__u8 accepted; // a listener's: its LISTEN to SYN-RECV change was seen,
-		       // which only a listener's accept makes (a self-connect
-		       // goes SYN-SENT to SYN-RECV)
+	__u8 accepted; // ACCEPTED: a listener's, its LISTEN to SYN-RECV change
+		       // seen, which only a listener's accept makes (a
+		       // self-connect goes SYN-SENT to SYN-RECV); DIALED: its
+		       // open was a connect's (SYN-SENT to ESTABLISHED), never
+		       // counted; 0: not known (open before the programs)
 	__u8 lost;     // counted once in the lost: a full map could not count it
 	__u8 unused[2];
 };
@@ -86,6 +88,11 @@ struct socket_state {
 enum {
 	OVER_LIMIT = 1,
 	OVER_LIMIT_JUDGED = 2,
+};
+
+enum {
+	ACCEPTED = 1,
+	DIALED = 2,
 };
 
 enum {

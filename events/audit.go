@@ -43,6 +43,12 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 		if now.lost > before.lost {
 			problem = fmt.Sprintf("%d connections since the last audit: the kernel's connections map is full (--events.keys); the counts lack them", now.lost-before.lost)
 		}
+		if now.misplaced > before.misplaced {
+			if problem != "" {
+				problem += "; "
+			}
+			problem += fmt.Sprintf("%d connections since the last audit could not be moved to the state they entered (the map full): counted still, in the state they left", now.misplaced-before.misplaced)
+		}
 		full.Log(logger, slog.LevelError, problem, "connections could not be counted", "every connection is counted again")
 		problem = ""
 		if now.unfollowed > before.unfollowed {
@@ -54,8 +60,9 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 }
 
 // lossCounts are the connections, in all groups since start, the kernel's
-// maps were too full to count (lost), or to follow the client of.
-type lossCounts struct{ lost, unfollowed uint64 }
+// maps were too full to count (lost), to follow the client of, or to move
+// to the state they entered.
+type lossCounts struct{ lost, unfollowed, misplaced uint64 }
 
 func (c *Counter) losses() (lossCounts, error) {
 	totals, err := c.totals()
@@ -66,6 +73,7 @@ func (c *Counter) losses() (lossCounts, error) {
 	for _, t := range totals {
 		n.lost += t.Lost
 		n.unfollowed += t.Unfollowed
+		n.misplaced += t.Misplaced
 	}
 	return n, nil
 }

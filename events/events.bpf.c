@@ -125,7 +125,6 @@ struct group_totals {
 	__u64 lost;			       // connections not counted, once each: the connections map full
 	__u64 unfollowed;		       // connections whose client was not followed: the clients map full
 	__u64 misplaced;		       // moves between watched states not made: the map full
-	__u64 disowned;			       // counted, and judged by a census not the agent's any more
 };
 
 // The exporter sets max_entries to the number of groups.
@@ -218,7 +217,7 @@ static __always_inline __u32 user(const struct socket_state *st, const struct so
 	// pointer is refused by the verifier.
 	__u32 own = sk->sk_uid.val, listener = st->listener_uid;
 	asm volatile("" : "+r"(own), "+r"(listener));
-	return st->accepted ? listener : own;
+	return st->accepted == ACCEPTED ? listener : own;
 }
 
 // addresses writes sk's local address, client and user into key.
@@ -483,7 +482,7 @@ static __always_inline void accepted(const struct sock *sk)
 			t->lost++;
 		return;
 	}
-	st->accepted = 1;
+	st->accepted = ACCEPTED;
 	st->listener_uid = sk->sk_uid.val;
 }
 
@@ -509,13 +508,17 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 	struct group_totals *t = bpf_map_lookup_elem(&totals, &group);
 	if (!t)
 		return 0;
-	// Storage is made at a listener's accept (or by the census, which
-	// counts what was open before): a socket without it was not accepted.
-	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, 0);
+	// Storage is made at a listener's accept, or by the census, which
+	// counts what was open before; and at a connect's open, which is never
+	// counted (a local user's socket bound to the port and connected out):
+	// so that no census counts it either.
+	bool opens = !was && is;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, opens && oldstate == TCP_SYN_SENT ? BPF_SK_STORAGE_GET_F_CREATE : 0);
 	if (!st)
 		return 0;
-	bool opens = !was && is;
-	if (own(st, sk, opens && st->accepted))
+	if (opens && oldstate == TCP_SYN_SENT && !st->accepted)
+		st->accepted = DIALED;
+	if (own(st, sk, opens && st->accepted == ACCEPTED))
 		return 0;
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, st, &key);
@@ -526,7 +529,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		// Only a connection one of the agent's listeners accepted; one
 		// of another user's listener, or of none, is left to the census,
 		// which judges it again as the agent's listeners change.
-		if (!st->accepted || !agents(key.port, key.uid))
+		if (st->accepted != ACCEPTED || !agents(key.port, key.uid))
 			return 0;
 		if (!recount(st, &key, newstate, now_in)) {
 			lose(st, t);
@@ -632,7 +635,7 @@ int census(struct bpf_iter__tcp *ctx)
 		return 0;
 	}
 	struct sock *sk = (struct sock *)tp;
-	if (own(st, sk, !st->counted))
+	if (st->accepted == DIALED || own(st, sk, !st->counted))
 		return 0;
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, st, &key);
@@ -646,7 +649,6 @@ int census(struct bpf_iter__tcp *ctx)
 		count_as(&key, st->state, counted_in, -1);
 		st->counted = 0;
 		follow(group, key.client, t, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &full);
-		t->disowned++;
 		return 0;
 	}
 	if (counted && counted_in == now_in)

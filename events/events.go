@@ -446,7 +446,6 @@ func (c *Counter) totals() ([]programGroupTotals, error) {
 			s.Lost += t.Lost
 			s.Unfollowed += t.Unfollowed
 			s.Misplaced += t.Misplaced
-			s.Disowned += t.Disowned
 		}
 	}
 	return sums, nil

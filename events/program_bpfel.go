@@ -64,7 +64,6 @@ type programGroupTotals struct {
 	Lost       uint64
 	Unfollowed uint64
 	Misplaced  uint64
-	Disowned   uint64
 }
 
 type programOwnRead struct {

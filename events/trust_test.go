@@ -1,0 +1,194 @@
+package events
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
+)
+
+// nobody is the user another local user's sockets are made as here.
+const nobody = 65534
+
+// asUser runs f on a thread whose file system user is uid: the sockets it
+// makes are that user's as the kernel keeps them (their sk_uid), as
+// another local user's would be. The thread never serves another
+// goroutine: it ends with f.
+func asUser(t *testing.T, uid int, f func()) {
+	t.Helper()
+	failed := make(chan any, 1)
+	go func() {
+		defer func() { failed <- recover() }()
+		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
+		unix.Setfsuid(uid)
+		f()
+	}()
+	if p := <-failed; p != nil {
+		panic(p)
+	}
+}
+
+// forge binds n sockets to port at the addresses from first on, each
+// connected out to a listener of its own, as any local user can: sockets
+// whose local port is the agent's that no listener of the agent accepted.
+func forge(t *testing.T, port uint16, first string, n int) []net.Conn {
+	t.Helper()
+	var conns []net.Conn
+	addr := netip.MustParseAddr(first)
+	for range n {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: addr.AsSlice(), Port: int(port)}, Control: func(_, _ string, raw syscall.RawConn) error {
+			var err error
+			if cerr := raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) }); cerr != nil {
+				return cerr
+			}
+			return err
+		}}
+		c, err := d.Dial("tcp4", l.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		conns = append(conns, c)
+		addr = addr.Next()
+	}
+	return conns
+}
+
+// Only the connections a listener of the agent's user accepted count: not
+// sockets another user bound to the agent's port and connected out, nor
+// those the agent's own user did, nor another user's listener's on another
+// address of the port; whether they were open before the start (the
+// census) or opened since (the events); and no census ever counts them.
+func TestOnlyConnectionsTheAgentsListenersAcceptedCount(t *testing.T) {
+	for _, before := range []bool{true, false} {
+		name := map[bool]string{true: "open before the start", false: "opened since"}[before]
+		t.Run(name, func(t *testing.T) {
+			agent := loopback.Listen(t, "127.0.0.1")
+			p := agent.Port()
+			var c *Counter
+			attack := func() {
+				asUser(t, nobody, func() {
+					forge(t, p, "127.0.9.1", 4)
+					theirs, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.60"), p))
+					require.NoError(t, err)
+					t.Cleanup(func() { theirs.Close() })
+					pairs, err := theirs.Open(context.Background(), netip.MustParseAddr("127.0.0.61"), 2)
+					require.NoError(t, err)
+					t.Cleanup(func() { portopener.CloseAll(pairs) })
+				})
+				forge(t, p, "127.0.9.100", 3) // the agent's own user, connecting out from its port
+				loopback.Open(t, agent, "127.0.0.62", 5)
+			}
+			if before {
+				attack()
+				c = loaded(t, []uint16{p})
+			} else {
+				c = loaded(t, []uint16{p})
+				attack()
+			}
+			require.Len(t, table(t, p), 4+2+3+5, "every socket of the port in the table")
+			want := []string{}
+			for range 5 {
+				want = append(want, "established 127.0.0.1:"+itoa(p)+" 127.0.0.62:0")
+			}
+			if before {
+				// Open before the start, a socket of the agent's user that
+				// it connected out cannot be told from one it accepted.
+				for i := range 3 {
+					want = append(want, "established 127.0.9."+itoa(uint16(100+i))+":"+itoa(p)+" 127.0.0.1:0")
+				}
+			}
+			assert.ElementsMatch(t, want, counted(t, c))
+			found, err := c.Census()
+			require.NoError(t, err)
+			assert.Zero(t, found.Drift(), "the census judges them alike")
+			assert.ElementsMatch(t, want, counted(t, c))
+			if !before {
+				assert.Equal(t, uint64(5), snapshotOf(t, c).Groups[0].Opened, "the agent's clients' opens alone")
+			}
+		})
+	}
+}
+
+// A socket another user planted on the agent's address before the agent
+// listened there (its listener binds over it: SO_REUSEADDR) is that user's,
+// not the agent's: a census does not count it.
+func TestASocketPlantedBeforeTheAgentListenedIsNotCounted(t *testing.T) {
+	p := loopback.Port()
+	asUser(t, nobody, func() { forge(t, p, "127.0.0.71", 3) })
+	agent, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.71"), p))
+	require.NoError(t, err)
+	t.Cleanup(func() { agent.Close() })
+	loopback.Open(t, agent, "127.0.0.72", 2)
+	c := loaded(t, []uint16{p})
+	assert.Len(t, counted(t, c), 2)
+}
+
+// The agent's user, as the listeners are judged again, is told to the
+// programs: a census counts what is now the agent's and takes off what no
+// longer is; where the agent's cannot be told (AnyUser), every listener's
+// connections count; a port left out counts nothing.
+func TestAChangeOfTheAgentsUserIsJudgedAgainOverEveryConnection(t *testing.T) {
+	agent := loopback.Listen(t, "127.0.0.1")
+	p := agent.Port()
+	c := loaded(t, []uint16{p})
+	loopback.Open(t, agent, "127.0.0.63", 2)
+	asUser(t, nobody, func() {
+		theirs, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.64"), p))
+		require.NoError(t, err)
+		t.Cleanup(func() { theirs.Close() })
+		pairs, err := theirs.Open(context.Background(), netip.MustParseAddr("127.0.0.65"), 3)
+		require.NoError(t, err)
+		t.Cleanup(func() { portopener.CloseAll(pairs) })
+	})
+	assert.Len(t, counted(t, c), 2, "root's")
+	require.NoError(t, c.Trust(map[uint16]uint32{p: nobody}))
+	assert.Len(t, counted(t, c), 3, "nobody's alone")
+	require.NoError(t, c.Trust(map[uint16]uint32{p: refusals.AnyUser}))
+	assert.Len(t, counted(t, c), 5, "every listener's")
+	require.NoError(t, c.Trust(map[uint16]uint32{}))
+	assert.Empty(t, counted(t, c), "no agent's listener")
+	require.NoError(t, c.Trust(map[uint16]uint32{p: 0}))
+	assert.Len(t, counted(t, c), 2, "root's again")
+}
+
+// Connections that open and close from a thousand addresses leave no key
+// behind: the maps hold only what is open, and a client that then holds
+// connections is counted at once, with no audit to make room.
+func TestClosedConnectionsLeaveNoKeyBehind(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := loadedWith(t, minKeys, []uint16{l.Port()})
+	for i := range minKeys + 76 {
+		for _, p := range loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 7, byte(i >> 8), byte(i)}).String(), 1) {
+			closeAs(t, "agent", p)
+		}
+	}
+	loopback.Open(t, l, "127.0.0.1", 10)
+	assert.Len(t, counted(t, c), 10, "counted at once")
+	assert.Zero(t, snapshotOf(t, c).Groups[0].Lost)
+	keys := 0
+	var (
+		key   programConnectionKey
+		count int64
+	)
+	it := c.objs.Connections.Iterate()
+	for it.Next(&key, &count) {
+		keys++
+	}
+	require.NoError(t, it.Err())
+	assert.Equal(t, 1, keys, "one key: the ten's")
+}
+
+func itoa(n uint16) string { return strconv.Itoa(int(n)) }
