@@ -2,16 +2,12 @@ package events
 
 import (
 	"context"
-	"net"
 	"net/netip"
-	"runtime"
 	"strconv"
-	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
@@ -20,51 +16,6 @@ import (
 
 // nobody is the user another local user's sockets are made as here.
 const nobody = 65534
-
-// asUser runs f on a thread whose file system user is uid: the sockets it
-// makes are that user's as the kernel keeps them (their sk_uid), as
-// another local user's would be. The thread never serves another
-// goroutine: it ends with f.
-func asUser(t *testing.T, uid int, f func()) {
-	t.Helper()
-	failed := make(chan any, 1)
-	go func() {
-		defer func() { failed <- recover() }()
-		runtime.LockOSThread() // never unlocked: the thread goes with the goroutine
-		unix.Setfsuid(uid)
-		f()
-	}()
-	if p := <-failed; p != nil {
-		panic(p)
-	}
-}
-
-// forge binds n sockets to port at the addresses from first on, each
-// connected out to a listener of its own, as any local user can: sockets
-// whose local port is the agent's that no listener of the agent accepted.
-func forge(t *testing.T, port uint16, first string, n int) []net.Conn {
-	t.Helper()
-	var conns []net.Conn
-	addr := netip.MustParseAddr(first)
-	for range n {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		require.NoError(t, err)
-		t.Cleanup(func() { l.Close() })
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: addr.AsSlice(), Port: int(port)}, Control: func(_, _ string, raw syscall.RawConn) error {
-			var err error
-			if cerr := raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) }); cerr != nil {
-				return cerr
-			}
-			return err
-		}}
-		c, err := d.Dial("tcp4", l.Addr().String())
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Close() })
-		conns = append(conns, c)
-		addr = addr.Next()
-	}
-	return conns
-}
 
 // Only the connections a listener of the agent's user accepted count: not
 // sockets another user bound to the agent's port and connected out, nor
@@ -79,8 +30,8 @@ func TestOnlyConnectionsTheAgentsListenersAcceptedCount(t *testing.T) {
 			p := agent.Port()
 			var c *Counter
 			attack := func() {
-				asUser(t, nobody, func() {
-					forge(t, p, "127.0.9.1", 4)
+				loopback.AsUser(t, nobody, func() {
+					loopback.Forge(t, p, "127.0.9.1", 4)
 					theirs, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.60"), p))
 					require.NoError(t, err)
 					t.Cleanup(func() { theirs.Close() })
@@ -88,7 +39,7 @@ func TestOnlyConnectionsTheAgentsListenersAcceptedCount(t *testing.T) {
 					require.NoError(t, err)
 					t.Cleanup(func() { portopener.CloseAll(pairs) })
 				})
-				forge(t, p, "127.0.9.100", 3) // the agent's own user, connecting out from its port
+				loopback.Forge(t, p, "127.0.9.100", 3) // the agent's own user, connecting out from its port
 				loopback.Open(t, agent, "127.0.0.62", 5)
 			}
 			if before {
@@ -127,7 +78,7 @@ func TestOnlyConnectionsTheAgentsListenersAcceptedCount(t *testing.T) {
 // not the agent's: a census does not count it.
 func TestASocketPlantedBeforeTheAgentListenedIsNotCounted(t *testing.T) {
 	p := loopback.Port()
-	asUser(t, nobody, func() { forge(t, p, "127.0.0.71", 3) })
+	loopback.AsUser(t, nobody, func() { loopback.Forge(t, p, "127.0.0.71", 3) })
 	agent, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.71"), p))
 	require.NoError(t, err)
 	t.Cleanup(func() { agent.Close() })
@@ -145,7 +96,7 @@ func TestAChangeOfTheAgentsUserIsJudgedAgainOverEveryConnection(t *testing.T) {
 	p := agent.Port()
 	c := loaded(t, []uint16{p})
 	loopback.Open(t, agent, "127.0.0.63", 2)
-	asUser(t, nobody, func() {
+	loopback.AsUser(t, nobody, func() {
 		theirs, err := portopener.Listen(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.64"), p))
 		require.NoError(t, err)
 		t.Cleanup(func() { theirs.Close() })

@@ -211,3 +211,36 @@ func TestRefusalsInAnotherNetworkNamespaceDoNotCount(t *testing.T) {
 	assert.Equal(t, uint64(1), groups[0].Total)
 	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.41"), Count: 1}}, groups[0].Top)
 }
+
+// Sockets another user bound to the agent's port and connected out to a
+// listener of its own, closed with a byte unread, are reset like a refusal:
+// none counts, the agent accepted none of them. Nor do another user's
+// listener's refusals on another address of the port. The agent's own,
+// beside them, do.
+func TestSocketsTheAgentDidNotAcceptAreNeverRefusals(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	c := load(t, []uint16{port})
+	var forged []net.Conn
+	loopback.AsUser(t, nobody, func() {
+		forged = loopback.Forge(t, port, "127.0.10.1", 20)
+		theirs, err := net.Listen("tcp", net.JoinHostPort("127.0.0.44", strconv.Itoa(int(port))))
+		require.NoError(t, err)
+		defer theirs.Close()
+		for range 5 {
+			refuse(t, theirs, "127.0.0.45", 0)
+		}
+	})
+	for _, conn := range forged {
+		require.NoError(t, conn.Close()) // a byte unread: a reset
+	}
+	refuse(t, l, "127.0.0.46", 0)
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(1), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.46"), Count: 1}}, groups[0].Top)
+}
+
+// nobody is the user another local user's sockets are made as here.
+const nobody = 65534
