@@ -36,6 +36,11 @@ func New(rawURL, job, instance string, timeout time.Duration, client *http.Clien
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("--push.url %s: want http://host:port or https://host:port", u.Redacted())
 	}
+	if u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		// Never said: a query is where a token is put.
+		u.RawQuery, u.Fragment, u.ForceQuery = "", "", false
+		return nil, fmt.Errorf("--push.url %s: a query or fragment would be pushed to as part of the path; give the gateway's address alone (a token goes in --push.config.file)", u.Redacted())
+	}
 	if job == "" || instance == "" {
 		return nil, errors.New("--push.job and --push.instance must not be empty")
 	}

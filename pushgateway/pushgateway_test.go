@@ -78,6 +78,18 @@ func TestBadURLsAreRefusedWithoutShowingCredentials(t *testing.T) {
 	assert.ErrorContains(t, err, "must not be empty")
 }
 
+// A query (or fragment) would be pushed to as part of the path
+// (...?x=1/metrics/job/...): refused, and never quoted, a token being
+// what a query holds.
+func TestAQueryInTheURLIsRefusedWithoutShowingIt(t *testing.T) {
+	for _, url := range []string{"http://gw:9091/?token=s3cret", "https://u:pw@gw:9091/prefix?token=s3cret", "http://gw:9091/#s3cret", "http://gw:9091/?"} {
+		_, err := New(url, "job", "host1", time.Second, http.DefaultClient)
+		require.ErrorContains(t, err, "a query or fragment would be pushed to as part of the path", url)
+		assert.NotContains(t, err.Error(), "s3cret", url)
+		assert.NotContains(t, err.Error(), "pw", url)
+	}
+}
+
 func TestARedirectedPushFails(t *testing.T) {
 	var methods []string
 	mux := http.NewServeMux()

@@ -39,11 +39,23 @@ type Reader struct {
 	timeout  time.Duration
 }
 
+// MaxFilteredPorts are the most ports the kernel is asked to filter by: a
+// condition takes 20 bytes of a request whose filter the kernel reads up to
+// 64 KiB (and echoes whole in its error). Past it, the table of every port
+// is read, and the ports are told apart here, as every reader of the
+// records does.
+const MaxFilteredPorts = 1024
+
 // New reads the sockets whose local port is one of ports, and those whose
 // peer port is one of clientPorts (the client ends of local connections),
-// in states; a read taking longer than timeout fails.
+// in states; a read taking longer than timeout fails. Past
+// MaxFilteredPorts, it reads those of every port: what reads the records
+// keeps those of its ports.
 func New(ports, clientPorts []uint16, states []socket.State, timeout time.Duration) *Reader {
-	r := &Reader{bytecode: portFilter(ports, clientPorts), timeout: timeout}
+	r := &Reader{timeout: timeout}
+	if len(ports)+len(clientPorts) <= MaxFilteredPorts {
+		r.bytecode = portFilter(ports, clientPorts)
+	}
 	for _, s := range states {
 		r.states |= 1 << s // socket.State numbers the states as the kernel does
 	}
@@ -239,6 +251,9 @@ func (r *Reader) request() []byte {
 	b := make([]byte, reqV1Len, reqV1Len+4+len(r.bytecode))
 	b[0] = unix.AF_UNSPEC
 	binary.NativeEndian.PutUint32(b[52:], r.states)
+	if len(r.bytecode) == 0 {
+		return b
+	}
 	attr := make([]byte, 4)
 	binary.NativeEndian.PutUint16(attr, uint16(4+len(r.bytecode)))
 	binary.NativeEndian.PutUint16(attr[2:], inetDiagReqBytecode)
