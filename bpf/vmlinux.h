@@ -72,6 +72,7 @@ enum {
 /* include/uapi/linux/in.h */
 enum {
 	IPPROTO_TCP = 6,
+	IPPROTO_MPTCP = 262,
 };
 
 /* include/uapi/linux/bpf.h: a map value's lock, found by its name. */
@@ -151,6 +152,12 @@ struct tcp_sock {
 	u32 copied_seq;
 	u32 rcv_nxt;
 	u64 bytes_received;
+};
+
+/* net/mptcp/protocol.h: an MPTCP connection, as its application sees it */
+struct mptcp_sock {
+	u64 bytes_received;
+	u64 bytes_consumed;
 };
 
 struct sk_buff;

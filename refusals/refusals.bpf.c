@@ -202,19 +202,81 @@ static __always_inline void suspect(const struct sock *sk, __u32 group, __u64 no
 	}
 }
 
+// mptcp_changed judges an MPTCP connection (the agent's Go listeners are
+// MPTCP's, and an MPTCP client keeps the connection MPTCP), as its
+// application sees it: its subflows' data is moved into it whether the
+// agent reads it or not, so they say nothing of what the agent read. The
+// agent's close (closes, to newstate) having read nothing of it is a
+// refusal where its client's data is there (counted then), or comes before
+// its end (ends: counted then). No reset comes of it.
+static __always_inline void mptcp_changed(const struct sock *sk, int newstate, bool closes, bool ends)
+{
+	__u32 group;
+	__u16 port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+	if (!group_of(port, &group))
+		return;
+	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
+		return;
+	if (!agents(port, sk->sk_uid.val))
+		return; // not a connection the agent accepted
+	struct mptcp_sock *msk = (void *)sk;
+	__u64 received = BPF_CORE_READ(msk, bytes_received);
+	if (closes) {
+		if (newstate == TCP_CLOSE && !(BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN))
+			return; // a reset from the client, not the agent's close
+		if (BPF_CORE_READ(msk, bytes_consumed))
+			return; // answered: the agent read a request
+		struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
+		client_address(sk, v.client);
+		v.below_limit = below_limit(NULL, &v);
+		if (received) {
+			count(v.group, v.client, v.below_limit);
+			return;
+		}
+		__u64 cookie = bpf_get_socket_cookie((void *)sk);
+		if (bpf_map_update_elem(&verdicts, &cookie, &v, BPF_NOEXIST) != 0) {
+			struct total *t = bpf_map_lookup_elem(&totals, &v.group);
+			if (t)
+				__sync_fetch_and_add(&t->untracked, 1);
+		}
+		return;
+	}
+	if (!ends)
+		return;
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
+	if (!cookie)
+		return;
+	struct verdict *found = bpf_map_lookup_elem(&verdicts, &cookie);
+	if (!found)
+		return;
+	struct verdict v = *found;
+	if (bpf_map_delete_elem(&verdicts, &cookie) != 0)
+		return;
+	if (received)
+		count(v.group, v.client, v.below_limit);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 {
 	// Every change of state of every socket on the host comes here: what
-	// costs nothing (the states) is asked first.
-	if (oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT)
+	// costs nothing (the states) is asked first. FIN-WAIT-1 and LAST-ACK:
+	// only the application's close or shutdown goes there.
+	bool closes = (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT) &&
+		      (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE ||
+		       (with_counts && newstate == TCP_CLOSE_WAIT));
+	bool ends = newstate == TCP_CLOSE;
+	if (!closes && !ends)
 		return 0;
-	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_LAST_ACK && newstate != TCP_CLOSE &&
-	    !(with_counts && newstate == TCP_CLOSE_WAIT))
-		return 0; // FIN-WAIT-1 and LAST-ACK: only the application's close or shutdown goes there
+	if (sk->sk_protocol == IPPROTO_MPTCP) {
+		mptcp_changed(sk, newstate, closes && newstate != TCP_CLOSE_WAIT, ends);
+		return 0;
+	}
+	if (!closes)
+		return 0;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	if (!tp)
-		return 0; // the tracepoint is DCCP's, SCTP's and MPTCP's too
+		return 0; // the tracepoint is DCCP's and SCTP's too
 	__u32 group;
 	__u16 port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 	if (!group_of(port, &group))

@@ -1,6 +1,7 @@
 package refusals
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
@@ -244,3 +246,76 @@ func TestSocketsTheAgentDidNotAcceptAreNeverRefusals(t *testing.T) {
 
 // nobody is the user another local user's sockets are made as here.
 const nobody = 65534
+
+// An MPTCP connection (the agent's Go listeners are MPTCP's; an MPTCP
+// client keeps the connection MPTCP) is judged as its application sees it:
+// its subflows' data is moved into it whether the agent reads it or not.
+// The agent's close having read nothing, with the request there or to
+// come, is a refusal; a request read and answered, or a client that sends
+// nothing, is not.
+func TestAnMPTCPConnectionsRefusalIsCounted(t *testing.T) {
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(true)
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
+	dial := func(client string) (net.Conn, net.Conn) {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
+		d.SetMultipathTCP(true)
+		conn, err := d.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		require.NoError(t, conn.SetDeadline(time.Now().Add(5*time.Second)))
+		if mptcp, _ := conn.(*net.TCPConn).MultipathTCP(); !mptcp {
+			conn.Close()
+			programs.Missing(t, "this kernel's connection fell back to TCP: MPTCP is off (sysctl net.mptcp.enabled=1) or not built in (CONFIG_MPTCP)")
+		}
+		server, err := l.Accept()
+		require.NoError(t, err)
+		return conn, server
+	}
+	const request = "GET /v1/agent/self HTTP/1.1\r\n\r\n"
+	for range 3 { // the request there, unread, at the close
+		conn, server := dial("127.0.0.47")
+		_, err := conn.Write([]byte(request))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return queued(t, server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
+		require.NoError(t, server.Close())
+		conn.Close()
+	}
+	for range 2 { // the close first, the request after it
+		conn, server := dial("127.0.0.47")
+		require.NoError(t, server.Close())
+		_, err := conn.Read(make([]byte, 1))
+		require.ErrorIs(t, err, io.EOF)
+		_, err = conn.Write([]byte(request))
+		require.NoError(t, err)
+		conn.Close()
+	}
+	answered, server := dial("127.0.0.48")
+	_, err = answered.Write([]byte(request))
+	require.NoError(t, err)
+	_, err = server.Read(make([]byte, 8))
+	require.NoError(t, err)
+	require.NoError(t, server.Close())
+	answered.Close()
+	silent, server := dial("127.0.0.48")
+	require.NoError(t, server.Close())
+	silent.Close()
+	require.Eventually(t, func() bool { return snapshot(t, c)[0].Total >= 5 }, 5*time.Second, 10*time.Millisecond)
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(5), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.47"), Count: 5}}, groups[0].Top)
+}
+
+// queued is how many bytes wait unread on conn.
+func queued(t *testing.T, conn net.Conn) int {
+	t.Helper()
+	raw, err := conn.(syscall.Conn).SyscallConn()
+	require.NoError(t, err)
+	n := 0
+	require.NoError(t, raw.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }))
+	require.NoError(t, err)
+	return n
+}

@@ -28,7 +28,7 @@ func Need(t testing.TB, program, install string) string {
 	NotShort(t, "runs "+program)
 	path, err := exec.LookPath(program)
 	if err != nil {
-		missing(t, program+" is not installed: "+install)
+		Missing(t, program+" is not installed: "+install)
 	}
 	return path
 }
@@ -46,7 +46,7 @@ func NotShort(t testing.TB, what string) {
 func NeedRoot(t testing.TB, why string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		missing(t, "needs root to "+why+": run the tests as root (CI does)")
+		Missing(t, "needs root to "+why+": run the tests as root (CI does)")
 	}
 }
 
@@ -55,7 +55,7 @@ func NeedRoot(t testing.TB, why string) {
 func NeedBTF(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		missing(t, "this kernel has no BTF (/sys/kernel/btf/vmlinux): run the tests on Linux 5.5 or later built with CONFIG_DEBUG_INFO_BTF, as Debian's and Ubuntu's are")
+		Missing(t, "this kernel has no BTF (/sys/kernel/btf/vmlinux): run the tests on Linux 5.5 or later built with CONFIG_DEBUG_INFO_BTF, as Debian's and Ubuntu's are")
 	}
 }
 
@@ -66,12 +66,14 @@ func NeedBTF(t testing.TB) {
 func Loaded(t testing.TB, err error) {
 	t.Helper()
 	if errors.Is(err, loaderr.ErrPolicy) {
-		missing(t, "this host's security policy refused the kernel programs, not a fault of theirs: "+err.Error())
+		Missing(t, "this host's security policy refused the kernel programs, not a fault of theirs: "+err.Error())
 	}
 	require.NoError(t, err, "the kernel programs failed to load: a fault of theirs, or a kernel too old")
 }
 
-func missing(t testing.TB, msg string) {
+// Missing ends the test for what msg says the machine lacks: a skip, but
+// in CI (CI=true), where it is a failure.
+func Missing(t testing.TB, msg string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
@@ -150,7 +152,7 @@ func SameAsGenerated(t testing.TB, generateFile string) {
 		}
 	}
 	if _, err := os.Stat("/usr/include/bpf/bpf_helpers.h"); err != nil {
-		missing(t, "libbpf's headers are not installed: apt-get install libbpf-dev")
+		Missing(t, "libbpf's headers are not installed: apt-get install libbpf-dev")
 	}
 
 	pkg, err := filepath.Abs(filepath.Dir(generateFile))
