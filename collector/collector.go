@@ -250,10 +250,19 @@ func (c *Collector) Sample(ctx context.Context) {
 }
 
 // Agent reads the listeners and judges whose they are, as a collection
-// does: nil where they are not watched or cannot be read.
+// does, but says nothing of them (the collections do): nil where they are
+// not watched or cannot be read.
 func (c *Collector) Agent(ctx context.Context) *listeners.Agent {
-	agent, _ := c.agent(ctx, true)
-	return agent
+	if c.listeners == nil {
+		return nil
+	}
+	ls, err := c.listeners(ctx)
+	if err != nil {
+		return nil
+	}
+	addr, _ := c.agentAddr.Resolve(ctx)
+	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
+	return &agent
 }
 
 // reading is what a collection and a sample both read.

@@ -37,6 +37,8 @@ const attackEnv = "CONSUL_CONN_EXPORTER_E2E_ATTACK"
 //	                                  each connected to a listener of its
 //	                                  own on loopback, which writes them a
 //	                                  byte where unread
+//	plant PORT N ADDR                 the same, all at ADDR (before the
+//	                                  agent listens there)
 func attackMain(args []string) int {
 	done := make(chan os.Signal, 1)
 	signal.Notify(done, syscall.SIGTERM, syscall.SIGINT)
@@ -51,9 +53,11 @@ func attackMain(args []string) int {
 	case len(args) >= 4 && args[0] == "listen":
 		held, err = listenAndOpen(args[1], args[2], args[3], len(args) > 4 && args[4] == "v6only")
 	case len(args) >= 4 && args[0] == "forge":
-		forged, held, err = forge(args[1], args[2], args[3], len(args) > 4 && args[4] == "unread")
+		forged, held, err = forge(args[1], args[2], args[3], len(args) > 4 && args[4] == "unread", true)
+	case len(args) == 4 && args[0] == "plant":
+		forged, held, err = forge(args[1], args[2], args[3], false, false)
 	default:
-		err = fmt.Errorf("usage: listen ADDR:PORT N FROM [v6only] | forge PORT N FIRST [unread]: %q", args)
+		err = fmt.Errorf("usage: listen ADDR:PORT N FROM [v6only] | forge PORT N FIRST [unread] | plant PORT N ADDR: %q", args)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "attack:", err)
@@ -117,7 +121,7 @@ func listenAndOpen(addr, count, from string, v6only bool) ([]io.Closer, error) {
 	return conns, nil
 }
 
-func forge(portWord, count, first string, unread bool) (forged []net.Conn, held []io.Closer, err error) {
+func forge(portWord, count, first string, unread, step bool) (forged []net.Conn, held []io.Closer, err error) {
 	port, err := strconv.ParseUint(portWord, 10, 16)
 	if err != nil {
 		return nil, nil, err
@@ -148,7 +152,13 @@ func forge(portWord, count, first string, unread bool) (forged []net.Conn, held 
 		if addr.Is6() {
 			network = "tcp6" // a v4-mapped address on an IPv6 socket
 		}
-		c, err := dialer.Dial(network, l.Addr().String())
+		var c net.Conn
+		if addr.Is4In6() {
+			// Go dials a v4-mapped address as IPv4: an IPv6 socket by hand.
+			c, err = dialMapped(netip.AddrPortFrom(addr, uint16(port)), uint16(l.Addr().(*net.TCPAddr).Port))
+		} else {
+			c, err = dialer.Dial(network, l.Addr().String())
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("binding %s: %w", netip.AddrPortFrom(addr, uint16(port)), err)
 		}
@@ -163,9 +173,32 @@ func forge(portWord, count, first string, unread bool) (forged []net.Conn, held 
 		}
 		forged = append(forged, c)
 		held = append(held, s, l)
-		addr = addr.Next()
+		if step {
+			addr = addr.Next()
+		}
 	}
 	return forged, held, nil
+}
+
+// dialMapped connects an IPv6 socket bound to from, v4-mapped, to
+// ::ffff:127.0.0.1 at port.
+func dialMapped(from netip.AddrPort, port uint16) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "mapped")
+	defer f.Close()
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return nil, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet6{Port: int(from.Port()), Addr: from.Addr().As16()}); err != nil {
+		return nil, err
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(port), Addr: netip.MustParseAddr("::ffff:127.0.0.1").As16()}); err != nil {
+		return nil, err
+	}
+	return net.FileConn(f)
 }
 
 func cmpErr(errs ...error) error {

@@ -353,9 +353,11 @@ func TestEventsDropTheClientsGoneAndKeepTheirChurnInTheTotals(t *testing.T) {
 
 // Over HTTPS, Consul reads the TLS handshake before its 429, so the rule of
 // --refusals alone (closed having read nothing) counts none there. With
-// the events beside it, the limiter's own rule counts each: ten held from
-// one address, then every HTTPS request of it refused is counted, once;
-// HTTPS requests served to another address, none.
+// the events beside it, the limiter's own rule counts each on the port the
+// agent says is its HTTPS one, against the limit read from it (confirmed
+// by a read after them): ten held from one address, then every HTTPS
+// request of it refused is counted, once; HTTPS requests served to another
+// address, none.
 func TestEventsCountEveryHTTPSRefusalOfARealAgent(t *testing.T) {
 	needEvents(t)
 	agent := startAgent(t, "http_max_conns_per_client = 10", agentOptions{dualStackTLS: true})
@@ -363,7 +365,9 @@ func TestEventsCountEveryHTTPSRefusalOfARealAgent(t *testing.T) {
 	require.NoError(t, err)
 	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
 	require.NoError(t, err)
-	url := eventsExporter(t, "--refusals", "--port", httpPort, "--port", httpsPort, "--limit", "10")
+	t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
+	url := eventsExporter(t, "--refusals", "--port", httpPort, "--port", httpsPort, "--limit", "auto")
+	require.Eventually(t, func() bool { return scrape(t, url)["consul_http_max_conns_per_client"] == 10 }, 20*time.Second, 50*time.Millisecond)
 	for range 5 {
 		status, err := agent.askOverTLS(t, "127.0.0.26")
 		require.NoError(t, err)

@@ -154,7 +154,7 @@ func TestNetstatFallbackGivesSameCountsAsSS(t *testing.T) {
 	t.Setenv("PATH", bin)
 	viaNetstat := exporter(t, t.TempDir(), args...)
 	require.Equal(t, 0, viaNetstat.exit, viaNetstat.stderr)
-	assert.Contains(t, viaNetstat.stderr, "netstat -tanW")
+	assert.Contains(t, viaNetstat.stderr, "netstat -taneW")
 
 	delete(viaSS.metrics, "consul_conn_exporter_collect_duration_seconds")
 	delete(viaNetstat.metrics, "consul_conn_exporter_collect_duration_seconds")

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 )
@@ -91,6 +92,10 @@ func ParseAddress(server string) (*Address, error) {
 	return a, nil
 }
 
+// lookupTimeout bounds a look-up of the agent's name: a name server that
+// does not answer delays no collection past it.
+const lookupTimeout = 2 * time.Second
+
 // Port is the agent's HTTP port.
 func (a *Address) Port() uint16 { return a.port }
 
@@ -105,6 +110,8 @@ func (a *Address) Resolve(ctx context.Context) (netip.AddrPort, error) {
 	if a.ip.IsValid() {
 		return netip.AddrPortFrom(a.ip, a.port), nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", a.host)
 	a.mu.Lock()
 	defer a.mu.Unlock()
