@@ -241,11 +241,14 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--source", "command"},
 		{"--source", "events", "--states", "established,syn-recv"},
 		{"--push.url", "ftp://gateway:9091"},
+		{"--push.url", "http://gateway:9091/?token=s3cret"}, // would push to ...?token=s3cret/metrics/job/...
+		{"--consul.server", "10.0.0.5:port"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)
 			assert.Equal(t, 2, res.exit, res.stderr)
 			assert.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %q", res.stderr)
+			assert.NotContains(t, res.stderr, "s3cret", "never said")
 			assert.Nil(t, res.metrics)
 		})
 	}

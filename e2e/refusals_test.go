@@ -366,3 +366,50 @@ func TestRefusalsOverIPv6AreCountedAndOverHTTPSNone(t *testing.T) {
 	require.Positive(t, refusedOverTLS)
 	assert.Equal(t, 3.0, total(), "no HTTPS refusal counted, nor any other")
 }
+
+// A real agent (Consul built with Go 1.24 or later listens MPTCP) refusing
+// an MPTCP client past its limit: each refusal counted once, with the
+// built-in reader and with the events, as a TCP client's are (the
+// agent's close having read nothing is judged on the MPTCP connection, not
+// on its subflow, whose data the kernel moves in read or not).
+func TestRefusalsOfAnMPTCPClientAreCounted(t *testing.T) {
+	programs.NeedRoot(t, "load the refusals' kernel program")
+	needEvents(t)
+	agent := startConsul(t, "http_max_conns_per_client = 5", false)
+	p := agent.httpPort()
+	urls := map[string]string{}
+	for _, source := range []string{"netlink", "events"} {
+		urls[source], _ = startRefusals(t, "--source", source, "--port", p, "--limit", "5")
+	}
+	const busy = "127.0.0.97"
+	holdServed(t, agent.httpAddr, busy, 5)
+	const refusals = 10
+	for range refusals {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(busy)}}
+		d.SetMultipathTCP(true)
+		conn, err := d.Dial("tcp", agent.httpAddr)
+		require.NoError(t, err)
+		if mptcp, _ := conn.(*net.TCPConn).MultipathTCP(); !mptcp {
+			conn.Close()
+			programs.Missing(t, "the connection to the agent fell back to TCP: MPTCP is off here (sysctl net.mptcp.enabled=1), or this Consul was built with Go before 1.24")
+		}
+		require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+		_, err = io.WriteString(conn, "GET /v1/agent/self HTTP/1.1\r\nHost: consul\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err == nil {
+			require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+			resp.Body.Close()
+		}
+		conn.Close()
+	}
+	for source, url := range urls {
+		var got map[string]float64
+		require.Eventually(t, func() bool {
+			got = scrape(t, url)
+			return got["consul_refused_http_connections_total"] >= refusals
+		}, 10*time.Second, 20*time.Millisecond, "%s: the MPTCP client's refusals", source)
+		assert.Equal(t, float64(refusals), value(t, got, "consul_refused_http_connections_total"), source)
+		assert.Equal(t, float64(refusals), value(t, got, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`), source)
+	}
+}
