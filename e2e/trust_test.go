@@ -198,7 +198,9 @@ func TestAnAgentsNameThatDoesNotResolveIsSaidAndLookedUpAgain(t *testing.T) {
 	url := "http://" + addr + "/metrics"
 	got := scrape(t, url)
 	said := func(text string) func() bool {
-		return func() bool { return slices.ContainsFunc(exporter.output(), func(line string) bool { return strings.Contains(line, text) }) }
+		return func() bool {
+			return slices.ContainsFunc(exporter.output(), func(line string) bool { return strings.Contains(line, text) })
+		}
 	}
 	assert.Eventually(t, said(fmt.Sprintf("the agent's address agent.ccx.test:%d does not resolve", p)), 5*time.Second, 10*time.Millisecond, "said")
 	assert.Equal(t, 11.0, value(t, got, fmt.Sprintf(`consul_open_http_connections{port="%d"}`, p)), "every listener's, each by its own user: not 127.0.0.1's alone")
