@@ -28,18 +28,17 @@ func TestSSIsFilteredInTheKernel(t *testing.T) {
 	src, err := ss(Want{Ports: []uint16{8500, 8501}, States: states}, time.Second, discard)
 	require.NoError(t, err)
 	c := src.(*Command)
-	assert.Equal(t, []string{"ss", "-Htan", "state", "established", "state", "close-wait",
+	assert.Equal(t, []string{"ss", "-Htane", "state", "established", "state", "close-wait",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, c.runner.Argv())
 	assert.Equal(t, socket.StateUnknown, c.parser.ImpliedState, "two states: ss prints the State column")
 
-	// With the client side of local connections and their programs: ss
-	// without -e (a cost per socket on some hosts), the client ends and
-	// their inodes from the built-in reader beside it.
+	// With the client side of local connections and their programs: the
+	// client ends and their inodes from the built-in reader beside it.
 	src, err = ss(Want{Ports: []uint16{8500, 8300}, States: states[:1], ClientPorts: []uint16{8500}}, time.Second, discard)
 	require.NoError(t, err)
 	joined := src.(withClientEnds)
 	c = joined.table.(*Command)
-	assert.Equal(t, []string{"ss", "-Htan", "state", "established",
+	assert.Equal(t, []string{"ss", "-Htane", "state", "established",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", ")"}, c.runner.Argv())
 	assert.Equal(t, socket.StateEstablished, c.parser.ImpliedState, "one state: ss drops the State column")
 	assert.NotNil(t, joined.ends)
