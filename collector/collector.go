@@ -296,7 +296,7 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 	if r.err == nil && r.agent != nil {
 		problem := ""
 		if r.counts.ownerless {
-			problem = "the socket table gives no connection's user (busybox's netstat, or a table without -e): a socket another user planted on the agent's address before the agent started would count; ss, net-tools' netstat and --source netlink give it"
+			problem = "the socket table gives no connection's user (busybox's netstat; ss on a host without a cgroup2 mount, where its -e costs a mount-table read per socket; a --command without -e): a socket another user planted on the agent's address before the agent started would count; --source netlink, and net-tools' netstat, give it"
 		}
 		c.ownerless.Log(c.logger, slog.LevelWarn, problem, "cannot tell every connection's user", "every connection's user is known again")
 	}

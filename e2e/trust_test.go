@@ -393,3 +393,24 @@ func TestThousandsOfWatchedPortsAreCounted(t *testing.T) {
 		}
 	}
 }
+
+// Where no cgroup2 file system is mounted (a cgroup v1 host: older RHEL,
+// Amazon Linux 2), ss -e would read the mount table again, and warn, for
+// every socket: ss runs without it there, counts the same, and says the
+// table gives no user.
+func TestWithoutACgroup2MountSSRunsWithoutItsUsers(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	l := loopback.Listen(t, "127.0.0.1")
+	loopback.Open(t, l, "127.0.0.98", 30)
+	const noCgroup2 = `awk '$3 == "cgroup2" { print $2 }' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done; ! grep -q ' cgroup2 ' /proc/self/mounts`
+	res := inMountNamespace(t, noCgroup2, t.TempDir(), "--once", "--source", "ss", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 30.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+	assert.Contains(t, res.stderr, `logged_source="ss -Htan state`)
+	assert.Contains(t, res.stderr, "the socket table gives no connection's user")
+	assert.NotContains(t, res.stderr, "Failed to find cgroup2", "no warning per socket")
+
+	res = exporter(t, t.TempDir(), "--once", "--source", "ss", "--port", port(l))
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Contains(t, res.stderr, `logged_source="ss -Htane state`, "with a cgroup2 mount, as here")
+}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
@@ -23,14 +25,14 @@ var errNotInstalled = errors.New("not in PATH")
 //
 //	ss -Htane state established state close-wait '( sport = :8500 )'
 //
-// falling back to the same without -H for iproute2 older than 4.13. With
-// client ports, the client sides of connections to them and their inodes,
-// by which their programs are named, come from the built-in reader beside
-// it: ss -p would print their programs at a cost that grows with the
-// square of the sockets. (ss -e costs nothing more here: the cgroup it
-// would look up for every socket, and warn of on a host without cgroup2,
-// is sent only to a reader holding CAP_NET_ADMIN, which the exporter
-// drops before it runs ss.)
+// falling back to the same without -H for iproute2 older than 4.13. Where
+// no cgroup2 file system is mounted (a cgroup v1 host: older RHEL, Amazon
+// Linux 2), ss -e looks each socket's cgroup up in the mount table again,
+// and warns, per socket: there ss runs without -e, and gives no user (the
+// collector says so). With client ports, the client sides of connections
+// to them and their inodes, by which their programs are named, come from
+// the built-in reader beside it: ss -p would print their programs at a
+// cost that grows with the square of the sockets.
 func ss(want Want, timeout time.Duration, logger *slog.Logger) (Source, error) {
 	c, err := ssCommand(Want{Ports: want.Ports, States: want.States}, timeout, logger)
 	switch {
@@ -72,7 +74,10 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 	if _, err := exec.LookPath("ss"); err != nil {
 		return nil, fmt.Errorf("ss: %w (install iproute2)", errNotInstalled)
 	}
-	options := "-tane"
+	options := "-tan"
+	if cgroup2Mounted() {
+		options = "-tane"
+	}
 	var filter []string
 	for _, s := range want.States {
 		filter = append(filter, "state", s.String())
@@ -102,6 +107,22 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 		implied = want.States[0]
 	}
 	return NewCommand(r, implied, false, logger), nil
+}
+
+// cgroup2Mounted says whether a cgroup2 file system is mounted, as ss
+// finds it (in /proc/mounts): where it is not, or /proc cannot be read, ss
+// -e costs a read of the mount table per socket.
+func cgroup2Mounted() bool {
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(mounts)) {
+		if fields := strings.Fields(line); len(fields) > 2 && fields[2] == "cgroup2" {
+			return true
+		}
+	}
+	return false
 }
 
 // netstat runs netstat -taneW (whole addresses, each socket's user and
