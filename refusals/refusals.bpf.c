@@ -202,6 +202,19 @@ static __always_inline void suspect(const struct sock *sk, __u32 group, __u64 no
 	}
 }
 
+// pend keeps a verdict of the agent's close until what decides it comes,
+// under the socket's cookie (made now); a verdict the full map cannot take
+// is counted as untracked.
+static __always_inline void pend(const struct sock *sk, const struct verdict *v)
+{
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	if (bpf_map_update_elem(&verdicts, &cookie, v, BPF_NOEXIST) != 0) {
+		struct total *t = bpf_map_lookup_elem(&totals, &v->group);
+		if (t)
+			__sync_fetch_and_add(&t->untracked, 1);
+	}
+}
+
 // mptcp_changed judges an MPTCP connection (the agent's Go listeners are
 // MPTCP's, and an MPTCP client keeps the connection MPTCP), as its
 // application sees it: its subflows' data is moved into it whether the
@@ -233,12 +246,7 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 			count(v.group, v.client, v.below_limit);
 			return;
 		}
-		__u64 cookie = bpf_get_socket_cookie((void *)sk);
-		if (bpf_map_update_elem(&verdicts, &cookie, &v, BPF_NOEXIST) != 0) {
-			struct total *t = bpf_map_lookup_elem(&totals, &v.group);
-			if (t)
-				__sync_fetch_and_add(&t->untracked, 1);
-		}
+		pend(sk, &v);
 		return;
 	}
 	if (!ends)
@@ -318,12 +326,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	// The request is still to come, and the reset with it: the verdict
 	// waits for it, under the cookie made now so that the TIME-WAIT
 	// socket that may take over from this one carries it too.
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	if (bpf_map_update_elem(&verdicts, &cookie, &v, BPF_NOEXIST) != 0) {
-		struct total *t = bpf_map_lookup_elem(&totals, &v.group);
-		if (t)
-			__sync_fetch_and_add(&t->untracked, 1);
-	}
+	pend(sk, &v);
 	return 0;
 }
 
