@@ -299,26 +299,6 @@ func TestEventsNeverCountTheExportersOwnReadsOfTheLimits(t *testing.T) {
 	}
 }
 
-// Maps too small for the connections (--events.keys at its least): an
-// audit that cannot move the counts into its new generation says so, and
-// keeps them; a full map never zeroes a count.
-func TestEventsAFullMapAtTheAuditZeroesNoCount(t *testing.T) {
-	needEvents(t)
-	l := loopback.Listen(t, "127.0.0.1")
-	const clients = 1100 // each from an address of its own: a key each, past 1,024
-	for i := range clients {
-		loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 4, byte(i >> 8), byte(i)}).String(), 1)
-	}
-	addr := freeAddr(t)
-	p := startServer(t, binary, "--web.listen-address="+addr, "--source", "events", "--port", port(l),
-		"--events.keys", "1024", "--events.audit-interval", "1s")
-	p.waitFor(t, "the census could not move 1024 open connections", 1)
-	got := scrape(t, "http://"+addr+"/metrics")
-	assert.Equal(t, 1024.0, value(t, got, `consul_open_http_connections{port="`+port(l)+`"}`), "kept, not zeroed")
-	assert.GreaterOrEqual(t, value(t, got, "consul_conn_exporter_events_http_lost_total"), float64(clients-1024),
-		"the ones past the map, again at each audit that finds them")
-}
-
 // Clients gone are dropped from the kernel's clients at the audit after a
 // read (their per-client series go), their churn kept in the totals; a
 // client that still holds stays.

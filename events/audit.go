@@ -29,8 +29,10 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 		switch {
 		case err != nil:
 			problem = "the audit failed: " + err.Error()
-		case found.Unmoved > 0:
-			problem = fmt.Sprintf("the census could not move %d open connections into its new generation: the kernel's connections map is full (--events.keys); they stay counted, and the drift found is corrected once there is room", found.Unmoved)
+		case found.Unmoved > 0 || found.Uncountable > 0:
+			// The same words however the censuses alternate between
+			// moving the counts and not: one line while the map is full.
+			problem = fmt.Sprintf("the kernel's connections map is full (--events.keys): %d open connections are not counted, and an audit cannot always move the counted ones into its new generation (they stay counted); corrected once there is room", found.Uncountable)
 		case found.Drift() > 0:
 			problem = fmt.Sprintf("the events' counts lacked %d open connections and held %d closed ones; corrected", found.Uncounted, found.Stale)
 		}

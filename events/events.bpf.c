@@ -61,6 +61,10 @@ __u32 epoch = 0;
 // map full): they stay counted in the old one, which is then kept. The
 // exporter zeroes it before each census.
 __u64 unmoved = 0;
+// The census's connections it found uncounted and could not count (the
+// map full, or no storage to be had): the counts lack them. The exporter
+// zeroes it before each census.
+__u64 uncountable = 0;
 // The exporter's clock (bpf_ktime_get_ns's) when it last read the time at
 // the limit: no time taken after is before it, so that what it read never
 // goes back.
@@ -631,7 +635,7 @@ int census(struct bpf_iter__tcp *ctx)
 		return 0;
 	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
-		t->lost++;
+		__sync_fetch_and_add(&uncountable, 1);
 		return 0;
 	}
 	struct sock *sk = (struct sock *)tp;
@@ -654,10 +658,12 @@ int census(struct bpf_iter__tcp *ctx)
 	if (counted && counted_in == now_in)
 		return 0; // counted in this generation already, by an event
 	if (!recount(st, &key, skc->skc_state, now_in)) {
-		if (counted)
+		if (counted) {
 			__sync_fetch_and_add(&unmoved, 1);
-		else
+		} else {
 			lose(st, t);
+			__sync_fetch_and_add(&uncountable, 1);
+		}
 		return 0;
 	}
 	if (counted) {

@@ -219,6 +219,10 @@ type Census struct {
 	// generation, the map full: they stay counted where they were, and
 	// the drift found before them is kept until a census moves them all.
 	Unmoved uint64
+	// Uncountable are the connections open and uncounted that the census
+	// could not count either, the map full: the counts lack them (each is
+	// counted as lost once).
+	Uncountable uint64
 }
 
 // Drift is the connections one side had and the other did not: 0 when
@@ -260,8 +264,10 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	}
 	old := c.generation
 	c.generation++
-	if err := c.objs.Unmoved.Set(uint64(0)); err != nil {
-		return Census{}, fmt.Errorf("starting a census: %w", err)
+	for _, v := range []*ebpf.Variable{c.objs.Unmoved, c.objs.Uncountable} {
+		if err := v.Set(uint64(0)); err != nil {
+			return Census{}, fmt.Errorf("starting a census: %w", err)
+		}
 	}
 	if err := c.objs.Generation.Set(c.generation); err != nil {
 		return Census{}, fmt.Errorf("starting a census: %w", err)
@@ -279,6 +285,9 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	}
 	c.missedAt = missed
 	if err := c.objs.Unmoved.Get(&found.Unmoved); err != nil {
+		return Census{}, fmt.Errorf("reading the census: %w", err)
+	}
+	if err := c.objs.Uncountable.Get(&found.Uncountable); err != nil {
 		return Census{}, fmt.Errorf("reading the census: %w", err)
 	}
 	if found.Unmoved > 0 {

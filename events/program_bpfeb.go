@@ -109,6 +109,7 @@ const (
 	programVarPortGroups       = "port_groups"
 	programVarReadNs           = "read_ns"
 	programVarSettled          = "settled"
+	programVarUncountable      = "uncountable"
 	programVarUnmoved          = "unmoved"
 	programVarWatchedStates    = "watched_states"
 )
@@ -184,6 +185,7 @@ type programVariableSpecs struct {
 	PortGroups       *ebpf.VariableSpec `ebpf:"port_groups"`
 	ReadNs           *ebpf.VariableSpec `ebpf:"read_ns"`
 	Settled          *ebpf.VariableSpec `ebpf:"settled"`
+	Uncountable      *ebpf.VariableSpec `ebpf:"uncountable"`
 	Unmoved          *ebpf.VariableSpec `ebpf:"unmoved"`
 	WatchedStates    *ebpf.VariableSpec `ebpf:"watched_states"`
 }
@@ -242,6 +244,7 @@ type programVariables struct {
 	PortGroups       *ebpf.Variable `ebpf:"port_groups"`
 	ReadNs           *ebpf.Variable `ebpf:"read_ns"`
 	Settled          *ebpf.Variable `ebpf:"settled"`
+	Uncountable      *ebpf.Variable `ebpf:"uncountable"`
 	Unmoved          *ebpf.Variable `ebpf:"unmoved"`
 	WatchedStates    *ebpf.Variable `ebpf:"watched_states"`
 }
