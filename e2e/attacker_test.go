@@ -30,8 +30,10 @@ const attackEnv = "CONSUL_CONN_EXPORTER_E2E_ATTACK"
 // its sockets until SIGTERM; on SIGUSR1 it closes the sockets it bound on
 // the agent's port first, reading nothing, and prints "closed".
 //
-//	listen ADDR:PORT N FROM [v6only]  a listener (IPV6_V6ONLY if asked),
-//	                                  and N connections to it from FROM
+//	listen ADDR:PORT N FROM [v6only|dualstack]
+//	                                  a listener (IPv6 only, or both
+//	                                  families, if asked), and N
+//	                                  connections to it from FROM
 //	forge PORT N FIRST [unread]       N sockets bound to PORT at FIRST and
 //	                                  the addresses after it (SO_REUSEADDR),
 //	                                  each connected to a listener of its
@@ -51,7 +53,7 @@ func attackMain(args []string) int {
 	)
 	switch {
 	case len(args) >= 4 && args[0] == "listen":
-		held, err = listenAndOpen(args[1], args[2], args[3], len(args) > 4 && args[4] == "v6only")
+		held, err = listenAndOpen(args[1], args[2], args[3], len(args) > 4 && args[4] == "v6only", len(args) > 4 && args[4] == "dualstack")
 	case len(args) >= 4 && args[0] == "forge":
 		forged, held, err = forge(args[1], args[2], args[3], len(args) > 4 && args[4] == "unread", true)
 	case len(args) == 4 && args[0] == "plant":
@@ -83,7 +85,7 @@ func attackMain(args []string) int {
 	}
 }
 
-func listenAndOpen(addr, count, from string, v6only bool) ([]io.Closer, error) {
+func listenAndOpen(addr, count, from string, v6only, dualStack bool) ([]io.Closer, error) {
 	n, err := strconv.Atoi(count)
 	if err != nil {
 		return nil, err
@@ -97,8 +99,12 @@ func listenAndOpen(addr, count, from string, v6only bool) ([]io.Closer, error) {
 		})
 		return cmpErr(err, serr)
 	}}
+	at := netip.MustParseAddrPort(addr)
 	network := "tcp4"
-	if netip.MustParseAddrPort(addr).Addr().Is6() {
+	switch {
+	case dualStack:
+		network = "tcp"
+	case at.Addr().Is6():
 		network = "tcp6"
 	}
 	l, err := lc.Listen(context.Background(), network, addr)
@@ -106,9 +112,14 @@ func listenAndOpen(addr, count, from string, v6only bool) ([]io.Closer, error) {
 		return nil, err
 	}
 	conns := []io.Closer{l}
+	// A wildcard is reached at the loopback of the client's family.
+	to := netip.AddrPortFrom(at.Addr(), uint16(l.Addr().(*net.TCPAddr).Port))
+	if at.Addr().IsUnspecified() {
+		to = netip.AddrPortFrom(netip.MustParseAddr(map[bool]string{true: "127.0.0.1", false: "::1"}[netip.MustParseAddr(from).Is4()]), to.Port())
+	}
 	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 	for range n {
-		c, err := dialer.Dial("tcp", l.Addr().String())
+		c, err := dialer.Dial("tcp", to.String())
 		if err != nil {
 			return nil, err
 		}

@@ -171,6 +171,24 @@ func TestAnotherUsersWildcardOfTheOtherFamilyDoesNotHideTheAgent(t *testing.T) {
 	assert.Equal(t, "OK: 127.0.0.1 holds 7 of the 200 HTTP connections http_max_conns_per_client allows (3%)", lastLine(string(out)))
 }
 
+// An agent on a dual-stack [::] (Consul's Go listener on client_addr
+// 0.0.0.0 or ::) takes IPv4 clients on IPv6 sockets, v4-mapped (net-tools'
+// netstat prints them bare, on tcp6 rows): every source counts them as the
+// listener's, IPv4 and IPv6 clients alike.
+func TestADualStackAgentsIPv4ClientsCountOnEverySource(t *testing.T) {
+	ns := netns(t)
+	p := fmt.Sprint(loopback.Port())
+	attacker(t, ns, "listen", "[::]:"+p, "5", "127.0.0.1", "dualstack")
+	for name, argv := range withEvents(t) {
+		t.Run(name, func(t *testing.T) {
+			res := runExporter(t, t.TempDir(), append(ns, argv...), "--once", "--port", p)
+			require.Equal(t, 0, res.exit, res.stderr)
+			assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+			assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.1"}`))
+		})
+	}
+}
+
 // The agent's address names a host that does not resolve: said, never
 // taken for 127.0.0.1 (where another user listens), and looked up again at
 // each collection; once it resolves, the agent's listener there decides.

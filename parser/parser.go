@@ -129,7 +129,7 @@ func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {
 	case isCount(first): // ss with one `state X` filter: Recv-Q Send-Q Local Peer
 		return p.stateless(w, first)
 	case first == "tcp" || first == "tcp6":
-		return p.tcpRow(w)
+		return p.tcpRow(w, first == "tcp6")
 	}
 	if state, ok := tableState(first); ok { // ss: State Recv-Q Send-Q Local Peer
 		return row(w, w.next(), state)
@@ -142,10 +142,12 @@ func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {
 
 var errNotRow = errors.New("not a socket row of ss or netstat")
 
-// tcpRow reads the rest of a row that starts with "tcp": ss with a Netid
-// column (tcp State Recv-Q ...) or netstat (tcp Recv-Q Send-Q Local Foreign
-// socket.State).
-func (p Parser) tcpRow(w *words) (socket.Socket, Kind, error) {
+// tcpRow reads the rest of a row that starts with "tcp" or "tcp6": ss with
+// a Netid column (tcp State Recv-Q ...) or netstat (tcp Recv-Q Send-Q Local
+// Foreign socket.State). net-tools' netstat prints a v4-mapped address of
+// an IPv6 socket ("tcp6") bare: it is made v4-mapped again, the socket
+// being IPv6 (a dual-stack listener's connection).
+func (p Parser) tcpRow(w *words, ipv6 bool) (socket.Socket, Kind, error) {
 	second := w.next()
 	if state, ok := tableState(second); ok {
 		return row(w, w.next(), state)
@@ -154,11 +156,22 @@ func (p Parser) tcpRow(w *words) (socket.Socket, Kind, error) {
 	if err != nil {
 		return s, kind, err
 	}
+	if ipv6 {
+		s.Local, s.Peer = mapped(s.Local), mapped(s.Peer)
+	}
 	if state, ok := tableState(w.next()); ok { // netstat's State column
 		s.State = state
 		return s, kind, nil
 	}
 	return p.implied(s) // ss with Netid and one `state X` filter
+}
+
+// mapped is ap as an IPv6 socket has it: an IPv4 address v4-mapped.
+func mapped(ap netip.AddrPort) netip.AddrPort {
+	if ap.Addr().Is4() {
+		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port())
+	}
+	return ap
 }
 
 func (p Parser) stateless(w *words, recvQ string) (socket.Socket, Kind, error) {

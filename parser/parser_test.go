@@ -206,3 +206,20 @@ func TestUsersAndInodesFromDashE(t *testing.T) {
 		})
 	}
 }
+
+// net-tools' netstat prints the v4-mapped addresses of an IPv6 socket (a
+// dual-stack listener's connection) bare, on a tcp6 row: they are the IPv6
+// socket's, v4-mapped, as ss and the kernel give them (the listener that
+// took them is an IPv6 one).
+func TestNetstatsBareAddressesOnATCP6RowAreV4Mapped(t *testing.T) {
+	for _, capture := range []string{"../fixtures/netstat-net-tools-2.10_tanW_mixed.txt", "../fixtures/netstat-net-tools-2.10_taneW_mixed.txt"} {
+		s, kind, err := parser.Parser{}.ParseLine(lineContaining(t, capture, "tcp6", "127.0.0.2:8500", "127.0.0.10:", "ESTABLISHED"))
+		require.NoError(t, err)
+		require.Equal(t, parser.TCPSocket, kind)
+		assert.True(t, s.Local.Addr().Is4In6(), "%s: %s", capture, s.Local)
+		assert.True(t, s.Peer.Addr().Is4In6(), "%s: %s", capture, s.Peer)
+		s, _, err = parser.Parser{}.ParseLine(lineContaining(t, capture, "tcp ", "127.0.0.1:8500", "127.0.0.10:", "ESTABLISHED"))
+		require.NoError(t, err)
+		assert.True(t, s.Local.Addr().Is4(), "an IPv4 socket's: %s", s.Local)
+	}
+}
