@@ -293,7 +293,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		return nil, err
 	}
 	if sourceFlags.OwnNamespace() {
-		agentAddr, err := listeners.ParseAddress(limitFlags.Server())
+		agentAddr, err := listeners.ParseAddress(limitFlags.Server(), config.GroupPorts(collector.HTTP)[0])
 		if err != nil {
 			return nil, err
 		}
@@ -305,6 +305,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		s.collector.WatchListeners(func(ctx context.Context) ([]listeners.Listener, error) {
 			return listeners.Read(ctx, ports, timeout)
 		}, agentAddr, agentUser)
+		s.limits.ReadAt(agentAddr.Agent) // where the listeners say the agent is
 	} else {
 		s.listenersUnread = true
 	}

@@ -182,7 +182,7 @@ func withListeners(res collector.Result, users map[uint16]int) collector.Result 
 			ls = append(ls, listeners.Listener{Local: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), UID: uint32(uid)})
 		}
 	}
-	agent := listeners.Judge(ls, ports, netip.MustParseAddrPort("127.0.0.1:8500"), nil)
+	agent := listeners.Judge(ls, ports, listeners.Where{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Port: ports[0]}, nil)
 	res.Listeners = &agent
 	return res
 }

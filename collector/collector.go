@@ -135,7 +135,7 @@ type Collector struct {
 	listeners                                                     func(ctx context.Context) ([]listeners.Listener, error)
 	agentAddr                                                     *listeners.Address
 	agentUser                                                     *uint32
-	listenersState, quietState, sharedState, addrState, ownerless changes.Tracker
+	listenersState, quietState, sharedState, guessState, addrState, ownerless changes.Tracker
 	// tell, where set, is told of every judgement of the listeners: the
 	// kernel programs count only the agent's connections too.
 	tell func(listeners.Agent) error
@@ -262,6 +262,7 @@ func (c *Collector) Agent(ctx context.Context) *listeners.Agent {
 	}
 	addr, _ := c.agentAddr.Resolve(ctx)
 	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
+	c.agentAddr.Judged(agent.At)
 	return &agent
 }
 
@@ -378,10 +379,10 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 		addr, err = c.agentAddr.Resolve(ctx)
 		problem := ""
 		switch {
-		case err != nil && addr.IsValid():
-			problem = fmt.Sprintf("%v; judging the listeners by the address it last resolved to, %s", err, addr)
+		case err != nil && len(addr.Addrs) > 0:
+			problem = fmt.Sprintf("%v; judging the listeners by the addresses it last resolved to, %v", err, addr.Addrs)
 		case err != nil:
-			problem = fmt.Sprintf("%v; the agent's listeners are those of the one user listening on each port, and where several do, each listener's connections count", err)
+			problem = err.Error()
 		}
 		c.addrState.Log(c.logger, slog.LevelWarn, problem, "cannot look up the agent's address", "the agent's address resolves again")
 	}
@@ -395,8 +396,10 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 		return nil, err
 	}
 	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
-	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "a watched port has no listener; its count of 0 says nothing of the agent", "every watched port has a listener again")
+	c.agentAddr.Judged(agent.At)
+	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "the agent does not listen on a watched port; its count of 0 says nothing of the agent", "the agent listens on every watched port again")
 	c.sharedState.Log(c.logger, slog.LevelWarn, agent.SharedReason(), "another user listens on a watched port", "only the agent listens on the watched ports again")
+	c.guessState.Log(c.logger, slog.LevelWarn, agent.GuessReason(), "the agent's listeners are guessed", "the agent's address reaches its listeners again")
 	return &agent, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -41,6 +42,9 @@ const attackEnv = "CONSUL_CONN_EXPORTER_E2E_ATTACK"
 //	                                  byte where unread
 //	plant PORT N ADDR                 the same, all at ADDR (before the
 //	                                  agent listens there)
+//	agent ADDR:PORT LIMIT             an HTTP server that answers
+//	                                  /v1/agent/self as an agent whose
+//	                                  http_max_conns_per_client is LIMIT
 func attackMain(args []string) int {
 	done := make(chan os.Signal, 1)
 	signal.Notify(done, syscall.SIGTERM, syscall.SIGINT)
@@ -58,6 +62,8 @@ func attackMain(args []string) int {
 		forged, held, err = forge(args[1], args[2], args[3], len(args) > 4 && args[4] == "unread", true)
 	case len(args) == 4 && args[0] == "plant":
 		forged, held, err = forge(args[1], args[2], args[3], false, false)
+	case len(args) == 3 && args[0] == "agent":
+		held, err = fakeAgent(args[1], args[2])
 	default:
 		err = fmt.Errorf("usage: listen ADDR:PORT N FROM [v6only] | forge PORT N FIRST [unread] | plant PORT N ADDR: %q", args)
 	}
@@ -189,6 +195,20 @@ func forge(portWord, count, first string, unread, step bool) (forged []net.Conn,
 		}
 	}
 	return forged, held, nil
+}
+
+// fakeAgent answers /v1/agent/self at addr as an agent with limit.
+func fakeAgent(addr, limit string) ([]io.Closer, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	body := `{"Config": {}, "DebugConfig": {"HTTPMaxConnsPerClient": ` + limit + `, "RPCMaxConnsPerClient": ` + limit + `}}`
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, body)
+	}))
+	return []io.Closer{l}, nil
 }
 
 // dialMapped connects an IPv6 socket bound to from, v4-mapped, to

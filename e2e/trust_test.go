@@ -190,8 +190,9 @@ func TestADualStackAgentsIPv4ClientsCountOnEverySource(t *testing.T) {
 }
 
 // The agent's address names a host that does not resolve: said, never
-// taken for 127.0.0.1 (where another user listens), and looked up again at
-// each collection; once it resolves, the agent's listener there decides.
+// taken for 127.0.0.1 (where another user listens: nothing counts, rather
+// than its connections), and looked up again at each collection; once it
+// resolves, the agent's listener there decides.
 // The names are this test's own /etc/hosts, in a mount namespace of the
 // exporter's.
 func TestAnAgentsNameThatDoesNotResolveIsSaidAndLookedUpAgain(t *testing.T) {
@@ -221,7 +222,8 @@ func TestAnAgentsNameThatDoesNotResolveIsSaidAndLookedUpAgain(t *testing.T) {
 		}
 	}
 	assert.Eventually(t, said(fmt.Sprintf("the agent's address agent.ccx.test:%d does not resolve", p)), 5*time.Second, 10*time.Millisecond, "said")
-	assert.Equal(t, 11.0, value(t, got, fmt.Sprintf(`consul_open_http_connections{port="%d"}`, p)), "every listener's, each by its own user: not 127.0.0.1's alone")
+	assert.Eventually(t, said("the agent's address does not resolve, and never did"), 5*time.Second, 10*time.Millisecond, "and what it does to the counts")
+	assert.Zero(t, value(t, got, fmt.Sprintf(`consul_open_http_connections{port="%d"}`, p)), "no listener is the agent's: not 127.0.0.1's")
 
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n127.0.0.2 agent.ccx.test\n"), 0o644))
 	require.Eventually(t, func() bool {
@@ -432,4 +434,57 @@ func TestWithoutACgroup2MountSSRunsWithoutItsUsers(t *testing.T) {
 	res = exporter(t, t.TempDir(), "--once", "--source", "ss", "--port", port(l))
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Contains(t, res.stderr, `logged_source="ss -Htane state`, "with a cgroup2 mount, as here")
+}
+
+// The agent is down (or elsewhere) where its given address says it is,
+// and another user listens on its port at another address: none of that
+// user's connections count, on any source, and check is UNKNOWN saying
+// why; where the address is not given, a user listening on Consul's
+// default port while the agent listens on another decides nothing.
+func TestAnAgentNotWhereItsAddressSaysIsNeverAnotherUser(t *testing.T) {
+	ns := netns(t)
+	p := fmt.Sprint(loopback.Port())
+	attacker(t, append(ns, asNobody(t)...), "listen", "127.0.0.2:"+p, "25", "127.0.0.1")
+	for name, argv := range withEvents(t) {
+		t.Run(name, func(t *testing.T) {
+			res := runExporter(t, t.TempDir(), append(ns, append([]string{"env", "CONSUL_HTTP_ADDR=127.0.0.1:" + p}, argv...)...), "--once", "--port", p)
+			require.Equal(t, 0, res.exit, res.stderr)
+			assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+			assert.Contains(t, res.stderr, "nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port "+p)
+		})
+	}
+	out, err := exec.Command(ns[0], append(ns[1:], "env", "CONSUL_HTTP_ADDR=127.0.0.1:"+p, binary, "check", "--port", p, "--limit", "20")...).Output()
+	assert.Equal(t, 3, exitCode(t, err), "%s", out)
+	assert.Contains(t, lastLine(string(out)), "UNKNOWN: nothing listens at the agent's address")
+
+	q := fmt.Sprint(loopback.Port())
+	attacker(t, ns, "listen", "127.0.0.1:"+q, "5", "127.0.0.3")                     // the agent, on a port of its own
+	attacker(t, append(ns, asNobody(t)...), "listen", "127.0.0.1:8500", "0", "127.0.0.1") // Consul's default port
+	res := runExporter(t, t.TempDir(), append(ns, binary), "--once", "--port", q)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections{port="`+q+`"}`))
+}
+
+// A name for the agent with two addresses (localhost: 127.0.0.1 and ::1)
+// where another user serves a fake agent at the one the agent does not
+// listen on: no listener is told for the agent's, so nothing counts and no
+// limit is read from either (the fake one said its limit was 1000), and
+// check is UNKNOWN saying why.
+func TestANameWhoseAddressesReachListenersOfSeveralUsersReadsNoLimit(t *testing.T) {
+	programs.NeedRoot(t, "make a private mount namespace")
+	unshare := programs.Need(t, "unshare", "apt-get install util-linux")
+	ns := netns(t)
+	p := fmt.Sprint(loopback.Port())
+	attacker(t, ns, "listen", "127.0.0.1:"+p, "5", "127.0.0.4") // the agent
+	attacker(t, append(ns, asNobody(t)...), "agent", "[::1]:"+p, "1000")
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("::1 localhost\n127.0.0.1 localhost\n"), 0o644))
+	inNs := append(ns, unshare, "--mount", "--", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts,
+		"env", "GODEBUG=netdns=go", "CONSUL_HTTP_ADDR=localhost:"+p)
+	res := runExporter(t, t.TempDir(), append(inNs, binary), "--once", "--port", p, "--limit", "auto")
+	assert.Equal(t, 1, res.exit, "the limit not read: %s", res.stderr)
+	assert.NotContains(t, res.metrics, "consul_http_max_conns_per_client", "no limit from the fake agent")
+	assert.Zero(t, value(t, res.metrics, "consul_conn_exporter_limits_read_success"))
+	assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Contains(t, res.stderr, "the agent's address reaches listeners of several users")
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,6 +86,9 @@ type Source struct {
 	// own, where set, is told of each of the exporter's connections to the
 	// agent, which the kernel's events then never count.
 	own atomic.Pointer[OwnConnections]
+	// at, where set, says which of the agent's addresses is its own
+	// listener's: the reads go there, and nowhere where none is.
+	at atomic.Pointer[func() (netip.AddrPort, bool)]
 
 	first     sync.Once
 	soon      chan struct{} // ReadSoon's
@@ -142,12 +146,31 @@ type OwnConnections interface {
 // connection.
 func (s *Source) ExcludeOwn(own OwnConnections) { s.own.Store(&own) }
 
+// ReadAt has every read from now on go to the address at gives, once it
+// has judged one (true): the address of the agent's name whose listener is
+// the agent's. Where it judged none, the read is not made: whatever else
+// answers there (another user's server on the name's other address) does
+// not give the limit.
+func (s *Source) ReadAt(at func() (netip.AddrPort, bool)) { s.at.Store(&at) }
+
+// errNoAgent is a read not made: no address of the agent's is its own
+// listener's.
+var errNoAgent = errors.New("no listener of the agent's is at its address (the listeners' warning says why): not read from whatever answers there")
+
 // dialer is how the api package dials (its DefaultNonPooledConfig's).
 var dialer = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 
 // dial connects to the agent: where the exporter's own connections are to
 // be told of (ExcludeOwn), a TCP socket is told of before it connects.
 func (s *Source) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if at := s.at.Load(); at != nil && strings.HasPrefix(network, "tcp") {
+		if agent, judged := (*at)(); judged {
+			if !agent.IsValid() {
+				return nil, errNoAgent
+			}
+			addr = agent.String()
+		}
+	}
 	own := s.own.Load()
 	if own == nil || !strings.HasPrefix(network, "tcp") {
 		return dialer.DialContext(ctx, network, addr)

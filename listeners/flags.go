@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/user"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -50,42 +51,47 @@ func (f *Flags) User() (*uint32, error) {
 }
 
 // Address is the agent's HTTP API address as the consul CLI reads
-// CONSUL_HTTP_ADDR (--consul.server, or that variable): 127.0.0.1:8500
-// where it is empty or a unix socket (Consul's default client_addr). A
-// name is looked up at each Resolve, so that one that does not resolve
-// now is tried again, never taken for 127.0.0.1.
+// CONSUL_HTTP_ADDR (--consul.server, or that variable), or, where neither
+// gives one (or a unix socket), Consul's default client_addr, 127.0.0.1, at
+// the first watched HTTP port. A name is looked up at each Resolve, so
+// that one that does not resolve now is tried again, never taken for
+// 127.0.0.1. It is also where the exporter's own reads of the agent go
+// (Agent), once the listeners say which of its addresses is the agent's.
 type Address struct {
-	host string // a name, or an address
-	port uint16
-	ip   netip.Addr // host, where it is an address
+	host  string // a name, or an address
+	port  uint16
+	ip    netip.Addr // host, where it is an address
+	given bool
 
-	mu   sync.Mutex
-	last netip.AddrPort // the last resolution that worked
+	mu     sync.Mutex
+	last   []netip.Addr   // the last resolution that worked
+	agent  netip.AddrPort // the address whose listener is the agent's, as last judged
+	judged bool
 }
 
-// ParseAddress reads server as the consul CLI reads CONSUL_HTTP_ADDR.
-func ParseAddress(server string) (*Address, error) {
-	a := &Address{host: "127.0.0.1", port: 8500}
+// ParseAddress reads server as the consul CLI reads CONSUL_HTTP_ADDR;
+// port is the port where none is given (the first watched HTTP port).
+func ParseAddress(server string, port uint16) (*Address, error) {
+	a := &Address{host: "127.0.0.1", port: port, ip: netip.AddrFrom4([4]byte{127, 0, 0, 1})}
 	if server == "" || strings.HasPrefix(server, "unix://") {
-		a.ip = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 		return a, nil
 	}
 	scheme, rest, found := strings.Cut(server, "://")
 	if !found {
 		scheme, rest = "http", server
 	}
-	host, port, err := net.SplitHostPort(rest)
+	host, portWord, err := net.SplitHostPort(rest)
 	switch {
 	case err != nil && scheme == "https":
-		host, port = rest, "443"
+		host, portWord = rest, "443"
 	case err != nil:
-		host, port = rest, "80"
+		host, portWord = rest, "80"
 	}
-	n, err := strconv.ParseUint(port, 10, 16)
+	n, err := strconv.ParseUint(portWord, 10, 16)
 	if err != nil || n == 0 || host == "" {
 		return nil, fmt.Errorf("the agent's address %q (--consul.server or CONSUL_HTTP_ADDR) is not host:port", server)
 	}
-	a.host, a.port = host, uint16(n)
+	a.host, a.port, a.given, a.ip = host, uint16(n), true, netip.Addr{}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		a.ip = ip.Unmap()
 	}
@@ -102,42 +108,58 @@ func (a *Address) Port() uint16 { return a.port }
 // String is the address as given.
 func (a *Address) String() string { return net.JoinHostPort(a.host, strconv.Itoa(int(a.port))) }
 
-// Resolve looks the agent's host up (IPv4 first, as localhost is
-// 127.0.0.1 to the agent's default client_addr). Where it does not
-// resolve, the error says so, and the address is the last one it resolved
-// to: invalid if it never did.
-func (a *Address) Resolve(ctx context.Context) (netip.AddrPort, error) {
+// Resolve looks the agent's host up: where the agent's clients reach it.
+// Where it does not resolve, the error says so, and the addresses are the
+// last ones it resolved to: none if it never did.
+func (a *Address) Resolve(ctx context.Context) (Where, error) {
 	if a.ip.IsValid() {
-		return netip.AddrPortFrom(a.ip, a.port), nil
+		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given}, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", a.host)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err != nil || len(ips) == 0 {
-		if err == nil {
-			err = errors.New("no address")
-		}
-		return a.last, fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
+	if err == nil && len(ips) == 0 {
+		err = errors.New("no address")
 	}
-	ip := ips[0]
-	for _, candidate := range ips {
-		if candidate.Unmap().Is4() {
-			ip = candidate
-			break
+	if err != nil {
+		return Where{Addrs: a.last, Port: a.port, Given: a.given}, fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
+	}
+	a.last = a.last[:0]
+	for _, ip := range ips {
+		if ip = ip.Unmap(); !slices.Contains(a.last, ip) {
+			a.last = append(a.last, ip)
 		}
 	}
-	a.last = netip.AddrPortFrom(ip.Unmap(), a.port)
-	return a.last, nil
+	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given}, nil
 }
 
-// Last is what the last Resolve gave, without a lookup.
-func (a *Address) Last() netip.AddrPort {
+// Last is what the last Resolve gave, without a look-up.
+func (a *Address) Last() Where {
 	if a.ip.IsValid() {
-		return netip.AddrPortFrom(a.ip, a.port)
+		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.last
+	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given}
+}
+
+// Judged keeps which of the agent's addresses reaches its own listener,
+// as a judgement of the listeners found (invalid: none does, or it cannot
+// be told), for Agent.
+func (a *Address) Judged(agent netip.AddrPort) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.agent, a.judged = agent, true
+}
+
+// Agent is where the exporter's own reads of the agent go: the address of
+// the agent's name whose listener is the agent's, as last judged; false
+// where none is, or the listeners have not been judged (then the name, as
+// given, is dialled).
+func (a *Address) Agent() (netip.AddrPort, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.agent, a.judged
 }

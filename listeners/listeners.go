@@ -43,6 +43,16 @@ func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listene
 	return ls, nil
 }
 
+// Where is where the agent's clients reach it: the addresses of its HTTP
+// API's host (a name may have several), at its port, and whether that
+// address was given (--consul.server, CONSUL_HTTP_ADDR) or is Consul's
+// default.
+type Where struct {
+	Addrs []netip.Addr
+	Port  uint16
+	Given bool
+}
+
 // Agent is what the listeners say, for one collection: which watched ports
 // anything listens on, how many users do, and whose listeners are the
 // agent's.
@@ -51,33 +61,68 @@ type Agent struct {
 	// nothing does).
 	Owners map[uint16]int
 	// Users are the agent's user on each watched port where it is known:
-	// the user pinned, else the owner of the listener that takes the
-	// agent's address (the one its clients use), else the one user
-	// listening on that port. Only its listeners' connections count
-	// there.
-	Users map[uint16]uint32
+	// the user pinned, else the owner of the listener the agent's address
+	// reaches, on every port; else, where the address is Consul's default
+	// and reaches none, the one user listening on that port (Guessed).
+	// Only its listeners' connections count there.
+	Users   map[uint16]uint32
+	Guessed []uint16
 	// Undecided are the ports several users listen on where the agent's
 	// cannot be told: there, each listener's connections count (each
 	// checked against its own listener's user).
 	Undecided []uint16
+	// At is the agent's address whose listener is the agent's, where the
+	// exporter's own reads of it go; invalid where none is.
+	At netip.AddrPort
+	// Away says why no listener is the agent's on any port ("" where one
+	// is): its given address reaches none, or listeners of several users.
+	// Nothing counts then.
+	Away      string
 	listeners []Listener
 }
 
 // Judge draws the agent's listeners from ls, the listeners on ports (and on
 // the port of the agent's address, where it is another). The agent's user
-// is user where pinned (not nil); else the owner of the listener the kernel
-// would give a connection to agent, the address the agent's clients use
-// (CONSUL_HTTP_ADDR: Consul's client_addr and HTTP port), that user on
-// every port; else, port by port, the owner of the listener that takes the
-// agent's host there, or the one user listening there. agent is invalid
-// where it is not known (a name that does not resolve).
-func Judge(ls []Listener, ports []uint16, agent netip.AddrPort, user *uint32) Agent {
+// is user where pinned (not nil); else the owner of the listener the
+// kernel gives a connection to where (the address the agent's clients use:
+// Consul's client_addr and HTTP port), that user on every port. Where the
+// address was given and reaches no listener, or listeners of several users
+// (a name with several addresses), no listener is the agent's: it is down,
+// or elsewhere, or cannot be told, and that is said. Where it is the
+// default and reaches none, each port's one listening user is taken for
+// the agent's, and that is said too.
+func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	a := Agent{Owners: map[uint16]int{}, Users: map[uint16]uint32{}, listeners: ls}
-	everywhere := user
-	if everywhere == nil && agent.IsValid() {
-		if l := taking(ls, agent); l != nil {
-			everywhere = &l.UID
+	var (
+		owners  []uint32
+		reached []string
+	)
+	for _, addr := range where.Addrs {
+		at := netip.AddrPortFrom(addr, where.Port)
+		l := taking(ls, at)
+		if l == nil {
+			continue
 		}
+		reached = append(reached, fmt.Sprintf("%s: uid %d", at, l.UID))
+		if !slices.Contains(owners, l.UID) {
+			owners = append(owners, l.UID)
+		}
+		if !a.At.IsValid() && (user == nil || *user == l.UID) {
+			a.At = at
+		}
+	}
+	everywhere := user
+	switch {
+	case user != nil:
+	case len(owners) == 1:
+		everywhere = &owners[0]
+	case len(owners) > 1:
+		a.At = netip.AddrPort{}
+		a.Away = fmt.Sprintf("the agent's address reaches listeners of several users (%s): pin the agent's with --consul.user, or give one address in --consul.server or CONSUL_HTTP_ADDR", strings.Join(reached, ", "))
+	case where.Given && len(where.Addrs) == 0:
+		a.Away = "the agent's address does not resolve, and never did: nothing counts until it does"
+	case where.Given:
+		a.Away = fmt.Sprintf("nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port %d: it is down, or listens elsewhere", where.Port)
 	}
 	for _, p := range ports {
 		var here []uint32
@@ -87,18 +132,14 @@ func Judge(ls []Listener, ports []uint16, agent netip.AddrPort, user *uint32) Ag
 			}
 		}
 		a.Owners[p] = len(here)
-		var l *Listener
-		if agent.IsValid() {
-			l = taking(ls, netip.AddrPortFrom(agent.Addr(), p))
-		}
 		switch {
 		case len(here) == 0: // nothing listens: nothing counts
+		case a.Away != "": // nothing is the agent's
 		case everywhere != nil:
 			a.Users[p] = *everywhere
-		case l != nil:
-			a.Users[p] = l.UID
 		case len(here) == 1:
 			a.Users[p] = here[0]
+			a.Guessed = append(a.Guessed, p)
 		default:
 			a.Undecided = append(a.Undecided, p)
 		}
@@ -160,10 +201,13 @@ func (a Agent) covering(local netip.AddrPort) *Listener {
 	return wildcard
 }
 
-// agents says whether l is one of the agent's listeners.
+// agents says whether l is one of the agent's listeners: one of its user's,
+// or, where that cannot be told (Undecided), anyone's.
 func (a Agent) agents(l *Listener) bool {
-	uid, known := a.Users[l.Local.Port()]
-	return !known || uid == l.UID // undecided: any listener's
+	if uid, known := a.Users[l.Local.Port()]; known {
+		return uid == l.UID
+	}
+	return slices.Contains(a.Undecided, l.Local.Port())
 }
 
 // Accepts says whether a server end, s, is a connection the agent accepted:
@@ -246,14 +290,18 @@ func (a Agent) elsewhere() []uint16 {
 	return ports
 }
 
-// QuietReason says which watched ports nothing listens on, "" when every
-// one has a listener: the words of the log and of check alike.
+// QuietReason says which watched ports nothing listens on, or why no
+// listener is the agent's, "" when the agent listens on every one: the
+// words of the log and of check alike.
 func (a Agent) QuietReason() string {
-	quiet := a.Quiet()
-	if len(quiet) == 0 {
-		return ""
+	var reasons []string
+	if quiet := a.Quiet(); len(quiet) > 0 {
+		reasons = append(reasons, "nothing listens on port "+Ports(quiet)+": a wrong --port or --rpc.port, or the agent is down")
 	}
-	return "nothing listens on port " + Ports(quiet) + ": a wrong --port or --rpc.port, or the agent is down"
+	if a.Away != "" {
+		reasons = append(reasons, a.Away+"; none of the connections on the watched ports count")
+	}
+	return strings.Join(reasons, "; ")
 }
 
 // SharedReason says where users other than the agent's listen on a watched
@@ -277,6 +325,17 @@ func (a Agent) SharedReason() string {
 		reasons = append(reasons, "several users listen on port "+Ports(a.Undecided)+" and none where the agent's address goes: each listener's connections count; pin the agent's user with --consul.user")
 	}
 	return strings.Join(reasons, "; ")
+}
+
+// GuessReason says where the agent's user is guessed, "" where it is not:
+// Consul's default address (no --consul.server or CONSUL_HTTP_ADDR)
+// reaches no listener, and the one user listening on a port is taken for
+// the agent's (another user's, were the agent down).
+func (a Agent) GuessReason() string {
+	if len(a.Guessed) == 0 {
+		return ""
+	}
+	return "the agent's address is not given (--consul.server or CONSUL_HTTP_ADDR), and 127.0.0.1 reaches no listener: on port " + Ports(a.Guessed) + " the one user listening is taken for the agent's; give its address, or pin --consul.user"
 }
 
 // Ports is "8500, 8501".

@@ -21,7 +21,9 @@ func v6only(addr string, uid uint32) Listener {
 	return l
 }
 
-var agentAddr = netip.MustParseAddrPort("127.0.0.1:8500")
+// consulDefault is where the agent is taken to be where nothing says:
+// Consul's default client_addr, at the watched port.
+var consulDefault = Where{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Port: 8500}
 
 // conn is a server end at local, its socket's user uid (accepted: the
 // listener's; planted: its planter's).
@@ -35,7 +37,7 @@ func conn(local string, uid uint32) socket.Socket {
 // port at an address no listener of its family covers, or one whose user
 // is not its listener's, was not accepted by the agent.
 func TestOneUserListeningIsTheAgentAndOnlyItsAcceptedConnectionsCount(t *testing.T) {
-	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 100), at("[::1]:8500", 100)}, []uint16{8500, 8501}, agentAddr, nil)
+	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 100), at("[::1]:8500", 100)}, []uint16{8500, 8501}, consulDefault, nil)
 	assert.Equal(t, map[uint16]int{8500: 1, 8501: 0}, a.Owners)
 	assert.Equal(t, map[uint16]uint32{8500: 100}, a.Users)
 	assert.Equal(t, []uint16{8501}, a.Quiet())
@@ -90,7 +92,7 @@ func TestSeveralUsersOnlyTheAgentsConnectionsCount(t *testing.T) {
 			map[socket.Socket]bool{conn("127.0.0.1:8500", 100): false, conn("127.0.0.2:8500", 65534): true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a := Judge(tc.listeners, []uint16{8500}, agentAddr, tc.user)
+			a := Judge(tc.listeners, []uint16{8500}, consulDefault, tc.user)
 			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.Users)
 			assert.Equal(t, []uint16{8500}, a.Shared())
 			assert.Empty(t, a.Undecided)
@@ -109,7 +111,7 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 		at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534), // the agent's HTTP, and a user beside it
 		at("10.0.0.5:8300", 100), at("127.0.0.1:8300", 65534), // the agent's RPC, and the user at the agent's host
 	}
-	a := Judge(ls, []uint16{8500, 8300}, agentAddr, nil)
+	a := Judge(ls, []uint16{8500, 8300}, consulDefault, nil)
 	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users)
 	assert.True(t, a.Accepts(conn("10.0.0.5:8300", 100)))
 	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
@@ -117,14 +119,51 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 
 	// The user alone on the RPC port: none of its connections count, and
 	// that is said.
-	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.1:8300", 65534)}, []uint16{8500, 8300}, agentAddr, nil)
+	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.1:8300", 65534)}, []uint16{8500, 8300}, consulDefault, nil)
 	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
 	assert.Contains(t, a.SharedReason(), "the agent's user (uid 100) does not listen on port 8300")
 
-	// Where the agent's address reaches no listener, each port on its
-	// own: the listener at the agent's host there, or its one user.
-	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, agentAddr, nil)
+	// Where Consul's default address reaches no listener, each port's one
+	// user is taken for the agent's, and that is said.
+	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, consulDefault, nil)
 	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 65534}, a.Users)
+	assert.Contains(t, a.GuessReason(), "on port 8500, 8300 the one user listening is taken for the agent's")
+
+	// A user listening on a port nothing watches, at the default address,
+	// decides nothing: the default is at the watched HTTP port.
+	a = Judge([]Listener{at("127.0.0.1:18702", 100), at("127.0.0.1:8500", 65534)}, []uint16{18702},
+		Where{Addrs: consulDefault.Addrs, Port: 18702}, nil)
+	assert.Equal(t, map[uint16]uint32{18702: 100}, a.Users)
+}
+
+// Where the agent's address was given and reaches no listener (the agent
+// down, or elsewhere), or reaches listeners of several users (a name with
+// an address each: localhost), no listener is the agent's: nothing counts,
+// no read of the limits goes there, and that is said, as a port nothing
+// listens on is.
+func TestAGivenAddressThatReachesNoListenerOfOneUserCountsNothing(t *testing.T) {
+	given := Where{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Port: 8500, Given: true}
+	a := Judge([]Listener{at("127.0.0.2:8500", 65534)}, []uint16{8500}, given, nil)
+	assert.False(t, a.Accepts(conn("127.0.0.2:8500", 65534)))
+	assert.False(t, a.At.IsValid())
+	assert.Contains(t, a.QuietReason(), "nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port 8500")
+
+	localhost := Where{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}, Port: 8500, Given: true}
+	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("[::1]:8500", 65534)}, []uint16{8500}, localhost, nil)
+	assert.False(t, a.Accepts(conn("127.0.0.1:8500", 100)))
+	assert.False(t, a.Accepts(conn("[::1]:8500", 65534)))
+	assert.False(t, a.At.IsValid(), "no read of the limits from either")
+	assert.Contains(t, a.QuietReason(), "the agent's address reaches listeners of several users (127.0.0.1:8500: uid 100, [::1]:8500: uid 65534)")
+
+	a = Judge([]Listener{at("127.0.0.1:8500", 100)}, []uint16{8500}, localhost, nil)
+	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At, "the one address the agent listens at: where its limit is read")
+	assert.True(t, a.Accepts(conn("127.0.0.1:8500", 100)))
+	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("[::1]:8500", 65534)}, []uint16{8500}, localhost, ptr(100))
+	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At, "pinned: the address the agent's user listens at")
+	assert.True(t, a.Accepts(conn("127.0.0.1:8500", 100)))
+
+	a = Judge([]Listener{at("127.0.0.1:8500", 100)}, []uint16{8500}, Where{Port: 8500, Given: true}, nil)
+	assert.Contains(t, a.QuietReason(), "the agent's address does not resolve, and never did")
 }
 
 // Several users and nothing where the agent's address goes (or no address
@@ -132,7 +171,7 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 // that is said; each listener's connections count, each by its own
 // listener's user, so a socket planted on the port still does not.
 func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
-	for _, addr := range []netip.AddrPort{agentAddr, {}} {
+	for _, addr := range []Where{consulDefault, {Port: 8500}} {
 		a := Judge([]Listener{at("127.0.0.5:8500", 100), at("127.0.0.6:8500", 65534)}, []uint16{8500}, addr, nil)
 		assert.Equal(t, []uint16{8500}, a.Undecided)
 		assert.Contains(t, a.SharedReason(), "pin the agent's user with --consul.user")
@@ -146,7 +185,7 @@ func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
 // A client end on this host counts where its server end is at one of the
 // agent's listeners.
 func TestAClientEndCountsWhereItsServerIsTheAgents(t *testing.T) {
-	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534)}, []uint16{8500}, agentAddr, nil)
+	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 65534)}, []uint16{8500}, consulDefault, nil)
 	assert.True(t, a.Serves(netip.MustParseAddrPort("127.0.0.1:8500")))
 	assert.False(t, a.Serves(netip.MustParseAddrPort("127.0.0.2:8500")))
 	assert.False(t, a.Serves(netip.MustParseAddrPort("127.0.0.3:8500")))
@@ -156,31 +195,35 @@ func ptr(v uint32) *uint32 { return &v }
 
 func TestTheAgentsAddressIsReadAsTheConsulCLIReadsIt(t *testing.T) {
 	for env, want := range map[string]string{
-		"":                        "127.0.0.1:8500",
+		"":                        "127.0.0.1:18500",
 		"10.0.0.5:8500":           "10.0.0.5:8500",
 		"https://[::1]:8501":      "[::1]:8501",
 		"http://localhost:8500":   "127.0.0.1:8500",
-		"unix:///run/consul.sock": "127.0.0.1:8500",
+		"unix:///run/consul.sock": "127.0.0.1:18500",
 		"[::ffff:10.0.0.7]:8500":  "10.0.0.7:8500",
 		"https://10.0.0.8":        "10.0.0.8:443",
 	} {
-		a, err := ParseAddress(env)
+		a, err := ParseAddress(env, 18500)
 		require.NoError(t, err, env)
 		got, err := a.Resolve(context.Background())
 		require.NoError(t, err, env)
-		assert.Equal(t, netip.MustParseAddrPort(want), got, env)
+		want := netip.MustParseAddrPort(want)
+		assert.Contains(t, got.Addrs, want.Addr(), env)
+		assert.Equal(t, want.Port(), got.Port, env)
+		assert.Equal(t, env != "" && env != "unix:///run/consul.sock", got.Given, env)
 	}
-	_, err := ParseAddress("10.0.0.5:port")
+	_, err := ParseAddress("10.0.0.5:port", 8500)
 	assert.ErrorContains(t, err, "is not host:port")
 }
 
 // A name that does not resolve is an error, at each look-up, never
-// 127.0.0.1: the address is the last one it resolved to, none before.
+// 127.0.0.1: the addresses are the last ones it resolved to, none before.
 func TestANameThatDoesNotResolveIsSaidAndTriedAgain(t *testing.T) {
-	a, err := ParseAddress("http://not_a_host!:8500")
+	a, err := ParseAddress("http://not_a_host!:8500", 8500)
 	require.NoError(t, err)
 	got, err := a.Resolve(context.Background())
 	assert.ErrorContains(t, err, "the agent's address not_a_host!:8500 does not resolve")
-	assert.False(t, got.IsValid())
-	assert.False(t, a.Last().IsValid())
+	assert.Empty(t, got.Addrs)
+	assert.True(t, got.Given)
+	assert.Empty(t, a.Last().Addrs)
 }
