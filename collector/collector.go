@@ -132,9 +132,9 @@ type Collector struct {
 	// listeners reads who listens on the watched ports, nil where they
 	// cannot be known; the agent's user and address tell its listeners
 	// from others'.
-	listeners                                                     func(ctx context.Context) ([]listeners.Listener, error)
-	agentAddr                                                     *listeners.Address
-	agentUser                                                     *uint32
+	listeners                                                                 func(ctx context.Context) ([]listeners.Listener, error)
+	agentAddr                                                                 *listeners.Address
+	agentUser                                                                 *uint32
 	listenersState, quietState, sharedState, guessState, addrState, ownerless changes.Tracker
 	// tell, where set, is told of every judgement of the listeners: the
 	// kernel programs count only the agent's connections too.

@@ -458,7 +458,7 @@ func TestAnAgentNotWhereItsAddressSaysIsNeverAnotherUser(t *testing.T) {
 	assert.Contains(t, lastLine(string(out)), "UNKNOWN: nothing listens at the agent's address")
 
 	q := fmt.Sprint(loopback.Port())
-	attacker(t, ns, "listen", "127.0.0.1:"+q, "5", "127.0.0.3")                     // the agent, on a port of its own
+	attacker(t, ns, "listen", "127.0.0.1:"+q, "5", "127.0.0.3")                           // the agent, on a port of its own
 	attacker(t, append(ns, asNobody(t)...), "listen", "127.0.0.1:8500", "0", "127.0.0.1") // Consul's default port
 	res := runExporter(t, t.TempDir(), append(ns, binary), "--once", "--port", q)
 	require.Equal(t, 0, res.exit, res.stderr)
