@@ -82,7 +82,9 @@ struct socket_state {
 		       // open was a connect's (SYN-SENT to ESTABLISHED), never
 		       // counted; 0: not known (open before the programs)
 	__u8 lost;     // counted once in the lost: a full map could not count it
-	__u8 unused[2];
+	__u8 unfollowed; // counted once in the unfollowed: a full map could not
+			 // follow its client
+	__u8 unused;
 };
 
 enum {

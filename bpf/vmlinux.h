@@ -145,6 +145,7 @@ struct inet_sock {
 
 struct inet_connection_sock {
 	struct inet_sock icsk_inet;
+	void *icsk_ulp_data;
 };
 
 struct tcp_sock {
@@ -152,6 +153,12 @@ struct tcp_sock {
 	u32 copied_seq;
 	u32 rcv_nxt;
 	u64 bytes_received;
+	bool is_mptcp;
+};
+
+/* net/mptcp/protocol.h: an MPTCP subflow's context (its ULP data) */
+struct mptcp_subflow_context {
+	u32 mp_join: 1;
 };
 
 /* net/mptcp/protocol.h: an MPTCP connection, as its application sees it */

@@ -31,10 +31,11 @@ const attackEnv = "CONSUL_CONN_EXPORTER_E2E_ATTACK"
 // its sockets until SIGTERM; on SIGUSR1 it closes the sockets it bound on
 // the agent's port first, reading nothing, and prints "closed".
 //
-//	listen ADDR:PORT N FROM [v6only|dualstack]
+//	listen ADDR:PORT N FROM [v6only|dualstack|mptcp]
 //	                                  a listener (IPv6 only, or both
 //	                                  families, if asked), and N
-//	                                  connections to it from FROM
+//	                                  connections to it from FROM (MPTCP
+//	                                  ones, if asked)
 //	forge PORT N FIRST [unread]       N sockets bound to PORT at FIRST and
 //	                                  the addresses after it (SO_REUSEADDR),
 //	                                  each connected to a listener of its
@@ -57,7 +58,11 @@ func attackMain(args []string) int {
 	)
 	switch {
 	case len(args) >= 4 && args[0] == "listen":
-		held, err = listenAndOpen(args[1], args[2], args[3], len(args) > 4 && args[4] == "v6only", len(args) > 4 && args[4] == "dualstack")
+		option := ""
+		if len(args) > 4 {
+			option = args[4]
+		}
+		held, err = listenAndOpen(args[1], args[2], args[3], option)
 	case len(args) >= 4 && args[0] == "forge":
 		forged, held, err = forge(args[1], args[2], args[3], len(args) > 4 && args[4] == "unread", true)
 	case len(args) == 4 && args[0] == "plant":
@@ -91,7 +96,8 @@ func attackMain(args []string) int {
 	}
 }
 
-func listenAndOpen(addr, count, from string, v6only, dualStack bool) ([]io.Closer, error) {
+func listenAndOpen(addr, count, from, option string) ([]io.Closer, error) {
+	v6only, dualStack := option == "v6only", option == "dualstack"
 	n, err := strconv.Atoi(count)
 	if err != nil {
 		return nil, err
@@ -124,6 +130,7 @@ func listenAndOpen(addr, count, from string, v6only, dualStack bool) ([]io.Close
 		to = netip.AddrPortFrom(netip.MustParseAddr(map[bool]string{true: "127.0.0.1", false: "::1"}[netip.MustParseAddr(from).Is4()]), to.Port())
 	}
 	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	dialer.SetMultipathTCP(option == "mptcp")
 	for range n {
 		c, err := dialer.Dial("tcp", to.String())
 		if err != nil {
@@ -132,6 +139,14 @@ func listenAndOpen(addr, count, from string, v6only, dualStack bool) ([]io.Close
 		s, err := l.Accept()
 		if err != nil {
 			return nil, err
+		}
+		if option == "mptcp" { // data, that the connection is fully established and adds its subflows
+			if _, err := c.Write([]byte{'x'}); err != nil {
+				return nil, err
+			}
+			if _, err := s.Read(make([]byte, 1)); err != nil {
+				return nil, err
+			}
 		}
 		conns = append(conns, c, s)
 	}

@@ -290,6 +290,46 @@ func TestRequestsTheAgentAnsweredAreNoRefusals(t *testing.T) {
 		assert.Zero(t, value(t, got, "consul_refused_http_connections_total"))
 		assert.Equal(t, 40.0, value(t, got, "consul_http_max_conns_per_client"))
 	})
+
+	t.Run("over HTTPS, from a client at its limit that closes one as it asks again", func(t *testing.T) {
+		// The agent lets go of a connection whose client closed its end
+		// as soon as it reads the end: the kernel still has the socket,
+		// half-closed, when the next request comes.
+		t.Setenv("CONSUL_HTTP_ADDR", agent.httpAddr)
+		url, _ := startRefusals(t, "--source", "events", "--port", p, "--port", https, "--limit", "auto")
+		require.Eventually(t, func() bool { return scrape(t, url)["consul_http_max_conns_per_client"] == 40 }, 20*time.Second, 50*time.Millisecond)
+		const racer = "127.0.0.99"
+		held := holdServed(t, agent.httpAddr, racer, 40)
+		answered, refused := 0, 0
+		for range 16 {
+			require.NoError(t, held[0].(*net.TCPConn).CloseWrite()) // its FIN: the agent's end half-closed
+			held = held[1:]
+			status, err := agent.askOverTLS(t, racer)
+			switch {
+			case err == nil && status == http.StatusOK:
+				answered++
+			default:
+				refused++
+			}
+			require.Eventually(t, func() bool { // at the limit again, once the agent let go of the two closed
+				status, conn := request(t, agent.httpAddr, racer)
+				if status != http.StatusOK {
+					refused++ // a refusal too, by the agent's own evidence
+					conn.Close()
+					return false
+				}
+				held = append(held, conn)
+				return true
+			}, 5*time.Second, 10*time.Millisecond)
+		}
+		t.Logf("%d answered, %d refused", answered, refused)
+		require.Positive(t, answered, "some answered, the agent having let go of the half-closed one first")
+		for range 3 { // a read of the agent after them confirms what is counted
+			got := scrape(t, url)
+			require.Never(t, func() bool { return scrape(t, url)["consul_refused_http_connections_total"] > float64(refused) }, time.Second, 50*time.Millisecond,
+				"answered requests counted as refusals: %v", got["consul_refused_http_connections_total"])
+		}
+	})
 }
 
 // The time some client holds the limit counts connections open before the
@@ -364,7 +404,7 @@ func TestEventsMapsFullOfClosedOrHeldConnectionsStayHonest(t *testing.T) {
 	needEvents(t)
 	l := loopback.Listen(t, "127.0.0.1")
 	addr := freeAddr(t)
-	startServer(t, binary, "--web.listen-address="+addr, "--source", "events", "--port", port(l), "--events.keys", "1024")
+	startServer(t, binary, "--web.listen-address="+addr, "--source", "events", "--port", port(l), "--events.keys", "1024", "--limit", "10")
 	url := "http://" + addr + "/metrics"
 	const clients = 1100 // each from an address of its own, past 1,024
 	for i := range clients {
@@ -374,6 +414,14 @@ func TestEventsMapsFullOfClosedOrHeldConnectionsStayHonest(t *testing.T) {
 	got := scrape(t, url)
 	assert.Equal(t, 10.0, value(t, got, `consul_open_http_connections{port="`+port(l)+`"}`), "counted at once")
 	assert.Zero(t, value(t, got, "consul_conn_exporter_events_http_lost_total"))
+	// Its client, whom the clients' map was too full to follow, is
+	// followed from the read that found it full (its peak, its time at
+	// the limit), not from the second audit after.
+	require.Eventually(t, func() bool {
+		got = scrape(t, url)
+		return got[`consul_open_http_connections_peak_per_client{client="127.0.0.1"}`] == 10 && got["consul_http_client_at_limit_seconds_total"] > 0
+	}, 10*time.Second, 100*time.Millisecond, "the client at its limit followed")
+	assert.Equal(t, float64(clients-1024+10), value(t, got, "consul_conn_exporter_events_http_unfollowed_total"), "each connection not followed, once: the churn's past the map, and its ten")
 
 	held := loopback.Listen(t, "127.0.0.1")
 	for i := range clients {
@@ -487,4 +535,29 @@ func TestANameWhoseAddressesReachListenersOfSeveralUsersReadsNoLimit(t *testing.
 	assert.Zero(t, value(t, res.metrics, "consul_conn_exporter_limits_read_success"))
 	assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
 	assert.Contains(t, res.stderr, "the agent's address reaches listeners of several users")
+}
+
+// An MPTCP client's connection to an agent (Consul built with Go 1.24 or
+// later listens MPTCP) may add subflows from other addresses of its host
+// (an endpoint the host's administrator configured): the agent's limiter
+// counts the connection once, by its first address, and so do the events.
+// (The table's sources cannot tell a subflow added: its MPTCP state is
+// given only to a reader holding CAP_NET_ADMIN; they count each.)
+func TestEventsCountAnMPTCPConnectionOnceWhateverItsSubflows(t *testing.T) {
+	needEvents(t)
+	ns := netns(t)
+	out, err := exec.Command(ns[0], append(ns[1:], "ip", "mptcp", "endpoint", "add", "127.0.0.41", "dev", "lo", "subflow")...).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	p := fmt.Sprint(loopback.Port())
+	attacker(t, ns, "listen", "127.0.0.1:"+p, "3", "127.0.0.40", "mptcp")
+	require.Eventually(t, func() bool {
+		out, err := exec.Command(ns[0], append(ns[1:], "ss", "-Htn", "state", "established", "( sport = :"+p+" )")...).Output()
+		require.NoError(t, err)
+		return strings.Count(string(out), "\n") == 6
+	}, 10*time.Second, 20*time.Millisecond, "a subflow added to each connection")
+	res := runExporter(t, t.TempDir(), append(ns, binary, "--source", "events"), "--once", "--port", p)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 3.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.Equal(t, 3.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.40"}`))
+	assert.NotContains(t, res.metrics, `consul_open_http_connections_per_client{client="127.0.0.41"}`)
 }

@@ -298,10 +298,9 @@ static __always_inline void lose(struct socket_state *st, struct group_totals *t
 	t->lost++;
 }
 
-// client_of is the client's entry, made where missing; NULL, counted as
-// unfollowed, where the map is full: the counts have the connection, the
-// client's churn, peak and time at the limit lack it.
-static __always_inline struct client_state *client_of(__u32 group, const __u8 client[16], struct group_totals *t)
+// client_of is the client's entry, made where missing; NULL where the map
+// is full.
+static __always_inline struct client_state *client_of(__u32 group, const __u8 client[16])
 {
 	struct client_key ck = {.group = group};
 	__builtin_memcpy(&ck.client, client, sizeof(ck.client));
@@ -310,10 +309,18 @@ static __always_inline struct client_state *client_of(__u32 group, const __u8 cl
 		return c;
 	struct client_state fresh = {.held = HELD_NONE};
 	bpf_map_update_elem(&clients_held, &ck, &fresh, BPF_NOEXIST);
-	c = bpf_map_lookup_elem(&clients_held, &ck);
-	if (!c)
-		t->unfollowed++;
-	return c;
+	return bpf_map_lookup_elem(&clients_held, &ck);
+}
+
+// unfollow counts a connection whose client a full map could not follow,
+// once: the counts have it, the client's churn, peak and time at the limit
+// lack it.
+static __always_inline void unfollow(struct socket_state *st, struct group_totals *t)
+{
+	if (st->unfollowed)
+		return;
+	st->unfollowed = 1;
+	t->unfollowed++;
 }
 
 static __always_inline __u32 epoch_of(__u64 slot) { return slot >> 32; }
@@ -376,48 +383,72 @@ static __always_inline void judge(__u32 group, struct client_state *c, __u64 now
 	bpf_spin_unlock(&g->lock);
 }
 
-// follow adds delta to a client's held word (held_delta's: n to its count
-// in a generation, or, n 0, one moved between them) and, where its count
-// changed, follows what that does to its peak and to its group's time at
-// the limit. It returns the client's entry (NULL where not followed), and
-// says in full whether its count before was at least the limit.
+// follow adds delta to a socket's client's held word (held_delta's: n to
+// its count in a generation, or, n 0, one moved between them) and, where
+// its count changed, follows what that does to its peak and to its group's
+// time at the limit. It returns the client's entry (NULL where not
+// followed), and says in before what its count was before (-1 where not
+// followed).
 static __always_inline struct client_state *follow(__u32 group, const __u8 client[16], struct group_totals *t,
-						   __u64 delta, __s64 n, __u64 now, bool *full)
+						   struct socket_state *st, __u64 delta, __s64 n, __u64 now, __s64 *before)
 {
-	*full = false;
-	struct client_state *c = client_of(group, client, t);
-	if (!c)
+	*before = -1;
+	struct client_state *c = client_of(group, client);
+	if (!c) {
+		unfollow(st, t);
 		return NULL;
+	}
 	delta += HELD_CHANGE;
 	__u64 word = __sync_fetch_and_add(&c->held, delta);
 	if (word & HELD_DROPPED) {
 		// Dropped by a census between the lookup and the add (it held
 		// nothing since the census before): the add is made again, on
 		// the entry made anew.
-		c = client_of(group, client, t);
-		if (!c)
-			return NULL;
-		word = __sync_fetch_and_add(&c->held, delta);
-		if (word & HELD_DROPPED) {
-			t->unfollowed++;
+		c = client_of(group, client);
+		if (c)
+			word = __sync_fetch_and_add(&c->held, delta);
+		if (!c || (word & HELD_DROPPED)) {
+			unfollow(st, t);
 			return NULL;
 		}
 	}
 	if (n == 0)
 		return c; // moved: its count is the same
-	__s64 before = held_count(word), after = before + n;
+	__s64 after;
+	*before = held_count(word);
+	after = *before + n;
 	__u32 e = epoch;
-	keep_begin(&c->begin[e & 1], e, before);
-	keep_peak(&c->peak[e & 1], e, before > after ? before : after);
+	keep_begin(&c->begin[e & 1], e, *before);
+	keep_peak(&c->peak[e & 1], e, *before > after ? *before : after);
 
 	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
 	if (!limit)
 		return c;
 	__s64 lim = *limit;
-	*full = lim > 0 && before >= lim;
-	if ((lim > 0 && (before >= lim || after >= lim)) || c->at_limit)
+	if ((lim > 0 && (*before >= lim || after >= lim)) || c->at_limit)
 		judge(group, c, now);
 	return c;
+}
+
+// over_limit says whether a connection opened while its client held at
+// least its group's limit besides it: held is its count before. Its
+// client's connections half-closed at the same address and port (its FIN
+// come, the agent's not yet) are not held by it: the limiter lets go of
+// one once the agent reads its end (at once, but for a request under way),
+// so that a connection made as another closes (a client coming round at
+// its limit) is no refusal by the limiter's rule. key is the connection's,
+// counted.
+static __always_inline bool over_limit(const struct connection_key *key, __u32 group, __s64 held)
+{
+	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
+	if (!limit || !*limit || held < (__s64)*limit)
+		return false;
+	struct connection_key half = *key;
+	half.state = TCP_CLOSE_WAIT;
+	__s64 *closing = bpf_map_lookup_elem(&connections, &half);
+	if (closing && !(*closing & KEY_DROPPED))
+		held -= *closing;
+	return held >= (__s64)*limit;
 }
 
 // server_end is sk as a TCP server end of a watched port in the exporter's
@@ -467,6 +498,17 @@ static __always_inline void closed(struct group_totals *t, struct client_state *
 			break;
 	if (i <= LIFETIME_BUCKETS)
 		t->lifetimes[i]++;
+}
+
+// joined says whether a server end is a subflow an MPTCP connection added
+// (MP_JOIN): the connection is counted by its first subflow, once, as the
+// agent's limiter counts it, by its first address.
+static __always_inline bool joined(const struct tcp_sock *tp)
+{
+	if (!tp->is_mptcp)
+		return false;
+	struct mptcp_subflow_context *ctx = tp->inet_conn.icsk_ulp_data;
+	return ctx && BPF_CORE_READ_BITFIELD_PROBED(ctx, mp_join);
 }
 
 // accepted marks a listener's new socket of a watched port as accepted,
@@ -526,14 +568,15 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, st, &key);
-	bool counted = st->counted, full;
+	bool counted = st->counted;
+	__s64 before;
 	__u32 counted_in = st->generation, now_in = generation;
 	__u64 now;
 	if (opens) {
 		// Only a connection one of the agent's listeners accepted; one
 		// of another user's listener, or of none, is left to the census,
 		// which judges it again as the agent's listeners change.
-		if (st->accepted != ACCEPTED || !agents(key.port, key.uid))
+		if (st->accepted != ACCEPTED || !agents(key.port, key.uid) || joined(tp))
 			return 0;
 		if (!recount(st, &key, newstate, now_in)) {
 			lose(st, t);
@@ -542,10 +585,10 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		t->opened++;
 		now = bpf_ktime_get_ns();
 		st->opened_ns = now;
-		struct client_state *c = follow(group, key.client, t, held_delta(now_in, 1), 1, now, &full);
+		struct client_state *c = follow(group, key.client, t, st, held_delta(now_in, 1), 1, now, &before);
 		if (c)
 			__sync_fetch_and_add(&c->opened, 1);
-		st->over_limit = full ? OVER_LIMIT : 0;
+		st->over_limit = over_limit(&key, group, before) ? OVER_LIMIT : 0;
 		return 0;
 	}
 	if (!counted)
@@ -556,13 +599,13 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		}
 		if ((counted_in ^ now_in) & 1)
-			follow(group, key.client, t, held_move(counted_in, now_in), 0, 0, &full);
+			follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
 		return 0;
 	}
 	count_as(&key, st->state, counted_in, -1);
 	st->counted = 0;
 	now = bpf_ktime_get_ns();
-	struct client_state *c = follow(group, key.client, t, held_delta(counted_in, -1), -1, now, &full);
+	struct client_state *c = follow(group, key.client, t, st, held_delta(counted_in, -1), -1, now, &before);
 	closed(t, c, st, oldstate, newstate, now);
 	return 0;
 }
@@ -572,6 +615,7 @@ struct settling {
 	__u32 old;   // the generation moved from
 	__u32 epoch; // of the peaks, now
 	__u64 now;
+	bool moved;  // every counted socket moved: the old generation is settled
 };
 
 // settle runs on every client once the census has moved every socket: what
@@ -591,6 +635,12 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	__u64 held = c->held;
 	if (held & HELD_DROPPED)
 		return 0;
+	if (!s->moved) {
+		// The old generation still counts some (the map full): kept, and
+		// each client only judged again, against the limit now.
+		judge(key->group, c, s->now);
+		return 0;
+	}
 	__s64 stale = held_in(held, s->old);
 	if (stale)
 		held = __sync_fetch_and_add(&c->held, held_delta(s->old, -stale)) + held_delta(s->old, -stale);
@@ -616,12 +666,11 @@ int census(struct bpf_iter__tcp *ctx)
 	if (!skc) {
 		// The last call, after every socket: the clients are settled
 		// where every counted socket moved (else the old generation
-		// still holds some of them, and is kept).
-		if (!unmoved) {
-			struct settling s = {.old = generation - 1, .epoch = epoch, .now = bpf_ktime_get_ns()};
-			bpf_for_each_map_elem(&clients_held, settle, &s, 0);
-			settled = generation;
-		}
+		// still holds some of them, and is kept), and judged again in
+		// any case.
+		struct settling s = {.old = generation - 1, .epoch = epoch, .now = bpf_ktime_get_ns(), .moved = !unmoved};
+		bpf_for_each_map_elem(&clients_held, settle, &s, 0);
+		settled = generation;
 		return 0;
 	}
 	if (!watched(skc->skc_state))
@@ -643,16 +692,17 @@ int census(struct bpf_iter__tcp *ctx)
 		return 0;
 	struct connection_key key = {.port = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)};
 	addresses(sk, st, &key);
-	bool counted = st->counted, full;
+	bool counted = st->counted;
+	__s64 before;
 	__u32 counted_in = st->generation, now_in = generation;
-	if (!agents(key.port, key.uid)) {
+	if (!agents(key.port, key.uid) || joined(tp)) {
 		if (!counted)
 			return 0;
 		// Counted, and no longer the agent's as it is now judged (its
 		// listeners' user changed): taken off, no close.
 		count_as(&key, st->state, counted_in, -1);
 		st->counted = 0;
-		follow(group, key.client, t, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &full);
+		follow(group, key.client, t, st, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &before);
 		return 0;
 	}
 	if (counted && counted_in == now_in)
@@ -667,10 +717,10 @@ int census(struct bpf_iter__tcp *ctx)
 		return 0;
 	}
 	if (counted) {
-		follow(group, key.client, t, held_move(counted_in, now_in), 0, 0, &full);
+		follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
 		return 0;
 	}
 	t->seeded++;
-	follow(group, key.client, t, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &full);
+	follow(group, key.client, t, st, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &before);
 	return 0;
 }

@@ -50,6 +50,9 @@ type Counter struct {
 	last       Census   // the last audit's
 	audits     uint64   // censuses since the seed
 	missedAt   uint64   // the events the kernel skipped, at the last census
+	// unfollowedAt are the connections the kernel's clients map was too
+	// full to follow, at the last read that made room.
+	unfollowedAt uint64
 }
 
 // Load attaches the programs that count the connections the agent's

@@ -134,3 +134,27 @@ func TestACensusThatDropsAClientsStaleCountJudgesItAgain(t *testing.T) {
 	stopped := snapshotOf(t, c, 10).Groups[0].AtLimit
 	assert.Equal(t, stopped, snapshotOf(t, c, 10).Groups[0].AtLimit, "7 of 10: stopped")
 }
+
+// With maps too full for a census to move the counts (it keeps the old
+// generation), a limit's change is judged all the same: a client at a
+// limit lowered to it is at it from then, and stops at one raised past it.
+func TestALimitChangeIsJudgedWhenTheMapIsTooFullToMove(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := loadedWith(t, minKeys, []uint16{l.Port()})
+	loopback.Open(t, l, "127.0.0.84", 5)
+	for i := range minKeys {
+		loopback.Open(t, l, netip.AddrFrom4([4]byte{127, 8, byte(i >> 8), byte(i)}).String(), 1)
+	}
+	found, err := c.Census()
+	require.NoError(t, err)
+	require.Positive(t, found.Unmoved, "the map too full to move the counts")
+
+	snapshotOf(t, c, 5) // lowered to the client's 5
+	after := time.Now()
+	before := time.Now()
+	running := snapshotOf(t, c, 5).Groups[0].AtLimit
+	assert.Greater(t, snapshotOf(t, c, 5).Groups[0].AtLimit, running, "at the limit from the change")
+	assert.GreaterOrEqual(t, running, before.Sub(after))
+	stopped := snapshotOf(t, c, 50).Groups[0].AtLimit
+	assert.Equal(t, stopped, snapshotOf(t, c, 50).Groups[0].AtLimit, "raised past it: stopped")
+}

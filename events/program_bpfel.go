@@ -85,7 +85,8 @@ type programSocketState struct {
 	Own         uint8
 	Accepted    uint8
 	Lost        uint8
-	Unused      [2]uint8
+	Unfollowed  uint8
+	Unused      uint8
 }
 
 // Names of all BPF objects in the ELF.

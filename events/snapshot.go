@@ -120,7 +120,36 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	if err := c.clients(snap.Groups, top); err != nil {
 		return Snapshot{}, err
 	}
-	return snap, nil
+	return snap, c.makeRoom(totals)
+}
+
+// makeRoom drops, where the clients' map was too full to follow a client
+// since the last read, the clients that hold nothing and have not changed
+// since it (read now, their churn in the totals): two censuses, the first
+// marking them, the second dropping them, rather than the next two
+// audits; and a third follows the clients that found no room, with the
+// connections they hold. So a flood of addresses opening and closing
+// blinds the churn, peaks and time at the limit of new clients for one
+// read, not for two audits' intervals.
+func (c *Counter) makeRoom(totals []programGroupTotals) error {
+	var unfollowed uint64
+	for _, t := range totals {
+		unfollowed += t.Unfollowed
+	}
+	if unfollowed == c.unfollowedAt {
+		return nil
+	}
+	c.unfollowedAt = unfollowed
+	for range 3 {
+		missed, err := c.missed()
+		if err != nil {
+			return err
+		}
+		if _, err := c.audit(missed); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // setLimits gives the kernel each group's limit where it changed, and
