@@ -80,7 +80,7 @@ func newGroupDescs(l *Limiter) groupDescs {
 			what+" connections the kernel's connections map (--events.keys) was too full to count, each once: until an audit finds room, the counts lack them (0 when the counts are exact).",
 			nil, nil),
 		unfollowed: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_unfollowed_total",
-			what+" connections counted whose client the kernel's clients map (--events.keys) was too full to follow: that client's churn, peak and time at the limit lack them (0 when they are exact).",
+			what+" connections counted whose client the kernel's clients map (--events.keys) was too full to follow, each once: that client's churn, peak and time at the limit lack them (0 when they are exact).",
 			nil, nil),
 	}
 }
