@@ -165,6 +165,9 @@ struct client_state {
 	__u32 idle;	// the held word's version | IDLE, where a census last
 			// found the client holding nothing: dropped at the next
 			// census that finds the word unchanged
+	__s32 closing;	// of held, in CLOSE-WAIT: its FIN come, the agent's not
+			// yet (none once it holds nothing)
+	__u32 unused;
 };
 
 #define HELD_BIAS (1ULL << 23)

@@ -430,24 +430,28 @@ static __always_inline struct client_state *follow(__u32 group, const __u8 clien
 	return c;
 }
 
-// over_limit says whether a connection opened while its client held at
+// half_closed adds n to the client's connections counted in CLOSE-WAIT.
+static __always_inline void half_closed(struct client_state *c, __s64 n)
+{
+	if (c && n)
+		__sync_fetch_and_add(&c->closing, (__s32)n);
+}
+
+// over_limit says whether a connection opened while its client, c, held at
 // least its group's limit besides it: held is its count before. Its
-// client's connections half-closed at the same address and port (its FIN
-// come, the agent's not yet) are not held by it: the limiter lets go of
-// one once the agent reads its end (at once, but for a request under way),
-// so that a connection made as another closes (a client coming round at
-// its limit) is no refusal by the limiter's rule. key is the connection's,
-// counted.
-static __always_inline bool over_limit(const struct connection_key *key, __u32 group, __s64 held)
+// half-closed connections (CLOSE-WAIT: its FIN come, the agent's not yet)
+// are not held by it: the limiter lets go of one as soon as the agent
+// reads its end (but for a request under way), so that a connection made
+// as another closes (a client coming round at its limit) is no refusal by
+// the limiter's rule.
+static __always_inline bool over_limit(const struct client_state *c, __u32 group, __s64 held)
 {
 	__u32 *limit = bpf_map_lookup_elem(&limits, &group);
-	if (!limit || !*limit || held < (__s64)*limit)
+	if (!c || !limit || !*limit)
 		return false;
-	struct connection_key half = *key;
-	half.state = TCP_CLOSE_WAIT;
-	__s64 *closing = bpf_map_lookup_elem(&connections, &half);
-	if (closing && !(*closing & KEY_DROPPED))
-		held -= *closing;
+	__s32 closing = c->closing;
+	if (closing > 0)
+		held -= closing;
 	return held >= (__s64)*limit;
 }
 
@@ -588,24 +592,32 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		struct client_state *c = follow(group, key.client, t, st, held_delta(now_in, 1), 1, now, &before);
 		if (c)
 			__sync_fetch_and_add(&c->opened, 1);
-		st->over_limit = over_limit(&key, group, before) ? OVER_LIMIT : 0;
+		half_closed(c, newstate == TCP_CLOSE_WAIT);
+		st->over_limit = over_limit(c, group, before) ? OVER_LIMIT : 0;
 		return 0;
 	}
 	if (!counted)
 		return 0;
+	__u8 was_state = st->state;
 	if (is) { // from one watched state to another
 		if (!recount(st, &key, newstate, now_in)) {
 			t->misplaced++; // still counted, in the state it left
 			return 0;
 		}
+		__s64 closing = (newstate == TCP_CLOSE_WAIT) - (was_state == TCP_CLOSE_WAIT);
+		struct client_state *c = NULL;
 		if ((counted_in ^ now_in) & 1)
-			follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
+			c = follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
+		else if (closing)
+			c = client_of(group, key.client);
+		half_closed(c, closing);
 		return 0;
 	}
-	count_as(&key, st->state, counted_in, -1);
+	count_as(&key, was_state, counted_in, -1);
 	st->counted = 0;
 	now = bpf_ktime_get_ns();
 	struct client_state *c = follow(group, key.client, t, st, held_delta(counted_in, -1), -1, now, &before);
+	half_closed(c, -(was_state == TCP_CLOSE_WAIT));
 	closed(t, c, st, oldstate, newstate, now);
 	return 0;
 }
@@ -645,6 +657,8 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	if (stale)
 		held = __sync_fetch_and_add(&c->held, held_delta(s->old, -stale)) + held_delta(s->old, -stale);
 	judge(key->group, c, s->now);
+	if ((held & HELD_COUNTS) == HELD_NONE)
+		c->closing = 0; // what missed closes left
 	if ((held & HELD_COUNTS) != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch || c->at_limit) {
 		c->idle = 0;
 		return 0;
@@ -702,11 +716,13 @@ int census(struct bpf_iter__tcp *ctx)
 		// listeners' user changed): taken off, no close.
 		count_as(&key, st->state, counted_in, -1);
 		st->counted = 0;
-		follow(group, key.client, t, st, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &before);
+		struct client_state *c = follow(group, key.client, t, st, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &before);
+		half_closed(c, -(st->state == TCP_CLOSE_WAIT));
 		return 0;
 	}
 	if (counted && counted_in == now_in)
 		return 0; // counted in this generation already, by an event
+	__u8 was_state = st->state;
 	if (!recount(st, &key, skc->skc_state, now_in)) {
 		if (counted) {
 			__sync_fetch_and_add(&unmoved, 1);
@@ -716,11 +732,14 @@ int census(struct bpf_iter__tcp *ctx)
 		}
 		return 0;
 	}
+	struct client_state *c;
 	if (counted) {
-		follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
+		c = follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
+		half_closed(c, (skc->skc_state == TCP_CLOSE_WAIT) - (was_state == TCP_CLOSE_WAIT));
 		return 0;
 	}
 	t->seeded++;
-	follow(group, key.client, t, st, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &before);
+	c = follow(group, key.client, t, st, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &before);
+	half_closed(c, skc->skc_state == TCP_CLOSE_WAIT);
 	return 0;
 }

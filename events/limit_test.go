@@ -101,6 +101,16 @@ func TestTheTimeAtTheLimitNeverGoesBackUnderRacingOpensAndCloses(t *testing.T) {
 	t.Logf("%d reads during %d opens and closes", reads, races)
 	assert.Zero(t, back, "the time read went back")
 	require.Eventually(t, func() bool { return len(table(t, ls[0].Port(), ls[1].Port())) == limit-1 }, 5*time.Second, 10*time.Millisecond, "the races' server ends closed")
+	// A close the kernel skipped the program for (its recursion guard,
+	// as it may under such a load) leaves the client's count, and so its
+	// judgement, to the audit that follows, as the exporter takes one.
+	missed, err := c.missed()
+	require.NoError(t, err)
+	if missed > 0 {
+		t.Logf("the kernel skipped the program %d times: audited", missed)
+		_, err := c.Census()
+		require.NoError(t, err)
+	}
 	var g programGroupState
 	require.NoError(t, c.objs.Groups.LookupWithFlags(uint32(0), &g, ebpf.LookupLock))
 	assert.Zero(t, g.ClientsAtLimit, "no client left at the limit")

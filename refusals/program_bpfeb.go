@@ -28,6 +28,8 @@ type programClientState struct {
 	Peak    [2]uint64
 	AtLimit uint32
 	Idle    uint32
+	Closing int32
+	Unused  uint32
 }
 
 type programSocketState struct {

@@ -220,7 +220,9 @@ func TestRefusalsInAnotherNetworkNamespaceDoNotCount(t *testing.T) {
 // listener's refusals on another address of the port. The agent's own,
 // beside them, do.
 func TestSocketsTheAgentDidNotAcceptAreNeverRefusals(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral ports: another user's listener on this port at
+	// another address must not meet a client socket of another test.
+	l, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loopback.Port()).String())
 	require.NoError(t, err)
 	defer l.Close()
 	port := uint16(l.Addr().(*net.TCPAddr).Port)
