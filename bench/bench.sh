@@ -98,6 +98,10 @@ count() { awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$wo
 printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' connections "counted ss/nl" "bare ss ms/CPU" "exporter (ss) ms" ratio "exporter (netlink) ms" ratio "CPU ratio" "peak RSS MiB ss/nl"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(200 10000 100000)
+# Bare ss as the exporter runs it: with each socket's user (-e) where a
+# cgroup2 file system is mounted (source/tools.go).
+ss_options=-Htan
+if grep -q ' cgroup2 ' /proc/self/mounts 2>/dev/null; then ss_options=-Htane; fi
 for n in "${sizes[@]}"; do
   hold "$n"
   "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
@@ -108,7 +112,7 @@ for n in "${sizes[@]}"; do
   for f in ss.wall ss.cpu ex.wall nl.wall ex.ratio nl.ratio nl.cpu nl.cpu.ratio ex.rss nl.rss; do : > "$work/$f"; done
   for _ in $(seq "$RUNS"); do
     # Each: "wall user sys rss" (microseconds, KiB) from bench/measure.
-    "$work/measure" ss -Htan state established state close-wait '( sport = :8500 )' 2>"$work/ss.m" | wc -l > /dev/null
+    "$work/measure" ss "$ss_options" state established state close-wait '( sport = :8500 )' 2>"$work/ss.m" | wc -l > /dev/null
     "$work/measure" "$work/consul_conn_exporter" --once --log.level error --textfile.directory "$work/textfile" 2>"$work/ex.m" >/dev/null
     "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source netlink --textfile.directory "$work/textfile" 2>"$work/nl.m" >/dev/null
     read -r ss_wall ss_user ss_sys _ < "$work/ss.m"
