@@ -109,6 +109,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// SIGHUP too: a hangup must not cut a write short.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	// The listeners judged before the first read of the limits, that it
+	// goes to the agent's listener, never to what else answers at its name.
+	s.collector.Agent(ctx)
 	go s.limits.Run(ctx)
 	go s.collector.SampleEvery(ctx)
 	if s.audit != nil {

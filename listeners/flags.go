@@ -93,9 +93,23 @@ func ParseAddress(server string, port uint16) (*Address, error) {
 	}
 	a.host, a.port, a.given, a.ip = host, uint16(n), true, netip.Addr{}
 	if ip, err := netip.ParseAddr(host); err == nil {
-		a.ip = ip.Unmap()
+		a.ip = local(ip)
 	}
 	return a, nil
+}
+
+// local is addr as a connection to it from this host reaches a listener:
+// IPv4 unmapped, with no zone (listeners have none), and an unspecified
+// address as the loopback of its family, which Linux connects it to.
+func local(addr netip.Addr) netip.Addr {
+	addr = addr.Unmap().WithZone("")
+	switch addr {
+	case netip.IPv4Unspecified():
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	case netip.IPv6Unspecified():
+		return netip.IPv6Loopback()
+	}
+	return addr
 }
 
 // lookupTimeout bounds a look-up of the agent's name: a name server that
@@ -128,7 +142,7 @@ func (a *Address) Resolve(ctx context.Context) (Where, error) {
 	}
 	a.last = a.last[:0]
 	for _, ip := range ips {
-		if ip = ip.Unmap(); !slices.Contains(a.last, ip) {
+		if ip = local(ip); !slices.Contains(a.last, ip) {
 			a.last = append(a.last, ip)
 		}
 	}

@@ -3,6 +3,7 @@ package listeners
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -202,13 +203,24 @@ func TestTheAgentsAddressIsReadAsTheConsulCLIReadsIt(t *testing.T) {
 		"unix:///run/consul.sock": "127.0.0.1:18500",
 		"[::ffff:10.0.0.7]:8500":  "10.0.0.7:8500",
 		"https://10.0.0.8":        "10.0.0.8:443",
+		// Where the agent listens, not where a client dials: a connection
+		// to an unspecified address reaches the loopback of its family,
+		// and a listener has no zone.
+		"0.0.0.0:8500":      "127.0.0.1:8500",
+		"[::]:8500":         "[::1]:8500",
+		"[::1%lo]:8500":     "[::1]:8500",
+		"[fe80::1%eth0]:85": "[fe80::1]:85",
 	} {
 		a, err := ParseAddress(env, 18500)
 		require.NoError(t, err, env)
 		got, err := a.Resolve(context.Background())
 		require.NoError(t, err, env)
 		want := netip.MustParseAddrPort(want)
-		assert.Contains(t, got.Addrs, want.Addr(), env)
+		if strings.Contains(env, "localhost") {
+			assert.Contains(t, got.Addrs, want.Addr(), env) // and ::1, where /etc/hosts says so
+		} else {
+			assert.Equal(t, []netip.Addr{want.Addr()}, got.Addrs, env)
+		}
 		assert.Equal(t, want.Port(), got.Port, env)
 		assert.Equal(t, env != "" && env != "unix:///run/consul.sock", got.Given, env)
 	}
