@@ -146,16 +146,17 @@ type OwnConnections interface {
 // connection.
 func (s *Source) ExcludeOwn(own OwnConnections) { s.own.Store(&own) }
 
-// ReadAt has every read from now on go to the address at gives, once it
-// has judged one (true): the address of the agent's name whose listener is
-// the agent's. Where it judged none, the read is not made: whatever else
-// answers there (another user's server on the name's other address) does
-// not give the limit.
+// ReadAt has every read from now on go to the address at gives: the
+// address of the agent's name whose listener is the agent's. Where it
+// judged none, or has not judged yet (the listeners unread), the read is
+// not made: whatever else answers there (another user's server on the
+// name's other address, or at Consul's default one) does not give the
+// limit.
 func (s *Source) ReadAt(at func() (netip.AddrPort, bool)) { s.at.Store(&at) }
 
-// errNoAgent is a read not made: no address of the agent's is its own
-// listener's.
-var errNoAgent = errors.New("no listener of the agent's is at its address (the listeners' warning says why): not read from whatever answers there")
+// errNoAgent is a read not made: no address of the agent's is known to be
+// its own listener's.
+var errNoAgent = errors.New("no listener of the agent's is known at its address (the listeners' warning or error says why): not read from whatever answers there")
 
 // dialer is how the api package dials (its DefaultNonPooledConfig's).
 var dialer = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
@@ -164,12 +165,11 @@ var dialer = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 // be told of (ExcludeOwn), a TCP socket is told of before it connects.
 func (s *Source) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	if at := s.at.Load(); at != nil && strings.HasPrefix(network, "tcp") {
-		if agent, judged := (*at)(); judged {
-			if !agent.IsValid() {
-				return nil, errNoAgent
-			}
-			addr = agent.String()
+		agent, judged := (*at)()
+		if !judged || !agent.IsValid() {
+			return nil, errNoAgent
 		}
+		addr = agent.String()
 	}
 	own := s.own.Load()
 	if own == nil || !strings.HasPrefix(network, "tcp") {

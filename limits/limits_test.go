@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -283,4 +284,39 @@ func TestEachReadsConnectionIsToldOfByItsSocketBeforeItConnects(t *testing.T) {
 	require.NoError(t, raw.Control(func(f uintptr) { fd = int(f) }))
 	assert.Equal(t, []int{fd}, own.told, "its own socket")
 	assert.Equal(t, []bool{false}, own.connected, "told of before it connected")
+}
+
+// Where the listeners say the agent is, a read goes there, whatever else
+// answers at the agent's name; where they say it is at none of its
+// addresses, or have not said yet, no read is made.
+func TestReadsGoOnlyWhereTheListenersSayTheAgentIs(t *testing.T) {
+	s, _ := source(t, response{200, self}, discard) // what answers at the name
+	listener := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, strings.Replace(self, `"HTTPMaxConnsPerClient": 150`, `"HTTPMaxConnsPerClient": 77`, 1))
+	}))
+	defer listener.Close()
+	judged := netip.MustParseAddrPort(strings.TrimPrefix(listener.URL, "http://"))
+	for _, tc := range []struct {
+		name string
+		at   netip.AddrPort
+		done bool
+		want int
+	}{
+		{"not judged (yet)", judged, false, 0},
+		{"at none", netip.AddrPort{}, true, 0},
+		{"at its listener", judged, true, 77},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.ReadAt(func() (netip.AddrPort, bool) { return tc.at, tc.done })
+			s.read()
+			snap := s.Snapshot()
+			assert.Equal(t, tc.want != 0, snap.ReadOK, snap.ReadErr)
+			if tc.want != 0 {
+				assert.Equal(t, tc.want, snap.HTTP)
+			} else {
+				assert.ErrorContains(t, snap.ReadErr, "no listener of the agent's is known at its address")
+				assert.Zero(t, snap.HTTP, "never what answers at the name")
+			}
+		})
+	}
 }
