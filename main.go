@@ -296,7 +296,7 @@ func parseWith(app *kingpin.Application, args []string) (*setup, error) {
 		return nil, err
 	}
 	if sourceFlags.OwnNamespace() {
-		agentAddr, err := listeners.ParseAddress(limitFlags.Server(), config.GroupPorts(collector.HTTP)[0])
+		agentAddr, err := listeners.ParseAddress(limitFlags.Server(), config.GroupPorts(collector.HTTP))
 		if err != nil {
 			return nil, err
 		}

@@ -513,6 +513,30 @@ func TestAnAgentNotWhereItsAddressSaysIsNeverAnotherUser(t *testing.T) {
 	assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections{port="`+q+`"}`))
 }
 
+// An agent that serves only HTTPS, on the second watched HTTP port, with no
+// address given: another user listening on the plain port it leaves free,
+// where Consul's default address goes, is not taken for the agent. Which
+// of the two is cannot be told, so nothing counts on either, and that is
+// said, by every source and by check.
+func TestAnotherUserOnThePlainPortAnHTTPSOnlyAgentLeavesFreeIsNotTheAgent(t *testing.T) {
+	ns := netns(t)
+	plain, tls := fmt.Sprint(loopback.Port()), fmt.Sprint(loopback.Port())
+	attacker(t, ns, "listen", "127.0.0.1:"+tls, "5", "127.0.0.3") // the agent
+	attacker(t, append(ns, asNobody(t)...), "listen", "127.0.0.1:"+plain, "20", "127.0.0.1")
+	for name, argv := range withEvents(t) {
+		t.Run(name, func(t *testing.T) {
+			res := runExporter(t, t.TempDir(), append(ns, argv...), "--once", "--port", plain, "--port", tls)
+			require.Equal(t, 0, res.exit, res.stderr)
+			assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+plain+`"}`), "not the other user's")
+			assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+tls+`"}`), "nor, untold, the agent's")
+			assert.Contains(t, res.stderr, "Consul's default, 127.0.0.1, reaches listeners of several users on the watched HTTP ports")
+		})
+	}
+	out, err := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", plain, "--port", tls, "--limit", "20")...).Output()
+	assert.Equal(t, 3, exitCode(t, err), "%s", out)
+	assert.Contains(t, lastLine(string(out)), "UNKNOWN: the agent's address is not given")
+}
+
 // A name for the agent with two addresses (localhost: 127.0.0.1 and ::1)
 // where another user serves a fake agent at the one the agent does not
 // listen on: no listener is told for the agent's, so nothing counts and no

@@ -24,7 +24,7 @@ type Flags struct {
 // AddFlags declares the listeners' flag on app.
 func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
-	app.Flag("consul.user", "The user the Consul agent runs as (a name or a uid): only the connections its listeners accepted count. By default, the owner of the listener the agent's address reaches (--consul.server or CONSUL_HTTP_ADDR, 127.0.0.1:8500 by default), else the one user listening on the port.").
+	app.Flag("consul.user", "The user the Consul agent runs as (a name or a uid): only the connections its listeners accepted count. By default, the owner of the listener the agent's address reaches (--consul.server or CONSUL_HTTP_ADDR, else 127.0.0.1 at each watched HTTP port), else the one user listening on the port.").
 		PlaceHolder("consul").StringVar(&f.user)
 	return f
 }
@@ -53,15 +53,16 @@ func (f *Flags) User() (*uint32, error) {
 // Address is the agent's HTTP API address as the consul CLI reads
 // CONSUL_HTTP_ADDR (--consul.server, or that variable), or, where neither
 // gives one (or a unix socket), Consul's default client_addr, 127.0.0.1, at
-// the first watched HTTP port. A name is looked up at each Resolve, so
+// the first watched HTTP port (and, for its listeners, at the others). A name is looked up at each Resolve, so
 // that one that does not resolve now is tried again, never taken for
 // 127.0.0.1. It is also where the exporter's own reads of the agent go
 // (Agent), once the listeners say which of its addresses is the agent's.
 type Address struct {
-	host  string // a name, or an address
-	port  uint16
-	ip    netip.Addr // host, where it is an address
-	given bool
+	host   string // a name, or an address
+	port   uint16
+	ip     netip.Addr // host, where it is an address
+	given  bool
+	others []uint16 // the default's other watched HTTP ports (Where)
 
 	mu     sync.Mutex
 	last   []netip.Addr   // the last resolution that worked
@@ -70,12 +71,14 @@ type Address struct {
 }
 
 // ParseAddress reads server as the consul CLI reads CONSUL_HTTP_ADDR;
-// port is the port where none is given (the first watched HTTP port).
-func ParseAddress(server string, port uint16) (*Address, error) {
-	a := &Address{host: "127.0.0.1", port: port, ip: netip.AddrFrom4([4]byte{127, 0, 0, 1})}
+// httpPorts are the watched HTTP ports, the first the port where no
+// address is given.
+func ParseAddress(server string, httpPorts []uint16) (*Address, error) {
+	a := &Address{host: "127.0.0.1", port: httpPorts[0], ip: netip.AddrFrom4([4]byte{127, 0, 0, 1}), others: httpPorts[1:]}
 	if server == "" || strings.HasPrefix(server, "unix://") {
 		return a, nil
 	}
+	a.others = nil
 	scheme, rest, found := strings.Cut(server, "://")
 	if !found {
 		scheme, rest = "http", server
@@ -127,7 +130,7 @@ func (a *Address) String() string { return net.JoinHostPort(a.host, strconv.Itoa
 // last ones it resolved to: none if it never did.
 func (a *Address) Resolve(ctx context.Context) (Where, error) {
 	if a.ip.IsValid() {
-		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given}, nil
+		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given, Others: a.others}, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
@@ -138,7 +141,7 @@ func (a *Address) Resolve(ctx context.Context) (Where, error) {
 		err = errors.New("no address")
 	}
 	if err != nil {
-		return Where{Addrs: a.last, Port: a.port, Given: a.given}, fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
+		return Where{Addrs: a.last, Port: a.port, Given: a.given, Others: a.others}, fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
 	}
 	a.last = a.last[:0]
 	for _, ip := range ips {
@@ -146,17 +149,17 @@ func (a *Address) Resolve(ctx context.Context) (Where, error) {
 			a.last = append(a.last, ip)
 		}
 	}
-	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given}, nil
+	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given, Others: a.others}, nil
 }
 
 // Last is what the last Resolve gave, without a look-up.
 func (a *Address) Last() Where {
 	if a.ip.IsValid() {
-		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given}
+		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given, Others: a.others}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given}
+	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given, Others: a.others}
 }
 
 // Judged keeps which of the agent's addresses reaches its own listener,

@@ -46,11 +46,14 @@ func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listene
 // Where is where the agent's clients reach it: the addresses of its HTTP
 // API's host (a name may have several), at its port, and whether that
 // address was given (--consul.server, CONSUL_HTTP_ADDR) or is Consul's
-// default.
+// default. Others are, for the default, the other watched HTTP ports: an
+// agent that serves only HTTPS listens at 127.0.0.1 on one of them, and
+// another user's listener on a port it leaves free is not taken for it.
 type Where struct {
-	Addrs []netip.Addr
-	Port  uint16
-	Given bool
+	Addrs  []netip.Addr
+	Port   uint16
+	Given  bool
+	Others []uint16
 }
 
 // Agent is what the listeners say, for one collection: which watched ports
@@ -85,30 +88,35 @@ type Agent struct {
 // the port of the agent's address, where it is another). The agent's user
 // is user where pinned (not nil); else the owner of the listener the
 // kernel gives a connection to where (the address the agent's clients use:
-// Consul's client_addr and HTTP port), that user on every port. Where the
-// address was given and reaches no listener, or listeners of several users
-// (a name with several addresses), no listener is the agent's: it is down,
-// or elsewhere, or cannot be told, and that is said. Where it is the
-// default and reaches none, each port's one listening user is taken for
-// the agent's, and that is said too.
+// Consul's client_addr and HTTP port, or, where not given, 127.0.0.1 on
+// the watched HTTP ports), that user on every port. Where the address
+// reaches listeners of several users (a name with several addresses, the
+// default on ports owned apart), or was given and reaches none, no
+// listener is the agent's: it is down, or elsewhere, or cannot be told,
+// and that is said. Where it is the default and reaches none, each port's
+// one listening user is taken for the agent's, and that is said too.
 func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	a := Agent{Owners: map[uint16]int{}, Users: map[uint16]uint32{}, listeners: ls}
 	var (
 		owners  []uint32
 		reached []string
 	)
-	for _, addr := range where.Addrs {
-		at := netip.AddrPortFrom(addr, where.Port)
-		l := taking(ls, at)
-		if l == nil {
-			continue
-		}
-		reached = append(reached, fmt.Sprintf("%s: uid %d", at, l.UID))
-		if !slices.Contains(owners, l.UID) {
-			owners = append(owners, l.UID)
-		}
-		if !a.At.IsValid() && (user == nil || *user == l.UID) {
-			a.At = at
+	for _, port := range append([]uint16{where.Port}, where.Others...) {
+		for _, addr := range where.Addrs {
+			at := netip.AddrPortFrom(addr, port)
+			l := taking(ls, at)
+			if l == nil {
+				continue
+			}
+			reached = append(reached, fmt.Sprintf("%s: uid %d", at, l.UID))
+			if !slices.Contains(owners, l.UID) {
+				owners = append(owners, l.UID)
+			}
+			// The exporter's reads go to the address's own port only:
+			// the one the consul CLI dials, of its scheme.
+			if !a.At.IsValid() && port == where.Port && (user == nil || *user == l.UID) {
+				a.At = at
+			}
 		}
 	}
 	everywhere := user
@@ -116,6 +124,9 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	case user != nil:
 	case len(owners) == 1:
 		everywhere = &owners[0]
+	case len(owners) > 1 && !where.Given:
+		a.At = netip.AddrPort{}
+		a.Away = fmt.Sprintf("the agent's address is not given, and Consul's default, 127.0.0.1, reaches listeners of several users on the watched HTTP ports (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
 	case len(owners) > 1:
 		a.At = netip.AddrPort{}
 		a.Away = fmt.Sprintf("the agent's address reaches listeners of several users (%s): pin the agent's with --consul.user, or give one address in --consul.server or CONSUL_HTTP_ADDR", strings.Join(reached, ", "))

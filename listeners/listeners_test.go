@@ -137,6 +137,40 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 	assert.Equal(t, map[uint16]uint32{18702: 100}, a.Users)
 }
 
+// Where no address is given, the default is 127.0.0.1 on every watched HTTP
+// port: an agent that serves only HTTPS is found at its port, and another
+// user's listener on the plain port it leaves free is not taken for it;
+// which of the two is the agent cannot be told, so nothing counts, and
+// that is said. The limits are read at the first port only (the consul
+// CLI's default, of its scheme).
+func TestTheDefaultAddressIsTheAgentsOnEveryWatchedHTTPPort(t *testing.T) {
+	def := Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501}}
+	httpsOnly := at("127.0.0.1:8501", 100)
+
+	a := Judge([]Listener{httpsOnly, at("127.0.0.1:8500", 65534)}, []uint16{8500, 8501}, def, nil)
+	assert.Empty(t, a.Users)
+	assert.False(t, a.Accepts(conn("127.0.0.1:8500", 65534)), "not the plain port's squatter")
+	assert.False(t, a.Accepts(conn("127.0.0.1:8501", 100)))
+	assert.False(t, a.At.IsValid(), "no read of the limits from either")
+	assert.Contains(t, a.QuietReason(), "Consul's default, 127.0.0.1, reaches listeners of several users on the watched HTTP ports (127.0.0.1:8500: uid 65534, 127.0.0.1:8501: uid 100): give the agent's address")
+
+	a = Judge([]Listener{httpsOnly}, []uint16{8500, 8501}, def, nil)
+	assert.Equal(t, map[uint16]uint32{8501: 100}, a.Users, "found, not guessed")
+	assert.Empty(t, a.GuessReason())
+	assert.False(t, a.At.IsValid(), "no plain read of an HTTPS port")
+
+	a = Judge([]Listener{at("127.0.0.1:8500", 100), httpsOnly}, []uint16{8500, 8501}, def, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8501: 100}, a.Users)
+	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At)
+
+	addr, err := ParseAddress("", []uint16{8500, 8501})
+	require.NoError(t, err)
+	assert.Equal(t, def, addr.Last())
+	addr, err = ParseAddress("127.0.0.1:8501", []uint16{8500, 8501})
+	require.NoError(t, err)
+	assert.Empty(t, addr.Last().Others, "a given address is the agent's where it says")
+}
+
 // Where the agent's address was given and reaches no listener (the agent
 // down, or elsewhere), or reaches listeners of several users (a name with
 // an address each: localhost), no listener is the agent's: nothing counts,
@@ -211,7 +245,7 @@ func TestTheAgentsAddressIsReadAsTheConsulCLIReadsIt(t *testing.T) {
 		"[::1%lo]:8500":     "[::1]:8500",
 		"[fe80::1%eth0]:85": "[fe80::1]:85",
 	} {
-		a, err := ParseAddress(env, 18500)
+		a, err := ParseAddress(env, []uint16{18500})
 		require.NoError(t, err, env)
 		got, err := a.Resolve(context.Background())
 		require.NoError(t, err, env)
@@ -224,14 +258,14 @@ func TestTheAgentsAddressIsReadAsTheConsulCLIReadsIt(t *testing.T) {
 		assert.Equal(t, want.Port(), got.Port, env)
 		assert.Equal(t, env != "" && env != "unix:///run/consul.sock", got.Given, env)
 	}
-	_, err := ParseAddress("10.0.0.5:port", 8500)
+	_, err := ParseAddress("10.0.0.5:port", []uint16{8500})
 	assert.ErrorContains(t, err, "is not host:port")
 }
 
 // A name that does not resolve is an error, at each look-up, never
 // 127.0.0.1: the addresses are the last ones it resolved to, none before.
 func TestANameThatDoesNotResolveIsSaidAndTriedAgain(t *testing.T) {
-	a, err := ParseAddress("http://not_a_host!:8500", 8500)
+	a, err := ParseAddress("http://not_a_host!:8500", []uint16{8500})
 	require.NoError(t, err)
 	got, err := a.Resolve(context.Background())
 	assert.ErrorContains(t, err, "the agent's address not_a_host!:8500 does not resolve")
