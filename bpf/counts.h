@@ -85,6 +85,9 @@ struct socket_state {
 	__u8 unfollowed; // counted once in the unfollowed: a full map could not
 			 // follow its client
 	__u8 unused;
+	__u64 accepted_ns; // the refusals': bpf_ktime_get_ns at a listener's
+			   // accept of it (LISTEN to SYN-RECV; an MPTCP
+			   // connection's LISTEN to ESTABLISHED), 0 if not seen
 };
 
 enum {

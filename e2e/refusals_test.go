@@ -301,11 +301,11 @@ func TestRefusalsFromMoreClientsThanTheMapHolds(t *testing.T) {
 		c.Close()
 	}
 	var metrics map[string]float64
-	require.Eventually(t, func() bool {
+	assert.Eventually(t, func() bool {
 		metrics = scrape(t, url)
 		return metrics["consul_refused_http_connections_total"] >= clients
 	}, 30*time.Second, 100*time.Millisecond)
-	assert.Equal(t, float64(clients), value(t, metrics, "consul_refused_http_connections_total"), "exact, whatever the map evicted")
+	assert.Equal(t, float64(clients), value(t, metrics, "consul_refused_http_connections_total"), "exact, whatever the map evicted (untracked: %v)", metrics["consul_refused_http_connections_untracked_total"])
 	perClient := 0
 	for key := range metrics {
 		if strings.HasPrefix(key, "consul_refused_http_connections_per_client_total") {
@@ -411,5 +411,58 @@ func TestRefusalsOfAnMPTCPClientAreCounted(t *testing.T) {
 		}, 10*time.Second, 20*time.Millisecond, "%s: the MPTCP client's refusals", source)
 		assert.Equal(t, float64(refusals), value(t, got, "consul_refused_http_connections_total"), source)
 		assert.Equal(t, float64(refusals), value(t, got, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`), source)
+	}
+}
+
+// A client that connects to the agent's HTTPS port and sends nothing is
+// closed at https_handshake_timeout, the agent having read nothing, and
+// reset when it sends after: the limiter's refusal looks the same, but
+// comes at the accept. Neither rule counts it, over TCP or MPTCP, with the
+// built-in reader or with the events; the one request refused meanwhile
+// counts, once, by each.
+func TestAClientSilentPastTheTLSHandshakeTimeoutIsNoRefusal(t *testing.T) {
+	programs.NeedRoot(t, "load the refusals' kernel program")
+	needEvents(t)
+	agent := startAgent(t, "http_max_conns_per_client = 3\nhttps_handshake_timeout = \"1500ms\"", agentOptions{dualStackTLS: true})
+	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
+	require.NoError(t, err)
+	urls := map[string]string{}
+	for _, source := range []string{"netlink", "events"} {
+		urls[source], _ = startRefusals(t, "--source", source, "--port", agent.httpPort(), "--port", httpsPort, "--limit", "3")
+	}
+	const silent = "127.0.0.29"
+	for _, mptcp := range []bool{false, true} {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(silent)}}
+		d.SetMultipathTCP(mptcp)
+		conn, err := d.Dial("tcp", agent.httpsAddr)
+		require.NoError(t, err)
+		if is, _ := conn.(*net.TCPConn).MultipathTCP(); is != mptcp {
+			conn.Close()
+			programs.Missing(t, "the connection to the agent fell back to TCP: MPTCP is off here (sysctl net.mptcp.enabled=1), or this Consul was built with Go before 1.24")
+		}
+		require.NoError(t, conn.SetDeadline(time.Now().Add(20*time.Second)))
+		_, err = conn.Read(make([]byte, 1))
+		require.ErrorIs(t, err, io.EOF, "the agent's close at its handshake timeout")
+		_, err = io.WriteString(conn, "\x16\x03\x01 a late ClientHello")
+		require.NoError(t, err)
+		if !mptcp { // its reset come back, where it would be counted
+			for err == nil {
+				_, err = io.WriteString(conn, "\r\n")
+			}
+			require.True(t, closedByPeer(err), "the reset of the late hello: %v", err)
+		}
+		conn.Close() // an MPTCP connection's end, where it would be counted
+	}
+	const busy = "127.0.0.30"
+	holdServed(t, agent.httpAddr, busy, 3)
+	require.True(t, refused(t, agent.httpAddr, busy))
+	for source, url := range urls {
+		var got map[string]float64
+		assert.Eventually(t, func() bool {
+			got = scrape(t, url)
+			return got["consul_refused_http_connections_total"] >= 1
+		}, 10*time.Second, 20*time.Millisecond, "%s: the refusal", source)
+		assert.Equal(t, 1.0, value(t, got, "consul_refused_http_connections_total"), source)
+		assert.Equal(t, 1.0, value(t, got, `consul_refused_http_connections_per_client_total{client="`+busy+`"}`), source)
 	}
 }

@@ -89,6 +89,7 @@ type programSocketState struct {
 	Lost        uint8
 	Unfollowed  uint8
 	Unused      uint8
+	AcceptedNs  uint64
 }
 
 // Names of all BPF objects in the ELF.

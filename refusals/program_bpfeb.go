@@ -45,6 +45,7 @@ type programSocketState struct {
 	Lost        uint8
 	Unfollowed  uint8
 	Unused      uint8
+	AcceptedNs  uint64
 }
 
 type programSuspect struct {

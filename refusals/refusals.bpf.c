@@ -10,10 +10,14 @@
 //
 //   inet_sock_set_state: the agent closes a connection of a watched port in
 //     the exporter's network namespace (ESTABLISHED or CLOSE-WAIT to
-//     FIN-WAIT-1, LAST-ACK, or CLOSE with the socket shut down), having
-//     read nothing of it. To CLOSE, the request is there unread and the
-//     kernel resets the connection at once: counted. Else its verdict is
-//     kept, by the socket's cookie, for the request still to come.
+//     FIN-WAIT-1, LAST-ACK, or CLOSE with the socket shut down) within a
+//     second of accepting it, having read nothing of it (a close later is
+//     a timeout's: the TLS handshake's, https_handshake_timeout, whose
+//     client then sends is reset too). To CLOSE, the request is there
+//     unread and the kernel resets the connection at once: counted. Else
+//     its verdict is kept, by the socket's cookie, for the request still
+//     to come. The accept's time is kept in the socket's storage, at its
+//     LISTEN to SYN-RECV (an MPTCP connection's LISTEN to ESTABLISHED).
 //   tcp_send_reset: the socket (or the TIME-WAIT one that took over its
 //     cookie) resets the connection: a verdict found is taken, and counted.
 //
@@ -153,7 +157,8 @@ enum {
 // own rule, once: the events found it opened while its client held the
 // limit besides it, and it ends within its first second, whoever ends it
 // first (over HTTPS the agent reads the TLS handshake before its 429, and
-// the client, having read the 429, may close first).
+// a real agent's refused clients close first, now and then: one in twenty
+// here).
 static __always_inline int by_the_limiters_rule(struct socket_state *st, __u16 port, __u64 now)
 {
 	if (!st || !st->over_limit || !bpf_map_lookup_elem(&tls_ports, &port))
@@ -162,6 +167,26 @@ static __always_inline int by_the_limiters_rule(struct socket_state *st, __u16 p
 		return JUDGED;
 	st->over_limit = OVER_LIMIT_JUDGED;
 	return st->opened_ns && now - st->opened_ns < REFUSED_WITHIN_NS ? REFUSED : JUDGED;
+}
+
+// at_once says whether the agent's close at now is within a second of its
+// accept of the connection: the limiter's, which refuses at the accept;
+// not a timeout's.
+static __always_inline bool at_once(const struct socket_state *st, __u64 now)
+{
+	return st && st->accepted_ns && now - st->accepted_ns < REFUSED_WITHIN_NS;
+}
+
+// accepted keeps the time of a listener's accept of sk, a connection of a
+// watched port, in its storage, for at_once.
+static __always_inline void accepted(const struct sock *sk, __u16 port)
+{
+	__u32 group;
+	if (!group_of(port, &group))
+		return;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->accepted_ns = bpf_ktime_get_ns();
 }
 
 // below_limit says whether the client of a connection the agent refuses
@@ -228,6 +253,10 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 	__u16 port = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	if (!group_of(port, &group))
 		return;
+	if (!closes && !ends) {
+		accepted(sk, port); // its LISTEN to ESTABLISHED
+		return;
+	}
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return;
 	if (!agents(port, sk->sk_uid.val))
@@ -239,7 +268,10 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 			return; // a reset from the client, not the agent's close
 		if (BPF_CORE_READ(msk, bytes_consumed))
 			return; // answered: the agent read a request
-		struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
+		__u64 now = bpf_ktime_get_ns();
+		if (!at_once(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), now))
+			return; // a timeout's, not the limiter's
+		struct verdict v = {.group = group, .closed_ns = now};
 		client_address(sk, v.client);
 		v.below_limit = below_limit(NULL, &v);
 		if (received) {
@@ -274,10 +306,19 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 		      (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK || newstate == TCP_CLOSE ||
 		       (with_counts && newstate == TCP_CLOSE_WAIT));
 	bool ends = newstate == TCP_CLOSE;
-	if (!closes && !ends)
+	// A listener's accept: a TCP connection's LISTEN to SYN-RECV, an MPTCP
+	// one's LISTEN to ESTABLISHED.
+	bool accepts = oldstate == TCP_LISTEN && (newstate == TCP_SYN_RECV || newstate == TCP_ESTABLISHED);
+	if (!closes && !ends && !accepts)
 		return 0;
 	if (sk->sk_protocol == IPPROTO_MPTCP) {
-		mptcp_changed(sk, newstate, closes && newstate != TCP_CLOSE_WAIT, ends);
+		if (!accepts || newstate == TCP_ESTABLISHED)
+			mptcp_changed(sk, newstate, closes && newstate != TCP_CLOSE_WAIT, ends);
+		return 0;
+	}
+	if (accepts) {
+		if (newstate == TCP_SYN_RECV)
+			accepted(sk, sk->__sk_common.skc_num); // host order
 		return 0;
 	}
 	if (!closes)
@@ -294,9 +335,8 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (!agents(port, sk->sk_uid.val))
 		return 0; // not a connection the agent accepted
 	struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
-	// The events' storage of the connection, where they are shared.
-	struct socket_state *st = with_counts ? bpf_sk_storage_get(&sockets, (void *)sk, 0, 0) : NULL;
-	switch (by_the_limiters_rule(st, port, v.closed_ns)) {
+	struct socket_state *st = bpf_sk_storage_get(&sockets, (void *)sk, 0, 0);
+	switch (by_the_limiters_rule(with_counts ? st : NULL, port, v.closed_ns)) {
 	case REFUSED:
 		suspect(sk, group, v.closed_ns);
 		return 0;
@@ -310,13 +350,15 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	// timeout, which close it before it is shut down.
 	if (newstate == TCP_CLOSE && !(BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN))
 		return 0;
+	if (!at_once(st, v.closed_ns))
+		return 0; // a timeout's, or open before the program: not the limiter's
 	// Read nothing: every byte received (and the FIN, which reading
 	// consumes too) is still unread. rcv_nxt - bytes_received is where
 	// the connection's data began.
 	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
 	client_address(sk, v.client);
-	v.below_limit = below_limit(st, &v);
+	v.below_limit = below_limit(with_counts ? st : NULL, &v);
 	if (newstate == TCP_CLOSE) {
 		// The request came and is unread: tcp_close resets the
 		// connection right after this, always. Counted now.

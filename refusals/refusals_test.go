@@ -262,21 +262,7 @@ func TestAnMPTCPConnectionsRefusalIsCounted(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 	c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
-	dial := func(client string) (net.Conn, net.Conn) {
-		t.Helper()
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
-		d.SetMultipathTCP(true)
-		conn, err := d.Dial("tcp", l.Addr().String())
-		require.NoError(t, err)
-		require.NoError(t, conn.SetDeadline(time.Now().Add(5*time.Second)))
-		if mptcp, _ := conn.(*net.TCPConn).MultipathTCP(); !mptcp {
-			conn.Close()
-			programs.Missing(t, "this kernel's connection fell back to TCP: MPTCP is off (sysctl net.mptcp.enabled=1) or not built in (CONFIG_MPTCP)")
-		}
-		server, err := l.Accept()
-		require.NoError(t, err)
-		return conn, server
-	}
+	dial := func(client string) (net.Conn, net.Conn) { return connectMPTCP(t, l, client) }
 	const request = "GET /v1/agent/self HTTP/1.1\r\n\r\n"
 	for range 3 { // the request there, unread, at the close
 		conn, server := dial("127.0.0.47")
@@ -310,6 +296,104 @@ func TestAnMPTCPConnectionsRefusalIsCounted(t *testing.T) {
 	assert.Equal(t, uint64(5), groups[0].Total)
 	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.47"), Count: 5}}, groups[0].Top)
 }
+
+// connectMPTCP connects from client to l, an MPTCP listener, over MPTCP.
+func connectMPTCP(t *testing.T, l net.Listener, client string) (net.Conn, net.Conn) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
+	d.SetMultipathTCP(true)
+	conn, err := d.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	require.NoError(t, conn.SetDeadline(time.Now().Add(5*time.Second)))
+	if mptcp, _ := conn.(*net.TCPConn).MultipathTCP(); !mptcp {
+		conn.Close()
+		programs.Missing(t, "this kernel's connection fell back to TCP: MPTCP is off (sysctl net.mptcp.enabled=1) or not built in (CONFIG_MPTCP)")
+	}
+	server, err := l.Accept()
+	require.NoError(t, err)
+	return conn, server
+}
+
+// The limiter refuses at the accept. The agent's close having read nothing
+// a second or more after it is a timeout's (the TLS handshake's,
+// https_handshake_timeout, 5 s by default), and one of a connection
+// accepted before the program was loaded is not known to be the
+// limiter's: neither is a refusal, whether the client's data was there
+// at the close or came after it, over TCP or MPTCP.
+func TestAnUnreadCloseLongAfterTheAcceptIsNoRefusal(t *testing.T) {
+	for name, listen := range map[string]func(*testing.T) net.Listener{
+		"tcp": func(t *testing.T) net.Listener {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			return l
+		},
+		"mptcp": func(t *testing.T) net.Listener {
+			lc := net.ListenConfig{}
+			lc.SetMultipathTCP(true)
+			l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			return l
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := listen(t)
+			defer l.Close()
+			dial := func(client string) (net.Conn, net.Conn) { return connect(t, l, client, 0) }
+			if name == "mptcp" {
+				dial = func(client string) (net.Conn, net.Conn) { return connectMPTCP(t, l, client) }
+			}
+			const request = "GET /v1/agent/self HTTP/1.1\r\n\r\n"
+			type pair struct{ conn, server net.Conn }
+			early := []pair{}
+			conn, server := dial("127.0.0.49") // before the program
+			early = append(early, pair{conn, server})
+			c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
+			late := []pair{}
+			for range 2 {
+				conn, server := dial("127.0.0.49")
+				late = append(late, pair{conn, server})
+			}
+			// What the test is of: the wait of a timeout, past the
+			// second within which the limiter refuses.
+			time.Sleep(refusedWithin + 100*time.Millisecond)
+			for _, p := range append(early, late[0]) { // the request there, unread, at the close
+				_, err := p.conn.Write([]byte(request))
+				require.NoError(t, err)
+				require.Eventually(t, func() bool { return queued(t, p.server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
+				require.NoError(t, p.server.Close())
+				p.conn.Close()
+			}
+			p := late[1] // the close first, the request after it
+			require.NoError(t, p.server.Close())
+			_, err := p.conn.Read(make([]byte, 1))
+			require.ErrorIs(t, err, io.EOF)
+			_, err = p.conn.Write([]byte(request))
+			require.NoError(t, err)
+			if name == "tcp" { // its reset come back, where it would be counted
+				for err == nil {
+					_, err = p.conn.Write([]byte("\r\n"))
+				}
+				require.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "the reset of the request: %v", err)
+			}
+			p.conn.Close()
+			// And one refused at once, which counts: the program sees
+			// these closes, and would have counted the others.
+			conn, server = dial("127.0.0.50")
+			_, err = conn.Write([]byte(request))
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return queued(t, server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
+			require.NoError(t, server.Close())
+			conn.Close()
+			require.Eventually(t, func() bool { return snapshot(t, c)[0].Total >= 1 }, 5*time.Second, 10*time.Millisecond)
+			groups := snapshot(t, c)
+			assert.Equal(t, uint64(1), groups[0].Total)
+			assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.50"), Count: 1}}, groups[0].Top)
+		})
+	}
+}
+
+// refusedWithin is REFUSED_WITHIN_NS of refusals.bpf.c.
+const refusedWithin = time.Second
 
 // queued is how many bytes wait unread on conn.
 func queued(t *testing.T, conn net.Conn) int {
