@@ -443,20 +443,24 @@ func TestEventsMapsFullOfClosedOrHeldConnectionsStayHonest(t *testing.T) {
 
 // Many watched ports (past what the kernel filters by) are read all the
 // same, by every source: a listener on the last of them counts. 3,277 made
-// the kernel's filter overflow its 64 KiB.
+// the kernel's filter overflow its 64 KiB. In a network namespace of its
+// own: with no address given, 127.0.0.1 on each of the thousands of ports
+// is where the agent is looked for, and another user's listener on any of
+// them on this host (another test's) makes none the agent's.
 func TestThousandsOfWatchedPortsAreCounted(t *testing.T) {
-	l := loopback.Listen(t, "127.0.0.1")
-	loopback.Open(t, l, "127.0.0.96", 4)
+	ns := netns(t)
+	p := loopback.Port()
+	attacker(t, ns, "listen", fmt.Sprintf("127.0.0.1:%d", p), "4", "127.0.0.96")
 	for _, n := range []int{3277, 5000} {
 		args := []string{"--once"}
-		for p := int(l.Port()) - n + 1; p <= int(l.Port()); p++ {
-			args = append(args, "--port", fmt.Sprint(p))
+		for q := int(p) - n + 1; q <= int(p); q++ {
+			args = append(args, "--port", fmt.Sprint(q))
 		}
 		for name, argv := range tableSources(t) {
 			t.Run(fmt.Sprintf("%d %s", n, name), func(t *testing.T) {
-				res := runExporter(t, t.TempDir(), argv, args...)
+				res := runExporter(t, t.TempDir(), append(ns, argv...), args...)
 				require.Equal(t, 0, res.exit, res.stderr)
-				assert.Equal(t, 4.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
+				assert.Equal(t, 4.0, value(t, res.metrics, fmt.Sprintf(`consul_open_http_connections{port="%d"}`, p)), res.stderr)
 				assert.NotContains(t, res.stderr, "level=WARN source=changes.go:35 msg=\"cannot tell who listens")
 			})
 		}
