@@ -266,11 +266,7 @@ func TestAnMPTCPConnectionsRefusalIsCounted(t *testing.T) {
 	const request = "GET /v1/agent/self HTTP/1.1\r\n\r\n"
 	for range 3 { // the request there, unread, at the close
 		conn, server := dial("127.0.0.47")
-		_, err := conn.Write([]byte(request))
-		require.NoError(t, err)
-		require.Eventually(t, func() bool { return queued(t, server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
-		require.NoError(t, server.Close())
-		conn.Close()
+		closeWithRequestUnread(t, conn, server)
 	}
 	for range 2 { // the close first, the request after it
 		conn, server := dial("127.0.0.47")
@@ -357,11 +353,7 @@ func TestAnUnreadCloseLongAfterTheAcceptIsNoRefusal(t *testing.T) {
 			// second within which the limiter refuses.
 			time.Sleep(refusedWithin + 100*time.Millisecond)
 			for _, p := range append(early, late[0]) { // the request there, unread, at the close
-				_, err := p.conn.Write([]byte(request))
-				require.NoError(t, err)
-				require.Eventually(t, func() bool { return queued(t, p.server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
-				require.NoError(t, p.server.Close())
-				p.conn.Close()
+				closeWithRequestUnread(t, p.conn, p.server)
 			}
 			p := late[1] // the close first, the request after it
 			require.NoError(t, p.server.Close())
@@ -379,11 +371,7 @@ func TestAnUnreadCloseLongAfterTheAcceptIsNoRefusal(t *testing.T) {
 			// And one refused at once, which counts: the program sees
 			// these closes, and would have counted the others.
 			conn, server = dial("127.0.0.50")
-			_, err = conn.Write([]byte(request))
-			require.NoError(t, err)
-			require.Eventually(t, func() bool { return queued(t, server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
-			require.NoError(t, server.Close())
-			conn.Close()
+			closeWithRequestUnread(t, conn, server)
 			require.Eventually(t, func() bool { return snapshot(t, c)[0].Total >= 1 }, 5*time.Second, 10*time.Millisecond)
 			groups := snapshot(t, c)
 			assert.Equal(t, uint64(1), groups[0].Total)
@@ -394,6 +382,17 @@ func TestAnUnreadCloseLongAfterTheAcceptIsNoRefusal(t *testing.T) {
 
 // refusedWithin is REFUSED_WITHIN_NS of refusals.bpf.c.
 const refusedWithin = time.Second
+
+// closeWithRequestUnread has the server end of conn close with its
+// client's request there, unread.
+func closeWithRequestUnread(t *testing.T, conn, server net.Conn) {
+	t.Helper()
+	_, err := conn.Write([]byte("GET /v1/agent/self HTTP/1.1\r\n\r\n"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return queued(t, server) > 0 }, 5*time.Second, time.Millisecond, "the request there")
+	require.NoError(t, server.Close())
+	conn.Close()
+}
 
 // queued is how many bytes wait unread on conn.
 func queued(t *testing.T, conn net.Conn) int {
