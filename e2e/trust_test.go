@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -131,6 +132,9 @@ func TestASocketPlantedBeforeTheAgentListenedIsNotTheAgents(t *testing.T) {
 	}
 }
 
+// namespaces numbers the network namespaces netns makes.
+var namespaces atomic.Int64
+
 // netns is a fresh network namespace with its loopback up, as the words
 // that run a program in it: where a wildcard listener reaches nothing but
 // loopback.
@@ -138,7 +142,7 @@ func netns(t *testing.T) []string {
 	t.Helper()
 	programs.NeedRoot(t, "make a network namespace")
 	ip := programs.Need(t, "ip", "apt-get install iproute2")
-	name := fmt.Sprintf("ccx-e2e-%d", os.Getpid())
+	name := fmt.Sprintf("ccx-e2e-%d-%d", os.Getpid(), namespaces.Add(1))
 	out, err := exec.Command(ip, "netns", "add", name).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	t.Cleanup(func() { exec.Command(ip, "netns", "delete", name).Run() })
@@ -517,28 +521,37 @@ func TestAnAgentNotWhereItsAddressSaysIsNeverAnotherUser(t *testing.T) {
 	assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections{port="`+q+`"}`))
 }
 
-// An agent that serves only HTTPS, on the second watched HTTP port, with no
-// address given: another user listening on the plain port it leaves free,
-// where Consul's default address goes, is not taken for the agent. Which
-// of the two is cannot be told, so nothing counts on either, and that is
-// said, by every source and by check.
-func TestAnotherUserOnThePlainPortAnHTTPSOnlyAgentLeavesFreeIsNotTheAgent(t *testing.T) {
+// With no address given and two HTTP ports watched (8500 and 8501, as the
+// Kubernetes values watch them), another user listening on the one the
+// agent leaves free (HTTPS, off by default) is not the agent and blinds
+// nothing: the agent's connections count, the other's not, and that is
+// said (each port having its say made every count 0, on every source).
+// An agent that serves only HTTPS, with nothing on the plain port, is
+// found at its port.
+func TestAnotherUserOnAWatchedPortTheAgentLeavesFreeIsNotTheAgent(t *testing.T) {
 	ns := netns(t)
 	plain, tls := fmt.Sprint(loopback.Port()), fmt.Sprint(loopback.Port())
-	attacker(t, ns, "listen", "127.0.0.1:"+tls, "5", "127.0.0.3") // the agent
-	attacker(t, append(ns, asNobody(t)...), "listen", "127.0.0.1:"+plain, "20", "127.0.0.1")
+	attacker(t, ns, "listen", "127.0.0.1:"+plain, "5", "127.0.0.3") // the agent
+	attacker(t, append(ns, asNobody(t)...), "listen", "127.0.0.1:"+tls, "20", "127.0.0.1")
 	for name, argv := range withEvents(t) {
 		t.Run(name, func(t *testing.T) {
 			res := runExporter(t, t.TempDir(), append(ns, argv...), "--once", "--port", plain, "--port", tls)
 			require.Equal(t, 0, res.exit, res.stderr)
-			assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+plain+`"}`), "not the other user's")
-			assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+tls+`"}`), "nor, untold, the agent's")
-			assert.Contains(t, res.stderr, "Consul's default, 127.0.0.1, reaches listeners of several users on the watched HTTP ports")
+			assert.Equal(t, 5.0, value(t, res.metrics, `consul_open_http_connections{port="`+plain+`"}`), "the agent's")
+			assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+tls+`"}`), "not the other user's")
+			assert.Contains(t, res.stderr, "does not listen on port "+tls+", another does: none of its connections count")
 		})
 	}
 	out, err := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", plain, "--port", tls, "--limit", "20")...).Output()
-	assert.Equal(t, 3, exitCode(t, err), "%s", out)
-	assert.Contains(t, lastLine(string(out)), "UNKNOWN: the agent's address is not given")
+	assert.Equal(t, 0, exitCode(t, err), "%s", out)
+	assert.Contains(t, lastLine(string(out)), "OK")
+
+	httpsOnly := netns(t)
+	attacker(t, httpsOnly, "listen", "127.0.0.1:"+tls, "7", "127.0.0.3")
+	res := runExporter(t, t.TempDir(), append(httpsOnly, binary), "--once", "--port", plain, "--port", tls)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections{port="`+tls+`"}`))
+	assert.NotContains(t, res.stderr, "guessed")
 }
 
 // A name for the agent with two addresses (localhost: 127.0.0.1 and ::1)

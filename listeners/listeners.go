@@ -46,9 +46,11 @@ func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listene
 // Where is where the agent's clients reach it: the addresses of its HTTP
 // API's host (a name may have several), at its port, and whether that
 // address was given (--consul.server, CONSUL_HTTP_ADDR) or is Consul's
-// default. Others are, for the default, the other watched HTTP ports: an
-// agent that serves only HTTPS listens at 127.0.0.1 on one of them, and
-// another user's listener on a port it leaves free is not taken for it.
+// default. Others are, for the default, the other watched HTTP ports,
+// tried where nothing listens at 127.0.0.1 on the first: an agent that
+// serves only HTTPS listens at one of them. (Where the first has a
+// listener, it decides: another user's listener on a port the agent
+// leaves free, such as 8501 with HTTPS off, decides nothing.)
 type Where struct {
 	Addrs  []netip.Addr
 	Port   uint16
@@ -89,9 +91,10 @@ type Agent struct {
 // is user where pinned (not nil); else the owner of the listener the
 // kernel gives a connection to where (the address the agent's clients use:
 // Consul's client_addr and HTTP port, or, where not given, 127.0.0.1 on
-// the watched HTTP ports), that user on every port. Where the address
-// reaches listeners of several users (a name with several addresses, the
-// default on ports owned apart), or was given and reaches none, no
+// the first watched HTTP port, else on the others), that user on every
+// port. Where the address reaches listeners of several users (a name with
+// several addresses, the default's other ports owned apart), or was given
+// and reaches none, no
 // listener is the agent's: it is down, or elsewhere, or cannot be told,
 // and that is said. Where it is the default and reaches none, each port's
 // one listening user is taken for the agent's, and that is said too.
@@ -101,7 +104,10 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 		owners  []uint32
 		reached []string
 	)
-	for _, port := range append([]uint16{where.Port}, where.Others...) {
+	for i, port := range append([]uint16{where.Port}, where.Others...) {
+		if i == 1 && len(owners) > 0 {
+			break // the first port has a listener: it decides
+		}
 		for _, addr := range where.Addrs {
 			at := netip.AddrPortFrom(addr, port)
 			l := taking(ls, at)
@@ -126,7 +132,7 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 		everywhere = &owners[0]
 	case len(owners) > 1 && !where.Given:
 		a.At = netip.AddrPort{}
-		a.Away = fmt.Sprintf("the agent's address is not given, and Consul's default, 127.0.0.1, reaches listeners of several users on the watched HTTP ports (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
+		a.Away = fmt.Sprintf("the agent's address is not given, nothing listens at Consul's default, 127.0.0.1, on the first watched HTTP port, and listeners of several users do on the others (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
 	case len(owners) > 1:
 		a.At = netip.AddrPort{}
 		a.Away = fmt.Sprintf("the agent's address reaches listeners of several users (%s): pin the agent's with --consul.user, or give one address in --consul.server or CONSUL_HTTP_ADDR", strings.Join(reached, ", "))

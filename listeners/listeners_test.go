@@ -137,31 +137,36 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 	assert.Equal(t, map[uint16]uint32{18702: 100}, a.Users)
 }
 
-// Where no address is given, the default is 127.0.0.1 on every watched HTTP
-// port: an agent that serves only HTTPS is found at its port, and another
-// user's listener on the plain port it leaves free is not taken for it;
-// which of the two is the agent cannot be told, so nothing counts, and
-// that is said. The limits are read at the first port only (the consul
-// CLI's default, of its scheme).
-func TestTheDefaultAddressIsTheAgentsOnEveryWatchedHTTPPort(t *testing.T) {
+// Where no address is given, the default is 127.0.0.1 on the first watched
+// HTTP port: where anything listens there, it decides, and another user's
+// listener on a port the agent leaves free (8501, HTTPS off by default)
+// decides nothing (it blinded every count when each port had its say).
+// Where nothing listens there, the other watched HTTP ports are tried: an
+// agent that serves only HTTPS is found at its port; listeners of several
+// users there make none the agent's, and that is said. The limits are
+// read at the first port only (the consul CLI's default, of its scheme).
+func TestTheDefaultAddressIsTheAgentsOnTheFirstWatchedHTTPPortElseTheOthers(t *testing.T) {
 	def := Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501}}
-	httpsOnly := at("127.0.0.1:8501", 100)
+	plain, tls := at("127.0.0.1:8500", 100), at("127.0.0.1:8501", 100)
 
-	a := Judge([]Listener{httpsOnly, at("127.0.0.1:8500", 65534)}, []uint16{8500, 8501}, def, nil)
-	assert.Empty(t, a.Users)
-	assert.False(t, a.Accepts(conn("127.0.0.1:8500", 65534)), "not the plain port's squatter")
-	assert.False(t, a.Accepts(conn("127.0.0.1:8501", 100)))
-	assert.False(t, a.At.IsValid(), "no read of the limits from either")
-	assert.Contains(t, a.QuietReason(), "Consul's default, 127.0.0.1, reaches listeners of several users on the watched HTTP ports (127.0.0.1:8500: uid 65534, 127.0.0.1:8501: uid 100): give the agent's address")
+	a := Judge([]Listener{plain, at("127.0.0.1:8501", 65534)}, []uint16{8500, 8501}, def, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8501: 100}, a.Users, "the first port's user, on every port")
+	assert.True(t, a.Accepts(conn("127.0.0.1:8500", 100)))
+	assert.False(t, a.Accepts(conn("127.0.0.1:8501", 65534)), "not the free port's squatter")
+	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At)
+	assert.Contains(t, a.SharedReason(), "the agent's user (uid 100) does not listen on port 8501, another does")
+	assert.Empty(t, a.QuietReason())
 
-	a = Judge([]Listener{httpsOnly}, []uint16{8500, 8501}, def, nil)
+	a = Judge([]Listener{tls}, []uint16{8500, 8501}, def, nil)
 	assert.Equal(t, map[uint16]uint32{8501: 100}, a.Users, "found, not guessed")
 	assert.Empty(t, a.GuessReason())
 	assert.False(t, a.At.IsValid(), "no plain read of an HTTPS port")
 
-	a = Judge([]Listener{at("127.0.0.1:8500", 100), httpsOnly}, []uint16{8500, 8501}, def, nil)
-	assert.Equal(t, map[uint16]uint32{8500: 100, 8501: 100}, a.Users)
-	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At)
+	a = Judge([]Listener{at("127.0.0.1:8501", 65534), at("127.0.0.1:8502", 100)}, []uint16{8500, 8501, 8502},
+		Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501, 8502}}, nil)
+	assert.Empty(t, a.Users)
+	assert.False(t, a.Accepts(conn("127.0.0.1:8502", 100)))
+	assert.Contains(t, a.QuietReason(), "nothing listens at Consul's default, 127.0.0.1, on the first watched HTTP port, and listeners of several users do on the others (127.0.0.1:8501: uid 65534, 127.0.0.1:8502: uid 100)")
 
 	addr, err := ParseAddress("", []uint16{8500, 8501})
 	require.NoError(t, err)
