@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,6 +117,12 @@ func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Durat
 	// Not pooled: no idle connection of ours holds one of the agent's
 	// per-client slots between reads.
 	config := api.DefaultNonPooledConfig()
+	if os.Getenv(api.HTTPAddrEnvName) == "" && len(httpPorts) > 0 {
+		// Consul's default client_addr at the first watched HTTP port, as
+		// the listeners take it: not the api package's 8500, where the
+		// agent is watched on another port.
+		config.Address = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(httpPorts[0])))
+	}
 	agent.over(config)
 	config.Transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := s.dial(ctx, network, addr)

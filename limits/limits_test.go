@@ -320,3 +320,21 @@ func TestReadsGoOnlyWhereTheListenersSayTheAgentIs(t *testing.T) {
 		})
 	}
 }
+
+// With no address given, the limits are read from Consul's default
+// client_addr at the first watched HTTP port, as the listeners take it
+// (with --command, which reads no listeners, too): not from whatever
+// serves the api package's 127.0.0.1:8500.
+func TestWithNoAddressTheLimitsAreReadAtTheFirstWatchedHTTPPort(t *testing.T) {
+	t.Setenv("CONSUL_HTTP_ADDR", "")
+	t.Setenv("CONSUL_HTTP_TOKEN", "")
+	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
+	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, self) }))
+	defer server.Close()
+	at := netip.MustParseAddrPort(strings.TrimPrefix(server.URL, "http://"))
+	s, err := NewSource(Limit{Auto: true}, Limit{N: 100}, []uint16{at.Port()}, nil, time.Minute, Agent{}, discard)
+	require.NoError(t, err)
+	snap := s.Snapshot()
+	require.True(t, snap.ReadOK, snap.ReadErr)
+	assert.Equal(t, 150, snap.HTTP)
+}
