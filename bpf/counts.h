@@ -88,6 +88,8 @@ struct socket_state {
 	__u64 accepted_ns; // the refusals': bpf_ktime_get_ns at a listener's
 			   // accept of it (LISTEN to SYN-RECV; an MPTCP
 			   // connection's LISTEN to ESTABLISHED), 0 if not seen
+	__u32 freed_at_open; // its client's freed when it opened
+	__u32 unused2;
 };
 
 enum {
@@ -170,7 +172,10 @@ struct client_state {
 			// census that finds the word unchanged
 	__s32 closing;	// of held, in CLOSE-WAIT: its FIN come, the agent's not
 			// yet (none once it holds nothing)
-	__u32 unused;
+	__u32 freed;	// closes of its connections that did not open past the
+			// limit: slots the limiter let go (the refusals' rule
+			// asks whether one came while a connection of it waited
+			// to be accepted)
 };
 
 #define HELD_BIAS (1ULL << 23)

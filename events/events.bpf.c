@@ -492,6 +492,8 @@ static __always_inline void closed(struct group_totals *t, struct client_state *
 		if (c)
 			__sync_fetch_and_add(&c->closed[how], 1);
 	}
+	if (c && !st->over_limit)
+		__sync_fetch_and_add(&c->freed, 1); // a slot the limiter held, let go
 	if (!st->opened_ns)
 		return; // open before the start: its lifetime is not known
 	__u64 lived = now - st->opened_ns;
@@ -594,6 +596,8 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 			__sync_fetch_and_add(&c->opened, 1);
 		half_closed(c, newstate == TCP_CLOSE_WAIT);
 		st->over_limit = over_limit(c, group, before) ? OVER_LIMIT : 0;
+		if (c)
+			st->freed_at_open = c->freed;
 		return 0;
 	}
 	if (!counted)

@@ -29,7 +29,7 @@ type programClientState struct {
 	AtLimit uint32
 	Idle    uint32
 	Closing int32
-	Unused  uint32
+	Freed   uint32
 }
 
 type programConnectionKey struct {
@@ -90,6 +90,8 @@ type programSocketState struct {
 	Unfollowed  uint8
 	Unused      uint8
 	AcceptedNs  uint64
+	FreedAtOpen uint32
+	Unused2     uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -16,7 +16,7 @@ import (
 // the Go side has not followed shows here).
 func TestTheMapsRecordsAreTheCStructs(t *testing.T) {
 	assert.Equal(t, 20, binary.Size(programClientKey{}), "struct client_key: group, client[16]")
-	assert.Equal(t, 32, binary.Size(programVerdict{}), "struct verdict: group, below_limit, client[16], closed_ns")
+	assert.Equal(t, 40, binary.Size(programVerdict{}), "struct verdict: group, below_limit, client[16], closed_ns, late, unused")
 	assert.Equal(t, 24, binary.Size(programTotal{}), "struct total: refused, untracked, below_limit")
 }
 

@@ -29,7 +29,7 @@ type programClientState struct {
 	AtLimit uint32
 	Idle    uint32
 	Closing int32
-	Unused  uint32
+	Freed   uint32
 }
 
 type programSocketState struct {
@@ -46,6 +46,8 @@ type programSocketState struct {
 	Unfollowed  uint8
 	Unused      uint8
 	AcceptedNs  uint64
+	FreedAtOpen uint32
+	Unused2     uint32
 }
 
 type programSuspect struct {
@@ -69,6 +71,8 @@ type programVerdict struct {
 	BelowLimit uint32
 	Client     [16]uint8
 	ClosedNs   uint64
+	Late       uint32
+	Unused     uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -10,14 +10,17 @@
 //
 //   inet_sock_set_state: the agent closes a connection of a watched port in
 //     the exporter's network namespace (ESTABLISHED or CLOSE-WAIT to
-//     FIN-WAIT-1, LAST-ACK, or CLOSE with the socket shut down) within a
-//     second of accepting it, having read nothing of it (a close later is
-//     a timeout's: the TLS handshake's, https_handshake_timeout, whose
-//     client then sends is reset too). To CLOSE, the request is there
-//     unread and the kernel resets the connection at once: counted. Else
-//     its verdict is kept, by the socket's cookie, for the request still
-//     to come. The accept's time is kept in the socket's storage, at its
-//     LISTEN to SYN-RECV (an MPTCP connection's LISTEN to ESTABLISHED).
+//     FIN-WAIT-1, LAST-ACK, or CLOSE with the socket shut down), having
+//     read nothing of it. To CLOSE, the request is there unread and the
+//     kernel resets the connection at once: counted. Else its verdict is
+//     kept, by the socket's cookie, for the request still to come. A
+//     close a second or more after the accept is counted as untracked
+//     instead: it may be a refusal held up in a busy agent's accept queue,
+//     or a timeout's (the TLS handshake's, https_handshake_timeout, whose
+//     client then sends is reset too). The accept's time is kept in the
+//     socket's storage, at its LISTEN to SYN-RECV (an MPTCP connection's
+//     LISTEN to ESTABLISHED); a connection accepted before the program is
+//     not judged.
 //   tcp_send_reset: the socket (or the TIME-WAIT one that took over its
 //     cookie) resets the connection: a verdict found is taken, and counted.
 //
@@ -37,8 +40,9 @@
 // the agent's TLS ports, where it reads the handshake before its 429 (so
 // nothing says it read nothing), a connection that opened while its client
 // held the limit besides it (the events keep that in its storage) and ends
-// within its first second, whoever ends it, is a refusal by the limiter's
-// rule alone: a suspect, counted by the exporter once a read of the
+// within its first second, whoever ends it, with no slot of its client's
+// let go meanwhile, is a refusal by the limiter's rule alone (else, or
+// closed by the agent later, untracked): a suspect, counted by the exporter once a read of the
 // agent's limit after it confirms the limit it was judged against (a
 // `consul reload` that raised it leaves none counted).
 
@@ -67,6 +71,10 @@ struct verdict {
 	__u8 client[16];   // IPv4 v4-mapped
 	__u64 closed_ns; // bpf_ktime_get_ns at the close: the exporter sweeps
 			 // those no reset can come for any more
+	__u32 late;	 // closed a second or more after its accept: a
+			 // refusal held up before the agent's accept, or a
+			 // timeout's; counted as untracked
+	__u32 unused;
 };
 
 // The refusals decided at the agent's close whose request, and so whose
@@ -150,31 +158,74 @@ static __always_inline void count(__u32 group, const __u8 client[16], bool below
 enum {
 	NOT_OVER, // opened below the limit: the rule of the read nothing judges it
 	REFUSED,  // opened past it, and ends within its first second: refused
-	JUDGED,   // opened past it, and judged already (or ends too late to be)
+	MAYBE,	  // opened past it, but the agent may have accepted it below
+		  // it: counted as untracked
+	JUDGED,	  // opened past it, and judged already (or answered)
 };
+
+// freed_since says whether the client of a connection let go of a slot
+// since the connection opened: the kernel counts a connection at its
+// handshake, the limiter at the agent's accept of it, which may come
+// after (a busy accept loop: the HTTPS one waits up to 10 ms on each
+// client it refuses).
+static __always_inline bool freed_since(const struct sock *sk, const struct socket_state *st, __u32 group)
+{
+	struct client_key key = {.group = group};
+	client_address(sk, key.client);
+	struct client_state *c = bpf_map_lookup_elem(&clients_held, &key);
+	return c && c->freed != st->freed_at_open;
+}
 
 // by_the_limiters_rule judges a connection of a TLS port by the limiter's
 // own rule, once: the events found it opened while its client held the
-// limit besides it, and it ends within its first second, whoever ends it
-// first (over HTTPS the agent reads the TLS handshake before its 429, and
-// a real agent's refused clients close first, now and then: one in twenty
-// here).
-static __always_inline int by_the_limiters_rule(struct socket_state *st, __u16 port, __u64 now)
+// limit besides it. Ending within its first second, whoever ends it first
+// (over HTTPS the agent reads the TLS handshake before its 429, and a real
+// agent's refused clients close first, now and then: one in twenty here),
+// it is refused, unless its client let go of a slot meanwhile. Closed by
+// the agent later, it may be a refusal held up before the accept.
+static __always_inline int by_the_limiters_rule(const struct sock *sk, struct socket_state *st, __u16 port,
+						__u32 group, __u64 now, bool agent_first)
 {
 	if (!st || !st->over_limit || !bpf_map_lookup_elem(&tls_ports, &port))
 		return NOT_OVER;
 	if (st->over_limit != OVER_LIMIT)
 		return JUDGED;
 	st->over_limit = OVER_LIMIT_JUDGED;
-	return st->opened_ns && now - st->opened_ns < REFUSED_WITHIN_NS ? REFUSED : JUDGED;
+	if (!st->opened_ns)
+		return JUDGED;
+	if (now - st->opened_ns >= REFUSED_WITHIN_NS)
+		return agent_first ? MAYBE : JUDGED;
+	return freed_since(sk, st, group) ? MAYBE : REFUSED;
 }
 
-// at_once says whether the agent's close at now is within a second of its
-// accept of the connection: the limiter's, which refuses at the accept;
-// not a timeout's.
-static __always_inline bool at_once(const struct socket_state *st, __u64 now)
+// untracked counts a close of group that may be a refusal, or not.
+static __always_inline void untracked(__u32 group)
 {
-	return st && st->accepted_ns && now - st->accepted_ns < REFUSED_WITHIN_NS;
+	struct total *t = bpf_map_lookup_elem(&totals, &group);
+	if (t)
+		__sync_fetch_and_add(&t->untracked, 1);
+}
+
+// decided counts a verdict come true: a refusal, or, one closed late, a
+// close that may be one.
+static __always_inline void decided(const struct verdict *v)
+{
+	if (v->late)
+		untracked(v->group);
+	else
+		count(v->group, v->client, v->below_limit);
+}
+
+// late says whether the agent's close at now is a second or more after its
+// accept of the connection: the limiter refuses at the accept, and a close
+// later is a timeout's, or a refusal held up in a busy agent's accept
+// queue. st is the connection's storage: a connection with no accept seen
+// (open before the program) is neither, and not judged (false, with
+// known false).
+static __always_inline bool late(const struct socket_state *st, __u64 now, bool *known)
+{
+	*known = st && st->accepted_ns;
+	return *known && now - st->accepted_ns >= REFUSED_WITHIN_NS;
 }
 
 // accepted keeps the time of a listener's accept of sk, a connection of a
@@ -268,14 +319,15 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 			return; // a reset from the client, not the agent's close
 		if (BPF_CORE_READ(msk, bytes_consumed))
 			return; // answered: the agent read a request
-		__u64 now = bpf_ktime_get_ns();
-		if (!at_once(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), now))
-			return; // a timeout's, not the limiter's
-		struct verdict v = {.group = group, .closed_ns = now};
+		struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
+		bool known;
+		v.late = late(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), v.closed_ns, &known);
+		if (!known)
+			return; // accepted before the program
 		client_address(sk, v.client);
 		v.below_limit = below_limit(NULL, &v);
 		if (received) {
-			count(v.group, v.client, v.below_limit);
+			decided(&v);
 			return;
 		}
 		pend(sk, &v);
@@ -293,7 +345,7 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 	if (bpf_map_delete_elem(&verdicts, &cookie) != 0)
 		return;
 	if (received)
-		count(v.group, v.client, v.below_limit);
+		decided(&v);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -336,22 +388,28 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 		return 0; // not a connection the agent accepted
 	struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 	struct socket_state *st = bpf_sk_storage_get(&sockets, (void *)sk, 0, 0);
-	switch (by_the_limiters_rule(with_counts ? st : NULL, port, v.closed_ns)) {
+	// To CLOSE: the agent's close with data unread (tcp_close shuts the
+	// socket down, then resets it), not a reset from the client or a
+	// timeout, which close it before it is shut down.
+	bool agents_close = newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK ||
+			    (newstate == TCP_CLOSE && (BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN));
+	switch (by_the_limiters_rule(sk, with_counts ? st : NULL, port, group, v.closed_ns,
+				     agents_close && oldstate == TCP_ESTABLISHED)) {
 	case REFUSED:
 		suspect(sk, group, v.closed_ns);
+		return 0;
+	case MAYBE:
+		untracked(group);
 		return 0;
 	case JUDGED:
 		return 0;
 	}
-	if (newstate == TCP_CLOSE_WAIT)
-		return 0; // the client's FIN: for the limiter's rule alone
-	// To CLOSE: the agent's close with data unread (tcp_close shuts the
-	// socket down, then resets it), not a reset from the client or a
-	// timeout, which close it before it is shut down.
-	if (newstate == TCP_CLOSE && !(BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN))
-		return 0;
-	if (!at_once(st, v.closed_ns))
-		return 0; // a timeout's, or open before the program: not the limiter's
+	if (!agents_close)
+		return 0; // the client's FIN or reset: for the limiter's rule alone
+	bool known;
+	v.late = late(st, v.closed_ns, &known);
+	if (!known)
+		return 0; // accepted before the program: not known to be the limiter's
 	// Read nothing: every byte received (and the FIN, which reading
 	// consumes too) is still unread. rcv_nxt - bytes_received is where
 	// the connection's data began.
@@ -362,7 +420,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (newstate == TCP_CLOSE) {
 		// The request came and is unread: tcp_close resets the
 		// connection right after this, always. Counted now.
-		count(v.group, v.client, v.below_limit);
+		decided(&v);
 		return 0;
 	}
 	// The request is still to come, and the reset with it: the verdict
@@ -390,6 +448,6 @@ int BPF_PROG(agent_reset, const struct sock *sk, const struct sk_buff *skb)
 	if (bpf_map_delete_elem(&verdicts, &cookie) != 0)
 		return 0;
 
-	count(v.group, v.client, v.below_limit);
+	decided(&v);
 	return 0;
 }
