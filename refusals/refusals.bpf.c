@@ -412,7 +412,8 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 		return 0; // accepted before the program: not known to be the limiter's
 	// Read nothing: every byte received (and the FIN, which reading
 	// consumes too) is still unread. rcv_nxt - bytes_received is where
-	// the connection's data began.
+	// the connection's data began (both count the FIN, as
+	// tcp_rcv_nxt_update adds to both).
 	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
 	client_address(sk, v.client);

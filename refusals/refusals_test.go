@@ -189,6 +189,51 @@ func TestAnsweredConnectionsClosedWithDataUnreadAreNotRefusals(t *testing.T) {
 	assert.Zero(t, groups[0].Untracked)
 }
 
+// A client that sends its request and half-closes (its FIN after it) is
+// refused as any: the agent's close, out of CLOSE-WAIT, with the request
+// and the FIN unread, is counted (the FIN, which the sequence numbers
+// count and the bytes received do not, read as the request's being read).
+// One whose request the agent read a part of is no refusal.
+func TestARefusedClientThatHalfClosedAfterItsRequestIsCounted(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	c := load(t, []uint16{uint16(l.Addr().(*net.TCPAddr).Port)})
+	halfClose := func(client string) (net.Conn, net.Conn) {
+		conn, server := connect(t, l, client, 0)
+		_, err := conn.Write([]byte("GET /v1/agent/self HTTP/1.1\r\n\r\n"))
+		require.NoError(t, err)
+		require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+		require.Eventually(t, func() bool { return state(t, server) == unix.BPF_TCP_CLOSE_WAIT }, 5*time.Second, time.Millisecond, "its FIN come")
+		return conn, server
+	}
+	for range 3 {
+		conn, server := halfClose("127.0.0.51")
+		require.NoError(t, server.Close()) // the request unread: a reset
+		conn.Close()
+	}
+	conn, server := halfClose("127.0.0.52")
+	_, err = server.Read(make([]byte, 8)) // a part of the request
+	require.NoError(t, err)
+	require.NoError(t, server.Close())
+	conn.Close()
+
+	groups := snapshot(t, c)
+	assert.Equal(t, uint64(3), groups[0].Total)
+	assert.Equal(t, []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.51"), Count: 3}}, groups[0].Top)
+}
+
+// state is the TCP state of conn's socket.
+func state(t *testing.T, conn net.Conn) uint8 {
+	t.Helper()
+	raw, err := conn.(syscall.Conn).SyscallConn()
+	require.NoError(t, err)
+	var info *unix.TCPInfo
+	require.NoError(t, raw.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }))
+	require.NoError(t, err)
+	return info.State
+}
+
 // A listener on the watched port in another network namespace (a
 // container's, or an unprivileged user's own) is someone else's: its
 // resets never count.
