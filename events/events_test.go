@@ -521,7 +521,7 @@ func TestOnTLSPortsAConnectionTheAgentMayHaveAcceptedBelowTheLimitIsUntracked(t 
 	loopback.Open(t, tls, "127.0.0.85", 2)
 	v1 := loopback.Open(t, tls, "127.0.0.85", 1)[0] // its third: below
 	v2 := loopback.Open(t, tls, "127.0.0.85", 1)[0] // its fourth: past the limit
-	closeAs(t, "agent", v1)                          // a slot let go before the agent took v2
+	closeAs(t, "agent", v1)                         // a slot let go before the agent took v2
 	answer(v2, "agent")
 
 	loopback.Open(t, tls, "127.0.0.86", 3)
