@@ -5,6 +5,7 @@ package collector
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -288,6 +289,9 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 		if err := c.tell(*r.agent); err != nil {
 			r.err = err
 		}
+	}
+	if r.err == nil && r.agent != nil && r.agent.Away != "" && !r.agent.Down {
+		r.err = errors.New(r.agent.Away)
 	}
 	r.counts = newCounts(c.config, collection && c.config.Processes, r.agent)
 	if r.err == nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/source"
@@ -553,4 +554,37 @@ func TestAFailedReadOfTheEventsFailsTheCollection(t *testing.T) {
 	require.ErrorContains(t, res.Err, "reading the kernel's events: reading the kernel's totals")
 	assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections"))
 	assert.Zero(t, testutil.CollectAndCount(res, "consul_opened_http_connections_total"))
+}
+
+// Where which listener is the agent's cannot be told (listeners of several
+// users, none where the agent's address goes) the collection fails: no
+// count of 0 stands in for connections that may be the agent's. Where the
+// agent is down (nothing at its given address) it holds nothing: 0, said.
+func TestAnAgentThatCannotBeToldFailsTheCollectionOneDownCountsNothing(t *testing.T) {
+	config := Config{Groups: []Group{{Limiter: HTTP, Ports: []uint16{8500, 8501, 8502}}}, States: defaultConfig.States, TopClients: 10}
+	listening := func(ls ...listeners.Listener) func(context.Context) ([]listeners.Listener, error) {
+		return func(context.Context) ([]listeners.Listener, error) { return ls, nil }
+	}
+	at := func(addr string, uid uint32) listeners.Listener {
+		return listeners.Listener{Local: netip.MustParseAddrPort(addr), UID: uid}
+	}
+
+	consulDefault, err := listeners.ParseAddress("", []uint16{8500, 8501, 8502})
+	require.NoError(t, err)
+	c := New(config, captured(t, mixed, false), defaultLimits, discard)
+	c.WatchListeners(listening(at("127.0.0.1:8501", 65534), at("127.0.0.1:8502", 100)), consulDefault, nil)
+	res := c.Collect(context.Background())
+	require.ErrorContains(t, res.Err, "listeners of several users do on the others")
+	assert.Empty(t, res.Groups, "no count")
+
+	given, err := listeners.ParseAddress("127.0.0.1:8500", []uint16{8500, 8501, 8502})
+	require.NoError(t, err)
+	c = New(config, captured(t, mixed, false), defaultLimits, discard)
+	c.WatchListeners(listening(at("127.0.0.2:8500", 65534)), given, nil)
+	res = c.Collect(context.Background())
+	require.NoError(t, res.Err)
+	assert.Contains(t, res.Listeners.QuietReason(), "nothing listens at the agent's address")
+	require.Len(t, res.Groups, 1)
+	assert.Zero(t, res.Groups[0].Counts.Total(8500)+res.Groups[0].Counts.Total(8501), "the capture's connections are no listener's of the agent's")
+	assert.Positive(t, collect(t, config, mixed).Groups[0].Counts.Total(8500), "the capture's, where the listeners are not read")
 }

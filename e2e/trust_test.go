@@ -194,8 +194,8 @@ func TestADualStackAgentsIPv4ClientsCountOnEverySource(t *testing.T) {
 }
 
 // The agent's address names a host that does not resolve: said, never
-// taken for 127.0.0.1 (where another user listens: nothing counts, rather
-// than its connections), and looked up again at each collection; once it
+// taken for 127.0.0.1 (where another user listens: the collection fails,
+// rather than count its connections or a 0), and looked up again at each collection; once it
 // resolves, the agent's listener there decides.
 // The names are this test's own /etc/hosts, in a mount namespace of the
 // exporter's.
@@ -227,7 +227,8 @@ func TestAnAgentsNameThatDoesNotResolveIsSaidAndLookedUpAgain(t *testing.T) {
 	}
 	assert.Eventually(t, said(fmt.Sprintf("the agent's address agent.ccx.test:%d does not resolve", p)), 5*time.Second, 10*time.Millisecond, "said")
 	assert.Eventually(t, said("the agent's address does not resolve, and never did"), 5*time.Second, 10*time.Millisecond, "and what it does to the counts")
-	assert.Zero(t, value(t, got, fmt.Sprintf(`consul_open_http_connections{port="%d"}`, p)), "no listener is the agent's: not 127.0.0.1's")
+	assert.NotContains(t, got, fmt.Sprintf(`consul_open_http_connections{port="%d"}`, p), "no listener is the agent's: not 127.0.0.1's count, nor a 0")
+	assert.Zero(t, value(t, got, "consul_conn_exporter_collect_success"), "a failed collection")
 
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n127.0.0.2 agent.ccx.test\n"), 0o644))
 	require.Eventually(t, func() bool {
@@ -556,9 +557,9 @@ func TestAnotherUserOnAWatchedPortTheAgentLeavesFreeIsNotTheAgent(t *testing.T) 
 
 // A name for the agent with two addresses (localhost: 127.0.0.1 and ::1)
 // where another user serves a fake agent at the one the agent does not
-// listen on: no listener is told for the agent's, so nothing counts and no
-// limit is read from either (the fake one said its limit was 1000), and
-// check is UNKNOWN saying why.
+// listen on: no listener is told for the agent's, so the collection fails
+// (no count, not even 0) and no limit is read from either (the fake one
+// said its limit was 1000).
 func TestANameWhoseAddressesReachListenersOfSeveralUsersReadsNoLimit(t *testing.T) {
 	programs.NeedRoot(t, "make a private mount namespace")
 	unshare := programs.Need(t, "unshare", "apt-get install util-linux")
@@ -574,7 +575,8 @@ func TestANameWhoseAddressesReachListenersOfSeveralUsersReadsNoLimit(t *testing.
 	assert.Equal(t, 1, res.exit, "the limit not read: %s", res.stderr)
 	assert.NotContains(t, res.metrics, "consul_http_max_conns_per_client", "no limit from the fake agent")
 	assert.Zero(t, value(t, res.metrics, "consul_conn_exporter_limits_read_success"))
-	assert.Zero(t, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
+	assert.NotContains(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`, "no count, not even 0")
+	assert.Zero(t, value(t, res.metrics, "consul_conn_exporter_collect_success"), "a failed collection")
 	assert.Contains(t, res.stderr, "the agent's address reaches listeners of several users")
 }
 

@@ -80,9 +80,12 @@ type Agent struct {
 	// exporter's own reads of it go; invalid where none is.
 	At netip.AddrPort
 	// Away says why no listener is the agent's on any port ("" where one
-	// is): its given address reaches none, or listeners of several users.
-	// Nothing counts then.
+	// is): its given address reaches none (Down: the agent holds nothing
+	// there, nothing counts), or which is the agent's cannot be told
+	// (listeners of several users, a name that never resolved): then no
+	// count can be given, a failed collection, never a count of 0.
 	Away      string
+	Down      bool
 	listeners []Listener
 }
 
@@ -139,6 +142,7 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	case where.Given && len(where.Addrs) == 0:
 		a.Away = "the agent's address does not resolve, and never did: nothing counts until it does"
 	case where.Given:
+		a.Down = true
 		a.Away = fmt.Sprintf("nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port %d: it is down, or listens elsewhere", where.Port)
 	}
 	for _, p := range ports {

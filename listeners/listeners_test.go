@@ -180,13 +180,15 @@ func TestTheDefaultAddressIsTheAgentsOnTheFirstWatchedHTTPPortElseTheOthers(t *t
 // down, or elsewhere), or reaches listeners of several users (a name with
 // an address each: localhost), no listener is the agent's: nothing counts,
 // no read of the limits goes there, and that is said, as a port nothing
-// listens on is.
+// listens on is. Only the first is the agent down (it holds nothing); in
+// the others which is the agent's cannot be told.
 func TestAGivenAddressThatReachesNoListenerOfOneUserCountsNothing(t *testing.T) {
 	given := Where{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, Port: 8500, Given: true}
 	a := Judge([]Listener{at("127.0.0.2:8500", 65534)}, []uint16{8500}, given, nil)
 	assert.False(t, a.Accepts(conn("127.0.0.2:8500", 65534)))
 	assert.False(t, a.At.IsValid())
 	assert.Contains(t, a.QuietReason(), "nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port 8500")
+	assert.True(t, a.Down)
 
 	localhost := Where{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")}, Port: 8500, Given: true}
 	a = Judge([]Listener{at("127.0.0.1:8500", 100), at("[::1]:8500", 65534)}, []uint16{8500}, localhost, nil)
@@ -194,6 +196,7 @@ func TestAGivenAddressThatReachesNoListenerOfOneUserCountsNothing(t *testing.T) 
 	assert.False(t, a.Accepts(conn("[::1]:8500", 65534)))
 	assert.False(t, a.At.IsValid(), "no read of the limits from either")
 	assert.Contains(t, a.QuietReason(), "the agent's address reaches listeners of several users (127.0.0.1:8500: uid 100, [::1]:8500: uid 65534)")
+	assert.False(t, a.Down, "cannot be told")
 
 	a = Judge([]Listener{at("127.0.0.1:8500", 100)}, []uint16{8500}, localhost, nil)
 	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At, "the one address the agent listens at: where its limit is read")
@@ -204,6 +207,7 @@ func TestAGivenAddressThatReachesNoListenerOfOneUserCountsNothing(t *testing.T) 
 
 	a = Judge([]Listener{at("127.0.0.1:8500", 100)}, []uint16{8500}, Where{Port: 8500, Given: true}, nil)
 	assert.Contains(t, a.QuietReason(), "the agent's address does not resolve, and never did")
+	assert.False(t, a.Down, "cannot be told")
 }
 
 // Several users and nothing where the agent's address goes (or no address
