@@ -401,7 +401,7 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 	}
 	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
 	c.agentAddr.Judged(agent.At)
-	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "the agent does not listen on a watched port; its count of 0 says nothing of the agent", "the agent listens on every watched port again")
+	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "no listener of the agent's is known on a watched port: nothing there is counted for it", "the agent listens on every watched port again")
 	c.sharedState.Log(c.logger, slog.LevelWarn, agent.SharedReason(), "another user listens on a watched port", "only the agent listens on the watched ports again")
 	c.guessState.Log(c.logger, slog.LevelWarn, agent.GuessReason(), "the agent's listeners are guessed", "the agent's address reaches its listeners again")
 	return &agent, nil
