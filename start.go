@@ -34,7 +34,7 @@ func start(s *setup) error {
 	// accepted, as the listeners are judged now, and at every collection.
 	var users map[uint16]uint32
 	if s.events != nil || s.refusals {
-		users = listeners.KernelUsers(s.collector.Agent(context.Background()), s.config.Ports(), refusals.AnyUser)
+		users = listeners.KernelUsers(s.collector.Agent(context.Background()), s.config.Ports(), refusals.AnyUser, refusals.UntoldUser)
 	}
 	var counts *events.Counter
 	if s.events != nil {
@@ -107,7 +107,7 @@ func start(s *setup) error {
 	if counts != nil || counter != nil {
 		watched := s.config.Ports()
 		s.collector.TellAgent(func(a listeners.Agent) error {
-			users := listeners.KernelUsers(&a, watched, refusals.AnyUser)
+			users := listeners.KernelUsers(&a, watched, refusals.AnyUser, refusals.UntoldUser)
 			if counts != nil {
 				if err := counts.Trust(users); err != nil {
 					return err

@@ -112,10 +112,13 @@ enum {
 // The agent's user on each watched port (host order), as the exporter
 // last judged the listeners (listeners.Judge): only the connections one of
 // that user's listeners accepted count. A port without an entry has no
-// agent's listener: nothing there counts. ANY_USER where the agent's
-// cannot be told: every listener's connections count. The exporter sets
-// max_entries to the number of ports.
+// agent's listener: nothing there counts. ANY_USER where the listeners
+// are not known: every listener's connections count. UNTOLD where which
+// listener is the agent's cannot be told: nothing counts, and a close
+// that may be a refusal is untracked. The exporter sets max_entries to the
+// number of ports.
 #define ANY_USER 0xffffffffU
+#define UNTOLD 0xfffffffeU
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
@@ -128,7 +131,15 @@ struct {
 static __always_inline bool agents(__u16 port, __u32 uid)
 {
 	__u32 *want = bpf_map_lookup_elem(&agent_users, &port);
-	return want && (*want == ANY_USER || *want == uid);
+	return want && *want != UNTOLD && (*want == ANY_USER || *want == uid);
+}
+
+// untold says whether which listener on port is the agent's cannot be
+// told.
+static __always_inline bool untold(__u16 port)
+{
+	__u32 *want = bpf_map_lookup_elem(&agent_users, &port);
+	return want && *want == UNTOLD;
 }
 
 struct client_key {

@@ -555,6 +555,43 @@ func TestAnotherUserOnAWatchedPortTheAgentLeavesFreeIsNotTheAgent(t *testing.T) 
 	assert.NotContains(t, res.stderr, "guessed")
 }
 
+// With no address given, an agent listening elsewhere than 127.0.0.1 (its
+// client_addr another address) is guessed where it is the one user on the
+// watched ports; where another user listens on one of them too, at another
+// address on the agent's port or at 127.0.0.1 on a port the agent leaves
+// free, the agent's cannot be told: the collection fails, on every source,
+// and check is UNKNOWN, never counting the other's (its 50 were counted,
+// and check was CRITICAL, or it was taken for the agent).
+func TestAnAgentAwayFromTheDefaultAddressBesideAnotherUserFailsTheCollection(t *testing.T) {
+	first, second := fmt.Sprint(loopback.Port()), fmt.Sprint(loopback.Port())
+	alone := netns(t)
+	attacker(t, alone, "listen", "127.0.0.2:"+first, "3", "127.0.0.4")
+	res := runExporter(t, t.TempDir(), append(alone, binary), "--once", "--port", first, "--port", second)
+	require.Equal(t, 0, res.exit, res.stderr)
+	assert.Equal(t, 3.0, value(t, res.metrics, `consul_open_http_connections{port="`+first+`"}`))
+	assert.Contains(t, res.stderr, "is taken for the agent's")
+
+	for name, squat := range map[string]string{"beside it": "127.0.0.3:" + first, "on the port it leaves free": "127.0.0.1:" + second} {
+		t.Run(name, func(t *testing.T) {
+			ns := netns(t)
+			attacker(t, ns, "listen", "127.0.0.2:"+first, "3", "127.0.0.4")
+			attacker(t, append(ns, asNobody(t)...), "listen", squat, "50", "127.0.0.66")
+			for source, argv := range withEvents(t) {
+				t.Run(source, func(t *testing.T) {
+					res := runExporter(t, t.TempDir(), append(ns, argv...), "--once", "--port", first, "--port", second, "--limit", "20")
+					assert.Equal(t, 1, res.exit, res.stderr)
+					assert.Zero(t, value(t, res.metrics, "consul_conn_exporter_collect_success"))
+					assert.NotContains(t, res.metrics, `consul_open_http_connections{port="`+first+`"}`)
+					assert.NotContains(t, res.metrics, "consul_open_http_connections_max_per_client")
+					assert.Contains(t, res.stderr, "listeners of several users are on the watched ports")
+				})
+			}
+			out, _ := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", first, "--port", second, "--limit", "20")...).Output()
+			assert.True(t, strings.HasPrefix(lastLine(string(out)), "UNKNOWN: "), "%s", out)
+		})
+	}
+}
+
 // A name for the agent with two addresses (localhost: 127.0.0.1 and ::1)
 // where another user serves a fake agent at the one the agent does not
 // listen on: no listener is told for the agent's, so the collection fails

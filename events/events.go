@@ -180,7 +180,8 @@ func (c *Counter) Shared() *refusals.Counts {
 
 // Trust has the programs count only the connections accepted by the
 // agent's listeners: users are the agent's user on each watched port
-// (listeners.AnyUser where it cannot be told; a port left out has no
+// (refusals.AnyUser where the listeners are not known, UntoldUser where
+// the agent's cannot be told, counting nothing; a port left out has no
 // listener of the agent's, and nothing there counts). Where that changes,
 // a census judges every open connection again.
 func (c *Counter) Trust(users map[uint16]uint32) error {

@@ -89,8 +89,9 @@ func TestASocketPlantedBeforeTheAgentListenedIsNotCounted(t *testing.T) {
 
 // The agent's user, as the listeners are judged again, is told to the
 // programs: a census counts what is now the agent's and takes off what no
-// longer is; where the agent's cannot be told (AnyUser), every listener's
-// connections count; a port left out counts nothing.
+// longer is; where the listeners are not known (AnyUser), every
+// listener's connections count; where the agent's cannot be told
+// (UntoldUser), and on a port left out, nothing does.
 func TestAChangeOfTheAgentsUserIsJudgedAgainOverEveryConnection(t *testing.T) {
 	agent := loopback.Listen(t, "127.0.0.1")
 	p := agent.Port()
@@ -109,6 +110,8 @@ func TestAChangeOfTheAgentsUserIsJudgedAgainOverEveryConnection(t *testing.T) {
 	assert.Len(t, counted(t, c), 3, "nobody's alone")
 	require.NoError(t, c.Trust(map[uint16]uint32{p: refusals.AnyUser}))
 	assert.Len(t, counted(t, c), 5, "every listener's")
+	require.NoError(t, c.Trust(map[uint16]uint32{p: refusals.UntoldUser}))
+	assert.Empty(t, counted(t, c), "the agent's cannot be told")
 	require.NoError(t, c.Trust(map[uint16]uint32{}))
 	assert.Empty(t, counted(t, c), "no agent's listener")
 	require.NoError(t, c.Trust(map[uint16]uint32{p: 0}))

@@ -47,7 +47,7 @@ func Read(ctx context.Context, ports []uint16, timeout time.Duration) ([]Listene
 // API's host (a name may have several), at its port, and whether that
 // address was given (--consul.server, CONSUL_HTTP_ADDR) or is Consul's
 // default. Others are, for the default, the other watched HTTP ports,
-// tried where nothing listens at 127.0.0.1 on the first: an agent that
+// tried where nothing listens on the first, at any address: an agent that
 // serves only HTTPS listens at one of them. (Where the first has a
 // listener, it decides: another user's listener on a port the agent
 // leaves free, such as 8501 with HTTPS off, decides nothing.)
@@ -68,22 +68,21 @@ type Agent struct {
 	// Users are the agent's user on each watched port where it is known:
 	// the user pinned, else the owner of the listener the agent's address
 	// reaches, on every port; else, where the address is Consul's default
-	// and reaches none, the one user listening on that port (Guessed).
-	// Only its listeners' connections count there.
+	// and reaches none, the one user listening on the watched ports
+	// (Guessed: the ports it listens on). Only its listeners' connections
+	// count there.
 	Users   map[uint16]uint32
 	Guessed []uint16
-	// Undecided are the ports several users listen on where the agent's
-	// cannot be told: there, each listener's connections count (each
-	// checked against its own listener's user).
-	Undecided []uint16
 	// At is the agent's address whose listener is the agent's, where the
 	// exporter's own reads of it go; invalid where none is.
 	At netip.AddrPort
 	// Away says why no listener is the agent's on any port ("" where one
 	// is): its given address reaches none (Down: the agent holds nothing
 	// there, nothing counts), or which is the agent's cannot be told
-	// (listeners of several users, a name that never resolved): then no
-	// count can be given, a failed collection, never a count of 0.
+	// (its address reaches listeners of several users; a name that never
+	// resolved; Consul's default reaching none, and several users listening
+	// on the watched ports): then no count can be given, a failed
+	// collection, never a count of 0.
 	Away      string
 	Down      bool
 	listeners []Listener
@@ -94,13 +93,14 @@ type Agent struct {
 // is user where pinned (not nil); else the owner of the listener the
 // kernel gives a connection to where (the address the agent's clients use:
 // Consul's client_addr and HTTP port, or, where not given, 127.0.0.1 on
-// the first watched HTTP port, else on the others), that user on every
-// port. Where the address reaches listeners of several users (a name with
-// several addresses, the default's other ports owned apart), or was given
-// and reaches none, no
-// listener is the agent's: it is down, or elsewhere, or cannot be told,
-// and that is said. Where it is the default and reaches none, each port's
-// one listening user is taken for the agent's, and that is said too.
+// the first watched HTTP port, else, where nothing listens on that port,
+// on the others), that user on every port. Where the address reaches
+// listeners of several users (a name with several addresses, the default's
+// other ports owned apart), or was given and reaches none, no listener is
+// the agent's: it is down, or elsewhere, or cannot be told, and that is
+// said. Where it is the default and reaches none, the one user listening
+// on the watched ports is taken for the agent's, and that is said too;
+// where several users listen there, the agent's cannot be told.
 func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	a := Agent{Owners: map[uint16]int{}, Users: map[uint16]uint32{}, listeners: ls}
 	var (
@@ -108,8 +108,8 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 		reached []string
 	)
 	for i, port := range append([]uint16{where.Port}, where.Others...) {
-		if i == 1 && len(owners) > 0 {
-			break // the first port has a listener: it decides
+		if i == 1 && slices.ContainsFunc(ls, func(l Listener) bool { return l.Local.Port() == where.Port }) {
+			break // something listens on the first port: it decides
 		}
 		for _, addr := range where.Addrs {
 			at := netip.AddrPortFrom(addr, port)
@@ -144,6 +144,19 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	case where.Given:
 		a.Down = true
 		a.Away = fmt.Sprintf("nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port %d: it is down, or listens elsewhere", where.Port)
+	default:
+		var users []uint32
+		for _, l := range ls {
+			if slices.Contains(ports, l.Local.Port()) && !slices.Contains(users, l.UID) {
+				users = append(users, l.UID)
+				reached = append(reached, fmt.Sprintf("%s: uid %d", l.Local, l.UID))
+			}
+		}
+		if len(users) == 1 {
+			everywhere = &users[0]
+		} else if len(users) > 1 {
+			a.Away = fmt.Sprintf("the agent's address is not given, 127.0.0.1 reaches no listener on the watched HTTP ports, and listeners of several users are on the watched ports (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
+		}
 	}
 	for _, p := range ports {
 		var here []uint32
@@ -153,16 +166,12 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 			}
 		}
 		a.Owners[p] = len(here)
-		switch {
-		case len(here) == 0: // nothing listens: nothing counts
-		case a.Away != "": // nothing is the agent's
-		case everywhere != nil:
-			a.Users[p] = *everywhere
-		case len(here) == 1:
-			a.Users[p] = here[0]
+		if len(here) == 0 || everywhere == nil {
+			continue // nothing listens, or nothing is the agent's: nothing counts
+		}
+		a.Users[p] = *everywhere
+		if user == nil && len(owners) == 0 {
 			a.Guessed = append(a.Guessed, p)
-		default:
-			a.Undecided = append(a.Undecided, p)
 		}
 	}
 	return a
@@ -222,13 +231,10 @@ func (a Agent) covering(local netip.AddrPort) *Listener {
 	return wildcard
 }
 
-// agents says whether l is one of the agent's listeners: one of its user's,
-// or, where that cannot be told (Undecided), anyone's.
+// agents says whether l is one of the agent's listeners: one of its user's.
 func (a Agent) agents(l *Listener) bool {
-	if uid, known := a.Users[l.Local.Port()]; known {
-		return uid == l.UID
-	}
-	return slices.Contains(a.Undecided, l.Local.Port())
+	uid, known := a.Users[l.Local.Port()]
+	return known && uid == l.UID
 }
 
 // Accepts says whether a server end, s, is a connection the agent accepted:
@@ -253,16 +259,19 @@ func (a Agent) Serves(server netip.AddrPort) bool {
 }
 
 // KernelUsers are the agent's user on each port, as the kernel programs
-// take them (bpf/counts.h's agent_users): where it cannot be told, or the
-// listeners are not known (a nil agent), anyUser: every listener's
-// connections count there, as they do here. A port nothing listens on is
-// left out: nothing counts there.
-func KernelUsers(a *Agent, ports []uint16, anyUser uint32) map[uint16]uint32 {
+// take them (bpf/counts.h's agent_users): where the listeners are not known
+// (a nil agent), anyUser: every listener's connections count there, as
+// they do here; where the agent's cannot be told (Away, not Down), untold:
+// nothing counts, and a close that may be a refusal is untracked. A port
+// nothing listens on is left out: nothing counts there.
+func KernelUsers(a *Agent, ports []uint16, anyUser, untold uint32) map[uint16]uint32 {
 	users := map[uint16]uint32{}
 	for _, p := range ports {
 		switch {
-		case a == nil || slices.Contains(a.Undecided, p):
+		case a == nil:
 			users[p] = anyUser
+		case a.Owners[p] > 0 && a.Away != "" && !a.Down:
+			users[p] = untold
 		case a.Owners[p] > 0:
 			if uid, ok := a.Users[p]; ok {
 				users[p] = uid
@@ -342,21 +351,18 @@ func (a Agent) SharedReason() string {
 	if away := a.elsewhere(); len(away) > 0 {
 		reasons = append(reasons, fmt.Sprintf("the agent's user (uid %d) does not listen on port %s, another does: none of its connections count", a.Users[away[0]], Ports(away)))
 	}
-	if len(a.Undecided) > 0 {
-		reasons = append(reasons, "several users listen on port "+Ports(a.Undecided)+" and none where the agent's address goes: each listener's connections count; pin the agent's user with --consul.user")
-	}
 	return strings.Join(reasons, "; ")
 }
 
 // GuessReason says where the agent's user is guessed, "" where it is not:
 // Consul's default address (no --consul.server or CONSUL_HTTP_ADDR)
-// reaches no listener, and the one user listening on a port is taken for
-// the agent's (another user's, were the agent down).
+// reaches no listener, and the one user listening on the watched ports is
+// taken for the agent's (another user's, were the agent down).
 func (a Agent) GuessReason() string {
 	if len(a.Guessed) == 0 {
 		return ""
 	}
-	return "the agent's address is not given (--consul.server or CONSUL_HTTP_ADDR), and 127.0.0.1 reaches no listener: on port " + Ports(a.Guessed) + " the one user listening is taken for the agent's; give its address, or pin --consul.user"
+	return "the agent's address is not given (--consul.server or CONSUL_HTTP_ADDR), and 127.0.0.1 reaches no listener: the one user listening on the watched ports (" + Ports(a.Guessed) + ") is taken for the agent's; give its address, or pin --consul.user"
 }
 
 // Ports is "8500, 8501".

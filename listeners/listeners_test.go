@@ -96,7 +96,6 @@ func TestSeveralUsersOnlyTheAgentsConnectionsCount(t *testing.T) {
 			a := Judge(tc.listeners, []uint16{8500}, consulDefault, tc.user)
 			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.Users)
 			assert.Equal(t, []uint16{8500}, a.Shared())
-			assert.Empty(t, a.Undecided)
 			for s, want := range tc.accepts {
 				assert.Equal(t, want, a.Accepts(s), s.Local.String())
 			}
@@ -124,11 +123,16 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
 	assert.Contains(t, a.SharedReason(), "the agent's user (uid 100) does not listen on port 8300")
 
-	// Where Consul's default address reaches no listener, each port's one
-	// user is taken for the agent's, and that is said.
+	// Where Consul's default address reaches no listener, the one user
+	// listening on the watched ports is taken for the agent's, and that is
+	// said; where several users do, the agent's cannot be told.
+	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("10.0.0.5:8300", 100)}, []uint16{8500, 8300}, consulDefault, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users)
+	assert.Contains(t, a.GuessReason(), "the one user listening on the watched ports (8500, 8300) is taken for the agent's")
 	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, consulDefault, nil)
-	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 65534}, a.Users)
-	assert.Contains(t, a.GuessReason(), "on port 8500, 8300 the one user listening is taken for the agent's")
+	assert.Empty(t, a.Users)
+	assert.False(t, a.Down)
+	assert.Contains(t, a.QuietReason(), "127.0.0.1 reaches no listener on the watched HTTP ports, and listeners of several users are on the watched ports (10.0.0.5:8500: uid 100, 127.0.0.9:8300: uid 65534)")
 
 	// A user listening on a port nothing watches, at the default address,
 	// decides nothing: the default is at the watched HTTP port.
@@ -212,18 +216,38 @@ func TestAGivenAddressThatReachesNoListenerOfOneUserCountsNothing(t *testing.T) 
 
 // Several users and nothing where the agent's address goes (or no address
 // known: a name that does not resolve): the agent cannot be told, and
-// that is said; each listener's connections count, each by its own
-// listener's user, so a socket planted on the port still does not.
+// that is said; no listener's connections count (the collection fails),
+// and the kernel programs are told so: nothing counts, and a close that
+// may be a refusal is untracked.
 func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
-	for _, addr := range []Where{consulDefault, {Port: 8500}} {
-		a := Judge([]Listener{at("127.0.0.5:8500", 100), at("127.0.0.6:8500", 65534)}, []uint16{8500}, addr, nil)
-		assert.Equal(t, []uint16{8500}, a.Undecided)
-		assert.Contains(t, a.SharedReason(), "pin the agent's user with --consul.user")
-		assert.True(t, a.Accepts(conn("127.0.0.6:8500", 65534)))
-		assert.True(t, a.Accepts(conn("127.0.0.5:8500", 100)))
-		assert.False(t, a.Accepts(conn("127.0.0.5:8500", 65534)), "not its listener's user")
-		assert.False(t, a.Accepts(conn("127.0.0.7:8500", 100)), "no listener there")
+	const anyUser, untold = 1 << 31, 1 << 30
+	for _, addr := range []Where{consulDefault, {Port: 8500, Given: true}} {
+		a := Judge([]Listener{at("127.0.0.5:8500", 100), at("127.0.0.6:8500", 65534)}, []uint16{8500, 8300}, addr, nil)
+		assert.NotEmpty(t, a.Away)
+		assert.False(t, a.Down)
+		assert.False(t, a.Accepts(conn("127.0.0.6:8500", 65534)))
+		assert.False(t, a.Accepts(conn("127.0.0.5:8500", 100)))
+		assert.Equal(t, map[uint16]uint32{8500: untold}, KernelUsers(&a, []uint16{8500, 8300}, anyUser, untold), "nothing listens on 8300")
 	}
+	a := Judge([]Listener{at("127.0.0.6:8500", 65534)}, []uint16{8500}, Where{Port: 8500, Given: true, Addrs: consulDefault.Addrs}, nil)
+	assert.True(t, a.Down)
+	assert.Equal(t, map[uint16]uint32{}, KernelUsers(&a, []uint16{8500}, anyUser, untold), "down: nothing counts, and its refusals are none")
+	assert.Equal(t, map[uint16]uint32{8500: anyUser}, KernelUsers(nil, []uint16{8500}, anyUser, untold), "listeners not known")
+}
+
+// With no address given, where something listens on the first watched
+// HTTP port at another address than 127.0.0.1, another user's listener at
+// 127.0.0.1 on another port (one the agent leaves free) decides nothing:
+// the one user on the watched ports is the agent's, and where there are
+// several, the agent's cannot be told.
+func TestAnAgentAwayFromTheDefaultAddressIsNotAnotherPortsListener(t *testing.T) {
+	def := Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501}}
+	a := Judge([]Listener{at("127.0.0.2:8500", 100), at("127.0.0.1:8501", 65534)}, []uint16{8500, 8501}, def, nil)
+	assert.Empty(t, a.Users)
+	assert.Contains(t, a.Away, "listeners of several users are on the watched ports (127.0.0.2:8500: uid 100, 127.0.0.1:8501: uid 65534)")
+	a = Judge([]Listener{at("127.0.0.2:8500", 100)}, []uint16{8500, 8501}, def, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100}, a.Users)
+	assert.Equal(t, []uint16{8500}, a.Guessed)
 }
 
 // A client end on this host counts where its server end is at one of the

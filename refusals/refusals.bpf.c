@@ -73,7 +73,8 @@ struct verdict {
 			 // those no reset can come for any more
 	__u32 late;	 // closed a second or more after its accept: a
 			 // refusal held up before the agent's accept, or a
-			 // timeout's; counted as untracked
+			 // timeout's; or closed by a listener that could not
+			 // be told the agent's: counted as untracked
 	__u32 unused;
 };
 
@@ -310,7 +311,8 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 	}
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return;
-	if (!agents(port, sk->sk_uid.val))
+	bool doubt = untold(port);
+	if (!doubt && !agents(port, sk->sk_uid.val))
 		return; // not a connection the agent accepted
 	struct mptcp_sock *msk = (void *)sk;
 	__u64 received = BPF_CORE_READ(msk, bytes_received);
@@ -321,7 +323,7 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 			return; // answered: the agent read a request
 		struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 		bool known;
-		v.late = late(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), v.closed_ns, &known);
+		v.late = late(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), v.closed_ns, &known) || doubt;
 		if (!known)
 			return; // accepted before the program
 		client_address(sk, v.client);
@@ -384,7 +386,10 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return 0;
-	if (!agents(port, sk->sk_uid.val))
+	// Where the agent's listener cannot be told, a close that would be a
+	// refusal of its is untracked: counted for no one, never dropped.
+	bool doubt = untold(port);
+	if (!doubt && !agents(port, sk->sk_uid.val))
 		return 0; // not a connection the agent accepted
 	struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 	struct socket_state *st = bpf_sk_storage_get(&sockets, (void *)sk, 0, 0);
@@ -393,8 +398,8 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	// timeout, which close it before it is shut down.
 	bool agents_close = newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK ||
 			    (newstate == TCP_CLOSE && (BPF_CORE_READ_BITFIELD(sk, sk_shutdown) & SEND_SHUTDOWN));
-	switch (by_the_limiters_rule(sk, with_counts ? st : NULL, port, group, v.closed_ns,
-				     agents_close && oldstate == TCP_ESTABLISHED)) {
+	switch (doubt ? NOT_OVER : by_the_limiters_rule(sk, with_counts ? st : NULL, port, group, v.closed_ns,
+						    agents_close && oldstate == TCP_ESTABLISHED)) {
 	case REFUSED:
 		suspect(sk, group, v.closed_ns);
 		return 0;
@@ -407,7 +412,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (!agents_close)
 		return 0; // the client's FIN or reset: for the limiter's rule alone
 	bool known;
-	v.late = late(st, v.closed_ns, &known);
+	v.late = late(st, v.closed_ns, &known) || doubt;
 	if (!known)
 		return 0; // accepted before the program: not known to be the limiter's
 	// Read nothing: every byte received (and the FIN, which reading

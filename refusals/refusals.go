@@ -148,10 +148,15 @@ func (c *Counter) Trust(users map[uint16]uint32) error {
 	return err
 }
 
-// AnyUser, as the agent's user on a port, is a port whose agent's
-// listeners cannot be told from others' (listeners.Agent.Undecided):
-// every listener's connections count there. It is bpf/counts.h's ANY_USER.
-const AnyUser = ^uint32(0)
+// AnyUser, as the agent's user on a port, is a port whose listeners are
+// not known (--command): every listener's connections count there. It is
+// bpf/counts.h's ANY_USER. UntoldUser is a port whose agent's listener
+// cannot be told from others' (listeners.Agent.Away): nothing counts
+// there, and a close that may be a refusal is untracked. It is UNTOLD.
+const (
+	AnyUser    = ^uint32(0)
+	UntoldUser = ^uint32(1)
+)
 
 // WriteUsers makes m, agent_users of bpf/counts.h, say users: the agent's
 // user on each watched port (AnyUser: any), none on a port left out. It
@@ -240,12 +245,12 @@ func (c *Counter) Check() error {
 type Group struct {
 	// Total is exact, whatever the map of clients evicted.
 	Total uint64
-	// Untracked are the agent's closes of connections it had read nothing
-	// of that the kernel's map of pending verdicts was too full to take,
-	// and refusals by the limiter's rule judged against a limit the agent
-	// changed before a read confirmed it: each may have been a refusal,
-	// not counted. 0 unless more than 65,536 such closes were pending at
-	// once, or a `consul reload` changed the limit.
+	// Untracked are the agent's closes that may have been refusals, or
+	// not, counted for no one (docs/refusals.md): those a second or more
+	// after the accept, those by a listener that could not be told the
+	// agent's, those the full maps could not take, and, by the limiter's
+	// rule, those whose client let go of a slot meanwhile or judged
+	// against a limit the agent changed before a read confirmed it.
 	Untracked uint64
 	// BelowLimit are the refusals made while the client held fewer than
 	// the limit besides the refused connection, as the events counted it

@@ -294,6 +294,37 @@ func TestSocketsTheAgentDidNotAcceptAreNeverRefusals(t *testing.T) {
 // nobody is the user another local user's sockets are made as here.
 const nobody = 65534
 
+// Where which listener is the agent's cannot be told (UntoldUser), a close
+// that may be a refusal is untracked, whoever's listener made it: never
+// counted for anyone, nor dropped. Told again, the agent's count.
+func TestWhereTheAgentsListenerCannotBeToldACloseThatMayBeARefusalIsUntracked(t *testing.T) {
+	l, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loopback.Port()).String())
+	require.NoError(t, err)
+	defer l.Close()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	c := load(t, []uint16{port})
+	require.NoError(t, c.Trust(map[uint16]uint32{port: UntoldUser}))
+	refuse(t, l, "127.0.0.47", 0)
+	refuse(t, l, "127.0.0.47", 0)
+	loopback.AsUser(t, nobody, func() {
+		theirs, err := net.Listen("tcp", net.JoinHostPort("127.0.0.44", strconv.Itoa(int(port))))
+		require.NoError(t, err)
+		defer theirs.Close()
+		refuse(t, theirs, "127.0.0.45", 0)
+	})
+	answer(t, l, "127.0.0.47")
+	g := snapshot(t, c)[0]
+	assert.Zero(t, g.Total)
+	assert.Empty(t, g.Top)
+	assert.Equal(t, uint64(3), g.Untracked, "the three closes with the request unread, not the answered one")
+
+	require.NoError(t, c.Trust(map[uint16]uint32{port: 0}))
+	refuse(t, l, "127.0.0.48", 0)
+	g = snapshot(t, c)[0]
+	assert.Equal(t, uint64(1), g.Total)
+	assert.Equal(t, uint64(3), g.Untracked)
+}
+
 // An MPTCP connection (the agent's Go listeners are MPTCP's; an MPTCP
 // client keeps the connection MPTCP) is judged as its application sees it:
 // its subflows' data is moved into it whether the agent reads it or not.
