@@ -174,12 +174,8 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		r.Notes = append(r.Notes, "the programs holding the connections cannot be named: "+res.ProcessesWhy)
 	}
 	r.Notes = append(r.Notes, res.Limits.Unwatched...)
-	if res.Listeners != nil {
-		for _, reason := range []string{res.Listeners.SharedReason(), res.Listeners.GuessReason()} {
-			if reason != "" {
-				r.Notes = append(r.Notes, reason)
-			}
-		}
+	if res.Listeners != nil && res.Listeners.SharedReason() != "" {
+		r.Notes = append(r.Notes, res.Listeners.SharedReason())
 	}
 	if res.ListenersErr != nil {
 		r.Notes = append(r.Notes, "cannot tell who listens on the watched ports: "+res.ListenersErr.Error())

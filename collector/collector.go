@@ -133,10 +133,10 @@ type Collector struct {
 	// listeners reads who listens on the watched ports, nil where they
 	// cannot be known; the agent's user and address tell its listeners
 	// from others'.
-	listeners                                                                 func(ctx context.Context) ([]listeners.Listener, error)
-	agentAddr                                                                 *listeners.Address
-	agentUser                                                                 *uint32
-	listenersState, quietState, sharedState, guessState, addrState, ownerless changes.Tracker
+	listeners                                                     func(ctx context.Context) ([]listeners.Listener, error)
+	agentAddr                                                     *listeners.Address
+	agentUser                                                     *uint32
+	listenersState, quietState, sharedState, addrState, ownerless changes.Tracker
 	// tell, where set, is told of every judgement of the listeners: the
 	// kernel programs count only the agent's connections too.
 	tell func(listeners.Agent) error
@@ -403,7 +403,6 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 	c.agentAddr.Judged(agent.At)
 	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "no listener of the agent's is known on a watched port: nothing there is counted for it", "the agent listens on every watched port again")
 	c.sharedState.Log(c.logger, slog.LevelWarn, agent.SharedReason(), "another user listens on a watched port", "only the agent listens on the watched ports again")
-	c.guessState.Log(c.logger, slog.LevelWarn, agent.GuessReason(), "the agent's listeners are guessed", "the agent's address reaches its listeners again")
 	return &agent, nil
 }
 

@@ -68,7 +68,7 @@ func TestIPv6CountsTheSame(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	l := loopback.Listen(t, "::1")
 	loopback.Open(t, l, "::1", 200)
-	res := counts(t, t.TempDir(), "--once", "--port", port(l))
+	res := counts(t, t.TempDir(), "--once", "--port", port(l), "--consul.server", "[::1]:"+port(l)) // not Consul's default address
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections{port="`+port(l)+`"}`))
 	assert.Equal(t, 200.0, value(t, res.metrics, `consul_open_http_connections_per_client{client="::1"}`))

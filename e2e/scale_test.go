@@ -44,7 +44,7 @@ func TestAHundredThousandConnectionsAreCountedAndTheirProgramsNamed(t *testing.T
 				// The plain build: the race detector's cost is not the
 				// exporter's, and it can keep a kernel program.
 				out, err := exec.Command(plainBinary, "--once", "--textfile.directory", dir, "--port", p, "--source", source,
-					"--clients.processes", lookup).CombinedOutput()
+					"--clients.processes", lookup, "--consul.server", "127.0.2.1:"+p).CombinedOutput()
 				require.NoError(t, err, "%s", out)
 				assert.Equal(t, lookup == "--clients.processes.bpf", strings.Contains(string(out), fromKernel), "%s", out)
 				metrics := readMetrics(t, filepath.Join(dir, textfile.FileName))

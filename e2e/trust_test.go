@@ -118,7 +118,7 @@ func TestASocketPlantedBeforeTheAgentListenedIsNotTheAgents(t *testing.T) {
 	loopback.Open(t, agent, "127.0.0.78", 2)
 	for name, argv := range withEvents(t) {
 		t.Run(name, func(t *testing.T) {
-			res := runExporter(t, t.TempDir(), argv, "--once", "--port", fmt.Sprint(p))
+			res := runExporter(t, t.TempDir(), argv, "--once", "--port", fmt.Sprint(p), "--consul.server", fmt.Sprintf("127.0.0.77:%d", p))
 			require.Equal(t, 0, res.exit, res.stderr)
 			want := 2.0
 			if name == "busybox" {
@@ -556,20 +556,24 @@ func TestAnotherUserOnAWatchedPortTheAgentLeavesFreeIsNotTheAgent(t *testing.T) 
 }
 
 // With no address given, an agent listening elsewhere than 127.0.0.1 (its
-// client_addr another address) is guessed where it is the one user on the
-// watched ports; where another user listens on one of them too, at another
-// address on the agent's port or at 127.0.0.1 on a port the agent leaves
-// free, the agent's cannot be told: the collection fails, on every source,
-// and check is UNKNOWN, never counting the other's (its 50 were counted,
-// and check was CRITICAL, or it was taken for the agent).
+// client_addr another address) cannot be told from another user's
+// listener: alone, or with another user listening on a watched port too,
+// at another address on the agent's port or at 127.0.0.1 on a port the
+// agent leaves free, no listener is taken for the agent's. The collection
+// fails, on every source, and check is UNKNOWN, never counting the
+// other's (its 50 were counted, and check was CRITICAL, or it was taken
+// for the agent; alone, another user's listener with the agent down was
+// taken for the agent's). Pinned by --consul.user, the agent's count.
 func TestAnAgentAwayFromTheDefaultAddressBesideAnotherUserFailsTheCollection(t *testing.T) {
 	first, second := fmt.Sprint(loopback.Port()), fmt.Sprint(loopback.Port())
 	alone := netns(t)
 	attacker(t, alone, "listen", "127.0.0.2:"+first, "3", "127.0.0.4")
 	res := runExporter(t, t.TempDir(), append(alone, binary), "--once", "--port", first, "--port", second)
+	assert.Equal(t, 1, res.exit, res.stderr)
+	assert.Contains(t, res.stderr, "127.0.0.1 reaches no listener on the watched HTTP ports while others listen on the watched ports (127.0.0.2:"+first+": uid 0)")
+	res = runExporter(t, t.TempDir(), append(alone, binary), "--once", "--port", first, "--port", second, "--consul.user", "0")
 	require.Equal(t, 0, res.exit, res.stderr)
 	assert.Equal(t, 3.0, value(t, res.metrics, `consul_open_http_connections{port="`+first+`"}`))
-	assert.Contains(t, res.stderr, "is taken for the agent's")
 
 	for name, squat := range map[string]string{"beside it": "127.0.0.3:" + first, "on the port it leaves free": "127.0.0.1:" + second} {
 		t.Run(name, func(t *testing.T) {
@@ -583,7 +587,7 @@ func TestAnAgentAwayFromTheDefaultAddressBesideAnotherUserFailsTheCollection(t *
 					assert.Zero(t, value(t, res.metrics, "consul_conn_exporter_collect_success"))
 					assert.NotContains(t, res.metrics, `consul_open_http_connections{port="`+first+`"}`)
 					assert.NotContains(t, res.metrics, "consul_open_http_connections_max_per_client")
-					assert.Contains(t, res.stderr, "listeners of several users are on the watched ports")
+					assert.Contains(t, res.stderr, "127.0.0.1 reaches no listener on the watched HTTP ports while others listen")
 				})
 			}
 			out, _ := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", first, "--port", second, "--limit", "20")...).Output()

@@ -24,7 +24,7 @@ type Flags struct {
 // AddFlags declares the listeners' flag on app.
 func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
-	app.Flag("consul.user", "The user the Consul agent runs as (a name or a uid): only the connections its listeners accepted count. By default, the owner of the listener the agent's address reaches (--consul.server or CONSUL_HTTP_ADDR, else 127.0.0.1 at the first watched HTTP port, or where nothing listens there the others), else the one user listening on the port.").
+	app.Flag("consul.user", "The user the Consul agent runs as (a name or a uid): only the connections its listeners accepted count. By default, the owner of the listener the agent's address reaches (--consul.server or CONSUL_HTTP_ADDR, else 127.0.0.1 at the first watched HTTP port, or where nothing listens on that port the others).").
 		PlaceHolder("consul").StringVar(&f.user)
 	return f
 }

@@ -65,14 +65,11 @@ type Agent struct {
 	// Owners are, for every watched port, how many users listen on it (0:
 	// nothing does).
 	Owners map[uint16]int
-	// Users are the agent's user on each watched port where it is known:
-	// the user pinned, else the owner of the listener the agent's address
-	// reaches, on every port; else, where the address is Consul's default
-	// and reaches none, the one user listening on the watched ports
-	// (Guessed: the ports it listens on). Only its listeners' connections
-	// count there.
-	Users   map[uint16]uint32
-	Guessed []uint16
+	// Users are the agent's user on each watched port anything listens
+	// on, where it is known: the user pinned, else the owner of the
+	// listener the agent's address reaches, on every port. Only its
+	// listeners' connections count there.
+	Users map[uint16]uint32
 	// At is the agent's address whose listener is the agent's, where the
 	// exporter's own reads of it go; invalid where none is.
 	At netip.AddrPort
@@ -80,11 +77,14 @@ type Agent struct {
 	// is): its given address reaches none (Down: the agent holds nothing
 	// there, nothing counts), or which is the agent's cannot be told
 	// (its address reaches listeners of several users; a name that never
-	// resolved; Consul's default reaching none, and several users listening
-	// on the watched ports): then no count can be given, a failed
-	// collection, never a count of 0.
-	Away      string
-	Down      bool
+	// resolved; Consul's default reaching none while something listens on
+	// the watched ports): then no count can be given, a failed collection,
+	// never a count of 0.
+	Away string
+	Down bool
+	// user is the agent's user where known, on every port, whether
+	// anything listens there now or not.
+	user      *uint32
 	listeners []Listener
 }
 
@@ -98,9 +98,10 @@ type Agent struct {
 // listeners of several users (a name with several addresses, the default's
 // other ports owned apart), or was given and reaches none, no listener is
 // the agent's: it is down, or elsewhere, or cannot be told, and that is
-// said. Where it is the default and reaches none, the one user listening
-// on the watched ports is taken for the agent's, and that is said too;
-// where several users listen there, the agent's cannot be told.
+// said. Where it is the default and reaches none while anything listens on
+// the watched ports, the agent's cannot be told either: no listener there
+// is taken for it (another user's, with the agent down or listening
+// elsewhere, was), and that is said.
 func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 	a := Agent{Owners: map[uint16]int{}, Users: map[uint16]uint32{}, listeners: ls}
 	var (
@@ -145,19 +146,16 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 		a.Down = true
 		a.Away = fmt.Sprintf("nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port %d: it is down, or listens elsewhere", where.Port)
 	default:
-		var users []uint32
 		for _, l := range ls {
-			if slices.Contains(ports, l.Local.Port()) && !slices.Contains(users, l.UID) {
-				users = append(users, l.UID)
+			if slices.Contains(ports, l.Local.Port()) {
 				reached = append(reached, fmt.Sprintf("%s: uid %d", l.Local, l.UID))
 			}
 		}
-		if len(users) == 1 {
-			everywhere = &users[0]
-		} else if len(users) > 1 {
-			a.Away = fmt.Sprintf("the agent's address is not given, 127.0.0.1 reaches no listener on the watched HTTP ports, and listeners of several users are on the watched ports (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
+		if len(reached) > 0 {
+			a.Away = fmt.Sprintf("the agent's address is not given, and 127.0.0.1 reaches no listener on the watched HTTP ports while others listen on the watched ports (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
 		}
 	}
+	a.user = everywhere
 	for _, p := range ports {
 		var here []uint32
 		for _, l := range ls {
@@ -170,9 +168,6 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 			continue // nothing listens, or nothing is the agent's: nothing counts
 		}
 		a.Users[p] = *everywhere
-		if user == nil && len(owners) == 0 {
-			a.Guessed = append(a.Guessed, p)
-		}
 	}
 	return a
 }
@@ -259,23 +254,23 @@ func (a Agent) Serves(server netip.AddrPort) bool {
 }
 
 // KernelUsers are the agent's user on each port, as the kernel programs
-// take them (bpf/counts.h's agent_users): where the listeners are not known
-// (a nil agent), anyUser: every listener's connections count there, as
-// they do here; where the agent's cannot be told (Away, not Down), untold:
-// nothing counts, and a close that may be a refusal is untracked. A port
-// nothing listens on is left out: nothing counts there.
+// take them (bpf/counts.h's agent_users): where known, on every port,
+// whether anything listens there now or not (an agent that starts
+// listening is judged from its first connection); where the listeners are
+// not known (a nil agent), anyUser: every listener's connections count
+// there, as they do here; elsewhere (the agent down, or not to be told),
+// untold: nothing counts, and a close that may be a refusal (of an agent
+// starting again, before the next collection) is untracked.
 func KernelUsers(a *Agent, ports []uint16, anyUser, untold uint32) map[uint16]uint32 {
 	users := map[uint16]uint32{}
 	for _, p := range ports {
 		switch {
 		case a == nil:
 			users[p] = anyUser
-		case a.Owners[p] > 0 && a.Away != "" && !a.Down:
+		case a.user != nil:
+			users[p] = *a.user
+		default:
 			users[p] = untold
-		case a.Owners[p] > 0:
-			if uid, ok := a.Users[p]; ok {
-				users[p] = uid
-			}
 		}
 	}
 	return users
@@ -352,17 +347,6 @@ func (a Agent) SharedReason() string {
 		reasons = append(reasons, fmt.Sprintf("the agent's user (uid %d) does not listen on port %s, another does: none of its connections count", a.Users[away[0]], Ports(away)))
 	}
 	return strings.Join(reasons, "; ")
-}
-
-// GuessReason says where the agent's user is guessed, "" where it is not:
-// Consul's default address (no --consul.server or CONSUL_HTTP_ADDR)
-// reaches no listener, and the one user listening on the watched ports is
-// taken for the agent's (another user's, were the agent down).
-func (a Agent) GuessReason() string {
-	if len(a.Guessed) == 0 {
-		return ""
-	}
-	return "the agent's address is not given (--consul.server or CONSUL_HTTP_ADDR), and 127.0.0.1 reaches no listener: the one user listening on the watched ports (" + Ports(a.Guessed) + ") is taken for the agent's; give its address, or pin --consul.user"
 }
 
 // Ports is "8500, 8501".

@@ -123,16 +123,22 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
 	assert.Contains(t, a.SharedReason(), "the agent's user (uid 100) does not listen on port 8300")
 
-	// Where Consul's default address reaches no listener, the one user
-	// listening on the watched ports is taken for the agent's, and that is
-	// said; where several users do, the agent's cannot be told.
-	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("10.0.0.5:8300", 100)}, []uint16{8500, 8300}, consulDefault, nil)
+	// Where Consul's default address reaches no listener while others
+	// listen on the watched ports, the agent's cannot be told: none is
+	// taken for it, even one user alone (another user's, were the agent
+	// down), and that is said; pinned, its user's.
+	for _, ls := range [][]Listener{
+		{at("10.0.0.5:8500", 100), at("10.0.0.5:8300", 100)},
+		{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)},
+	} {
+		a = Judge(ls, []uint16{8500, 8300}, consulDefault, nil)
+		assert.Empty(t, a.Users)
+		assert.False(t, a.Down)
+		assert.Contains(t, a.QuietReason(), "the agent's address is not given, and 127.0.0.1 reaches no listener on the watched HTTP ports while others listen on the watched ports (10.0.0.5:8500: uid 100, ")
+	}
+	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, consulDefault, ptr(100))
 	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users)
-	assert.Contains(t, a.GuessReason(), "the one user listening on the watched ports (8500, 8300) is taken for the agent's")
-	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, consulDefault, nil)
-	assert.Empty(t, a.Users)
-	assert.False(t, a.Down)
-	assert.Contains(t, a.QuietReason(), "127.0.0.1 reaches no listener on the watched HTTP ports, and listeners of several users are on the watched ports (10.0.0.5:8500: uid 100, 127.0.0.9:8300: uid 65534)")
+	assert.Empty(t, a.QuietReason())
 
 	// A user listening on a port nothing watches, at the default address,
 	// decides nothing: the default is at the watched HTTP port.
@@ -162,8 +168,8 @@ func TestTheDefaultAddressIsTheAgentsOnTheFirstWatchedHTTPPortElseTheOthers(t *t
 	assert.Empty(t, a.QuietReason())
 
 	a = Judge([]Listener{tls}, []uint16{8500, 8501}, def, nil)
-	assert.Equal(t, map[uint16]uint32{8501: 100}, a.Users, "found, not guessed")
-	assert.Empty(t, a.GuessReason())
+	assert.Equal(t, map[uint16]uint32{8501: 100}, a.Users, "found at its port")
+	assert.Empty(t, a.Away)
 	assert.False(t, a.At.IsValid(), "no plain read of an HTTPS port")
 
 	a = Judge([]Listener{at("127.0.0.1:8501", 65534), at("127.0.0.1:8502", 100)}, []uint16{8500, 8501, 8502},
@@ -218,7 +224,10 @@ func TestAGivenAddressThatReachesNoListenerOfOneUserCountsNothing(t *testing.T) 
 // known: a name that does not resolve): the agent cannot be told, and
 // that is said; no listener's connections count (the collection fails),
 // and the kernel programs are told so: nothing counts, and a close that
-// may be a refusal is untracked.
+// may be a refusal is untracked. So too where the agent is down: its
+// refusals as it starts again, before the next collection, are untracked,
+// not lost. Where its user is known, the programs have it on every port,
+// listened on now or not.
 func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
 	const anyUser, untold = 1 << 31, 1 << 30
 	for _, addr := range []Where{consulDefault, {Port: 8500, Given: true}} {
@@ -227,27 +236,27 @@ func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
 		assert.False(t, a.Down)
 		assert.False(t, a.Accepts(conn("127.0.0.6:8500", 65534)))
 		assert.False(t, a.Accepts(conn("127.0.0.5:8500", 100)))
-		assert.Equal(t, map[uint16]uint32{8500: untold}, KernelUsers(&a, []uint16{8500, 8300}, anyUser, untold), "nothing listens on 8300")
+		assert.Equal(t, map[uint16]uint32{8500: untold, 8300: untold}, KernelUsers(&a, []uint16{8500, 8300}, anyUser, untold))
 	}
 	a := Judge([]Listener{at("127.0.0.6:8500", 65534)}, []uint16{8500}, Where{Port: 8500, Given: true, Addrs: consulDefault.Addrs}, nil)
 	assert.True(t, a.Down)
-	assert.Equal(t, map[uint16]uint32{}, KernelUsers(&a, []uint16{8500}, anyUser, untold), "down: nothing counts, and its refusals are none")
+	assert.Equal(t, map[uint16]uint32{8500: untold}, KernelUsers(&a, []uint16{8500}, anyUser, untold), "down")
+	a = Judge(nil, []uint16{8500}, consulDefault, nil)
+	assert.Equal(t, map[uint16]uint32{8500: untold}, KernelUsers(&a, []uint16{8500}, anyUser, untold), "nothing listens")
+	a = Judge([]Listener{at("127.0.0.1:8500", 100)}, []uint16{8500, 8300}, consulDefault, nil)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, KernelUsers(&a, []uint16{8500, 8300}, anyUser, untold), "the agent's user, on 8300 too")
 	assert.Equal(t, map[uint16]uint32{8500: anyUser}, KernelUsers(nil, []uint16{8500}, anyUser, untold), "listeners not known")
 }
 
 // With no address given, where something listens on the first watched
 // HTTP port at another address than 127.0.0.1, another user's listener at
 // 127.0.0.1 on another port (one the agent leaves free) decides nothing:
-// the one user on the watched ports is the agent's, and where there are
-// several, the agent's cannot be told.
+// the agent's cannot be told.
 func TestAnAgentAwayFromTheDefaultAddressIsNotAnotherPortsListener(t *testing.T) {
 	def := Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501}}
 	a := Judge([]Listener{at("127.0.0.2:8500", 100), at("127.0.0.1:8501", 65534)}, []uint16{8500, 8501}, def, nil)
 	assert.Empty(t, a.Users)
-	assert.Contains(t, a.Away, "listeners of several users are on the watched ports (127.0.0.2:8500: uid 100, 127.0.0.1:8501: uid 65534)")
-	a = Judge([]Listener{at("127.0.0.2:8500", 100)}, []uint16{8500, 8501}, def, nil)
-	assert.Equal(t, map[uint16]uint32{8500: 100}, a.Users)
-	assert.Equal(t, []uint16{8500}, a.Guessed)
+	assert.Contains(t, a.Away, "while others listen on the watched ports (127.0.0.2:8500: uid 100, 127.0.0.1:8501: uid 65534)")
 }
 
 // A client end on this host counts where its server end is at one of the
