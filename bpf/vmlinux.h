@@ -153,6 +153,7 @@ struct tcp_sock {
 	u32 copied_seq;
 	u32 rcv_nxt;
 	u64 bytes_received;
+	u64 bytes_sent;
 	bool is_mptcp;
 };
 

@@ -409,8 +409,8 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	case JUDGED:
 		return 0;
 	}
-	if (!agents_close)
-		return 0; // the client's FIN or reset: for the limiter's rule alone
+	if (!agents_close && newstate != TCP_CLOSE)
+		return 0; // the client's FIN: for the limiter's rule alone
 	bool known;
 	v.late = late(st, v.closed_ns, &known) || doubt;
 	if (!known)
@@ -421,6 +421,16 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	// tcp_rcv_nxt_update adds to both).
 	if (tp->copied_seq != tp->rcv_nxt - (__u32)tp->bytes_received)
 		return 0; // answered: the agent read a request
+	if (!agents_close) {
+		// The client's reset while the agent held the connection, having
+		// read nothing of it and written to it: Consul's plain HTTP
+		// limiter writes its 429 unread, then closes, and a client that
+		// resets in between (it read part of the answer, and closed)
+		// leaves no close of the agent's to judge. Maybe a refusal.
+		if (tp->bytes_sent)
+			untracked(group);
+		return 0;
+	}
 	client_address(sk, v.client);
 	v.below_limit = below_limit(with_counts ? st : NULL, &v);
 	if (newstate == TCP_CLOSE) {
