@@ -439,6 +439,19 @@ func scrape(t *testing.T, url string) map[string]float64 {
 	return parseBody(t, resp)
 }
 
+// scrapedNever scrapes url every 50 ms for d and fails t where one scrape
+// is wrong, as bad says; in the test's own goroutine (a condition of
+// require.Never's may still run as the test ends and stops the exporter,
+// and fail a test already over).
+func scrapedNever(t *testing.T, url string, d time.Duration, bad func(map[string]float64) bool, msgAndArgs ...any) {
+	t.Helper()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
+		require.False(t, bad(scrape(t, url)), msgAndArgs...)
+	}
+}
+
 func parseBody(t *testing.T, resp *http.Response) map[string]float64 {
 	t.Helper()
 	defer resp.Body.Close()

@@ -329,11 +329,10 @@ func TestRequestsTheAgentAnsweredAreNoRefusals(t *testing.T) {
 		}
 		t.Logf("%d answered, %d refused", answered, refused)
 		require.Positive(t, answered, "some answered, the agent having let go of the half-closed one first")
-		for range 3 { // a read of the agent after them confirms what is counted
-			got := scrape(t, url)
-			require.Never(t, func() bool { return scrape(t, url)["consul_refused_http_connections_total"] > float64(refused) }, time.Second, 50*time.Millisecond,
-				"answered requests counted as refusals: %v", got["consul_refused_http_connections_total"])
-		}
+		// For 3 s: a read of the agent after them confirms what is counted.
+		scrapedNever(t, url, 3*time.Second, func(m map[string]float64) bool {
+			return m["consul_refused_http_connections_total"] > float64(refused)
+		}, "answered requests counted as refusals")
 	})
 }
 
@@ -369,7 +368,7 @@ func TestTheTimeAtTheLimitCountsFromTheStartAndStopsAtARaisedLimit(t *testing.T)
 			stopped = scrape(t, url)[key]
 			return scrape(t, url)[key] == stopped
 		}, 5*time.Second, 200*time.Millisecond)
-		require.Never(t, func() bool { return scrape(t, url)[key] != stopped }, time.Second, 100*time.Millisecond,
+		scrapedNever(t, url, time.Second, func(m map[string]float64) bool { return m[key] != stopped },
 			"%s: below a limit raised past the client: stopped", source)
 	}
 }
@@ -388,7 +387,7 @@ func TestEventsNeverCountTheExportersOwnReadsFromAnyAddress(t *testing.T) {
 	startServer(t, binary, "--web.listen-address="+addr, "--source", "events", "--port", port, "--limit", "auto", "--limit.refresh", "1s")
 	url := "http://" + addr + "/metrics"
 	require.Eventually(t, func() bool { return scrape(t, url)["consul_http_max_conns_per_client"] == 20 }, 20*time.Second, 50*time.Millisecond)
-	require.Never(t, func() bool { return scrape(t, url)["consul_opened_http_connections_total"] > 0 }, 3*time.Second, 100*time.Millisecond,
+	scrapedNever(t, url, 3*time.Second, func(m map[string]float64) bool { return m["consul_opened_http_connections_total"] > 0 },
 		"three reads of the limits, a second apart, none counted")
 	status, conn := request(t, agent.httpAddr, "127.0.0.95")
 	require.Equal(t, http.StatusOK, status)
