@@ -126,21 +126,28 @@ struct {
 	__type(value, __u32);
 } agent_users SEC(".maps");
 
-// agents says whether a connection on port whose listener (or socket,
-// where no accept was seen) is uid's is one the agent accepted.
-static __always_inline bool agents(__u16 port, __u32 uid)
+// Whose a connection is, by its port and its listener's user.
+enum {
+	OTHERS,	   // not the agent's
+	AGENTS,	   // one the agent accepted
+	NOT_TOLD,  // on a port where which listener is the agent's cannot be told
+};
+
+// whose says whose a connection on port whose listener (or socket, where
+// no accept was seen) is uid's is.
+static __always_inline int whose(__u16 port, __u32 uid)
 {
 	__u32 *want = bpf_map_lookup_elem(&agent_users, &port);
-	return want && *want != UNTOLD && (*want == ANY_USER || *want == uid);
+	if (!want)
+		return OTHERS;
+	if (*want == UNTOLD)
+		return NOT_TOLD;
+	return *want == ANY_USER || *want == uid ? AGENTS : OTHERS;
 }
 
-// untold says whether which listener on port is the agent's cannot be
-// told.
-static __always_inline bool untold(__u16 port)
-{
-	__u32 *want = bpf_map_lookup_elem(&agent_users, &port);
-	return want && *want == UNTOLD;
-}
+// agents says whether a connection on port whose listener (or socket,
+// where no accept was seen) is uid's is one the agent accepted.
+static __always_inline bool agents(__u16 port, __u32 uid) { return whose(port, uid) == AGENTS; }
 
 struct client_key {
 	__u32 group;

@@ -71,7 +71,7 @@ type programVerdict struct {
 	BelowLimit uint32
 	Client     [16]uint8
 	ClosedNs   uint64
-	Late       uint32
+	Doubtful   uint32
 	Unused     uint32
 }
 

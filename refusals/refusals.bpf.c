@@ -71,10 +71,10 @@ struct verdict {
 	__u8 client[16];   // IPv4 v4-mapped
 	__u64 closed_ns; // bpf_ktime_get_ns at the close: the exporter sweeps
 			 // those no reset can come for any more
-	__u32 late;	 // closed a second or more after its accept: a
+	__u32 doubtful;	 // closed a second or more after its accept (a
 			 // refusal held up before the agent's accept, or a
-			 // timeout's; or closed by a listener that could not
-			 // be told the agent's: counted as untracked
+			 // timeout's), or on a port where the agent's listener
+			 // could not be told: counted as untracked
 	__u32 unused;
 };
 
@@ -207,11 +207,11 @@ static __always_inline void untracked(__u32 group)
 		__sync_fetch_and_add(&t->untracked, 1);
 }
 
-// decided counts a verdict come true: a refusal, or, one closed late, a
+// decided counts a verdict come true: a refusal, or, a doubtful one, a
 // close that may be one.
 static __always_inline void decided(const struct verdict *v)
 {
-	if (v->late)
+	if (v->doubtful)
 		untracked(v->group);
 	else
 		count(v->group, v->client, v->below_limit);
@@ -230,7 +230,7 @@ static __always_inline bool late(const struct socket_state *st, __u64 now, bool 
 }
 
 // accepted keeps the time of a listener's accept of sk, a connection of a
-// watched port, in its storage, for at_once.
+// watched port, in its storage, for late.
 static __always_inline void accepted(const struct sock *sk, __u16 port)
 {
 	__u32 group;
@@ -272,11 +272,8 @@ static __always_inline void suspect(const struct sock *sk, __u32 group, __u64 no
 		s.limit = *limit;
 	client_address(sk, s.client);
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	if (bpf_map_update_elem(&suspects, &cookie, &s, BPF_NOEXIST) != 0) {
-		struct total *t = bpf_map_lookup_elem(&totals, &group);
-		if (t)
-			__sync_fetch_and_add(&t->untracked, 1);
-	}
+	if (bpf_map_update_elem(&suspects, &cookie, &s, BPF_NOEXIST) != 0)
+		untracked(group);
 }
 
 // pend keeps a verdict of the agent's close until what decides it comes,
@@ -285,11 +282,8 @@ static __always_inline void suspect(const struct sock *sk, __u32 group, __u64 no
 static __always_inline void pend(const struct sock *sk, const struct verdict *v)
 {
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	if (bpf_map_update_elem(&verdicts, &cookie, v, BPF_NOEXIST) != 0) {
-		struct total *t = bpf_map_lookup_elem(&totals, &v->group);
-		if (t)
-			__sync_fetch_and_add(&t->untracked, 1);
-	}
+	if (bpf_map_update_elem(&verdicts, &cookie, v, BPF_NOEXIST) != 0)
+		untracked(v->group);
 }
 
 // mptcp_changed judges an MPTCP connection (the agent's Go listeners are
@@ -311,9 +305,10 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 	}
 	if (sk->__sk_common.skc_net.net->ns.inum != netns_inum)
 		return;
-	bool doubt = untold(port);
-	if (!doubt && !agents(port, sk->sk_uid.val))
+	int of = whose(port, sk->sk_uid.val);
+	if (of == OTHERS)
 		return; // not a connection the agent accepted
+	bool doubt = of == NOT_TOLD;
 	struct mptcp_sock *msk = (void *)sk;
 	__u64 received = BPF_CORE_READ(msk, bytes_received);
 	if (closes) {
@@ -323,7 +318,7 @@ static __always_inline void mptcp_changed(const struct sock *sk, int newstate, b
 			return; // answered: the agent read a request
 		struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 		bool known;
-		v.late = late(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), v.closed_ns, &known) || doubt;
+		v.doubtful = late(bpf_sk_storage_get(&sockets, (void *)sk, 0, 0), v.closed_ns, &known) || doubt;
 		if (!known)
 			return; // accepted before the program
 		client_address(sk, v.client);
@@ -388,9 +383,10 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	// Where the agent's listener cannot be told, a close that would be a
 	// refusal of its is untracked: counted for no one, never dropped.
-	bool doubt = untold(port);
-	if (!doubt && !agents(port, sk->sk_uid.val))
+	int of = whose(port, sk->sk_uid.val);
+	if (of == OTHERS)
 		return 0; // not a connection the agent accepted
+	bool doubt = of == NOT_TOLD;
 	struct verdict v = {.group = group, .closed_ns = bpf_ktime_get_ns()};
 	struct socket_state *st = bpf_sk_storage_get(&sockets, (void *)sk, 0, 0);
 	// To CLOSE: the agent's close with data unread (tcp_close shuts the
@@ -412,7 +408,7 @@ int BPF_PROG(agent_closed, const struct sock *sk, int oldstate, int newstate)
 	if (!agents_close && newstate != TCP_CLOSE)
 		return 0; // the client's FIN: for the limiter's rule alone
 	bool known;
-	v.late = late(st, v.closed_ns, &known) || doubt;
+	v.doubtful = late(st, v.closed_ns, &known) || doubt;
 	if (!known)
 		return 0; // accepted before the program: not known to be the limiter's
 	// Read nothing: every byte received (and the FIN, which reading
