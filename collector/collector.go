@@ -257,14 +257,21 @@ func (c *Collector) Agent(ctx context.Context) *listeners.Agent {
 	if c.listeners == nil {
 		return nil
 	}
+	addr, _ := c.agentAddr.Resolve(ctx)
+	agent, _ := c.judge(ctx, addr)
+	return agent
+}
+
+// judge reads the listeners and judges whose they are, the agent's at
+// addr, and keeps where its own reads of the agent go.
+func (c *Collector) judge(ctx context.Context, addr listeners.Where) (*listeners.Agent, error) {
 	ls, err := c.listeners(ctx)
 	if err != nil {
-		return nil
+		return nil, err
 	}
-	addr, _ := c.agentAddr.Resolve(ctx)
 	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
 	c.agentAddr.Judged(agent.At)
-	return &agent
+	return &agent, nil
 }
 
 // reading is what a collection and a sample both read.
@@ -390,7 +397,7 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 		}
 		c.addrState.Log(c.logger, slog.LevelWarn, problem, "cannot look up the agent's address", "the agent's address resolves again")
 	}
-	ls, err := c.listeners(ctx)
+	agent, err := c.judge(ctx, addr)
 	problem := ""
 	if err != nil {
 		problem = err.Error()
@@ -399,11 +406,9 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 	if err != nil {
 		return nil, err
 	}
-	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
-	c.agentAddr.Judged(agent.At)
 	c.quietState.Log(c.logger, slog.LevelWarn, agent.QuietReason(), "no listener of the agent's is known on a watched port: nothing there is counted for it", "the agent listens on every watched port again")
 	c.sharedState.Log(c.logger, slog.LevelWarn, agent.SharedReason(), "another user listens on a watched port", "only the agent listens on the watched ports again")
-	return &agent, nil
+	return agent, nil
 }
 
 // counts are one collection's tallies: one per limiter group, and the
