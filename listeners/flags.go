@@ -130,36 +130,37 @@ func (a *Address) String() string { return net.JoinHostPort(a.host, strconv.Itoa
 // last ones it resolved to: none if it never did.
 func (a *Address) Resolve(ctx context.Context) (Where, error) {
 	if a.ip.IsValid() {
-		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given, Others: a.others}, nil
+		return a.Last(), nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", a.host)
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if err == nil && len(ips) == 0 {
 		err = errors.New("no address")
 	}
 	if err != nil {
-		return Where{Addrs: a.last, Port: a.port, Given: a.given, Others: a.others}, fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
+		return a.Last(), fmt.Errorf("the agent's address %s does not resolve: %w", a.String(), err)
 	}
+	a.mu.Lock()
 	a.last = a.last[:0]
 	for _, ip := range ips {
 		if ip = local(ip); !slices.Contains(a.last, ip) {
 			a.last = append(a.last, ip)
 		}
 	}
-	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given, Others: a.others}, nil
+	a.mu.Unlock()
+	return a.Last(), nil
 }
 
 // Last is what the last Resolve gave, without a look-up.
 func (a *Address) Last() Where {
-	if a.ip.IsValid() {
-		return Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given, Others: a.others}
+	where := Where{Addrs: []netip.Addr{a.ip}, Port: a.port, Given: a.given, Others: a.others}
+	if !a.ip.IsValid() {
+		a.mu.Lock()
+		where.Addrs = slices.Clone(a.last)
+		a.mu.Unlock()
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return Where{Addrs: slices.Clone(a.last), Port: a.port, Given: a.given, Others: a.others}
+	return where
 }
 
 // Judged keeps which of the agent's addresses reaches its own listener,
