@@ -65,11 +65,6 @@ type Agent struct {
 	// Owners are, for every watched port, how many users listen on it (0:
 	// nothing does).
 	Owners map[uint16]int
-	// Users are the agent's user on each watched port anything listens
-	// on, where it is known: the user pinned, else the owner of the
-	// listener the agent's address reaches, on every port. Only its
-	// listeners' connections count there.
-	Users map[uint16]uint32
 	// At is the agent's address whose listener is the agent's, where the
 	// exporter's own reads of it go; invalid where none is.
 	At netip.AddrPort
@@ -82,8 +77,9 @@ type Agent struct {
 	// never a count of 0.
 	Away string
 	Down bool
-	// user is the agent's user where known, on every port, whether
-	// anything listens there now or not.
+	// user is the agent's user where known: the user pinned, else the
+	// owner of the listener the agent's address reaches; on every port,
+	// whether anything listens there now or not.
 	user      *uint32
 	listeners []Listener
 }
@@ -103,7 +99,7 @@ type Agent struct {
 // is taken for it (another user's, with the agent down or listening
 // elsewhere, was), and that is said.
 func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
-	a := Agent{Owners: map[uint16]int{}, Users: map[uint16]uint32{}, listeners: ls}
+	a := Agent{Owners: map[uint16]int{}, user: user, listeners: ls}
 	var (
 		owners  []uint32
 		reached []string
@@ -129,11 +125,10 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 			}
 		}
 	}
-	everywhere := user
 	switch {
 	case user != nil:
 	case len(owners) == 1:
-		everywhere = &owners[0]
+		a.user = &owners[0]
 	case len(owners) > 1 && !where.Given:
 		a.At = netip.AddrPort{}
 		a.Away = fmt.Sprintf("the agent's address is not given, nothing listens at Consul's default, 127.0.0.1, on the first watched HTTP port, and listeners of several users do on the others (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
@@ -155,7 +150,6 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 			a.Away = fmt.Sprintf("the agent's address is not given, and 127.0.0.1 reaches no listener on the watched HTTP ports while others listen on the watched ports (%s): give the agent's address in --consul.server or CONSUL_HTTP_ADDR, or pin its user with --consul.user", strings.Join(reached, ", "))
 		}
 	}
-	a.user = everywhere
 	for _, p := range ports {
 		var here []uint32
 		for _, l := range ls {
@@ -164,12 +158,20 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 			}
 		}
 		a.Owners[p] = len(here)
-		if len(here) == 0 || everywhere == nil {
-			continue // nothing listens, or nothing is the agent's: nothing counts
-		}
-		a.Users[p] = *everywhere
 	}
 	return a
+}
+
+// Users are the agent's user on each watched port anything listens on,
+// where it is known. Only its listeners' connections count there.
+func (a Agent) Users() map[uint16]uint32 {
+	users := map[uint16]uint32{}
+	for p, n := range a.Owners {
+		if n > 0 && a.user != nil {
+			users[p] = *a.user
+		}
+	}
+	return users
 }
 
 // taking is the listener the kernel gives a connection to addr, nil for
@@ -228,8 +230,7 @@ func (a Agent) covering(local netip.AddrPort) *Listener {
 
 // agents says whether l is one of the agent's listeners: one of its user's.
 func (a Agent) agents(l *Listener) bool {
-	uid, known := a.Users[l.Local.Port()]
-	return known && uid == l.UID
+	return a.user != nil && *a.user == l.UID && a.Owners[l.Local.Port()] > 0
 }
 
 // Accepts says whether a server end, s, is a connection the agent accepted:
@@ -304,9 +305,11 @@ func (a Agent) Shared() []uint16 {
 // does not: none of their connections count.
 func (a Agent) elsewhere() []uint16 {
 	var ports []uint16
+	if a.user == nil {
+		return nil
+	}
 	for p, n := range a.Owners {
-		uid, known := a.Users[p]
-		if n == 0 || !known || slices.ContainsFunc(a.listeners, func(l Listener) bool { return l.Local.Port() == p && l.UID == uid }) {
+		if n == 0 || slices.ContainsFunc(a.listeners, func(l Listener) bool { return l.Local.Port() == p && l.UID == *a.user }) {
 			continue
 		}
 		ports = append(ports, p)
@@ -335,8 +338,8 @@ func (a Agent) QuietReason() string {
 func (a Agent) SharedReason() string {
 	var filtered []string
 	for _, p := range a.Shared() {
-		if uid, ok := a.Users[p]; ok {
-			filtered = append(filtered, fmt.Sprintf("%d (the agent's: uid %d)", p, uid))
+		if a.user != nil {
+			filtered = append(filtered, fmt.Sprintf("%d (the agent's: uid %d)", p, *a.user))
 		}
 	}
 	reasons := make([]string, 0, 3)
@@ -344,7 +347,7 @@ func (a Agent) SharedReason() string {
 		reasons = append(reasons, "several users listen on port "+strings.Join(filtered, ", ")+": only the connections to the agent's listeners count")
 	}
 	if away := a.elsewhere(); len(away) > 0 {
-		reasons = append(reasons, fmt.Sprintf("the agent's user (uid %d) does not listen on port %s, another does: none of its connections count", a.Users[away[0]], Ports(away)))
+		reasons = append(reasons, fmt.Sprintf("the agent's user (uid %d) does not listen on port %s, another does: none of its connections count", *a.user, Ports(away)))
 	}
 	return strings.Join(reasons, "; ")
 }

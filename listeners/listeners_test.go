@@ -40,7 +40,7 @@ func conn(local string, uid uint32) socket.Socket {
 func TestOneUserListeningIsTheAgentAndOnlyItsAcceptedConnectionsCount(t *testing.T) {
 	a := Judge([]Listener{at("127.0.0.1:8500", 100), at("127.0.0.2:8500", 100), at("[::1]:8500", 100)}, []uint16{8500, 8501}, consulDefault, nil)
 	assert.Equal(t, map[uint16]int{8500: 1, 8501: 0}, a.Owners)
-	assert.Equal(t, map[uint16]uint32{8500: 100}, a.Users)
+	assert.Equal(t, map[uint16]uint32{8500: 100}, a.Users())
 	assert.Equal(t, []uint16{8501}, a.Quiet())
 	assert.Empty(t, a.Shared())
 	assert.Empty(t, a.SharedReason())
@@ -94,7 +94,7 @@ func TestSeveralUsersOnlyTheAgentsConnectionsCount(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := Judge(tc.listeners, []uint16{8500}, consulDefault, tc.user)
-			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.Users)
+			assert.Equal(t, map[uint16]uint32{8500: tc.uid}, a.Users())
 			assert.Equal(t, []uint16{8500}, a.Shared())
 			for s, want := range tc.accepts {
 				assert.Equal(t, want, a.Accepts(s), s.Local.String())
@@ -112,7 +112,7 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 		at("10.0.0.5:8300", 100), at("127.0.0.1:8300", 65534), // the agent's RPC, and the user at the agent's host
 	}
 	a := Judge(ls, []uint16{8500, 8300}, consulDefault, nil)
-	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users())
 	assert.True(t, a.Accepts(conn("10.0.0.5:8300", 100)))
 	assert.False(t, a.Accepts(conn("127.0.0.1:8300", 65534)))
 	assert.Contains(t, a.SharedReason(), "8300 (the agent's: uid 100), 8500 (the agent's: uid 100)")
@@ -132,19 +132,19 @@ func TestTheAgentsAddressDecidesItsUserOnEveryPort(t *testing.T) {
 		{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)},
 	} {
 		a = Judge(ls, []uint16{8500, 8300}, consulDefault, nil)
-		assert.Empty(t, a.Users)
+		assert.Empty(t, a.Users())
 		assert.False(t, a.Down)
 		assert.Contains(t, a.QuietReason(), "the agent's address is not given, and 127.0.0.1 reaches no listener on the watched HTTP ports while others listen on the watched ports (10.0.0.5:8500: uid 100, ")
 	}
 	a = Judge([]Listener{at("10.0.0.5:8500", 100), at("127.0.0.9:8300", 65534)}, []uint16{8500, 8300}, consulDefault, ptr(100))
-	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users)
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8300: 100}, a.Users())
 	assert.Empty(t, a.QuietReason())
 
 	// A user listening on a port nothing watches, at the default address,
 	// decides nothing: the default is at the watched HTTP port.
 	a = Judge([]Listener{at("127.0.0.1:18702", 100), at("127.0.0.1:8500", 65534)}, []uint16{18702},
 		Where{Addrs: consulDefault.Addrs, Port: 18702}, nil)
-	assert.Equal(t, map[uint16]uint32{18702: 100}, a.Users)
+	assert.Equal(t, map[uint16]uint32{18702: 100}, a.Users())
 }
 
 // Where no address is given, the default is 127.0.0.1 on the first watched
@@ -160,7 +160,7 @@ func TestTheDefaultAddressIsTheAgentsOnTheFirstWatchedHTTPPortElseTheOthers(t *t
 	plain, tls := at("127.0.0.1:8500", 100), at("127.0.0.1:8501", 100)
 
 	a := Judge([]Listener{plain, at("127.0.0.1:8501", 65534)}, []uint16{8500, 8501}, def, nil)
-	assert.Equal(t, map[uint16]uint32{8500: 100, 8501: 100}, a.Users, "the first port's user, on every port")
+	assert.Equal(t, map[uint16]uint32{8500: 100, 8501: 100}, a.Users(), "the first port's user, on every port")
 	assert.True(t, a.Accepts(conn("127.0.0.1:8500", 100)))
 	assert.False(t, a.Accepts(conn("127.0.0.1:8501", 65534)), "not the free port's squatter")
 	assert.Equal(t, netip.MustParseAddrPort("127.0.0.1:8500"), a.At)
@@ -168,13 +168,13 @@ func TestTheDefaultAddressIsTheAgentsOnTheFirstWatchedHTTPPortElseTheOthers(t *t
 	assert.Empty(t, a.QuietReason())
 
 	a = Judge([]Listener{tls}, []uint16{8500, 8501}, def, nil)
-	assert.Equal(t, map[uint16]uint32{8501: 100}, a.Users, "found at its port")
+	assert.Equal(t, map[uint16]uint32{8501: 100}, a.Users(), "found at its port")
 	assert.Empty(t, a.Away)
 	assert.False(t, a.At.IsValid(), "no plain read of an HTTPS port")
 
 	a = Judge([]Listener{at("127.0.0.1:8501", 65534), at("127.0.0.1:8502", 100)}, []uint16{8500, 8501, 8502},
 		Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501, 8502}}, nil)
-	assert.Empty(t, a.Users)
+	assert.Empty(t, a.Users())
 	assert.False(t, a.Accepts(conn("127.0.0.1:8502", 100)))
 	assert.Contains(t, a.QuietReason(), "nothing listens at Consul's default, 127.0.0.1, on the first watched HTTP port, and listeners of several users do on the others (127.0.0.1:8501: uid 65534, 127.0.0.1:8502: uid 100)")
 
@@ -255,7 +255,7 @@ func TestSeveralUsersNoneAtTheAgentsAddressIsSaid(t *testing.T) {
 func TestAnAgentAwayFromTheDefaultAddressIsNotAnotherPortsListener(t *testing.T) {
 	def := Where{Addrs: consulDefault.Addrs, Port: 8500, Others: []uint16{8501}}
 	a := Judge([]Listener{at("127.0.0.2:8500", 100), at("127.0.0.1:8501", 65534)}, []uint16{8500, 8501}, def, nil)
-	assert.Empty(t, a.Users)
+	assert.Empty(t, a.Users())
 	assert.Contains(t, a.Away, "while others listen on the watched ports (127.0.0.2:8500: uid 100, 127.0.0.1:8501: uid 65534)")
 }
 
