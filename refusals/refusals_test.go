@@ -62,6 +62,15 @@ func connect(t *testing.T, l net.Listener, client string, fromPort int) (net.Con
 	return conn, server
 }
 
+// listen listens at addr on port, closed when the test ends.
+func listen(t *testing.T, addr string, port uint16) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr(addr), port).String())
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func load(t *testing.T, groups ...[]uint16) *Counter {
 	t.Helper()
 	programs.NotShort(t, "loads a kernel program")
@@ -267,17 +276,13 @@ func TestRefusalsInAnotherNetworkNamespaceDoNotCount(t *testing.T) {
 func TestSocketsTheAgentDidNotAcceptAreNeverRefusals(t *testing.T) {
 	// Below the ephemeral ports: another user's listener on this port at
 	// another address must not meet a client socket of another test.
-	l, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loopback.Port()).String())
-	require.NoError(t, err)
-	defer l.Close()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	port := loopback.Port()
+	l := listen(t, "127.0.0.1", port)
 	c := load(t, []uint16{port})
 	var forged []net.Conn
 	loopback.AsUser(t, nobody, func() {
 		forged = loopback.Forge(t, port, "127.0.10.1", 20)
-		theirs, err := net.Listen("tcp", net.JoinHostPort("127.0.0.44", strconv.Itoa(int(port))))
-		require.NoError(t, err)
-		defer theirs.Close()
+		theirs := listen(t, "127.0.0.44", port)
 		for range 5 {
 			refuse(t, theirs, "127.0.0.45", 0)
 		}
@@ -298,18 +303,14 @@ const nobody = 65534
 // that may be a refusal is untracked, whoever's listener made it: never
 // counted for anyone, nor dropped. Told again, the agent's count.
 func TestWhereTheAgentsListenerCannotBeToldACloseThatMayBeARefusalIsUntracked(t *testing.T) {
-	l, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), loopback.Port()).String())
-	require.NoError(t, err)
-	defer l.Close()
-	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	port := loopback.Port()
+	l := listen(t, "127.0.0.1", port)
 	c := load(t, []uint16{port})
 	require.NoError(t, c.Trust(map[uint16]uint32{port: UntoldUser}))
 	refuse(t, l, "127.0.0.47", 0)
 	refuse(t, l, "127.0.0.47", 0)
 	loopback.AsUser(t, nobody, func() {
-		theirs, err := net.Listen("tcp", net.JoinHostPort("127.0.0.44", strconv.Itoa(int(port))))
-		require.NoError(t, err)
-		defer theirs.Close()
+		theirs := listen(t, "127.0.0.44", port)
 		refuse(t, theirs, "127.0.0.45", 0)
 	})
 	answer(t, l, "127.0.0.47")
