@@ -106,9 +106,18 @@ type checked struct {
 
 func checkCommand(t *testing.T, env []string, args ...string) checked {
 	t.Helper()
+	return checkIn(t, nil, env, args...)
+}
+
+// checkIn is checkCommand run under prefix: the words that enter a network
+// namespace, say.
+func checkIn(t *testing.T, prefix, env []string, args ...string) checked {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, append([]string{"check"}, args...)...)
+	argv := append(slices.Clone(prefix), binary, "check")
+	argv = append(argv, args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -170,9 +170,9 @@ func TestAnotherUsersWildcardOfTheOtherFamilyDoesNotHideTheAgent(t *testing.T) {
 			assert.Contains(t, res.stderr, "several users listen on port "+p+" (the agent's: uid 0)")
 		})
 	}
-	out, err := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", p, "--limit", "200")...).Output()
-	require.NoError(t, err, "%s", out)
-	assert.Equal(t, "OK: 127.0.0.1 holds 7 of the 200 HTTP connections http_max_conns_per_client allows (3%)", lastLine(string(out)))
+	c := checkIn(t, ns, nil, "--port", p, "--limit", "200")
+	require.Equal(t, 0, c.exit, "%s%s", c.stdout, c.stderr)
+	assert.Equal(t, "OK: 127.0.0.1 holds 7 of the 200 HTTP connections http_max_conns_per_client allows (3%)", lastLine(c.stdout))
 }
 
 // An agent on a dual-stack [::] (Consul's Go listener on client_addr
@@ -509,9 +509,9 @@ func TestAnAgentNotWhereItsAddressSaysIsNeverAnotherUser(t *testing.T) {
 			assert.Contains(t, res.stderr, "nothing listens at the agent's address (--consul.server or CONSUL_HTTP_ADDR) on port "+p)
 		})
 	}
-	out, err := exec.Command(ns[0], append(ns[1:], "env", "CONSUL_HTTP_ADDR=127.0.0.1:"+p, binary, "check", "--port", p, "--limit", "20")...).Output()
-	assert.Equal(t, 3, exitCode(t, err), "%s", out)
-	assert.Contains(t, lastLine(string(out)), "UNKNOWN: nothing listens at the agent's address")
+	c := checkIn(t, ns, []string{"CONSUL_HTTP_ADDR=127.0.0.1:" + p}, "--port", p, "--limit", "20")
+	assert.Equal(t, 3, c.exit, "%s", c.stdout)
+	assert.Contains(t, lastLine(c.stdout), "UNKNOWN: nothing listens at the agent's address")
 
 	q := fmt.Sprint(loopback.Port())
 	attacker(t, ns, "listen", "127.0.0.1:"+q, "5", "127.0.0.3")                           // the agent, on a port of its own
@@ -542,9 +542,9 @@ func TestAnotherUserOnAWatchedPortTheAgentLeavesFreeIsNotTheAgent(t *testing.T) 
 			assert.Contains(t, res.stderr, "does not listen on port "+tls+", another does: none of its connections count")
 		})
 	}
-	out, err := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", plain, "--port", tls, "--limit", "20")...).Output()
-	assert.Equal(t, 0, exitCode(t, err), "%s", out)
-	assert.Contains(t, lastLine(string(out)), "OK")
+	c := checkIn(t, ns, nil, "--port", plain, "--port", tls, "--limit", "20")
+	assert.Equal(t, 0, c.exit, "%s", c.stdout)
+	assert.Contains(t, lastLine(c.stdout), "OK")
 
 	httpsOnly := netns(t)
 	attacker(t, httpsOnly, "listen", "127.0.0.1:"+tls, "7", "127.0.0.3")
@@ -589,8 +589,8 @@ func TestAnAgentAwayFromTheDefaultAddressBesideAnotherUserFailsTheCollection(t *
 					assert.Contains(t, res.stderr, "127.0.0.1 reaches no listener on the watched HTTP ports while others listen")
 				})
 			}
-			out, _ := exec.Command(ns[0], append(ns[1:], binary, "check", "--port", first, "--port", second, "--limit", "20")...).Output()
-			assert.True(t, strings.HasPrefix(lastLine(string(out)), "UNKNOWN: "), "%s", out)
+			c := checkIn(t, ns, nil, "--port", first, "--port", second, "--limit", "20")
+			assert.True(t, strings.HasPrefix(lastLine(c.stdout), "UNKNOWN: "), "%s", c.stdout)
 		})
 	}
 }
