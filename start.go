@@ -9,141 +9,197 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/events"
+	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
+	"github.com/consul-conn-exporter/consul-conn-exporter/source"
 )
 
-// start loads the kernel programs of the features enabled (the events'
-// counts; the refusals' counter; the list of open files that names
-// programs), then confines the exporter and every program it runs to the
-// capabilities its features still need: past this step nothing privileged
-// can be done, root included. The maps are read once then, as they will
-// be.
-// Counts or refusals that cannot be kept as asked are an error (no other
-// source stands in for --source events: it was asked for by name);
-// programs that cannot be named from the kernel are named by walking /proc.
-func start(s *setup) error {
-	kernel := btf.NewCache() // the kernel's types, read once for every program
-	var ports [][]uint16
-	for _, g := range s.config.Groups {
-		ports = append(ports, g.Ports)
+// exporter is what start makes of a config: built once, never changed.
+type exporter struct {
+	collector *collector.Collector
+	limits    *limits.Source
+	audit     func(context.Context) // the events' audit, nil without them
+	noTool    error                 // no tool can print the table: only check reports on
+}
+
+// start makes the exporter, one step after another: it judges the
+// listeners, loads the kernel programs of the features enabled (told whose
+// connections count), confines the process, and builds the collector and
+// the limits' source from what loaded.
+func start(cfg *config) (*exporter, error) {
+	var watch *listeners.Watch
+	var agent *listeners.Agent
+	if cfg.agentAddr != nil {
+		watch = listeners.NewWatch(cfg.agentAddr, cfg.agentUser, cfg.counting.Ports(), cfg.source.Timeout())
+		// Judged before the programs load (they count only the agent's
+		// connections) and before the first read of the limits (it goes
+		// to the agent's listener, never to what else answers at its name).
+		agent = watch.Now(context.Background())
 	}
-	// The kernel programs count only the connections the agent's listeners
-	// accepted, as the listeners are judged now, and at every collection.
-	var users map[uint16]uint32
-	if s.events != nil || s.refusals {
-		users = listeners.KernelUsers(s.collector.Agent(context.Background()), s.config.Ports(), refusals.AnyUser, refusals.UntoldUser)
-	}
-	var counts *events.Counter
-	if s.events != nil {
-		var err error
-		if counts, err = events.Load(kernel, ports, s.config.States, s.events.Keys, users); err != nil {
-			return err
-		}
-	}
-	var counter *refusals.Counter
-	if s.refusals {
-		var err error
-		var shared *refusals.Counts
-		if counts != nil {
-			shared = counts.Shared()
-		}
-		if counter, err = refusals.Load(kernel, ports, shared, users); err != nil {
-			closeAll(counts, nil, nil)
-			return err
-		}
-	}
-	var lister *owners.Iterator
-	if s.config.Processes && s.config.ProcessesFromKernel {
-		var err error
-		if lister, err = owners.LoadIterator(kernel); err != nil {
-			s.logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
-		}
-	}
-	if missing := capabilities.Missing(s.commandCaps...); len(missing) > 0 {
-		closeAll(counts, counter, lister)
-		return fmt.Errorf("--command.capabilities: the exporter does not hold %s to give its command: run it as root, or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)", capabilities.Names(missing))
-	}
-	keep := slices.Clone(s.commandCaps)
-	if s.config.Processes { // the walk of /proc, if the list cannot be read
-		keep = append(keep, capabilities.DACReadSearch, capabilities.SysPtrace)
-	}
-	keep, err := capabilities.Confine(keep...)
-	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && counter == nil && counts == nil {
-		// Nothing loaded needs confining: run on as started, and say so.
-		closeAll(nil, nil, lister)
-		s.logger.Warn("keeping the capabilities the exporter started with", "err", err)
-		return nil
-	}
-	if err == nil && counts != nil {
-		err = counts.Check()
-	}
-	if err == nil && counter != nil {
-		err = counter.Check()
-	}
+	k, err := load(cfg, agent)
 	if err != nil {
-		closeAll(counts, counter, lister)
-		return err
+		return nil, err
 	}
-	if counts != nil {
-		s.collector.CountFromEvents(counts, counts.Snapshot)
-		s.limits.ExcludeOwn(counts) // its reads of the limits are not the agent's clients
-		s.source = counts.String()
-		interval, logger := s.events.AuditInterval, s.logger
-		s.audit = func(ctx context.Context) { counts.AuditEvery(ctx, interval, logger) }
+	parts := collector.Parts{Listeners: watch}
+	reach := limits.Reach{}
+	if watch != nil {
+		reach.At = watch.Address().Agent
 	}
-	if counter != nil {
-		limits := s.limits
-		s.collector.CountRefusals(func(top int, agent refusals.Agent) (refusals.Snapshot, error) {
-			snap, err := counter.Snapshot(top, agent)
+	ex := &exporter{}
+	if k.counts != nil {
+		parts.Source, parts.Events = k.counts, k.counts.Snapshot
+		reach.Own = k.counts // its reads of the limits are not the agent's clients
+		interval, logger := cfg.events.AuditInterval, cfg.logger
+		ex.audit = func(ctx context.Context) { k.counts.AuditEvery(ctx, interval, logger) }
+	} else if parts.Source, err = cfg.source.New(cfg.counting.Want(), cfg.logger); errors.Is(err, source.ErrNoTool) {
+		ex.noTool = err
+	} else if err != nil {
+		k.close()
+		return nil, err
+	}
+	if ex.limits, err = limits.NewSource(cfg.limits, reach, cfg.logger); err != nil {
+		k.close()
+		return nil, err
+	}
+	parts.Limits = ex.limits.Snapshot
+	if k.counter != nil {
+		lim := ex.limits
+		parts.Refusals = func(top int, agent refusals.Agent) (refusals.Snapshot, error) {
+			snap, err := k.counter.Snapshot(top, agent)
 			if snap.Pending > 0 {
-				limits.ReadSoon() // to count them or not
+				lim.ReadSoon() // to count them or not
 			}
 			return snap, err
-		})
+		}
 	}
-	if counts != nil || counter != nil {
-		watched := s.config.Ports()
-		s.collector.TellAgent(func(a listeners.Agent) error {
+	if k.counts != nil || k.counter != nil {
+		watched := cfg.counting.Ports()
+		parts.Tell = func(a listeners.Agent) error {
 			users := listeners.KernelUsers(&a, watched, refusals.AnyUser, refusals.UntoldUser)
-			if counts != nil {
-				if err := counts.Trust(users); err != nil {
+			if k.counts != nil {
+				if err := k.counts.Trust(users); err != nil {
 					return err
 				}
 			}
-			if counter != nil {
-				return counter.Trust(users)
+			if k.counter != nil {
+				return k.counter.Trust(users)
 			}
 			return nil
-		})
+		}
 	}
-	if lister != nil {
-		if err := lister.Check(); err != nil {
-			lister.Close()
-			s.logger.Info("naming the programs by walking /proc: the kernel's list of open files cannot be read", "err", err)
+	if k.lister != nil {
+		parts.Owners = k.lister
+	}
+	ex.collector = collector.New(cfg.counting, parts, cfg.logger)
+	return ex, nil
+}
+
+// loaded are the kernel programs loaded, each nil where its feature is off
+// or (the lister) could not be loaded.
+type loaded struct {
+	counts  *events.Counter
+	counter *refusals.Counter
+	lister  *owners.Iterator
+}
+
+func (k loaded) close() {
+	if k.counts != nil {
+		k.counts.Close()
+	}
+	if k.counter != nil {
+		k.counter.Close()
+	}
+	if k.lister != nil {
+		k.lister.Close()
+	}
+}
+
+// load loads the kernel programs of the features enabled (the events'
+// counts; the refusals' counter; the list of open files that names
+// programs), told whose connections count as agent says (nil: not known),
+// then
+// confines the exporter and every program it runs to the capabilities its
+// features still need: past this step nothing privileged can be done, root
+// included. The maps are read once then, as they will be.
+// Counts or refusals that cannot be kept as asked are an error (no other
+// source stands in for --source events: it was asked for by name);
+// programs that cannot be named from the kernel are named by walking /proc.
+func load(cfg *config, agent *listeners.Agent) (loaded, error) {
+	var k loaded
+	kernel := btf.NewCache() // the kernel's types, read once for every program
+	var ports [][]uint16
+	for _, g := range cfg.counting.Groups {
+		ports = append(ports, g.Ports)
+	}
+	var users map[uint16]uint32
+	if cfg.events != nil || cfg.refusals {
+		users = listeners.KernelUsers(agent, cfg.counting.Ports(), refusals.AnyUser, refusals.UntoldUser)
+	}
+	var err error
+	if cfg.events != nil {
+		if k.counts, err = events.Load(kernel, ports, cfg.counting.States, cfg.events.Keys, users); err != nil {
+			return k, err
+		}
+	}
+	if cfg.refusals {
+		var shared *refusals.Counts
+		if k.counts != nil {
+			shared = k.counts.Shared()
+		}
+		if k.counter, err = refusals.Load(kernel, ports, shared, users); err != nil {
+			k.close()
+			return loaded{}, err
+		}
+	}
+	if cfg.counting.Processes && cfg.counting.ProcessesFromKernel {
+		if k.lister, err = owners.LoadIterator(kernel); err != nil {
+			cfg.logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
+		}
+	}
+	if missing := capabilities.Missing(cfg.commandCaps...); len(missing) > 0 {
+		k.close()
+		return loaded{}, fmt.Errorf("--command.capabilities: the exporter does not hold %s to give its command: run it as root, or grant it (systemd AmbientCapabilities=, Kubernetes securityContext.capabilities.add)", capabilities.Names(missing))
+	}
+	keep := slices.Clone(cfg.commandCaps)
+	if cfg.counting.Processes { // the walk of /proc, if the list cannot be read
+		keep = append(keep, capabilities.DACReadSearch, capabilities.SysPtrace)
+	}
+	keep, err = capabilities.Confine(keep...)
+	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && k.counter == nil && k.counts == nil {
+		// Nothing loaded needs confining: run on as started, and say so.
+		if k.lister != nil {
+			k.lister.Close()
+		}
+		cfg.logger.Warn("keeping the capabilities the exporter started with", "err", err)
+		return loaded{}, nil
+	}
+	if err == nil && k.counts != nil {
+		err = k.counts.Check()
+	}
+	if err == nil && k.counter != nil {
+		err = k.counter.Check()
+	}
+	if err != nil {
+		k.close()
+		return loaded{}, err
+	}
+	if k.lister != nil {
+		if err := k.lister.Check(); err != nil {
+			k.lister.Close()
+			k.lister = nil
+			cfg.logger.Info("naming the programs by walking /proc: the kernel's list of open files cannot be read", "err", err)
 		} else {
-			s.collector.NameProgramsFrom(lister)
-			s.logger.Info("naming the programs from the kernel's list of open files")
-			if keep, err = capabilities.Confine(s.commandCaps...); err != nil { // nor the walk's
-				return err
+			cfg.logger.Info("naming the programs from the kernel's list of open files")
+			if keep, err = capabilities.Confine(cfg.commandCaps...); err != nil { // nor the walk's
+				k.close()
+				return loaded{}, err
 			}
 		}
 	}
-	s.logger.Info("capabilities dropped", "kept", capabilities.Names(keep))
-	return nil
-}
-
-// closeAll closes the kernel programs loaded, when the start fails.
-func closeAll(counts *events.Counter, counter *refusals.Counter, lister *owners.Iterator) {
-	if counts != nil {
-		counts.Close()
-	}
-	if counter != nil {
-		counter.Close()
-	}
-	if lister != nil {
-		lister.Close()
-	}
+	cfg.logger.Info("capabilities dropped", "kept", capabilities.Names(keep))
+	return k, nil
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
 	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
@@ -33,9 +32,8 @@ import (
 type Limiter struct {
 	Name    string // its word in the metrics' names and check's tables: "http"
 	Setting string // Consul's name of its per-client limit
-	what    string // its connections, in help texts: "HTTP"
+	What    string // its connections, in help texts: "HTTP"
 	limit   func(limits.Snapshot) int
-	metrics groupDescs
 }
 
 // The limiters watched.
@@ -48,9 +46,7 @@ var (
 var Limiters = []*Limiter{HTTP, RPC}
 
 func newLimiter(name, what, setting string, limit func(limits.Snapshot) int) *Limiter {
-	l := &Limiter{Name: name, Setting: setting, what: what, limit: limit}
-	l.metrics = newGroupDescs(l)
-	return l
+	return &Limiter{Name: name, Setting: setting, What: what, limit: limit}
 }
 
 // Group is the ports of one limiter.
@@ -106,11 +102,38 @@ func (c Config) Want() source.Want {
 	return want
 }
 
-// Collector collects from one source.
+// Parts are what a collection reads, besides the table: each nil where its
+// feature is off.
+type Parts struct {
+	// Source reads the table (or gives the kernel's counts).
+	Source source.Source
+	// Limits gives the limits known once the table is read.
+	Limits func() limits.Snapshot
+	// Listeners judge whose listeners are the agent's at each collection
+	// and sample: a port nothing listens on is said, and only the
+	// connections the agent's listeners accepted count. Nil where they
+	// cannot be known (a --command's table may be another namespace's).
+	Listeners *listeners.Watch
+	// Tell is told every judgement of the listeners before the table is
+	// read: the kernel programs count only the agent's connections too.
+	Tell func(listeners.Agent) error
+	// Events reads what the kernel's events keep besides the counts (with
+	// --source events): the churn, the lifetimes, and each client's peak
+	// between two reads, which the peaks then hold instead of what a read
+	// saw at its moment.
+	Events func(top int, limits []int) (events.Snapshot, error)
+	// Refusals reads the refusals counted in the kernel, told what the
+	// last read of the agent said.
+	Refusals func(top int, agent refusals.Agent) (refusals.Snapshot, error)
+	// Owners names the programs holding the connections (with
+	// Config.Processes); nil: a walk of Config.ProcDir.
+	Owners owners.Lookup
+}
+
+// Collector collects from its parts. It is made once, and never changes.
 type Collector struct {
 	config Config
-	source source.Source
-	limits func() limits.Snapshot
+	parts  Parts
 	logger *slog.Logger
 	// inFlight makes callers that arrive while a collection runs share it:
 	// however many scrapers and outputs, one read of the table at a time.
@@ -119,75 +142,25 @@ type Collector struct {
 	tried atomic.Bool
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
-	// events reads what the kernel's events keep besides the counts (with
-	// --source events), nil without.
-	events func(top int, limits []int) (events.Snapshot, error)
-	// refusals reads the refusals counted in the kernel, nil without.
-	refusals      func(top int, agent refusals.Agent) (refusals.Snapshot, error)
-	refusalsState changes.Tracker
-	// owners names the programs holding the connections.
-	owners owners.Lookup
-	// namingState, why the programs cannot be named, is logged once per
-	// change.
-	namingState changes.Tracker
-	// listeners reads who listens on the watched ports, nil where they
-	// cannot be known; the agent's user and address tell its listeners
-	// from others'.
-	listeners                                                     func(ctx context.Context) ([]listeners.Listener, error)
-	agentAddr                                                     *listeners.Address
-	agentUser                                                     *uint32
+	// What is wrong, logged once per change.
+	refusalsState, namingState, eventsState                       changes.Tracker
 	listenersState, quietState, sharedState, addrState, ownerless changes.Tracker
-	// tell, where set, is told of every judgement of the listeners: the
-	// kernel programs count only the agent's connections too.
-	tell func(listeners.Agent) error
 }
 
-// New collects config's counts from src; limits gives the limits known
-// once the table is read.
-func New(config Config, src source.Source, limits func() limits.Snapshot, logger *slog.Logger) *Collector {
-	c := &Collector{config: config, source: src, limits: limits, logger: logger, owners: owners.Proc(config.ProcDir)}
+// New collects config's counts from parts.
+func New(config Config, parts Parts, logger *slog.Logger) *Collector {
+	if parts.Owners == nil {
+		parts.Owners = owners.Proc(config.ProcDir)
+	}
+	c := &Collector{config: config, parts: parts, logger: logger}
 	if config.SampleInterval > 0 {
 		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
 	}
 	return c
 }
 
-// WatchListeners has every collection and sample read the listeners on the
-// watched ports (and the agent's address's) with read: a port nothing
-// listens on is said, and only the connections the agent's listeners
-// accepted count (the agent's user is user where given, else the owner of
-// the listener the agent's address reaches, looked up at each collection,
-// else the one user listening on the port).
-func (c *Collector) WatchListeners(read func(ctx context.Context) ([]listeners.Listener, error), agentAddr *listeners.Address, user *uint32) {
-	c.listeners, c.agentAddr, c.agentUser = read, agentAddr, user
-}
-
-// TellAgent has every judgement of the listeners told to tell (the kernel
-// programs, which count only the agent's connections too) before the
-// table is read.
-func (c *Collector) TellAgent(tell func(listeners.Agent) error) {
-	c.tell = tell
-}
-
-// CountFromEvents has the counts read from src, the kernel's events, and
-// every collection and sample carry what read reads of them besides: the
-// churn, the lifetimes, and each client's peak between two reads, which the
-// peaks then hold instead of what a read saw at its moment.
-func (c *Collector) CountFromEvents(src source.Source, read func(top int, limits []int) (events.Snapshot, error)) {
-	c.source, c.events = src, read
-}
-
-// CountRefusals has every collection carry the refusals read reads, told
-// what the last read of the agent said.
-func (c *Collector) CountRefusals(read func(top int, agent refusals.Agent) (refusals.Snapshot, error)) {
-	c.refusals = read
-}
-
-// NameProgramsFrom has the programs named by lookup, instead of by a walk
-// of /proc.
-func (c *Collector) NameProgramsFrom(lookup owners.Lookup) {
-	c.owners = lookup
-}
+// String names the collector's source.
+func (c *Collector) String() string { return c.parts.Source.String() }
 
 // Collect reads the table once and counts it, or waits for the collection
 // already running and returns its result.
@@ -206,23 +179,56 @@ func (c *Collector) Tried() bool { return c.tried.Load() }
 func (c *Collector) collect(ctx context.Context) Result {
 	r := c.read(ctx, true)
 	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
-		Listeners: r.agent, ListenersErr: r.listenersErr, Duration: r.took, Limits: r.limits, Events: r.events, Err: r.err}
+		Listeners: r.agent, ListenersErr: r.listenersErr, Duration: r.took, Limits: r.limits, Events: r.events, EventsErr: r.eventsErr, Err: r.err}
+	res.parts(Part{Name: "source", Err: r.err, Took: r.took})
+	if c.parts.Listeners != nil {
+		err := r.listenersErr
+		if err == nil && r.agent != nil && r.agent.Away != "" && !r.agent.Down {
+			err = errors.New(r.agent.Away)
+		}
+		res.parts(Part{Name: "listeners", Err: err, Took: r.judging})
+	}
+	if r.limits.Auto {
+		res.parts(Part{Name: "limits", Err: r.limits.Err(), Took: r.limits.Took})
+	}
+	if c.parts.Events != nil {
+		res.parts(Part{Name: "events", Err: r.eventsErr, Took: r.eventsTook})
+	}
 	if c.peaks != nil {
-		view := c.peaks.View(time.Now())
+		began := time.Now()
+		view := c.peaks.View(began)
 		res.Peaks = &view
+		var err error
+		if !view.Known {
+			err = errors.New("no sample of the peak window was read")
+		}
+		res.parts(Part{Name: "peaks", Err: err, Took: time.Since(began)})
 	}
 	if r.err != nil {
+		skipped := errors.New("not read: the connections could not be counted")
+		if c.config.Processes {
+			res.parts(Part{Name: "processes", Err: skipped})
+		}
+		if c.parts.Refusals != nil {
+			res.parts(Part{Name: "refusals", Err: skipped})
+		}
 		return res
 	}
 	for i, g := range c.config.Groups {
 		res.Groups = append(res.Groups, GroupCounts{Group: g, Limit: g.limit(res.Limits), Counts: r.counts.groups[i]})
 	}
 	if r.counts.processes != nil {
+		began := time.Now()
 		res.Processes, res.ProcessesWhy = c.namePrograms(ctx, r.counts.processes)
 		res.ProcessesKnown = res.ProcessesWhy == ""
+		var err error
+		if !res.ProcessesKnown {
+			err = errors.New(res.ProcessesWhy)
+		}
+		res.parts(Part{Name: "processes", Err: err, Took: time.Since(began)})
 	}
-	if c.refusals != nil {
-		problem := ""
+	if c.parts.Refusals != nil {
+		began := time.Now()
 		agent := refusals.Agent{ReadAt: res.Limits.ReadAt}
 		for _, g := range res.Groups {
 			agent.Limits = append(agent.Limits, g.Limit)
@@ -230,16 +236,16 @@ func (c *Collector) collect(ctx context.Context) Result {
 				agent.TLSPorts = res.Limits.TLSPorts
 			}
 		}
-		snap, err := c.refusals(c.config.TopClients, agent)
+		snap, err := c.parts.Refusals(c.config.TopClients, agent)
+		problem := ""
 		if err != nil {
 			problem = err.Error()
+			res.RefusalsErr = fmt.Errorf("reading the refusals: %w", err)
+		} else {
+			res.Refusals, res.RefusalsMissed = snap.Groups, snap.Missed
 		}
-		res.Refusals, res.RefusalsMissed = snap.Groups, snap.Missed
 		c.refusalsState.Log(c.logger, slog.LevelError, problem, "cannot read the refusals; their counters are absent", "the refusals can be read again")
-	}
-	if _, err := res.metrics(); err != nil {
-		res.Groups, res.Processes, res.ProcessesKnown, res.ProcessesWhy, res.Peaks, res.Refusals, res.Events = nil, nil, false, "", nil, nil, nil
-		res.Err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
+		res.parts(Part{Name: "refusals", Err: res.RefusalsErr, Took: time.Since(began)})
 	}
 	return res
 }
@@ -250,38 +256,17 @@ func (c *Collector) Sample(ctx context.Context) {
 	c.read(ctx, false)
 }
 
-// Agent reads the listeners and judges whose they are, as a collection
-// does, but says nothing of them (the collections do): nil where they are
-// not watched or cannot be read.
-func (c *Collector) Agent(ctx context.Context) *listeners.Agent {
-	if c.listeners == nil {
-		return nil
-	}
-	addr, _ := c.agentAddr.Resolve(ctx)
-	agent, _ := c.judge(ctx, addr)
-	return agent
-}
-
-// judge reads the listeners and judges whose they are, the agent's at
-// addr, and keeps where its own reads of the agent go.
-func (c *Collector) judge(ctx context.Context, addr listeners.Where) (*listeners.Agent, error) {
-	ls, err := c.listeners(ctx)
-	if err != nil {
-		return nil, err
-	}
-	agent := listeners.Judge(ls, c.config.Ports(), addr, c.agentUser)
-	c.agentAddr.Judged(agent.At)
-	return &agent, nil
-}
-
 // reading is what a collection and a sample both read.
 type reading struct {
 	agent        *listeners.Agent
 	listenersErr error
+	judging      time.Duration // the listeners' read and judgement
 	counts       *counts
 	took         time.Duration // the table's read and count
 	limits       limits.Snapshot
 	events       *events.Snapshot
+	eventsErr    error
+	eventsTook   time.Duration
 	err          error
 }
 
@@ -292,8 +277,9 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 	start := time.Now()
 	var r reading
 	r.agent, r.listenersErr = c.agent(ctx, collection)
-	if r.agent != nil && c.tell != nil {
-		if err := c.tell(*r.agent); err != nil {
+	r.judging = time.Since(start)
+	if r.agent != nil && c.parts.Tell != nil {
+		if err := c.parts.Tell(*r.agent); err != nil {
 			r.err = err
 		}
 	}
@@ -302,7 +288,7 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 	}
 	r.counts = newCounts(c.config, collection && c.config.Processes, r.agent)
 	if r.err == nil {
-		r.err = c.source.Read(ctx, r.counts.add, r.counts.reset)
+		r.err = c.parts.Source.Read(ctx, r.counts.add, r.counts.reset)
 	}
 	r.took = time.Since(start)
 	if r.err == nil && r.agent != nil {
@@ -314,25 +300,32 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 	}
 	// After the count: a read of the agent's limits opens a connection
 	// of its own, which must not be counted.
-	r.limits = c.limits()
-	if r.err == nil {
-		r.events, r.err = c.readEvents(r.limits)
+	r.limits = c.parts.Limits()
+	if r.err != nil {
+		r.eventsErr = errors.New("not read: the connections could not be counted")
 	}
-	c.sampled(start, r.counts, r.limits, r.events, r.err)
+	if r.err == nil && c.parts.Events != nil {
+		began := time.Now()
+		r.events, r.eventsErr = c.readEvents(r.limits)
+		r.eventsTook = time.Since(began)
+		problem := ""
+		if r.eventsErr != nil {
+			problem = r.eventsErr.Error()
+		}
+		c.eventsState.Log(c.logger, slog.LevelError, problem, "cannot read the kernel's events; the churn, lifetimes and peaks are absent", "the kernel's events can be read again")
+	}
+	c.sampled(start, r)
 	return r
 }
 
-// readEvents reads what the events keep besides the counts, nil without
-// them; lim are the limits their time at the limit counts against.
+// readEvents reads what the events keep besides the counts; lim are the
+// limits their time at the limit counts against.
 func (c *Collector) readEvents(lim limits.Snapshot) (*events.Snapshot, error) {
-	if c.events == nil {
-		return nil, nil
-	}
 	perGroup := make([]int, len(c.config.Groups))
 	for i, g := range c.config.Groups {
 		perGroup[i] = g.limit(lim)
 	}
-	snap, err := c.events(c.config.TopClients, perGroup)
+	snap, err := c.parts.Events(c.config.TopClients, perGroup)
 	if err != nil {
 		return nil, fmt.Errorf("reading the kernel's events: %w", err)
 	}
@@ -357,19 +350,19 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 	}
 }
 
-// sampled adds a sample taken at start to the peaks, if they are kept: with
-// the events, each client's peak since the last read, else its count.
-func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot, events *events.Snapshot, err error) {
+// sampled adds r, a sample taken at start, to the peaks, if they are kept:
+// with the events, each client's peak since the last read, else its count.
+func (c *Collector) sampled(start time.Time, r reading) {
 	switch {
 	case c.peaks == nil:
-	case err != nil:
+	case r.err != nil, c.parts.Events != nil && r.events == nil:
 		c.peaks.Failed()
 	default:
 		groups := make([]peaks.Group, len(c.config.Groups))
 		for i, g := range c.config.Groups {
-			groups[i] = peaks.Group{Counts: counts.groups[i], Limit: g.limit(lim)}
-			if events != nil {
-				groups[i].Counts = events.Groups[i].Peaks
+			groups[i] = peaks.Group{Counts: r.counts.groups[i], Limit: g.limit(r.limits)}
+			if r.events != nil {
+				groups[i].Counts = r.events.Groups[i].Peaks
 			}
 		}
 		c.peaks.Add(start, groups)
@@ -381,13 +374,14 @@ func (c *Collector) sampled(start time.Time, counts *counts, lim limits.Snapshot
 // they say is logged once per change. A collection looks the agent's
 // address up again; a sample takes the last one.
 func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agent, error) {
-	if c.listeners == nil {
+	w := c.parts.Listeners
+	if w == nil {
 		return nil, nil
 	}
-	addr := c.agentAddr.Last()
+	addr := w.Address().Last()
 	if collection {
 		var err error
-		addr, err = c.agentAddr.Resolve(ctx)
+		addr, err = w.Address().Resolve(ctx)
 		problem := ""
 		switch {
 		case err != nil && len(addr.Addrs) > 0:
@@ -397,7 +391,7 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 		}
 		c.addrState.Log(c.logger, slog.LevelWarn, problem, "cannot look up the agent's address", "the agent's address resolves again")
 	}
-	agent, err := c.judge(ctx, addr)
+	agent, err := w.Judge(ctx, addr)
 	problem := ""
 	if err != nil {
 		problem = err.Error()
@@ -473,7 +467,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) (held 
 	ctx, cancel := context.WithTimeout(ctx, c.config.ProcessesTimeout)
 	defer cancel()
 	names := p.Unnamed()
-	found, err := c.owners.Names(ctx, names)
+	found, err := c.parts.Owners.Names(ctx, names)
 	held, unknown := p.Held(names)
 	switch {
 	case err != nil:
@@ -483,7 +477,7 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) (held 
 	case unknown.NotFound > 0 && found.Unreadable > 0:
 		why = fmt.Sprintf("%d processes could not be read: other users' programs are seen only as root, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH", found.Unreadable)
 	case unknown.NotFound > 0 && found.Found == 0:
-		why = fmt.Sprintf("no process in %s holds any of the %d client ends: they are not in this PID namespace (in a container, share the host's, and mount its /proc)", c.owners, unknown.NotFound)
+		why = fmt.Sprintf("no process in %s holds any of the %d client ends: they are not in this PID namespace (in a container, share the host's, and mount its /proc)", c.parts.Owners, unknown.NotFound)
 	}
 	// Some not found while others were, every process read: those
 	// connections closed between the table and the walk.

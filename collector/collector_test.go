@@ -1,6 +1,7 @@
-package collector
+package collector_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/metrics"
+	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -27,8 +33,8 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
-var defaultConfig = Config{
-	Groups:     []Group{{Limiter: HTTP, Ports: []uint16{8500, 8501}}},
+var defaultConfig = collector.Config{
+	Groups:     []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500, 8501}}},
 	States:     []socket.State{socket.StateEstablished, socket.StateCloseWait},
 	TopClients: 10,
 }
@@ -39,16 +45,16 @@ var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 // beside it.
 const mixed = "../fixtures/ss-iproute2-6.1.0_tan_mixed.txt"
 
-func collect(t testing.TB, config Config, capture string) Result {
+func collect(t testing.TB, config collector.Config, capture string) collector.Result {
 	t.Helper()
 	return collectLogged(t, config, discard, capture)
 }
 
 // collectLogged collects from a capture ("" for an empty table) with the
 // default limits, without running anything.
-func collectLogged(t testing.TB, config Config, logger *slog.Logger, capture string) Result {
+func collectLogged(t testing.TB, config collector.Config, logger *slog.Logger, capture string) collector.Result {
 	t.Helper()
-	return New(config, captured(t, capture, config.Processes), defaultLimits, logger).Collect(context.Background())
+	return collector.New(config, collector.Parts{Source: captured(t, capture, config.Processes), Limits: defaultLimits}, logger).Collect(context.Background())
 }
 
 func captured(t testing.TB, capture string, processes bool) source.Source {
@@ -99,14 +105,14 @@ consul_http_max_conns_per_client 200
 # TYPE consul_conn_exporter_collect_success gauge
 consul_conn_exporter_collect_success 1
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want),
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
 		"consul_open_http_connections", "consul_open_http_connections_by_state",
 		"consul_open_http_connections_max_per_client", "consul_open_http_connections_per_client",
 		"consul_http_max_conns_per_client", "consul_conn_exporter_collect_success"))
 }
 
 func TestMetricsAreLintClean(t *testing.T) {
-	problems, err := testutil.CollectAndLint(collect(t, defaultConfig, mixed))
+	problems, err := testutil.CollectAndLint(metrics.Of(collect(t, defaultConfig, mixed)))
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
@@ -121,10 +127,10 @@ func TestTopClientsBoundsPerClientSamples(t *testing.T) {
 consul_open_http_connections_per_client{client="127.0.0.10"} 9
 consul_open_http_connections_per_client{client="127.0.0.11"} 6
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_open_http_connections_per_client"))
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_open_http_connections_per_client"))
 
 	config.TopClients = 0
-	assert.Zero(t, testutil.CollectAndCount(collect(t, config, mixed), "consul_open_http_connections_per_client"))
+	assert.Zero(t, testutil.CollectAndCount(metrics.Of(collect(t, config, mixed)), "consul_open_http_connections_per_client"))
 }
 
 func TestEmptyOutputIsARealZero(t *testing.T) {
@@ -140,25 +146,29 @@ consul_open_http_connections{port="8501"} 0
 # TYPE consul_open_http_connections_max_per_client gauge
 consul_open_http_connections_max_per_client 0
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want),
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
 		"consul_open_http_connections", "consul_open_http_connections_max_per_client"))
 }
 
 // assertFailed checks that res says success 0, and nothing but its
-// duration besides.
-func assertFailed(t *testing.T, res Result) {
+// duration and each feature's success and duration besides.
+func assertFailed(t *testing.T, res collector.Result) {
 	t.Helper()
+	n := 2 + 2*len(res.Parts) // collect_success and its duration, collector_success and its duration
+	if res.ProcessesAsked {
+		n++ // processes_success 0
+	}
+	assert.Equal(t, n, testutil.CollectAndCount(metrics.Of(res)), "only whether each part worked, and how long it took")
 	want := `
 # HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
 # TYPE consul_conn_exporter_collect_success gauge
 consul_conn_exporter_collect_success 0
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success"))
-	assert.Equal(t, 2, testutil.CollectAndCount(res), "only success and duration")
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_conn_exporter_collect_success"))
 }
 
 func TestFailedCollectionReportsNoCount(t *testing.T) {
-	res := New(defaultConfig, failing{errors.New("ss exited with status 1")}, defaultLimits, discard).Collect(context.Background())
+	res := collector.New(defaultConfig, collector.Parts{Source: failing{errors.New("ss exited with status 1")}, Limits: defaultLimits}, discard).Collect(context.Background())
 	require.EqualError(t, res.Err, "ss exited with status 1")
 	assert.Empty(t, res.Groups)
 	assertFailed(t, res)
@@ -176,7 +186,7 @@ func expected(t *testing.T, capture string) fixtures.Expected {
 func TestGroupsSplitTheCountsAndNeverSumThem(t *testing.T) {
 	want := expected(t, mixed)
 	config := defaultConfig
-	config.Groups = []Group{{Limiter: HTTP, Ports: []uint16{8500}}, {Limiter: RPC, Ports: []uint16{8501}}}
+	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500}}, {Limiter: collector.RPC, Ports: []uint16{8501}}}
 	res := collect(t, config, mixed)
 	require.NoError(t, res.Err)
 	httpCounts, rpcCounts := res.Groups[0].Counts, res.Groups[1].Counts
@@ -203,15 +213,15 @@ func TestGroupsSplitTheCountsAndNeverSumThem(t *testing.T) {
 		"consul_conn_exporter_limits_read_success":    0,
 		"consul_open_http_connections_max_per_client": 1,
 	} {
-		assert.Equal(t, n, testutil.CollectAndCount(res, name), name)
+		assert.Equal(t, n, testutil.CollectAndCount(metrics.Of(res), name), name)
 	}
 	want100 := `
 # HELP consul_rpc_max_conns_per_client Consul's per-client server RPC connection limit (rpc_max_conns_per_client), as configured or read from the agent.
 # TYPE consul_rpc_max_conns_per_client gauge
 consul_rpc_max_conns_per_client 100
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want100), "consul_rpc_max_conns_per_client"))
-	problems, err := testutil.CollectAndLint(res)
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want100), "consul_rpc_max_conns_per_client"))
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
@@ -236,7 +246,7 @@ func TestProcessesOfLocalClientsFromRealCaptures(t *testing.T) {
 # TYPE consul_open_http_connections_per_process gauge
 consul_open_http_connections_per_process{process="capfx"} %d
 `, established)
-			require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(wantText), "consul_open_http_connections_per_process"))
+			require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(wantText), "consul_open_http_connections_per_process"))
 		})
 	}
 }
@@ -246,11 +256,11 @@ func TestProcessesThatCannotBeReadAreAbsentAndWarnedOnce(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(&log, nil))
 	config := defaultConfig
 	config.Processes = true
-	c := New(config, captured(t, mixed, true), defaultLimits, logger) // no -p: no program is named
+	c := collector.New(config, collector.Parts{Source: captured(t, mixed, true), Limits: defaultLimits}, logger) // no -p: no program is named
 	for range 3 {
 		res := c.Collect(context.Background())
 		require.NoError(t, res.Err)
-		assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections_per_process"))
+		assert.Zero(t, testutil.CollectAndCount(metrics.Of(res), "consul_open_http_connections_per_process"))
 		assert.Equal(t, 18, res.Groups[0].Counts.Total(8500), "the other counts are unaffected")
 	}
 	assert.Equal(t, 1, strings.Count(log.String(), "cannot tell which local programs"), log.String())
@@ -270,7 +280,7 @@ func BenchmarkCollect(b *testing.B) {
 	require.NoError(b, os.WriteFile(capture, []byte(table.String()), 0o644))
 	r, err := runner.New(10*time.Second, []string{"cat", capture})
 	require.NoError(b, err)
-	c := New(defaultConfig, source.NewCommand(r, socket.StateUnknown, false, discard), defaultLimits, discard)
+	c := collector.New(defaultConfig, collector.Parts{Source: source.NewCommand(r, socket.StateUnknown, false, discard), Limits: defaultLimits}, discard)
 	b.ReportAllocs()
 	for b.Loop() {
 		if res := c.Collect(context.Background()); res.Err != nil {
@@ -291,18 +301,17 @@ func (s sockets) Read(_ context.Context, add func(socket.Socket), _ func()) erro
 func (s sockets) String() string { return "sockets" }
 
 // A name no source should let through (the parser makes every name safe)
-// still cannot panic the exposition: the collection fails, with one line,
-// and says so in collect_success 0.
+// still cannot panic the exposition: the metrics say the collection
+// failed, as collect_success 0, and nothing else.
 func TestALabelThatCannotBeRenderedFailsTheCollectionNotTheProcess(t *testing.T) {
 	server, client := netip.MustParseAddrPort("127.0.0.1:8500"), netip.MustParseAddrPort("127.0.0.7:40000")
 	config := defaultConfig
 	config.Processes = true
-	res := New(config, sockets{
+	res := collector.New(config, collector.Parts{Source: sockets{
 		{State: socket.StateEstablished, Local: server, Peer: client},
 		{State: socket.StateEstablished, Local: client, Peer: server, Process: "bad\xff"},
-	}, defaultLimits, discard).Collect(context.Background())
-	require.ErrorContains(t, res.Err, "cannot render the metrics")
-	assert.NotContains(t, res.Err.Error(), "\n")
+	}, Limits: defaultLimits}, discard).Collect(context.Background())
+	require.NoError(t, res.Err)
 	assertFailed(t, res)
 }
 
@@ -329,7 +338,7 @@ var localClient = sockets{
 func TestProgramsAreNamedByInodeFromProc(t *testing.T) {
 	config := defaultConfig
 	config.Processes, config.ProcDir, config.ProcessesTimeout = true, fakeProc(t, "nomad", 4242), 5*time.Second
-	res := New(config, localClient, defaultLimits, discard).Collect(context.Background())
+	res := collector.New(config, collector.Parts{Source: localClient, Limits: defaultLimits}, discard).Collect(context.Background())
 	require.NoError(t, res.Err)
 	want := `
 # HELP consul_conn_exporter_processes_success 1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
@@ -339,12 +348,12 @@ consul_conn_exporter_processes_success 1
 # TYPE consul_open_http_connections_per_process gauge
 consul_open_http_connections_per_process{process="nomad"} 1
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_processes_success", "consul_open_http_connections_per_process"))
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_conn_exporter_processes_success", "consul_open_http_connections_per_process"))
 }
 
 // A lookup that fails or runs out of time costs the names, never the counts.
 func TestAFailedProgramLookupLeavesTheCountsExact(t *testing.T) {
-	for name, config := range map[string]Config{
+	for name, config := range map[string]collector.Config{
 		"no /proc":                       {ProcDir: filepath.Join(t.TempDir(), "absent"), ProcessesTimeout: 5 * time.Second},
 		"budget":                         {ProcDir: fakeProc(t, "nomad", 4242), ProcessesTimeout: time.Nanosecond},
 		"a /proc that is not the host's": {ProcDir: fakeProc(t, "nomad", 1), ProcessesTimeout: 5 * time.Second},
@@ -352,7 +361,7 @@ func TestAFailedProgramLookupLeavesTheCountsExact(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var log strings.Builder
 			config.Groups, config.States, config.TopClients, config.Processes = defaultConfig.Groups, defaultConfig.States, 10, true
-			c := New(config, localClient, defaultLimits, slog.New(slog.NewTextHandler(&log, nil)))
+			c := collector.New(config, collector.Parts{Source: localClient, Limits: defaultLimits}, slog.New(slog.NewTextHandler(&log, nil)))
 			for range 2 {
 				res := c.Collect(context.Background())
 				require.NoError(t, res.Err)
@@ -368,9 +377,9 @@ consul_conn_exporter_processes_success 0
 # TYPE consul_open_http_connections_max_per_client gauge
 consul_open_http_connections_max_per_client 2
 `
-				require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want), "consul_conn_exporter_collect_success",
+				require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_conn_exporter_collect_success",
 					"consul_conn_exporter_processes_success", "consul_open_http_connections_max_per_client"))
-				assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections_per_process"))
+				assert.Zero(t, testutil.CollectAndCount(metrics.Of(res), "consul_open_http_connections_per_process"))
 			}
 			assert.Equal(t, 1, strings.Count(log.String(), "cannot tell which local programs"), "once per change: %s", log.String())
 		})
@@ -408,7 +417,7 @@ func TestSamplesBetweenCollectionsShowTheBurst(t *testing.T) {
 	src := &switching{}
 	config := defaultConfig
 	config.SampleInterval, config.PeakWindow = time.Second, time.Minute
-	c := New(config, src, func() limits.Snapshot { return limits.Snapshot{HTTP: 40} }, discard)
+	c := collector.New(config, collector.Parts{Source: src, Limits: func() limits.Snapshot { return limits.Snapshot{HTTP: 40} }}, discard)
 	c.Collect(context.Background())
 	src.table = fromClient("127.0.0.9", 45)
 	c.Sample(context.Background())
@@ -434,11 +443,11 @@ consul_open_http_connections_max_per_client_peak 45
 # TYPE consul_open_http_connections_peak_per_client gauge
 consul_open_http_connections_peak_per_client{client="127.0.0.9"} 45
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want),
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
 		"consul_conn_exporter_samples_failed_total", "consul_conn_exporter_samples_total",
 		"consul_open_http_connections_max_per_client", "consul_open_http_connections_max_per_client_peak", "consul_open_http_connections_peak_per_client"))
-	assert.Equal(t, 1, testutil.CollectAndCount(res, "consul_http_client_at_limit_seconds_total"), "the time since the sample before, the peaks' own test measures it")
-	problems, err := testutil.CollectAndLint(res)
+	assert.Equal(t, 1, testutil.CollectAndCount(metrics.Of(res), "consul_http_client_at_limit_seconds_total"), "the time since the sample before, the peaks' own test measures it")
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
@@ -446,28 +455,8 @@ consul_open_http_connections_peak_per_client{client="127.0.0.9"} 45
 func TestWithoutSamplingThereAreNoPeaks(t *testing.T) {
 	res := collect(t, defaultConfig, mixed)
 	for _, name := range []string{"consul_conn_exporter_samples_total", "consul_open_http_connections_max_per_client_peak", "consul_http_client_at_limit_seconds_total"} {
-		assert.Zero(t, testutil.CollectAndCount(res, name), name)
+		assert.Zero(t, testutil.CollectAndCount(metrics.Of(res), name), name)
 	}
-}
-
-// Each limiter carries its own names and reads its own limit: nothing is
-// looked up by a group's name.
-func TestEachLimiterHasItsOwnNamesAndLimit(t *testing.T) {
-	snap := limits.Snapshot{HTTP: 200, RPC: 100}
-	for _, tc := range []struct {
-		l                     *Limiter
-		name, setting, metric string
-		limit                 int
-	}{
-		{HTTP, "http", "http_max_conns_per_client", "consul_open_http_connections_max_per_client", 200},
-		{RPC, "rpc", "rpc_max_conns_per_client", "consul_open_rpc_connections_max_per_client", 100},
-	} {
-		assert.Equal(t, tc.name, tc.l.Name)
-		assert.Equal(t, tc.setting, tc.l.Setting)
-		assert.Equal(t, tc.limit, tc.l.limit(snap))
-		assert.Contains(t, tc.l.metrics.maxPerClient.String(), `"`+tc.metric+`"`)
-	}
-	assert.Equal(t, []*Limiter{HTTP, RPC}, Limiters)
 }
 
 // What the kernel's events keep is rendered beside the counts, lint-clean:
@@ -476,7 +465,7 @@ func TestEachLimiterHasItsOwnNamesAndLimit(t *testing.T) {
 // the peaks from each client's peak between reads, not from the reads.
 func TestTheEventsChurnLifetimesAndPeaksAreRendered(t *testing.T) {
 	config := defaultConfig
-	config.Groups = append(config.Groups, Group{Limiter: RPC, Ports: []uint16{8300}})
+	config.Groups = append(config.Groups, collector.Group{Limiter: collector.RPC, Ports: []uint16{8300}})
 	config.SampleInterval, config.PeakWindow = time.Second, time.Minute
 	burst := map[netip.Addr]int{netip.MustParseAddr("127.0.0.9"): 45}
 	var asked [][]int
@@ -488,8 +477,7 @@ func TestTheEventsChurnLifetimesAndPeaksAreRendered(t *testing.T) {
 		rpc := events.Group{Lifetimes: make([]uint64, len(events.LifetimeBounds)), Peaks: tally.OfClients(nil)}
 		return events.Snapshot{Groups: []events.Group{http, rpc}, Audits: 2, Audit: events.Census{Stale: 1}}, nil
 	}
-	c := New(config, captured(t, "", false), defaultLimits, discard)
-	c.CountFromEvents(captured(t, "", false), read)
+	c := collector.New(config, collector.Parts{Source: captured(t, "", false), Limits: defaultLimits, Events: read}, discard)
 	res := c.Collect(context.Background())
 	require.NoError(t, res.Err)
 	assert.Equal(t, [][]int{{200, 100}}, asked, "each group's limit, for the time at it")
@@ -535,25 +523,39 @@ consul_opened_http_connections_total 3045
 # TYPE consul_opened_rpc_connections_total counter
 consul_opened_rpc_connections_total 0
 `
-	require.NoError(t, testutil.CollectAndCompare(res, strings.NewReader(want),
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
 		"consul_closed_http_connections_total", "consul_conn_exporter_events_drift", "consul_http_client_at_limit_seconds_total",
 		"consul_http_connection_duration_seconds", "consul_open_http_connections_max_per_client_peak",
 		"consul_opened_http_connections_per_client_total", "consul_opened_http_connections_total", "consul_opened_rpc_connections_total"))
-	problems, err := testutil.CollectAndLint(res)
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
 
-// A failed read of the events fails the collection: no count stands in.
-func TestAFailedReadOfTheEventsFailsTheCollection(t *testing.T) {
-	c := New(defaultConfig, captured(t, mixed, false), defaultLimits, discard)
-	c.CountFromEvents(captured(t, mixed, false), func(int, []int) (events.Snapshot, error) {
-		return events.Snapshot{}, errors.New("reading the kernel's totals: bad file descriptor")
-	})
+// A failed read of the events costs what they keep besides the counts,
+// said as collector_success{collector="events"} 0: the counts stand, and
+// no sample of the peaks is taken from the events it could not read.
+func TestAFailedReadOfTheEventsFailsTheEventsAlone(t *testing.T) {
+	config := defaultConfig
+	config.SampleInterval, config.PeakWindow = time.Second, time.Minute
+	c := collector.New(config, collector.Parts{Source: captured(t, mixed, false), Limits: defaultLimits,
+		Events: func(int, []int) (events.Snapshot, error) {
+			return events.Snapshot{}, errors.New("reading the kernel's totals: bad file descriptor")
+		}}, discard)
 	res := c.Collect(context.Background())
-	require.ErrorContains(t, res.Err, "reading the kernel's events: reading the kernel's totals")
-	assert.Zero(t, testutil.CollectAndCount(res, "consul_open_http_connections"))
-	assert.Zero(t, testutil.CollectAndCount(res, "consul_opened_http_connections_total"))
+	require.NoError(t, res.Err)
+	require.ErrorContains(t, res.EventsErr, "reading the kernel's events: reading the kernel's totals")
+	assert.Positive(t, testutil.CollectAndCount(metrics.Of(res), "consul_open_http_connections"))
+	assert.Zero(t, testutil.CollectAndCount(metrics.Of(res), "consul_opened_http_connections_total"))
+	assert.Zero(t, testutil.CollectAndCount(metrics.Of(res), "consul_open_http_connections_max_per_client_peak"), "no peak from a failed read")
+	want := `
+# HELP consul_conn_exporter_collector_success 1 if the feature worked in the last collection, 0 if not (the log says why): one series per feature enabled, the source's the counts'.
+# TYPE consul_conn_exporter_collector_success gauge
+consul_conn_exporter_collector_success{collector="events"} 0
+consul_conn_exporter_collector_success{collector="peaks"} 0
+consul_conn_exporter_collector_success{collector="source"} 1
+`
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_conn_exporter_collector_success"))
 }
 
 // Where which listener is the agent's cannot be told (listeners of several
@@ -561,7 +563,7 @@ func TestAFailedReadOfTheEventsFailsTheCollection(t *testing.T) {
 // count of 0 stands in for connections that may be the agent's. Where the
 // agent is down (nothing at its given address) it holds nothing: 0, said.
 func TestAnAgentThatCannotBeToldFailsTheCollectionOneDownCountsNothing(t *testing.T) {
-	config := Config{Groups: []Group{{Limiter: HTTP, Ports: []uint16{8500, 8501, 8502}}}, States: defaultConfig.States, TopClients: 10}
+	config := collector.Config{Groups: []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500, 8501, 8502}}}, States: defaultConfig.States, TopClients: 10}
 	listening := func(ls ...listeners.Listener) func(context.Context) ([]listeners.Listener, error) {
 		return func(context.Context) ([]listeners.Listener, error) { return ls, nil }
 	}
@@ -571,20 +573,47 @@ func TestAnAgentThatCannotBeToldFailsTheCollectionOneDownCountsNothing(t *testin
 
 	consulDefault, err := listeners.ParseAddress("", []uint16{8500, 8501, 8502})
 	require.NoError(t, err)
-	c := New(config, captured(t, mixed, false), defaultLimits, discard)
-	c.WatchListeners(listening(at("127.0.0.1:8501", 65534), at("127.0.0.1:8502", 100)), consulDefault, nil)
+	c := collector.New(config, collector.Parts{Source: captured(t, mixed, false), Limits: defaultLimits,
+		Listeners: listeners.NewWatchOf(listening(at("127.0.0.1:8501", 65534), at("127.0.0.1:8502", 100)), consulDefault, nil, config.Ports())}, discard)
 	res := c.Collect(context.Background())
 	require.ErrorContains(t, res.Err, "listeners of several users do on the others")
 	assert.Empty(t, res.Groups, "no count")
 
 	given, err := listeners.ParseAddress("127.0.0.1:8500", []uint16{8500, 8501, 8502})
 	require.NoError(t, err)
-	c = New(config, captured(t, mixed, false), defaultLimits, discard)
-	c.WatchListeners(listening(at("127.0.0.2:8500", 65534)), given, nil)
+	c = collector.New(config, collector.Parts{Source: captured(t, mixed, false), Limits: defaultLimits,
+		Listeners: listeners.NewWatchOf(listening(at("127.0.0.2:8500", 65534)), given, nil, config.Ports())}, discard)
 	res = c.Collect(context.Background())
 	require.NoError(t, res.Err)
 	assert.Contains(t, res.Listeners.QuietReason(), "nothing listens at the agent's address")
 	require.Len(t, res.Groups, 1)
 	assert.Zero(t, res.Groups[0].Counts.Total(8500)+res.Groups[0].Counts.Total(8501), "the capture's connections are no listener's of the agent's")
 	assert.Positive(t, collect(t, config, mixed).Groups[0].Counts.Total(8500), "the capture's, where the listeners are not read")
+}
+
+// A failed read of the refusals costs their counters alone, said as
+// collector_success{collector="refusals"} 0: every count of the others
+// stands.
+func TestAFailedReadOfTheRefusalsFailsTheRefusalsAlone(t *testing.T) {
+	failed := collector.New(defaultConfig, collector.Parts{Source: captured(t, mixed, false), Limits: defaultLimits,
+		Refusals: func(int, refusals.Agent) (refusals.Snapshot, error) {
+			return refusals.Snapshot{}, errors.New("reading the kernel's refusals: bad file descriptor")
+		}}, discard).Collect(context.Background())
+	require.NoError(t, failed.Err)
+	require.ErrorContains(t, failed.RefusalsErr, "bad file descriptor")
+	assert.Zero(t, testutil.CollectAndCount(metrics.Of(failed), "consul_refused_http_connections_total"))
+	want := `
+# HELP consul_conn_exporter_collector_success 1 if the feature worked in the last collection, 0 if not (the log says why): one series per feature enabled, the source's the counts'.
+# TYPE consul_conn_exporter_collector_success gauge
+consul_conn_exporter_collector_success{collector="refusals"} 0
+consul_conn_exporter_collector_success{collector="source"} 1
+`
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(failed), strings.NewReader(want), "consul_conn_exporter_collector_success"))
+
+	others := []string{"consul_open_http_connections", "consul_open_http_connections_by_state", "consul_open_http_connections_per_client",
+		"consul_open_http_connections_max_per_client", "consul_http_max_conns_per_client", "consul_conn_exporter_collect_success"}
+	without, err := testutil.CollectAndFormat(metrics.Of(collect(t, defaultConfig, mixed)), expfmt.TypeTextPlain, others...)
+	require.NoError(t, err)
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(failed), bytes.NewReader(without), others...))
+	assert.Contains(t, string(without), `consul_open_http_connections{port="8500"}`)
 }

@@ -44,16 +44,37 @@ type Result struct {
 	// start, as in Groups; nil without --refusals.
 	Refusals []refusals.Group
 	// RefusalsMissed are the changes the kernel skipped the refusals'
-	// programs for since start (with Refusals).
+	// programs for since start (with Refusals). RefusalsErr is why they
+	// could not be read (then Refusals is nil; the counts stand).
 	RefusalsMissed uint64
+	RefusalsErr    error
+	// EventsErr is why the events could not be read besides the counts
+	// (then Events is nil; the counts stand).
+	EventsErr error
 	// Listeners are who listens on the watched ports, and whose
 	// connections counted; nil where they are not known (a --command, or
 	// their read failed: ListenersErr says why).
 	Listeners    *listeners.Agent
 	ListenersErr error
 	Duration     time.Duration
-	Err          error
+	// Err is why the connections could not be counted: then no count,
+	// processes' or refusals' is made.
+	Err error
+	// Parts say, for each feature enabled, whether it worked this time,
+	// and how long it took: the source first.
+	Parts []Part
 }
+
+// Part is one feature's share of a collection: "source" (the table's read
+// and count), "listeners", "limits", "processes", "refusals", "events" or
+// "peaks".
+type Part struct {
+	Name string
+	Err  error // nil: it worked
+	Took time.Duration
+}
+
+func (r *Result) parts(p Part) { r.Parts = append(r.Parts, p) }
 
 // GroupCounts is one limiter group's counts beside its limit.
 type GroupCounts struct {

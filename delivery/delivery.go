@@ -12,6 +12,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/changes"
+	"github.com/consul-conn-exporter/consul-conn-exporter/metrics"
 )
 
 // Output is one place a collection's metrics go. It remembers its last
@@ -31,7 +32,7 @@ func Once(coll *collector.Collector, outputs []*Output, logger *slog.Logger) boo
 	// written on SIGTERM; the command timeout bounds how long that takes.
 	res := coll.Collect(context.Background())
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(res)
+	reg.MustRegister(metrics.Of(res), metrics.BuildInfo())
 	ok := res.Err == nil
 	if !ok {
 		logger.Error("collection failed", "err", res.Err)

@@ -7,6 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/source"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -41,4 +46,25 @@ func TestRunReturnsTheErrorOfAServerThatStoppedByItself(t *testing.T) {
 	serve := func(context.Context) error { return failed }
 	err := Run(context.Background(), time.Hour, nil, nil, serve, slog.New(slog.DiscardHandler))
 	assert.ErrorIs(t, err, failed)
+}
+
+// Every output is given the collection and the exporter's build_info, as
+// /metrics has it: a textfile or a push says which version wrote it.
+func TestEveryOutputGetsTheCountsAndTheBuildInfo(t *testing.T) {
+	config := collector.Config{Groups: []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500}}},
+		States: []socket.State{socket.StateEstablished}, ProcDir: "/proc", ProcessesTimeout: time.Second}
+	coll := collector.New(config, collector.Parts{Source: source.NewText("an empty table", "", socket.StateUnknown, false),
+		Limits: func() limits.Snapshot { return limits.Snapshot{HTTP: 200} }}, slog.New(slog.DiscardHandler))
+	var written []string
+	out := &Output{Name: "memory", Write: func(g prometheus.Gatherer) error {
+		families, err := g.Gather()
+		for _, f := range families {
+			written = append(written, f.GetName())
+		}
+		return err
+	}}
+	require.True(t, Once(coll, []*Output{out}, slog.New(slog.DiscardHandler)))
+	assert.Contains(t, written, "consul_conn_exporter_build_info")
+	assert.Contains(t, written, "consul_open_http_connections")
+	assert.Contains(t, written, "consul_conn_exporter_collector_success")
 }

@@ -11,12 +11,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/metrics"
 )
 
 // probePaths are the health and readiness probes, served beside the
@@ -31,13 +31,12 @@ const shutdownGrace = 5 * time.Second
 // at / (unless the path is /), and, as Prometheus does, /-/healthy (the
 // exporter answers) and /-/ready (a collection has been made, whatever its
 // result; one is made at start): probes that run no collection. Until ctx
-// is done; then it stops within shutdownGrace. name is the exporter's, for
-// its version metric.
-func Serve(ctx context.Context, coll *collector.Collector, name string, f *WebFlags, logger *slog.Logger) error {
+// is done; then it stops within shutdownGrace.
+func Serve(ctx context.Context, coll *collector.Collector, f *WebFlags, logger *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		coll.OnScrape(),
-		versioncollector.NewCollector(name),
+		metrics.OnScrape(coll, logger),
+		metrics.BuildInfo(),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

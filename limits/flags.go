@@ -56,21 +56,27 @@ func (f *Flags) Server() string {
 	return os.Getenv("CONSUL_HTTP_ADDR")
 }
 
-// Source checks the flags and gives their limits for the watched ports.
-func (f *Flags) Source(httpPorts, rpcPorts []uint16, logger *slog.Logger) (*Source, error) {
+// Config checks the flags and gives their limits for the watched ports.
+func (f *Flags) Config(httpPorts, rpcPorts []uint16) (Config, error) {
 	http, err := ParseLimit(f.http)
 	if err != nil {
-		return nil, fmt.Errorf("--limit: %w", err)
+		return Config{}, fmt.Errorf("--limit: %w", err)
 	}
 	rpc, err := ParseLimit(f.rpc)
 	if err != nil {
-		return nil, fmt.Errorf("--rpc.limit: %w", err)
+		return Config{}, fmt.Errorf("--rpc.limit: %w", err)
 	}
 	if len(rpcPorts) == 0 {
 		rpc = Limit{} // no RPC group: nothing to read or report
 	}
 	if f.refresh < time.Second {
-		return nil, errors.New("--limit.refresh must be 1s or more: each refresh is a request to the agent")
+		return Config{}, errors.New("--limit.refresh must be 1s or more: each refresh is a request to the agent")
 	}
-	return NewSource(http, rpc, httpPorts, rpcPorts, f.refresh, f.agent, logger)
+	config := Config{HTTP: http, RPC: rpc, HTTPPorts: httpPorts, RPCPorts: rpcPorts, Refresh: f.refresh, Agent: f.agent}
+	// A client made now says what is wrong with its TLS files, before
+	// anything starts.
+	if _, err := NewSource(config, Reach{}, slog.New(slog.DiscardHandler)); err != nil {
+		return Config{}, err
+	}
+	return config, nil
 }

@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,6 +60,8 @@ type Snapshot struct {
 	Auto    bool
 	ReadOK  bool
 	ReadErr error
+	// Took is how long the last read took.
+	Took time.Duration
 	// TooManyConnections is a last read the agent answered with 429: this
 	// host's own address is at the agent's HTTP limit.
 	TooManyConnections bool
@@ -74,6 +75,21 @@ type Snapshot struct {
 	ReadAt   uint64
 }
 
+// errNotRead is an auto limit no read has been made for yet.
+var errNotRead = errors.New("the limits have not been read from the Consul agent yet")
+
+// Err is why the last read of the agent did not work, nil where it did, or
+// where no limit is read from it.
+func (s Snapshot) Err() error {
+	switch {
+	case !s.Auto || s.ReadOK:
+		return nil
+	case s.ReadErr != nil:
+		return s.ReadErr
+	}
+	return errNotRead
+}
+
 // Source gives the limits, reading the agent where a limit is auto.
 type Source struct {
 	http, rpc            Limit
@@ -84,12 +100,7 @@ type Source struct {
 	agent  *api.Config
 	logger *slog.Logger
 
-	// own, where set, is told of each of the exporter's connections to the
-	// agent, which the kernel's events then never count.
-	own atomic.Pointer[OwnConnections]
-	// at, where set, says which of the agent's addresses is its own
-	// listener's: the reads go there, and nowhere where none is.
-	at atomic.Pointer[func() (netip.AddrPort, bool)]
+	reach Reach
 
 	first     sync.Once
 	soon      chan struct{} // ReadSoon's
@@ -99,13 +110,37 @@ type Source struct {
 	warned    map[string]bool
 }
 
-// NewSource gives http and rpc, reading auto ones from the agent that
+// Config is the limits the flags give, for the watched ports (a warning
+// names a port the agent serves that is not among them), and how to reach
+// the agent for auto ones.
+type Config struct {
+	HTTP, RPC           Limit
+	HTTPPorts, RPCPorts []uint16
+	Refresh             time.Duration
+	Agent               Agent
+}
+
+// Reach is where the reads of the agent go, and whom they tell of their
+// connections; either may be nil.
+type Reach struct {
+	// At says which of the agent's addresses is its own listener's: the
+	// reads go there, and nowhere where none is, or where the listeners
+	// have not been judged yet (whatever else answers there, another
+	// user's server on the name's other address, or at Consul's default
+	// one, does not give the limit). Nil: the name, as given.
+	At func() (netip.AddrPort, bool)
+	// Own is told of each of the exporter's connections to the agent,
+	// which the kernel's events then never count.
+	Own OwnConnections
+}
+
+// NewSource gives config's limits, reading auto ones from the agent that
 // Consul's standard environment names (CONSUL_HTTP_ADDR,
-// CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ...). The watched ports are for
-// a warning when the agent serves a port that is not among them.
-func NewSource(http, rpc Limit, httpPorts, rpcPorts []uint16, refresh time.Duration, agent Agent, logger *slog.Logger) (*Source, error) {
+// CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ...), as far as reach goes.
+func NewSource(limits Config, reach Reach, logger *slog.Logger) (*Source, error) {
+	http, rpc, httpPorts, refresh, agent := limits.HTTP, limits.RPC, limits.HTTPPorts, limits.Refresh, limits.Agent
 	s := &Source{
-		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: rpcPorts,
+		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: limits.RPCPorts, reach: reach,
 		refresh: refresh, readTimeout: min(refresh, 5*time.Second), logger: logger,
 		warned:   map[string]bool{},
 		soon:     make(chan struct{}, 1),
@@ -149,18 +184,6 @@ type OwnConnections interface {
 	Own(fd int) error
 }
 
-// ExcludeOwn has every read of the limits from now on tell own of its
-// connection.
-func (s *Source) ExcludeOwn(own OwnConnections) { s.own.Store(&own) }
-
-// ReadAt has every read from now on go to the address at gives: the
-// address of the agent's name whose listener is the agent's. Where it
-// judged none, or has not judged yet (the listeners unread), the read is
-// not made: whatever else answers there (another user's server on the
-// name's other address, or at Consul's default one) does not give the
-// limit.
-func (s *Source) ReadAt(at func() (netip.AddrPort, bool)) { s.at.Store(&at) }
-
 // errNoAgent is a read not made: no address of the agent's is known to be
 // its own listener's.
 var errNoAgent = errors.New("no listener of the agent's is known at its address (the listeners' warning or error says why): not read from whatever answers there")
@@ -169,23 +192,23 @@ var errNoAgent = errors.New("no listener of the agent's is known at its address 
 var dialer = net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 
 // dial connects to the agent: where the exporter's own connections are to
-// be told of (ExcludeOwn), a TCP socket is told of before it connects.
+// be told of (Reach.Own), a TCP socket is told of before it connects.
 func (s *Source) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	if at := s.at.Load(); at != nil && strings.HasPrefix(network, "tcp") {
-		agent, judged := (*at)()
+	if at := s.reach.At; at != nil && strings.HasPrefix(network, "tcp") {
+		agent, judged := at()
 		if !judged || !agent.IsValid() {
 			return nil, errNoAgent
 		}
 		addr = agent.String()
 	}
-	own := s.own.Load()
+	own := s.reach.Own
 	if own == nil || !strings.HasPrefix(network, "tcp") {
 		return dialer.DialContext(ctx, network, addr)
 	}
 	d := dialer
 	d.Control = func(_, _ string, raw syscall.RawConn) error {
 		var err error
-		if cerr := raw.Control(func(fd uintptr) { err = (*own).Own(int(fd)) }); cerr != nil {
+		if cerr := raw.Control(func(fd uintptr) { err = own.Own(int(fd)) }); cerr != nil {
 			return cerr
 		}
 		return err
@@ -280,11 +303,12 @@ func (s *Source) firstRead() {
 }
 
 func (s *Source) read() {
-	began := monotonic()
+	began, start := monotonic(), time.Now()
 	httpLimit, rpcLimit, tls, err := s.ask()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
+	s.snapshot.Took = time.Since(start)
 	state := ""
 	if err != nil {
 		var status api.StatusError

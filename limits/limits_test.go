@@ -49,7 +49,7 @@ func source(t *testing.T, answer response, logger *slog.Logger) (*Source, *atomi
 	var a atomic.Value
 	a.Store(answer)
 	agent(t, &a)
-	s, err := NewSource(Limit{Auto: true}, Limit{Auto: true}, []uint16{8500}, []uint16{8300}, time.Minute, Agent{}, logger)
+	s, err := NewSource(Config{HTTP: Limit{Auto: true}, RPC: Limit{Auto: true}, HTTPPorts: []uint16{8500}, RPCPorts: []uint16{8300}, Refresh: time.Minute, Agent: Agent{}}, Reach{}, logger)
 	require.NoError(t, err)
 	return s, &a
 }
@@ -123,7 +123,7 @@ func TestAPortTheAgentServesButIsNotWatchedIsWarnedOnce(t *testing.T) {
 }
 
 func TestNumberedLimitsNeedNoAgent(t *testing.T) {
-	s, err := NewSource(Limit{N: 200}, Limit{N: 100}, nil, nil, time.Minute, Agent{}, discard)
+	s, err := NewSource(Config{HTTP: Limit{N: 200}, RPC: Limit{N: 100}, HTTPPorts: nil, RPCPorts: nil, Refresh: time.Minute, Agent: Agent{}}, Reach{}, discard)
 	require.NoError(t, err)
 	assert.Equal(t, Snapshot{HTTP: 200, RPC: 100}, s.Snapshot())
 	for _, bad := range []string{"-1", "many", "", "1e3"} {
@@ -153,7 +153,7 @@ func TestA429SentBeforeTheRequestIsRead(t *testing.T) {
 	t.Setenv("CONSUL_HTTP_TOKEN", "")
 	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
 	for range 20 {
-		s, err := NewSource(Limit{Auto: true}, Limit{N: 100}, []uint16{8500}, nil, time.Minute, Agent{}, discard)
+		s, err := NewSource(Config{HTTP: Limit{Auto: true}, RPC: Limit{N: 100}, HTTPPorts: []uint16{8500}, RPCPorts: nil, Refresh: time.Minute, Agent: Agent{}}, Reach{}, discard)
 		require.NoError(t, err)
 		snap := s.Snapshot()
 		require.True(t, snap.TooManyConnections, "%v", snap.ReadErr)
@@ -165,7 +165,7 @@ func TestZeroIsNoLimitAndOnlyTheWatchedGroupsAreRead(t *testing.T) {
 	var a atomic.Value
 	a.Store(response{200, `{"DebugConfig": {"HTTPMaxConnsPerClient": 0, "HTTPPort": 8500}}`})
 	agent(t, &a)
-	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, Agent{}, discard)
+	s, err := NewSource(Config{HTTP: Limit{Auto: true}, RPC: Limit{}, HTTPPorts: []uint16{8500}, RPCPorts: nil, Refresh: time.Minute, Agent: Agent{}}, Reach{}, discard)
 	require.NoError(t, err)
 	snap := s.Snapshot()
 	require.True(t, snap.ReadOK, "%v", snap.ReadErr)
@@ -186,7 +186,7 @@ func TestTheTokenFileIsReadAtEveryRefresh(t *testing.T) {
 	t.Setenv("CONSUL_HTTP_ADDR", strings.TrimPrefix(server.URL, "http://"))
 	t.Setenv("CONSUL_HTTP_TOKEN", "")
 	t.Setenv("CONSUL_HTTP_TOKEN_FILE", tokenFile)
-	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, Agent{}, discard)
+	s, err := NewSource(Config{HTTP: Limit{Auto: true}, RPC: Limit{}, HTTPPorts: []uint16{8500}, RPCPorts: nil, Refresh: time.Minute, Agent: Agent{}}, Reach{}, discard)
 	require.NoError(t, err, "a missing token file is a failed read, not a failed start")
 	snap := s.Snapshot()
 	assert.False(t, snap.ReadOK)
@@ -241,7 +241,7 @@ func TestTheAgentsFlagsWinOverTheEnvironment(t *testing.T) {
 	t.Setenv("CONSUL_HTTP_TOKEN_FILE", "")
 	token := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(token, []byte("from-the-file\n"), 0o600))
-	s, err := NewSource(Limit{Auto: true}, Limit{}, []uint16{8500}, nil, time.Minute, Agent{Server: server.URL, TokenFile: token}, discard)
+	s, err := NewSource(Config{HTTP: Limit{Auto: true}, RPC: Limit{}, HTTPPorts: []uint16{8500}, RPCPorts: nil, Refresh: time.Minute, Agent: Agent{Server: server.URL, TokenFile: token}}, Reach{}, discard)
 	require.NoError(t, err)
 	snap := s.Snapshot()
 	require.True(t, snap.ReadOK, "%v", snap.ReadErr)
@@ -273,8 +273,7 @@ func TestEachReadsConnectionIsToldOfByItsSocketBeforeItConnects(t *testing.T) {
 	require.NoError(t, err)
 	defer ln.Close()
 	own := &ownSockets{}
-	s := &Source{}
-	s.ExcludeOwn(own)
+	s := &Source{reach: Reach{Own: own}}
 	conn, err := s.dial(context.Background(), "tcp", ln.Addr().String())
 	require.NoError(t, err)
 	defer conn.Close()
@@ -307,7 +306,7 @@ func TestReadsGoOnlyWhereTheListenersSayTheAgentIs(t *testing.T) {
 		{"at its listener", judged, true, 77},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s.ReadAt(func() (netip.AddrPort, bool) { return tc.at, tc.done })
+			s.reach.At = func() (netip.AddrPort, bool) { return tc.at, tc.done }
 			s.read()
 			snap := s.Snapshot()
 			assert.Equal(t, tc.want != 0, snap.ReadOK, snap.ReadErr)
@@ -332,7 +331,7 @@ func TestWithNoAddressTheLimitsAreReadAtTheFirstWatchedHTTPPort(t *testing.T) {
 	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, self) }))
 	defer server.Close()
 	at := netip.MustParseAddrPort(strings.TrimPrefix(server.URL, "http://"))
-	s, err := NewSource(Limit{Auto: true}, Limit{N: 100}, []uint16{at.Port()}, nil, time.Minute, Agent{}, discard)
+	s, err := NewSource(Config{HTTP: Limit{Auto: true}, RPC: Limit{N: 100}, HTTPPorts: []uint16{at.Port()}, RPCPorts: nil, Refresh: time.Minute, Agent: Agent{}}, Reach{}, discard)
 	require.NoError(t, err)
 	snap := s.Snapshot()
 	require.True(t, snap.ReadOK, snap.ReadErr)

@@ -44,7 +44,7 @@ func AddFlags(app *kingpin.Application) *Flags {
 func (f *Flags) OwnNamespace() bool { return f.command == "" }
 
 // Events is whether the counts come from the kernel's events: loaded at
-// start (events.Load), in place of the source New gives.
+// start (events.Load), where New gives none.
 func (f *Flags) Events() bool { return f.source == "events" }
 
 // Timeout bounds each read of the table.
@@ -66,33 +66,54 @@ func (f *Flags) Capabilities() ([]cap.Value, error) {
 // ErrNoTool is no program to print the socket table with.
 var ErrNoTool = errors.New("no socket table tool")
 
-// New is the source the flags name, for want. Where no tool can print the
+// Validate says what is wrong with the flags, for want.
+func (f *Flags) Validate(want Want) error {
+	_, err := f.commandRunner(want)
+	return err
+}
+
+// commandRunner is the --command's runner, nil without one, or what is wrong
+// with the flags.
+func (f *Flags) commandRunner(want Want) (*runner.Runner, error) {
+	switch {
+	case f.commandTimeout <= 0:
+		return nil, errors.New("--command.timeout must be positive")
+	case f.command != "" && f.sourceSet && f.source != "command":
+		return nil, fmt.Errorf("--command goes with --source command, not --source %s", f.source)
+	case f.command == "" && f.source == "command":
+		return nil, errors.New("--source command needs --command")
+	case f.source == "events" && want.processes():
+		return nil, errors.New("--clients.processes names programs from each socket's row: not with --source events, which keeps counts")
+	case f.command == "":
+		return nil, nil
+	}
+	r, err := runner.Parse(f.command, f.commandTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("--command: %w", err)
+	}
+	return r, nil
+}
+
+// New is the source the flags name, for want; none with --source events
+// (the kernel's events are loaded at start). Where no tool can print the
 // table, the error is ErrNoTool and the source is one whose every read
 // fails with it: a collection that cannot count.
 func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
-	if f.commandTimeout <= 0 {
-		return nil, errors.New("--command.timeout must be positive")
+	r, err := f.commandRunner(want)
+	if err != nil {
+		return nil, err
 	}
 	netlink := func() (Source, error) {
 		return sockdiag.New(want.Ports, want.ClientPorts, want.States, f.commandTimeout), nil
 	}
 	switch {
-	case f.command != "" && f.sourceSet && f.source != "command":
-		return nil, fmt.Errorf("--command goes with --source command, not --source %s", f.source)
-	case f.command != "":
-		r, err := runner.Parse(f.command, f.commandTimeout)
-		if err != nil {
-			return nil, fmt.Errorf("--command: %w", err)
-		}
+	case r != nil:
 		c := NewCommand(r, impliedState(r.Argv()), want.processes(), logger)
 		c.userCommand = true
 		return c, nil
-	case f.source == "command":
-		return nil, errors.New("--source command needs --command")
-	case f.source == "events" && want.processes():
-		return nil, errors.New("--clients.processes names programs from each socket's row: not with --source events, which keeps counts")
-	case f.source == "netlink", f.source == "events":
-		// With events, the built-in reader until the programs load.
+	case f.source == "events":
+		return nil, errors.New("--source events: the kernel's events are loaded at start, not made here")
+	case f.source == "netlink":
 		return netlink()
 	case f.source == "netstat":
 		c, err := netstat(want, f.commandTimeout, logger)

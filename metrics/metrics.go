@@ -1,14 +1,21 @@
-package collector
+// Package metrics is the Prometheus view of a collection: a
+// collector.Result as metrics, for the textfile, a Pushgateway and the
+// exporter's own /metrics.
+package metrics
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/events"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/oneline"
 	"github.com/consul-conn-exporter/consul-conn-exporter/tally"
 )
 
@@ -24,8 +31,17 @@ type groupDescs struct {
 	opened, openedPerClient, closed, lifetimes, lost, unfollowed *prometheus.Desc
 }
 
-func newGroupDescs(l *Limiter) groupDescs {
-	group, what, limitName := l.Name, l.what, l.Setting
+// groups are each limiter's metrics.
+var groups = func() map[*collector.Limiter]groupDescs {
+	m := map[*collector.Limiter]groupDescs{}
+	for _, l := range collector.Limiters {
+		m[l] = newGroupDescs(l)
+	}
+	return m
+}()
+
+func newGroupDescs(l *collector.Limiter) groupDescs {
+	group, what, limitName := l.Name, l.What, l.Setting
 	prefix := "consul_open_" + group + "_connections"
 	return groupDescs{
 		connections: prometheus.NewDesc(prefix,
@@ -138,42 +154,59 @@ var (
 		"consul_conn_exporter_collect_duration_seconds",
 		"Time the collection took, command included.",
 		nil, nil)
+	collectorSuccessDesc = prometheus.NewDesc(
+		"consul_conn_exporter_collector_success",
+		"1 if the feature worked in the last collection, 0 if not (the log says why): one series per feature enabled, the source's the counts'.",
+		[]string{"collector"}, nil)
+	collectorDurationDesc = prometheus.NewDesc(
+		"consul_conn_exporter_collector_duration_seconds",
+		"Time the feature took in the last collection (the limits': their last read, made in the background).",
+		[]string{"collector"}, nil)
 )
 
-// Describe sends the descriptions of every metric a Result can have.
-func (r Result) Describe(ch chan<- *prometheus.Desc) {
-	for _, l := range Limiters {
-		g := l.metrics
+// result is a collection's metrics.
+type result collector.Result
+
+// Of is res's metrics. A failed result has no count, so that no graph or
+// alert can take a failure for an idle server.
+func Of(res collector.Result) prometheus.Collector { return result(res) }
+
+// Describe sends the descriptions of every metric a result can have.
+func (r result) Describe(ch chan<- *prometheus.Desc) {
+	for _, l := range collector.Limiters {
+		g := groups[l]
 		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
 			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
 	}
 	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
-		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc, refusalsMissedDesc} {
+		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc, refusalsMissedDesc, collectorSuccessDesc, collectorDurationDesc} {
 		ch <- d
 	}
 }
 
-// Collect sends the result's metrics. A failed result sends no count, so
-// that no graph or alert can take a failure for an idle server.
-func (r Result) Collect(ch chan<- prometheus.Metric) {
+// Collect sends the result's metrics. One that cannot be rendered (a
+// label value that is not valid UTF-8, which no source lets through) is
+// sent as a failed collection, with why: the exposition never panics on
+// what others feed it.
+func (r result) Collect(ch chan<- prometheus.Metric) {
 	metrics, err := r.metrics()
 	if err != nil {
-		// Collect checks every result before it is returned (collector's
-		// collect), so this is a result made by hand: report it failed.
-		r.Err = err
-		metrics, _ = r.metrics()
+		err = fmt.Errorf("cannot render the metrics: %s", oneline.Clip(err.Error(), 300))
+		failed := result{Err: err, Duration: r.Duration, ProcessesAsked: r.ProcessesAsked, Limits: r.Limits}
+		for _, p := range r.Parts {
+			failed.Parts = append(failed.Parts, collector.Part{Name: p.Name, Err: err, Took: p.Took})
+		}
+		metrics, _ = failed.metrics()
 	}
 	for _, m := range metrics {
 		ch <- m
 	}
 }
 
-// metrics are the result's samples, or why one cannot be made (a label
-// value that is not valid UTF-8, say): the exposition never panics on
-// what others feed it.
-func (r Result) metrics() ([]prometheus.Metric, error) {
+// metrics are the result's samples, or why one cannot be made.
+func (r result) metrics() ([]prometheus.Metric, error) {
 	var (
 		metrics []prometheus.Metric
 		errs    []error
@@ -191,6 +224,10 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 		sample(d, prometheus.CounterValue, v, labels...)
 	}
 	gauge(durationDesc, r.Duration.Seconds())
+	for _, p := range r.Parts {
+		gauge(collectorSuccessDesc, boolValue(p.Err == nil), p.Name)
+		gauge(collectorDurationDesc, p.Took.Seconds(), p.Name)
+	}
 	if r.Peaks != nil {
 		counter(samplesDesc, float64(r.Peaks.Samples))
 		counter(samplesFailedDesc, float64(r.Peaks.Failed))
@@ -198,13 +235,16 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 	if r.Limits.Auto {
 		gauge(limitsReadDesc, boolValue(r.Limits.ReadOK))
 	}
+	if r.ProcessesAsked {
+		gauge(processesDesc, boolValue(r.ProcessesKnown))
+	}
 	if r.Err != nil {
 		gauge(successDesc, 0)
 		return metrics, errors.Join(errs...)
 	}
 	gauge(successDesc, 1)
 	for i, g := range r.Groups {
-		d := g.metrics
+		d := groups[g.Limiter]
 		for _, port := range g.Counts.Ports() {
 			p := strconv.Itoa(int(port))
 			gauge(d.connections, float64(g.Counts.Total(port)), p)
@@ -279,9 +319,6 @@ func (r Result) metrics() ([]prometheus.Metric, error) {
 			gauge(portListenerUsersDesc, float64(users), p)
 		}
 	}
-	if r.ProcessesAsked {
-		gauge(processesDesc, boolValue(r.ProcessesKnown))
-	}
 	if r.ProcessesKnown {
 		for _, p := range tally.ByProcess(r.Processes, r.TopClients) {
 			gauge(perProcessDesc, float64(p.Count), p.Process)
@@ -297,19 +334,28 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
-// OnScrape is a prometheus.Collector that collects on every scrape, for the
-// exporter's own /metrics.
-func (c *Collector) OnScrape() prometheus.Collector { return onScrape{c} }
+// OnScrape collects with coll on every scrape, for the exporter's own
+// /metrics; a failed collection is logged.
+func OnScrape(coll *collector.Collector, logger *slog.Logger) prometheus.Collector {
+	return onScrape{coll, logger}
+}
 
-type onScrape struct{ c *Collector }
+type onScrape struct {
+	coll   *collector.Collector
+	logger *slog.Logger
+}
 
-func (s onScrape) Describe(ch chan<- *prometheus.Desc) { Result{}.Describe(ch) }
+func (s onScrape) Describe(ch chan<- *prometheus.Desc) { result{}.Describe(ch) }
 
 func (s onScrape) Collect(ch chan<- prometheus.Metric) {
 	// The command timeout bounds the scrape: promhttp passes no context.
-	res := s.c.Collect(context.Background())
+	res := s.coll.Collect(context.Background())
 	if res.Err != nil {
-		s.c.logger.Error("collection failed", "err", res.Err)
+		s.logger.Error("collection failed", "err", res.Err)
 	}
-	res.Collect(ch)
+	result(res).Collect(ch)
 }
+
+// BuildInfo is the exporter's version, as consul_conn_exporter_build_info:
+// in every output.
+func BuildInfo() prometheus.Collector { return versioncollector.NewCollector("consul_conn_exporter") }
