@@ -21,9 +21,9 @@ import (
 
 	"github.com/prometheus/common/version"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/check"
-	"github.com/consul-conn-exporter/consul-conn-exporter/delivery"
-	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/check"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/delivery"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
 
 const name = "consul_conn_exporter"

@@ -8,14 +8,15 @@ import (
 
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/capabilities"
-	"github.com/consul-conn-exporter/consul-conn-exporter/collector"
-	"github.com/consul-conn-exporter/consul-conn-exporter/events"
-	"github.com/consul-conn-exporter/consul-conn-exporter/limits"
-	"github.com/consul-conn-exporter/consul-conn-exporter/listeners"
-	"github.com/consul-conn-exporter/consul-conn-exporter/owners"
-	"github.com/consul-conn-exporter/consul-conn-exporter/refusals"
-	"github.com/consul-conn-exporter/consul-conn-exporter/source"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/capabilities"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/kernel"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/listeners"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/owners"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/refusals"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/source"
 )
 
 // exporter is what start makes of a config: built once, never changed.
@@ -79,7 +80,7 @@ func start(cfg *config) (*exporter, error) {
 	if k.counts != nil || k.counter != nil {
 		watched := cfg.counting.Ports()
 		parts.Tell = func(a listeners.Agent) error {
-			users := listeners.KernelUsers(&a, watched, refusals.AnyUser, refusals.UntoldUser)
+			users := listeners.KernelUsers(&a, watched, kernel.AnyUser, kernel.UntoldUser)
 			if k.counts != nil {
 				if err := k.counts.Trust(users); err != nil {
 					return err
@@ -130,33 +131,33 @@ func (k loaded) close() {
 // programs that cannot be named from the kernel are named by walking /proc.
 func load(cfg *config, agent *listeners.Agent) (loaded, error) {
 	var k loaded
-	kernel := btf.NewCache() // the kernel's types, read once for every program
+	types := btf.NewCache() // the kernel's types, read once for every program
 	var ports [][]uint16
 	for _, g := range cfg.counting.Groups {
 		ports = append(ports, g.Ports)
 	}
 	var users map[uint16]uint32
 	if cfg.events != nil || cfg.refusals {
-		users = listeners.KernelUsers(agent, cfg.counting.Ports(), refusals.AnyUser, refusals.UntoldUser)
+		users = listeners.KernelUsers(agent, cfg.counting.Ports(), kernel.AnyUser, kernel.UntoldUser)
 	}
 	var err error
 	if cfg.events != nil {
-		if k.counts, err = events.Load(kernel, ports, cfg.counting.States, cfg.events.Keys, users); err != nil {
+		if k.counts, err = events.Load(types, ports, cfg.counting.States, cfg.events.Keys, users); err != nil {
 			return k, err
 		}
 	}
 	if cfg.refusals {
-		var shared *refusals.Counts
+		var shared *kernel.SharedMaps
 		if k.counts != nil {
 			shared = k.counts.Shared()
 		}
-		if k.counter, err = refusals.Load(kernel, ports, shared, users); err != nil {
+		if k.counter, err = refusals.Load(types, ports, shared, users); err != nil {
 			k.close()
 			return loaded{}, err
 		}
 	}
 	if cfg.counting.Processes && cfg.counting.ProcessesFromKernel {
-		if k.lister, err = owners.LoadIterator(kernel); err != nil {
+		if k.lister, err = owners.LoadIterator(types); err != nil {
 			cfg.logger.Info("naming the programs by walking /proc: the kernel program that lists open files cannot be loaded", "err", err)
 		}
 	}

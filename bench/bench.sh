@@ -99,7 +99,7 @@ printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' connections "counte
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(200 10000 100000)
 # Bare ss as the exporter runs it: with each socket's user (-e) where a
-# cgroup2 file system is mounted (source/tools.go).
+# cgroup2 file system is mounted (internal/table/source/tools.go).
 ss_options=-Htan
 if grep -q ' cgroup2 ' /proc/self/mounts 2>/dev/null; then ss_options=-Htane; fi
 for n in "${sizes[@]}"; do
@@ -244,7 +244,7 @@ fi
 if [ "$(id -u)" = 0 ]; then
   echo
   for s in RefusalStorm ServedChurn; do
-    storm "refusals, $s of 100,000" 5 go test -run '^$' -bench "$s" -benchtime 100000x ./refusals
+    storm "refusals, $s of 100,000" 5 go test -run '^$' -bench "$s" -benchtime 100000x ./internal/refusals
   done
 fi
 
@@ -284,7 +284,7 @@ if [ "$(id -u)" = 0 ]; then
     kill "$ev" "$nl"; wait "$ev" "$nl" 2>/dev/null || true
     release
   done
-  go test -c -o "$work/events.test" ./events
+  go test -c -o "$work/events.test" ./internal/events
   for s in ChurnStorm RefusalStorm OtherPortsChurn; do
     storm "events, $s of 72,000" 7 unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "$s" -test.benchtime 72000x
   done

@@ -17,9 +17,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/exposition"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/exposition"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 // The scratch image is built for real with buildah (no daemon), and its

@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 // release runs deploy/release.sh into a new directory at one

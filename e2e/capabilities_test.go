@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 // Capability masks as /proc/PID/status shows them.

@@ -10,15 +10,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/check"
-	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/check"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/captures"
 )
 
-const mixedCapture = "../fixtures/ss-iproute2-6.1.0_tanp_mixed.txt"
+const mixedCapture = "../testdata/captures/ss-iproute2-6.1.0_tanp_mixed.txt"
 
-func mixedExpected(t *testing.T) fixtures.Expected {
+func mixedExpected(t *testing.T) captures.Expected {
 	t.Helper()
-	want, err := fixtures.ReadExpected(mixedCapture)
+	want, err := captures.ReadExpected(mixedCapture)
 	require.NoError(t, err)
 	return want
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
-	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
 
 // The agent's own limits, its server RPC limiter and the local programs

@@ -21,9 +21,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
-	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
 
 func TestNodeExporterReadsOurTextfile(t *testing.T) {
@@ -111,7 +111,7 @@ func TestOwnMetricsArePromtoolCleanAndScrapesShareOneCollection(t *testing.T) {
 	// (on a loaded machine, some do) starts a run of its own, through the
 	// open gate.
 	command := fmt.Sprintf("sh -c 'mkdir %[1]s 2>/dev/null || echo overlap >> %[2]s; echo run >> %[2]s; "+
-		"until [ -e %[3]s.$(cat %[4]s) ]; do sleep 0.01; done; cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt; rmdir %[1]s'",
+		"until [ -e %[3]s.$(cat %[4]s) ]; do sleep 0.01; done; cat ../testdata/captures/ss-iproute2-6.1.0_tan_mixed.txt; rmdir %[1]s'",
 		file("lock"), file("runs"), file("gate"), file("round"))
 	addr := freeAddr(t)
 	// No samples between the collections: each would be a run of its own.
@@ -298,7 +298,7 @@ func TestStopIsBoundedByAClientThatNeverFinishes(t *testing.T) {
 func TestProbesAnswerWithoutACollection(t *testing.T) {
 	dir := t.TempDir()
 	file := func(name string) string { return filepath.Join(dir, name) }
-	command := fmt.Sprintf("sh -c 'echo run >> %s; until [ -e %s ]; do sleep 0.01; done; cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt'", file("runs"), file("gate"))
+	command := fmt.Sprintf("sh -c 'echo run >> %s; until [ -e %s ]; do sleep 0.01; done; cat ../testdata/captures/ss-iproute2-6.1.0_tan_mixed.txt'", file("runs"), file("gate"))
 	addr := freeAddr(t)
 	startServer(t, binary, "--web.listen-address="+addr, "--port", "8500", "--command", command, "--sample.interval", "0")
 	get := func(path string) int {

@@ -9,9 +9,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
-	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
 
 // inMountNamespace runs the exporter in a private mount namespace after the
@@ -95,7 +95,7 @@ func TestSIGTERMBetweenBackToBackWritesLeavesAWholeFile(t *testing.T) {
 	// inside it.
 	for stopAfter := 1; stopAfter <= 10; stopAfter++ {
 		dir := t.TempDir()
-		exporter := start(t, binary, "--textfile.directory", dir, "--command", "cat ../fixtures/ss-iproute2-6.1.0_tan_mixed.txt",
+		exporter := start(t, binary, "--textfile.directory", dir, "--command", "cat ../testdata/captures/ss-iproute2-6.1.0_tan_mixed.txt",
 			"--port", "8500", "--interval", "100ms", "--log.level", "debug")
 		exporter.waitFor(t, "msg=collected ok=true", stopAfter)
 		_, err := exporter.stop(syscall.SIGTERM)

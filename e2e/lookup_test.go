@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 // As root, the release build names the programs from the kernel's list of

@@ -13,10 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
-	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
-	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
 
 func TestSeedScenarioCountsOpenConnectionsThenZeroInTimeWait(t *testing.T) {

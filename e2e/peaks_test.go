@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 // A client that holds 45 connections for 1.5 s between two scrapes leaves
@@ -66,7 +66,7 @@ func TestFailedSamplesAreCountedNotZeros(t *testing.T) {
 	dir := t.TempDir()
 	outcomes := filepath.Join(dir, "outcomes")
 	require.NoError(t, os.WriteFile(outcomes, nil, 0o644))
-	capture, err := filepath.Abs("../fixtures/ss-iproute2-6.1.0_tan_mixed.txt")
+	capture, err := filepath.Abs("../testdata/captures/ss-iproute2-6.1.0_tan_mixed.txt")
 	require.NoError(t, err)
 	// About one run in three fails; each notes its outcome with one append
 	// (atomic, whatever else runs at the same moment).

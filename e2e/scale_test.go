@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/loopback"
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/programs"
-	"github.com/consul-conn-exporter/consul-conn-exporter/textfile"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
 
 // At 100,000 connections one collection counts every one and names the

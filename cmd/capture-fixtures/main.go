@@ -26,8 +26,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/fixtures"
-	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/captures"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
 )
 
 // Ports the captures are made for: two watched ports and one that is not.
@@ -105,7 +105,7 @@ var variants = []variant{
 }
 
 func main() {
-	out := flag.String("out", "fixtures", "directory to write the captures to")
+	out := flag.String("out", "testdata/captures", "directory to write the captures to")
 	inNetns := flag.Bool("in-netns", false, "internal: already inside the fresh network namespace")
 	flag.Parse()
 	if err := run(*out, *inNetns); err != nil {
@@ -342,9 +342,9 @@ func capture(out string, v variant) error {
 
 // expect is what the scenario was built to give for ports 8500 and 8501 in
 // the default states, as far as the variant's own filter lets it show.
-func expect(v variant) fixtures.Expected {
+func expect(v variant) captures.Expected {
 	counted := []string{"established", "close-wait"}
-	exp := fixtures.Expected{
+	exp := captures.Expected{
 		Command: append([]string{v.tool}, v.args...),
 		Ports:   []uint16{httpPort, httpsPort},
 		States:  counted,

@@ -17,7 +17,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
 )
 
 func main() {

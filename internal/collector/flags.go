@@ -1,0 +1,117 @@
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
+)
+
+// Flags are what to count.
+type Flags struct {
+	ports, rpcPorts  []string
+	states           string
+	topClients       int
+	processes        bool
+	processesBPF     bool
+	processesTimeout time.Duration
+	sampleInterval   time.Duration
+	peakWindow       time.Duration
+}
+
+// AddFlags declares the collection's flags on app.
+func AddFlags(app *kingpin.Application) *Flags {
+	f := &Flags{}
+	app.Flag("port", "Consul HTTP port whose server-side connections are counted; repeat for several (e.g. 8501 for HTTPS).").
+		Default("8500").StringsVar(&f.ports)
+	app.Flag("rpc.port", "Consul server RPC port (8300 on servers), counted as a group of its own against rpc_max_conns_per_client; repeatable, none by default.").
+		StringsVar(&f.rpcPorts)
+	app.Flag("states", "Comma-separated TCP states that hold one of Consul's per-client slots.").
+		Default("established,close-wait").StringVar(&f.states)
+	app.Flag("clients.top", "How many of the busiest clients (and local programs) get a sample of their own (0: none).").
+		Default("10").SetValue(wholenumber.Of(&f.topClients))
+	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (to see other users' programs: root, or CAP_BPF and CAP_PERFMON at start, or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; see --clients.processes.bpf).").
+		BoolVar(&f.processes)
+	app.Flag("clients.processes.bpf", "Name the programs from the kernel's list of every process's open files, read by a kernel program in one pass (needs root, or CAP_BPF and CAP_PERFMON, to load it at start; Linux 5.8 with BTF); without it, or where it cannot be loaded, the exporter walks /proc, a link per open file.").
+		Default("true").BoolVar(&f.processesBPF)
+	app.Flag("clients.processes.timeout", "Give up naming the programs after this long: the counts are written without them.").
+		Default("5s").DurationVar(&f.processesTimeout)
+	app.Flag("sample.interval", "Between collections, read the socket table this often for the peaks (0: no sampling); with ss or netstat each sample runs it, with --source netlink it is cheap.").
+		Default("1s").DurationVar(&f.sampleInterval)
+	app.Flag("peak.window", "The peaks cover the samples of this sliding window, so that every scraper, and a textfile written every --interval, sees a burst shorter than the interval.").
+		Default("1m").DurationVar(&f.peakWindow)
+	return f
+}
+
+// Config checks the flags and says what to count.
+func (f *Flags) Config() (Config, error) {
+	config := Config{TopClients: f.topClients, Processes: f.processes, ProcessesFromKernel: f.processesBPF, ProcDir: "/proc", ProcessesTimeout: f.processesTimeout,
+		SampleInterval: f.sampleInterval, PeakWindow: f.peakWindow}
+	switch {
+	case f.sampleInterval != 0 && f.sampleInterval < 100*time.Millisecond:
+		return config, errors.New("--sample.interval must be 0 (no sampling) or 100ms or more")
+	case f.sampleInterval > 0 && f.peakWindow < f.sampleInterval:
+		return config, errors.New("--peak.window must be at least --sample.interval")
+	case f.sampleInterval > 0 && f.peakWindow/f.sampleInterval > 100_000:
+		return config, errors.New("--peak.window must hold at most 100,000 samples of --sample.interval")
+	}
+	if f.processesTimeout <= 0 {
+		return config, errors.New("--clients.processes.timeout must be positive")
+	}
+	httpPorts, err := parsePorts("--port", f.ports)
+	if err != nil {
+		return config, err
+	}
+	rpcPorts, err := parsePorts("--rpc.port", f.rpcPorts)
+	if err != nil {
+		return config, err
+	}
+	for _, p := range rpcPorts {
+		if slices.Contains(httpPorts, p) {
+			return config, fmt.Errorf("port %d is in both --port and --rpc.port: Consul's HTTP and RPC limiters never share a port", p)
+		}
+	}
+	config.Groups = []Group{{Limiter: HTTP, Ports: httpPorts}}
+	if len(rpcPorts) > 0 {
+		config.Groups = append(config.Groups, Group{Limiter: RPC, Ports: rpcPorts})
+	}
+	for _, word := range strings.Split(f.states, ",") {
+		s, ok := socket.ParseState(strings.TrimSpace(word))
+		if !ok {
+			return config, fmt.Errorf("--states: unknown TCP state %q (use ss names, e.g. established,close-wait)", word)
+		}
+		// A listening socket is no connection, and Consul has let go of a
+		// TIME-WAIT one: neither holds a per-client slot.
+		if s == socket.StateListen || s == socket.StateTimeWait || s == socket.StateClose {
+			return config, fmt.Errorf("--states: %s sockets never count toward Consul's limit", s)
+		}
+		if !slices.Contains(config.States, s) {
+			config.States = append(config.States, s)
+		}
+	}
+	if f.topClients < 0 {
+		return config, errors.New("--clients.top must be 0 or more")
+	}
+	return config, nil
+}
+
+func parsePorts(flag string, words []string) ([]uint16, error) {
+	var ports []uint16
+	for _, word := range words {
+		n, err := strconv.ParseUint(word, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("%s %s: not a TCP port (1-65535)", flag, word)
+		}
+		if p := uint16(n); !slices.Contains(ports, p) {
+			ports = append(ports, p)
+		}
+	}
+	return ports, nil
+}

@@ -1,0 +1,85 @@
+package collector
+
+import (
+	"time"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/listeners"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/peaks"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/refusals"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+)
+
+// Result is one collection: what every view (the metrics, check's report)
+// renders.
+type Result struct {
+	// Groups are the counts of each limiter group, HTTP first; none when
+	// Err is set.
+	Groups []GroupCounts
+	// States are the watched states, in the order given.
+	States []socket.State
+	// TopClients is how many of the busiest clients (and programs) are
+	// shown each.
+	TopClients int
+	// Processes is how many HTTP connections each local program holds,
+	// per client address, when ProcessesKnown: every local client end's
+	// program could be read. ProcessesAsked is whether they were asked for.
+	Processes      []tally.ProcessCount
+	ProcessesKnown bool
+	ProcessesAsked bool
+	// ProcessesWhy says why they could not be named, when asked and not
+	// known: the same words the log has.
+	ProcessesWhy string
+	Limits       limits.Snapshot
+	// Peaks are what the samples saw over the window, per group as in
+	// Groups; nil without sampling.
+	Peaks *peaks.View
+	// Events are what the kernel's events keep besides the counts (churn,
+	// lifetimes, the time at the limit), per group as in Groups; nil but
+	// with --source events.
+	Events *events.Snapshot
+	// Refusals are each group's refusals counted in the kernel since
+	// start, as in Groups; nil without --refusals.
+	Refusals []refusals.Group
+	// RefusalsMissed are the changes the kernel skipped the refusals'
+	// programs for since start (with Refusals). RefusalsErr is why they
+	// could not be read (then Refusals is nil; the counts stand).
+	RefusalsMissed uint64
+	RefusalsErr    error
+	// EventsErr is why the events could not be read besides the counts
+	// (then Events is nil; the counts stand).
+	EventsErr error
+	// Listeners are who listens on the watched ports, and whose
+	// connections counted; nil where they are not known (a --command, or
+	// their read failed: ListenersErr says why).
+	Listeners    *listeners.Agent
+	ListenersErr error
+	Duration     time.Duration
+	// Err is why the connections could not be counted: then no count,
+	// processes' or refusals' is made.
+	Err error
+	// Parts say, for each feature enabled, whether it worked this time,
+	// and how long it took: the source first.
+	Parts []Part
+}
+
+// Part is one feature's share of a collection: "source" (the table's read
+// and count), "listeners", "limits", "processes", "refusals", "events" or
+// "peaks".
+type Part struct {
+	Name string
+	Err  error // nil: it worked
+	Took time.Duration
+}
+
+func (r *Result) parts(p Part) { r.Parts = append(r.Parts, p) }
+
+// GroupCounts is one limiter group's counts beside its limit.
+type GroupCounts struct {
+	Group
+	// Limit is the per-client limit, 0 when not known.
+	Limit  int
+	Counts *tally.Tally
+}

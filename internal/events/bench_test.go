@@ -1,0 +1,50 @@
+package events
+
+import (
+	"net"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/storm"
+)
+
+// BenchmarkChurnStorm is short connections served (open, one request,
+// close) with the events' program attached and without: each opens and
+// closes a count, a client's, and its peak. The benchmark script runs
+// 72,000 and gives the ratio.
+func BenchmarkChurnStorm(b *testing.B) { withAndWithout(b, storm.Served, true) }
+
+// BenchmarkRefusalStorm is refusals: opened, then closed by the agent with
+// the request unread, and reset.
+func BenchmarkRefusalStorm(b *testing.B) { withAndWithout(b, storm.Refused, true) }
+
+// BenchmarkOtherPortsChurn is the churn storm on a port the program does
+// not watch: what every other TCP connection on the host pays for it.
+func BenchmarkOtherPortsChurn(b *testing.B) { withAndWithout(b, storm.Served, false) }
+
+func withAndWithout(b *testing.B, connection func(b *testing.B, client, server net.Conn), watched bool) {
+	storm.WithAndWithout(b, func(port uint16) (storm.Loaded, error) {
+		spec, err := loadProgram()
+		if err != nil {
+			return storm.Loaded{}, err
+		}
+		if !watched {
+			port++ // nothing listens there
+		}
+		c, err := Load(btf.NewCache(), [][]uint16{{port}}, held, 1<<20, rootListens([]uint16{port}))
+		if err != nil {
+			return storm.Loaded{}, err
+		}
+		for _, lk := range c.links { // attached in turn by the storm
+			lk.Close()
+		}
+		c.links = nil
+		return storm.Loaded{
+			Programs: []*ebpf.Program{c.objs.Changed},
+			Specs:    []*ebpf.ProgramSpec{spec.Programs["changed"]},
+			Unload:   c.Close,
+		}, nil
+	}, connection)
+}

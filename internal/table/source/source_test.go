@@ -1,0 +1,175 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/captures"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/runner"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/sockdiag"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestSSIsFilteredInTheKernel(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	src, err := ss(Want{Ports: []uint16{8500, 8501}, States: states}, time.Second, discard)
+	require.NoError(t, err)
+	c := src.(*Command)
+	assert.Equal(t, []string{"ss", "-Htane", "state", "established", "state", "close-wait",
+		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, c.runner.Argv())
+	assert.Equal(t, socket.StateUnknown, c.parser.ImpliedState, "two states: ss prints the State column")
+
+	// With the client side of local connections and their programs: the
+	// client ends and their inodes from the built-in reader beside it.
+	src, err = ss(Want{Ports: []uint16{8500, 8300}, States: states[:1], ClientPorts: []uint16{8500}}, time.Second, discard)
+	require.NoError(t, err)
+	joined := src.(withClientEnds)
+	c = joined.table.(*Command)
+	assert.Equal(t, []string{"ss", "-Htane", "state", "established",
+		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", ")"}, c.runner.Argv())
+	assert.Equal(t, socket.StateEstablished, c.parser.ImpliedState, "one state: ss drops the State column")
+	assert.NotNil(t, joined.ends)
+}
+
+func TestMissingToolsAreNamed(t *testing.T) {
+	netstatPath := programs.Need(t, "netstat", "apt-get install net-tools")
+	dir := t.TempDir()
+	t.Setenv("PATH", dir)
+	want := Want{Ports: []uint16{8500}, States: states}
+	_, err := ss(want, time.Second, discard)
+	assert.ErrorIs(t, err, errNotInstalled)
+	assert.ErrorContains(t, err, "install iproute2")
+	_, err = netstat(want, time.Second, discard)
+	assert.ErrorIs(t, err, errNotInstalled)
+
+	want.ClientPorts = want.Ports
+	src, err := (&Flags{source: "ss", commandTimeout: time.Second}).New(want, discard)
+	require.NoError(t, err)
+	assert.IsType(t, &sockdiag.Reader{}, src, "with neither tool, the built-in reader, --clients.processes too")
+
+	require.NoError(t, os.Symlink(netstatPath, filepath.Join(dir, "netstat")))
+	c, err := netstat(want, time.Second, discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"netstat", "-taneW"}, c.runner.Argv())
+}
+
+func TestImpliedStateNeedsExactlyOneStateFilter(t *testing.T) {
+	assert.Equal(t, socket.StateEstablished, impliedState(strings.Fields("ss -Htn state established ( sport = :8500 )")))
+	assert.Equal(t, socket.StateCloseWait, impliedState(strings.Fields("ip netns exec consul ss -tn state close-wait")))
+	assert.Equal(t, socket.StateUnknown, impliedState(strings.Fields("ss -Htan state established state close-wait")))
+	assert.Equal(t, socket.StateUnknown, impliedState(strings.Fields("ss -tan")))
+}
+
+func TestFlagsRefuseContradictions(t *testing.T) {
+	want := Want{Ports: []uint16{8500}, States: states}
+	for _, tc := range []struct {
+		flags Flags
+		err   string
+	}{
+		{Flags{source: "netlink", sourceSet: true, command: "cat x", commandTimeout: time.Second}, "--command goes with --source command"},
+		{Flags{source: "command", commandTimeout: time.Second}, "--source command needs --command"},
+		{Flags{source: "ss", commandTimeout: 0}, "--command.timeout must be positive"},
+		{Flags{source: "ss", command: `ss "unclosed`, commandTimeout: time.Second}, "--command"},
+	} {
+		_, err := tc.flags.New(want, discard)
+		assert.ErrorContains(t, err, tc.err)
+	}
+}
+
+// A table that cannot be trusted fails the read, with one line naming why.
+func TestUnreadableTablesFail(t *testing.T) {
+	summary, err := os.ReadFile(captures.Path("ss-iproute2-6.1.0_s-summary_mixed.txt"))
+	require.NoError(t, err)
+	for name, tc := range map[string]struct{ text, err string }{
+		"garbage":                  {"garbage\n", "that are not ss or netstat socket rows"},
+		"summary instead of table": {string(summary), "that are not ss or netstat socket rows"},
+		"headers only":             {"Proto Recv-Q Send-Q Local Address Foreign Address State\n", "no socket rows"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := NewText(name, tc.text, socket.StateUnknown, false).Read(context.Background(), func(socket.Socket) {}, func() {})
+			require.ErrorContains(t, err, tc.err)
+			assert.NotContains(t, err.Error(), "\n")
+		})
+	}
+}
+
+func TestCommandFailuresFailTheRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts programs; run without -short")
+	}
+	for name, tc := range map[string]struct {
+		argv []string
+		err  string
+	}{
+		"command missing":            {[]string{"no-such-command-for-consul-conn-exporter"}, "cannot run"},
+		"non-zero exit":              {[]string{"ls", "/no/such/dir"}, "exited with status 2"},
+		"headers only and stderr":    {[]string{"sh", "-c", "echo 'Proto Recv-Q Send-Q Local Address Foreign Address State'; echo 'netstat: /proc/net/tcp: No such file or directory' >&2"}, "wrote to stderr: netstat: /proc/net/tcp"},
+		"a table of garbage printed": {[]string{"echo", "garbage"}, "that are not ss or netstat socket rows"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r, err := runner.New(10*time.Second, tc.argv)
+			require.NoError(t, err)
+			err = NewCommand(r, socket.StateUnknown, false, discard).Read(context.Background(), func(socket.Socket) {}, func() {})
+			require.ErrorContains(t, err, tc.err)
+			assert.NotContains(t, err.Error(), "\n")
+		})
+	}
+}
+
+// A --command refused a permission (ip netns exec once the exporter has
+// dropped CAP_SYS_ADMIN) is told the flag that keeps it.
+func TestACommandRefusedAPermissionNamesTheFlagThatKeepsIt(t *testing.T) {
+	programs.NotShort(t, "starts programs")
+	f := &Flags{command: `sh -c 'echo "setting the network namespace \"consul\" failed: Operation not permitted" >&2; exit 255'`, commandTimeout: 10 * time.Second}
+	src, err := f.New(Want{Ports: []uint16{8500}, States: states}, discard)
+	require.NoError(t, err)
+	err = src.Read(context.Background(), func(socket.Socket) {}, func() {})
+	require.ErrorContains(t, err, "Operation not permitted")
+	assert.ErrorContains(t, err, "keep it with --command.capabilities")
+	assert.NotContains(t, err.Error(), "\n")
+}
+
+// The built-in reader and ss, each filtering in the kernel, read the same
+// sockets: IPv4, IPv6, v4-mapped, CLOSE-WAIT, and not an unwatched port.
+func TestBuiltInReaderReadsWhatSSReads(t *testing.T) {
+	programs.Need(t, "ss", "apt-get install iproute2")
+	v4, v6, mapped := loopback.Mix(t)
+	want := Want{Ports: []uint16{v4.Port(), v6.Port(), mapped.Port()}, States: states}
+	viaSS, err := ss(want, 10*time.Second, discard)
+	require.NoError(t, err)
+	builtIn := loopback.Rows(t, sockdiag.New(want.Ports, nil, want.States, 10*time.Second))
+	assert.Len(t, builtIn, loopback.MixCounted)
+	assert.Equal(t, loopback.Rows(t, viaSS), builtIn)
+}
+
+// A warning the command prints on every run (ss -e's "Failed to find
+// cgroup2 mount" on a cgroup v1 host) is logged once, and again only when
+// it changes.
+func TestACommandsStderrIsLoggedWhenItChanges(t *testing.T) {
+	programs.NotShort(t, "starts programs")
+	var log bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&log, nil))
+	warning := "Failed to find cgroup2 mount"
+	r, err := runner.New(10*time.Second, []string{"sh", "-c", `echo "$0" >&2; cat "$1"`, warning, captures.Path("ss-iproute2-6.1.0_tan_mixed.txt")})
+	require.NoError(t, err)
+	c := NewCommand(r, socket.StateUnknown, false, logger)
+	for range 5 {
+		require.NoError(t, c.Read(context.Background(), func(socket.Socket) {}, func() {}))
+	}
+	assert.Equal(t, 1, strings.Count(log.String(), "command wrote to stderr"), log.String())
+}

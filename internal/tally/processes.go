@@ -1,0 +1,166 @@
+package tally
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+)
+
+// Processes tells which programs on this host hold the client end of the
+// connections counted on its ports. A connection whose client is on this
+// host is in the table twice; its client-side row, the same four-tuple
+// seen from the other end, names the program. A connection from this host
+// to a Consul elsewhere has no server-side row here and is not counted.
+type Processes struct {
+	ports  []uint16
+	states []socket.State
+	// conns are the connections seen from either end: whether the server
+	// end is counted, and the inode of an established client end on this
+	// host, which names its program. clientNames are the few the table
+	// named itself (-p in a --command). Keys and values hold no pointers:
+	// at 100,000 connections the garbage collector has nothing to walk in
+	// them, and one map holds what a list of the counted ones and a map of
+	// the client ends held twice.
+	conns       map[fourTuple]ends
+	clientNames map[fourTuple]string
+}
+
+// ends is what the table said of a connection's two ends.
+type ends struct {
+	inode  uint64 // 0: no client end here, or the table gave none
+	served bool   // the server end is counted
+	client bool   // an established client end is on this host
+}
+
+// fourTuple is a connection's two ends, v4-mapped addresses as IPv4 ones
+// (As16 maps both alike).
+type fourTuple struct{ server, client endpoint }
+
+type endpoint struct {
+	addr [16]byte
+	port uint16
+}
+
+func endpointOf(ap netip.AddrPort) endpoint { return endpoint{ap.Addr().As16(), ap.Port()} }
+
+// ProcessCount is the number of connections one program holds from one
+// client address.
+type ProcessCount struct {
+	Client  netip.Addr
+	Process string
+	Count   int
+}
+
+// NewProcesses matches the connections counted on ports in states.
+func NewProcesses(ports []uint16, states []socket.State) *Processes {
+	return &Processes{
+		ports:       slices.Clone(ports),
+		states:      slices.Clone(states),
+		conns:       map[fourTuple]ends{},
+		clientNames: map[fourTuple]string{},
+	}
+}
+
+// Add takes a row of a table that has both ends of local connections (a
+// filter on the source and the destination port) and what names their
+// programs.
+func (p *Processes) Add(s socket.Socket) {
+	switch {
+	case slices.Contains(p.ports, s.Local.Port()) && slices.Contains(p.states, s.State):
+		conn := fourTuple{server: endpointOf(s.Local), client: endpointOf(s.Peer)}
+		e := p.conns[conn]
+		e.served = true
+		p.conns[conn] = e
+	case slices.Contains(p.ports, s.Peer.Port()) && s.State == socket.StateEstablished:
+		// Only an established client end is still some program's: after
+		// close() it lingers orphaned (FIN-WAIT-2).
+		conn := fourTuple{server: endpointOf(s.Peer), client: endpointOf(s.Local)}
+		e := p.conns[conn]
+		e.client, e.inode = true, s.Inode
+		p.conns[conn] = e
+		if s.Process != "" {
+			p.clientNames[conn] = s.Process
+		}
+	}
+}
+
+// Unnamed are the inodes of the local client ends of counted connections
+// whose program the table did not name, each with no name yet: the ones to
+// look up.
+func (p *Processes) Unnamed() map[uint64]string {
+	inodes := make(map[uint64]string, len(p.conns)) // one map, never grown
+	for conn, e := range p.conns {
+		if e.served && e.inode != 0 && p.clientNames[conn] == "" {
+			inodes[e.inode] = ""
+		}
+	}
+	return inodes
+}
+
+// Unknown counts the local connections whose program is not known.
+type Unknown struct {
+	// Untold have a client end the table gives neither a name nor an
+	// inode for (a --command without -p or -e).
+	Untold int
+	// NotFound have an inode no process was found holding: it closed
+	// meanwhile, or its process could not be read.
+	NotFound int
+}
+
+// Held is how many counted connections each program on this host holds,
+// per client address, most first, with names looked up by inode where the
+// table named none, and how many local ones are not known.
+func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown Unknown) {
+	counts := map[ProcessCount]int{}
+	for conn, e := range p.conns {
+		program := p.clientNames[conn]
+		if program == "" {
+			program = names[e.inode]
+		}
+		switch {
+		case !e.served || !e.client:
+		case program == "" && e.inode == 0:
+			unknown.Untold++
+		case program == "":
+			unknown.NotFound++
+		default:
+			counts[ProcessCount{Client: netip.AddrFrom16(conn.client.addr).Unmap(), Process: program}]++
+		}
+	}
+	for key, n := range counts {
+		key.Count = n
+		held = append(held, key)
+	}
+	sortCounts(held)
+	return held, unknown
+}
+
+// ByProcess sums held over client addresses: the n busiest programs.
+func ByProcess(held []ProcessCount, n int) []ProcessCount {
+	sums := map[string]int{}
+	for _, h := range held {
+		sums[h.Process] += h.Count
+	}
+	all := make([]ProcessCount, 0, len(sums))
+	for program, count := range sums {
+		all = append(all, ProcessCount{Process: program, Count: count})
+	}
+	sortCounts(all)
+	return all[:min(n, len(all))]
+}
+
+// sortCounts puts the most first; ties by name, then address, so that the
+// same counts always give the same list.
+func sortCounts(counts []ProcessCount) {
+	slices.SortFunc(counts, func(a, b ProcessCount) int {
+		if c := cmp.Compare(b.Count, a.Count); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Process, b.Process); c != 0 {
+			return c
+		}
+		return a.Client.Compare(b.Client)
+	})
+}

@@ -1,0 +1,153 @@
+// Package tally counts the server-side sockets of the watched ports, in the
+// watched states, per port, per state and per client address.
+package tally
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+)
+
+// Tally adds up sockets. The zero value counts nothing; use New.
+type Tally struct {
+	ports  []uint16
+	states []socket.State
+	// byState[i][j] counts ports[i] in states[j]; slices, not maps, because
+	// Add runs once per row and there are only a few ports and states.
+	byState   [][]int
+	perClient map[netip.Addr]int
+}
+
+// ClientCount is the number of sockets one client holds over all ports.
+type ClientCount struct {
+	Client netip.Addr
+	Count  int
+}
+
+// New counts sockets whose local port is one of ports and whose state is one
+// of states.
+func New(ports []uint16, states []socket.State) *Tally {
+	t := &Tally{
+		ports:     slices.Clone(ports),
+		states:    slices.Clone(states),
+		byState:   make([][]int, len(ports)),
+		perClient: map[netip.Addr]int{},
+	}
+	for i := range t.byState {
+		t.byState[i] = make([]int, len(states))
+	}
+	return t
+}
+
+// OfClients is a tally of clients' counts alone, none per port or state:
+// what a client held at its busiest, say.
+func OfClients(counts map[netip.Addr]int) *Tally {
+	t := New(nil, nil)
+	for client, n := range counts {
+		t.perClient[Client(client)] += n
+	}
+	return t
+}
+
+// Add counts s if it is a server-side socket of a watched port in a watched
+// state. A client-side socket whose peer is the watched port is not counted:
+// its server-side twin is, when the server runs on this host.
+func (t *Tally) Add(s socket.Socket) {
+	port := slices.Index(t.ports, s.Local.Port())
+	if port < 0 {
+		return
+	}
+	state := slices.Index(t.states, s.State)
+	if state < 0 {
+		return
+	}
+	n := max(s.Sockets, 1)
+	t.byState[port][state] += n
+	t.perClient[Client(s.Peer.Addr())] += n
+}
+
+// Client is how a peer address is known as a client: one host whether the
+// kernel printed it as 10.0.0.5 or ::ffff:10.0.0.5 (the parser has already
+// dropped any zone).
+func Client(peer netip.Addr) netip.Addr {
+	return peer.Unmap()
+}
+
+// Ports are the watched ports, in the order given to New.
+func (t *Tally) Ports() []uint16 { return t.ports }
+
+// States are the watched states, in the order given to New.
+func (t *Tally) States() []socket.State { return t.states }
+
+// Total is the number of sockets counted on port.
+func (t *Tally) Total(port uint16) int {
+	i := slices.Index(t.ports, port)
+	if i < 0 {
+		return 0
+	}
+	total := 0
+	for _, n := range t.byState[i] {
+		total += n
+	}
+	return total
+}
+
+// ByState is the number of sockets counted on port in state.
+func (t *Tally) ByState(port uint16, state socket.State) int {
+	i, j := slices.Index(t.ports, port), slices.Index(t.states, state)
+	if i < 0 || j < 0 {
+		return 0
+	}
+	return t.byState[i][j]
+}
+
+// MaxPerClient is the most sockets any one client holds over all watched
+// ports, 0 when there are none: the number a per-client limit applies to.
+func (t *Tally) MaxPerClient() int {
+	most := 0
+	for _, n := range t.perClient {
+		most = max(most, n)
+	}
+	return most
+}
+
+// TopClients is the n clients with the most sockets, in Compare's order.
+func (t *Tally) TopClients(n int) []ClientCount {
+	return t.TopClientsInto(make([]ClientCount, 0, min(n, len(t.perClient))), n)
+}
+
+// TopClientsInto is TopClients(n) in dst's storage: with room for n there,
+// it allocates nothing.
+func (t *Tally) TopClientsInto(dst []ClientCount, n int) []ClientCount {
+	dst = dst[:0]
+	for client, count := range t.perClient {
+		dst = Keep(dst, ClientCount{Client: client, Count: count}, n)
+	}
+	return dst
+}
+
+// Compare orders client counts most first; ties go to the lower address,
+// so that the same counts always give the same list.
+func Compare(a, b ClientCount) int {
+	if c := cmp.Compare(b.Count, a.Count); c != 0 {
+		return c
+	}
+	return a.Client.Compare(b.Client)
+}
+
+// Keep adds c to top, a list in Compare's order, and keeps its n first:
+// with room for n in top, it allocates nothing.
+func Keep(top []ClientCount, c ClientCount, n int) []ClientCount {
+	if n <= 0 || (len(top) >= n && Compare(c, top[n-1]) >= 0) {
+		return top
+	}
+	i, _ := slices.BinarySearchFunc(top, c, Compare)
+	if len(top) < n {
+		top = append(top, ClientCount{})
+	}
+	copy(top[i+1:], top[i:len(top)-1])
+	top[i] = c
+	return top
+}

@@ -1,0 +1,76 @@
+package tally
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+)
+
+func sock(state socket.State, local, peer string) socket.Socket {
+	return socket.Socket{State: state, Local: netip.MustParseAddrPort(local), Peer: netip.MustParseAddrPort(peer)}
+}
+
+func TestAddCountsServerSideSocketsOfWatchedPortsAndStates(t *testing.T) {
+	counts := New([]uint16{8500, 8501}, []socket.State{socket.StateEstablished, socket.StateCloseWait})
+	for _, s := range []socket.Socket{
+		sock(socket.StateEstablished, "127.0.0.1:8500", "10.0.0.5:40000"),
+		sock(socket.StateEstablished, "[::ffff:127.0.0.2]:8500", "[::ffff:10.0.0.5]:40001"), // same client
+		sock(socket.StateCloseWait, "127.0.0.1:8501", "10.0.0.5:40002"),
+		sock(socket.StateEstablished, "[::1]:8500", "[::1]:40003"),
+		sock(socket.StateEstablished, "10.0.0.5:40000", "127.0.0.1:8500"), // client side: peer port
+		sock(socket.StateTimeWait, "127.0.0.1:8500", "10.0.0.6:40004"),
+		sock(socket.StateListen, "127.0.0.1:8500", "0.0.0.0:0"),
+		sock(socket.StateEstablished, "127.0.0.1:9000", "10.0.0.7:40005"), // unwatched port
+	} {
+		counts.Add(s)
+	}
+	assert.Equal(t, 3, counts.Total(8500))
+	assert.Equal(t, 1, counts.Total(8501))
+	assert.Equal(t, 0, counts.Total(9000))
+	assert.Equal(t, 1, counts.ByState(8501, socket.StateCloseWait))
+	assert.Equal(t, 3, counts.MaxPerClient())
+	assert.Equal(t, []ClientCount{
+		{netip.MustParseAddr("10.0.0.5"), 3},
+		{netip.IPv6Loopback(), 1},
+	}, counts.TopClients(10))
+}
+
+func TestTopClientsBreaksTiesByAddress(t *testing.T) {
+	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	for _, peer := range []string{"10.0.0.9:1", "10.0.0.10:1", "[::1]:1", "10.0.0.2:1", "10.0.0.2:2"} {
+		counts.Add(sock(socket.StateEstablished, "127.0.0.1:8500", peer))
+	}
+	assert.Equal(t, []ClientCount{
+		{netip.MustParseAddr("10.0.0.2"), 2},
+		{netip.MustParseAddr("10.0.0.9"), 1},
+		{netip.MustParseAddr("10.0.0.10"), 1},
+	}, counts.TopClients(3))
+	assert.Empty(t, counts.TopClients(0))
+}
+
+func TestEmptyTallyIsZeroEverywhere(t *testing.T) {
+	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	assert.Equal(t, 0, counts.Total(8500))
+	assert.Equal(t, 0, counts.MaxPerClient())
+	assert.Empty(t, counts.TopClients(10))
+}
+
+func TestTopClientsIntoAllocatesNothingWithRoom(t *testing.T) {
+	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	for i := range 300 { // squares mod 50: uneven counts over fewer than 50 clients
+		counts.Add(sock(socket.StateEstablished, "127.0.0.1:8500", fmt.Sprintf("10.0.0.%d:%d", (i*i)%50, 40000+i)))
+	}
+	dst := make([]ClientCount, 0, 5)
+	assert.Equal(t, counts.TopClients(5), counts.TopClientsInto(dst, 5))
+	assert.Zero(t, testing.AllocsPerRun(10, func() { dst = counts.TopClientsInto(dst, 5) }))
+	all := counts.TopClients(1000)
+	assert.Less(t, len(all), 50)
+	for i := 1; i < len(all); i++ {
+		assert.GreaterOrEqual(t, all[i-1].Count, all[i].Count, "most first")
+	}
+	assert.Empty(t, counts.TopClients(0))
+}
