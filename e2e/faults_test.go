@@ -49,10 +49,7 @@ func TestProcHiddenSSStillCountsAndNetstatFailsLoudly(t *testing.T) {
 			res := inMountNamespace(t, hideProc, t.TempDir(), "--once", "--port", p, "--command", tc.command)
 			assert.Equal(t, 1, res.exit)
 			assert.Contains(t, res.stderr, tc.err)
-			assert.Equal(t, map[string]float64{
-				"consul_conn_exporter_collect_success":          0,
-				"consul_conn_exporter_collect_duration_seconds": res.metrics["consul_conn_exporter_collect_duration_seconds"],
-			}, res.metrics, "success 0 and no count")
+			failedWithNoCount(t, res.metrics)
 		})
 	}
 }

@@ -585,13 +585,30 @@ func counts(t *testing.T, dir string, args ...string) result {
 	return viaSS
 }
 
-// comparable is metrics less the one that differs from run to run, and
-// the listeners' series, which a --command's table does not give.
+// comparable is metrics less those that differ from run to run (how long
+// the collection and each of its parts took), and the listeners' series,
+// which a --command's table does not give.
 func comparable(metrics map[string]float64) map[string]float64 {
 	m := maps.Clone(metrics)
-	delete(m, "consul_conn_exporter_collect_duration_seconds")
-	maps.DeleteFunc(m, func(key string, _ float64) bool { return strings.HasPrefix(key, "consul_conn_exporter_port_listen") })
+	maps.DeleteFunc(m, func(key string, _ float64) bool {
+		return strings.HasPrefix(key, "consul_conn_exporter_collect_duration_seconds") ||
+			strings.HasPrefix(key, "consul_conn_exporter_collector_duration_seconds") ||
+			strings.HasPrefix(key, "consul_conn_exporter_port_listen") ||
+			strings.HasPrefix(key, `consul_conn_exporter_collector_success{collector="listeners"}`)
+	})
 	return m
+}
+
+// failedWithNoCount checks that metrics say the collection failed, with
+// no count: only the exporter's own series, collect_success 0 and the
+// source's collector_success 0 among them.
+func failedWithNoCount(t *testing.T, metrics map[string]float64) {
+	t.Helper()
+	assert.Equal(t, 0.0, value(t, metrics, "consul_conn_exporter_collect_success"))
+	assert.Equal(t, 0.0, value(t, metrics, `consul_conn_exporter_collector_success{collector="source"}`))
+	for name := range metrics {
+		assert.True(t, strings.HasPrefix(name, "consul_conn_exporter_"), "only the exporter's own series, no count: %s", name)
+	}
 }
 
 // raceEnabled is this test binary built with -race.
