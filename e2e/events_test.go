@@ -39,18 +39,11 @@ func openCounts(metrics map[string]float64) map[string]float64 {
 	return m
 }
 
-// exactUnlessMissed asserts got is want, or, where the exporter says the
-// kernel skipped the events' program (as it may under load: a socket's
-// change in an interrupt of another's), within the changes it skipped.
+// exactUnlessMissed asserts the metric key is want, or within the changes
+// the exporter says the kernel skipped the events' program for.
 func exactUnlessMissed(t *testing.T, metrics map[string]float64, want float64, key string) {
 	t.Helper()
-	got, missed := value(t, metrics, key), value(t, metrics, "consul_conn_exporter_events_missed_total")
-	if missed == 0 {
-		assert.Equal(t, want, got, key)
-		return
-	}
-	t.Logf("the kernel skipped the program %.0f times: %s within as many", missed, key)
-	assert.InDelta(t, want, got, missed, key)
+	programs.ExactUnlessMissed(t, want, value(t, metrics, key), value(t, metrics, "consul_conn_exporter_events_missed_total"), key)
 }
 
 // eventsExporter starts the exporter with --source events and args, and

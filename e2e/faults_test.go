@@ -181,6 +181,7 @@ func TestAProgramLookupThatFailsLeavesTheCountsExact(t *testing.T) {
 				assert.Equal(t, 1.0, value(t, res.metrics, "consul_conn_exporter_collect_success"))
 				assert.Equal(t, 7.0, value(t, res.metrics, `consul_open_http_connections{port="`+p+`"}`))
 				assert.Equal(t, 0.0, value(t, res.metrics, "consul_conn_exporter_processes_success"))
+				deprecatedAsTheirNew(t, res.metrics)
 				for key := range res.metrics {
 					assert.NotContains(t, key, "per_process")
 				}

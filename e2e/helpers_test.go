@@ -582,6 +582,7 @@ func counts(t *testing.T, dir string, args ...string) result {
 	viaNetlink := exporter(t, t.TempDir(), append([]string{"--source", "netlink"}, args...)...)
 	assert.Equal(t, viaSS.exit, viaNetlink.exit, viaNetlink.stderr)
 	assert.Equal(t, comparable(viaSS.metrics), comparable(viaNetlink.metrics), "the built-in reader gives ss's numbers")
+	deprecatedAsTheirNew(t, viaSS.metrics)
 	return viaSS
 }
 
@@ -599,13 +600,28 @@ func comparable(metrics map[string]float64) map[string]float64 {
 	return m
 }
 
+// deprecatedAsTheirNew checks that each deprecated success series is equal
+// to the collector_success series that replaces it, where it is written.
+func deprecatedAsTheirNew(t *testing.T, metrics map[string]float64) {
+	t.Helper()
+	for old, collector := range map[string]string{
+		"consul_conn_exporter_collect_success":     "source",
+		"consul_conn_exporter_limits_read_success": "limits",
+		"consul_conn_exporter_processes_success":   "processes",
+	} {
+		if v, ok := metrics[old]; ok {
+			assert.Equal(t, v, value(t, metrics, `consul_conn_exporter_collector_success{collector="`+collector+`"}`), old)
+		}
+	}
+}
+
 // failedWithNoCount checks that metrics say the collection failed, with
 // no count: only the exporter's own series, collect_success 0 and the
 // source's collector_success 0 among them.
 func failedWithNoCount(t *testing.T, metrics map[string]float64) {
 	t.Helper()
 	assert.Equal(t, 0.0, value(t, metrics, "consul_conn_exporter_collect_success"))
-	assert.Equal(t, 0.0, value(t, metrics, `consul_conn_exporter_collector_success{collector="source"}`))
+	deprecatedAsTheirNew(t, metrics)
 	for name := range metrics {
 		assert.True(t, strings.HasPrefix(name, "consul_conn_exporter_"), "only the exporter's own series, no count: %s", name)
 	}

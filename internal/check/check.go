@@ -180,6 +180,13 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 	if res.ListenersErr != nil {
 		r.Notes = append(r.Notes, "cannot tell who listens on the watched ports: "+res.ListenersErr.Error())
 	}
+	for _, p := range res.Parts {
+		// The source's failure is the verdict; the listeners', the
+		// limits' and the processes' have their own words above.
+		if p.Err != nil && (p.Name == "events" || p.Name == "refusals" || p.Name == "peaks") {
+			r.Notes = append(r.Notes, fmt.Sprintf("%s failed: %v", p.Name, p.Err))
+		}
+	}
 	f.judge(&r, res)
 	return r
 }

@@ -186,3 +186,14 @@ func withListeners(res collector.Result, users map[uint16]int) collector.Result 
 	res.Listeners = &agent
 	return res
 }
+
+// A feature that failed while the counts stand is said beside the verdict,
+// in the words the metrics' collector_success 0 stands for; the verdict is
+// the counts'.
+func TestAFailedFeatureIsSaidBesideTheVerdict(t *testing.T) {
+	res := result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 170}))
+	res.Parts = []collector.Part{{Name: "source"}, {Name: "events", Err: errors.New("reading the kernel's events: bad file descriptor")}}
+	r := thresholds.Evaluate(res)
+	assert.Equal(t, Warning, r.Status)
+	assert.Contains(t, r.Notes, "events failed: reading the kernel's events: bad file descriptor")
+}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -39,7 +38,7 @@ var defaultConfig = collector.Config{
 	TopClients: 10,
 }
 
-var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+var discard = slog.New(slog.DiscardHandler)
 
 // mixed is a real ss capture; its expected counts are in the .expected.json
 // beside it.

@@ -1,7 +1,6 @@
 package events
 
 import (
-	"net"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -14,18 +13,19 @@ import (
 // close) with the events' program attached and without: each opens and
 // closes a count, a client's, and its peak. The benchmark script runs
 // 72,000 and gives the ratio.
-func BenchmarkChurnStorm(b *testing.B) { withAndWithout(b, storm.Served, true) }
+func BenchmarkChurnStorm(b *testing.B) { storm.WithAndWithout(b, stormLoaded(true), storm.Served) }
 
 // BenchmarkRefusalStorm is refusals: opened, then closed by the agent with
 // the request unread, and reset.
-func BenchmarkRefusalStorm(b *testing.B) { withAndWithout(b, storm.Refused, true) }
+func BenchmarkRefusalStorm(b *testing.B) { storm.WithAndWithout(b, stormLoaded(true), storm.Refused) }
 
 // BenchmarkOtherPortsChurn is the churn storm on a port the program does
 // not watch: what every other TCP connection on the host pays for it.
-func BenchmarkOtherPortsChurn(b *testing.B) { withAndWithout(b, storm.Served, false) }
+func BenchmarkOtherPortsChurn(b *testing.B) { storm.WithAndWithout(b, stormLoaded(false), storm.Served) }
 
-func withAndWithout(b *testing.B, connection func(b *testing.B, client, server net.Conn), watched bool) {
-	storm.WithAndWithout(b, func(port uint16) (storm.Loaded, error) {
+// stormLoaded loads the program for a storm on port (watched), or beside it.
+func stormLoaded(watched bool) func(port uint16) (storm.Loaded, error) {
+	return func(port uint16) (storm.Loaded, error) {
 		spec, err := loadProgram()
 		if err != nil {
 			return storm.Loaded{}, err
@@ -46,5 +46,5 @@ func withAndWithout(b *testing.B, connection func(b *testing.B, client, server n
 			Specs:    []*ebpf.ProgramSpec{spec.Programs["changed"]},
 			Unload:   c.Close,
 		}, nil
-	}, connection)
+	}
 }

@@ -2,7 +2,6 @@ package owners
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -50,24 +50,12 @@ func TestNamesTheWantedSocketsByTheirHoldersComm(t *testing.T) {
 	assert.Zero(t, res.Unreadable)
 }
 
-// inodeOf is the inode of the socket at this process's descriptor fd.
-func inodeOf(t *testing.T, fd int) uint64 {
-	t.Helper()
-	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-	require.NoError(t, err)
-	inode, ok := socketInode([]byte(link))
-	require.True(t, ok, link)
-	return inode
-}
-
 // socketInodes are the inodes of c's sockets, seen from this process.
 func socketInodes(t *testing.T, conns ...syscall.Conn) []uint64 {
 	t.Helper()
 	var inodes []uint64
 	for _, c := range conns {
-		raw, err := c.SyscallConn()
-		require.NoError(t, err)
-		require.NoError(t, raw.Control(func(fd uintptr) { inodes = append(inodes, inodeOf(t, int(fd))) }))
+		inodes = append(inodes, loopback.InodeOf(t, c))
 	}
 	return inodes
 }
@@ -98,7 +86,7 @@ func TestADescriptorPastAHoleIsFoundByTheListing(t *testing.T) {
 	const far = 900
 	require.NoError(t, unix.Dup3(int(f.Fd()), far, unix.O_CLOEXEC))
 	defer unix.Close(far)
-	inode := inodeOf(t, far)
+	inode := loopback.InodeOf(t, l.(*net.TCPListener))
 	require.NoError(t, f.Close())
 	require.NoError(t, l.Close()) // only the far one holds the socket now
 

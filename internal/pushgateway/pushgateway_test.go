@@ -8,18 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/exposition"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-func gatherer(t *testing.T) prometheus.Gatherer {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "consul_open_http_connections", Help: "test"})
-	g.Set(42)
-	require.NoError(t, reg.Register(g))
-	return reg
+func gatherer(*testing.T) prometheus.Gatherer {
+	return exposition.Gauge("consul_open_http_connections", 42)
 }
 
 func TestPushPutsTheGroupWithBasicAuthFromTheURL(t *testing.T) {

@@ -1,7 +1,6 @@
 package refusals
 
 import (
-	"net"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -13,31 +12,30 @@ import (
 // BenchmarkRefusalStorm is refusals (a verdict at the close, counted at
 // the reset) with the programs attached and without: what counting costs
 // the refused. The benchmark script runs 100,000 and gives the ratio.
-func BenchmarkRefusalStorm(b *testing.B) { withAndWithout(b, storm.Refused) }
+func BenchmarkRefusalStorm(b *testing.B) { storm.WithAndWithout(b, stormLoaded, storm.Refused) }
 
 // BenchmarkServedChurn is short connections served: every change of state
 // they make passes through the program at the close, which looks and lets
 // it go.
-func BenchmarkServedChurn(b *testing.B) { withAndWithout(b, storm.Served) }
+func BenchmarkServedChurn(b *testing.B) { storm.WithAndWithout(b, stormLoaded, storm.Served) }
 
-func withAndWithout(b *testing.B, connection func(b *testing.B, client, server net.Conn)) {
-	storm.WithAndWithout(b, func(port uint16) (storm.Loaded, error) {
-		spec, err := loadProgram()
-		if err != nil {
-			return storm.Loaded{}, err
-		}
-		c, err := Load(btf.NewCache(), [][]uint16{{port}}, nil, map[uint16]uint32{port: 0})
-		if err != nil {
-			return storm.Loaded{}, err
-		}
-		for _, lk := range c.links { // attached in turn by the storm
-			lk.Close()
-		}
-		c.links = nil
-		return storm.Loaded{
-			Programs: []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset},
-			Specs:    []*ebpf.ProgramSpec{spec.Programs["agent_closed"], spec.Programs["agent_reset"]},
-			Unload:   c.Close,
-		}, nil
-	}, connection)
+// stormLoaded loads the programs for a storm on port.
+func stormLoaded(port uint16) (storm.Loaded, error) {
+	spec, err := loadProgram()
+	if err != nil {
+		return storm.Loaded{}, err
+	}
+	c, err := Load(btf.NewCache(), [][]uint16{{port}}, nil, map[uint16]uint32{port: 0})
+	if err != nil {
+		return storm.Loaded{}, err
+	}
+	for _, lk := range c.links { // attached in turn by the storm
+		lk.Close()
+	}
+	c.links = nil
+	return storm.Loaded{
+		Programs: []*ebpf.Program{c.objs.AgentClosed, c.objs.AgentReset},
+		Specs:    []*ebpf.ProgramSpec{spec.Programs["agent_closed"], spec.Programs["agent_reset"]},
+		Unload:   c.Close,
+	}, nil
 }

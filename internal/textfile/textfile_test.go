@@ -12,17 +12,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/exposition"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 const nobody = 65534
 
-func gatherer(t *testing.T) prometheus.Gatherer {
-	reg := prometheus.NewPedanticRegistry()
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "consul_conn_exporter_collect_success", Help: "h"})
-	g.Set(1)
-	reg.MustRegister(g)
-	return reg
+func gatherer(*testing.T) prometheus.Gatherer {
+	return exposition.Gauge("consul_conn_exporter_collect_success", 1)
 }
 
 // sharedTmp is a directory like /tmp: root's, world-writable and sticky, so

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -175,22 +174,6 @@ func FuzzDatagram(f *testing.F) {
 	})
 }
 
-// inodeOf is the inode of conn's socket, as /proc/self/fd names it.
-func inodeOf(t *testing.T, conn any) uint64 {
-	t.Helper()
-	raw, err := conn.(syscall.Conn).SyscallConn()
-	require.NoError(t, err)
-	var link string
-	require.NoError(t, raw.Control(func(fd uintptr) {
-		link, err = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-	}))
-	require.NoError(t, err)
-	var inode uint64
-	_, err = fmt.Sscanf(link, "socket:[%d]", &inode)
-	require.NoError(t, err, link)
-	return inode
-}
-
 // The client ends of connections to the client ports come too, each with
 // the inode that names its program in /proc.
 func TestClientEndsComeWithTheirInodes(t *testing.T) {
@@ -198,7 +181,7 @@ func TestClientEndsComeWithTheirInodes(t *testing.T) {
 	pairs := loopback.Open(t, l, "127.0.0.16", 3)
 	want := map[string]uint64{}
 	for _, p := range pairs {
-		want[p.Client.LocalAddr().String()] = inodeOf(t, p.Client)
+		want[p.Client.LocalAddr().String()] = loopback.InodeOf(t, p.Client.(syscall.Conn))
 	}
 	got := map[string]uint64{}
 	require.NoError(t, New(nil, []uint16{l.Port()}, counted, 10*time.Second).Read(context.Background(), func(s socket.Socket) {

@@ -3,7 +3,6 @@ package source
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -23,7 +22,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
-var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+var discard = slog.New(slog.DiscardHandler)
 
 func TestSSIsFilteredInTheKernel(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")

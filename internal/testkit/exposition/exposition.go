@@ -1,5 +1,6 @@
 // Package exposition reads Prometheus' text format for tests, into
-// `name{label="value",...}` -> value, labels sorted by name.
+// `name{label="value",...}` -> value, labels sorted by name, and makes
+// what the outputs are given to write.
 package exposition
 
 import (
@@ -9,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -56,4 +58,13 @@ func Parse(r io.Reader) (map[string]float64, error) {
 		}
 	}
 	return metrics, nil
+}
+
+// Gauge is a gatherer of one gauge, name, at v: what an output writes.
+func Gauge(name string, v float64) prometheus.Gatherer {
+	reg := prometheus.NewPedanticRegistry()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "A gauge for a test."})
+	g.Set(v)
+	reg.MustRegister(g)
+	return reg
 }

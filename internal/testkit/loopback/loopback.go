@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -110,4 +111,21 @@ func Mix(t testing.TB) (v4, v6, mapped *portopener.Listener) {
 		require.Error(t, err, "EOF: the server's socket is in CLOSE-WAIT")
 	}
 	return v4, v6, mapped
+}
+
+// InodeOf is the inode of conn's socket, as /proc/self/fd names it: what
+// ss -e, netstat -e and the kernel's socket table name its program by.
+func InodeOf(t testing.TB, conn syscall.Conn) uint64 {
+	t.Helper()
+	raw, err := conn.SyscallConn()
+	require.NoError(t, err)
+	var link string
+	require.NoError(t, raw.Control(func(fd uintptr) {
+		link, err = os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	}))
+	require.NoError(t, err)
+	var inode uint64
+	_, err = fmt.Sscanf(link, "socket:[%d]", &inode)
+	require.NoError(t, err, link)
+	return inode
 }
