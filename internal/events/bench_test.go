@@ -21,7 +21,9 @@ func BenchmarkRefusalStorm(b *testing.B) { storm.WithAndWithout(b, stormLoaded(t
 
 // BenchmarkOtherPortsChurn is the churn storm on a port the program does
 // not watch: what every other TCP connection on the host pays for it.
-func BenchmarkOtherPortsChurn(b *testing.B) { storm.WithAndWithout(b, stormLoaded(false), storm.Served) }
+func BenchmarkOtherPortsChurn(b *testing.B) {
+	storm.WithAndWithout(b, stormLoaded(false), storm.Served)
+}
 
 // stormLoaded loads the program for a storm on port (watched), or beside it.
 func stormLoaded(watched bool) func(port uint16) (storm.Loaded, error) {
