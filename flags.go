@@ -30,6 +30,13 @@ import (
 	"github.com/prometheus/common/version"
 )
 
+// name is the exporter's, in its messages and metrics.
+const name = "consul_conn_exporter"
+
+// minInterval is the shortest --interval: below it the exporter would only
+// spin.
+const minInterval = 100 * time.Millisecond
+
 // config is the command line, parsed and checked once: every usage error
 // is found here, before anything is loaded or run.
 type config struct {

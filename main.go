@@ -17,7 +17,6 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/common/version"
 
@@ -25,12 +24,6 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/delivery"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/textfile"
 )
-
-const name = "consul_conn_exporter"
-
-// minInterval is the shortest --interval: below it the exporter would only
-// spin.
-const minInterval = 100 * time.Millisecond
 
 // Exit codes, for cron and systemd; check's are its verdicts.
 const (
