@@ -37,8 +37,10 @@ func Once(coll *collector.Collector, outputs []*Output, logger *slog.Logger) boo
 	if !ok {
 		logger.Error("collection failed", "err", res.Err)
 	}
-	// The limits source logs its own failures, once per change.
-	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK)
+	// The limits source logs its own failures, once per change, and the
+	// collector the events'. The programs' names are the counts' extra:
+	// their failure is said, and fails nothing.
+	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK) && res.EventsErr == nil
 	for _, out := range outputs {
 		problem := ""
 		if err := out.Write(reg); err != nil {
