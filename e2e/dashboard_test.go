@@ -132,7 +132,7 @@ scrape_configs:
 			assert.Equal(t, "success", status, "%s: %s: %s", p.Title, expr, msg)
 			// Off in this test: the Pushgateway and --limit auto; and no
 			// client is refused, so none has a refusals series.
-			if !strings.Contains(expr, "push_time_seconds") && !strings.Contains(expr, `collector=\"limits\"`) &&
+			if !strings.Contains(expr, "push_time_seconds") && !strings.Contains(expr, `collector="limits"`) &&
 				!strings.Contains(expr, "refused_http_connections_per_client") {
 				assert.Positive(t, series, "%s: %s returns no series", p.Title, expr)
 			}

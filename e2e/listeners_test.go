@@ -80,6 +80,7 @@ func TestAnExporterStartedBeforeTheAgentReadsTheLimitWithinSeconds(t *testing.T)
 	_, port, _ := strings.Cut(consulAddr, ":")
 	exporter := start(t, "env", "CONSUL_HTTP_ADDR="+consulAddr, plainBinary, "--web.listen-address="+addr, "--port", port, "--limit", "auto", "--sample.interval=0")
 	exporter.waitFor(t, "cannot read the limits", 1)
+	exporter.waitFor(t, "Listening on", 1) // the server is up: the log may come first
 	url := "http://" + addr + "/metrics"
 	assert.Equal(t, 0.0, value(t, scrape(t, url), "consul_conn_exporter_limits_read_success"))
 
