@@ -29,6 +29,9 @@ PER_PROCESS=8000
 CLIENTS=50
 command -v curl >/dev/null || { echo "bench: needs curl (apt-get install curl)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
+# The port-openers stand in for the agent: its address is the first one's,
+# and their connections count as the agent's (docs/sources.md).
+export CONSUL_HTTP_ADDR=127.0.1.1:8500
 
 work=$(mktemp -d)
 openers=()
@@ -77,7 +80,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f\n", a / b }'; }
 ms() { awk -v u="$1" 'BEGIN { printf "%.1f", u / 1000 }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 median2() { median | awk '{ printf "%.2f", $1 }'; }
-# storm NAME RUNS COMMAND...: runs a storm benchmark (internal/storm) RUNS
+# storm NAME RUNS COMMAND...: runs a storm benchmark (internal/testkit/storm) RUNS
 # times and says, from the medians over the runs, a connection's time with
 # no program attached and with the programs, the ratio, the ratio with the
 # floor instead (an empty program where each attaches: what the kernel
@@ -104,9 +107,9 @@ ss_options=-Htan
 if grep -q ' cgroup2 ' /proc/self/mounts 2>/dev/null; then ss_options=-Htane; fi
 for n in "${sizes[@]}"; do
   hold "$n"
-  "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>/dev/null
+  "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>"$work/once.log" || { cat "$work/once.log" >&2; exit 1; }
   counted_ss=$(count)
-  "$work/consul_conn_exporter" --once --source netlink --textfile.directory "$work/textfile" 2>/dev/null
+  "$work/consul_conn_exporter" --once --source netlink --textfile.directory "$work/textfile" 2>"$work/once.log" || { cat "$work/once.log" >&2; exit 1; }
   counted_nl=$(count)
 
   for f in ss.wall ss.cpu ex.wall nl.wall ex.ratio nl.ratio nl.cpu nl.cpu.ratio ex.rss nl.rss; do : > "$work/$f"; done

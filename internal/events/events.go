@@ -470,5 +470,5 @@ func (c *Counter) Own(fd int) error {
 	return nil
 }
 
-// ownDial is OWN_DIAL (bpf/counts.h): a client end of the exporter's own.
+// ownDial is OWN_DIAL (internal/kernel/counts.h): a client end of the exporter's own.
 const ownDial = 2

@@ -27,7 +27,7 @@ type SharedMaps struct {
 
 // AnyUser, as the agent's user on a port, is a port whose listeners are
 // not known (--command): every listener's connections count there. It is
-// bpf/counts.h's ANY_USER. UntoldUser is a port whose agent's listener
+// counts.h's ANY_USER. UntoldUser is a port whose agent's listener
 // cannot be told from others' (listeners.Agent.Away): nothing counts
 // there, and a close that may be a refusal is untracked. It is UNTOLD.
 const (
@@ -35,7 +35,7 @@ const (
 	UntoldUser = ^uint32(1)
 )
 
-// WriteUsers makes m, agent_users of bpf/counts.h, say users: the agent's
+// WriteUsers makes m, agent_users of counts.h, say users: the agent's
 // user on each watched port (AnyUser: any), none on a port left out. It
 // says whether anything changed.
 func WriteUsers(m *ebpf.Map, users map[uint16]uint32) (changed bool, err error) {
@@ -72,7 +72,7 @@ func WriteUsers(m *ebpf.Map, users map[uint16]uint32) (changed bool, err error) 
 	return changed, nil
 }
 
-// PortGroups is port_groups of bpf/counts.h, which both programs read:
+// PortGroups is port_groups of counts.h, which both programs read:
 // each port, by its number, to 1 + its group (groups[i] are group i's
 // ports), 0 for a port not watched. A limiter group is one of a few.
 func PortGroups(groups [][]uint16) *[65536]uint8 {

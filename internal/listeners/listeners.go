@@ -255,7 +255,7 @@ func (a Agent) Serves(server netip.AddrPort) bool {
 }
 
 // KernelUsers are the agent's user on each port, as the kernel programs
-// take them (bpf/counts.h's agent_users): where known, on every port,
+// take them (internal/kernel/counts.h's agent_users): where known, on every port,
 // whether anything listens there now or not (an agent that starts
 // listening is judged from its first connection); where the listeners are
 // not known (a nil agent), anyUser: every listener's connections count
