@@ -178,7 +178,7 @@ func (c *Collector) Tried() bool { return c.tried.Load() }
 
 func (c *Collector) collect(ctx context.Context) Result {
 	r := c.read(ctx, true)
-	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes,
+	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes, EventsAsked: c.parts.Events != nil,
 		Listeners: r.agent, ListenersErr: r.listenersErr, Duration: r.took, Limits: r.limits, Events: r.events, EventsErr: r.eventsErr, Err: r.err}
 	res.parts(Part{Name: "source", Err: r.err, Took: r.took})
 	if c.parts.Listeners != nil {
@@ -204,14 +204,14 @@ func (c *Collector) collect(ctx context.Context) Result {
 		}
 		res.parts(Part{Name: "peaks", Err: err, Took: time.Since(began)})
 	}
+	if c.config.Processes {
+		res.parts(Part{Name: "processes"})
+	}
+	if c.parts.Refusals != nil {
+		res.parts(Part{Name: "refusals"})
+	}
 	if r.err != nil {
-		skipped := errors.New("not read: the connections could not be counted")
-		if c.config.Processes {
-			res.parts(Part{Name: "processes", Err: skipped})
-		}
-		if c.parts.Refusals != nil {
-			res.parts(Part{Name: "refusals", Err: skipped})
-		}
+		res.Failed(r.err)
 		return res
 	}
 	for i, g := range c.config.Groups {
@@ -225,7 +225,7 @@ func (c *Collector) collect(ctx context.Context) Result {
 		if !res.ProcessesKnown {
 			err = errors.New(res.ProcessesWhy)
 		}
-		res.parts(Part{Name: "processes", Err: err, Took: time.Since(began)})
+		res.part("processes", err, time.Since(began))
 	}
 	if c.parts.Refusals != nil {
 		began := time.Now()
@@ -245,7 +245,7 @@ func (c *Collector) collect(ctx context.Context) Result {
 			res.Refusals, res.RefusalsMissed = snap.Groups, snap.Missed
 		}
 		c.refusalsState.Log(c.logger, slog.LevelError, problem, "cannot read the refusals; their counters are absent", "the refusals can be read again")
-		res.parts(Part{Name: "refusals", Err: res.RefusalsErr, Took: time.Since(began)})
+		res.part("refusals", res.RefusalsErr, time.Since(began))
 	}
 	return res
 }
@@ -312,7 +312,7 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 		if r.eventsErr != nil {
 			problem = r.eventsErr.Error()
 		}
-		c.eventsState.Log(c.logger, slog.LevelError, problem, "cannot read the kernel's events; the churn, lifetimes and peaks are absent", "the kernel's events can be read again")
+		c.eventsState.Log(c.logger, slog.LevelError, problem, "cannot read the kernel's events; the churn, lifetimes and time at the limit are absent, and the peaks miss this sample", "the kernel's events can be read again")
 	}
 	c.sampled(start, r)
 	return r

@@ -157,6 +157,9 @@ func assertFailed(t *testing.T, res collector.Result) {
 	if res.ProcessesAsked {
 		n++ // processes_success 0
 	}
+	if res.Limits.Auto {
+		n++ // limits_read_success
+	}
 	assert.Equal(t, n, testutil.CollectAndCount(metrics.Of(res)), "only whether each part worked, and how long it took")
 	want := `
 # HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
@@ -171,6 +174,31 @@ func TestFailedCollectionReportsNoCount(t *testing.T) {
 	require.EqualError(t, res.Err, "ss exited with status 1")
 	assert.Empty(t, res.Groups)
 	assertFailed(t, res)
+}
+
+// On a failed collection every feature whose series go with the counts
+// says it was not made, whatever it is: none says 1 over series that are
+// absent. The limits' read, made apart, says how it went.
+func TestAFailedCollectionSaysEveryFeatureDrawnFromItFailed(t *testing.T) {
+	config := defaultConfig
+	config.Processes, config.SampleInterval, config.PeakWindow = true, time.Second, time.Minute
+	consulDefault, err := listeners.ParseAddress("", []uint16{8500, 8501})
+	require.NoError(t, err)
+	listening := func(context.Context) ([]listeners.Listener, error) {
+		return []listeners.Listener{{Local: netip.MustParseAddrPort("127.0.0.1:8500")}}, nil
+	}
+	res := collector.New(config, collector.Parts{Source: failing{errors.New("ss exited with status 1")},
+		Limits:    func() limits.Snapshot { return limits.Snapshot{Auto: true, ReadOK: true, HTTP: 200} },
+		Listeners: listeners.NewWatchOf(listening, consulDefault, nil, config.Ports()),
+		Events:    func(int, []int) (events.Snapshot, error) { return events.Snapshot{}, nil },
+		Refusals:  func(int, refusals.Agent) (refusals.Snapshot, error) { return refusals.Snapshot{}, nil },
+	}, discard).Collect(context.Background())
+	require.Error(t, res.Err)
+	worked := map[string]bool{}
+	for _, p := range res.Parts {
+		worked[p.Name] = p.Err == nil
+	}
+	assert.Equal(t, map[string]bool{"source": false, "listeners": false, "limits": true, "processes": false, "refusals": false, "events": false, "peaks": false}, worked)
 }
 
 func expected(t *testing.T, capture string) captures.Expected {
@@ -309,9 +337,13 @@ func TestALabelThatCannotBeRenderedFailsTheCollectionNotTheProcess(t *testing.T)
 	res := collector.New(config, collector.Parts{Source: sockets{
 		{State: socket.StateEstablished, Local: server, Peer: client},
 		{State: socket.StateEstablished, Local: client, Peer: server, Process: "bad\xff"},
-	}, Limits: defaultLimits}, discard).Collect(context.Background())
+	}, Limits: func() limits.Snapshot { return limits.Snapshot{Auto: true, ReadOK: true, HTTP: 200} }}, discard).Collect(context.Background())
 	require.NoError(t, res.Err)
 	assertFailed(t, res)
+	got, err := testutil.CollectAndFormat(metrics.Of(res), expfmt.TypeTextPlain, "consul_conn_exporter_limits_read_success", "consul_conn_exporter_collector_success")
+	require.NoError(t, err)
+	assert.Contains(t, string(got), "consul_conn_exporter_limits_read_success 1\n")
+	assert.Contains(t, string(got), `consul_conn_exporter_collector_success{collector="limits"} 1`, "as its deprecated series says")
 }
 
 // fakeProc lays out a /proc where process 100, named comm, holds the
@@ -555,6 +587,32 @@ consul_conn_exporter_collector_success{collector="peaks"} 0
 consul_conn_exporter_collector_success{collector="source"} 1
 `
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_conn_exporter_collector_success"))
+}
+
+// Where the events' read fails after one that worked, the time at the
+// limit goes absent with the rest of what they keep: the samples' count
+// of it never stands in for the events', which would make the counter
+// jump, then go back.
+func TestTheSampledTimeAtTheLimitNeverStandsInForTheEvents(t *testing.T) {
+	config := defaultConfig
+	config.SampleInterval, config.PeakWindow = time.Second, time.Minute
+	reads := 0
+	c := collector.New(config, collector.Parts{Source: captured(t, mixed, false), Limits: defaultLimits,
+		Events: func(int, []int) (events.Snapshot, error) {
+			if reads++; reads > 1 {
+				return events.Snapshot{}, errors.New("reading the kernel's totals: bad file descriptor")
+			}
+			group := events.Group{Lifetimes: make([]uint64, len(events.LifetimeBounds)), AtLimit: time.Millisecond,
+				Peaks: tally.OfClients(map[netip.Addr]int{netip.MustParseAddr("127.0.0.9"): 250})}
+			return events.Snapshot{Groups: []events.Group{group}}, nil
+		}}, discard)
+	first := c.Collect(context.Background())
+	require.NoError(t, first.EventsErr)
+	require.Equal(t, 1, testutil.CollectAndCount(metrics.Of(first), "consul_http_client_at_limit_seconds_total"))
+	second := c.Collect(context.Background())
+	require.Error(t, second.EventsErr)
+	require.True(t, second.Peaks.Known, "the window holds the first read's sample")
+	assert.Zero(t, testutil.CollectAndCount(metrics.Of(second), "consul_http_client_at_limit_seconds_total"))
 }
 
 // Where which listener is the agent's cannot be told (listeners of several

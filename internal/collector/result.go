@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"errors"
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
@@ -49,8 +50,10 @@ type Result struct {
 	RefusalsMissed uint64
 	RefusalsErr    error
 	// EventsErr is why the events could not be read besides the counts
-	// (then Events is nil; the counts stand).
-	EventsErr error
+	// (then Events is nil; the counts stand). EventsAsked is whether they
+	// are kept (--source events).
+	EventsErr   error
+	EventsAsked bool
 	// Listeners are who listens on the watched ports, and whose
 	// connections counted; nil where they are not known (a --command, or
 	// their read failed: ListenersErr says why).
@@ -75,6 +78,33 @@ type Part struct {
 }
 
 func (r *Result) parts(p Part) { r.Parts = append(r.Parts, p) }
+
+// part sets how the part named went.
+func (r *Result) part(name string, err error, took time.Duration) {
+	for i := range r.Parts {
+		if r.Parts[i].Name == name {
+			r.Parts[i].Err, r.Parts[i].Took = err, took
+		}
+	}
+}
+
+// Failed makes r a failed collection, err why: no count, nor anything
+// drawn from the counts, and every part whose series go with them says
+// it was not made (the limits' read, made apart, says how it went; the
+// peaks keep their samples' counters).
+func (r *Result) Failed(err error) {
+	r.Err = err
+	r.Groups, r.Processes, r.ProcessesKnown, r.ProcessesWhy, r.Refusals, r.Events = nil, nil, false, "", nil, nil
+	skipped := errors.New("not made: the connections could not be counted")
+	for i := range r.Parts {
+		switch p := &r.Parts[i]; {
+		case p.Name == "source":
+			p.Err = err
+		case p.Name != "limits" && p.Err == nil:
+			p.Err = skipped
+		}
+	}
+}
 
 // GroupCounts is one limiter group's counts beside its limit.
 type GroupCounts struct {

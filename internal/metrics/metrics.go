@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -193,12 +194,10 @@ func (r result) Describe(ch chan<- *prometheus.Desc) {
 func (r result) Collect(ch chan<- prometheus.Metric) {
 	metrics, err := r.metrics()
 	if err != nil {
-		err = fmt.Errorf("cannot render the metrics: %s", say.Clip(err.Error(), 300))
-		failed := result{Err: err, Duration: r.Duration, ProcessesAsked: r.ProcessesAsked, Limits: r.Limits}
-		for _, p := range r.Parts {
-			failed.Parts = append(failed.Parts, collector.Part{Name: p.Name, Err: err, Took: p.Took})
-		}
-		metrics, _ = failed.metrics()
+		failed := collector.Result(r)
+		failed.Parts = slices.Clone(r.Parts)
+		failed.Failed(fmt.Errorf("cannot render the metrics: %s", say.Clip(err.Error(), 300)))
+		metrics, _ = result(failed).metrics()
 	}
 	for _, m := range metrics {
 		ch <- m
@@ -269,7 +268,9 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		switch { // the events' time at the limit is exact, the samples' sampled
 		case r.Events != nil:
 			counter(d.atLimit, r.Events.Groups[i].AtLimit.Seconds())
-		case r.Peaks != nil && r.Peaks.Known:
+		case r.Peaks != nil && r.Peaks.Known && !r.EventsAsked:
+			// Not in place of the events' when they could not be read:
+			// another count of the same counter would jump, and go back.
 			counter(d.atLimit, r.Peaks.Groups[i].AtLimit.Seconds())
 		}
 		if r.Events != nil {
@@ -296,7 +297,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))
 			counter(d.refusalsUntracked, float64(r.Refusals[i].Untracked))
-			if r.Events != nil {
+			if r.EventsAsked { // counted by the refusals, with the events' maps
 				counter(d.refusedBelowLimit, float64(r.Refusals[i].BelowLimit))
 			}
 			for _, c := range r.Refusals[i].Top[:min(r.TopClients, len(r.Refusals[i].Top))] {
