@@ -145,9 +145,15 @@ for n in "${sizes[@]}"; do
     done | median | awk -v n="$n" '{ printf "scrape of /metrics with --source netlink at %s connections: %.2f ms (median)\n", n, $1 * 1000 }' > "$work/scrape"
     kill "$web"; wait "$web" 2>/dev/null || true
   fi
+  # The built-in reader's read with each socket's tcp_info (the uses)
+  # against one without, alternately, in one process.
+  go test -run '^$' -bench Uses -benchtime "${RUNS}x" ./internal/table/sockdiag | awk -v n="$n" '/^BenchmarkUses/ {
+      for (i = 3; i < NF; i++) v[$(i + 1)] = $i
+      printf "uses (tcp_info) at %s connections: %.1f ms with, %.1f ms without, ratio %.2f (median of the per-read ratios), %d read\n",
+        n, v["with-ns/op"] / 1e6, v["without-ns/op"] / 1e6, v["ratio"], v["sockets"] }' >> "$work/uses"
   release
 done
-cat "$work/scrape"
+cat "$work/scrape" "$work/uses"
 
 # Naming the programs (--clients.processes): one collection with and
 # without, in the same run, with 0 and 2,000 idle processes on the host

@@ -14,6 +14,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/collector"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 )
 
@@ -119,6 +120,9 @@ type Client struct {
 	// Processes are the programs on this host holding its connections,
 	// where known.
 	Processes []Process `json:"processes,omitempty"`
+	// Uses are its connections by what each does with its slot, where
+	// the source tells it (socket.Use's labels; unknown for the rest).
+	Uses map[string]int `json:"uses,omitempty"`
 }
 
 // Process is a program on this host and the connections it holds.
@@ -155,6 +159,16 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		}
 		for _, c := range g.Counts.TopClients(max(res.TopClients, 1)) {
 			client := Client{Client: c.Client.String(), Connections: c.Count, Share: share(c.Count, group.Limit)}
+			for _, u := range socket.Uses {
+				// Unknown only beside a use told: a source that tells
+				// none says nothing of it.
+				if n := g.Counts.ClientByUse(c.Client, u); n > 0 && (u != socket.UseUnknown || n < c.Count) {
+					if client.Uses == nil {
+						client.Uses = map[string]int{}
+					}
+					client.Uses[u.Label()] = n
+				}
+			}
 			if g.Limiter == collector.HTTP && res.ProcessesKnown {
 				for _, h := range res.Processes {
 					if h.Client == c.Client {
@@ -266,10 +280,33 @@ func (f *Flags) clientsVerdict(r *Report) (Status, string) {
 	}
 	reason := fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%s)",
 		w.client.Client, w.client.Connections, w.group.Limit, strings.ToUpper(w.group.Name), w.group.LimitName, percent(w.client.Share))
+	if use, n := biggestUse(w.client.Uses); n > 0 {
+		reason += fmt.Sprintf(", %d %s", n, useWords[use])
+	}
 	if programs := processList(w.client.Processes); programs != "" {
 		reason += ": " + programs
 	}
 	return status, reason
+}
+
+// useWords say what a use means for the slots a client holds.
+var useWords = map[string]string{
+	socket.UseWaiting.Label():    "waiting on the agent",
+	socket.UseIdle.Label():       "idle in the client's pool",
+	socket.UseSilent.Label():     "silent (nothing sent yet)",
+	socket.UseHalfClosed.Label(): "half-closed by the client",
+}
+
+// biggestUse is the use, told by the source, of most of uses' connections
+// (the first in socket.Uses' order on a tie), 0 where none is told.
+func biggestUse(uses map[string]int) (string, int) {
+	best, most := "", 0
+	for _, u := range socket.Uses {
+		if n := uses[u.Label()]; u != socket.UseUnknown && n > most {
+			best, most = u.Label(), n
+		}
+	}
+	return best, most
 }
 
 func share(n, limit int) float64 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -196,4 +197,23 @@ func TestAFailedFeatureIsSaidBesideTheVerdict(t *testing.T) {
 	r := thresholds.Evaluate(res)
 	assert.Equal(t, Warning, r.Status)
 	assert.Contains(t, r.Notes, "events failed: reading the kernel's events: bad file descriptor")
+}
+
+// The verdict names what most of the busiest client's connections are
+// doing, where the source tells it, and the JSON has each use; a source
+// that tells none adds nothing.
+func TestTheVerdictNamesTheBusiestClientsBiggestUse(t *testing.T) {
+	g := group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 40})
+	for i, use := range append(slices.Repeat([]socket.Use{socket.UseIdle}, 150), slices.Repeat([]socket.Use{socket.UseWaiting}, 40)...) {
+		g.Counts.Add(socket.Socket{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"),
+			Peer: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.5"), uint16(50000+i)), Use: use})
+	}
+	r := thresholds.Evaluate(result(g))
+	assert.Equal(t, Critical, r.Status)
+	assert.Equal(t, "10.0.0.5 holds 230 of the 200 HTTP connections http_max_conns_per_client allows (115%), 150 idle in the client's pool", r.Reason)
+	assert.Equal(t, map[string]int{"idle": 150, "waiting": 40, "unknown": 40}, r.Groups[0].Clients[0].Uses)
+
+	told := thresholds.Evaluate(result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 190})))
+	assert.Equal(t, "10.0.0.5 holds 190 of the 200 HTTP connections http_max_conns_per_client allows (95%)", told.Reason)
+	assert.Nil(t, told.Groups[0].Clients[0].Uses)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/say"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 )
 
@@ -24,6 +25,8 @@ import (
 // interface: dashboards and alerts depend on them.
 type groupDescs struct {
 	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
+	// What each connection is doing with its slot.
+	byUse, perClientByUse *prometheus.Desc
 	// From the samples over the peak window.
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 	// Counted in the kernel (--refusals).
@@ -57,6 +60,12 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 		byState: prometheus.NewDesc(prefix+"_by_state",
 			"Server-side TCP connections open on the "+what+" port, by TCP state.",
 			[]string{"port", "state"}, nil),
+		byUse: prometheus.NewDesc(prefix+"_by_use",
+			what+" connections by what each does with its slot: waiting (a request in, not answered), idle (answered last: kept in the client's pool), silent (nothing received yet), half_closed (the client shut its side), unknown (not told by the source, or both last in one tick).",
+			[]string{"use"}, nil),
+		perClientByUse: prometheus.NewDesc(prefix+"_per_client_by_use",
+			what+" connections one client IP holds, by use, for the clients holding the most (uses it holds none in are absent).",
+			[]string{"client", "use"}, nil),
 		limit: prometheus.NewDesc("consul_"+limitName,
 			"Consul's per-client "+what+" connection limit ("+limitName+"), as configured or read from the agent.",
 			nil, nil),
@@ -176,7 +185,7 @@ func Of(res collector.Result) prometheus.Collector { return result(res) }
 func (r result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range collector.Limiters {
 		g := groups[l]
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
 			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
@@ -252,8 +261,16 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 			}
 		}
 		gauge(d.maxPerClient, float64(g.Counts.MaxPerClient()))
+		for _, u := range socket.Uses {
+			gauge(d.byUse, float64(g.Counts.ByUse(u)), u.Label())
+		}
 		for _, c := range g.Counts.TopClients(r.TopClients) {
 			gauge(d.perClient, float64(c.Count), c.Client.String())
+			for _, u := range socket.Uses {
+				if n := g.Counts.ClientByUse(c.Client, u); n > 0 {
+					gauge(d.perClientByUse, float64(n), c.Client.String(), u.Label())
+				}
+			}
 		}
 		if g.Limit > 0 {
 			gauge(d.limit, float64(g.Limit))

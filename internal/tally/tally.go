@@ -18,7 +18,15 @@ type Tally struct {
 	// Add runs once per row and there are only a few ports and states.
 	byState   [][]int
 	perClient map[netip.Addr]int
+	// byUse and perClientUse count the sockets whose use the source
+	// told; the rest are of unknown use. A source that tells none (ss,
+	// netstat) costs nothing more.
+	byUse        [useCount]int
+	perClientUse map[netip.Addr]*[useCount]int
 }
+
+// useCount is how many uses there are.
+const useCount = int(socket.UseHalfClosed) + 1
 
 // ClientCount is the number of sockets one client holds over all ports.
 type ClientCount struct {
@@ -33,7 +41,8 @@ func New(ports []uint16, states []socket.State) *Tally {
 		ports:     slices.Clone(ports),
 		states:    slices.Clone(states),
 		byState:   make([][]int, len(ports)),
-		perClient: map[netip.Addr]int{},
+		perClient:    map[netip.Addr]int{},
+		perClientUse: map[netip.Addr]*[useCount]int{},
 	}
 	for i := range t.byState {
 		t.byState[i] = make([]int, len(states))
@@ -63,9 +72,54 @@ func (t *Tally) Add(s socket.Socket) {
 	if state < 0 {
 		return
 	}
-	n := max(s.Sockets, 1)
+	n, client := max(s.Sockets, 1), Client(s.Peer.Addr())
 	t.byState[port][state] += n
-	t.perClient[Client(s.Peer.Addr())] += n
+	t.perClient[client] += n
+	if s.Use != socket.UseUnknown && int(s.Use) < useCount {
+		t.byUse[s.Use] += n
+		uses := t.perClientUse[client]
+		if uses == nil {
+			uses = new([useCount]int)
+			t.perClientUse[client] = uses
+		}
+		uses[s.Use] += n
+	}
+}
+
+// ByUse is the number of sockets counted in use u: those whose use is
+// not known, for socket.UseUnknown.
+func (t *Tally) ByUse(u socket.Use) int {
+	if u != socket.UseUnknown {
+		return t.byUse[u]
+	}
+	unknown := 0
+	for _, port := range t.byState {
+		for _, n := range port {
+			unknown += n
+		}
+	}
+	for _, n := range t.byUse {
+		unknown -= n
+	}
+	return unknown
+}
+
+// ClientByUse is the number of sockets client holds in use u, as ByUse.
+func (t *Tally) ClientByUse(client netip.Addr, u socket.Use) int {
+	uses := t.perClientUse[client]
+	if u != socket.UseUnknown {
+		if uses == nil {
+			return 0
+		}
+		return uses[u]
+	}
+	unknown := t.perClient[client]
+	if uses != nil {
+		for _, n := range uses {
+			unknown -= n
+		}
+	}
+	return unknown
 }
 
 // Client is how a peer address is known as a client: one host whether the

@@ -74,3 +74,35 @@ func TestTopClientsIntoAllocatesNothingWithRoom(t *testing.T) {
 	}
 	assert.Empty(t, counts.TopClients(0))
 }
+
+// Uses are counted per group and per client where the source tells them;
+// the rest, a client's v4-mapped sockets included with its own, are of
+// unknown use, and every count adds up to the total.
+func TestUsesAddUpToTheTotalWithTheRestUnknown(t *testing.T) {
+	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished, socket.StateCloseWait})
+	used := func(s socket.Socket, u socket.Use) socket.Socket { s.Use = u; return s }
+	for _, s := range []socket.Socket{
+		used(sock(socket.StateEstablished, "127.0.0.1:8500", "10.0.0.5:40000"), socket.UseWaiting),
+		used(sock(socket.StateEstablished, "[::ffff:127.0.0.1]:8500", "[::ffff:10.0.0.5]:40001"), socket.UseWaiting),
+		used(sock(socket.StateCloseWait, "127.0.0.1:8500", "10.0.0.5:40002"), socket.UseHalfClosed),
+		sock(socket.StateEstablished, "127.0.0.1:8500", "10.0.0.5:40003"),
+		used(sock(socket.StateEstablished, "127.0.0.1:8500", "10.0.0.6:40004"), socket.UseIdle),
+		used(sock(socket.StateEstablished, "10.0.0.5:40000", "127.0.0.1:8500"), socket.UseIdle), // client side
+	} {
+		counts.Add(s)
+	}
+	client := netip.MustParseAddr("10.0.0.5")
+	assert.Equal(t, 2, counts.ByUse(socket.UseWaiting))
+	assert.Equal(t, 1, counts.ByUse(socket.UseIdle))
+	assert.Equal(t, 1, counts.ByUse(socket.UseHalfClosed))
+	assert.Equal(t, 1, counts.ByUse(socket.UseUnknown))
+	assert.Equal(t, 0, counts.ByUse(socket.UseSilent))
+	assert.Equal(t, 2, counts.ClientByUse(client, socket.UseWaiting))
+	assert.Equal(t, 1, counts.ClientByUse(client, socket.UseUnknown))
+	assert.Equal(t, 0, counts.ClientByUse(client, socket.UseIdle))
+	total := 0
+	for _, u := range socket.Uses {
+		total += counts.ByUse(u)
+	}
+	assert.Equal(t, counts.Total(8500), total)
+}

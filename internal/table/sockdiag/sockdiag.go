@@ -37,6 +37,7 @@ type Reader struct {
 	states   uint32 // idiag_states: a bit per TCP state
 	bytecode []byte // INET_DIAG_REQ_BYTECODE: local port is one of the ports
 	timeout  time.Duration
+	uses     bool // ask for each socket's tcp_info, for its use
 }
 
 // MaxFilteredPorts are the most ports the kernel is asked to filter by: a
@@ -60,6 +61,13 @@ func New(ports, clientPorts []uint16, states []socket.State, timeout time.Durati
 		r.states |= 1 << s // socket.State numbers the states as the kernel does
 	}
 	return r
+}
+
+// WithUses is r reading each socket's use too, from its tcp_info in the
+// same dump: no second walk of the table.
+func (r Reader) WithUses() *Reader {
+	r.uses = true
+	return &r
 }
 
 // String names the source, for messages.
@@ -250,6 +258,9 @@ func (r *Reader) request() []byte {
 	// ext, the socket id (48), states, dbs.
 	b := make([]byte, reqV1Len, reqV1Len+4+len(r.bytecode))
 	b[0] = unix.AF_UNSPEC
+	if r.uses {
+		b[3] = 1 << (inetDiagInfo - 1) // idiag_ext: the tcp_info attribute
+	}
 	binary.NativeEndian.PutUint32(b[52:], r.states)
 	if len(r.bytecode) == 0 {
 		return b
@@ -262,7 +273,8 @@ func (r *Reader) request() []byte {
 
 // Decode reads one inet_diag_msg: the socket's state, its local and peer
 // addresses, as the kernel has them (a v4-mapped peer stays mapped), its
-// user and inode, and, for an IPv6 listener, whether it is IPV6_V6ONLY.
+// user and inode, for an IPv6 listener whether it is IPV6_V6ONLY, and,
+// where its tcp_info came with it, its use.
 func Decode(b []byte) (socket.Socket, error) {
 	if len(b) < msgLen {
 		return socket.Socket{}, fmt.Errorf("netlink sock_diag: a socket message of %d bytes, want %d", len(b), msgLen)
@@ -288,29 +300,53 @@ func Decode(b []byte) (socket.Socket, error) {
 		UIDKnown: true,
 		Inode:    uint64(binary.NativeEndian.Uint32(b[68:72])), // idiag_inode
 	}
-	if state == socket.StateListen && b[0] == unix.AF_INET6 {
-		s.V6Only = v6Only(b[msgLen:])
+	for attrs := b[msgLen:]; len(attrs) >= 4; {
+		length := int(binary.NativeEndian.Uint16(attrs))
+		if length < 4 || length > len(attrs) {
+			break
+		}
+		switch value := attrs[4:length]; binary.NativeEndian.Uint16(attrs[2:]) {
+		case inetDiagSkV6Only:
+			s.V6Only = state == socket.StateListen && b[0] == unix.AF_INET6 && len(value) > 0 && value[0] != 0
+		case inetDiagInfo:
+			if traffic, ok := trafficOf(value); ok {
+				s.Use, s.Traffic = socket.UseOf(state, traffic), traffic
+			}
+		}
+		attrs = attrs[min(len(attrs), (length+3)&^3):]
 	}
 	return s, nil
 }
 
-// inetDiagSkV6Only is INET_DIAG_SKV6ONLY, the attribute the kernel adds to
-// every IPv6 listener's message.
-const inetDiagSkV6Only = 11
+// The attributes of a socket's message read here: INET_DIAG_INFO, its
+// struct tcp_info (asked for), and INET_DIAG_SKV6ONLY, which the kernel
+// adds to every IPv6 listener's.
+const (
+	inetDiagInfo     = 2
+	inetDiagSkV6Only = 11
+)
 
-// v6Only reads INET_DIAG_SKV6ONLY among a message's attributes.
-func v6Only(attrs []byte) bool {
-	for len(attrs) >= 4 {
-		length := int(binary.NativeEndian.Uint16(attrs))
-		if length < 4 || length > len(attrs) {
-			return false
-		}
-		if binary.NativeEndian.Uint16(attrs[2:]) == inetDiagSkV6Only && length >= 5 {
-			return attrs[4] != 0
-		}
-		attrs = attrs[min(len(attrs), (length+3)&^3):]
+// Where struct tcp_info (linux/tcp.h) keeps what a use is read from.
+const (
+	tcpiLastDataSent = 44
+	tcpiLastDataRecv = 52
+	tcpiBytesRecv    = 128 // Linux 4.1
+	tcpiBytesSent    = 200 // Linux 4.19
+	tcpInfoMinLen    = tcpiBytesSent + 8
+)
+
+// trafficOf reads a tcp_info; false where the kernel's is too old to
+// have every counter a use is read from.
+func trafficOf(info []byte) (socket.Traffic, bool) {
+	if len(info) < tcpInfoMinLen {
+		return socket.Traffic{}, false
 	}
-	return false
+	return socket.Traffic{
+		BytesReceived: binary.NativeEndian.Uint64(info[tcpiBytesRecv:]),
+		BytesSent:     binary.NativeEndian.Uint64(info[tcpiBytesSent:]),
+		SinceReceived: binary.NativeEndian.Uint32(info[tcpiLastDataRecv:]),
+		SinceSent:     binary.NativeEndian.Uint32(info[tcpiLastDataSent:]),
+	}, true
 }
 
 // describe says what a netlink error means for this reader.

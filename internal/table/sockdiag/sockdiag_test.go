@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
 )
 
 var counted = []socket.State{socket.StateEstablished, socket.StateCloseWait}
@@ -188,4 +192,92 @@ func TestClientEndsComeWithTheirInodes(t *testing.T) {
 		got[s.Local.String()] = s.Inode
 	}, func() {}))
 	assert.Equal(t, want, got, "only the client ends, each with its inode")
+}
+
+// Each connection's use is read from its tcp_info in the same dump, as the
+// agent's side of real loopback connections has it: opened and silent; a
+// first request not answered; a request answered and kept; a request
+// sent on a kept connection a tick or more after its answer; and a client
+// that shut its sending side (CLOSE-WAIT).
+func TestEachConnectionsUseComesFromItsTCPInfo(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	pairs := loopback.Open(t, l, "127.0.0.41", 5)
+	request, answer := []byte("GET /v1/kv/a?index=7 HTTP/1.1\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\n\r\n")
+	send := func(from, to net.Conn, b []byte) {
+		_, err := from.Write(b)
+		require.NoError(t, err)
+		_, err = io.ReadFull(to, make([]byte, len(b)))
+		require.NoError(t, err)
+	}
+	silent, first, kept, reused, halfClosed := pairs[0], pairs[1], pairs[2], pairs[3], pairs[4]
+	r := New([]uint16{l.Port()}, nil, counted, 10*time.Second).WithUses()
+	read := func() map[string]socket.Socket {
+		got := map[string]socket.Socket{}
+		require.NoError(t, r.Read(context.Background(), func(s socket.Socket) { got[s.Peer.String()] = s }, func() { clear(got) }))
+		return got
+	}
+	peer := func(p portopener.Pair) string { return p.Client.LocalAddr().String() }
+	// ticked waits until the kernel's clock has moved on since p's last
+	// data: what comes next is later by a tick or more.
+	ticked := func(p portopener.Pair) {
+		require.Eventually(t, func() bool {
+			traffic := read()[peer(p)].Traffic
+			return min(traffic.SinceReceived, traffic.SinceSent) > 0 || traffic.SinceReceived > 0 && traffic.BytesSent == 0
+		}, 5*time.Second, time.Millisecond)
+	}
+	send(first.Client, first.Server, request)
+	for _, p := range []portopener.Pair{kept, reused} {
+		send(p.Client, p.Server, request)
+		ticked(p)
+		send(p.Server, p.Client, answer)
+	}
+	ticked(reused)
+	send(reused.Client, reused.Server, request)
+	require.NoError(t, halfClosed.Client.(*net.TCPConn).CloseWrite())
+	uses := func() map[string]socket.Use {
+		got := map[string]socket.Use{}
+		for p, s := range read() {
+			got[p] = s.Use
+		}
+		return got
+	}
+	require.Eventually(t, func() bool { return uses()[peer(halfClosed)] == socket.UseHalfClosed }, 5*time.Second, time.Millisecond,
+		"the client's FIN has come")
+
+	assert.Equal(t, map[string]socket.Use{
+		peer(silent): socket.UseSilent, peer(first): socket.UseWaiting, peer(kept): socket.UseIdle,
+		peer(reused): socket.UseWaiting, peer(halfClosed): socket.UseHalfClosed,
+	}, uses())
+	var without []socket.Use
+	require.NoError(t, New([]uint16{l.Port()}, nil, counted, 10*time.Second).Read(context.Background(), func(s socket.Socket) { without = append(without, s.Use) }, func() {}))
+	assert.Equal(t, []socket.Use{socket.UseUnknown, socket.UseUnknown, socket.UseUnknown, socket.UseUnknown, socket.UseUnknown}, without,
+		"not asked for: no tcp_info, no use")
+}
+
+// BenchmarkUses reads the sockets of port 8500 (what bench/bench.sh holds
+// open there) with and without each one's tcp_info, alternately in each
+// iteration, so that a busy machine's drift cancels: it reports the median
+// of each and of the per-iteration ratios.
+func BenchmarkUses(b *testing.B) {
+	plain := New([]uint16{8500}, nil, counted, time.Minute)
+	with := plain.WithUses()
+	var plainNs, withNs, ratios []float64
+	sockets := 0
+	read := func(r *Reader) float64 {
+		sockets = 0
+		start := time.Now()
+		if err := r.Read(context.Background(), func(socket.Socket) { sockets++ }, func() {}); err != nil {
+			b.Fatal(err)
+		}
+		return float64(time.Since(start).Nanoseconds())
+	}
+	for b.Loop() {
+		p, w := read(plain), read(with)
+		plainNs, withNs, ratios = append(plainNs, p), append(withNs, w), append(ratios, w/p)
+	}
+	median := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	b.ReportMetric(median(plainNs), "without-ns/op")
+	b.ReportMetric(median(withNs), "with-ns/op")
+	b.ReportMetric(median(ratios), "ratio")
+	b.ReportMetric(float64(sockets), "sockets")
 }

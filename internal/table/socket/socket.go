@@ -36,6 +36,11 @@ type Socket struct {
 	// Sockets is how many sockets the record stands for, where a source
 	// keeps counts rather than rows (the kernel's events); 0 is one.
 	Sockets int
+	// Use is what a server-side connection is doing with its slot, where
+	// the source tells it (the built-in reader, from tcp_info, which
+	// Traffic holds).
+	Use     Use
+	Traffic Traffic
 }
 
 // State is a TCP socket state as the kernel names it.

@@ -104,7 +104,7 @@ func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
 		return nil, err
 	}
 	netlink := func() (Source, error) {
-		return sockdiag.New(want.Ports, want.ClientPorts, want.States, f.commandTimeout), nil
+		return sockdiag.New(want.Ports, want.ClientPorts, want.States, f.commandTimeout).WithUses(), nil
 	}
 	switch {
 	case r != nil:
