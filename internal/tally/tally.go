@@ -38,9 +38,9 @@ type ClientCount struct {
 // of states.
 func New(ports []uint16, states []socket.State) *Tally {
 	t := &Tally{
-		ports:     slices.Clone(ports),
-		states:    slices.Clone(states),
-		byState:   make([][]int, len(ports)),
+		ports:        slices.Clone(ports),
+		states:       slices.Clone(states),
+		byState:      make([][]int, len(ports)),
 		perClient:    map[netip.Addr]int{},
 		perClientUse: map[netip.Addr]*[useCount]int{},
 	}
