@@ -674,3 +674,41 @@ consul_conn_exporter_collector_success{collector="source"} 1
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(failed), bytes.NewReader(without), others...))
 	assert.Contains(t, string(without), `consul_open_http_connections{port="8500"}`)
 }
+
+// The uses a source tells are rendered per group and per client, with how
+// long the oldest request has waited and the longest idle has been so,
+// lint-clean; a source that tells none has every connection unknown.
+func TestUsesAreRenderedPerGroupAndPerClient(t *testing.T) {
+	server := netip.MustParseAddrPort("127.0.0.1:8500")
+	peer := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.7"), port) }
+	res := collector.New(defaultConfig, collector.Parts{Source: sockets{
+		{State: socket.StateEstablished, Local: server, Peer: peer(1), Use: socket.UseWaiting, Traffic: socket.Traffic{BytesReceived: 90, SinceReceived: 30_000, SinceSent: 30_000}},
+		{State: socket.StateEstablished, Local: server, Peer: peer(2), Use: socket.UseIdle, Traffic: socket.Traffic{BytesReceived: 90, BytesSent: 40, SinceReceived: 3_600_008, SinceSent: 3_600_000}},
+		{State: socket.StateCloseWait, Local: server, Peer: peer(3), Use: socket.UseHalfClosed},
+		{State: socket.StateEstablished, Local: server, Peer: peer(4)},
+	}, Limits: defaultLimits}, discard).Collect(context.Background())
+	want := `
+# HELP consul_open_http_connections_by_use HTTP connections by what each does with its slot: waiting (a request in, not answered), idle (answered last: kept in the client's pool), silent (nothing received yet), half_closed (the client shut its side), unknown (not told by the source, or both last in one tick).
+# TYPE consul_open_http_connections_by_use gauge
+consul_open_http_connections_by_use{use="half_closed"} 1
+consul_open_http_connections_by_use{use="idle"} 1
+consul_open_http_connections_by_use{use="silent"} 0
+consul_open_http_connections_by_use{use="unknown"} 1
+consul_open_http_connections_by_use{use="waiting"} 1
+# HELP consul_open_http_connections_longest_by_use_seconds How long the HTTP connection so the longest has been so: waiting since its request, idle since its answer (where any is).
+# TYPE consul_open_http_connections_longest_by_use_seconds gauge
+consul_open_http_connections_longest_by_use_seconds{use="idle"} 3600
+consul_open_http_connections_longest_by_use_seconds{use="waiting"} 30
+# HELP consul_open_http_connections_per_client_by_use HTTP connections one client IP holds, by use, for the clients holding the most (uses it holds none in are absent).
+# TYPE consul_open_http_connections_per_client_by_use gauge
+consul_open_http_connections_per_client_by_use{client="127.0.0.7",use="half_closed"} 1
+consul_open_http_connections_per_client_by_use{client="127.0.0.7",use="idle"} 1
+consul_open_http_connections_per_client_by_use{client="127.0.0.7",use="unknown"} 1
+consul_open_http_connections_per_client_by_use{client="127.0.0.7",use="waiting"} 1
+`
+	names := []string{"consul_open_http_connections_by_use", "consul_open_http_connections_longest_by_use_seconds", "consul_open_http_connections_per_client_by_use"}
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), names...))
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}

@@ -26,7 +26,7 @@ import (
 type groupDescs struct {
 	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
 	// What each connection is doing with its slot.
-	byUse, perClientByUse *prometheus.Desc
+	byUse, perClientByUse, longestByUse *prometheus.Desc
 	// From the samples over the peak window.
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 	// Counted in the kernel (--refusals).
@@ -62,6 +62,9 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 			[]string{"port", "state"}, nil),
 		byUse: prometheus.NewDesc(prefix+"_by_use",
 			what+" connections by what each does with its slot: waiting (a request in, not answered), idle (answered last: kept in the client's pool), silent (nothing received yet), half_closed (the client shut its side), unknown (not told by the source, or both last in one tick).",
+			[]string{"use"}, nil),
+		longestByUse: prometheus.NewDesc(prefix+"_longest_by_use_seconds",
+			"How long the "+what+" connection so the longest has been so: waiting since its request, idle since its answer (where any is).",
 			[]string{"use"}, nil),
 		perClientByUse: prometheus.NewDesc(prefix+"_per_client_by_use",
 			what+" connections one client IP holds, by use, for the clients holding the most (uses it holds none in are absent).",
@@ -185,7 +188,7 @@ func Of(res collector.Result) prometheus.Collector { return result(res) }
 func (r result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range collector.Limiters {
 		g := groups[l]
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.longestByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
 			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
@@ -263,6 +266,11 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		gauge(d.maxPerClient, float64(g.Counts.MaxPerClient()))
 		for _, u := range socket.Uses {
 			gauge(d.byUse, float64(g.Counts.ByUse(u)), u.Label())
+		}
+		for _, u := range []socket.Use{socket.UseWaiting, socket.UseIdle} {
+			if g.Counts.ByUse(u) > 0 {
+				gauge(d.longestByUse, g.Counts.Longest(u).Seconds(), u.Label())
+			}
 		}
 		for _, c := range g.Counts.TopClients(r.TopClients) {
 			gauge(d.perClient, float64(c.Count), c.Client.String())

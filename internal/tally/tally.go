@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 )
@@ -23,6 +24,9 @@ type Tally struct {
 	// netstat) costs nothing more.
 	byUse        [useCount]int
 	perClientUse map[netip.Addr]*[useCount]int
+	// longest is, per use, how long the connection so the longest has
+	// been so, in ms: waiting since its request, idle since its answer.
+	longest [useCount]uint32
 }
 
 // useCount is how many uses there are.
@@ -83,7 +87,23 @@ func (t *Tally) Add(s socket.Socket) {
 			t.perClientUse[client] = uses
 		}
 		uses[s.Use] += n
+		switch s.Use {
+		case socket.UseWaiting:
+			t.longest[s.Use] = max(t.longest[s.Use], s.Traffic.SinceReceived)
+		case socket.UseIdle:
+			t.longest[s.Use] = max(t.longest[s.Use], s.Traffic.SinceSent)
+		}
 	}
+}
+
+// Longest is how long the connection in use u the longest has been so:
+// the oldest request waiting, the longest idle; 0 for the other uses,
+// whose start the kernel's counters do not tell.
+func (t *Tally) Longest(u socket.Use) time.Duration {
+	if u == socket.UseUnknown {
+		return 0
+	}
+	return time.Duration(t.longest[u]) * time.Millisecond
 }
 
 // ByUse is the number of sockets counted in use u: those whose use is

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 
@@ -93,7 +94,11 @@ func TestUsesAddUpToTheTotalWithTheRestUnknown(t *testing.T) {
 	}
 	client := netip.MustParseAddr("10.0.0.5")
 	assert.Equal(t, 2, counts.ByUse(socket.UseWaiting))
-	assert.Equal(t, 1, counts.ByUse(socket.UseIdle))
+	counts.Add(socket.Socket{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"), Peer: netip.MustParseAddrPort("10.0.0.7:1"),
+		Use: socket.UseIdle, Traffic: socket.Traffic{BytesReceived: 9, BytesSent: 9, SinceReceived: 3_600_004, SinceSent: 3_600_000}})
+	assert.Equal(t, time.Hour, counts.Longest(socket.UseIdle), "idle since its answer")
+	assert.Zero(t, counts.Longest(socket.UseSilent))
+	assert.Equal(t, 2, counts.ByUse(socket.UseIdle))
 	assert.Equal(t, 1, counts.ByUse(socket.UseHalfClosed))
 	assert.Equal(t, 1, counts.ByUse(socket.UseUnknown))
 	assert.Equal(t, 0, counts.ByUse(socket.UseSilent))
