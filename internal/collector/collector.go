@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sync/singleflight"
 
@@ -472,6 +473,10 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) (held 
 	switch {
 	case err != nil:
 		why = err.Error() + " (--clients.processes.timeout bounds the lookup)"
+	case unknown.Unseen > 0:
+		why = fmt.Sprintf("the table has no client end of the %d connections from this host's loopback (a --command needs them too: ss -e, with or dport = :PORT)", unknown.Unseen)
+	case slices.ContainsFunc(held, func(h tally.ProcessCount) bool { return !utf8.ValidString(h.Process) }):
+		why = "a program's name is not valid UTF-8" // no source lets one through: never a label
 	case unknown.Untold > 0:
 		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs -e or -p, of ss or netstat)", unknown.Untold)
 	case unknown.NotFound > 0 && found.Unreadable > 0:

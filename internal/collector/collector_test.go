@@ -328,22 +328,39 @@ func (s sockets) Read(_ context.Context, add func(socket.Socket), _ func()) erro
 func (s sockets) String() string { return "sockets" }
 
 // A name no source should let through (the parser makes every name safe)
-// still cannot panic the exposition: the metrics say the collection
-// failed, as collect_success 0, and nothing else.
-func TestALabelThatCannotBeRenderedFailsTheCollectionNotTheProcess(t *testing.T) {
+// costs the programs' names alone, said with why, as every view has it:
+// never a label the exposition cannot take.
+func TestAProgramNameThatIsNotUTF8CostsOnlyTheNames(t *testing.T) {
 	server, client := netip.MustParseAddrPort("127.0.0.1:8500"), netip.MustParseAddrPort("127.0.0.7:40000")
 	config := defaultConfig
 	config.Processes = true
 	res := collector.New(config, collector.Parts{Source: sockets{
 		{State: socket.StateEstablished, Local: server, Peer: client},
 		{State: socket.StateEstablished, Local: client, Peer: server, Process: "bad\xff"},
-	}, Limits: func() limits.Snapshot { return limits.Snapshot{Auto: true, ReadOK: true, HTTP: 200} }}, discard).Collect(context.Background())
+	}, Limits: defaultLimits}, discard).Collect(context.Background())
 	require.NoError(t, res.Err)
-	assertFailed(t, res)
-	got, err := testutil.CollectAndFormat(metrics.Of(res), expfmt.TypeTextPlain, "consul_conn_exporter_limits_read_success", "consul_conn_exporter_collector_success")
+	assert.False(t, res.ProcessesKnown)
+	assert.Contains(t, res.ProcessesWhy, "not valid UTF-8")
+	assert.Equal(t, 1, testutil.CollectAndCount(metrics.Of(res), "consul_open_http_connections_per_client"))
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
 	require.NoError(t, err)
-	assert.Contains(t, string(got), "consul_conn_exporter_limits_read_success 1\n")
-	assert.Contains(t, string(got), `consul_conn_exporter_collector_success{collector="limits"} 1`, "as its deprecated series says")
+	assert.Empty(t, problems)
+}
+
+// A table with no client end at all (a --command filtering on the source
+// port alone) cannot name the programs of the connections from this
+// host's loopback: said, never a success with no program.
+func TestATableWithoutClientEndsCannotNameTheLocalPrograms(t *testing.T) {
+	config := defaultConfig
+	config.Processes = true
+	server := netip.MustParseAddrPort("127.0.0.1:8500")
+	res := collector.New(config, collector.Parts{Source: sockets{
+		{State: socket.StateEstablished, Local: server, Peer: netip.MustParseAddrPort("127.0.0.5:40000")},
+		{State: socket.StateEstablished, Local: server, Peer: netip.MustParseAddrPort("127.0.0.5:40001")},
+	}, Limits: defaultLimits}, discard).Collect(context.Background())
+	require.NoError(t, res.Err)
+	assert.False(t, res.ProcessesKnown)
+	assert.Contains(t, res.ProcessesWhy, "no client end of the 2 connections from this host's loopback")
 }
 
 // fakeProc lays out a /proc where process 100, named comm, holds the

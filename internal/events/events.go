@@ -46,9 +46,12 @@ type Counter struct {
 	generation uint32
 	epoch      uint32
 	limits     []uint32 // per group, as last given to the kernel
-	last       Census   // the last audit's
-	audits     uint64   // censuses since the seed
-	missedAt   uint64   // the events the kernel skipped, at the last census
+	// judgeAgain: a limit changed, and no census has judged every client
+	// against it yet.
+	judgeAgain bool
+	last       Census // the last audit's
+	audits     uint64 // censuses since the seed
+	missedAt   uint64 // the events the kernel skipped, at the last census
 	// unfollowedAt are the connections the kernel's clients map was too
 	// full to follow, at the last read that made room.
 	unfollowedAt uint64

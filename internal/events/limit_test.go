@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -167,4 +168,26 @@ func TestALimitChangeIsJudgedWhenTheMapIsTooFullToMove(t *testing.T) {
 	assert.GreaterOrEqual(t, running, before.Sub(after))
 	stopped := snapshotOf(t, c, 50).Groups[0].AtLimit
 	assert.Equal(t, stopped, snapshotOf(t, c, 50).Groups[0].AtLimit, "raised past it: stopped")
+}
+
+// A census that a changed limit asks for, and that fails, is taken at the
+// next read: the clients are never left judged against the old limit
+// until the next audit.
+func TestALimitChangeWhoseCensusFailedIsJudgedAtTheNextRead(t *testing.T) {
+	l := loopback.Listen(t, "127.0.0.1")
+	c := loaded(t, []uint16{l.Port()})
+	snapshotOf(t, c, 5)
+	before := c.audits
+
+	good := c.iterator
+	broken, err := link.AttachIter(link.IterOptions{Program: c.objs.Census})
+	require.NoError(t, err)
+	require.NoError(t, broken.Close())
+	c.iterator = broken
+	_, err = c.Snapshot(10, []int{20})
+	require.Error(t, err, "the census cannot be taken")
+	c.iterator = good
+
+	snapshotOf(t, c, 20) // the limit read again, unchanged since the failed read
+	assert.Equal(t, before+1, c.audits, "the census the change asked for")
 }

@@ -76,10 +76,15 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	if changed {
+	// Until a census has judged every client against a changed limit,
+	// each read tries again: one that failed must not leave the clients
+	// judged against the old limit until the next audit.
+	c.judgeAgain = c.judgeAgain || changed
+	if c.judgeAgain {
 		if _, err := c.audit(missed); err != nil {
 			return Snapshot{}, err
 		}
+		c.judgeAgain = false
 	}
 	snap := Snapshot{Groups: make([]Group, c.groups), Audit: c.last, Audits: c.audits, Missed: missed}
 	totals, err := c.totals()
@@ -139,16 +144,16 @@ func (c *Counter) makeRoom(totals []programGroupTotals) error {
 	if unfollowed == c.unfollowedAt {
 		return nil
 	}
-	c.unfollowedAt = unfollowed
 	for range 3 {
 		missed, err := c.missed()
 		if err != nil {
 			return err
 		}
 		if _, err := c.audit(missed); err != nil {
-			return err
+			return err // the next read tries again
 		}
 	}
+	c.unfollowedAt = unfollowed
 	return nil
 }
 

@@ -25,6 +25,9 @@ type Processes struct {
 	// the client ends held twice.
 	conns       map[fourTuple]ends
 	clientNames map[fourTuple]string
+	// clientEnds: the table had client ends at all (a --command may
+	// filter on the source port alone).
+	clientEnds bool
 }
 
 // ends is what the table said of a connection's two ends.
@@ -79,6 +82,7 @@ func (p *Processes) Add(s socket.Socket) {
 		conn := fourTuple{server: endpointOf(s.Peer), client: endpointOf(s.Local)}
 		e := p.conns[conn]
 		e.client, e.inode = true, s.Inode
+		p.clientEnds = true
 		p.conns[conn] = e
 		if s.Process != "" {
 			p.clientNames[conn] = s.Process
@@ -107,6 +111,10 @@ type Unknown struct {
 	// NotFound have an inode no process was found holding: it closed
 	// meanwhile, or its process could not be read.
 	NotFound int
+	// Unseen have a client on this host's loopback, in a table that has
+	// no client end at all (a --command filtering on the source port
+	// alone): their programs are not in it.
+	Unseen int
 }
 
 // Held is how many counted connections each program on this host holds,
@@ -120,6 +128,8 @@ func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown 
 			program = names[e.inode]
 		}
 		switch {
+		case e.served && !p.clientEnds && netip.AddrFrom16(conn.client.addr).Unmap().IsLoopback():
+			unknown.Unseen++
 		case !e.served || !e.client:
 		case program == "" && e.inode == 0:
 			unknown.Untold++
