@@ -30,11 +30,12 @@ func needEvents(t *testing.T) {
 }
 
 // openCounts are the open connections' series of metrics: what the
-// events must give as a read of the table gives them.
+// events must give as a read of the table gives them (the uses, which the
+// built-in reader tells and the events do not yet, apart).
 func openCounts(metrics map[string]float64) map[string]float64 {
 	m := maps.Clone(metrics)
 	maps.DeleteFunc(m, func(key string, _ float64) bool {
-		return !strings.HasPrefix(key, "consul_open_") || strings.Contains(key, "_peak")
+		return !strings.HasPrefix(key, "consul_open_") || strings.Contains(key, "_peak") || strings.Contains(key, "_by_use")
 	})
 	return m
 }

@@ -587,12 +587,14 @@ func counts(t *testing.T, dir string, args ...string) result {
 }
 
 // comparable is metrics less those that differ from run to run (how long
-// the collection and each of its parts took), and the listeners' series,
-// which a --command's table does not give.
+// the collection and each of its parts took), the listeners' series,
+// which a --command's table does not give, and the uses, which only the
+// built-in reader tells (TestEachSlotsUseOnARealAgent).
 func comparable(metrics map[string]float64) map[string]float64 {
 	m := maps.Clone(metrics)
 	maps.DeleteFunc(m, func(key string, _ float64) bool {
-		return strings.HasPrefix(key, "consul_conn_exporter_collect_duration_seconds") ||
+		return strings.Contains(key, "_by_use") ||
+			strings.HasPrefix(key, "consul_conn_exporter_collect_duration_seconds") ||
 			strings.HasPrefix(key, "consul_conn_exporter_collector_duration_seconds") ||
 			strings.HasPrefix(key, "consul_conn_exporter_port_listen") ||
 			strings.HasPrefix(key, `consul_conn_exporter_collector_success{collector="listeners"}`)
