@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -68,6 +69,17 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	assert.Equal(t, 5.0, got["idle"]+got["unknown"], "answered and kept: idle, or unknown within a tick, never another use")
 
 	assert.Equal(t, map[string]float64{"unknown": 18, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, uses("--source", "ss"), "ss tells no use")
+
+	// The programs holding them, by use: this test's, which holds every
+	// connection (the api client's own are idle or unknown). A client end
+	// that shut its side is in FIN-WAIT-2, which the table is not read in:
+	// the half-closed ones name no program yet.
+	named := exporter(t, t.TempDir(), "--once", "--port", agent.httpPort(), "--source", "netlink", "--clients.processes")
+	require.Equal(t, 0, named.exit, named.stderr)
+	program := comm(t, os.Getpid())
+	for use, n := range map[string]float64{"waiting": 6, "silent": 4} {
+		assert.Equal(t, n, named.metrics[fmt.Sprintf(`consul_open_http_connections_per_process_by_use{process="%s",use="%s"}`, program, use)], use)
+	}
 
 	// The write answers every blocking query: those connections are idle
 	// (their answer came long after their request).

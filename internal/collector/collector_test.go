@@ -729,3 +729,32 @@ consul_open_http_connections_per_client_by_use{client="127.0.0.7",use="waiting"}
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
+
+// The programs holding the slots are counted by use too, where the table
+// tells the server end's use: each local program's connections, by what
+// each is doing.
+func TestEachProgramsConnectionsAreCountedByUse(t *testing.T) {
+	config := defaultConfig
+	config.Processes = true
+	server := netip.MustParseAddrPort("127.0.0.1:8500")
+	var table sockets
+	for i, use := range []socket.Use{socket.UseIdle, socket.UseIdle, socket.UseWaiting, socket.UseUnknown} {
+		client := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.7"), uint16(40000+i))
+		table = append(table,
+			socket.Socket{State: socket.StateEstablished, Local: server, Peer: client, Use: use},
+			socket.Socket{State: socket.StateEstablished, Local: client, Peer: server, Process: "nomad"})
+	}
+	res := collector.New(config, collector.Parts{Source: table, Limits: defaultLimits}, discard).Collect(context.Background())
+	require.True(t, res.ProcessesKnown, res.ProcessesWhy)
+	want := `
+# HELP consul_open_http_connections_per_process_by_use HTTP connections whose client end a program on this host holds, by command name and by what each does with its slot, for the programs holding the most (uses it holds none in are absent).
+# TYPE consul_open_http_connections_per_process_by_use gauge
+consul_open_http_connections_per_process_by_use{process="nomad",use="idle"} 2
+consul_open_http_connections_per_process_by_use{process="nomad",use="unknown"} 1
+consul_open_http_connections_per_process_by_use{process="nomad",use="waiting"} 1
+`
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_open_http_connections_per_process_by_use"))
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}

@@ -115,6 +115,10 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 }
 
 var (
+	perProcessByUseDesc = prometheus.NewDesc(
+		"consul_open_http_connections_per_process_by_use",
+		"HTTP connections whose client end a program on this host holds, by command name and by what each does with its slot, for the programs holding the most (uses it holds none in are absent).",
+		[]string{"process", "use"}, nil)
 	perProcessDesc = prometheus.NewDesc(
 		"consul_open_http_connections_per_process",
 		"HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.",
@@ -193,7 +197,7 @@ func (r result) Describe(ch chan<- *prometheus.Desc) {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{perProcessDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
+	for _, d := range []*prometheus.Desc{perProcessDesc, perProcessByUseDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
 		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc, refusalsMissedDesc, collectorSuccessDesc, collectorDurationDesc} {
 		ch <- d
 	}
@@ -348,6 +352,11 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 	if r.ProcessesKnown {
 		for _, p := range tally.ByProcess(r.Processes, r.TopClients) {
 			gauge(perProcessDesc, float64(p.Count), p.Process)
+			for _, u := range socket.Uses {
+				if n := p.ByUse[u]; n > 0 {
+					gauge(perProcessByUseDesc, float64(n), p.Process, u.Label())
+				}
+			}
 		}
 	}
 	return metrics, errors.Join(errs...)

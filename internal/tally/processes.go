@@ -32,9 +32,10 @@ type Processes struct {
 
 // ends is what the table said of a connection's two ends.
 type ends struct {
-	inode  uint64 // 0: no client end here, or the table gave none
-	served bool   // the server end is counted
-	client bool   // an established client end is on this host
+	inode  uint64     // 0: no client end here, or the table gave none
+	served bool       // the server end is counted
+	client bool       // an established client end is on this host
+	use    socket.Use // the server end's, where the table told it
 }
 
 // fourTuple is a connection's two ends, v4-mapped addresses as IPv4 ones
@@ -49,11 +50,13 @@ type endpoint struct {
 func endpointOf(ap netip.AddrPort) endpoint { return endpoint{ap.Addr().As16(), ap.Port()} }
 
 // ProcessCount is the number of connections one program holds from one
-// client address.
+// client address, and how many of them are in each use (indexed by
+// socket.Use; unknown where the table told none).
 type ProcessCount struct {
 	Client  netip.Addr
 	Process string
 	Count   int
+	ByUse   [socket.UseCount]int
 }
 
 // NewProcesses matches the connections counted on ports in states.
@@ -74,7 +77,7 @@ func (p *Processes) Add(s socket.Socket) {
 	case slices.Contains(p.ports, s.Local.Port()) && slices.Contains(p.states, s.State):
 		conn := fourTuple{server: endpointOf(s.Local), client: endpointOf(s.Peer)}
 		e := p.conns[conn]
-		e.served = true
+		e.served, e.use = true, s.Use
 		p.conns[conn] = e
 	case slices.Contains(p.ports, s.Peer.Port()) && s.State == socket.StateEstablished:
 		// Only an established client end is still some program's: after
@@ -121,7 +124,11 @@ type Unknown struct {
 // per client address, most first, with names looked up by inode where the
 // table named none, and how many local ones are not known.
 func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown Unknown) {
-	counts := map[ProcessCount]int{}
+	type key struct {
+		client  netip.Addr
+		program string
+	}
+	counts := map[key]*ProcessCount{}
 	for conn, e := range p.conns {
 		program := p.clientNames[conn]
 		if program == "" {
@@ -136,12 +143,18 @@ func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown 
 		case program == "":
 			unknown.NotFound++
 		default:
-			counts[ProcessCount{Client: netip.AddrFrom16(conn.client.addr).Unmap(), Process: program}]++
+			k := key{netip.AddrFrom16(conn.client.addr).Unmap(), program}
+			c := counts[k]
+			if c == nil {
+				c = &ProcessCount{Client: k.client, Process: program}
+				counts[k] = c
+			}
+			c.Count++
+			c.ByUse[e.use]++
 		}
 	}
-	for key, n := range counts {
-		key.Count = n
-		held = append(held, key)
+	for _, c := range counts {
+		held = append(held, *c)
 	}
 	sortCounts(held)
 	return held, unknown
@@ -149,13 +162,21 @@ func (p *Processes) Held(names map[uint64]string) (held []ProcessCount, unknown 
 
 // ByProcess sums held over client addresses: the n busiest programs.
 func ByProcess(held []ProcessCount, n int) []ProcessCount {
-	sums := map[string]int{}
+	sums := map[string]*ProcessCount{}
 	for _, h := range held {
-		sums[h.Process] += h.Count
+		sum := sums[h.Process]
+		if sum == nil {
+			sum = &ProcessCount{Process: h.Process}
+			sums[h.Process] = sum
+		}
+		sum.Count += h.Count
+		for u, n := range h.ByUse {
+			sum.ByUse[u] += n
+		}
 	}
 	all := make([]ProcessCount, 0, len(sums))
-	for program, count := range sums {
-		all = append(all, ProcessCount{Process: program, Count: count})
+	for _, sum := range sums {
+		all = append(all, *sum)
 	}
 	sortCounts(all)
 	return all[:min(n, len(all))]

@@ -22,15 +22,13 @@ type Tally struct {
 	// byUse and perClientUse count the sockets whose use the source
 	// told; the rest are of unknown use. A source that tells none (ss,
 	// netstat) costs nothing more.
-	byUse        [useCount]int
-	perClientUse map[netip.Addr]*[useCount]int
+	byUse        [socket.UseCount]int
+	perClientUse map[netip.Addr]*[socket.UseCount]int
 	// longest is, per use, how long the connection so the longest has
 	// been so, in ms: waiting since its request, idle since its answer.
-	longest [useCount]uint32
+	longest [socket.UseCount]uint32
 }
 
-// useCount is how many uses there are.
-const useCount = int(socket.UseHalfClosed) + 1
 
 // ClientCount is the number of sockets one client holds over all ports.
 type ClientCount struct {
@@ -46,7 +44,7 @@ func New(ports []uint16, states []socket.State) *Tally {
 		states:       slices.Clone(states),
 		byState:      make([][]int, len(ports)),
 		perClient:    map[netip.Addr]int{},
-		perClientUse: map[netip.Addr]*[useCount]int{},
+		perClientUse: map[netip.Addr]*[socket.UseCount]int{},
 	}
 	for i := range t.byState {
 		t.byState[i] = make([]int, len(states))
@@ -79,11 +77,11 @@ func (t *Tally) Add(s socket.Socket) {
 	n, client := max(s.Sockets, 1), Client(s.Peer.Addr())
 	t.byState[port][state] += n
 	t.perClient[client] += n
-	if s.Use != socket.UseUnknown && int(s.Use) < useCount {
+	if s.Use != socket.UseUnknown && int(s.Use) < socket.UseCount {
 		t.byUse[s.Use] += n
 		uses := t.perClientUse[client]
 		if uses == nil {
-			uses = new([useCount]int)
+			uses = new([socket.UseCount]int)
 			t.perClientUse[client] = uses
 		}
 		uses[s.Use] += n

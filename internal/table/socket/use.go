@@ -15,6 +15,9 @@ const (
 	UseHalfClosed     // CLOSE-WAIT: the client shut its side, the agent holds on
 )
 
+// UseCount is how many uses there are: an array indexed by Use holds them.
+const UseCount = int(UseHalfClosed) + 1
+
 // Uses are every use, in the order the metrics and check list them.
 var Uses = []Use{UseWaiting, UseIdle, UseSilent, UseHalfClosed, UseUnknown}
 
