@@ -29,7 +29,6 @@ type Tally struct {
 	longest [socket.UseCount]uint32
 }
 
-
 // ClientCount is the number of sockets one client holds over all ports.
 type ClientCount struct {
 	Client netip.Addr
