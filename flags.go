@@ -64,14 +64,14 @@ type config struct {
 
 // parse reads the command line; checking says whether it chose the check
 // command, a usage error included.
-func parse(args []string, stderr io.Writer) (s *config, checking bool, err error) {
+func parse(args []string, stderr io.Writer) (cfg *config, checking bool, err error) {
 	app := kingpin.New(name, "Counts the connections Consul holds open, per client IP and in total, against its per-client limits, and hands them to Prometheus.")
 	app.UsageWriter(stderr).ErrorWriter(stderr)
-	s, err = parseWith(app, args)
+	cfg, err = parseWith(app, args)
 	if err != nil {
 		return nil, checkChosen(app, args), err
 	}
-	return s, s.check != nil, nil
+	return cfg, cfg.check != nil, nil
 }
 
 // checkChosen says whether args choose the check command as the parser
@@ -129,11 +129,11 @@ func parseWith(app *kingpin.Application, args []string) (*config, error) {
 	refusalFlags := refusals.AddFlags(app)
 	eventFlags := events.AddFlags(app)
 	listenerFlags := listeners.AddFlags(app)
-	s := &config{web: delivery.AddWebFlags(app), source: sourceFlags}
-	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&s.once)
-	app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").DurationVar(&s.interval)
+	cfg := &config{web: delivery.AddWebFlags(app), source: sourceFlags}
+	app.Flag("once", "Collect, write or push once, then exit: 0 on success, 1 on failure.").BoolVar(&cfg.once)
+	app.Flag("interval", "Time between collections for the textfile and the Pushgateway.").Default("15s").DurationVar(&cfg.interval)
 	app.Flag("runtime.gomaxprocs", "The target number of CPUs Go will run on (GOMAXPROCS): one is enough, a collection is one pipeline from the table to a count.").
-		Default("1").SetValue(wholenumber.Of(&s.gomaxprocs))
+		Default("1").SetValue(wholenumber.Of(&cfg.gomaxprocs))
 	logConfig := &promslog.Config{}
 	promslogflag.AddFlags(app, logConfig)
 
@@ -141,75 +141,75 @@ func parseWith(app *kingpin.Application, args []string) (*config, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.logger = promslog.New(logConfig)
+	cfg.logger = promslog.New(logConfig)
 	if command == checkCmd.FullCommand() {
 		if err := checkFlags.Validate(); err != nil {
 			return nil, err
 		}
 		// Consul shows a check's stdout and stderr as one: the report
 		// says everything, logs would only come before it.
-		s.check, s.logger = checkFlags, slog.New(slog.DiscardHandler)
+		cfg.check, cfg.logger = checkFlags, slog.New(slog.DiscardHandler)
 	}
 	counting, err := countFlags.Config()
 	if err != nil {
 		return nil, err
 	}
-	if s.check != nil || s.once {
+	if cfg.check != nil || cfg.once {
 		counting.SampleInterval = 0 // one collection: nothing between collections
 	}
-	s.counting = counting
-	s.serveWeb = s.web.Enabled()
-	if err := s.web.Validate(); err != nil {
+	cfg.counting = counting
+	cfg.serveWeb = cfg.web.Enabled()
+	if err := cfg.web.Validate(); err != nil {
 		return nil, err
 	}
 	switch {
-	case s.interval < minInterval:
+	case cfg.interval < minInterval:
 		return nil, fmt.Errorf("--interval must be %s or more: each collection runs ss, or reads the kernel's table", minInterval)
-	case s.once && s.serveWeb:
+	case cfg.once && cfg.serveWeb:
 		return nil, errors.New("--once cannot serve --web.listen-address: a server runs until stopped")
-	case s.gomaxprocs < 1:
+	case cfg.gomaxprocs < 1:
 		return nil, errors.New("--runtime.gomaxprocs must be 1 or more")
-	case refusalFlags.Enabled && (s.once || s.check != nil):
+	case refusalFlags.Enabled && (cfg.once || cfg.check != nil):
 		return nil, errors.New("--refusals counts from the exporter's start: it needs the long-running mode, not --once or check")
 	}
-	if s.limits, err = limitFlags.Config(counting.GroupPorts(collector.HTTP), counting.GroupPorts(collector.RPC)); err != nil {
+	if cfg.limits, err = limitFlags.Config(counting.GroupPorts(collector.HTTP), counting.GroupPorts(collector.RPC)); err != nil {
 		return nil, err
 	}
-	if textfileFlags.Set || (!s.serveWeb && !pushFlags.Enabled()) {
+	if textfileFlags.Set || (!cfg.serveWeb && !pushFlags.Enabled()) {
 		dir := textfileFlags.Dir
 		if dir == "" {
 			return nil, errors.New("--textfile.directory must not be empty")
 		}
-		s.textfile = dir
-		s.outputs = append(s.outputs, &delivery.Output{Name: "textfile " + dir, Write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
+		cfg.textfile = dir
+		cfg.outputs = append(cfg.outputs, &delivery.Output{Name: "textfile " + dir, Write: func(g prometheus.Gatherer) error { return textfile.Write(dir, g) }})
 	}
-	pusher, err := pushFlags.Pusher(s.logger)
+	pusher, err := pushFlags.Pusher(cfg.logger)
 	if err != nil {
 		return nil, err
 	}
 	if pusher != nil {
-		s.outputs = append(s.outputs, &delivery.Output{Name: "pushgateway " + pusher.String(), Write: pusher.Push})
+		cfg.outputs = append(cfg.outputs, &delivery.Output{Name: "pushgateway " + pusher.String(), Write: pusher.Push})
 	}
 	if err := sourceFlags.Validate(counting.Want()); err != nil {
 		return nil, err
 	}
-	if s.agentUser, err = listenerFlags.User(); err != nil {
+	if cfg.agentUser, err = listenerFlags.User(); err != nil {
 		return nil, err
 	}
 	if sourceFlags.OwnNamespace() {
-		if s.agentAddr, err = listeners.ParseAddress(limitFlags.Server(), counting.GroupPorts(collector.HTTP)); err != nil {
+		if cfg.agentAddr, err = listeners.ParseAddress(limitFlags.Server(), counting.GroupPorts(collector.HTTP)); err != nil {
 			return nil, err
 		}
 	}
-	s.refusals = refusalFlags.Enabled
+	cfg.refusals = refusalFlags.Enabled
 	if sourceFlags.Events() {
 		if err := eventFlags.Validate(counting.States); err != nil {
 			return nil, err
 		}
-		s.events = eventFlags
+		cfg.events = eventFlags
 	}
-	if s.commandCaps, err = sourceFlags.Capabilities(); err != nil {
+	if cfg.commandCaps, err = sourceFlags.Capabilities(); err != nil {
 		return nil, err
 	}
-	return s, nil
+	return cfg, nil
 }

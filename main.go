@@ -4,9 +4,11 @@
 // node_exporter's textfile collector directory, to a Pushgateway, or on its
 // own /metrics.
 //
-// The flow: flags -> source (where sockets come from) -> collector (counts
-// per limiter group, beside the limits) -> a view: check's report, or the
-// metrics, delivered by the outputs and the web server.
+// The flow, one way: flags (flags.go) -> a checked config -> the start-up
+// (start.go: the listeners judged, the kernel programs loaded, the process
+// confined, the collector built once) -> collections (counts per limiter
+// group, beside the limits) -> a view: check's report, or the metrics,
+// delivered by the outputs and the web server.
 package main
 
 import (
