@@ -1,6 +1,7 @@
 package events
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -189,48 +190,57 @@ func (c *Counter) clients(groups []Group, top int) error {
 	for g := range peaks {
 		peaks[g] = map[netip.Addr]int{}
 	}
-	// The peak the events of the epoch left; for a client with none, the
-	// count that held through it: the count now, unless a change came
-	// since (the next epoch's count before its first change), which a
-	// second read, after every count was read, says.
-	idle := map[programClientKey]int{}
-	err := kernel.Each(c.objs.ClientsHeld, func(key programClientKey, state programClientState) {
+	// Read entry by entry, never in batches: a batched read takes each
+	// bucket's lock, which the programs' own updates of the map then wait
+	// on under churn (a soak found counts corrected with no event
+	// missed while the peaks were read so).
+	var (
+		key   programClientKey
+		state programClientState
+	)
+	it := c.objs.ClientsHeld.Iterate()
+	for it.Next(&key, &state) {
 		if int(key.Group) >= len(groups) {
-			return
+			continue
 		}
-		group := &groups[key.Group]
 		client := netip.AddrFrom16(key.Client).Unmap()
+		group := &groups[key.Group]
 		group.TopOpened = tally.Keep(group.TopOpened, tally.ClientCount{Client: client, Count: int(state.Opened)}, top)
-		switch {
-		case epochOf(state.Peak[ended&1]) == ended:
-			if peak := countOf(state.Peak[ended&1]); peak > 0 {
-				peaks[key.Group][client] = peak
-			}
-		default:
-			idle[key] = kernel.HeldCount(state.Held)
+		peak, err := c.peak(key, state, ended)
+		if err != nil {
+			return err
 		}
-	})
-	if err == nil && len(idle) > 0 {
-		err = kernel.Each(c.objs.ClientsHeld, func(key programClientKey, state programClientState) {
-			if next := state.Begin[(ended+1)&1]; epochOf(next) == ended+1 {
-				if _, ok := idle[key]; ok {
-					idle[key] = countOf(next)
-				}
-			}
-		})
-	}
-	if err != nil {
-		return fmt.Errorf("reading the kernel's clients: %w", err)
-	}
-	for key, peak := range idle {
 		if peak > 0 {
-			peaks[key.Group][netip.AddrFrom16(key.Client).Unmap()] = peak
+			peaks[key.Group][client] = peak
 		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading the kernel's clients: %w", err)
 	}
 	for g := range groups {
 		groups[g].Peaks = tally.OfClients(peaks[g])
 	}
 	return nil
+}
+
+// peak is the most a client held over epoch ended: the peak the events
+// of the epoch left; with none, the count that held through it, which is
+// the count before the next epoch's first change, or, with none yet, the
+// count now.
+func (c *Counter) peak(key programClientKey, state programClientState, ended uint32) (int, error) {
+	if epochOf(state.Peak[ended&1]) == ended {
+		return countOf(state.Peak[ended&1]), nil
+	}
+	// The count first, then whether a change came since: if none, the
+	// count read held through the epoch.
+	now := kernel.HeldCount(state.Held)
+	if err := c.objs.ClientsHeld.Lookup(key, &state); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, fmt.Errorf("reading the kernel's clients: %w", err)
+	}
+	if next := state.Begin[(ended+1)&1]; epochOf(next) == ended+1 {
+		return countOf(next), nil
+	}
+	return now, nil
 }
 
 func epochOf(slot uint64) uint32 { return uint32(slot >> 32) }

@@ -109,27 +109,3 @@ func RecursionMisses(programs ...*ebpf.Program) (uint64, error) {
 	}
 	return n, nil
 }
-
-// batch is how many entries a batched read of a map takes a call: more
-// than any hash bucket holds, and few calls for the largest maps.
-const batch = 4096
-
-// Each reads every entry of the hash map m, a batch of entries a system
-// call rather than two calls an entry, and calls fn with each. An entry
-// changed meanwhile is read as it was when its bucket was.
-func Each[K, V any](m *ebpf.Map, fn func(K, V)) error {
-	keys, values := make([]K, batch), make([]V, batch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, values, nil)
-		for i := range n {
-			fn(keys[i], values[i])
-		}
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil
-		case err != nil:
-			return err
-		}
-	}
-}
