@@ -184,8 +184,8 @@ func (c *Collector) collect(ctx context.Context) Result {
 	res.parts(Part{Name: "source", Err: r.err, Took: r.took})
 	if c.parts.Listeners != nil {
 		err := r.listenersErr
-		if err == nil && r.agent != nil && r.agent.Away != "" && !r.agent.Down {
-			err = errors.New(r.agent.Away)
+		if err == nil {
+			err = r.agent.Untold()
 		}
 		res.parts(Part{Name: "listeners", Err: err, Took: r.judging})
 	}
@@ -284,8 +284,8 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 			r.err = err
 		}
 	}
-	if r.err == nil && r.agent != nil && r.agent.Away != "" && !r.agent.Down {
-		r.err = errors.New(r.agent.Away)
+	if r.err == nil {
+		r.err = r.agent.Untold()
 	}
 	r.counts = newCounts(c.config, collection && c.config.Processes, r.agent)
 	if r.err == nil {

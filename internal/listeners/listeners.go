@@ -11,6 +11,7 @@ package listeners
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -160,6 +161,16 @@ func Judge(ls []Listener, ports []uint16, where Where, user *uint32) Agent {
 		a.Owners[p] = len(here)
 	}
 	return a
+}
+
+// Untold is why whose connections are the agent's cannot be told (Away,
+// where the agent is not down): then no count can be given. Nil where it
+// can, or where the listeners are not known (a nil agent).
+func (a *Agent) Untold() error {
+	if a == nil || a.Away == "" || a.Down {
+		return nil
+	}
+	return errors.New(a.Away)
 }
 
 // Users are the agent's user on each watched port anything listens on,
