@@ -302,9 +302,6 @@ func (c *Collector) read(ctx context.Context, collection bool) reading {
 	// After the count: a read of the agent's limits opens a connection
 	// of its own, which must not be counted.
 	r.limits = c.parts.Limits()
-	if r.err != nil {
-		r.eventsErr = errors.New("not read: the connections could not be counted")
-	}
 	if r.err == nil && c.parts.Events != nil {
 		began := time.Now()
 		r.events, r.eventsErr = c.readEvents(r.limits)
