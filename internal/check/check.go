@@ -184,7 +184,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		for _, p := range tally.ByProcess(res.Processes, max(res.TopClients, 1)) {
 			r.Processes = append(r.Processes, Process{p.Process, p.Count})
 		}
-	} else if res.ProcessesAsked {
+	} else if res.Has("processes") {
 		r.Notes = append(r.Notes, "the programs holding the connections cannot be named: "+res.ProcessesWhy)
 	}
 	r.Notes = append(r.Notes, res.Limits.Unwatched...)

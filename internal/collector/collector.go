@@ -179,7 +179,7 @@ func (c *Collector) Tried() bool { return c.tried.Load() }
 
 func (c *Collector) collect(ctx context.Context) Result {
 	r := c.read(ctx, true)
-	res := Result{States: c.config.States, TopClients: c.config.TopClients, ProcessesAsked: c.config.Processes, EventsAsked: c.parts.Events != nil,
+	res := Result{States: c.config.States, TopClients: c.config.TopClients,
 		Listeners: r.agent, ListenersErr: r.listenersErr, Duration: r.took, Limits: r.limits, Events: r.events, EventsErr: r.eventsErr, Err: r.err}
 	res.parts(Part{Name: "source", Err: r.err, Took: r.took})
 	if c.parts.Listeners != nil {

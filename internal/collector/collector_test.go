@@ -154,7 +154,7 @@ consul_open_http_connections_max_per_client 0
 func assertFailed(t *testing.T, res collector.Result) {
 	t.Helper()
 	n := 2 + 2*len(res.Parts) // collect_success and its duration, collector_success and its duration
-	if res.ProcessesAsked {
+	if res.Has("processes") {
 		n++ // processes_success 0
 	}
 	if res.Limits.Auto {

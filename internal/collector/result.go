@@ -2,6 +2,7 @@ package collector
 
 import (
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
@@ -26,10 +27,9 @@ type Result struct {
 	TopClients int
 	// Processes is how many HTTP connections each local program holds,
 	// per client address, when ProcessesKnown: every local client end's
-	// program could be read. ProcessesAsked is whether they were asked for.
+	// program could be read (asked for where the Result Has "processes").
 	Processes      []tally.ProcessCount
 	ProcessesKnown bool
-	ProcessesAsked bool
 	// ProcessesWhy says why they could not be named, when asked and not
 	// known: the same words the log has.
 	ProcessesWhy string
@@ -50,10 +50,8 @@ type Result struct {
 	RefusalsMissed uint64
 	RefusalsErr    error
 	// EventsErr is why the events could not be read besides the counts
-	// (then Events is nil; the counts stand). EventsAsked is whether they
-	// are kept (--source events).
-	EventsErr   error
-	EventsAsked bool
+	// (then Events is nil; the counts stand).
+	EventsErr error
 	// Listeners are who listens on the watched ports, and whose
 	// connections counted; nil where they are not known (a --command, or
 	// their read failed: ListenersErr says why).
@@ -78,6 +76,11 @@ type Part struct {
 }
 
 func (r *Result) parts(p Part) { r.Parts = append(r.Parts, p) }
+
+// Has says whether the feature named is enabled: it has a part.
+func (r Result) Has(name string) bool {
+	return slices.ContainsFunc(r.Parts, func(p Part) bool { return p.Name == name })
+}
 
 // part sets how the part named went.
 func (r *Result) part(name string, err error, took time.Duration) {

@@ -250,7 +250,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 	if r.Limits.Auto {
 		gauge(limitsReadDesc, boolValue(r.Limits.ReadOK))
 	}
-	if r.ProcessesAsked {
+	if collector.Result(r).Has("processes") {
 		gauge(processesDesc, boolValue(r.ProcessesKnown))
 	}
 	if r.Err != nil {
@@ -297,7 +297,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		switch { // the events' time at the limit is exact, the samples' sampled
 		case r.Events != nil:
 			counter(d.atLimit, r.Events.Groups[i].AtLimit.Seconds())
-		case r.Peaks != nil && r.Peaks.Known && !r.EventsAsked:
+		case r.Peaks != nil && r.Peaks.Known && !collector.Result(r).Has("events"):
 			// Not in place of the events' when they could not be read:
 			// another count of the same counter would jump, and go back.
 			counter(d.atLimit, r.Peaks.Groups[i].AtLimit.Seconds())
@@ -326,7 +326,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))
 			counter(d.refusalsUntracked, float64(r.Refusals[i].Untracked))
-			if r.EventsAsked { // counted by the refusals, with the events' maps
+			if collector.Result(r).Has("events") { // counted by the refusals, with the events' maps
 				counter(d.refusedBelowLimit, float64(r.Refusals[i].BelowLimit))
 			}
 			for _, c := range r.Refusals[i].Top[:min(r.TopClients, len(r.Refusals[i].Top))] {

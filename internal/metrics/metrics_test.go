@@ -20,7 +20,7 @@ import (
 func TestAResultThatCannotBeRenderedIsAFailedCollection(t *testing.T) {
 	res := collector.Result{
 		Processes:      []tally.ProcessCount{{Client: netip.MustParseAddr("127.0.0.7"), Process: "bad\xff", Count: 1}},
-		ProcessesKnown: true, ProcessesAsked: true, TopClients: 10,
+		ProcessesKnown: true, TopClients: 10,
 		Limits: limits.Snapshot{Auto: true, ReadOK: true},
 		Parts:  []collector.Part{{Name: "source"}, {Name: "limits"}, {Name: "processes"}},
 	}
