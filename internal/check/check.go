@@ -149,7 +149,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 	}
 	for _, g := range res.Groups {
 		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
-		group.NoLimit = g.Limit == 0 && (!res.Limits.Auto || res.Limits.ReadOK)
+		group.NoLimit = g.Limit == 0 && res.Limits.Err() == nil
 		for _, port := range g.Counts.Ports() {
 			p := Port{Port: port, Open: g.Counts.Total(port), ByState: map[string]int{}}
 			for _, state := range g.Counts.States() {
@@ -223,12 +223,8 @@ func (f *Flags) judge(r *Report, res collector.Result) {
 	}
 	status, reason := f.clientsVerdict(r)
 	var unknown []string
-	if lim.Auto && !lim.ReadOK {
-		why := "the limit could not be read from the Consul agent"
-		if lim.ReadErr != nil {
-			why = lim.ReadErr.Error()
-		}
-		unknown = append(unknown, why)
+	if err := lim.Err(); err != nil {
+		unknown = append(unknown, err.Error())
 	}
 	if res.Listeners != nil && res.Listeners.QuietReason() != "" {
 		unknown = append(unknown, res.Listeners.QuietReason())

@@ -40,7 +40,7 @@ func Once(coll *collector.Collector, outputs []*Output, logger *slog.Logger) boo
 	// The limits source logs its own failures, once per change, and the
 	// collector the events'. The programs' names are the counts' extra:
 	// their failure is said, and fails nothing.
-	ok = ok && (!res.Limits.Auto || res.Limits.ReadOK) && res.EventsErr == nil
+	ok = ok && res.Limits.Err() == nil && res.EventsErr == nil
 	for _, out := range outputs {
 		problem := ""
 		if err := out.Write(reg); err != nil {
