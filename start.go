@@ -172,9 +172,7 @@ func load(cfg *config, agent *listeners.Agent) (loaded, error) {
 	keep, err = capabilities.Confine(keep...)
 	if errors.Is(err, capabilities.ErrThreadsOutOfReach) && k.counter == nil && k.counts == nil {
 		// Nothing loaded needs confining: run on as started, and say so.
-		if k.lister != nil {
-			k.lister.Close()
-		}
+		k.close()
 		cfg.logger.Warn("keeping the capabilities the exporter started with", "err", err)
 		return loaded{}, nil
 	}
