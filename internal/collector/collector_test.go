@@ -111,9 +111,7 @@ consul_conn_exporter_collect_success 1
 }
 
 func TestMetricsAreLintClean(t *testing.T) {
-	problems, err := testutil.CollectAndLint(metrics.Of(collect(t, defaultConfig, mixed)))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, collect(t, defaultConfig, mixed))
 }
 
 func TestTopClientsBoundsPerClientSamples(t *testing.T) {
@@ -147,6 +145,14 @@ consul_open_http_connections_max_per_client 0
 `
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
 		"consul_open_http_connections", "consul_open_http_connections_max_per_client"))
+}
+
+// assertLintClean checks that res's metrics pass Prometheus' lint.
+func assertLintClean(t *testing.T, res collector.Result) {
+	t.Helper()
+	problems, err := testutil.CollectAndLint(metrics.Of(res))
+	require.NoError(t, err)
+	assert.Empty(t, problems)
 }
 
 // assertFailed checks that res says success 0, and nothing but its
@@ -248,9 +254,7 @@ func TestGroupsSplitTheCountsAndNeverSumThem(t *testing.T) {
 consul_rpc_max_conns_per_client 100
 `
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want100), "consul_rpc_max_conns_per_client"))
-	problems, err := testutil.CollectAndLint(metrics.Of(res))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, res)
 }
 
 // Every socket of the captures was held by one program, capfx, both ends
@@ -342,9 +346,7 @@ func TestAProgramNameThatIsNotUTF8CostsOnlyTheNames(t *testing.T) {
 	assert.False(t, res.ProcessesKnown)
 	assert.Contains(t, res.ProcessesWhy, "not valid UTF-8")
 	assert.Equal(t, 1, testutil.CollectAndCount(metrics.Of(res), "consul_open_http_connections_per_client"))
-	problems, err := testutil.CollectAndLint(metrics.Of(res))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, res)
 }
 
 // A table with no client end at all (a --command filtering on the source
@@ -495,9 +497,7 @@ consul_open_http_connections_peak_per_client{client="127.0.0.9"} 45
 		"consul_conn_exporter_samples_failed_total", "consul_conn_exporter_samples_total",
 		"consul_open_http_connections_max_per_client", "consul_open_http_connections_max_per_client_peak", "consul_open_http_connections_peak_per_client"))
 	assert.Equal(t, 1, testutil.CollectAndCount(metrics.Of(res), "consul_http_client_at_limit_seconds_total"), "the time since the sample before, the peaks' own test measures it")
-	problems, err := testutil.CollectAndLint(metrics.Of(res))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, res)
 }
 
 func TestWithoutSamplingThereAreNoPeaks(t *testing.T) {
@@ -575,9 +575,7 @@ consul_opened_rpc_connections_total 0
 		"consul_closed_http_connections_total", "consul_conn_exporter_events_drift", "consul_http_client_at_limit_seconds_total",
 		"consul_http_connection_duration_seconds", "consul_open_http_connections_max_per_client_peak",
 		"consul_opened_http_connections_per_client_total", "consul_opened_http_connections_total", "consul_opened_rpc_connections_total"))
-	problems, err := testutil.CollectAndLint(metrics.Of(res))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, res)
 }
 
 // A failed read of the events costs what they keep besides the counts,
@@ -725,9 +723,7 @@ consul_open_http_connections_per_client_by_use{client="127.0.0.7",use="waiting"}
 `
 	names := []string{"consul_open_http_connections_by_use", "consul_open_http_connections_longest_by_use_seconds", "consul_open_http_connections_per_client_by_use"}
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), names...))
-	problems, err := testutil.CollectAndLint(metrics.Of(res))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, res)
 }
 
 // The programs holding the slots are counted by use too, where the table
@@ -754,7 +750,5 @@ consul_open_http_connections_per_process_by_use{process="nomad",use="unknown"} 1
 consul_open_http_connections_per_process_by_use{process="nomad",use="waiting"} 1
 `
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_open_http_connections_per_process_by_use"))
-	problems, err := testutil.CollectAndLint(metrics.Of(res))
-	require.NoError(t, err)
-	assert.Empty(t, problems)
+	assertLintClean(t, res)
 }
