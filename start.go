@@ -145,6 +145,9 @@ func load(cfg *config, agent *listeners.Agent) (loaded, error) {
 		if k.counts, err = events.Load(types, ports, cfg.counting.States, cfg.events.Keys, users); err != nil {
 			return k, err
 		}
+		if err := k.counts.Uses(); err != nil {
+			cfg.logger.Warn("cannot tell what each slot is doing", "err", err)
+		}
 	}
 	if cfg.refusals {
 		var shared *kernel.SharedMaps

@@ -30,8 +30,8 @@ func needEvents(t *testing.T) {
 }
 
 // openCounts are the open connections' series of metrics: what the
-// events must give as a read of the table gives them (the uses, which the
-// built-in reader tells and the events do not yet, apart).
+// events must give as a read of the table gives them (the uses apart: the
+// events tell them exactly, a table's tcp_info not always).
 func openCounts(metrics map[string]float64) map[string]float64 {
 	m := maps.Clone(metrics)
 	maps.DeleteFunc(m, func(key string, _ float64) bool {

@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -94,4 +98,144 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	assert.Zero(t, got["waiting"])
 	assert.GreaterOrEqual(t, got["idle"], 6.0, "the answered queries: %v", got)
 	assert.Equal(t, 4.0, got["silent"])
+}
+
+// The proof from four client addresses, each holding 30 blocking queries
+// on fresh connections, 20 sent each on a connection right after an
+// answered request, 15 requests answered and kept, 10 connections that
+// send nothing and 5 blocking queries whose clients then shut their
+// sending side; and a fifth over HTTPS (HTTP/1.1): 20 queries after an
+// answered request, 15 answered and kept, 10 that never send a byte.
+// The events, started before the clients, read each exactly; the
+// built-in reader the certain ones exactly, and the reused and answered
+// ones in their use or unknown, never the wrong one; ss and netstat tell
+// no use. A write to the key answers the queries: idle by the next
+// collection.
+func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
+	needEvents(t)
+	programs.Need(t, "ss", "apt-get install iproute2")
+	programs.Need(t, "netstat", "apt-get install net-tools")
+	agent := startAgent(t, "http_max_conns_per_client = 200\nhttps_handshake_timeout = \"5m\"", agentOptions{dualStackTLS: true})
+	kv := agent.api(t).KV()
+	_, err := kv.Put(&api.KVPair{Key: "watched", Value: []byte("1")}, nil)
+	require.NoError(t, err)
+	_, meta, err := kv.Get("watched", nil)
+	require.NoError(t, err)
+	blocking := fmt.Sprintf("GET /v1/kv/watched?index=%d&wait=5m HTTP/1.1\r\nHost: consul\r\n\r\n", meta.LastIndex)
+	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
+	require.NoError(t, err)
+	ports := []string{"--port", agent.httpPort(), "--port", httpsPort}
+	url := eventsExporter(t, ports...)
+	require.Eventually(t, func() bool { return scrape(t, url)[`consul_conn_exporter_collector_success{collector="events"}`] == 1 }, 20*time.Second, 50*time.Millisecond, "the events' programs attached before the clients")
+
+	query := func(conn net.Conn) {
+		_, err := io.WriteString(conn, blocking)
+		require.NoError(t, err)
+	}
+	answered := func(conn net.Conn) {
+		status, err := ask(conn)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, status)
+		require.NoError(t, conn.SetDeadline(time.Time{}))
+	}
+	plain := []string{"127.0.0.81", "127.0.0.82", "127.0.0.83", "127.0.0.84"}
+	for _, from := range plain {
+		for range 30 {
+			query(dialFrom(t, from, agent.httpAddr))
+		}
+		for range 20 {
+			conn := dialFrom(t, from, agent.httpAddr)
+			answered(conn)
+			query(conn)
+		}
+		for range 15 {
+			answered(dialFrom(t, from, agent.httpAddr))
+		}
+		for range 10 {
+			dialFrom(t, from, agent.httpAddr)
+		}
+		for range 5 {
+			conn := dialFrom(t, from, agent.httpAddr)
+			query(conn)
+			require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+		}
+	}
+	const overTLS = "127.0.0.85"
+	pool := x509.NewCertPool()
+	ca, err := os.ReadFile(filepath.Join(agent.certs, "consul-agent-ca.pem"))
+	require.NoError(t, err)
+	require.True(t, pool.AppendCertsFromPEM(ca))
+	for range 20 {
+		conn := tls.Client(dialFrom(t, overTLS, agent.httpsAddr), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+		answered(conn)
+		query(conn)
+	}
+	for range 15 {
+		answered(tls.Client(dialFrom(t, overTLS, agent.httpsAddr), &tls.Config{RootCAs: pool, ServerName: "localhost"}))
+	}
+	for range 10 {
+		dialFrom(t, overTLS, agent.httpsAddr)
+	}
+
+	usesOf := func(metrics map[string]float64, from string) map[string]float64 {
+		got := map[string]float64{}
+		for _, use := range []string{"waiting", "idle", "silent", "half_closed", "unknown"} {
+			got[use] = metrics[fmt.Sprintf(`consul_open_http_connections_per_client_by_use{client="%s",use="%s"}`, from, use)]
+		}
+		return got
+	}
+	exact := map[string]float64{"waiting": 50, "idle": 15, "silent": 10, "half_closed": 5, "unknown": 0}
+	var metrics map[string]float64
+	require.Eventually(t, func() bool {
+		metrics = scrape(t, url)
+		for _, from := range plain {
+			if usesOf(metrics, from)["half_closed"] != 5 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 50*time.Millisecond, "the clients' FINs")
+	assert.Zero(t, metrics["consul_conn_exporter_events_missed_total"], "no change the kernel skipped")
+	for _, from := range plain {
+		assert.Equal(t, exact, usesOf(metrics, from), "the events, from %s", from)
+	}
+	assert.Equal(t, map[string]float64{"waiting": 20, "idle": 15, "silent": 10, "half_closed": 0, "unknown": 0}, usesOf(metrics, overTLS), "the events, over HTTPS")
+
+	once := func(source string) map[string]float64 {
+		res := exporter(t, t.TempDir(), append([]string{"--once", "--source", source}, ports...)...)
+		require.Equal(t, 0, res.exit, res.stderr)
+		return res.metrics
+	}
+	table := once("netlink")
+	for _, from := range plain {
+		got := usesOf(table, from)
+		assert.Equal(t, 10.0, got["silent"], from)
+		assert.Equal(t, 5.0, got["half_closed"], from)
+		assert.GreaterOrEqual(t, got["waiting"], 30.0, "the fresh queries are certain: %s %v", from, got)
+		assert.LessOrEqual(t, got["waiting"], 50.0, "no answered one waits: %s %v", from, got)
+		assert.LessOrEqual(t, got["idle"], 15.0, "no query is idle: %s %v", from, got)
+		assert.Equal(t, 65.0, got["waiting"]+got["idle"]+got["unknown"], "%s %v", from, got)
+	}
+	for _, source := range []string{"ss", "netstat"} {
+		got := once(source)
+		for _, from := range plain {
+			assert.Equal(t, map[string]float64{"unknown": 80, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, usesOf(got, from), "%s tells no use", source)
+		}
+	}
+
+	// The write answers every query: idle by the next collection. The
+	// half-closed ones' clients read no answer: the agent closes them.
+	_, err = kv.Put(&api.KVPair{Key: "watched", Value: []byte("2")}, nil)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		metrics = scrape(t, url)
+		return usesOf(metrics, plain[0])["waiting"] == 0
+	}, 20*time.Second, 50*time.Millisecond, "the answers")
+	for _, from := range plain {
+		got := usesOf(metrics, from)
+		assert.Zero(t, got["waiting"], from)
+		assert.Equal(t, 65.0, got["idle"], "every query answered, and the answered ones: %s %v", from, got)
+		assert.Equal(t, 10.0, got["silent"], from)
+	}
+	assert.Equal(t, 35.0, usesOf(metrics, overTLS)["idle"], "over HTTPS")
 }

@@ -14,6 +14,11 @@
 //     moved; one that leaves them is taken off, and its close is counted
 //     by how it ended, with its lifetime. A socket no listener accepted (a
 //     local user's bound to the port and connected out) is never counted.
+//   sock_recv_length, sock_send_length (every read and send call on a
+//     socket of the host): a watched connection's last read or send that
+//     moved data is kept in its storage, and its client's uses follow it:
+//     a read last is a request the agent has not answered (waiting), a
+//     send last an answer given (idle).
 //   census (a TCP iterator the exporter runs: at start, every audit, and
 //     whenever the agent's listeners or a limit change): counts every
 //     connection already open that no event counted and that the agent
@@ -37,6 +42,8 @@
 #include <bpf/bpf_endian.h>
 #include "counts.h"
 
+#define MSG_PEEK 2 // include/linux/socket.h
+
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -57,6 +64,11 @@ __u32 generation = 0;
 // The epoch of the peaks: the exporter starts a new one at each read of
 // them, and reads the one before, which no event writes any more.
 __u32 epoch = 0;
+// The kernel's clock tick in ns (the resolution of its coarse clocks), for
+// the last data's times of a connection open before the programs; 0 where
+// not known: their uses' start is then not known.
+const volatile __u64 tick_ns = 0;
+
 // The census's connections it could not move into the new generation (the
 // map full): they stay counted in the old one, which is then kept. The
 // exporter zeroes it before each census.
@@ -138,6 +150,16 @@ struct {
 	__type(key, __u32);
 	__type(value, struct group_totals);
 } totals SEC(".maps");
+
+// Per group and use (group * OPS + OP_*), how long the connection in that
+// use the longest has been so, in ns, as the last census found it: the
+// exporter zeroes it before each census.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, OPS);
+	__type(key, __u32);
+	__type(value, __u64);
+} longest SEC(".maps");
 
 // A connection of the exporter's own to the agent (a read of the limits),
 // by its four ends, from its client end's open (which the exporter marks
@@ -517,6 +539,105 @@ static __always_inline bool joined(const struct tcp_sock *tp)
 	return ctx && BPF_CORE_READ_BITFIELD_PROBED(ctx, mp_join);
 }
 
+// in_uses is the op a use word has its connection counted under in its
+// client's uses; OP_UNKNOWN for none.
+static __always_inline __u32 in_uses(__u32 word)
+{
+	if (!(word & USE_COUNTED) || (word & USE_ASIDE))
+		return OP_UNKNOWN;
+	return word & USE_OP;
+}
+
+// How a use word changes.
+enum {
+	USE_DID,     // the agent moved data: arg is OP_READ or OP_SENT
+	USE_COUNT,   // counted, or counted again: arg's op where none is known
+		     // yet, and USE_ASIDE where it is not ESTABLISHED
+	USE_UNCOUNT, // no longer counted
+};
+
+static __always_inline __u32 next_use(__u32 old, int how, __u32 arg)
+{
+	switch (how) {
+	case USE_DID:
+		return (old & ~USE_OP) | arg;
+	case USE_COUNT:
+		if (!(old & USE_OP))
+			old |= arg & USE_OP;
+		return (old & ~USE_ASIDE) | USE_COUNTED | (arg & USE_ASIDE);
+	}
+	return old & ~(USE_COUNTED | USE_ASIDE);
+}
+
+// use_as changes a socket's use word as how says, and moves it in its
+// client's uses where that changed its use there; it returns the word it
+// changed (the new one where it could not: a change lost to others' four
+// times over, which the next census makes again). The word is changed by
+// compare-and-swap, and the uses as the swap that won says: a read and a
+// send (no socket lock held) racing with a count or a close (under it)
+// each move what the one before them left.
+static __always_inline __u32 use_as(struct socket_state *st, __u32 group, const __u8 client[16], int how, __u32 arg)
+{
+	for (int i = 0; i < CAS_TRIES; i++) {
+		__u32 old = st->use, want = next_use(old, how, arg);
+		if (want == old)
+			return old;
+		if (__sync_val_compare_and_swap(&st->use, old, want) != old)
+			continue;
+		__u32 from = in_uses(old), to = in_uses(want);
+		if (from == to)
+			return old;
+		struct client_key ck = {.group = group};
+		__builtin_memcpy(&ck.client, client, sizeof(ck.client));
+		struct client_state *c = bpf_map_lookup_elem(&clients_held, &ck);
+		if (!c)
+			return old; // not followed: the client's uses lack it
+		if (from != OP_UNKNOWN && from < OPS)
+			__sync_fetch_and_add(&c->uses[from], -1);
+		if (to != OP_UNKNOWN && to < OPS)
+			__sync_fetch_and_add(&c->uses[to], 1);
+		return old;
+	}
+	return next_use(st->use, how, arg);
+}
+
+// aside is what USE_COUNT's arg adds for a connection in state.
+static __always_inline __u32 aside(int state) { return state == TCP_ESTABLISHED ? 0 : USE_ASIDE; }
+
+// did keeps what the agent last did on a server end of a watched port: a
+// read or a send (op) that moved data (ret bytes; a read that only peeked
+// moved none).
+static __always_inline void did(const struct sock *sk, int ret, int flags, __u32 op)
+{
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return;
+	__u32 group;
+	struct tcp_sock *tp = server_end(&sk->__sk_common, &group);
+	if (!tp)
+		return;
+	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, 0);
+	if (!st || (st->use & USE_OP) == op)
+		return; // not one the programs follow, or no change
+	__u8 client[16];
+	client_address(sk, client);
+	st->use_ns = bpf_ktime_get_ns();
+	use_as(st, group, client, USE_DID, op);
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(received, struct sock *sk, int ret, int flags)
+{
+	did(sk, ret, flags, OP_READ);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(sent, struct sock *sk, int ret, int flags)
+{
+	did(sk, ret, flags, OP_SENT);
+	return 0;
+}
+
 // accepted marks a listener's new socket of a watched port as accepted,
 // with the listener's user: its LISTEN to SYN-RECV change is traced while
 // it is still the listener's copy (inet_csk_clone_lock), before it has an
@@ -595,6 +716,10 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		if (c)
 			__sync_fetch_and_add(&c->opened, 1);
 		half_closed(c, newstate == TCP_CLOSE_WAIT);
+		// Nothing read from it yet: silent; but an MPTCP connection's
+		// data is read on its MPTCP socket, never seen here.
+		st->use_ns = now;
+		use_as(st, group, key.client, USE_COUNT, (tp->is_mptcp ? OP_UNKNOWN : OP_NONE) | aside(newstate));
 		st->over_limit = over_limit(c, group, before) ? OVER_LIMIT : 0;
 		if (c)
 			st->freed_at_open = c->freed;
@@ -615,10 +740,12 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		else if (closing)
 			c = client_of(group, key.client);
 		half_closed(c, closing);
+		use_as(st, group, key.client, USE_COUNT, aside(newstate));
 		return 0;
 	}
 	count_as(&key, was_state, counted_in, -1);
 	st->counted = 0;
+	use_as(st, group, key.client, USE_UNCOUNT, 0);
 	now = bpf_ktime_get_ns();
 	struct client_state *c = follow(group, key.client, t, st, held_delta(counted_in, -1), -1, now, &before);
 	half_closed(c, -(was_state == TCP_CLOSE_WAIT));
@@ -661,8 +788,12 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	if (stale)
 		held = __sync_fetch_and_add(&c->held, held_delta(s->old, -stale)) + held_delta(s->old, -stale);
 	judge(key->group, c, s->now);
-	if ((held & HELD_COUNTS) == HELD_NONE)
-		c->closing = 0; // what missed closes left
+	if ((held & HELD_COUNTS) == HELD_NONE) {
+		// What missed closes left.
+		c->closing = 0;
+		for (int i = 0; i < OPS; i++)
+			c->uses[i] = 0;
+	}
 	if ((held & HELD_COUNTS) != HELD_NONE || epoch_of(c->begin[s->epoch & 1]) == s->epoch || c->at_limit) {
 		c->idle = 0;
 		return 0;
@@ -675,6 +806,59 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	if (__sync_val_compare_and_swap(&c->held, held, held | HELD_DROPPED) == held)
 		bpf_map_delete_elem(&clients_held, key);
 	return 0;
+}
+
+// told is what a connection's last data says its use is, from the
+// kernel's own counts (tcp_info's), for one whose last read or send no
+// program saw: silent with nothing received; waiting with nothing sent, or
+// data received after the last sent; idle for the other way round; not
+// known where both fell in one clock tick. since is when that use began,
+// where the clock tick is known.
+static __always_inline __u32 told(const struct tcp_sock *tp, __u64 now, __u64 *since)
+{
+	*since = 0;
+	if (!tp->bytes_received)
+		return OP_NONE;
+	__u32 received = tp->inet_conn.icsk_ack.lrcvtime, sent = tp->lsndtime, at = received, op = OP_READ;
+	if (tp->bytes_sent) {
+		__s32 order = (__s32)(received - sent);
+		if (order == 0)
+			return OP_UNKNOWN;
+		if (order < 0) {
+			op = OP_SENT;
+			at = sent;
+		}
+	}
+	if (tick_ns) {
+		__u64 ago = (__u64)(__u32)((__u32)bpf_jiffies64() - at) * tick_ns;
+		if (ago < now)
+			*since = now - ago;
+	}
+	return op;
+}
+
+// census_use counts a connection the census found counted in its client's
+// uses again, as its storage says (what a missed change left is made
+// right), or, where no read or send of it was seen, as its tcp_info says;
+// and keeps the longest each use has lasted.
+static __always_inline void census_use(struct socket_state *st, const struct tcp_sock *tp, __u32 group,
+				       const __u8 client[16], int state)
+{
+	__u64 now = bpf_ktime_get_ns(), since = 0;
+	__u32 op = OP_UNKNOWN;
+	if (!(st->use & USE_OP) && !tp->is_mptcp)
+		op = told(tp, now, &since);
+	__u32 old = use_as(st, group, client, USE_COUNT, op | aside(state));
+	if (!(old & USE_OP) && op != OP_UNKNOWN)
+		st->use_ns = since;
+	__u32 in = in_uses(st->use);
+	__u64 began = st->use_ns;
+	if ((in != OP_READ && in != OP_SENT) || !began || began > now)
+		return;
+	__u32 i = group * OPS + in;
+	__u64 *l = bpf_map_lookup_elem(&longest, &i);
+	if (l && now - began > *l)
+		*l = now - began;
 }
 
 SEC("iter/tcp")
@@ -720,16 +904,20 @@ int census(struct bpf_iter__tcp *ctx)
 		// listeners' user changed): taken off, no close.
 		count_as(&key, st->state, counted_in, -1);
 		st->counted = 0;
+		use_as(st, group, key.client, USE_UNCOUNT, 0);
 		struct client_state *c = follow(group, key.client, t, st, held_delta(counted_in, -1), -1, bpf_ktime_get_ns(), &before);
 		half_closed(c, -(st->state == TCP_CLOSE_WAIT));
 		return 0;
 	}
-	if (counted && counted_in == now_in)
+	if (counted && counted_in == now_in) {
+		census_use(st, tp, group, key.client, skc->skc_state);
 		return 0; // counted in this generation already, by an event
+	}
 	__u8 was_state = st->state;
 	if (!recount(st, &key, skc->skc_state, now_in)) {
 		if (counted) {
 			__sync_fetch_and_add(&unmoved, 1);
+			census_use(st, tp, group, key.client, skc->skc_state);
 		} else {
 			lose(st, t);
 			__sync_fetch_and_add(&uncountable, 1);
@@ -740,10 +928,12 @@ int census(struct bpf_iter__tcp *ctx)
 	if (counted) {
 		c = follow(group, key.client, t, st, held_move(counted_in, now_in), 0, 0, &before);
 		half_closed(c, (skc->skc_state == TCP_CLOSE_WAIT) - (was_state == TCP_CLOSE_WAIT));
+		census_use(st, tp, group, key.client, skc->skc_state);
 		return 0;
 	}
 	t->seeded++;
 	c = follow(group, key.client, t, st, held_delta(now_in, 1), 1, bpf_ktime_get_ns(), &before);
 	half_closed(c, skc->skc_state == TCP_CLOSE_WAIT);
+	census_use(st, tp, group, key.client, skc->skc_state);
 	return 0;
 }

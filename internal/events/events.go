@@ -39,6 +39,10 @@ type Counter struct {
 	links    []link.Link
 	iterator *link.Iter // the census
 	groups   int
+	portGroup map[uint16]int // each watched port's group
+	// usesWhy says why no connection's use is known ("" where the reads
+	// and sends are followed).
+	usesWhy string
 
 	// mu makes a census and a read of the counts one at a time: during a
 	// census the counts are in two generations.
@@ -100,13 +104,25 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 	spec.Maps[programMapConnections].MaxEntries = uint32(keys)
 	spec.Maps[programMapClientsHeld].MaxEntries = uint32(keys)
 	spec.Maps[programMapAgentUsers].MaxEntries = uint32(max(1, portCount(groups)))
-	c := &Counter{groups: len(groups), epoch: 1}
+	spec.Maps[programMapLongest].MaxEntries = uint32(len(groups) * useOps)
+	c := &Counter{groups: len(groups), epoch: 1, portGroup: map[uint16]int{}}
+	for g, ports := range groups {
+		for _, p := range ports {
+			c.portGroup[p] = g
+		}
+	}
+	c.usesWhy = followsData(types)
+	if c.usesWhy == "" {
+		if err := spec.Variables[programVarTickNs].Set(tick()); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
 	if refusing != nil {
 		if err := refusing(spec); err != nil {
 			return nil, explain(err)
 		}
 	}
-	if err := spec.LoadAndAssign(&c.objs, &ebpf.CollectionOptions{Cache: types}); err != nil {
+	if err := c.loadPrograms(spec, types); err != nil {
 		return nil, explain(err)
 	}
 	if _, err := kernel.WriteUsers(c.objs.AgentUsers, users); err != nil {
@@ -132,12 +148,76 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 	return c, nil
 }
 
-func (c *Counter) attach() error {
-	l, err := link.AttachTracing(link.TracingOptions{Program: c.objs.Changed})
+// useOps are the uses a connection's last data can say (OPS,
+// counts.h): not known, silent, waiting, idle.
+const useOps = 4
+
+// followsData says why the kernel's reads and sends cannot be followed on
+// this kernel; "" where they can.
+func followsData(types *btf.Cache) string {
+	spec, err := types.Kernel()
+	if err == nil {
+		_, err = spec.AnyTypeByName("btf_trace_sock_recv_length")
+	}
 	if err != nil {
+		return "the kernel traces no socket's reads and sends (sock:sock_recv_length, Linux 6.3 and later): every connection's use is unknown with --source events"
+	}
+	return ""
+}
+
+// tick is the kernel's clock tick in ns, which the last data's times of a
+// connection are counted in: its coarse clocks' resolution.
+func tick() uint64 {
+	var ts unix.Timespec
+	if unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts) != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
+}
+
+// loadPrograms loads spec's programs and maps into c.objs: without the
+// programs that follow the reads and sends where the kernel has none to
+// follow.
+func (c *Counter) loadPrograms(spec *ebpf.CollectionSpec, types *btf.Cache) error {
+	opts := &ebpf.CollectionOptions{Cache: types}
+	if c.usesWhy == "" {
+		return spec.LoadAndAssign(&c.objs, opts)
+	}
+	var counting struct {
+		programMaps
+		programVariables
+		Changed *ebpf.Program `ebpf:"changed"`
+		Census  *ebpf.Program `ebpf:"census"`
+	}
+	if err := spec.LoadAndAssign(&counting, opts); err != nil {
 		return err
 	}
-	c.links = append(c.links, l)
+	c.objs.programMaps, c.objs.programVariables = counting.programMaps, counting.programVariables
+	c.objs.Changed, c.objs.Census = counting.Changed, counting.Census
+	return nil
+}
+
+// Uses says why no connection's use is known with these events; nil where
+// each is followed.
+func (c *Counter) Uses() error {
+	if c.usesWhy == "" {
+		return nil
+	}
+	return errors.New(c.usesWhy)
+}
+
+func (c *Counter) attach() error {
+	for _, p := range []*ebpf.Program{c.objs.Changed, c.objs.Received, c.objs.Sent} {
+		if p == nil {
+			continue
+		}
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			return err
+		}
+		c.links = append(c.links, l)
+	}
+	var err error
 	if c.iterator, err = link.AttachIter(link.IterOptions{Program: c.objs.Census}); err != nil {
 		return fmt.Errorf("attaching the census: %w", err)
 	}
@@ -278,6 +358,14 @@ func (c *Counter) census(missed uint64) (Census, error) {
 	if err := c.objs.Generation.Set(c.generation); err != nil {
 		return Census{}, fmt.Errorf("starting a census: %w", err)
 	}
+	zeros := make([]uint64, c.groups*useOps)
+	keys := make([]uint32, len(zeros))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := c.objs.Longest.BatchUpdate(keys, zeros, nil); err != nil {
+		return Census{}, fmt.Errorf("starting a census: %w", err)
+	}
 	if err := walk(c.iterator); err != nil {
 		return Census{}, fmt.Errorf("taking the census of the socket table: %w", err)
 	}
@@ -385,8 +473,8 @@ func (c *Counter) missed() (uint64, error) {
 	return kernel.RecursionMisses(c.objs.Changed)
 }
 
-// Read calls add with one record per local address, port, state and
-// client, standing for the connections counted under them: the same
+// Read calls add with one record per local address, port, state, client
+// and use, standing for the connections counted under them: the same
 // records every source yields, each for many sockets. Where the kernel
 // skipped the program since the last census, a census is taken first: the
 // counts are right again before they are read.
@@ -402,16 +490,27 @@ func (c *Counter) Read(_ context.Context, add func(socket.Socket), _ func()) err
 			return err
 		}
 	}
+	uses, err := c.uses()
+	if err != nil {
+		return err
+	}
+	longest := make([]uint64, c.groups*useOps)
+	for i := range longest {
+		if err := c.objs.Longest.Lookup(uint32(i), &longest[i]); err != nil {
+			return fmt.Errorf("reading the uses from the kernel: %w", err)
+		}
+	}
 	var (
-		key   programConnectionKey
-		count int64
+		key     programConnectionKey
+		count   int64
+		records []socket.Socket
 	)
 	it := c.objs.Connections.Iterate()
 	for it.Next(&key, &count) {
 		if count <= 0 || count&keyDropped != 0 {
 			continue // all closed, the key being dropped
 		}
-		add(socket.Socket{
+		records = append(records, socket.Socket{
 			State:    socket.State(key.State),
 			Local:    netip.AddrPortFrom(address(key.Local, key.Ipv6), key.Port),
 			Peer:     netip.AddrPortFrom(address(key.Client, key.Ipv6), 0),
@@ -423,7 +522,109 @@ func (c *Counter) Read(_ context.Context, add func(socket.Socket), _ func()) err
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("reading the counts from the kernel: %w", err)
 	}
+	split := useSplit{uses: uses, longest: longest, given: make([]bool, c.groups*useOps)}
+	for _, r := range records {
+		split.add(r, c.portGroup[r.Local.Port()], add)
+	}
 	return nil
+}
+
+// clientUses are a client's ESTABLISHED connections by what each last did,
+// indexed as OPS (counts.h): not known (not kept), silent, waiting, idle.
+type clientUses [useOps]int64
+
+// usesKey is a client of a group, as the kernel keys it.
+type usesKey struct {
+	group  int
+	client [16]byte
+}
+
+// uses reads each client's uses as the programs keep them.
+func (c *Counter) uses() (map[usesKey]*clientUses, error) {
+	got := map[usesKey]*clientUses{}
+	if c.usesWhy != "" {
+		return got, nil
+	}
+	var (
+		key   programClientKey
+		state programClientState
+	)
+	it := c.objs.ClientsHeld.Iterate()
+	for it.Next(&key, &state) {
+		u := &clientUses{}
+		for i, n := range state.Uses {
+			u[i] = int64(max(n, 0))
+		}
+		got[usesKey{int(key.Group), key.Client}] = u
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the uses from the kernel: %w", err)
+	}
+	return got, nil
+}
+
+// useSplit splits the counts' records by use: a client's uses are kept per
+// client, not per key, and are given out over its ESTABLISHED records
+// (waiting first, then idle, then silent; what they do not cover is not
+// known); its CLOSE-WAIT ones are half-closed. Per group, the first
+// waiting and the first idle record carry how long the longest of its use
+// has been so, as the last census found it, as their traffic's age: what
+// the table's sources give per socket.
+type useSplit struct {
+	uses    map[usesKey]*clientUses
+	longest []uint64 // ns, per group * useOps + op
+	given   []bool   // the longest given, per group * useOps + op
+}
+
+// The ops of counts.h's OPS, in the order a client's uses are given out.
+const (
+	opNone = 1
+	opRead = 2
+	opSent = 3
+)
+
+var opUses = [useOps]socket.Use{socket.UseUnknown, socket.UseSilent, socket.UseWaiting, socket.UseIdle}
+
+func (s *useSplit) add(r socket.Socket, group int, add func(socket.Socket)) {
+	switch r.State {
+	case socket.StateCloseWait:
+		r.Use = socket.UseHalfClosed
+		add(r)
+		return
+	case socket.StateEstablished:
+	default:
+		add(r)
+		return
+	}
+	u := s.uses[usesKey{group, r.Peer.Addr().As16()}] // v4-mapped, as the kernel keys it
+	left := r.Sockets
+	for _, op := range []int{opRead, opSent, opNone} {
+		if u == nil || left == 0 {
+			break
+		}
+		n := int(min(u[op], int64(left)))
+		if n == 0 {
+			continue
+		}
+		u[op] -= int64(n)
+		left -= n
+		part := r
+		part.Sockets, part.Use = n, opUses[op]
+		if i := group*useOps + op; (op == opRead || op == opSent) && !s.given[i] {
+			s.given[i] = true
+			age := uint32(min(s.longest[i]/1e6, 1<<32-1))
+			if op == opRead {
+				part.Traffic.SinceReceived = age
+			} else {
+				part.Traffic.SinceSent = age
+			}
+		}
+		add(part)
+	}
+	if left > 0 {
+		r.Sockets = left
+		add(r)
+	}
 }
 
 // address is an address as the kernel's table has it: IPv4 for an IPv4

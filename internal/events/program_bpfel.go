@@ -30,6 +30,7 @@ type programClientState struct {
 	Idle    uint32
 	Closing int32
 	Freed   uint32
+	Uses    [4]int32
 }
 
 type programConnectionKey struct {
@@ -91,7 +92,8 @@ type programSocketState struct {
 	Unused      uint8
 	AcceptedNs  uint64
 	FreedAtOpen uint32
-	Unused2     uint32
+	Use         uint32
+	UseNs       uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -103,11 +105,14 @@ const (
 	programMapConnections      = "connections"
 	programMapGroups           = "groups"
 	programMapLimits           = "limits"
+	programMapLongest          = "longest"
 	programMapOwnReads         = "own_reads"
 	programMapSockets          = "sockets"
 	programMapTotals           = "totals"
 	programProgCensus          = "census"
 	programProgChanged         = "changed"
+	programProgReceived        = "received"
+	programProgSent            = "sent"
 	programVarEpoch            = "epoch"
 	programVarGeneration       = "generation"
 	programVarLifetimeBoundsNs = "lifetime_bounds_ns"
@@ -115,6 +120,7 @@ const (
 	programVarPortGroups       = "port_groups"
 	programVarReadNs           = "read_ns"
 	programVarSettled          = "settled"
+	programVarTickNs           = "tick_ns"
 	programVarUncountable      = "uncountable"
 	programVarUnmoved          = "unmoved"
 	programVarWatchedStates    = "watched_states"
@@ -162,8 +168,10 @@ type programSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type programProgramSpecs struct {
-	Census  *ebpf.ProgramSpec `ebpf:"census"`
-	Changed *ebpf.ProgramSpec `ebpf:"changed"`
+	Census   *ebpf.ProgramSpec `ebpf:"census"`
+	Changed  *ebpf.ProgramSpec `ebpf:"changed"`
+	Received *ebpf.ProgramSpec `ebpf:"received"`
+	Sent     *ebpf.ProgramSpec `ebpf:"sent"`
 }
 
 // programMapSpecs contains maps before they are loaded into the kernel.
@@ -175,6 +183,7 @@ type programMapSpecs struct {
 	Connections *ebpf.MapSpec `ebpf:"connections"`
 	Groups      *ebpf.MapSpec `ebpf:"groups"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
+	Longest     *ebpf.MapSpec `ebpf:"longest"`
 	OwnReads    *ebpf.MapSpec `ebpf:"own_reads"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
@@ -191,6 +200,7 @@ type programVariableSpecs struct {
 	PortGroups       *ebpf.VariableSpec `ebpf:"port_groups"`
 	ReadNs           *ebpf.VariableSpec `ebpf:"read_ns"`
 	Settled          *ebpf.VariableSpec `ebpf:"settled"`
+	TickNs           *ebpf.VariableSpec `ebpf:"tick_ns"`
 	Uncountable      *ebpf.VariableSpec `ebpf:"uncountable"`
 	Unmoved          *ebpf.VariableSpec `ebpf:"unmoved"`
 	WatchedStates    *ebpf.VariableSpec `ebpf:"watched_states"`
@@ -221,6 +231,7 @@ type programMaps struct {
 	Connections *ebpf.Map `ebpf:"connections"`
 	Groups      *ebpf.Map `ebpf:"groups"`
 	Limits      *ebpf.Map `ebpf:"limits"`
+	Longest     *ebpf.Map `ebpf:"longest"`
 	OwnReads    *ebpf.Map `ebpf:"own_reads"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
@@ -233,6 +244,7 @@ func (m *programMaps) Close() error {
 		m.Connections,
 		m.Groups,
 		m.Limits,
+		m.Longest,
 		m.OwnReads,
 		m.Sockets,
 		m.Totals,
@@ -250,6 +262,7 @@ type programVariables struct {
 	PortGroups       *ebpf.Variable `ebpf:"port_groups"`
 	ReadNs           *ebpf.Variable `ebpf:"read_ns"`
 	Settled          *ebpf.Variable `ebpf:"settled"`
+	TickNs           *ebpf.Variable `ebpf:"tick_ns"`
 	Uncountable      *ebpf.Variable `ebpf:"uncountable"`
 	Unmoved          *ebpf.Variable `ebpf:"unmoved"`
 	WatchedStates    *ebpf.Variable `ebpf:"watched_states"`
@@ -259,14 +272,18 @@ type programVariables struct {
 //
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programPrograms struct {
-	Census  *ebpf.Program `ebpf:"census"`
-	Changed *ebpf.Program `ebpf:"changed"`
+	Census   *ebpf.Program `ebpf:"census"`
+	Changed  *ebpf.Program `ebpf:"changed"`
+	Received *ebpf.Program `ebpf:"received"`
+	Sent     *ebpf.Program `ebpf:"sent"`
 }
 
 func (p *programPrograms) Close() error {
 	return _ProgramClose(
 		p.Census,
 		p.Changed,
+		p.Received,
+		p.Sent,
 	)
 }
 

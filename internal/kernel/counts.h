@@ -89,8 +89,28 @@ struct socket_state {
 			   // accept of it (LISTEN to SYN-RECV; an MPTCP
 			   // connection's LISTEN to ESTABLISHED), 0 if not seen
 	__u32 freed_at_open; // its client's freed when it opened
-	__u32 unused2;
+	__u32 use; // what its slot is doing: its client's uses (below), changed
+		   // only by compare-and-swap, which orders the changes of the
+		   // programs that read and send (no socket lock held) with those
+		   // of the ones that count it (under it)
+	__u64 use_ns; // bpf_ktime_get_ns when its use began; 0 where not known
 };
+
+// What a connection's slot is doing, by the agent's last read or send of
+// data on it: a use word's last two bits.
+enum {
+	OP_UNKNOWN, // nothing seen to tell: open before the programs, and the
+		    // census could not tell either (both in one clock tick), or an
+		    // MPTCP subflow (its data is read on the MPTCP socket)
+	OP_NONE,    // nothing read from it yet: silent
+	OP_READ,    // a read last: a request in, not answered (waiting)
+	OP_SENT,    // a send last: answered, kept open (idle)
+	OPS,
+};
+#define USE_OP 3U
+#define USE_COUNTED 4U // in its client's uses
+#define USE_ASIDE 8U   // counted in a state other than ESTABLISHED: its state
+		       // says its use (CLOSE-WAIT: half-closed), not its uses
 
 enum {
 	OVER_LIMIT = 1,
@@ -191,6 +211,8 @@ struct client_state {
 			// limit: slots the limiter let go (the refusals' rule
 			// asks whether one came while a connection of it waited
 			// to be accepted)
+	__s32 uses[OPS]; // of held, ESTABLISHED, by what each last did (OP_*;
+			 // OP_UNKNOWN's is not kept): none once it holds nothing
 };
 
 #include "held.h"

@@ -146,6 +146,9 @@ struct inet_sock {
 struct inet_connection_sock {
 	struct inet_sock icsk_inet;
 	void *icsk_ulp_data;
+	struct {
+		u32 lrcvtime;
+	} icsk_ack;
 };
 
 struct tcp_sock {
@@ -154,6 +157,7 @@ struct tcp_sock {
 	u32 rcv_nxt;
 	u64 bytes_received;
 	u64 bytes_sent;
+	u32 lsndtime;
 	bool is_mptcp;
 };
 

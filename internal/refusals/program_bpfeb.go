@@ -30,6 +30,7 @@ type programClientState struct {
 	Idle    uint32
 	Closing int32
 	Freed   uint32
+	Uses    [4]int32
 }
 
 type programSocketState struct {
@@ -47,7 +48,8 @@ type programSocketState struct {
 	Unused      uint8
 	AcceptedNs  uint64
 	FreedAtOpen uint32
-	Unused2     uint32
+	Use         uint32
+	UseNs       uint64
 }
 
 type programSuspect struct {
