@@ -294,7 +294,7 @@ if [ "$(id -u)" = 0 ]; then
     release
   done
   go test -c -o "$work/events.test" ./internal/events
-  for s in ChurnStorm RefusalStorm OtherPortsChurn; do
+  for s in ChurnStorm RefusalStorm OtherPortsChurn EchoStorm OtherPortsEcho; do
     storm "events, $s of 72,000" 7 unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "$s" -test.benchtime 72000x
   done
 fi

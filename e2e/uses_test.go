@@ -75,13 +75,18 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	assert.Equal(t, map[string]float64{"unknown": 18, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, uses("--source", "ss"), "ss tells no use")
 
 	// The programs holding them, by use: this test's, which holds every
-	// connection (the api client's own are idle or unknown). A client end
-	// that shut its side is in FIN-WAIT-2, which the table is not read in:
-	// the half-closed ones name no program yet.
+	// connection (the api client's own are idle or unknown), the
+	// half-closed ones too: their client ends, shut down and not closed,
+	// are in FIN-WAIT-2, still its. ss's client ends, which the built-in
+	// reader reads beside it, name the same.
+	program := comm(t, os.Getpid())
+	perProcess := fmt.Sprintf(`consul_open_http_connections_per_process{process="%s"}`, program)
 	named := exporter(t, t.TempDir(), "--once", "--port", agent.httpPort(), "--source", "netlink", "--clients.processes")
 	require.Equal(t, 0, named.exit, named.stderr)
-	program := comm(t, os.Getpid())
-	for use, n := range map[string]float64{"waiting": 6, "silent": 4} {
+	withSS := exporter(t, t.TempDir(), "--once", "--port", agent.httpPort(), "--source", "ss", "--clients.processes")
+	require.Equal(t, 0, withSS.exit, withSS.stderr)
+	assert.Equal(t, named.metrics[perProcess], withSS.metrics[perProcess], "ss names the same")
+	for use, n := range map[string]float64{"waiting": 6, "silent": 4, "half_closed": 3} {
 		assert.Equal(t, n, named.metrics[fmt.Sprintf(`consul_open_http_connections_per_process_by_use{process="%s",use="%s"}`, program, use)], use)
 	}
 

@@ -25,7 +25,18 @@ func BenchmarkOtherPortsChurn(b *testing.B) {
 	storm.WithAndWithout(b, stormLoaded(false), storm.Served)
 }
 
-// stormLoaded loads the program for a storm on port (watched), or beside it.
+// BenchmarkEchoStorm is kept-alive connections carrying 20 requests each
+// on the watched port: each read and send moves its use.
+func BenchmarkEchoStorm(b *testing.B) { storm.WithAndWithout(b, stormLoaded(true), storm.Echoed) }
+
+// BenchmarkOtherPortsEcho is the echo storm on a port the programs do not
+// watch: what every other socket's read and send on the host pays.
+func BenchmarkOtherPortsEcho(b *testing.B) {
+	storm.WithAndWithout(b, stormLoaded(false), storm.Echoed)
+}
+
+// stormLoaded loads the programs for a storm on port (watched), or beside
+// it: the one on each change of state, and those on each read and send.
 func stormLoaded(watched bool) func(port uint16) (storm.Loaded, error) {
 	return func(port uint16) (storm.Loaded, error) {
 		spec, err := loadProgram()
@@ -44,8 +55,8 @@ func stormLoaded(watched bool) func(port uint16) (storm.Loaded, error) {
 		}
 		c.links = nil
 		return storm.Loaded{
-			Programs: []*ebpf.Program{c.objs.Changed},
-			Specs:    []*ebpf.ProgramSpec{spec.Programs["changed"]},
+			Programs: []*ebpf.Program{c.objs.Changed, c.objs.Received, c.objs.Sent},
+			Specs:    []*ebpf.ProgramSpec{spec.Programs["changed"], spec.Programs["received"], spec.Programs["sent"]},
 			Unload:   c.Close,
 		}, nil
 	}

@@ -79,9 +79,7 @@ func (p *Processes) Add(s socket.Socket) {
 		e := p.conns[conn]
 		e.served, e.use = true, s.Use
 		p.conns[conn] = e
-	case slices.Contains(p.ports, s.Peer.Port()) && s.State == socket.StateEstablished:
-		// Only an established client end is still some program's: after
-		// close() it lingers orphaned (FIN-WAIT-2).
+	case slices.Contains(p.ports, s.Peer.Port()) && heldByAProgram(s):
 		conn := fourTuple{server: endpointOf(s.Peer), client: endpointOf(s.Local)}
 		e := p.conns[conn]
 		e.client, e.inode = true, s.Inode
@@ -91,6 +89,20 @@ func (p *Processes) Add(s socket.Socket) {
 			p.clientNames[conn] = s.Process
 		}
 	}
+}
+
+// heldByAProgram says whether a client end is still some program's:
+// established, or shut down on its side (a half-closed connection's) while
+// the program holds it; after close() it lingers orphaned, in FIN-WAIT-2
+// with no inode.
+func heldByAProgram(s socket.Socket) bool {
+	switch s.State {
+	case socket.StateEstablished:
+		return true
+	case socket.StateFinWait1, socket.StateFinWait2:
+		return s.Inode != 0 || s.Process != ""
+	}
+	return false
 }
 
 // Unnamed are the inodes of the local client ends of counted connections

@@ -111,3 +111,26 @@ func TestUsesAddUpToTheTotalWithTheRestUnknown(t *testing.T) {
 	}
 	assert.Equal(t, counts.Total(8500), total)
 }
+
+// A half-closed connection's client end is in FIN-WAIT-2 while the
+// program that shut its side holds it: that program holds the slot. Once
+// closed, it lingers orphaned, with no inode, and names nobody.
+func TestAHalfClosedConnectionsProgramIsItsShutDownClientEnds(t *testing.T) {
+	server := netip.MustParseAddrPort("127.0.0.1:8500")
+	held, orphaned := netip.MustParseAddrPort("127.0.0.5:40001"), netip.MustParseAddrPort("127.0.0.5:40002")
+	p := NewProcesses([]uint16{8500}, []socket.State{socket.StateEstablished, socket.StateCloseWait})
+	for _, s := range []socket.Socket{
+		{State: socket.StateCloseWait, Local: server, Peer: held, Use: socket.UseHalfClosed},
+		{State: socket.StateFinWait2, Local: held, Peer: server, Inode: 7},
+		{State: socket.StateCloseWait, Local: server, Peer: orphaned, Use: socket.UseHalfClosed},
+		{State: socket.StateFinWait2, Local: orphaned, Peer: server},
+	} {
+		p.Add(s)
+	}
+	assert.Equal(t, map[uint64]string{7: ""}, p.Unnamed())
+	counts, unknown := p.Held(map[uint64]string{7: "consul-template"})
+	want := ProcessCount{Client: held.Addr(), Process: "consul-template", Count: 1}
+	want.ByUse[socket.UseHalfClosed] = 1
+	assert.Equal(t, []ProcessCount{want}, counts)
+	assert.Equal(t, Unknown{}, unknown)
+}

@@ -62,6 +62,12 @@ const (
 	StateClosing
 )
 
+// ClientEndStates are the states a local client end can still be a
+// program's in: established, or shut down on its side and not closed
+// (FIN-WAIT-1 and -2, while the program holds the socket: one closed
+// lingers orphaned, with no inode).
+var ClientEndStates = []State{StateEstablished, StateFinWait1, StateFinWait2}
+
 // names are ss's spellings, the ones `ss state X` and --states accept.
 var names = [...]string{
 	StateUnknown:     "unknown",

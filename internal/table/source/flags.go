@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -12,6 +13,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/capabilities"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/sockdiag"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 )
 
 // Flags say where the table comes from.
@@ -104,7 +106,13 @@ func (f *Flags) New(want Want, logger *slog.Logger) (Source, error) {
 		return nil, err
 	}
 	netlink := func() (Source, error) {
-		return sockdiag.New(want.Ports, want.ClientPorts, want.States, f.commandTimeout).WithUses(), nil
+		states := want.States
+		if want.processes() {
+			// The client ends of half-closed connections too: the tallies
+			// count only the states asked for.
+			states = append(slices.Clone(states), socket.ClientEndStates...)
+		}
+		return sockdiag.New(want.Ports, want.ClientPorts, states, f.commandTimeout).WithUses(), nil
 	}
 	switch {
 	case r != nil:

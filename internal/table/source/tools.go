@@ -41,12 +41,12 @@ func ss(want Want, timeout time.Duration, logger *slog.Logger) (Source, error) {
 	case !want.processes():
 		return c, nil
 	}
-	return withClientEnds{table: c, ends: sockdiag.New(nil, want.ClientPorts, []socket.State{socket.StateEstablished}, timeout)}, nil
+	return withClientEnds{table: c, ends: sockdiag.New(nil, want.ClientPorts, socket.ClientEndStates, timeout)}, nil
 }
 
 // withClientEnds is a table joined with the client ends of local
 // connections and their inodes, read apart (a program's name needs its
-// established client end).
+// client end, established or shut down on its side).
 type withClientEnds struct {
 	table Source
 	ends  *sockdiag.Reader

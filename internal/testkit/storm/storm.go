@@ -49,6 +49,31 @@ func Served(b *testing.B, client, server net.Conn) {
 	server.Close()
 }
 
+// Exchanges are how many requests an Echoed connection carries.
+const Exchanges = 20
+
+// Echoed is a kept-alive connection: Exchanges requests, each read and
+// answered on it, then closed. Its reads and sends are most of its cost.
+func Echoed(b *testing.B, client, server net.Conn) {
+	buf := make([]byte, 64)
+	for range Exchanges {
+		if _, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := server.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.WriteString(server, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := client.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	client.Close()
+	server.Close()
+}
+
 // Loaded is a benchmark's tracing programs, loaded for the storm's
 // listener port, none attached.
 type Loaded struct {
