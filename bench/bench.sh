@@ -98,13 +98,16 @@ storm() {
 }
 count() { awk '/^consul_open_http_connections\{port="8500"\}/ { print $2 }' "$work/textfile/consul_open_http_connections.prom"; }
 
-printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' connections "counted ss/nl" "bare ss ms/CPU" "exporter (ss) ms" ratio "exporter (netlink) ms" ratio "CPU ratio" "peak RSS MiB ss/nl"
+printf '%-11s %-15s %-16s %-17s %-6s %-12s %-22s %-6s %-10s %-s\n' connections "counted ss/nl" "bare ss ms/CPU" "exporter (ss) ms" ratio "to ss sans i" "exporter (netlink) ms" ratio "CPU ratio" "peak RSS MiB ss/nl"
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(200 10000 100000)
 # Bare ss as the exporter runs it: with each socket's user (-e) where a
-# cgroup2 file system is mounted (internal/table/source/tools.go).
-ss_options=-Htan
-if grep -q ' cgroup2 ' /proc/self/mounts 2>/dev/null; then ss_options=-Htane; fi
+# cgroup2 file system is mounted, and its tcp_info (-i), which tells each
+# connection's use (internal/table/source/tools.go); and the same without
+# -i, which prints several times less.
+ss_plain=-Htan
+if grep -q ' cgroup2 ' /proc/self/mounts 2>/dev/null; then ss_plain=-Htane; fi
+ss_options=${ss_plain}i
 for n in "${sizes[@]}"; do
   hold "$n"
   "$work/consul_conn_exporter" --once --textfile.directory "$work/textfile" 2>"$work/once.log" || { cat "$work/once.log" >&2; exit 1; }
@@ -112,25 +115,28 @@ for n in "${sizes[@]}"; do
   "$work/consul_conn_exporter" --once --source netlink --textfile.directory "$work/textfile" 2>"$work/once.log" || { cat "$work/once.log" >&2; exit 1; }
   counted_nl=$(count)
 
-  for f in ss.wall ss.cpu ex.wall nl.wall ex.ratio nl.ratio nl.cpu nl.cpu.ratio ex.rss nl.rss; do : > "$work/$f"; done
+  for f in ss.wall ss.cpu ex.wall nl.wall ex.ratio ex.plain.ratio nl.ratio nl.cpu nl.cpu.ratio ex.rss nl.rss; do : > "$work/$f"; done
   for _ in $(seq "$RUNS"); do
     # Each: "wall user sys rss" (microseconds, KiB) from bench/measure.
     "$work/measure" ss "$ss_options" state established state close-wait '( sport = :8500 )' 2>"$work/ss.m" | wc -l > /dev/null
+    "$work/measure" ss "$ss_plain" state established state close-wait '( sport = :8500 )' 2>"$work/plain.m" | wc -l > /dev/null
     "$work/measure" "$work/consul_conn_exporter" --once --log.level error --textfile.directory "$work/textfile" 2>"$work/ex.m" >/dev/null
     "$work/measure" "$work/consul_conn_exporter" --once --log.level error --source netlink --textfile.directory "$work/textfile" 2>"$work/nl.m" >/dev/null
     read -r ss_wall ss_user ss_sys _ < "$work/ss.m"
+    read -r plain_wall _ _ _ < "$work/plain.m"
     read -r ex_wall _ _ ex_rss < "$work/ex.m"
     read -r nl_wall nl_user nl_sys nl_rss < "$work/nl.m"
     echo "$ss_wall" >> "$work/ss.wall"; echo $((ss_user + ss_sys)) >> "$work/ss.cpu"
     echo "$ex_wall" >> "$work/ex.wall"; echo "$nl_wall" >> "$work/nl.wall"; echo $((nl_user + nl_sys)) >> "$work/nl.cpu"
     ratio "$ex_wall" "$ss_wall" >> "$work/ex.ratio"
+    ratio "$ex_wall" "$plain_wall" >> "$work/ex.plain.ratio"
     ratio "$nl_wall" "$ss_wall" >> "$work/nl.ratio"
     ratio $((nl_user + nl_sys)) $((ss_user + ss_sys + 1)) >> "$work/nl.cpu.ratio"
     echo "$ex_rss" >> "$work/ex.rss"; echo "$nl_rss" >> "$work/nl.rss"
   done
-  printf '%-11s %-15s %-16s %-17s %-6s %-22s %-6s %-10s %-s\n' "$n" "$counted_ss/$counted_nl" \
+  printf '%-11s %-15s %-16s %-17s %-6s %-12s %-22s %-6s %-10s %-s\n' "$n" "$counted_ss/$counted_nl" \
     "$(ms "$(median < "$work/ss.wall")")/$(ms "$(median < "$work/ss.cpu")")" \
-    "$(ms "$(median < "$work/ex.wall")")" "$(median2 < "$work/ex.ratio")" \
+    "$(ms "$(median < "$work/ex.wall")")" "$(median2 < "$work/ex.ratio")" "$(median2 < "$work/ex.plain.ratio")" \
     "$(ms "$(median < "$work/nl.wall")")" "$(median2 < "$work/nl.ratio")" \
     "$(median2 < "$work/nl.cpu.ratio")" \
     "$(mib "$(sort -n "$work/ex.rss" | tail -1)")/$(mib "$(sort -n "$work/nl.rss" | tail -1)")"

@@ -26,7 +26,8 @@ import (
 // sending side are half-closed, all certain; requests answered and kept
 // open are idle, or unknown where the answer came in the request's tick,
 // never another use. When the queries' key is written, the agent answers
-// them, and they are idle by the next collection. ss tells no use.
+// them, and they are idle by the next collection. ss -i tells the same,
+// netstat no use.
 func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	agent := startConsul(t, "http_max_conns_per_client = 200", false)
@@ -72,7 +73,12 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	assert.Equal(t, 4.0, got["silent"])
 	assert.Equal(t, 5.0, got["idle"]+got["unknown"], "answered and kept: idle, or unknown within a tick, never another use")
 
-	assert.Equal(t, map[string]float64{"unknown": 18, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, uses("--source", "ss"), "ss tells no use")
+	fromSS := uses("--source", "ss")
+	assert.Equal(t, 6.0, fromSS["waiting"], "ss -i tells it too: %v", fromSS)
+	assert.Equal(t, 4.0, fromSS["silent"])
+	assert.Equal(t, 3.0, fromSS["half_closed"])
+	assert.Equal(t, 5.0, fromSS["idle"]+fromSS["unknown"])
+	assert.Equal(t, map[string]float64{"unknown": 18, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, uses("--source", "netstat"), "netstat tells no use")
 
 	// The programs holding them, by use: this test's, which holds every
 	// connection (the api client's own are idle or unknown), the
@@ -113,8 +119,8 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 // answered request, 15 answered and kept, 10 that never send a byte.
 // The events, started before the clients, read each exactly; the
 // built-in reader the certain ones exactly, and the reused and answered
-// ones in their use or unknown, never the wrong one; ss and netstat tell
-// no use. A write to the key answers the queries: idle by the next
+// ones in their use or unknown, never the wrong one, and ss -i likewise;
+// netstat tells no use. A write to the key answers the queries: idle by the next
 // collection.
 func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 	needEvents(t)
@@ -211,21 +217,21 @@ func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 		require.Equal(t, 0, res.exit, res.stderr)
 		return res.metrics
 	}
-	table := once("netlink")
-	for _, from := range plain {
-		got := usesOf(table, from)
-		assert.Equal(t, 10.0, got["silent"], from)
-		assert.Equal(t, 5.0, got["half_closed"], from)
-		assert.GreaterOrEqual(t, got["waiting"], 30.0, "the fresh queries are certain: %s %v", from, got)
-		assert.LessOrEqual(t, got["waiting"], 50.0, "no answered one waits: %s %v", from, got)
-		assert.LessOrEqual(t, got["idle"], 15.0, "no query is idle: %s %v", from, got)
-		assert.Equal(t, 65.0, got["waiting"]+got["idle"]+got["unknown"], "%s %v", from, got)
-	}
-	for _, source := range []string{"ss", "netstat"} {
-		got := once(source)
+	for _, source := range []string{"netlink", "ss"} {
+		table := once(source)
 		for _, from := range plain {
-			assert.Equal(t, map[string]float64{"unknown": 80, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, usesOf(got, from), "%s tells no use", source)
+			got := usesOf(table, from)
+			assert.Equal(t, 10.0, got["silent"], "%s %s", source, from)
+			assert.Equal(t, 5.0, got["half_closed"], "%s %s", source, from)
+			assert.GreaterOrEqual(t, got["waiting"], 30.0, "the fresh queries are certain: %s %s %v", source, from, got)
+			assert.LessOrEqual(t, got["waiting"], 50.0, "no answered one waits: %s %s %v", source, from, got)
+			assert.LessOrEqual(t, got["idle"], 15.0, "no query is idle: %s %s %v", source, from, got)
+			assert.Equal(t, 65.0, got["waiting"]+got["idle"]+got["unknown"], "%s %s %v", source, from, got)
 		}
+	}
+	withNetstat := once("netstat")
+	for _, from := range plain {
+		assert.Equal(t, map[string]float64{"unknown": 80, "waiting": 0, "idle": 0, "silent": 0, "half_closed": 0}, usesOf(withNetstat, from), "netstat tells no use")
 	}
 
 	// The write answers every query: idle by the next collection. The

@@ -35,10 +35,10 @@ var ErrUnavailable = errors.New("cannot count from the kernel's events")
 
 // Counter is the attached programs and their maps.
 type Counter struct {
-	objs     programObjects
-	links    []link.Link
-	iterator *link.Iter // the census
-	groups   int
+	objs      programObjects
+	links     []link.Link
+	iterator  *link.Iter // the census
+	groups    int
 	portGroup map[uint16]int // each watched port's group
 	// usesWhy says why no connection's use is known ("" where the reads
 	// and sends are followed).

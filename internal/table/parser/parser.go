@@ -26,6 +26,9 @@ const (
 	TCPSocket
 	// OtherSocket is a row for a socket of another protocol (udp, unix ...).
 	OtherSocket
+	// TCPInfo is ss -i's line of the kernel's counts of the row above's
+	// data (tcp_info): the Socket's Traffic is filled in, nothing else.
+	TCPInfo
 )
 
 // Parser reads lines of one table.
@@ -120,6 +123,9 @@ func number(s string) (uint64, bool) {
 
 func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {
 	if strings.HasPrefix(w.rest, "\t") { // ss -i, -m: details of the row above
+		if t, ok := traffic(w.rest); ok {
+			return socket.Socket{Traffic: t}, TCPInfo, nil
+		}
 		return socket.Socket{}, NotSocket, nil
 	}
 	first := w.next()
@@ -141,6 +147,37 @@ func (p Parser) parseLine(w *words) (socket.Socket, Kind, error) {
 }
 
 var errNotRow = errors.New("not a socket row of ss or netstat")
+
+// traffic reads ss -i's counts of a socket's data from its info line:
+// the last data sent and received, in ms, which ss prints for every TCP
+// socket with tcp_info, and the bytes each way, which it leaves out where
+// they are 0. False for a line without the former (ss -m's alone).
+func traffic(line string) (socket.Traffic, bool) {
+	sinceSent, okSent := field(line, " lastsnd:")
+	sinceReceived, okReceived := field(line, " lastrcv:")
+	if !okSent || !okReceived {
+		return socket.Traffic{}, false
+	}
+	sent, _ := field(line, " bytes_sent:")
+	received, _ := field(line, " bytes_received:")
+	return socket.Traffic{BytesSent: sent, BytesReceived: received,
+		SinceSent: uint32(min(sinceSent, 1<<32-1)), SinceReceived: uint32(min(sinceReceived, 1<<32-1))}, true
+}
+
+// field is the number after key in line; false where key is not there,
+// or not followed by a number.
+func field(line, key string) (uint64, bool) {
+	i := strings.Index(line, key)
+	if i < 0 {
+		return 0, false
+	}
+	rest := line[i+len(key):]
+	end := 0
+	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+		end++
+	}
+	return number(rest[:end])
+}
 
 // tcpRow reads the rest of a row that starts with "tcp" or "tcp6": ss with
 // a Netid column (tcp State Recv-Q ...) or netstat (tcp Recv-Q Send-Q Local

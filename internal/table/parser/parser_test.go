@@ -184,8 +184,8 @@ func TestUsersAndInodesFromDashE(t *testing.T) {
 		inode          uint64
 		timeWait       []string
 	}{
-		{captures.Path("ss-iproute2-6.1.0_tanoei_mixed.txt"), captures.Path("ss-iproute2-6.1.0_tan_mixed.txt"), []string{"ESTAB", "127.0.0.11:39599", "127.0.0.1:8501"}, 9691, []string{"TIME-WAIT"}},
-		{captures.Path("netstat-net-tools-2.10_taneW_mixed.txt"), captures.Path("netstat-net-tools-2.10_tanW_mixed.txt"), []string{"ESTABLISHED", "127.0.0.11:48755", "127.0.0.1:8500"}, 5477950, []string{"TIME_WAIT"}},
+		{captures.Path("ss-iproute2-6.1.0_tanoei_mixed.txt"), captures.Path("ss-iproute2-6.1.0_tan_mixed.txt"), []string{"ESTAB", "127.0.0.11:46683", "127.0.0.1:8501"}, 48504208, []string{"TIME-WAIT"}},
+		{captures.Path("netstat-net-tools-2.10_taneW_mixed.txt"), captures.Path("netstat-net-tools-2.10_tanW_mixed.txt"), []string{"ESTABLISHED", "127.0.0.11:37975", "127.0.0.1:8500"}, 48504156, []string{"TIME_WAIT"}},
 	} {
 		t.Run(filepath.Base(c.capture), func(t *testing.T) {
 			s, kind, err := parser.Parser{}.ParseLine(lineContaining(t, c.capture, c.row...))

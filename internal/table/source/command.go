@@ -77,6 +77,10 @@ type table struct {
 	otherLines      int
 	firstUnreadable string
 	firstErr        error
+	// pending is the last row, held back until the line after it says
+	// whether ss -i gave its data's counts.
+	pending    socket.Socket
+	hasPending bool
 }
 
 func newTable(p parser.Parser, add func(socket.Socket)) *table {
@@ -91,18 +95,37 @@ func (t *table) read(line string) {
 		if t.firstErr == nil {
 			t.firstUnreadable, t.firstErr = line, err
 		}
+	case kind == parser.TCPInfo:
+		if t.hasPending {
+			t.pending.Traffic, t.pending.Use = s.Traffic, socket.UseOf(t.pending.State, s.Traffic)
+		}
+		t.flush()
+		return
 	case kind == parser.TCPSocket:
+		t.flush()
 		t.socketRows++
-		t.add(s)
+		t.pending, t.hasPending = s, true
+		return
 	case kind == parser.OtherSocket:
 		t.socketRows++
 	case strings.TrimSpace(line) != "":
 		t.otherLines++
 	}
+	t.flush()
 }
 
-// check says why the command's output cannot be trusted, if it cannot.
+// flush adds the row held back, if any.
+func (t *table) flush() {
+	if t.hasPending {
+		t.add(t.pending)
+		t.hasPending = false
+	}
+}
+
+// check says why the command's output cannot be trusted, if it cannot,
+// once the last row is added.
 func (t *table) check(out runner.Output) error {
+	t.flush()
 	// One line misread could be a connection missed: a count that may be
 	// wrong is not reported.
 	if t.unreadable > 0 {

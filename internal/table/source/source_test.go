@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/captures"
 
 	"github.com/stretchr/testify/assert"
@@ -29,7 +30,7 @@ func TestSSIsFilteredInTheKernel(t *testing.T) {
 	src, err := ss(Want{Ports: []uint16{8500, 8501}, States: states}, time.Second, discard)
 	require.NoError(t, err)
 	c := src.(*Command)
-	assert.Equal(t, []string{"ss", "-Htane", "state", "established", "state", "close-wait",
+	assert.Equal(t, []string{"ss", "-Htanei", "state", "established", "state", "close-wait",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8501", ")"}, c.runner.Argv())
 	assert.Equal(t, socket.StateUnknown, c.parser.ImpliedState, "two states: ss prints the State column")
 
@@ -39,7 +40,7 @@ func TestSSIsFilteredInTheKernel(t *testing.T) {
 	require.NoError(t, err)
 	joined := src.(withClientEnds)
 	c = joined.table.(*Command)
-	assert.Equal(t, []string{"ss", "-Htane", "state", "established",
+	assert.Equal(t, []string{"ss", "-Htanei", "state", "established",
 		"(", "sport", "=", ":8500", "or", "sport", "=", ":8300", ")"}, c.runner.Argv())
 	assert.Equal(t, socket.StateEstablished, c.parser.ImpliedState, "one state: ss drops the State column")
 	assert.NotNil(t, joined.ends)
@@ -171,4 +172,57 @@ func TestACommandsStderrIsLoggedWhenItChanges(t *testing.T) {
 		require.NoError(t, c.Read(context.Background(), func(socket.Socket) {}, func() {}))
 	}
 	assert.Equal(t, 1, strings.Count(log.String(), "command wrote to stderr"), log.String())
+}
+
+// ss -V's versions, as iproute2 printed them: an ss before 4.20 prints
+// no bytes sent, and cannot tell a connection's use.
+func TestOnlyAnSSThatPrintsTheBytesSentTellsUses(t *testing.T) {
+	for version, says := range map[string]bool{
+		"ss utility, iproute2-6.1.0":    true,
+		"ss utility, iproute2-5.10.0":   true,
+		"ss utility, iproute2-4.20.0":   true,
+		"ss utility, iproute2-ss190107": true,
+		"ss utility, iproute2-ss180813": false,
+		"ss utility, iproute2-4.9.0":    false,
+		"ss utility, iproute2-ss161212": false,
+		"BusyBox v1.36.1 multi-call":    false,
+	} {
+		assert.Equal(t, says, ssSaysBytesSent(version), version)
+	}
+}
+
+// Each capture's connections are in the use its scenario left them in,
+// where its table has each socket's tcp_info (ss -i's line under its
+// row), and unknown where it has none.
+func TestEachCapturesUsesAreWhatItsScenarioLeft(t *testing.T) {
+	all, err := captures.All()
+	require.NoError(t, err)
+	for _, name := range all {
+		want, err := captures.ReadExpected(name)
+		require.NoError(t, err)
+		if want.Error != "" {
+			continue
+		}
+		t.Run(filepath.Base(name), func(t *testing.T) {
+			require.NotEmpty(t, want.ByUse, "the capture's uses")
+			text, err := os.ReadFile(name)
+			require.NoError(t, err)
+			implied, _ := socket.ParseState(want.ImpliedState)
+			var wantStates []socket.State
+			for _, s := range want.States {
+				state, ok := socket.ParseState(s)
+				require.True(t, ok)
+				wantStates = append(wantStates, state)
+			}
+			counts := tally.New(want.Ports, wantStates)
+			require.NoError(t, NewText(name, string(text), implied, false).Read(context.Background(), counts.Add, func() {}))
+			got := map[string]int{}
+			for _, u := range socket.Uses {
+				if n := counts.ByUse(u); n > 0 {
+					got[u.Label()] = n
+				}
+			}
+			assert.Equal(t, want.ByUse, got)
+		})
+	}
 }

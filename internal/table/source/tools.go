@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -76,7 +77,12 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 	}
 	options := "-tan"
 	if cgroup2Mounted() {
-		options = "-tane"
+		options += "e"
+	}
+	if why := ssTellsUses(); why != "" {
+		logger.Info("ss tells no connection's use", "why", why)
+	} else {
+		options += "i" // each socket's tcp_info: its use
 	}
 	var filter []string
 	for _, s := range want.States {
@@ -107,6 +113,41 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 		implied = want.States[0]
 	}
 	return NewCommand(r, implied, false, logger), nil
+}
+
+// ssTellsUses says why ss -i cannot tell each connection's use; "" where
+// it can. Every ss prints the last data's times, but an iproute2 before
+// 4.20 leaves out the bytes sent, and every ss leaves out a count of 0:
+// there, a connection that sent nothing cannot be told from one whose ss
+// does not say.
+func ssTellsUses() string {
+	out, err := exec.Command("ss", "-V").Output()
+	if err != nil {
+		return fmt.Sprintf("ss -V: %v", err)
+	}
+	if !ssSaysBytesSent(string(out)) {
+		return fmt.Sprintf("ss before iproute2 4.20 prints no bytes sent (%s)", strings.TrimSpace(string(out)))
+	}
+	return ""
+}
+
+// ssVersion is ss -V's: iproute2-6.1.0, or an older one's date,
+// iproute2-ss190107.
+var ssVersion = regexp.MustCompile(`iproute2-(?:ss(\d{6})|(\d+)\.(\d+))`)
+
+// ssSaysBytesSent says whether the ss that printed version prints each
+// socket's bytes sent (iproute2 4.20, 2018-12-31, and later).
+func ssSaysBytesSent(version string) bool {
+	m := ssVersion.FindStringSubmatch(version)
+	switch {
+	case m == nil:
+		return false
+	case m[1] != "":
+		return m[1] >= "181231"
+	}
+	major, _ := strconv.Atoi(m[2])
+	minor, _ := strconv.Atoi(m[3])
+	return major > 4 || major == 4 && minor >= 20
 }
 
 // cgroup2Mounted says whether a cgroup2 file system is mounted, as ss

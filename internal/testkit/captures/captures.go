@@ -39,6 +39,9 @@ type Expected struct {
 	ByState      map[string]map[string]int `json:"by_state"`
 	PerClient    map[string]int            `json:"per_client"`
 	MaxPerClient int                       `json:"max_per_client"`
+	// ByUse is how many of the counted connections are in each use, over
+	// the ports (unknown where the table has no tcp_info).
+	ByUse map[string]int `json:"by_use,omitempty"`
 }
 
 // ReadExpected reads the expected counts beside the capture at path
