@@ -64,6 +64,11 @@ __u32 generation = 0;
 // The epoch of the peaks: the exporter starts a new one at each read of
 // them, and reads the one before, which no event writes any more.
 __u32 epoch = 0;
+// Whether the reads and sends are followed (the kernel has their
+// tracepoints, Linux 6.3 and later): where not, a connection's use would
+// never change from what its open or the census said, and is left unknown.
+const volatile __u8 follow_data = 0;
+
 // The kernel's clock tick in ns (the resolution of its coarse clocks), for
 // the last data's times of a connection open before the programs; 0 where
 // not known: their uses' start is then not known.
@@ -719,7 +724,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		// Nothing read from it yet: silent; but an MPTCP connection's
 		// data is read on its MPTCP socket, never seen here.
 		st->use_ns = now;
-		use_as(st, group, key.client, USE_COUNT, (tp->is_mptcp ? OP_UNKNOWN : OP_NONE) | aside(newstate));
+		use_as(st, group, key.client, USE_COUNT, (follow_data && !tp->is_mptcp ? OP_NONE : OP_UNKNOWN) | aside(newstate));
 		st->over_limit = over_limit(c, group, before) ? OVER_LIMIT : 0;
 		if (c)
 			st->freed_at_open = c->freed;
@@ -846,7 +851,7 @@ static __always_inline void census_use(struct socket_state *st, const struct tcp
 {
 	__u64 now = bpf_ktime_get_ns(), since = 0;
 	__u32 op = OP_UNKNOWN;
-	if (!(st->use & USE_OP) && !tp->is_mptcp)
+	if (follow_data && !(st->use & USE_OP) && !tp->is_mptcp)
 		op = told(tp, now, &since);
 	__u32 old = use_as(st, group, client, USE_COUNT, op | aside(state));
 	if (!(old & USE_OP) && op != OP_UNKNOWN)

@@ -69,12 +69,13 @@ type Counter struct {
 // CAP_PERFMON (or root), and a kernel with BTF; types are the kernel's
 // types, read once for every program the exporter loads.
 func Load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32) (*Counter, error) {
-	return load(types, groups, states, keys, users, nil)
+	return load(types, groups, states, keys, users, nil, followsData(types))
 }
 
 // load is Load on a host whose security policy refuses what refusing does
-// (the tests' stand-in for one; nil: the kernel's own policy alone).
-func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, refusing func(*ebpf.CollectionSpec) error) (*Counter, error) {
+// (the tests' stand-in for one; nil: the kernel's own policy alone), and
+// whose kernel follows no read and send, for usesWhy ("": it does).
+func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, refusing func(*ebpf.CollectionSpec) error, usesWhy string) (*Counter, error) {
 	netns, err := kernel.Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -111,10 +112,12 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 			c.portGroup[p] = g
 		}
 	}
-	c.usesWhy = followsData(types)
+	c.usesWhy = usesWhy
 	if c.usesWhy == "" {
-		if err := spec.Variables[programVarTickNs].Set(tick()); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		for name, value := range map[string]any{programVarTickNs: tick(), programVarFollowData: uint8(1)} {
+			if err := spec.Variables[name].Set(value); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
 		}
 	}
 	if refusing != nil {

@@ -44,7 +44,7 @@ func loadedWith(t *testing.T, keys int, groups ...[]uint16) *Counter {
 	programs.NeedBTF(t)
 	// On a host whose policy refuses map-element iterators, as some do:
 	// every test of the counts runs there.
-	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), policy.MapElementIterators.Load)
+	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), policy.MapElementIterators.Load, "")
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
@@ -654,7 +654,7 @@ func TestAProgramThePolicyRefusesIsSaidAsThePolicysRefusal(t *testing.T) {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, policy.Refusing{policy.TCPIterator}.Load)
+	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, policy.Refusing{policy.TCPIterator}.Load, "")
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.ErrorIs(t, err, kernel.ErrPolicy)
 	assert.Contains(t, err.Error(), "program census")

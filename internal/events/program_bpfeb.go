@@ -114,6 +114,7 @@ const (
 	programProgReceived        = "received"
 	programProgSent            = "sent"
 	programVarEpoch            = "epoch"
+	programVarFollowData       = "follow_data"
 	programVarGeneration       = "generation"
 	programVarLifetimeBoundsNs = "lifetime_bounds_ns"
 	programVarNetnsInum        = "netns_inum"
@@ -194,6 +195,7 @@ type programMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type programVariableSpecs struct {
 	Epoch            *ebpf.VariableSpec `ebpf:"epoch"`
+	FollowData       *ebpf.VariableSpec `ebpf:"follow_data"`
 	Generation       *ebpf.VariableSpec `ebpf:"generation"`
 	LifetimeBoundsNs *ebpf.VariableSpec `ebpf:"lifetime_bounds_ns"`
 	NetnsInum        *ebpf.VariableSpec `ebpf:"netns_inum"`
@@ -256,6 +258,7 @@ func (m *programMaps) Close() error {
 // It can be passed to loadProgramObjects or ebpf.CollectionSpec.LoadAndAssign.
 type programVariables struct {
 	Epoch            *ebpf.Variable `ebpf:"epoch"`
+	FollowData       *ebpf.Variable `ebpf:"follow_data"`
 	Generation       *ebpf.Variable `ebpf:"generation"`
 	LifetimeBoundsNs *ebpf.Variable `ebpf:"lifetime_bounds_ns"`
 	NetnsInum        *ebpf.Variable `ebpf:"netns_inum"`

@@ -7,12 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/btf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
 // agentSide is a listener standing for the agent: the test reads and
@@ -153,4 +155,35 @@ func TestConnectionsOpenBeforeTheStartAreToldFromTheirTCPInfo(t *testing.T) {
 	assert.Equal(t, uses, again, "a census keeps each use")
 	assert.Greater(t, longest[socket.UseWaiting], time.Duration(0), "the oldest request waiting")
 	assert.LessOrEqual(t, longest[socket.UseWaiting], time.Since(before)+time.Second)
+}
+
+// On a kernel that traces no read or send (before Linux 6.3), the
+// programs that would follow them are not loaded: no use could change from
+// what the open said, so none is said; the half-closed, which their state
+// tells, are, and the counts are exact.
+func TestWithoutTheReadsAndSendsEveryUseIsUnknown(t *testing.T) {
+	programs.NotShort(t, "loads a kernel program")
+	programs.NeedRoot(t, "load a kernel program")
+	programs.NeedBTF(t)
+	a := listenAsAgent(t)
+	c, err := load(btf.NewCache(), [][]uint16{{a.port}}, held, 1<<16, rootListens([]uint16{a.port}), nil, "no tracepoints here")
+	programs.Loaded(t, err)
+	t.Cleanup(c.Close)
+	require.EqualError(t, c.Uses(), "no tracepoints here")
+	assert.Nil(t, c.objs.Received, "not loaded")
+
+	for range 2 {
+		client, server := a.open(t)
+		exchange(t, client, server, false)
+	}
+	a.open(t)
+	client, server := a.open(t)
+	exchange(t, client, server, true)
+	require.NoError(t, client.(*net.TCPConn).CloseWrite())
+	var uses map[socket.Use]int
+	require.Eventually(t, func() bool {
+		uses, _ = usesRead(t, c)
+		return uses[socket.UseHalfClosed] == 1
+	}, 10*time.Second, 10*time.Millisecond, "the client's FIN")
+	assert.Equal(t, map[socket.Use]int{socket.UseUnknown: 3, socket.UseHalfClosed: 1}, uses)
 }
