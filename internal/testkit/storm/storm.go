@@ -31,32 +31,19 @@ func Refused(b *testing.B, client, server net.Conn) {
 
 // Served is a short connection served: a request read and answered, then
 // closed.
-func Served(b *testing.B, client, server net.Conn) {
-	buf := make([]byte, 64)
-	if _, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n"); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := server.Read(buf); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := io.WriteString(server, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"); err != nil {
-		b.Fatal(err)
-	}
-	if _, err := client.Read(buf); err != nil {
-		b.Fatal(err)
-	}
-	client.Close()
-	server.Close()
-}
+func Served(b *testing.B, client, server net.Conn) { served(b, client, server, 1) }
 
 // Exchanges are how many requests an Echoed connection carries.
 const Exchanges = 20
 
 // Echoed is a kept-alive connection: Exchanges requests, each read and
 // answered on it, then closed. Its reads and sends are most of its cost.
-func Echoed(b *testing.B, client, server net.Conn) {
+func Echoed(b *testing.B, client, server net.Conn) { served(b, client, server, Exchanges) }
+
+// served is n requests read and answered on one connection, then closed.
+func served(b *testing.B, client, server net.Conn, n int) {
 	buf := make([]byte, 64)
-	for range Exchanges {
+	for range n {
 		if _, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n"); err != nil {
 			b.Fatal(err)
 		}
