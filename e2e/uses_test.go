@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -37,7 +38,7 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	_, meta, err := kv.Get("watched", nil)
 	require.NoError(t, err)
 	const from = "127.0.0.61"
-	blocking := fmt.Sprintf("GET /v1/kv/watched?index=%d&wait=5m HTTP/1.1\r\nHost: consul\r\n\r\n", meta.LastIndex)
+	blocking := fmt.Sprintf("GET /v1/kv/watched?index=%d&wait=5m HTTP/1.1\r\nHost: consul\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n", meta.LastIndex)
 	query := func(n int, then func(net.Conn)) []net.Conn {
 		var conns []net.Conn
 		for range n {
@@ -132,7 +133,7 @@ func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 	require.NoError(t, err)
 	_, meta, err := kv.Get("watched", nil)
 	require.NoError(t, err)
-	blocking := fmt.Sprintf("GET /v1/kv/watched?index=%d&wait=5m HTTP/1.1\r\nHost: consul\r\n\r\n", meta.LastIndex)
+	blocking := fmt.Sprintf("GET /v1/kv/watched?index=%d&wait=5m HTTP/1.1\r\nHost: consul\r\nUser-Agent: Go-http-client/1.1\r\nAccept-Encoding: gzip\r\n\r\n", meta.LastIndex)
 	_, httpsPort, err := net.SplitHostPort(agent.httpsAddr)
 	require.NoError(t, err)
 	ports := []string{"--port", agent.httpPort(), "--port", httpsPort}
@@ -187,6 +188,26 @@ func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 	for range 10 {
 		dialFrom(t, overTLS, agent.httpsAddr)
 	}
+	// HTTP/2 clients, as Consul's API client is over HTTPS: each asked
+	// once on a connection of its own, answered, and kept. Their control
+	// frames after the answer are no request.
+	const overHTTP2 = "127.0.0.86"
+	for range 10 {
+		client := &http.Client{Transport: &http.Transport{
+			ForceAttemptHTTP2: true,
+			TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: "localhost"},
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(overHTTP2)}}).DialContext(ctx, network, addr)
+			},
+		}}
+		t.Cleanup(client.CloseIdleConnections)
+		resp, err := client.Get("https://" + agent.httpsAddr + "/v1/agent/self")
+		require.NoError(t, err)
+		_, err = io.Copy(io.Discard, resp.Body)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, "HTTP/2.0", resp.Proto)
+	}
 
 	usesOf := func(metrics map[string]float64, from string) map[string]float64 {
 		got := map[string]float64{}
@@ -211,6 +232,9 @@ func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 		assert.Equal(t, exact, usesOf(metrics, from), "the events, from %s", from)
 	}
 	assert.Equal(t, map[string]float64{"waiting": 20, "idle": 15, "silent": 10, "half_closed": 0, "unknown": 0}, usesOf(metrics, overTLS), "the events, over HTTPS")
+	h2 := usesOf(metrics, overHTTP2)
+	assert.Zero(t, h2["waiting"], "no HTTP/2 connection waits: %v", h2)
+	assert.Equal(t, 10.0, h2["idle"]+h2["unknown"], "HTTP/2: idle, or unknown after a control frame: %v", h2)
 
 	once := func(source string) map[string]float64 {
 		res := exporter(t, t.TempDir(), append([]string{"--once", "--source", source}, ports...)...)

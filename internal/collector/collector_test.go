@@ -710,7 +710,7 @@ consul_open_http_connections_by_use{use="idle"} 1
 consul_open_http_connections_by_use{use="silent"} 0
 consul_open_http_connections_by_use{use="unknown"} 1
 consul_open_http_connections_by_use{use="waiting"} 1
-# HELP consul_open_http_connections_longest_by_use_seconds How long the HTTP connection so the longest has been so: waiting since its request, idle since its answer (where any is).
+# HELP consul_open_http_connections_longest_by_use_seconds How long the HTTP connection so the longest has been so: waiting since its request, idle since its answer (where any is); with --source events, as the last census found it (at start, each --events.audit-interval, each change of the listeners or limits).
 # TYPE consul_open_http_connections_longest_by_use_seconds gauge
 consul_open_http_connections_longest_by_use_seconds{use="idle"} 3600
 consul_open_http_connections_longest_by_use_seconds{use="waiting"} 30

@@ -49,12 +49,12 @@ func (c *Counter) AuditEvery(ctx context.Context, interval time.Duration, logger
 			if problem != "" {
 				problem += "; "
 			}
-			problem += fmt.Sprintf("%d connections since the last audit could not be moved to the state they entered (the map full): counted still, in the state they left", now.misplaced-before.misplaced)
+			problem += fmt.Sprintf("%d connections since the last audit could not be moved to the state they entered (the map full, or their count changed by other CPUs past the retries): counted still, in the state they left, until the next audit", now.misplaced-before.misplaced)
 		}
 		full.Log(logger, slog.LevelError, problem, "connections could not be counted", "every connection is counted again")
 		problem = ""
 		if now.unfollowed > before.unfollowed {
-			problem = fmt.Sprintf("%d connections since the last audit: the kernel's clients map is full (--events.keys); their clients' churn, peaks and time at the limit lack them, their counts do not", now.unfollowed-before.unfollowed)
+			problem = fmt.Sprintf("%d connections since the last audit: the kernel's clients map is full (--events.keys); their clients' churn, peaks, time at the limit and uses lack them (until the next audit, for the uses), their counts do not", now.unfollowed-before.unfollowed)
 		}
 		unfollowed.Log(logger, slog.LevelWarn, problem, "clients could not be followed", "every client is followed again")
 		before = now

@@ -544,20 +544,23 @@ static __always_inline bool joined(const struct tcp_sock *tp)
 	return ctx && BPF_CORE_READ_BITFIELD_PROBED(ctx, mp_join);
 }
 
-// in_uses is the op a use word has its connection counted under in its
+// in_uses is the op a use word counts its connection under in its
 // client's uses; OP_UNKNOWN for none.
 static __always_inline __u32 in_uses(__u32 word)
 {
-	if (!(word & USE_COUNTED) || (word & USE_ASIDE))
+	__u32 op = word & USE_OP;
+	if (!(word & USE_COUNTED) || (word & USE_ASIDE) || op >= OPS)
 		return OP_UNKNOWN;
-	return word & USE_OP;
+	return op;
 }
 
 // How a use word changes.
 enum {
-	USE_DID,     // the agent moved data: arg is OP_READ or OP_SENT
+	USE_DID,     // the agent moved data: arg is OP_READ, OP_SENT or OP_UNTOLD
 	USE_COUNT,   // counted, or counted again: arg's op where none is known
 		     // yet, and USE_ASIDE where it is not ESTABLISHED
+	USE_HEARD,   // the census found data received that the agent has not
+		     // read: a request in (OP_READ), where nothing was read
 	USE_UNCOUNT, // no longer counted
 };
 
@@ -570,6 +573,8 @@ static __always_inline __u32 next_use(__u32 old, int how, __u32 arg)
 		if (!(old & USE_OP))
 			old |= arg & USE_OP;
 		return (old & ~USE_ASIDE) | USE_COUNTED | (arg & USE_ASIDE);
+	case USE_HEARD:
+		return (old & USE_OP) == OP_NONE ? (old & ~USE_OP) | OP_READ : old;
 	}
 	return old & ~(USE_COUNTED | USE_ASIDE);
 }
@@ -580,26 +585,30 @@ static __always_inline __u32 next_use(__u32 old, int how, __u32 arg)
 // times over, which the next census makes again). The word is changed by
 // compare-and-swap, and the uses as the swap that won says: a read and a
 // send (no socket lock held) racing with a count or a close (under it)
-// each move what the one before them left.
+// each move what the one before them left. A connection is in its client's
+// uses only where the word says so (USE_KEPT): one counted while its client
+// could not be followed (the clients' map full) is added once it can be,
+// by its next change or census, and never taken from what it was not in.
 static __always_inline __u32 use_as(struct socket_state *st, __u32 group, const __u8 client[16], int how, __u32 arg)
 {
+	struct client_key ck = {.group = group};
+	__builtin_memcpy(&ck.client, client, sizeof(ck.client));
+	struct client_state *c = bpf_map_lookup_elem(&clients_held, &ck);
 	for (int i = 0; i < CAS_TRIES; i++) {
-		__u32 old = st->use, want = next_use(old, how, arg);
+		__u32 old = st->use, want = next_use(old, how, arg) & ~USE_KEPT;
+		__u32 to = in_uses(want);
+		if (c && to != OP_UNKNOWN)
+			want |= USE_KEPT;
 		if (want == old)
 			return old;
 		if (__sync_val_compare_and_swap(&st->use, old, want) != old)
 			continue;
-		__u32 from = in_uses(old), to = in_uses(want);
-		if (from == to)
-			return old;
-		struct client_key ck = {.group = group};
-		__builtin_memcpy(&ck.client, client, sizeof(ck.client));
-		struct client_state *c = bpf_map_lookup_elem(&clients_held, &ck);
+		__u32 from = (old & USE_KEPT) ? in_uses(old) : OP_UNKNOWN;
 		if (!c)
-			return old; // not followed: the client's uses lack it
+			return old;
 		if (from != OP_UNKNOWN && from < OPS)
 			__sync_fetch_and_add(&c->uses[from], -1);
-		if (to != OP_UNKNOWN && to < OPS)
+		if ((want & USE_KEPT) && to < OPS)
 			__sync_fetch_and_add(&c->uses[to], 1);
 		return old;
 	}
@@ -608,6 +617,14 @@ static __always_inline __u32 use_as(struct socket_state *st, __u32 group, const 
 
 // aside is what USE_COUNT's arg adds for a connection in state.
 static __always_inline __u32 aside(int state) { return state == TCP_ESTABLISHED ? 0 : USE_ASIDE; }
+
+// A read shorter than this, after an answer, is no request: an HTTP/2
+// client's control frames, in TLS records, which it sends after an answer
+// as often as not (a SETTINGS ACK is 31 bytes there, a PING 39, the two
+// WINDOW_UPDATEs after a body 48, all three 57; measured on Go's client
+// and server, which Consul's are). A real HTTP/1.1 client's request is
+// longer: its request line, Host and User-Agent alone are.
+#define SHORTEST_REQUEST 64
 
 // did keeps what the agent last did on a server end of a watched port: a
 // read or a send (op) that moved data (ret bytes; a read that only peeked
@@ -621,8 +638,13 @@ static __always_inline void did(const struct sock *sk, int ret, int flags, __u32
 	if (!tp)
 		return;
 	struct socket_state *st = bpf_sk_storage_get(&sockets, tp, 0, 0);
-	if (!st || (st->use & USE_OP) == op)
-		return; // not one the programs follow, or no change
+	if (!st)
+		return; // not one the programs follow
+	__u32 last = st->use & USE_OP;
+	if (op == OP_READ && ret < SHORTEST_REQUEST && (last == OP_SENT || last == OP_UNTOLD))
+		op = OP_UNTOLD;
+	if (last == op)
+		return; // no change
 	__u8 client[16];
 	client_address(sk, client);
 	st->use_ns = bpf_ktime_get_ns();
@@ -813,6 +835,16 @@ static long settle(struct bpf_map *map, struct client_key *key, struct client_st
 	return 0;
 }
 
+// since_tick is when, on bpf_ktime_get_ns's clock (now is it), the
+// kernel's clock tick was at; 0 where the tick's length is not known.
+static __always_inline __u64 since_tick(__u32 at, __u64 now)
+{
+	if (!tick_ns)
+		return 0;
+	__u64 ago = (__u64)(__u32)((__u32)bpf_jiffies64() - at) * tick_ns;
+	return ago < now ? now - ago : 0;
+}
+
 // told is what a connection's last data says its use is, from the
 // kernel's own counts (tcp_info's), for one whose last read or send no
 // program saw: silent with nothing received; waiting with nothing sent, or
@@ -834,11 +866,7 @@ static __always_inline __u32 told(const struct tcp_sock *tp, __u64 now, __u64 *s
 			at = sent;
 		}
 	}
-	if (tick_ns) {
-		__u64 ago = (__u64)(__u32)((__u32)bpf_jiffies64() - at) * tick_ns;
-		if (ago < now)
-			*since = now - ago;
-	}
+	*since = since_tick(at, now);
 	return op;
 }
 
@@ -856,6 +884,12 @@ static __always_inline void census_use(struct socket_state *st, const struct tcp
 	__u32 old = use_as(st, group, client, USE_COUNT, op | aside(state));
 	if (!(old & USE_OP) && op != OP_UNKNOWN)
 		st->use_ns = since;
+	if (follow_data && (st->use & USE_OP) == OP_NONE && tp->bytes_received) {
+		// Nothing read by the agent, and a request in: one the agent
+		// has not read yet (too busy to), which waits all the same.
+		st->use_ns = since_tick(tp->inet_conn.icsk_ack.lrcvtime, now);
+		use_as(st, group, client, USE_HEARD, 0);
+	}
 	__u32 in = in_uses(st->use);
 	__u64 began = st->use_ns;
 	if ((in != OP_READ && in != OP_SENT) || !began || began > now)

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/sockdiag"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
@@ -37,20 +38,29 @@ func (a *agentSide) open(t *testing.T) (client, server net.Conn) {
 	return pair.Client, pair.Server
 }
 
+// request is a blocking query as a client sends it.
+const request = "GET /v1/kv/watched?index=7&wait=5m HTTP/1.1\r\nHost: 127.0.0.1:8500\r\n\r\n"
+
 // exchange is the client sending a request and the agent reading it, and,
 // where answer, answering it, which the client reads.
 func exchange(t *testing.T, client, server net.Conn, answer bool) {
 	t.Helper()
-	_, err := io.WriteString(client, "GET / HTTP/1.1\r\n\r\n")
-	require.NoError(t, err)
-	_, err = io.ReadFull(server, make([]byte, 18))
-	require.NoError(t, err)
+	sendAndRead(t, client, server, request)
 	if !answer {
 		return
 	}
-	_, err = io.WriteString(server, "HTTP/1.1 200 OK\r\n\r\n")
+	_, err := io.WriteString(server, "HTTP/1.1 200 OK\r\n\r\n")
 	require.NoError(t, err)
 	_, err = io.ReadFull(client, make([]byte, 19))
+	require.NoError(t, err)
+}
+
+// sendAndRead is the client sending text and the agent reading it.
+func sendAndRead(t *testing.T, client, server net.Conn, text string) {
+	t.Helper()
+	_, err := io.WriteString(client, text)
+	require.NoError(t, err)
+	_, err = io.ReadFull(server, make([]byte, len(text)))
 	require.NoError(t, err)
 }
 
@@ -116,6 +126,21 @@ func TestEachConnectionsUseIsTheAgentsLastReadOrSend(t *testing.T) {
 	uses, _ = usesRead(t, c)
 	assert.Equal(t, 5, uses[socket.UseWaiting], "sent last")
 	assert.Equal(t, 4, uses[socket.UseIdle])
+
+	// An HTTP/2 client's control frame after the answer (a PING, 17
+	// bytes, in a TLS 1.3 record: 39) is no request: not waiting, not
+	// told; the request after it is.
+	sendAndRead(t, answered[2], servers[2], string(make([]byte, 39)))
+	uses, _ = usesRead(t, c)
+	assert.Equal(t, 5, uses[socket.UseWaiting], "no request came")
+	assert.Equal(t, 3, uses[socket.UseIdle])
+	assert.Equal(t, 1, uses[socket.UseUnknown])
+	sendAndRead(t, answered[2], servers[2], request)
+	uses, _ = usesRead(t, c)
+	assert.Equal(t, 6, uses[socket.UseWaiting], "a request")
+	assert.Zero(t, uses[socket.UseUnknown])
+	_, err = io.WriteString(servers[2], "HTTP/1.1 200 OK\r\n\r\n")
+	require.NoError(t, err)
 
 	// A close takes it off its use.
 	require.NoError(t, servers[1].Close())
@@ -186,4 +211,28 @@ func TestWithoutTheReadsAndSendsEveryUseIsUnknown(t *testing.T) {
 		return uses[socket.UseHalfClosed] == 1
 	}, 10*time.Second, 10*time.Millisecond, "the client's FIN")
 	assert.Equal(t, map[socket.Use]int{socket.UseUnknown: 3, socket.UseHalfClosed: 1}, uses)
+}
+
+// A request the agent has not read (too busy to: it waits in the kernel)
+// is silent to the reads the events follow; the census, which sees the
+// bytes received, makes it waiting, as the table's tcp_info says.
+func TestARequestTheAgentHasNotReadWaitsFromTheCensusOn(t *testing.T) {
+	a := listenAsAgent(t)
+	c := loaded(t, []uint16{a.port})
+	client, _ := a.open(t)
+	_, err := io.WriteString(client, request)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		var received uint64
+		require.NoError(t, sockdiag.New([]uint16{a.port}, nil, held, 5*time.Second).WithUses().Read(context.Background(), func(s socket.Socket) {
+			received += s.Traffic.BytesReceived
+		}, func() {}))
+		return received == uint64(len(request))
+	}, 10*time.Second, 10*time.Millisecond, "the request in the kernel")
+	uses, _ := usesRead(t, c)
+	assert.Equal(t, map[socket.Use]int{socket.UseSilent: 1}, uses, "nothing read")
+	_, err = c.Census()
+	require.NoError(t, err)
+	uses, _ = usesRead(t, c)
+	assert.Equal(t, map[socket.Use]int{socket.UseWaiting: 1}, uses, "a request in")
 }

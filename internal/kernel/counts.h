@@ -105,12 +105,17 @@ enum {
 	OP_NONE,    // nothing read from it yet: silent
 	OP_READ,    // a read last: a request in, not answered (waiting)
 	OP_SENT,    // a send last: answered, kept open (idle)
-	OPS,
+	OPS,	    // the uses kept per client: the ops above
+	OP_UNTOLD = OPS, // a read too short to be a request, after an answer:
+			 // an HTTP/2 client's control frames (a SETTINGS ACK, a
+			 // WINDOW_UPDATE, a PING, each in a TLS record), which say
+			 // no request came; not told until the next read or send
 };
-#define USE_OP 3U
-#define USE_COUNTED 4U // in its client's uses
-#define USE_ASIDE 8U   // counted in a state other than ESTABLISHED: its state
+#define USE_OP 7U
+#define USE_COUNTED 8U // counted: its client's uses have its op
+#define USE_ASIDE 16U  // counted in a state other than ESTABLISHED: its state
 		       // says its use (CLOSE-WAIT: half-closed), not its uses
+#define USE_KEPT 32U   // its client's uses have it (its client followed)
 
 enum {
 	OVER_LIMIT = 1,

@@ -64,7 +64,7 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 			what+" connections by what each does with its slot: waiting (a request in, not answered), idle (answered last: kept in the client's pool), silent (nothing received yet), half_closed (the client shut its side), unknown (not told by the source, or both last in one tick).",
 			[]string{"use"}, nil),
 		longestByUse: prometheus.NewDesc(prefix+"_longest_by_use_seconds",
-			"How long the "+what+" connection so the longest has been so: waiting since its request, idle since its answer (where any is).",
+			"How long the "+what+" connection so the longest has been so: waiting since its request, idle since its answer (where any is); with --source events, as the last census found it (at start, each --events.audit-interval, each change of the listeners or limits).",
 			[]string{"use"}, nil),
 		perClientByUse: prometheus.NewDesc(prefix+"_per_client_by_use",
 			what+" connections one client IP holds, by use, for the clients holding the most (uses it holds none in are absent).",
