@@ -300,9 +300,49 @@ if [ "$(id -u)" = 0 ]; then
     release
   done
   go test -c -o "$work/events.test" ./internal/events
-  for s in ChurnStorm RefusalStorm OtherPortsChurn EchoStorm OtherPortsEcho; do
-    storm "events, $s of 72,000" 7 unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "$s" -test.benchtime 72000x
+  for s in ChurnStorm RefusalStorm OtherPortsChurn; do
+    storm "events, $s of 72,000" 7 unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "^Benchmark$s\$" -test.benchtime 72000x
   done
+  # Kept-alive connections of 20 requests each: the reads and sends.
+  for s in EchoStorm OtherPortsEcho; do
+    storm "events, $s of 12,000 connections" 7 unshare --net sh -c 'ip link set lo up && exec "$@"' sh "$work/events.test" -test.run '^$' -test.bench "^Benchmark$s\$" -test.benchtime 12000x
+  done
+
+  # What the programs on every read and send cost a real agent's clients:
+  # requests over kept-alive connections from 50 addresses (bench/requests),
+  # without the exporter and with it (--source events), in turn, AGENT_ROUNDS
+  # rounds; the medians of each round's mean. Needs a consul (as the e2e
+  # tests build it, or in PATH).
+  consul=$(command -v consul || true)
+  [ -n "$consul" ] || consul="$HOME/.cache/consul-conn-exporter/consul-$(awk '$1 == "github.com/hashicorp/consul" { print $2 }' tools/consul/go.mod)/consul"
+  if [ -x "$consul" ]; then
+    go build -o "$work/requests" ./bench/requests
+    cat > "$work/agent.hcl" <<HCL
+ports { http = 18650, https = -1, dns = -1, grpc = -1, grpc_tls = -1, serf_lan = 18651, serf_wan = 18652, server = 18653 }
+limits { http_max_conns_per_client = 1000 }
+HCL
+    "$consul" agent -dev -bind 127.0.0.1 -client 127.0.0.1 -config-file "$work/agent.hcl" > "$work/agent.log" 2>&1 &
+    agent=$!
+    idle+=("$agent")
+    for _ in $(seq 300); do
+      curl -sf http://127.0.0.1:18650/v1/status/leader | grep -q 127 && break
+      sleep 0.1
+    done
+    : > "$work/without"; : > "$work/with"
+    for _ in $(seq "${AGENT_ROUNDS:-7}"); do
+      "$work/requests" -addr 127.0.0.1:18650 -n 3000 >> "$work/without"
+      "$work/consul_conn_exporter" --source events --port 18650 --limit 0 --web.listen-address 127.0.0.1:19860 2>/dev/null &
+      ev=$!
+      for _ in $(seq 100); do curl -sf http://127.0.0.1:19860/metrics | grep -q '^consul_conn_exporter_collector_success{collector="events"} 1' && break; sleep 0.1; done
+      "$work/requests" -addr 127.0.0.1:18650 -n 3000 >> "$work/with"
+      kill "$ev"; wait "$ev" 2>/dev/null || true
+    done
+    kill "$agent"; wait "$agent" 2>/dev/null || true
+    printf 'a real agent'"'"'s requests (kept alive, 50 clients, 3,000 a round): %s us without the exporter, %s us with --source events (medians of %s rounds): ratio %s\n' \
+      "$(median < "$work/without")" "$(median < "$work/with")" "${AGENT_ROUNDS:-7}" "$(ratio "$(median < "$work/with")" "$(median < "$work/without")")"
+  else
+    echo "a real agent's requests: skipped, no consul (build it as the e2e tests say, or put one in PATH)"
+  fi
 fi
 
 bash deploy/build.sh "$work/release" >/dev/null
