@@ -96,6 +96,7 @@ func (t *table) read(line string) {
 			t.firstUnreadable, t.firstErr = line, err
 		}
 	case kind == parser.TCPInfo:
+		t.otherLines++ // a continuation, not a row: a table of them alone has none
 		if t.hasPending {
 			t.pending.Traffic, t.pending.Use = s.Traffic, socket.UseOf(t.pending.State, s.Traffic)
 		}
