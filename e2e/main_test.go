@@ -240,6 +240,11 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--push.url", "ftp://gateway:9091"},
 		{"--push.url", "http://gateway:9091/?token=s3cret"}, // would push to ...?token=s3cret/metrics/job/...
 		{"--consul.server", "10.0.0.5:port"},
+		{"--whatif.limit", "http"},
+		{"--whatif.limit", "http=0"},
+		{"--whatif.limit", "http=ten"},
+		{"--whatif.limit", "rpc=50"}, // no RPC group
+		{"--whatif.limit", "grpc=50"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)

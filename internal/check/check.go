@@ -102,6 +102,23 @@ type Group struct {
 	MaxPerClient int      `json:"max_per_client"`
 	Ports        []Port   `json:"ports"`
 	Clients      []Client `json:"clients"`
+	// WhatIf are the limits not set yet (--whatif.limit), and whom each
+	// would refuse.
+	WhatIf []WhatIf `json:"whatif,omitempty"`
+}
+
+// WhatIf is what a limit not set yet would refuse: as of this one
+// collection, each client's connections past it.
+type WhatIf struct {
+	Limit   int            `json:"limit"`
+	Refused int            `json:"refused"`
+	Clients []WhatIfClient `json:"clients"`
+}
+
+// WhatIfClient is one client a limit not set yet would refuse.
+type WhatIfClient struct {
+	Client  string `json:"client"`
+	Refused int    `json:"refused"`
 }
 
 // Port is one port's open connections, by state.
@@ -147,7 +164,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 	for _, state := range res.States {
 		r.states = append(r.states, state.Label())
 	}
-	for _, g := range res.Groups {
+	for i, g := range res.Groups {
 		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
 		group.NoLimit = g.Limit == 0 && res.Limits.Err() == nil
 		for _, port := range g.Counts.Ports() {
@@ -177,6 +194,15 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 				}
 			}
 			group.Clients = append(group.Clients, client)
+		}
+		if i < len(res.WhatIf) {
+			for _, l := range res.WhatIf[i] {
+				w := WhatIf{Limit: l.Limit, Refused: int(l.Refused), Clients: []WhatIfClient{}}
+				for _, c := range l.Clients {
+					w.Clients = append(w.Clients, WhatIfClient{c.Client.String(), int(c.Refused)})
+				}
+				group.WhatIf = append(group.WhatIf, w)
+			}
 		}
 		r.Groups = append(r.Groups, group)
 	}
@@ -229,6 +255,16 @@ func (f *Flags) judge(r *Report, res collector.Result) {
 	if res.Listeners != nil && res.Listeners.QuietReason() != "" {
 		unknown = append(unknown, res.Listeners.QuietReason())
 	}
+	if whatIf := whatIfVerdict(r); whatIf != "" {
+		// What a limit not set yet would do is a WARNING: worse than OK,
+		// never worse than the limit that is set.
+		if severity[status] < severity[Warning] {
+			r.Notes = append(r.Notes, reason)
+			status, reason = Warning, whatIf
+		} else {
+			r.Notes = append(r.Notes, whatIf)
+		}
+	}
 	switch {
 	case len(unknown) == 0:
 		r.Status, r.Reason = status, reason
@@ -239,6 +275,30 @@ func (f *Flags) judge(r *Report, res collector.Result) {
 		r.Status, r.Reason = Unknown, strings.Join(unknown, "; ")
 		r.Notes = append(r.Notes, reason)
 	}
+}
+
+// whatIfVerdict says whom the limits not set yet would refuse, each group's
+// and limit's in turn: "at http_max_conns_per_client 5, 127.0.0.10 would
+// be refused 4 connections, 127.0.0.11 1"; "" where none would refuse any.
+func whatIfVerdict(r *Report) string {
+	var lines []string
+	for _, g := range r.Groups {
+		for _, w := range g.WhatIf {
+			if w.Refused == 0 {
+				continue
+			}
+			line := fmt.Sprintf("at %s %d, %d %s connections would be refused", g.LimitName, w.Limit, w.Refused, strings.ToUpper(g.Name))
+			for i, c := range w.Clients {
+				if i == 0 {
+					line = fmt.Sprintf("at %s %d, %s would be refused %d connections", g.LimitName, w.Limit, c.Client, c.Refused)
+				} else {
+					line += fmt.Sprintf(", %s %d", c.Client, c.Refused)
+				}
+			}
+			lines = append(lines, line)
+		}
+	}
+	return strings.Join(lines, "; ")
 }
 
 // clientsVerdict is the verdict on the busiest client of any group whose

@@ -19,6 +19,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/listeners"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/whatif"
 )
 
 var states = []socket.State{socket.StateEstablished, socket.StateCloseWait}
@@ -216,4 +217,29 @@ func TestTheVerdictNamesTheBusiestClientsBiggestUse(t *testing.T) {
 	told := thresholds.Evaluate(result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 190})))
 	assert.Equal(t, "10.0.0.5 holds 190 of the 200 HTTP connections http_max_conns_per_client allows (95%)", told.Reason)
 	assert.Nil(t, told.Groups[0].Clients[0].Uses)
+}
+
+// A limit not set yet that would refuse someone is a WARNING naming them
+// and how often; the limit that is set stays the verdict where it is
+// worse, the prediction beside it; none refused changes nothing.
+func TestAWhatIfLimitThatWouldRefuseIsAWarning(t *testing.T) {
+	res := result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 25, "10.0.0.6": 15, "10.0.0.7": 40}))
+	res.WhatIf = [][]whatif.Limit{{
+		{Limit: 20, Refused: 25, Clients: []whatif.Client{{Client: netip.MustParseAddr("10.0.0.7"), Refused: 20}, {Client: netip.MustParseAddr("10.0.0.5"), Refused: 5}}},
+		{Limit: 50},
+	}}
+	r := thresholds.Evaluate(res)
+	assert.Equal(t, Warning, r.Status)
+	assert.Equal(t, "at http_max_conns_per_client 20, 10.0.0.7 would be refused 20 connections, 10.0.0.5 5", r.Reason)
+	assert.Contains(t, r.Notes, "10.0.0.7 holds 40 of the 200 HTTP connections http_max_conns_per_client allows (20%)")
+	assert.Equal(t, []WhatIf{{Limit: 20, Refused: 25, Clients: []WhatIfClient{{"10.0.0.7", 20}, {"10.0.0.5", 5}}}, {Limit: 50, Clients: []WhatIfClient{}}}, r.Groups[0].WhatIf)
+
+	res.Groups[0].Limit = 40
+	r = thresholds.Evaluate(res)
+	assert.Equal(t, Critical, r.Status, "at the limit that is set")
+	assert.Contains(t, r.Notes, "at http_max_conns_per_client 20, 10.0.0.7 would be refused 20 connections, 10.0.0.5 5")
+
+	res.Groups[0].Limit = 200
+	res.WhatIf[0] = res.WhatIf[0][1:]
+	assert.Equal(t, OK, thresholds.Evaluate(res).Status, "none would be refused")
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/whatif"
 )
 
 // Limiter is one of Consul's per-client limiters. A limiter group is a set
@@ -54,6 +55,9 @@ func newLimiter(name, what, setting string, limit func(limits.Snapshot) int) *Li
 type Group struct {
 	*Limiter
 	Ports []uint16
+	// WhatIf are limits not set yet, whose refusals are predicted
+	// (--whatif.limit).
+	WhatIf []int
 }
 
 // Config is what to count and how to report it.
@@ -143,6 +147,9 @@ type Collector struct {
 	tried atomic.Bool
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
+	// whatIf predicts the candidate limits' refusals from every read; nil
+	// without any.
+	whatIf *whatif.Judge
 	// What is wrong, logged once per change.
 	refusalsState, namingState, eventsState                       say.Tracker
 	listenersState, quietState, sharedState, addrState, ownerless say.Tracker
@@ -156,6 +163,13 @@ func New(config Config, parts Parts, logger *slog.Logger) *Collector {
 	c := &Collector{config: config, parts: parts, logger: logger}
 	if config.SampleInterval > 0 {
 		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
+	}
+	candidates := make([][]int, len(config.Groups))
+	for i, g := range config.Groups {
+		candidates[i] = g.WhatIf
+	}
+	if slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
+		c.whatIf = whatif.New(candidates)
 	}
 	return c
 }
@@ -204,6 +218,9 @@ func (c *Collector) collect(ctx context.Context) Result {
 			err = errors.New("no sample of the peak window was read")
 		}
 		res.parts(Part{Name: "peaks", Err: err, Took: time.Since(began)})
+	}
+	if c.whatIf != nil {
+		res.WhatIf = c.whatIf.View(c.config.TopClients)
 	}
 	if c.config.Processes {
 		res.parts(Part{Name: "processes"})
@@ -348,9 +365,20 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 	}
 }
 
-// sampled adds r, a sample taken at start, to the peaks, if they are kept:
-// with the events, each client's peak since the last read, else its count.
+// sampled adds r, a sample taken at start, to the peaks, if they are kept
+// (with the events, each client's peak since the last read, else its
+// count), and to the candidate limits' predictions.
 func (c *Collector) sampled(start time.Time, r reading) {
+	if c.whatIf != nil && r.err == nil {
+		counts := r.counts.groups
+		if r.events != nil {
+			counts = nil
+			for _, g := range r.events.Groups {
+				counts = append(counts, g.Peaks)
+			}
+		}
+		c.whatIf.Add(counts)
+	}
 	switch {
 	case c.peaks == nil:
 	case r.err != nil, c.parts.Events != nil && r.events == nil:

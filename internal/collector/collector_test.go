@@ -752,3 +752,26 @@ consul_open_http_connections_per_process_by_use{process="nomad",use="waiting"} 1
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want), "consul_open_http_connections_per_process_by_use"))
 	assertLintClean(t, res)
 }
+
+// A limit not set yet, judged from a collection: the clients holding more
+// than it would have been refused what they hold past it (the capture's
+// 127.0.0.10 holds 9, 127.0.0.11 6: at 5, 4 and 1), named, lint-clean.
+func TestWhatIfLimitsPredictWhoWouldBeRefused(t *testing.T) {
+	config := defaultConfig
+	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500, 8501}, WhatIf: []int{5, 100}}}
+	res := collect(t, config, mixed)
+	require.NoError(t, res.Err)
+	want := `
+# HELP consul_http_whatif_refused_total HTTP connections a http_max_conns_per_client of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged from the samples (never more than were).
+# TYPE consul_http_whatif_refused_total counter
+consul_http_whatif_refused_total{limit="100"} 0
+consul_http_whatif_refused_total{limit="5"} 5
+# HELP consul_http_whatif_refused_per_client_total HTTP connections a http_max_conns_per_client of limit would have refused one client IP since the exporter started, for the clients it would refuse most.
+# TYPE consul_http_whatif_refused_per_client_total counter
+consul_http_whatif_refused_per_client_total{client="127.0.0.10",limit="5"} 4
+consul_http_whatif_refused_per_client_total{client="127.0.0.11",limit="5"} 1
+`
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
+		"consul_http_whatif_refused_total", "consul_http_whatif_refused_per_client_total"))
+	assertLintClean(t, res)
+}

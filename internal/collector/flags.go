@@ -24,6 +24,7 @@ type Flags struct {
 	processesTimeout time.Duration
 	sampleInterval   time.Duration
 	peakWindow       time.Duration
+	whatIf           []string
 }
 
 // AddFlags declares the collection's flags on app.
@@ -45,6 +46,8 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("5s").DurationVar(&f.processesTimeout)
 	app.Flag("sample.interval", "Between collections, read the socket table this often for the peaks (0: no sampling); with ss or netstat each sample runs it, with --source netlink it is cheap.").
 		Default("1s").DurationVar(&f.sampleInterval)
+	app.Flag("whatif.limit", "A per-client limit not set yet, GROUP=N (http=100, rpc=80): count, from each sample, the connections it would have refused (each opening while its client held N or more); repeatable.").
+		PlaceHolder("http=100").StringsVar(&f.whatIf)
 	app.Flag("peak.window", "The peaks cover the samples of this sliding window, so that every scraper, and a textfile written every --interval, sees a burst shorter than the interval.").
 		Default("1m").DurationVar(&f.peakWindow)
 	return f
@@ -99,7 +102,33 @@ func (f *Flags) Config() (Config, error) {
 	if f.topClients < 0 {
 		return config, errors.New("--clients.top must be 0 or more")
 	}
+	for _, word := range f.whatIf {
+		if err := config.addWhatIf(word); err != nil {
+			return config, err
+		}
+	}
 	return config, nil
+}
+
+// addWhatIf adds a candidate limit, GROUP=N, to its group.
+func (c *Config) addWhatIf(word string) error {
+	name, number, _ := strings.Cut(word, "=")
+	n, err := strconv.Atoi(number)
+	if err != nil || n < 1 {
+		return fmt.Errorf("--whatif.limit %s: want GROUP=N, N a limit of 1 or more (http=100)", word)
+	}
+	for i, g := range c.Groups {
+		if g.Limiter.Name == name {
+			if !slices.Contains(c.Groups[i].WhatIf, n) {
+				c.Groups[i].WhatIf = append(c.Groups[i].WhatIf, n)
+			}
+			return nil
+		}
+	}
+	if name == RPC.Name {
+		return fmt.Errorf("--whatif.limit %s: no RPC group: give its ports with --rpc.port", word)
+	}
+	return fmt.Errorf("--whatif.limit %s: no group %q (http, rpc)", word, name)
 }
 
 func parsePorts(flag string, words []string) ([]uint16, error) {

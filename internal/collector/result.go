@@ -12,6 +12,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/whatif"
 )
 
 // Result is one collection: what every view (the metrics, check's report)
@@ -37,6 +38,9 @@ type Result struct {
 	// Peaks are what the samples saw over the window, per group as in
 	// Groups; nil without sampling.
 	Peaks *peaks.View
+	// WhatIf are, per group as in Groups, what each candidate limit
+	// (--whatif.limit) would have refused since start; nil without any.
+	WhatIf [][]whatif.Limit
 	// Events are what the kernel's events keep besides the counts (churn,
 	// lifetimes, the time at the limit), per group as in Groups; nil but
 	// with --source events.

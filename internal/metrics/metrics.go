@@ -33,6 +33,8 @@ type groupDescs struct {
 	refused, refusedPerClient, refusalsUntracked, refusedBelowLimit *prometheus.Desc
 	// Kept by the kernel's events (--source events).
 	opened, openedPerClient, closed, lifetimes, lost, unfollowed *prometheus.Desc
+	// Predicted for limits not set yet (--whatif.limit).
+	whatIfRefused, whatIfRefusedPerClient *prometheus.Desc
 }
 
 // groups are each limiter's metrics.
@@ -108,6 +110,12 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 		lost: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_lost_total",
 			what+" connections the kernel's connections map (--events.keys) was too full to count, each once: until an audit finds room, the counts lack them (0 when the counts are exact).",
 			nil, nil),
+		whatIfRefused: prometheus.NewDesc("consul_"+group+"_whatif_refused_total",
+			what+" connections a "+limitName+" of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged from the samples (never more than were).",
+			[]string{"limit"}, nil),
+		whatIfRefusedPerClient: prometheus.NewDesc("consul_"+group+"_whatif_refused_per_client_total",
+			what+" connections a "+limitName+" of limit would have refused one client IP since the exporter started, for the clients it would refuse most.",
+			[]string{"limit", "client"}, nil),
 		unfollowed: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_unfollowed_total",
 			what+" connections counted whose client the kernel's clients map (--events.keys) was too full to follow, each once: that client's churn, peak and time at the limit lack them (0 when they are exact).",
 			nil, nil),
@@ -192,7 +200,7 @@ func Of(res collector.Result) prometheus.Collector { return result(res) }
 func (r result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range collector.Limiters {
 		g := groups[l]
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.longestByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit,
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.longestByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit, g.whatIfRefused, g.whatIfRefusedPerClient,
 			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
@@ -322,6 +330,15 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 			}
 			counter(d.lost, float64(e.Lost))
 			counter(d.unfollowed, float64(e.Unfollowed))
+		}
+		if i < len(r.WhatIf) {
+			for _, l := range r.WhatIf[i] {
+				limit := strconv.Itoa(l.Limit)
+				counter(d.whatIfRefused, float64(l.Refused), limit)
+				for _, c := range l.Clients {
+					counter(d.whatIfRefusedPerClient, float64(c.Refused), limit, c.Client.String())
+				}
+			}
 		}
 		if i < len(r.Refusals) {
 			counter(d.refused, float64(r.Refusals[i].Total))

@@ -146,6 +146,13 @@ func Client(peer netip.Addr) netip.Addr {
 	return peer.Unmap()
 }
 
+// EachClient calls f with each client's count.
+func (t *Tally) EachClient(f func(client netip.Addr, count int)) {
+	for client, n := range t.perClient {
+		f(client, n)
+	}
+}
+
 // Ports are the watched ports, in the order given to New.
 func (t *Tally) Ports() []uint16 { return t.ports }
 

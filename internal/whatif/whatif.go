@@ -1,0 +1,131 @@
+// Package whatif predicts, from the counts each sample reads, which clients
+// a per-client limit not set yet would refuse: a connection is refused
+// when it opens while its client already holds the limit or more. Between
+// two samples a client's count went from a to b: at least b - max(a, N) of
+// its connections opened while it held N or more, and would have been
+// refused at limit N. That is what is counted: never more than the opens a
+// judge at each one (the kernel's events) would count, and exactly that
+// for clients that open and hold; more than the agent would refuse for
+// clients that close and reopen between samples (a refused connection
+// never held a slot), fewer for clients that retry after a refusal.
+package whatif
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+)
+
+// MaxClients is how many clients each group's predictions name at most:
+// past it, a new client's predicted refusals are in the totals alone.
+const MaxClients = 10_000
+
+// Judge keeps, per limiter group and candidate limit, the connections that
+// limit would have refused since start.
+type Judge struct {
+	mu     sync.Mutex
+	groups []group
+}
+
+type group struct {
+	limits []int
+	last   map[netip.Addr]int // each client's count at the last sample
+	counts []prediction       // per limit, as limits
+}
+
+type prediction struct {
+	total     uint64
+	perClient map[netip.Addr]uint64
+}
+
+// New judges limits[i], the candidate limits of group i (none: the group is
+// not judged).
+func New(limits [][]int) *Judge {
+	j := &Judge{groups: make([]group, len(limits))}
+	for i, ls := range limits {
+		g := &j.groups[i]
+		g.limits = slices.Clone(ls)
+		g.last = map[netip.Addr]int{}
+		for range ls {
+			g.counts = append(g.counts, prediction{perClient: map[netip.Addr]uint64{}})
+		}
+	}
+	return j
+}
+
+// Add takes one sample's counts, per group as New's (nil: the group was
+// not read, and is judged from its next sample as from this one's).
+func (j *Judge) Add(counts []*tally.Tally) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := range j.groups {
+		if i >= len(counts) || counts[i] == nil || len(j.groups[i].limits) == 0 {
+			continue
+		}
+		j.groups[i].add(counts[i])
+	}
+}
+
+func (g *group) add(t *tally.Tally) {
+	now := make(map[netip.Addr]int, len(g.last))
+	t.EachClient(func(client netip.Addr, count int) {
+		now[client] = count
+		before := g.last[client] // 0: not seen at the last sample
+		for k, limit := range g.limits {
+			if over := count - max(before, limit); over > 0 {
+				p := &g.counts[k]
+				p.total += uint64(over)
+				if _, ok := p.perClient[client]; ok || len(p.perClient) < MaxClients {
+					p.perClient[client] += uint64(over)
+				}
+			}
+		}
+	})
+	g.last = now
+}
+
+// Limit is what one candidate limit would have refused since start.
+type Limit struct {
+	Limit   int
+	Refused uint64
+	// Clients are the clients it would have refused, most first (ties by
+	// address), at most the top asked for.
+	Clients []Client
+}
+
+// Client is one client's predicted refusals.
+type Client struct {
+	Client  netip.Addr
+	Refused uint64
+}
+
+// View is each group's candidate limits' predictions, with each one's top
+// clients.
+func (j *Judge) View(top int) [][]Limit {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	view := make([][]Limit, len(j.groups))
+	for i, g := range j.groups {
+		for k, limit := range g.limits {
+			p := g.counts[k]
+			l := Limit{Limit: limit, Refused: p.total}
+			for client, n := range p.perClient {
+				l.Clients = append(l.Clients, Client{client, n})
+			}
+			slices.SortFunc(l.Clients, func(a, b Client) int {
+				if a.Refused != b.Refused {
+					if a.Refused > b.Refused {
+						return -1
+					}
+					return 1
+				}
+				return a.Client.Compare(b.Client)
+			})
+			l.Clients = l.Clients[:min(top, len(l.Clients))]
+			view[i] = append(view[i], l)
+		}
+	}
+	return view
+}

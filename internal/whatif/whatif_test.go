@@ -1,0 +1,58 @@
+package whatif
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+)
+
+// counts is a sample: each client holding n connections on port 8500.
+func counts(held map[string]int) *tally.Tally {
+	t := tally.New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	for client, n := range held {
+		t.Add(socket.Socket{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"),
+			Peer: netip.AddrPortFrom(netip.MustParseAddr(client), 1), Sockets: n})
+	}
+	return t
+}
+
+// The pattern: three clients open and hold 25, 15 and 40; at a
+// limit of 20 the first is refused 5, the second none, the third 20, as
+// the agent at 20 would refuse them.
+func TestClientsThatOpenAndHoldAreRefusedWhatTheyHoldPastTheLimit(t *testing.T) {
+	j := New([][]int{{20, 100}})
+	j.Add([]*tally.Tally{counts(nil)})
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 25, "127.0.0.6": 15, "127.0.0.7": 40})})
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 25, "127.0.0.6": 15, "127.0.0.7": 40})})
+	view := j.View(10)
+	assert.Equal(t, [][]Limit{{
+		{Limit: 20, Refused: 25, Clients: []Client{{netip.MustParseAddr("127.0.0.7"), 20}, {netip.MustParseAddr("127.0.0.5"), 5}}},
+		{Limit: 100},
+	}}, view, "held, not opened again: judged once")
+}
+
+// A client already past the limit that opens more between two samples is
+// refused each; one that falls back under and rises again is refused what
+// it rises past the limit; one gone and back starts from nothing.
+func TestEachRiseAboveTheLimitIsCountedOnce(t *testing.T) {
+	j := New([][]int{{10}})
+	for _, held := range []int{12, 15, 8, 11, 0, 13} {
+		j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": held})})
+	}
+	// 12: 2 past 10; 15: 3 more; 8: none; 11: 1; gone; 13: 3.
+	assert.Equal(t, uint64(9), j.View(1)[0][0].Refused)
+}
+
+// A group with no candidate limit, or not read in a sample, is not judged.
+func TestAGroupNotReadIsNotJudged(t *testing.T) {
+	j := New([][]int{nil, {5}})
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 9}), nil})
+	j.Add([]*tally.Tally{nil, counts(map[string]int{"127.0.0.5": 9})})
+	view := j.View(10)
+	assert.Empty(t, view[0])
+	assert.Equal(t, uint64(4), view[1][0].Refused)
+}
