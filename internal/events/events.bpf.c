@@ -618,13 +618,20 @@ static __always_inline __u32 use_as(struct socket_state *st, __u32 group, const 
 // aside is what USE_COUNT's arg adds for a connection in state.
 static __always_inline __u32 aside(int state) { return state == TCP_ESTABLISHED ? 0 : USE_ASIDE; }
 
-// A read shorter than this, after an answer, is no request: an HTTP/2
-// client's control frames, in TLS records, which it sends after an answer
-// as often as not (a SETTINGS ACK is 31 bytes there, a PING 39, the two
-// WINDOW_UPDATEs after a body 48, all three 57; measured on Go's client
-// and server, which Consul's are). A real HTTP/1.1 client's request is
-// longer: its request line, Host and User-Agent alone are.
-#define SHORTEST_REQUEST 64
+// A read shorter than this after an answer is no request, and a send
+// shorter than this while a request waits no answer: HTTP/2's control
+// frames, in TLS records, which a client sends after an answer as often as
+// not, and the agent's acknowledgements of them while a request waits (a
+// SETTINGS ACK is 31 bytes there, a PING or its ACK 39, the two
+// WINDOW_UPDATEs after a body 48, all three 57; measured on Go's client and
+// server, which Consul's are), a TLS 1.3 client's Finished (58), an
+// HTTP/1.1 100 Continue. Such a read leaves the use untold until the next
+// longer one; such a send leaves it as it was. A real HTTP/1.1 request is
+// longer (its request line, Host and User-Agent alone are), and so is an
+// answer of the agent's (its status line, Date, Content-Type and
+// X-Consul-Index alone are); HTTP/2 compresses a repeated request's
+// headers, and one that short reads untold, never wrong.
+#define SHORTEST_MESSAGE 64
 
 // did keeps what the agent last did on a server end of a watched port: a
 // read or a send (op) that moved data (ret bytes; a read that only peeked
@@ -641,8 +648,12 @@ static __always_inline void did(const struct sock *sk, int ret, int flags, __u32
 	if (!st)
 		return; // not one the programs follow
 	__u32 last = st->use & USE_OP;
-	if (op == OP_READ && ret < SHORTEST_REQUEST && (last == OP_SENT || last == OP_UNTOLD))
-		op = OP_UNTOLD;
+	if (ret < SHORTEST_MESSAGE) {
+		if (op == OP_SENT && (last == OP_READ || last == OP_UNTOLD))
+			return; // an acknowledgement, no answer
+		if (op == OP_READ && (last == OP_SENT || last == OP_UNTOLD))
+			op = OP_UNTOLD; // a control frame, no request
+	}
 	if (last == op)
 		return; // no change
 	__u8 client[16];

@@ -38,8 +38,12 @@ func (a *agentSide) open(t *testing.T) (client, server net.Conn) {
 	return pair.Client, pair.Server
 }
 
-// request is a blocking query as a client sends it.
-const request = "GET /v1/kv/watched?index=7&wait=5m HTTP/1.1\r\nHost: 127.0.0.1:8500\r\n\r\n"
+// request is a blocking query as a client sends it, and reply the
+// agent's answer to it.
+const (
+	request = "GET /v1/kv/watched?index=7&wait=5m HTTP/1.1\r\nHost: 127.0.0.1:8500\r\n\r\n"
+	reply   = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: 8\r\nContent-Length: 2\r\n\r\n[]"
+)
 
 // exchange is the client sending a request and the agent reading it, and,
 // where answer, answering it, which the client reads.
@@ -49,9 +53,9 @@ func exchange(t *testing.T, client, server net.Conn, answer bool) {
 	if !answer {
 		return
 	}
-	_, err := io.WriteString(server, "HTTP/1.1 200 OK\r\n\r\n")
+	_, err := io.WriteString(server, reply)
 	require.NoError(t, err)
-	_, err = io.ReadFull(client, make([]byte, 19))
+	_, err = io.ReadFull(client, make([]byte, len(reply)))
 	require.NoError(t, err)
 }
 
@@ -121,7 +125,7 @@ func TestEachConnectionsUseIsTheAgentsLastReadOrSend(t *testing.T) {
 	uses, _ = usesRead(t, c)
 	assert.Equal(t, 6, uses[socket.UseWaiting], "read last")
 	assert.Equal(t, 3, uses[socket.UseIdle])
-	_, err := io.WriteString(servers[0], "HTTP/1.1 200 OK\r\n\r\n")
+	_, err := io.WriteString(servers[0], reply)
 	require.NoError(t, err)
 	uses, _ = usesRead(t, c)
 	assert.Equal(t, 5, uses[socket.UseWaiting], "sent last")
@@ -139,8 +143,16 @@ func TestEachConnectionsUseIsTheAgentsLastReadOrSend(t *testing.T) {
 	uses, _ = usesRead(t, c)
 	assert.Equal(t, 6, uses[socket.UseWaiting], "a request")
 	assert.Zero(t, uses[socket.UseUnknown])
-	_, err = io.WriteString(servers[2], "HTTP/1.1 200 OK\r\n\r\n")
+	// The agent's acknowledgement of the client's PING while the request
+	// waits (39 bytes) is no answer: still waiting.
+	_, err = servers[2].Write(make([]byte, 39))
 	require.NoError(t, err)
+	uses, _ = usesRead(t, c)
+	assert.Equal(t, 6, uses[socket.UseWaiting], "no answer yet")
+	_, err = io.WriteString(servers[2], reply)
+	require.NoError(t, err)
+	uses, _ = usesRead(t, c)
+	assert.Equal(t, 4, uses[socket.UseIdle], "answered")
 
 	// A close takes it off its use.
 	require.NoError(t, servers[1].Close())

@@ -44,7 +44,7 @@ func (c *Command) String() string { return c.runner.String() }
 // fallbacks to plainer forms only follow a form that printed nothing, so
 // there is never anything to reset.
 func (c *Command) Read(ctx context.Context, add func(socket.Socket), _ func()) error {
-	table := newTable(c.parser, add)
+	table := newTable(c.parser, add, kernelCountsBytesSent())
 	out, err := c.runner.Run(ctx, table.read)
 	if err != nil {
 		var exit *runner.ExitError
@@ -81,10 +81,13 @@ type table struct {
 	// whether ss -i gave its data's counts.
 	pending    socket.Socket
 	hasPending bool
+	// uses: the rows' tcp_info lines tell their uses (false where the
+	// kernel counts no bytes sent, which ss then never prints).
+	uses bool
 }
 
-func newTable(p parser.Parser, add func(socket.Socket)) *table {
-	return &table{parser: p, add: add}
+func newTable(p parser.Parser, add func(socket.Socket), uses bool) *table {
+	return &table{parser: p, add: add, uses: uses}
 }
 
 func (t *table) read(line string) {
@@ -97,7 +100,7 @@ func (t *table) read(line string) {
 		}
 	case kind == parser.TCPInfo:
 		t.otherLines++ // a continuation, not a row: a table of them alone has none
-		if t.hasPending {
+		if t.hasPending && t.uses {
 			t.pending.Traffic, t.pending.Use = s.Traffic, socket.UseOf(t.pending.State, s.Traffic)
 		}
 		t.flush()

@@ -39,7 +39,7 @@ func FuzzTable(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, output string, stderr bool) {
 		counts := tally.New(ports, states)
-		table := newTable(parser.Parser{}, counts.Add)
+		table := newTable(parser.Parser{}, counts.Add, true)
 		lines := strings.Split(output, "\n")
 		for _, line := range lines {
 			table.read(line)
@@ -73,7 +73,7 @@ func TestTableReadsWithoutAllocating(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(string(text), "\n"), "\n")
-	table := newTable(parser.Parser{}, tally.New(ports, states).Add)
+	table := newTable(parser.Parser{}, tally.New(ports, states).Add, true)
 	for _, line := range lines { // the clients' map entries are made once
 		table.read(line)
 	}

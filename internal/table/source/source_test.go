@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/parser"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/sockdiag"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
@@ -174,6 +175,14 @@ func TestACommandsStderrIsLoggedWhenItChanges(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(log.String(), "command wrote to stderr"), log.String())
 }
 
+// Only a kernel that counts each connection's bytes sent (4.19 and later)
+// has ss print them: elsewhere no use is told.
+func TestOnlyAKernelThatCountsTheBytesSentTellsUses(t *testing.T) {
+	for release, counts := range map[string]bool{"6.18.44-fc-v1294": true, "4.19.0-27-amd64": true, "5.4.0": true, "4.18.0-553.el8_10.x86_64": false, "3.10.0-1160.el7.x86_64": false, "": false} {
+		assert.Equal(t, counts, releaseCountsBytesSent(release), release)
+	}
+}
+
 // ss -V's versions, as iproute2 printed them: an ss before 4.20 prints
 // no bytes sent, and cannot tell a connection's use.
 func TestOnlyAnSSThatPrintsTheBytesSentTellsUses(t *testing.T) {
@@ -225,4 +234,19 @@ func TestEachCapturesUsesAreWhatItsScenarioLeft(t *testing.T) {
 			assert.Equal(t, want.ByUse, got)
 		})
 	}
+}
+
+// On a kernel that counts no bytes sent, ss -i's lines tell no use: every
+// connection is unknown, and counted all the same.
+func TestTCPInfoLinesTellNoUseWhereTheKernelCountsNoBytesSent(t *testing.T) {
+	text, err := os.ReadFile(captures.Path("ss-iproute2-6.1.0_Htanei-established-close-wait-sport_mixed.txt"))
+	require.NoError(t, err)
+	counts := tally.New(ports, states)
+	table := newTable(parser.Parser{}, counts.Add, false)
+	lines := strings.Split(strings.TrimSuffix(string(text), "\n"), "\n")
+	for _, line := range lines {
+		table.read(line)
+	}
+	require.NoError(t, table.check(runner.Output{Lines: len(lines)}))
+	assert.Equal(t, 22, counts.ByUse(socket.UseUnknown), "every one counted, none told")
 }

@@ -28,7 +28,7 @@ func (t *Text) String() string { return t.name }
 
 // Read adds the sockets of the text.
 func (t *Text) Read(_ context.Context, add func(socket.Socket), _ func()) error {
-	table := newTable(t.parser, add)
+	table := newTable(t.parser, add, true) // the captures' kernel counts bytes sent
 	lines := strings.Split(strings.TrimSuffix(t.text, "\n"), "\n")
 	if t.text == "" {
 		lines = nil

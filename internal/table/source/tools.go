@@ -10,11 +10,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/runner"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/sockdiag"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+	"golang.org/x/sys/unix"
 )
 
 // errNotInstalled is a tool that is not in PATH.
@@ -121,6 +123,9 @@ func ssCommand(want Want, timeout time.Duration, logger *slog.Logger) (*Command,
 // there, a connection that sent nothing cannot be told from one whose ss
 // does not say.
 func ssTellsUses() string {
+	if !kernelCountsBytesSent() {
+		return "the kernel counts no connection's bytes sent (Linux 4.19 and later do), which ss then never prints"
+	}
 	out, err := exec.Command("ss", "-V").Output()
 	if err != nil {
 		return fmt.Sprintf("ss -V: %v", err)
@@ -129,6 +134,28 @@ func ssTellsUses() string {
 		return fmt.Sprintf("ss before iproute2 4.20 prints no bytes sent (%s)", strings.TrimSpace(string(out)))
 	}
 	return ""
+}
+
+// kernelCountsBytesSent says whether this kernel's tcp_info has each
+// connection's bytes sent (Linux 4.19 and later): ss prints them only
+// where it does, and leaves a 0 out, so that elsewhere an answered
+// connection would read as one not answered yet.
+var kernelCountsBytesSent = sync.OnceValue(func() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	return releaseCountsBytesSent(unix.ByteSliceToString(u.Release[:]))
+})
+
+// releaseCountsBytesSent says whether a kernel of release (6.18.44-...)
+// counts each connection's bytes sent.
+func releaseCountsBytesSent(release string) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 4 || major == 4 && minor >= 19
 }
 
 // ssVersion is ss -V's: iproute2-6.1.0, or an older one's date,
