@@ -142,7 +142,11 @@ func load(cfg *config, agent *listeners.Agent) (loaded, error) {
 	}
 	var err error
 	if cfg.events != nil {
-		if k.counts, err = events.Load(types, ports, cfg.counting.States, cfg.events.Keys, users); err != nil {
+		var whatIf [][]int
+		for _, g := range cfg.counting.Groups {
+			whatIf = append(whatIf, g.WhatIf)
+		}
+		if k.counts, err = events.Load(types, ports, cfg.counting.States, cfg.events.Keys, users, whatIf); err != nil {
 			return k, err
 		}
 		if err := k.counts.Uses(); err != nil {

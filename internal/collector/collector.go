@@ -219,7 +219,14 @@ func (c *Collector) collect(ctx context.Context) Result {
 		}
 		res.parts(Part{Name: "peaks", Err: err, Took: time.Since(began)})
 	}
-	if c.whatIf != nil {
+	switch {
+	case r.events != nil && c.whatIf != nil:
+		// Judged at each open in the kernel: exact, where the samples'
+		// judge is a bound.
+		for _, g := range r.events.Groups {
+			res.WhatIf = append(res.WhatIf, g.WhatIf)
+		}
+	case c.whatIf != nil && c.parts.Events == nil:
 		res.WhatIf = c.whatIf.View(c.config.TopClients)
 	}
 	if c.config.Processes {
@@ -369,15 +376,8 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 // (with the events, each client's peak since the last read, else its
 // count), and to the candidate limits' predictions.
 func (c *Collector) sampled(start time.Time, r reading) {
-	if c.whatIf != nil && r.err == nil {
-		counts := r.counts.groups
-		if r.events != nil {
-			counts = nil
-			for _, g := range r.events.Groups {
-				counts = append(counts, g.Peaks)
-			}
-		}
-		c.whatIf.Add(counts)
+	if c.whatIf != nil && r.err == nil && c.parts.Events == nil { // the events judge each open themselves
+		c.whatIf.Add(r.counts.groups)
 	}
 	switch {
 	case c.peaks == nil:

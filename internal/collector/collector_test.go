@@ -762,7 +762,7 @@ func TestWhatIfLimitsPredictWhoWouldBeRefused(t *testing.T) {
 	res := collect(t, config, mixed)
 	require.NoError(t, res.Err)
 	want := `
-# HELP consul_http_whatif_refused_total HTTP connections a http_max_conns_per_client of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged from the samples (never more than were).
+# HELP consul_http_whatif_refused_total HTTP connections a http_max_conns_per_client of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged at each open with --source events, else from the samples (never more than were).
 # TYPE consul_http_whatif_refused_total counter
 consul_http_whatif_refused_total{limit="100"} 0
 consul_http_whatif_refused_total{limit="5"} 5

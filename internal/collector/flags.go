@@ -10,6 +10,7 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 )
@@ -110,6 +111,10 @@ func (f *Flags) Config() (Config, error) {
 	return config, nil
 }
 
+// maxWhatIf is how many limits not set yet a group can be judged against:
+// the kernel's events judge as many at each open.
+const maxWhatIf = events.WhatIfLimits
+
 // addWhatIf adds a candidate limit, GROUP=N, to its group.
 func (c *Config) addWhatIf(word string) error {
 	name, number, _ := strings.Cut(word, "=")
@@ -120,6 +125,9 @@ func (c *Config) addWhatIf(word string) error {
 	for i, g := range c.Groups {
 		if g.Limiter.Name == name {
 			if !slices.Contains(c.Groups[i].WhatIf, n) {
+				if len(c.Groups[i].WhatIf) == maxWhatIf {
+					return fmt.Errorf("--whatif.limit %s: at most %d limits a group", word, maxWhatIf)
+				}
 				c.Groups[i].WhatIf = append(c.Groups[i].WhatIf, n)
 			}
 			return nil

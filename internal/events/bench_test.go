@@ -46,7 +46,7 @@ func stormLoaded(watched bool) func(port uint16) (storm.Loaded, error) {
 		if !watched {
 			port++ // nothing listens there
 		}
-		c, err := Load(btf.NewCache(), [][]uint16{{port}}, held, 1<<20, rootListens([]uint16{port}))
+		c, err := Load(btf.NewCache(), [][]uint16{{port}}, held, 1<<20, rootListens([]uint16{port}), nil)
 		if err != nil {
 			return storm.Loaded{}, err
 		}

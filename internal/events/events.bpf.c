@@ -146,7 +146,23 @@ struct group_totals {
 	__u64 lost;			       // connections not counted, once each: the connections map full
 	__u64 unfollowed;		       // connections whose client was not followed: the clients map full
 	__u64 misplaced;		       // moves between watched states not made: the map full
+	__u64 whatif[WHATIF_LIMITS];	       // opens each limit not set yet would have refused
 };
+
+// Each group's limits not set yet (--whatif.limit), 0 for none: an open
+// while its client held one of them or more would have been refused. The
+// exporter writes them at load, and sets max_entries to the number of
+// groups.
+struct whatif_limits {
+	__u32 limits[WHATIF_LIMITS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct whatif_limits);
+} whatif SEC(".maps");
 
 // The exporter sets max_entries to the number of groups.
 struct {
@@ -482,6 +498,25 @@ static __always_inline bool over_limit(const struct client_state *c, __u32 group
 	return held >= (__s64)*limit;
 }
 
+// judge_whatif counts an open that each limit not set yet of its group
+// would have refused: its client, c, held that many or more besides it
+// (held, its count before, in the watched states, as the samples count
+// them, so that the two judge alike). Unfollowed, it is not judged: the
+// prediction never counts more.
+static __always_inline void judge_whatif(struct group_totals *t, struct client_state *c, __u32 group, __s64 held)
+{
+	struct whatif_limits *w = bpf_map_lookup_elem(&whatif, &group);
+	if (!w || !c || held < 0)
+		return;
+	for (int k = 0; k < WHATIF_LIMITS; k++) {
+		__u32 limit = w->limits[k];
+		if (limit && held >= (__s64)limit) {
+			t->whatif[k]++;
+			__sync_fetch_and_add(&c->whatif[k], 1);
+		}
+	}
+}
+
 // server_end is sk as a TCP server end of a watched port in the exporter's
 // namespace, with its group; NULL for any other socket.
 static __always_inline struct tcp_sock *server_end(const struct sock_common *skc, __u32 *group)
@@ -759,6 +794,7 @@ int BPF_PROG(changed, const struct sock *sk, int oldstate, int newstate)
 		st->use_ns = now;
 		use_as(st, group, key.client, USE_COUNT, (follow_data && !tp->is_mptcp ? OP_NONE : OP_UNKNOWN) | aside(newstate));
 		st->over_limit = over_limit(c, group, before) ? OVER_LIMIT : 0;
+		judge_whatif(t, c, group, before);
 		if (c)
 			st->freed_at_open = c->freed;
 		return 0;

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -40,6 +41,7 @@ type Counter struct {
 	iterator  *link.Iter // the census
 	groups    int
 	portGroup map[uint16]int // each watched port's group
+	whatIf    [][]int        // each group's limits not set yet, as the programs have them
 	// usesWhy says why no connection's use is known ("" where the reads
 	// and sends are followed).
 	usesWhy string
@@ -68,14 +70,22 @@ type Counter struct {
 // counts with a census of what is open already. It needs CAP_BPF and
 // CAP_PERFMON (or root), and a kernel with BTF; types are the kernel's
 // types, read once for every program the exporter loads.
-func Load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32) (*Counter, error) {
-	return load(types, groups, states, keys, users, nil, followsData(types))
+//
+// whatIf[i] are group i's limits not set yet (at most WhatIfLimits): each
+// open while its client held one of them or more is counted as one it
+// would have refused.
+func Load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, whatIf [][]int) (*Counter, error) {
+	return load(types, groups, states, keys, users, whatIf, nil, followsData(types))
 }
+
+// WhatIfLimits is how many limits not set yet a group can be judged
+// against (WHATIF_LIMITS, counts.h).
+const WhatIfLimits = 4
 
 // load is Load on a host whose security policy refuses what refusing does
 // (the tests' stand-in for one; nil: the kernel's own policy alone), and
 // whose kernel follows no read and send, for usesWhy ("": it does).
-func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, refusing func(*ebpf.CollectionSpec) error, usesWhy string) (*Counter, error) {
+func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, whatIf [][]int, refusing func(*ebpf.CollectionSpec) error, usesWhy string) (*Counter, error) {
 	netns, err := kernel.Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -106,6 +116,7 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 	spec.Maps[programMapClientsHeld].MaxEntries = uint32(keys)
 	spec.Maps[programMapAgentUsers].MaxEntries = uint32(max(1, portCount(groups)))
 	spec.Maps[programMapLongest].MaxEntries = uint32(len(groups) * useOps)
+	spec.Maps[programMapWhatif].MaxEntries = uint32(len(groups))
 	c := &Counter{groups: len(groups), epoch: 1, portGroup: map[uint16]int{}}
 	for g, ports := range groups {
 		for _, p := range ports {
@@ -129,6 +140,10 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 		return nil, explain(err)
 	}
 	if _, err := kernel.WriteUsers(c.objs.AgentUsers, users); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if err := c.judgeWhatIf(whatIf); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -197,6 +212,25 @@ func (c *Counter) loadPrograms(spec *ebpf.CollectionSpec, types *btf.Cache) erro
 	}
 	c.objs.programMaps, c.objs.programVariables = counting.programMaps, counting.programVariables
 	c.objs.Changed, c.objs.Census = counting.Changed, counting.Census
+	return nil
+}
+
+// judgeWhatIf gives the programs each group's limits not set yet.
+func (c *Counter) judgeWhatIf(whatIf [][]int) error {
+	c.whatIf = make([][]int, c.groups)
+	for g := range min(len(whatIf), c.groups) {
+		if len(whatIf[g]) > WhatIfLimits {
+			return fmt.Errorf("at most %d limits not set yet a group, not %d", WhatIfLimits, len(whatIf[g]))
+		}
+		var w programWhatifLimits
+		for k, limit := range whatIf[g] {
+			w.Limits[k] = uint32(max(limit, 0))
+		}
+		if err := c.objs.Whatif.Put(uint32(g), w); err != nil {
+			return fmt.Errorf("setting the limits not set yet: %w", err)
+		}
+		c.whatIf[g] = slices.Clone(whatIf[g])
+	}
 	return nil
 }
 
@@ -661,6 +695,9 @@ func (c *Counter) totals() ([]programGroupTotals, error) {
 			s.Lost += t.Lost
 			s.Unfollowed += t.Unfollowed
 			s.Misplaced += t.Misplaced
+			for i := range s.Whatif {
+				s.Whatif[i] += t.Whatif[i]
+			}
 		}
 	}
 	return sums, nil

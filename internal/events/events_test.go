@@ -27,6 +27,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/policy"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/whatif"
 )
 
 var held = []socket.State{socket.StateEstablished, socket.StateCloseWait}
@@ -44,7 +45,7 @@ func loadedWith(t *testing.T, keys int, groups ...[]uint16) *Counter {
 	programs.NeedBTF(t)
 	// On a host whose policy refuses map-element iterators, as some do:
 	// every test of the counts runs there.
-	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), policy.MapElementIterators.Load, "")
+	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), nil, policy.MapElementIterators.Load, "")
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
@@ -659,7 +660,7 @@ func TestAProgramThePolicyRefusesIsSaidAsThePolicysRefusal(t *testing.T) {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, policy.Refusing{policy.TCPIterator}.Load, "")
+	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, nil, policy.Refusing{policy.TCPIterator}.Load, "")
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.ErrorIs(t, err, kernel.ErrPolicy)
 	assert.Contains(t, err.Error(), "program census")
@@ -741,4 +742,31 @@ func TestACensusReadsOnThroughTheKernelsPauses(t *testing.T) {
 	require.NoError(t, drain(p))
 	assert.Equal(t, 4, p.reads)
 	assert.ErrorIs(t, drain(iotest.ErrReader(unix.EBADF)), unix.EBADF)
+}
+
+// The limits not set yet are judged at each open, in the kernel: a client
+// opening its third and fourth while it holds 2 and 3 would have been
+// refused both at 2; one that closes and opens again under 2 is not; a
+// limit nobody reaches refuses none.
+func TestEachOpenIsJudgedAgainstTheLimitsNotSetYet(t *testing.T) {
+	programs.NotShort(t, "loads a kernel program")
+	programs.NeedRoot(t, "load a kernel program")
+	programs.NeedBTF(t)
+	l := loopback.Listen(t, "127.0.0.1")
+	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, 1<<16, rootListens([]uint16{l.Port()}), [][]int{{2, 100}}, nil, "")
+	programs.Loaded(t, err)
+	t.Cleanup(c.Close)
+
+	loopback.Open(t, l, "127.0.0.31", 4)
+	coming := loopback.Open(t, l, "127.0.0.32", 2)
+	closeAs(t, "agent", coming[0])
+	loopback.Open(t, l, "127.0.0.32", 1)
+	got := snapshotOf(t, c).Groups[0].WhatIf
+	assert.Equal(t, []whatif.Limit{
+		{Limit: 2, Refused: 2, Clients: []whatif.Client{{Client: netip.MustParseAddr("127.0.0.31"), Refused: 2}}},
+		{Limit: 100},
+	}, got)
+
+	_, err = load(btf.NewCache(), [][]uint16{{l.Port()}}, held, 1<<16, nil, [][]int{{1, 2, 3, 4, 5}}, nil, "")
+	assert.ErrorContains(t, err, "at most 4 limits not set yet a group")
 }

@@ -31,6 +31,7 @@ type programClientState struct {
 	Closing int32
 	Freed   uint32
 	Uses    [4]int32
+	Whatif  [4]uint64
 }
 
 type programConnectionKey struct {
@@ -67,6 +68,7 @@ type programGroupTotals struct {
 	Lost       uint64
 	Unfollowed uint64
 	Misplaced  uint64
+	Whatif     [4]uint64
 }
 
 type programOwnRead struct {
@@ -96,6 +98,11 @@ type programSocketState struct {
 	UseNs       uint64
 }
 
+type programWhatifLimits struct {
+	_      structs.HostLayout
+	Limits [4]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -109,6 +116,7 @@ const (
 	programMapOwnReads         = "own_reads"
 	programMapSockets          = "sockets"
 	programMapTotals           = "totals"
+	programMapWhatif           = "whatif"
 	programProgCensus          = "census"
 	programProgChanged         = "changed"
 	programProgReceived        = "received"
@@ -188,6 +196,7 @@ type programMapSpecs struct {
 	OwnReads    *ebpf.MapSpec `ebpf:"own_reads"`
 	Sockets     *ebpf.MapSpec `ebpf:"sockets"`
 	Totals      *ebpf.MapSpec `ebpf:"totals"`
+	Whatif      *ebpf.MapSpec `ebpf:"whatif"`
 }
 
 // programVariableSpecs contains global variables before they are loaded into the kernel.
@@ -237,6 +246,7 @@ type programMaps struct {
 	OwnReads    *ebpf.Map `ebpf:"own_reads"`
 	Sockets     *ebpf.Map `ebpf:"sockets"`
 	Totals      *ebpf.Map `ebpf:"totals"`
+	Whatif      *ebpf.Map `ebpf:"whatif"`
 }
 
 func (m *programMaps) Close() error {
@@ -250,6 +260,7 @@ func (m *programMaps) Close() error {
 		m.OwnReads,
 		m.Sockets,
 		m.Totals,
+		m.Whatif,
 	)
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/kernel"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/whatif"
 )
 
 // Closes are how a connection can end, in the order of Group.Closed.
@@ -60,6 +61,9 @@ type Group struct {
 	// AtLimit is the time some client held at least the group's limit, as
 	// the limits given to Snapshot had it.
 	AtLimit time.Duration
+	// WhatIf are the opens each of the group's limits not set yet would
+	// have refused, judged at each open, with the top clients each.
+	WhatIf []whatif.Limit
 }
 
 // Snapshot reads the events since start, and each client's peak since the
@@ -119,6 +123,11 @@ func (c *Counter) Snapshot(top int, limits []int) (Snapshot, error) {
 			return Snapshot{}, fmt.Errorf("reading the kernel's time at the limit: %w", err)
 		}
 		group.AtLimit = time.Duration(s.AtLimitNs)
+		if g < len(c.whatIf) {
+			for k, limit := range c.whatIf[g] {
+				group.WhatIf = append(group.WhatIf, whatif.Limit{Limit: limit, Refused: t.Whatif[k]})
+			}
+		}
 		if s.ClientsAtLimit > 0 && now > s.SinceNs {
 			group.AtLimit += time.Duration(now - s.SinceNs)
 		}
@@ -186,6 +195,10 @@ func (c *Counter) clients(groups []Group, top int) error {
 	if err := c.objs.Epoch.Set(c.epoch); err != nil {
 		return fmt.Errorf("starting an epoch of the peaks: %w", err)
 	}
+	refused := make([][][]tally.ClientCount, len(groups)) // per group and limit not set yet, the top
+	for g := range groups {
+		refused[g] = make([][]tally.ClientCount, len(groups[g].WhatIf))
+	}
 	peaks := make([]map[netip.Addr]int, len(groups))
 	for g := range peaks {
 		peaks[g] = map[netip.Addr]int{}
@@ -206,6 +219,11 @@ func (c *Counter) clients(groups []Group, top int) error {
 		client := netip.AddrFrom16(key.Client).Unmap()
 		group := &groups[key.Group]
 		group.TopOpened = tally.Keep(group.TopOpened, tally.ClientCount{Client: client, Count: int(state.Opened)}, top)
+		for k := range refused[key.Group] {
+			if n := state.Whatif[k]; n > 0 {
+				refused[key.Group][k] = tally.Keep(refused[key.Group][k], tally.ClientCount{Client: client, Count: int(n)}, top)
+			}
+		}
 		peak, err := c.peak(key, state, ended)
 		if err != nil {
 			return err
@@ -219,6 +237,11 @@ func (c *Counter) clients(groups []Group, top int) error {
 	}
 	for g := range groups {
 		groups[g].Peaks = tally.OfClients(peaks[g])
+		for k, clients := range refused[g] {
+			for _, cc := range clients {
+				groups[g].WhatIf[k].Clients = append(groups[g].WhatIf[k].Clients, whatif.Client{Client: cc.Client, Refused: uint64(cc.Count)})
+			}
+		}
 	}
 	return nil
 }

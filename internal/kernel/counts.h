@@ -186,6 +186,10 @@ enum {
 	CLOSE_KINDS,
 };
 
+// The limits not set yet each group's opens are judged against
+// (--whatif.limit), at most this many a group.
+#define WHATIF_LIMITS 4
+
 // What each client did since the program was attached, and holds.
 //
 // held is its count in its group per generation as the connections' (the
@@ -218,6 +222,8 @@ struct client_state {
 			// to be accepted)
 	__s32 uses[OPS]; // of held, ESTABLISHED, by what each last did (OP_*;
 			 // OP_UNKNOWN's is not kept): none once it holds nothing
+	__u64 whatif[WHATIF_LIMITS]; // its opens each limit not set yet would
+				     // have refused (events/events.bpf.c)
 };
 
 #include "held.h"

@@ -111,7 +111,7 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 			what+" connections the kernel's connections map (--events.keys) was too full to count, each once: until an audit finds room, the counts lack them (0 when the counts are exact).",
 			nil, nil),
 		whatIfRefused: prometheus.NewDesc("consul_"+group+"_whatif_refused_total",
-			what+" connections a "+limitName+" of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged from the samples (never more than were).",
+			what+" connections a "+limitName+" of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged at each open with --source events, else from the samples (never more than were).",
 			[]string{"limit"}, nil),
 		whatIfRefusedPerClient: prometheus.NewDesc("consul_"+group+"_whatif_refused_per_client_total",
 			what+" connections a "+limitName+" of limit would have refused one client IP since the exporter started, for the clients it would refuse most.",

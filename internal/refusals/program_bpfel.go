@@ -31,6 +31,7 @@ type programClientState struct {
 	Closing int32
 	Freed   uint32
 	Uses    [4]int32
+	Whatif  [4]uint64
 }
 
 type programSocketState struct {
