@@ -85,7 +85,7 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	dir := t.TempDir()
 	exporterAddr, eventsAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	startServer(t, plainBinary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",
-		"--port", port(httpL), "--rpc.port", port(rpcL), "--clients.processes", "--refusals")
+		"--port", port(httpL), "--rpc.port", port(rpcL), "--clients.processes", "--refusals", "--whatif.limit", "http=5")
 	// The churn's panels: a second exporter, on the kernel's events
 	// (--clients.processes needs rows), and connections that come and go.
 	startServer(t, plainBinary, "--web.listen-address="+eventsAddr, "--source", "events", "--port", port(httpL), "--rpc.port", port(rpcL))
