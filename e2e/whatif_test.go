@@ -15,7 +15,8 @@ import (
 // and 40 connections are predicted 5, 0 and 20 refusals, from the samples
 // of a running exporter and by the kernel's events at each open (both
 // started before them); an agent at 20, the same pattern run again,
-// refuses exactly those (counted by the clients' own 429s and closes).
+// refuses exactly those, counted by the clients' own 429s and closes and
+// by the exporter's --refusals.
 func TestWhatIfALimitPredictsTheAgentsRefusals(t *testing.T) {
 	needEvents(t)
 	pattern := map[string]int{"127.0.0.111": 25, "127.0.0.112": 15, "127.0.0.113": 40}
@@ -63,5 +64,19 @@ func TestWhatIfALimitPredictsTheAgentsRefusals(t *testing.T) {
 	}
 
 	// The agent at 20, the same pattern: refused exactly as predicted.
-	assert.Equal(t, want, openAndHold(startConsul(t, "http_max_conns_per_client = 20", false)))
+	at20 := startConsul(t, "http_max_conns_per_client = 20", false)
+	refusalsURL, _ := startRefusals(t, "--port", at20.httpPort(), "--limit", "20")
+	require.Eventually(t, func() bool {
+		return scrape(t, refusalsURL)[`consul_conn_exporter_collector_success{collector="refusals"}`] == 1
+	}, 20*time.Second, 50*time.Millisecond)
+	assert.Equal(t, want, openAndHold(at20), "the clients' own count")
+	var refusals map[string]float64
+	require.Eventually(t, func() bool {
+		refusals = scrape(t, refusalsURL)
+		return refusals["consul_refused_http_connections_total"] >= 25
+	}, 20*time.Second, 50*time.Millisecond, "the refusals counted in the kernel")
+	assert.Equal(t, 25.0, value(t, refusals, "consul_refused_http_connections_total"))
+	for from, n := range want {
+		assert.Equal(t, float64(n), refusals[fmt.Sprintf(`consul_refused_http_connections_per_client_total{client="%s"}`, from)], "--refusals: %s", from)
+	}
 }
