@@ -199,7 +199,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 			for _, l := range res.WhatIf[i] {
 				w := WhatIf{Limit: l.Limit, Refused: int(l.Refused), Clients: []WhatIfClient{}}
 				for _, c := range l.Clients {
-					w.Clients = append(w.Clients, WhatIfClient{c.Client.String(), int(c.Refused)})
+					w.Clients = append(w.Clients, WhatIfClient{c.Client.String(), c.Count})
 				}
 				group.WhatIf = append(group.WhatIf, w)
 			}

@@ -225,7 +225,7 @@ func TestTheVerdictNamesTheBusiestClientsBiggestUse(t *testing.T) {
 func TestAWhatIfLimitThatWouldRefuseIsAWarning(t *testing.T) {
 	res := result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 25, "10.0.0.6": 15, "10.0.0.7": 40}))
 	res.WhatIf = [][]whatif.Limit{{
-		{Limit: 20, Refused: 25, Clients: []whatif.Client{{Client: netip.MustParseAddr("10.0.0.7"), Refused: 20}, {Client: netip.MustParseAddr("10.0.0.5"), Refused: 5}}},
+		{Limit: 20, Refused: 25, Clients: []tally.ClientCount{{Client: netip.MustParseAddr("10.0.0.7"), Count: 20}, {Client: netip.MustParseAddr("10.0.0.5"), Count: 5}}},
 		{Limit: 50},
 	}}
 	r := thresholds.Evaluate(res)

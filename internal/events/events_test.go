@@ -23,6 +23,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/refusals"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/sockdiag"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/loopback"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/policy"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/portopener"
@@ -763,7 +764,7 @@ func TestEachOpenIsJudgedAgainstTheLimitsNotSetYet(t *testing.T) {
 	loopback.Open(t, l, "127.0.0.32", 1)
 	got := snapshotOf(t, c).Groups[0].WhatIf
 	assert.Equal(t, []whatif.Limit{
-		{Limit: 2, Refused: 2, Clients: []whatif.Client{{Client: netip.MustParseAddr("127.0.0.31"), Refused: 2}}},
+		{Limit: 2, Refused: 2, Clients: []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.31"), Count: 2}}},
 		{Limit: 100},
 	}, got)
 

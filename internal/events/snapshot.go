@@ -238,9 +238,7 @@ func (c *Counter) clients(groups []Group, top int) error {
 	for g := range groups {
 		groups[g].Peaks = tally.OfClients(peaks[g])
 		for k, clients := range refused[g] {
-			for _, cc := range clients {
-				groups[g].WhatIf[k].Clients = append(groups[g].WhatIf[k].Clients, whatif.Client{Client: cc.Client, Refused: uint64(cc.Count)})
-			}
+			groups[g].WhatIf[k].Clients = clients
 		}
 	}
 	return nil

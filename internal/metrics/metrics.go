@@ -336,7 +336,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 				limit := strconv.Itoa(l.Limit)
 				counter(d.whatIfRefused, float64(l.Refused), limit)
 				for _, c := range l.Clients {
-					counter(d.whatIfRefusedPerClient, float64(c.Refused), limit, c.Client.String())
+					counter(d.whatIfRefusedPerClient, float64(c.Count), limit, c.Client.String())
 				}
 			}
 		}

@@ -90,15 +90,9 @@ func (g *group) add(t *tally.Tally) {
 type Limit struct {
 	Limit   int
 	Refused uint64
-	// Clients are the clients it would have refused, most first (ties by
-	// address), at most the top asked for.
-	Clients []Client
-}
-
-// Client is one client's predicted refusals.
-type Client struct {
-	Client  netip.Addr
-	Refused uint64
+	// Clients are the clients it would have refused and how often, most
+	// first (ties by address), at most the top asked for.
+	Clients []tally.ClientCount
 }
 
 // View is each group's candidate limits' predictions, with each one's top
@@ -112,18 +106,8 @@ func (j *Judge) View(top int) [][]Limit {
 			p := g.counts[k]
 			l := Limit{Limit: limit, Refused: p.total}
 			for client, n := range p.perClient {
-				l.Clients = append(l.Clients, Client{client, n})
+				l.Clients = tally.Keep(l.Clients, tally.ClientCount{Client: client, Count: int(n)}, top)
 			}
-			slices.SortFunc(l.Clients, func(a, b Client) int {
-				if a.Refused != b.Refused {
-					if a.Refused > b.Refused {
-						return -1
-					}
-					return 1
-				}
-				return a.Client.Compare(b.Client)
-			})
-			l.Clients = l.Clients[:min(top, len(l.Clients))]
 			view[i] = append(view[i], l)
 		}
 	}

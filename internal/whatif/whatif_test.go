@@ -6,18 +6,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 )
 
-// counts is a sample: each client holding n connections on port 8500.
+// counts is a sample: each client holding n connections.
 func counts(held map[string]int) *tally.Tally {
-	t := tally.New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	clients := map[netip.Addr]int{}
 	for client, n := range held {
-		t.Add(socket.Socket{State: socket.StateEstablished, Local: netip.MustParseAddrPort("127.0.0.1:8500"),
-			Peer: netip.AddrPortFrom(netip.MustParseAddr(client), 1), Sockets: n})
+		clients[netip.MustParseAddr(client)] = n
 	}
-	return t
+	return tally.OfClients(clients)
 }
 
 // The pattern: three clients open and hold 25, 15 and 40; at a
@@ -30,7 +28,7 @@ func TestClientsThatOpenAndHoldAreRefusedWhatTheyHoldPastTheLimit(t *testing.T) 
 	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 25, "127.0.0.6": 15, "127.0.0.7": 40})})
 	view := j.View(10)
 	assert.Equal(t, [][]Limit{{
-		{Limit: 20, Refused: 25, Clients: []Client{{netip.MustParseAddr("127.0.0.7"), 20}, {netip.MustParseAddr("127.0.0.5"), 5}}},
+		{Limit: 20, Refused: 25, Clients: []tally.ClientCount{{Client: netip.MustParseAddr("127.0.0.7"), Count: 20}, {Client: netip.MustParseAddr("127.0.0.5"), Count: 5}}},
 		{Limit: 100},
 	}}, view, "held, not opened again: judged once")
 }
