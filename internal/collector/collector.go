@@ -148,7 +148,7 @@ type Collector struct {
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
 	// whatIf predicts the candidate limits' refusals from every read; nil
-	// without any.
+	// without any, and with the events, which judge each open themselves.
 	whatIf *whatif.Judge
 	// What is wrong, logged once per change.
 	refusalsState, namingState, eventsState                       say.Tracker
@@ -168,7 +168,7 @@ func New(config Config, parts Parts, logger *slog.Logger) *Collector {
 	for i, g := range config.Groups {
 		candidates[i] = g.WhatIf
 	}
-	if slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
+	if parts.Events == nil && slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
 		c.whatIf = whatif.New(candidates)
 	}
 	return c
@@ -220,13 +220,13 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.parts(Part{Name: "peaks", Err: err, Took: time.Since(began)})
 	}
 	switch {
-	case r.events != nil && c.whatIf != nil:
+	case r.events != nil:
 		// Judged at each open in the kernel: exact, where the samples'
 		// judge is a bound.
 		for _, g := range r.events.Groups {
 			res.WhatIf = append(res.WhatIf, g.WhatIf)
 		}
-	case c.whatIf != nil && c.parts.Events == nil:
+	case c.whatIf != nil:
 		res.WhatIf = c.whatIf.View(c.config.TopClients)
 	}
 	if c.config.Processes {
@@ -376,7 +376,7 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 // (with the events, each client's peak since the last read, else its
 // count), and to the candidate limits' predictions.
 func (c *Collector) sampled(start time.Time, r reading) {
-	if c.whatIf != nil && r.err == nil && c.parts.Events == nil { // the events judge each open themselves
+	if c.whatIf != nil && r.err == nil {
 		c.whatIf.Add(r.counts.groups)
 	}
 	switch {

@@ -39,7 +39,7 @@ type Result struct {
 	// Groups; nil without sampling.
 	Peaks *peaks.View
 	// WhatIf are, per group as in Groups, what each candidate limit
-	// (--whatif.limit) would have refused since start; nil without any.
+	// (--whatif.limit) would have refused since start; none without any.
 	WhatIf [][]whatif.Limit
 	// Events are what the kernel's events keep besides the counts (churn,
 	// lifetimes, the time at the limit), per group as in Groups; nil but
