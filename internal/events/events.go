@@ -42,9 +42,9 @@ type Counter struct {
 	groups    int
 	portGroup map[uint16]int // each watched port's group
 	whatIf    [][]int        // each group's limits not set yet, as the programs have them
-	// usesWhy says why no connection's use is known ("" where the reads
+	// usesErr says why no connection's use is known (nil where the reads
 	// and sends are followed).
-	usesWhy string
+	usesErr error
 
 	// mu makes a census and a read of the counts one at a time: during a
 	// census the counts are in two generations.
@@ -84,8 +84,8 @@ const WhatIfLimits = 4
 
 // load is Load on a host whose security policy refuses what refusing does
 // (the tests' stand-in for one; nil: the kernel's own policy alone), and
-// whose kernel follows no read and send, for usesWhy ("": it does).
-func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, whatIf [][]int, refusing func(*ebpf.CollectionSpec) error, usesWhy string) (*Counter, error) {
+// whose kernel follows no read and send, for usesErr (nil: it does).
+func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, users map[uint16]uint32, whatIf [][]int, refusing func(*ebpf.CollectionSpec) error, usesErr error) (*Counter, error) {
 	netns, err := kernel.Namespace()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -123,8 +123,8 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 			c.portGroup[p] = g
 		}
 	}
-	c.usesWhy = usesWhy
-	if c.usesWhy == "" {
+	c.usesErr = usesErr
+	if c.usesErr == nil {
 		for name, value := range map[string]any{programVarTickNs: tick(), programVarFollowData: uint8(1)} {
 			if err := spec.Variables[name].Set(value); err != nil {
 				return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -171,16 +171,16 @@ func load(types *btf.Cache, groups [][]uint16, states []socket.State, keys int, 
 const useOps = 4
 
 // followsData says why the kernel's reads and sends cannot be followed on
-// this kernel; "" where they can.
-func followsData(types *btf.Cache) string {
+// this kernel; nil where they can.
+func followsData(types *btf.Cache) error {
 	spec, err := types.Kernel()
 	if err == nil {
 		_, err = spec.AnyTypeByName("btf_trace_sock_recv_length")
 	}
 	if err != nil {
-		return "the kernel traces no socket's reads and sends (sock:sock_recv_length, Linux 6.3 and later): every connection's use is unknown with --source events"
+		return errors.New("the kernel traces no socket's reads and sends (sock:sock_recv_length, Linux 6.3 and later): every connection's use is unknown with --source events")
 	}
-	return ""
+	return nil
 }
 
 // tick is the kernel's clock tick in ns, which the last data's times of a
@@ -198,7 +198,7 @@ func tick() uint64 {
 // follow.
 func (c *Counter) loadPrograms(spec *ebpf.CollectionSpec, types *btf.Cache) error {
 	opts := &ebpf.CollectionOptions{Cache: types}
-	if c.usesWhy == "" {
+	if c.usesErr == nil {
 		return spec.LoadAndAssign(&c.objs, opts)
 	}
 	var counting struct {
@@ -236,12 +236,7 @@ func (c *Counter) judgeWhatIf(whatIf [][]int) error {
 
 // Uses says why no connection's use is known with these events; nil where
 // each is followed.
-func (c *Counter) Uses() error {
-	if c.usesWhy == "" {
-		return nil
-	}
-	return errors.New(c.usesWhy)
-}
+func (c *Counter) Uses() error { return c.usesErr }
 
 func (c *Counter) attach() error {
 	for _, p := range []*ebpf.Program{c.objs.Changed, c.objs.Received, c.objs.Sent} {
@@ -579,7 +574,7 @@ type usesKey struct {
 // uses reads each client's uses as the programs keep them.
 func (c *Counter) uses() (map[usesKey]*clientUses, error) {
 	got := map[usesKey]*clientUses{}
-	if c.usesWhy != "" {
+	if c.usesErr != nil {
 		return got, nil
 	}
 	var (

@@ -46,7 +46,7 @@ func loadedWith(t *testing.T, keys int, groups ...[]uint16) *Counter {
 	programs.NeedBTF(t)
 	// On a host whose policy refuses map-element iterators, as some do:
 	// every test of the counts runs there.
-	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), nil, policy.MapElementIterators.Load, "")
+	c, err := load(btf.NewCache(), groups, held, keys, rootListens(groups...), nil, policy.MapElementIterators.Load, nil)
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	return c
@@ -661,7 +661,7 @@ func TestAProgramThePolicyRefusesIsSaidAsThePolicysRefusal(t *testing.T) {
 	programs.NotShort(t, "loads a kernel program")
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
-	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, nil, policy.Refusing{policy.TCPIterator}.Load, "")
+	_, err := load(btf.NewCache(), [][]uint16{{loopback.Port()}}, held, minKeys, nil, nil, policy.Refusing{policy.TCPIterator}.Load, nil)
 	require.ErrorIs(t, err, ErrUnavailable)
 	require.ErrorIs(t, err, kernel.ErrPolicy)
 	assert.Contains(t, err.Error(), "program census")
@@ -754,7 +754,7 @@ func TestEachOpenIsJudgedAgainstTheLimitsNotSetYet(t *testing.T) {
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
 	l := loopback.Listen(t, "127.0.0.1")
-	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, 1<<16, rootListens([]uint16{l.Port()}), [][]int{{2, 100}}, nil, "")
+	c, err := load(btf.NewCache(), [][]uint16{{l.Port()}}, held, 1<<16, rootListens([]uint16{l.Port()}), [][]int{{2, 100}}, nil, nil)
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 
@@ -768,6 +768,6 @@ func TestEachOpenIsJudgedAgainstTheLimitsNotSetYet(t *testing.T) {
 		{Limit: 100},
 	}, got)
 
-	_, err = load(btf.NewCache(), [][]uint16{{l.Port()}}, held, 1<<16, nil, [][]int{{1, 2, 3, 4, 5}}, nil, "")
+	_, err = load(btf.NewCache(), [][]uint16{{l.Port()}}, held, 1<<16, nil, [][]int{{1, 2, 3, 4, 5}}, nil, nil)
 	assert.ErrorContains(t, err, "at most 4 limits not set yet a group")
 }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -203,7 +204,7 @@ func TestWithoutTheReadsAndSendsEveryUseIsUnknown(t *testing.T) {
 	programs.NeedRoot(t, "load a kernel program")
 	programs.NeedBTF(t)
 	a := listenAsAgent(t)
-	c, err := load(btf.NewCache(), [][]uint16{{a.port}}, held, 1<<16, rootListens([]uint16{a.port}), nil, nil, "no tracepoints here")
+	c, err := load(btf.NewCache(), [][]uint16{{a.port}}, held, 1<<16, rootListens([]uint16{a.port}), nil, nil, errors.New("no tracepoints here"))
 	programs.Loaded(t, err)
 	t.Cleanup(c.Close)
 	require.EqualError(t, c.Uses(), "no tracepoints here")
