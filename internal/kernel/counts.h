@@ -97,7 +97,7 @@ struct socket_state {
 };
 
 // What a connection's slot is doing, by the agent's last read or send of
-// data on it: a use word's last two bits.
+// data on it: a use word's last three bits (USE_OP).
 enum {
 	OP_UNKNOWN, // nothing seen to tell: open before the programs, and the
 		    // census could not tell either (both in one clock tick), or an
@@ -112,7 +112,7 @@ enum {
 			 // no request came; not told until the next read or send
 };
 #define USE_OP 7U
-#define USE_COUNTED 8U // counted: its client's uses have its op
+#define USE_COUNTED 8U // counted, in the connections' counts
 #define USE_ASIDE 16U  // counted in a state other than ESTABLISHED: its state
 		       // says its use (CLOSE-WAIT: half-closed), not its uses
 #define USE_KEPT 32U   // its client's uses have it (its client followed)

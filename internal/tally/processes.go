@@ -34,7 +34,7 @@ type Processes struct {
 type ends struct {
 	inode  uint64     // 0: no client end here, or the table gave none
 	served bool       // the server end is counted
-	client bool       // an established client end is on this host
+	client bool       // a client end a program holds is on this host (heldByAProgram)
 	use    socket.Use // the server end's, where the table told it
 }
 

@@ -5,8 +5,8 @@ package socket
 type Use uint8
 
 // The uses. Unknown is a connection whose source gives no such counters
-// (netstat, a --command), or whose last data in each direction came in one
-// tick of the kernel's clock: never guessed.
+// (netstat, a --command without ss -i), or whose last data in each
+// direction came in one tick of the kernel's clock: never guessed.
 const (
 	UseUnknown    Use = iota
 	UseWaiting        // a request is in, the agent has not answered it yet
