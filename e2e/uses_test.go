@@ -60,11 +60,7 @@ func TestEachSlotsUseOnARealAgent(t *testing.T) {
 	uses := func(args ...string) map[string]float64 {
 		res := exporter(t, t.TempDir(), append([]string{"--once", "--port", agent.httpPort()}, args...)...)
 		require.Equal(t, 0, res.exit, res.stderr)
-		got := map[string]float64{}
-		for _, use := range []string{"waiting", "idle", "silent", "half_closed", "unknown"} {
-			got[use] = res.metrics[fmt.Sprintf(`consul_open_http_connections_per_client_by_use{client="%s",use="%s"}`, from, use)]
-		}
-		return got
+		return usesOf(res.metrics, from)
 	}
 	var got map[string]float64
 	require.Eventually(t, func() bool {
@@ -209,13 +205,6 @@ func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 		require.Equal(t, "HTTP/2.0", resp.Proto)
 	}
 
-	usesOf := func(metrics map[string]float64, from string) map[string]float64 {
-		got := map[string]float64{}
-		for _, use := range []string{"waiting", "idle", "silent", "half_closed", "unknown"} {
-			got[use] = metrics[fmt.Sprintf(`consul_open_http_connections_per_client_by_use{client="%s",use="%s"}`, from, use)]
-		}
-		return got
-	}
 	exact := map[string]float64{"waiting": 50, "idle": 15, "silent": 10, "half_closed": 5, "unknown": 0}
 	var metrics map[string]float64
 	require.Eventually(t, func() bool {
@@ -273,4 +262,14 @@ func TestEachSlotsUseFromFourClientsAndOverHTTPS(t *testing.T) {
 		assert.Equal(t, 10.0, got["silent"], from)
 	}
 	assert.Equal(t, 35.0, usesOf(metrics, overTLS)["idle"], "over HTTPS")
+}
+
+// usesOf are the HTTP connections client from holds in each use, as
+// metrics have them (0 for a use it holds none in).
+func usesOf(metrics map[string]float64, from string) map[string]float64 {
+	got := map[string]float64{}
+	for _, use := range []string{"waiting", "idle", "silent", "half_closed", "unknown"} {
+		got[use] = metrics[fmt.Sprintf(`consul_open_http_connections_per_client_by_use{client="%s",use="%s"}`, from, use)]
+	}
+	return got
 }
