@@ -172,7 +172,7 @@ func parseWith(app *kingpin.Application, args []string) (*config, error) {
 	case refusalFlags.Enabled && (cfg.once || cfg.check != nil):
 		return nil, errors.New("--refusals counts from the exporter's start: it needs the long-running mode, not --once or check")
 	}
-	if cfg.limits, err = limitFlags.Config(counting.GroupPorts(collector.HTTP), counting.GroupPorts(collector.RPC)); err != nil {
+	if cfg.limits, err = limitFlags.Config(counting.GroupPorts(collector.HTTP), counting.GroupPorts(collector.RPC), counting.GroupPorts(collector.GRPC)); err != nil {
 		return nil, err
 	}
 	if textfileFlags.Set || (!cfg.serveWeb && !pushFlags.Enabled()) {

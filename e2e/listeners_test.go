@@ -69,7 +69,7 @@ func TestAWatchedPortNothingListensOnIsSaid(t *testing.T) {
 
 	c := checkCommand(t, nil, "--port", free, "--limit", "200")
 	assert.Equal(t, 3, c.exit, c.stdout)
-	assert.Equal(t, "UNKNOWN: nothing listens on port "+free+": a wrong --port or --rpc.port, or the agent is down", lastLine(c.stdout))
+	assert.Equal(t, "UNKNOWN: nothing listens on port "+free+": a wrong --port, --rpc.port or --grpc.port, or the agent is down", lastLine(c.stdout))
 }
 
 // An exporter started before the agent knows the agent's limit within

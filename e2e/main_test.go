@@ -243,8 +243,14 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--whatif.limit", "http"},
 		{"--whatif.limit", "http=0"},
 		{"--whatif.limit", "http=ten"},
-		{"--whatif.limit", "rpc=50"}, // no RPC group
-		{"--whatif.limit", "grpc=50"},
+		{"--whatif.limit", "rpc=50"},  // no RPC group
+		{"--whatif.limit", "grpc=50"}, // no gRPC group
+		{"--whatif.limit", "dns=50"},
+		{"--grpc.port", "0"},
+		{"--grpc.port", "8502", "--grpc.limit", "-1"},
+		{"--grpc.port", "8502", "--grpc.limit", "default"},
+		{"--grpc.port", "8500"}, // the HTTP port
+		{"--rpc.port", "8300", "--grpc.port", "8300"},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)

@@ -105,6 +105,16 @@ type Group struct {
 	// WhatIf are the limits not set yet (--whatif.limit), and whom each
 	// would refuse.
 	WhatIf []WhatIf `json:"whatif,omitempty"`
+	title  string   // its words: "HTTP", "gRPC port 8502"
+}
+
+// at is where the group's limit applies, in a line naming the limit:
+// "grpc_max_conns_per_client 5 on gRPC port 8502", "http_max_conns_per_client 5".
+func (g Group) at(limit int) string {
+	if g.title == strings.ToUpper(g.Name) {
+		return fmt.Sprintf("%s %d", g.LimitName, limit)
+	}
+	return fmt.Sprintf("%s %d on %s", g.LimitName, limit, g.title)
 }
 
 // WhatIf is what a limit not set yet would refuse: as of this one
@@ -165,7 +175,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		r.states = append(r.states, state.Label())
 	}
 	for i, g := range res.Groups {
-		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}}
+		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}, title: g.Title()}
 		group.NoLimit = g.Limit == 0 && res.Limits.Err() == nil
 		for _, port := range g.Counts.Ports() {
 			p := Port{Port: port, Open: g.Counts.Total(port), ByState: map[string]int{}}
@@ -213,7 +223,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 	} else if res.Has("processes") {
 		r.Notes = append(r.Notes, "the programs holding the connections cannot be named: "+res.ProcessesWhy)
 	}
-	r.Notes = append(r.Notes, res.Limits.Unwatched...)
+	r.Notes = append(r.Notes, res.Limits.Notes...)
 	if res.Listeners != nil && res.Listeners.SharedReason() != "" {
 		r.Notes = append(r.Notes, res.Listeners.SharedReason())
 	}
@@ -287,10 +297,10 @@ func whatIfVerdict(r *Report) string {
 			if w.Refused == 0 {
 				continue
 			}
-			line := fmt.Sprintf("at %s %d, %d %s connections would be refused", g.LimitName, w.Limit, w.Refused, strings.ToUpper(g.Name))
+			line := fmt.Sprintf("at %s, %d %s connections would be refused", g.at(w.Limit), w.Refused, g.title)
 			for i, c := range w.Clients {
 				if i == 0 {
-					line = fmt.Sprintf("at %s %d, %s would be refused %d connections", g.LimitName, w.Limit, c.Client, c.Refused)
+					line = fmt.Sprintf("at %s, %s would be refused %d connections", g.at(w.Limit), c.Client, c.Refused)
 				} else {
 					line += fmt.Sprintf(", %s %d", c.Client, c.Refused)
 				}
@@ -335,7 +345,7 @@ func (f *Flags) clientsVerdict(r *Report) (Status, string) {
 		status = Warning
 	}
 	reason := fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%s)",
-		w.client.Client, w.client.Connections, w.group.Limit, strings.ToUpper(w.group.Name), w.group.LimitName, percent(w.client.Share))
+		w.client.Client, w.client.Connections, w.group.Limit, w.group.title, w.group.LimitName, percent(w.client.Share))
 	if use, n := biggestUse(w.client.Uses); n > 0 {
 		reason += fmt.Sprintf(", %d %s", n, useWords[use])
 	}
@@ -390,7 +400,7 @@ func processList(processes []Process) string {
 
 // verdictFlags are the exporter's flags that change check's verdict: check
 // --help lists them beside its own, and --help-long every flag.
-var verdictFlags = []string{"help", "port", "rpc.port", "limit", "rpc.limit", "source", "command",
+var verdictFlags = []string{"help", "port", "rpc.port", "grpc.port", "limit", "rpc.limit", "grpc.limit", "whatif.limit", "source", "command",
 	"clients.processes", "consul.server", "consul.user"}
 
 // HelpFlags are the flags a usage of cmd lists: for check its own and the

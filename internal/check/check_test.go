@@ -149,7 +149,7 @@ func TestTheWorstVerdictWinsAndTheRestIsSaid(t *testing.T) {
 			Warning, "10.0.0.5 holds 170", "nothing listens on port 8501"},
 		{"a port nothing listens on, all else OK", withListeners(result(
 			group(collector.HTTP, 8500, 200, nil)), map[uint16]int{8500: 0}),
-			Unknown, "nothing listens on port 8500: a wrong --port or --rpc.port, or the agent is down", "no client holds a connection"},
+			Unknown, "nothing listens on port 8500: a wrong --port, --rpc.port or --grpc.port, or the agent is down", "no client holds a connection"},
 		{"the limit unreadable, all else OK", withLimits(result(
 			group(collector.HTTP, 8500, 0, map[string]int{"10.0.0.5": 3})), unreadable),
 			Unknown, "connection refused", "the per-client limit of the connections held is unknown: none judged"},
@@ -242,4 +242,21 @@ func TestAWhatIfLimitThatWouldRefuseIsAWarning(t *testing.T) {
 	res.Groups[0].Limit = 200
 	res.WhatIf[0] = res.WhatIf[0][1:]
 	assert.Equal(t, OK, thresholds.Evaluate(res).Status, "none would be refused")
+}
+
+// Each gRPC port is judged as a group of its own (60 and 85 of 100 from one
+// client: 85%, WARNING, never 145), named by its port in the verdict, the
+// what-if line and the text's heading.
+func TestEachGRPCPortIsJudgedAndNamedApart(t *testing.T) {
+	res := result(group(collector.HTTP, 8500, 200, map[string]int{"10.0.0.5": 10}),
+		group(collector.GRPC, 8502, 100, map[string]int{"10.0.0.6": 60}), group(collector.GRPC, 8503, 100, map[string]int{"10.0.0.6": 85}))
+	res.WhatIf = [][]whatif.Limit{nil, {{Limit: 50, Refused: 10, Clients: []tally.ClientCount{{Client: netip.MustParseAddr("10.0.0.6"), Count: 10}}}}, nil}
+	r := thresholds.Evaluate(res)
+	assert.Equal(t, Warning, r.Status)
+	assert.Equal(t, "10.0.0.6 holds 85 of the 100 gRPC port 8503 connections grpc_max_conns_per_client allows (85%)", r.Reason)
+	assert.Contains(t, r.Notes, "at grpc_max_conns_per_client 50 on gRPC port 8502, 10.0.0.6 would be refused 10 connections")
+	var text bytes.Buffer
+	require.NoError(t, r.WriteText(&text, false))
+	assert.Contains(t, text.String(), "gRPC port 8502 connections (limit 100 per client: grpc_max_conns_per_client)")
+	assert.Contains(t, text.String(), "HTTP connections (limit 200 per client: http_max_conns_per_client)")
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -35,21 +36,24 @@ type Limiter struct {
 	Name    string // its word in the metrics' names and check's tables: "http"
 	Setting string // Consul's name of its per-client limit
 	What    string // its connections, in help texts: "HTTP"
+	// PerPort is a limiter each of whose ports is a group of its own:
+	// its metrics carry the group's port.
+	PerPort bool
 	limit   func(limits.Snapshot) int
 }
 
 // The limiters watched.
 var (
-	HTTP = newLimiter("http", "HTTP", "http_max_conns_per_client", func(s limits.Snapshot) int { return s.HTTP })    // the HTTP and HTTPS ports
-	RPC  = newLimiter("rpc", "server RPC", "rpc_max_conns_per_client", func(s limits.Snapshot) int { return s.RPC }) // a server's RPC port
+	HTTP = &Limiter{Name: "http", What: "HTTP", Setting: "http_max_conns_per_client", limit: func(s limits.Snapshot) int { return s.HTTP }}    // the HTTP and HTTPS ports
+	RPC  = &Limiter{Name: "rpc", What: "server RPC", Setting: "rpc_max_conns_per_client", limit: func(s limits.Snapshot) int { return s.RPC }} // a server's RPC port
+	// The external gRPC ports (plaintext and TLS): whether they share one
+	// limiter cannot be told from outside the agent, so each is judged
+	// as its own, which never says a client is nearer the limit than it is.
+	GRPC = &Limiter{Name: "grpc", What: "gRPC", Setting: "grpc_max_conns_per_client", PerPort: true, limit: func(s limits.Snapshot) int { return s.GRPC }}
 )
 
 // Limiters are every limiter, HTTP first.
-var Limiters = []*Limiter{HTTP, RPC}
-
-func newLimiter(name, what, setting string, limit func(limits.Snapshot) int) *Limiter {
-	return &Limiter{Name: name, Setting: setting, What: what, limit: limit}
-}
+var Limiters = []*Limiter{HTTP, RPC, GRPC}
 
 // Group is the ports of one limiter.
 type Group struct {
@@ -58,6 +62,14 @@ type Group struct {
 	// WhatIf are limits not set yet, whose refusals are predicted
 	// (--whatif.limit).
 	WhatIf []int
+}
+
+// Title names the group in words: "HTTP", "RPC", "gRPC port 8502".
+func (g Group) Title() string {
+	if g.PerPort && len(g.Ports) == 1 {
+		return fmt.Sprintf("%s port %d", g.What, g.Ports[0])
+	}
+	return strings.ToUpper(g.Name)
 }
 
 // Config is what to count and how to report it.
@@ -79,14 +91,15 @@ type Config struct {
 	SampleInterval, PeakWindow time.Duration
 }
 
-// GroupPorts are the ports of l's group, none if it is not watched.
+// GroupPorts are the ports of l's groups, none if it is not watched.
 func (c Config) GroupPorts(l *Limiter) []uint16 {
+	var ports []uint16
 	for _, g := range c.Groups {
 		if g.Limiter == l {
-			return g.Ports
+			ports = append(ports, g.Ports...)
 		}
 	}
-	return nil
+	return ports
 }
 
 // Ports are every group's ports.

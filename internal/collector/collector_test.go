@@ -66,7 +66,7 @@ func captured(t testing.TB, capture string, processes bool) source.Source {
 	return source.NewText(capture, string(text), socket.StateUnknown, processes)
 }
 
-func defaultLimits() limits.Snapshot { return limits.Snapshot{HTTP: 200, RPC: 100} }
+func defaultLimits() limits.Snapshot { return limits.Snapshot{HTTP: 200, RPC: 100, GRPC: 50} }
 
 // failing is a source that cannot read the table.
 type failing struct{ err error }
@@ -773,5 +773,49 @@ consul_http_whatif_refused_per_client_total{client="127.0.0.11",limit="5"} 1
 `
 	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(want),
 		"consul_http_whatif_refused_total", "consul_http_whatif_refused_per_client_total"))
+	assertLintClean(t, res)
+}
+
+// Each gRPC port is a group of its own: the capture's 8500 and 8501 as two
+// gRPC ports give two groups, every one of their metrics keyed by its port
+// (the limit and the busiest client's too), never summed; a candidate limit
+// judges each port apart; lint-clean.
+func TestEachGRPCPortIsAGroupKeyedByItsPort(t *testing.T) {
+	config := defaultConfig
+	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8499}},
+		{Limiter: collector.GRPC, Ports: []uint16{8500}, WhatIf: []int{5}}, {Limiter: collector.GRPC, Ports: []uint16{8501}, WhatIf: []int{5}}}
+	res := collect(t, config, mixed)
+	require.NoError(t, res.Err)
+	want := expected(t, mixed)
+	on8500, on8501 := res.Groups[1].Counts, res.Groups[2].Counts
+	assert.Equal(t, want.Total["8500"], on8500.Total(8500))
+	assert.Equal(t, want.Total["8501"], on8501.Total(8501))
+	assert.Zero(t, on8500.Total(8501))
+	assert.Equal(t, "gRPC port 8501", res.Groups[2].Title())
+
+	compare := fmt.Sprintf(`
+# HELP consul_grpc_max_conns_per_client Consul's per-client gRPC connection limit (grpc_max_conns_per_client), as configured or read from the agent.
+# TYPE consul_grpc_max_conns_per_client gauge
+consul_grpc_max_conns_per_client{port="8500"} 50
+consul_grpc_max_conns_per_client{port="8501"} 50
+# HELP consul_open_grpc_connections Server-side TCP connections open on the gRPC port (ESTABLISHED and CLOSE-WAIT by default).
+# TYPE consul_open_grpc_connections gauge
+consul_open_grpc_connections{port="8500"} %d
+consul_open_grpc_connections{port="8501"} %d
+# HELP consul_open_grpc_connections_max_per_client Most gRPC connections any one client IP holds over the group's ports: the number Consul's grpc_max_conns_per_client applies to.
+# TYPE consul_open_grpc_connections_max_per_client gauge
+consul_open_grpc_connections_max_per_client{port="8500"} %d
+consul_open_grpc_connections_max_per_client{port="8501"} %d
+`, on8500.Total(8500), on8501.Total(8501), on8500.MaxPerClient(), on8501.MaxPerClient())
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(res), strings.NewReader(compare),
+		"consul_grpc_max_conns_per_client", "consul_open_grpc_connections", "consul_open_grpc_connections_max_per_client"))
+	for name, n := range map[string]int{
+		"consul_open_grpc_connections_per_client": len(on8500.TopClients(10)) + len(on8501.TopClients(10)),
+		"consul_grpc_whatif_refused_total":        2,
+		"consul_open_http_connections":            1,
+		"consul_http_max_conns_per_client":        1,
+	} {
+		assert.Equal(t, n, testutil.CollectAndCount(metrics.Of(res), name), name)
+	}
 	assertLintClean(t, res)
 }

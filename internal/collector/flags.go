@@ -18,6 +18,7 @@ import (
 // Flags are what to count.
 type Flags struct {
 	ports, rpcPorts  []string
+	grpcPorts        []string
 	states           string
 	topClients       int
 	processes        bool
@@ -35,6 +36,8 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("8500").StringsVar(&f.ports)
 	app.Flag("rpc.port", "Consul server RPC port (8300 on servers), counted as a group of its own against rpc_max_conns_per_client; repeatable, none by default.").
 		StringsVar(&f.rpcPorts)
+	app.Flag("grpc.port", "Consul external gRPC port (8502, and 8503 for gRPC over TLS), counted as a group of its own per port against grpc_max_conns_per_client; repeatable, none by default.").
+		StringsVar(&f.grpcPorts)
 	app.Flag("states", "Comma-separated TCP states that hold one of Consul's per-client slots.").
 		Default("established,close-wait").StringVar(&f.states)
 	app.Flag("clients.top", "How many of the busiest clients (and local programs) get a sample of their own (0: none).").
@@ -47,7 +50,7 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("5s").DurationVar(&f.processesTimeout)
 	app.Flag("sample.interval", "Between collections, read the socket table this often for the peaks (0: no sampling); with ss or netstat each sample runs it, with --source netlink it is cheap.").
 		Default("1s").DurationVar(&f.sampleInterval)
-	app.Flag("whatif.limit", "A per-client limit not set yet, GROUP=N (http=100, rpc=80): count, from each sample, the connections it would have refused (each opening while its client held N or more); repeatable.").
+	app.Flag("whatif.limit", "A per-client limit not set yet, GROUP=N (http=100, rpc=80, grpc=50: each gRPC port): count, from each sample, the connections it would have refused (each opening while its client held N or more); repeatable.").
 		PlaceHolder("http=100").StringsVar(&f.whatIf)
 	app.Flag("peak.window", "The peaks cover the samples of this sliding window, so that every scraper, and a textfile written every --interval, sees a burst shorter than the interval.").
 		Default("1m").DurationVar(&f.peakWindow)
@@ -77,14 +80,28 @@ func (f *Flags) Config() (Config, error) {
 	if err != nil {
 		return config, err
 	}
-	for _, p := range rpcPorts {
-		if slices.Contains(httpPorts, p) {
-			return config, fmt.Errorf("port %d is in both --port and --rpc.port: Consul's HTTP and RPC limiters never share a port", p)
+	grpcPorts, err := parsePorts("--grpc.port", f.grpcPorts)
+	if err != nil {
+		return config, err
+	}
+	given := map[uint16]string{}
+	for _, flag := range []struct {
+		name  string
+		ports []uint16
+	}{{"--port", httpPorts}, {"--rpc.port", rpcPorts}, {"--grpc.port", grpcPorts}} {
+		for _, p := range flag.ports {
+			if other, ok := given[p]; ok {
+				return config, fmt.Errorf("port %d is in both %s and %s: no two of Consul's limiters share a port", p, other, flag.name)
+			}
+			given[p] = flag.name
 		}
 	}
 	config.Groups = []Group{{Limiter: HTTP, Ports: httpPorts}}
 	if len(rpcPorts) > 0 {
 		config.Groups = append(config.Groups, Group{Limiter: RPC, Ports: rpcPorts})
+	}
+	for _, p := range grpcPorts {
+		config.Groups = append(config.Groups, Group{Limiter: GRPC, Ports: []uint16{p}})
 	}
 	for _, word := range strings.Split(f.states, ",") {
 		s, ok := socket.ParseState(strings.TrimSpace(word))
@@ -115,28 +132,37 @@ func (f *Flags) Config() (Config, error) {
 // the kernel's events judge as many at each open.
 const maxWhatIf = events.WhatIfLimits
 
-// addWhatIf adds a candidate limit, GROUP=N, to its group.
+// addWhatIf adds a candidate limit, GROUP=N, to its groups: every gRPC
+// port's for grpc.
 func (c *Config) addWhatIf(word string) error {
 	name, number, _ := strings.Cut(word, "=")
 	n, err := strconv.Atoi(number)
 	if err != nil || n < 1 {
 		return fmt.Errorf("--whatif.limit %s: want GROUP=N, N a limit of 1 or more (http=100)", word)
 	}
+	found := false
 	for i, g := range c.Groups {
-		if g.Limiter.Name == name {
-			if !slices.Contains(c.Groups[i].WhatIf, n) {
-				if len(c.Groups[i].WhatIf) == maxWhatIf {
-					return fmt.Errorf("--whatif.limit %s: at most %d limits a group", word, maxWhatIf)
-				}
-				c.Groups[i].WhatIf = append(c.Groups[i].WhatIf, n)
-			}
-			return nil
+		if g.Limiter.Name != name {
+			continue
 		}
+		found = true
+		if slices.Contains(g.WhatIf, n) {
+			continue
+		}
+		if len(g.WhatIf) == maxWhatIf {
+			return fmt.Errorf("--whatif.limit %s: at most %d limits a group", word, maxWhatIf)
+		}
+		c.Groups[i].WhatIf = append(c.Groups[i].WhatIf, n)
 	}
-	if name == RPC.Name {
+	switch {
+	case found:
+		return nil
+	case name == RPC.Name:
 		return fmt.Errorf("--whatif.limit %s: no RPC group: give its ports with --rpc.port", word)
+	case name == GRPC.Name:
+		return fmt.Errorf("--whatif.limit %s: no gRPC group: give its ports with --grpc.port", word)
 	}
-	return fmt.Errorf("--whatif.limit %s: no group %q (http, rpc)", word, name)
+	return fmt.Errorf("--whatif.limit %s: no group %q (http, rpc, grpc)", word, name)
 }
 
 func parsePorts(flag string, words []string) ([]uint16, error) {

@@ -13,9 +13,9 @@ import (
 // Flags are the limits as given on the command line, and how to reach the
 // agent for auto ones.
 type Flags struct {
-	http, rpc string
-	refresh   time.Duration
-	agent     Agent
+	http, rpc, grpc string
+	refresh         time.Duration
+	agent           Agent
 }
 
 // Agent is how to reach the agent where the flags say (consul_exporter's
@@ -33,6 +33,8 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("200").StringVar(&f.http)
 	app.Flag("rpc.limit", "Consul's rpc_max_conns_per_client for the --rpc.port group, or auto.").
 		Default("100").StringVar(&f.rpc)
+	app.Flag("grpc.limit", "Consul's grpc_max_conns_per_client for each --grpc.port group (100, Consul's default), or auto: the agent's, none where its version has no gRPC limiter (before 2.0.3).").
+		Default("100").StringVar(&f.grpc)
 	app.Flag("limit.refresh", "How often an auto limit is read again, so that a consul reload shows.").
 		Default("5m").DurationVar(&f.refresh)
 	a := &f.agent
@@ -57,7 +59,7 @@ func (f *Flags) Server() string {
 }
 
 // Config checks the flags and gives their limits for the watched ports.
-func (f *Flags) Config(httpPorts, rpcPorts []uint16) (Config, error) {
+func (f *Flags) Config(httpPorts, rpcPorts, grpcPorts []uint16) (Config, error) {
 	http, err := ParseLimit(f.http)
 	if err != nil {
 		return Config{}, fmt.Errorf("--limit: %w", err)
@@ -66,13 +68,21 @@ func (f *Flags) Config(httpPorts, rpcPorts []uint16) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("--rpc.limit: %w", err)
 	}
+	grpc, err := ParseLimit(f.grpc)
+	if err != nil {
+		return Config{}, fmt.Errorf("--grpc.limit: %w", err)
+	}
+	// A limiter with no group: nothing to read or report.
 	if len(rpcPorts) == 0 {
-		rpc = Limit{} // no RPC group: nothing to read or report
+		rpc = Limit{}
+	}
+	if len(grpcPorts) == 0 {
+		grpc = Limit{}
 	}
 	if f.refresh < time.Second {
 		return Config{}, errors.New("--limit.refresh must be 1s or more: each refresh is a request to the agent")
 	}
-	config := Config{HTTP: http, RPC: rpc, HTTPPorts: httpPorts, RPCPorts: rpcPorts, Refresh: f.refresh, Agent: f.agent}
+	config := Config{HTTP: http, RPC: rpc, GRPC: grpc, HTTPPorts: httpPorts, RPCPorts: rpcPorts, GRPCPorts: grpcPorts, Refresh: f.refresh, Agent: f.agent}
 	// A client made now says what is wrong with its TLS files, before
 	// anything starts.
 	if _, err := NewSource(config, Reach{}, slog.New(slog.DiscardHandler)); err != nil {

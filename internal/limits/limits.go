@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-version"
 	"golang.org/x/sys/unix"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/bodylimit"
@@ -51,9 +52,10 @@ func ParseLimit(s string) (Limit, error) {
 
 // Snapshot is what is known of the limits at one moment.
 type Snapshot struct {
-	// HTTP and RPC are the per-client limits: 0 where there is none, or
-	// where it is not known (auto, and no read has worked: ReadOK false).
-	HTTP, RPC int
+	// HTTP, RPC and GRPC are the per-client limits: 0 where there is
+	// none, or where it is not known (auto, and no read has worked: ReadOK
+	// false).
+	HTTP, RPC, GRPC int
 	// Auto is set when a limit is read from the agent; then ReadOK says
 	// whether the last read worked and ReadErr why not.
 	Auto    bool
@@ -64,9 +66,10 @@ type Snapshot struct {
 	// TooManyConnections is a last read the agent answered with 429: this
 	// host's own address is at the agent's HTTP limit.
 	TooManyConnections bool
-	// Unwatched say, one each, the ports the agent serves that are not
-	// watched (its connections there are not counted).
-	Unwatched []string
+	// Notes say, one each, what the reads found that the counts cannot
+	// show: a port the agent serves that is not watched (its connections
+	// there are not counted), a limiter the agent's version does not have.
+	Notes []string
 	// TLSPorts are the watched ports the agent serves HTTPS on, as the
 	// last read said, where the HTTP limit is read from it; ReadAt is when
 	// the last read that worked began (CLOCK_MONOTONIC, ns; 0 before one).
@@ -91,9 +94,9 @@ func (s Snapshot) Err() error {
 
 // Source gives the limits, reading the agent where a limit is auto.
 type Source struct {
-	http, rpc            Limit
-	httpPorts, rpcPorts  []uint16
-	refresh, readTimeout time.Duration
+	http, rpc, grpc                Limit
+	httpPorts, rpcPorts, grpcPorts []uint16
+	refresh, readTimeout           time.Duration
 	// agent is how to reach the agent, nil when no limit is auto. A client
 	// is made from it at each read, so that a rotated token file is read.
 	agent  *api.Config
@@ -113,10 +116,10 @@ type Source struct {
 // names a port the agent serves that is not among them), and how to reach
 // the agent for auto ones.
 type Config struct {
-	HTTP, RPC           Limit
-	HTTPPorts, RPCPorts []uint16
-	Refresh             time.Duration
-	Agent               Agent
+	HTTP, RPC, GRPC                Limit
+	HTTPPorts, RPCPorts, GRPCPorts []uint16
+	Refresh                        time.Duration
+	Agent                          Agent
 }
 
 // Reach is where the reads of the agent go, and whom they tell of their
@@ -139,11 +142,11 @@ type Reach struct {
 func NewSource(limits Config, reach Reach, logger *slog.Logger) (*Source, error) {
 	http, rpc, httpPorts, refresh, agent := limits.HTTP, limits.RPC, limits.HTTPPorts, limits.Refresh, limits.Agent
 	s := &Source{
-		http: http, rpc: rpc, httpPorts: httpPorts, rpcPorts: limits.RPCPorts, reach: reach,
+		http: http, rpc: rpc, grpc: limits.GRPC, httpPorts: httpPorts, rpcPorts: limits.RPCPorts, grpcPorts: limits.GRPCPorts, reach: reach,
 		refresh: refresh, readTimeout: min(refresh, 5*time.Second), logger: logger,
 		warned:   map[string]bool{},
 		soon:     make(chan struct{}, 1),
-		snapshot: Snapshot{HTTP: http.N, RPC: rpc.N, Auto: http.Auto || rpc.Auto},
+		snapshot: Snapshot{HTTP: http.N, RPC: rpc.N, GRPC: limits.GRPC.N, Auto: http.Auto || rpc.Auto || limits.GRPC.Auto},
 	}
 	if !s.snapshot.Auto {
 		return s, nil
@@ -245,7 +248,7 @@ func (s *Source) Snapshot() Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	snap := s.snapshot
-	snap.Unwatched = slices.Clone(snap.Unwatched)
+	snap.Notes = slices.Clone(snap.Notes)
 	snap.TLSPorts = slices.Clone(snap.TLSPorts)
 	return snap
 }
@@ -303,7 +306,7 @@ func (s *Source) firstRead() {
 
 func (s *Source) read() {
 	began, start := monotonic(), time.Now()
-	httpLimit, rpcLimit, tls, err := s.ask()
+	read, err := s.ask()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
@@ -320,10 +323,13 @@ func (s *Source) read() {
 		return
 	}
 	if s.http.Auto {
-		s.snapshot.HTTP, s.snapshot.TLSPorts = httpLimit, tls
+		s.snapshot.HTTP, s.snapshot.TLSPorts = read.HTTP, read.TLSPorts
 	}
 	if s.rpc.Auto {
-		s.snapshot.RPC = rpcLimit
+		s.snapshot.RPC = read.RPC
+	}
+	if s.grpc.Auto {
+		s.snapshot.GRPC = read.GRPC
 	}
 	s.snapshot.ReadAt = began
 }
@@ -339,15 +345,15 @@ func monotonic() uint64 {
 
 // ask reads the limits that are auto from the agent, and the watched
 // ports it serves HTTPS on. A limit of 0 is Consul's "no limit".
-func (s *Source) ask() (httpLimit, rpcLimit int, tls []uint16, err error) {
+func (s *Source) ask() (read Snapshot, err error) {
 	config := *s.agent // NewClient writes the token it reads into its config
 	client, err := api.NewClient(&config)
 	if err != nil {
-		return 0, 0, nil, err
+		return read, err
 	}
 	self, err := client.Agent().Self()
 	if err != nil {
-		return 0, 0, nil, err
+		return read, err
 	}
 	debug := self["DebugConfig"]
 	limit := func(l Limit, key string) int {
@@ -357,14 +363,46 @@ func (s *Source) ask() (httpLimit, rpcLimit int, tls []uint16, err error) {
 		}
 		return max(int(v), 0)
 	}
-	httpLimit, rpcLimit = limit(s.http, "HTTPMaxConnsPerClient"), limit(s.rpc, "RPCMaxConnsPerClient")
+	read.HTTP, read.RPC = limit(s.http, "HTTPMaxConnsPerClient"), limit(s.rpc, "RPCMaxConnsPerClient")
+	if s.grpc.Auto && err == nil {
+		read.GRPC, err = s.grpcLimit(self)
+	}
 	if err == nil {
 		s.warnUnwatched(debug)
 	}
 	if p := number(debug["HTTPSPort"]); p > 0 && slices.Contains(s.httpPorts, uint16(p)) {
-		tls = []uint16{uint16(p)}
+		read.TLSPorts = []uint16{uint16(p)}
 	}
-	return httpLimit, rpcLimit, tls, err
+	return read, err
+}
+
+// Consul's external gRPC limiter came with this version; before it, an
+// agent's gRPC ports have no per-client limit.
+var (
+	grpcLimiterSince = version.Must(version.NewVersion("2.0.3"))
+	// grpcDefault is the limiter's default, where the agent does not say
+	// its grpc_max_conns_per_client.
+	grpcDefault = 100
+)
+
+// grpcLimit is the agent's grpc_max_conns_per_client by its version: none
+// before the limiter came, else as the agent reports it, else Consul's
+// default. Each is said once, as a note.
+func (s *Source) grpcLimit(self map[string]map[string]any) (int, error) {
+	word, _ := self["Config"]["Version"].(string)
+	v, err := version.NewVersion(word)
+	if err != nil {
+		return 0, fmt.Errorf("the agent's version %q is not one (Config.Version): cannot tell whether it has a gRPC limiter", say.Clip(word, 40))
+	}
+	if v.Core().LessThan(grpcLimiterSince) {
+		s.note(fmt.Sprintf("the Consul agent %s has no gRPC per-client limiter (it came with %s): no limit applies to its gRPC connections", v.Core(), grpcLimiterSince))
+		return 0, nil
+	}
+	if n, ok := self["DebugConfig"]["GRPCMaxConnsPerClient"].(float64); ok {
+		return max(int(n), 0), nil
+	}
+	s.note(fmt.Sprintf("the Consul agent %s does not report grpc_max_conns_per_client: Consul's default of %d is taken", v.Core(), grpcDefault))
+	return grpcDefault, nil
 }
 
 // explain is err on one line, with what grants access where that is the
@@ -384,6 +422,17 @@ func explain(err error) string {
 	return say.Fold(err.Error())
 }
 
+// note says msg once, as a warning and in the snapshot's notes.
+func (s *Source) note(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.warned[msg] {
+		s.warned[msg] = true
+		s.logger.Warn(msg)
+		s.snapshot.Notes = append(s.snapshot.Notes, msg)
+	}
+}
+
 // warnUnwatched warns once for each port the agent serves that is not
 // watched: the connections on it are not counted.
 func (s *Source) warnUnwatched(config map[string]any) {
@@ -392,19 +441,16 @@ func (s *Source) warnUnwatched(config map[string]any) {
 		if p <= 0 || slices.Contains(watched, uint16(p)) {
 			return
 		}
-		msg := fmt.Sprintf("the Consul agent serves %s on port %d, which is not watched: add --%s %d, or its connections are not counted", what, p, flag, p)
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if !s.warned[msg] {
-			s.warned[msg] = true
-			s.logger.Warn(msg)
-			s.snapshot.Unwatched = append(s.snapshot.Unwatched, msg)
-		}
+		s.note(fmt.Sprintf("the Consul agent serves %s on port %d, which is not watched: add --%s %d, or its connections are not counted", what, p, flag, p))
 	}
 	check("HTTPPort", "HTTP", "port", s.httpPorts)
 	check("HTTPSPort", "HTTPS", "port", s.httpPorts)
 	if len(s.rpcPorts) > 0 && config["ServerMode"] == true {
 		check("ServerPort", "server RPC", "rpc.port", s.rpcPorts)
+	}
+	if len(s.grpcPorts) > 0 {
+		check("GRPCPort", "gRPC", "grpc.port", s.grpcPorts)
+		check("GRPCTLSPort", "gRPC over TLS", "grpc.port", s.grpcPorts)
 	}
 }
 

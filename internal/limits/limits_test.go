@@ -224,7 +224,7 @@ func TestAFailedReadIsTriedAgainSoon(t *testing.T) {
 // for check to say.
 func TestUnwatchedPortsAreInTheSnapshot(t *testing.T) {
 	s, _ := source(t, response{200, self}, discard)
-	assert.Equal(t, []string{"the Consul agent serves HTTPS on port 8501, which is not watched: add --port 8501, or its connections are not counted"}, s.Snapshot().Unwatched)
+	assert.Equal(t, []string{"the Consul agent serves HTTPS on port 8501, which is not watched: add --port 8501, or its connections are not counted"}, s.Snapshot().Notes)
 }
 
 // --consul.server and --consul.token-file win over CONSUL_HTTP_ADDR and
@@ -336,4 +336,67 @@ func TestWithNoAddressTheLimitsAreReadAtTheFirstWatchedHTTPPort(t *testing.T) {
 	snap := s.Snapshot()
 	require.True(t, snap.ReadOK, snap.ReadErr)
 	assert.Equal(t, 150, snap.HTTP)
+}
+
+// --grpc.limit auto follows the agent's version: none before the gRPC
+// limiter came (2.0.3), said once; the agent's value where it reports one;
+// Consul's default of 100, said, where it does not; an agent whose version
+// cannot be read is a failed read, never a guess.
+func TestTheGRPCLimitFollowsTheAgentsVersion(t *testing.T) {
+	for name, tc := range map[string]struct {
+		self  string
+		limit int
+		note  string
+		err   string
+	}{
+		"1.20.1": {`{"Config": {"Version": "1.20.1"}, "DebugConfig": {"HTTPMaxConnsPerClient": 200, "GRPCPort": 8502}}`, 0,
+			"the Consul agent 1.20.1 has no gRPC per-client limiter (it came with 2.0.3): no limit applies to its gRPC connections", ""},
+		"2.0.3 reporting it": {`{"Config": {"Version": "2.0.3"}, "DebugConfig": {"HTTPMaxConnsPerClient": 200, "GRPCMaxConnsPerClient": 40, "GRPCPort": 8502}}`, 40, "", ""},
+		"2.1.0+ent not reporting it": {`{"Config": {"Version": "2.1.0+ent"}, "DebugConfig": {"HTTPMaxConnsPerClient": 200, "GRPCPort": 8502}}`, 100,
+			"the Consul agent 2.1.0 does not report grpc_max_conns_per_client: Consul's default of 100 is taken", ""},
+		"no version": {`{"Config": {}, "DebugConfig": {"HTTPMaxConnsPerClient": 200}}`, 0, "",
+			`the agent's version "" is not one (Config.Version): cannot tell whether it has a gRPC limiter`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var a atomic.Value
+			a.Store(response{200, tc.self})
+			agent(t, &a)
+			var log strings.Builder
+			s, err := NewSource(Config{HTTP: Limit{Auto: true}, GRPC: Limit{Auto: true}, HTTPPorts: []uint16{8500}, GRPCPorts: []uint16{8502},
+				Refresh: time.Minute}, Reach{}, slog.New(slog.NewTextHandler(&log, nil)))
+			require.NoError(t, err)
+			s.read()
+			s.read()
+			snap := s.Snapshot()
+			if tc.err != "" {
+				assert.ErrorContains(t, snap.Err(), tc.err)
+				assert.Zero(t, snap.GRPC)
+				return
+			}
+			require.NoError(t, snap.Err())
+			assert.Equal(t, tc.limit, snap.GRPC)
+			if tc.note == "" {
+				assert.Empty(t, snap.Notes)
+			} else {
+				assert.Equal(t, []string{tc.note}, snap.Notes)
+				assert.Equal(t, 1, strings.Count(log.String(), tc.note), "said once")
+			}
+		})
+	}
+}
+
+// A gRPC limit given as a number needs no agent, and a gRPC port the agent
+// serves that is not watched is said.
+func TestANumberedGRPCLimitNeedsNoAgentAndAnUnwatchedGRPCPortIsSaid(t *testing.T) {
+	s, err := NewSource(Config{GRPC: Limit{N: 100}, GRPCPorts: []uint16{8502}, Refresh: time.Minute}, Reach{}, discard)
+	require.NoError(t, err)
+	assert.Equal(t, Snapshot{GRPC: 100}, s.Snapshot())
+
+	var a atomic.Value
+	a.Store(response{200, `{"Config": {"Version": "2.0.3"}, "DebugConfig": {"HTTPMaxConnsPerClient": 200, "HTTPPort": 8500, "GRPCPort": 8502, "GRPCTLSPort": 8503}}`})
+	agent(t, &a)
+	s, err = NewSource(Config{HTTP: Limit{Auto: true}, GRPC: Limit{N: 100}, HTTPPorts: []uint16{8500}, GRPCPorts: []uint16{8502}, Refresh: time.Minute}, Reach{}, discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"the Consul agent serves gRPC over TLS on port 8503, which is not watched: add --grpc.port 8503, or its connections are not counted"}, s.Snapshot().Notes)
+	assert.Equal(t, 100, s.Snapshot().GRPC)
 }

@@ -335,7 +335,7 @@ func (a Agent) elsewhere() []uint16 {
 func (a Agent) QuietReason() string {
 	var reasons []string
 	if quiet := a.Quiet(); len(quiet) > 0 {
-		reasons = append(reasons, "nothing listens on port "+Ports(quiet)+": a wrong --port or --rpc.port, or the agent is down")
+		reasons = append(reasons, "nothing listens on port "+Ports(quiet)+": a wrong --port, --rpc.port or --grpc.port, or the agent is down")
 	}
 	if a.Away != "" {
 		reasons = append(reasons, a.Away+"; none of the connections on the watched ports count")

@@ -49,76 +49,84 @@ var groups = func() map[*collector.Limiter]groupDescs {
 func newGroupDescs(l *collector.Limiter) groupDescs {
 	group, what, limitName := l.Name, l.What, l.Setting
 	prefix := "consul_open_" + group + "_connections"
+	// A limiter with a group per port keys every metric of a group by it;
+	// the per-port ones have it already.
+	desc := func(name, help string, labels []string) *prometheus.Desc {
+		if l.PerPort && !slices.Contains(labels, "port") {
+			labels = append([]string{"port"}, labels...)
+		}
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
 	return groupDescs{
-		connections: prometheus.NewDesc(prefix,
+		connections: desc(prefix,
 			"Server-side TCP connections open on the "+what+" port (ESTABLISHED and CLOSE-WAIT by default).",
-			[]string{"port"}, nil),
-		maxPerClient: prometheus.NewDesc(prefix+"_max_per_client",
+			[]string{"port"}),
+		maxPerClient: desc(prefix+"_max_per_client",
 			"Most "+what+" connections any one client IP holds over the group's ports: the number Consul's "+limitName+" applies to.",
-			nil, nil),
-		perClient: prometheus.NewDesc(prefix+"_per_client",
+			nil),
+		perClient: desc(prefix+"_per_client",
 			what+" connections one client IP holds over the group's ports, for the clients holding the most.",
-			[]string{"client"}, nil),
-		byState: prometheus.NewDesc(prefix+"_by_state",
+			[]string{"client"}),
+		byState: desc(prefix+"_by_state",
 			"Server-side TCP connections open on the "+what+" port, by TCP state.",
-			[]string{"port", "state"}, nil),
-		byUse: prometheus.NewDesc(prefix+"_by_use",
+			[]string{"port", "state"}),
+		byUse: desc(prefix+"_by_use",
 			what+" connections by what each does with its slot: waiting (a request in, not answered), idle (answered last: kept in the client's pool), silent (nothing received yet), half_closed (the client shut its side), unknown (not told by the source, or both last in one tick).",
-			[]string{"use"}, nil),
-		longestByUse: prometheus.NewDesc(prefix+"_longest_by_use_seconds",
+			[]string{"use"}),
+		longestByUse: desc(prefix+"_longest_by_use_seconds",
 			"How long the "+what+" connection so the longest has been so: waiting since its request, idle since its answer (where any is); with --source events, as the last census found it (at start, each --events.audit-interval, each change of the listeners or limits).",
-			[]string{"use"}, nil),
-		perClientByUse: prometheus.NewDesc(prefix+"_per_client_by_use",
+			[]string{"use"}),
+		perClientByUse: desc(prefix+"_per_client_by_use",
 			what+" connections one client IP holds, by use, for the clients holding the most (uses it holds none in are absent).",
-			[]string{"client", "use"}, nil),
-		limit: prometheus.NewDesc("consul_"+limitName,
+			[]string{"client", "use"}),
+		limit: desc("consul_"+limitName,
 			"Consul's per-client "+what+" connection limit ("+limitName+"), as configured or read from the agent.",
-			nil, nil),
-		peakPerClient: prometheus.NewDesc(prefix+"_peak_per_client",
+			nil),
+		peakPerClient: desc(prefix+"_peak_per_client",
 			"Most "+what+" connections one client IP held at any sample over the peak window, for the clients with the highest peaks.",
-			[]string{"client"}, nil),
-		maxPerClientPeak: prometheus.NewDesc(prefix+"_max_per_client_peak",
+			[]string{"client"}),
+		maxPerClientPeak: desc(prefix+"_max_per_client_peak",
 			"Most "+what+" connections any one client IP held at any sample over the peak window: the burst a snapshot misses.",
-			nil, nil),
-		atLimit: prometheus.NewDesc("consul_"+group+"_client_at_limit_seconds_total",
+			nil),
+		atLimit: desc("consul_"+group+"_client_at_limit_seconds_total",
 			"Time during which some client held at least "+limitName+" "+what+" connections: sampled every --sample.interval, or exact from the kernel's events (--source events).",
-			nil, nil),
-		refused: prometheus.NewDesc("consul_refused_"+group+"_connections_total",
+			nil),
+		refused: desc("consul_refused_"+group+"_connections_total",
 			what+" connections Consul refused (past "+limitName+": closed having read nothing, then reset), counted in the kernel since the exporter started.",
-			nil, nil),
-		refusalsUntracked: prometheus.NewDesc("consul_refused_"+group+"_connections_untracked_total",
+			nil),
+		refusalsUntracked: desc("consul_refused_"+group+"_connections_untracked_total",
 			what+" connections Consul closed having read nothing that the kernel's map of pending refusals was too full to follow, and refusals by the limiter's rule judged against a limit the agent changed before a read confirmed it: each may be a refusal not counted (0 when the count is exact).",
-			nil, nil),
-		refusedBelowLimit: prometheus.NewDesc("consul_refused_"+group+"_connections_below_limit_total",
+			nil),
+		refusedBelowLimit: desc("consul_refused_"+group+"_connections_below_limit_total",
 			what+" connections Consul refused while its client held fewer than "+limitName+" besides them, as the kernel counted them (--source events with --refusals): the limiter held slots the kernel had freed.",
-			nil, nil),
-		refusedPerClient: prometheus.NewDesc("consul_refused_"+group+"_connections_per_client_total",
+			nil),
+		refusedPerClient: desc("consul_refused_"+group+"_connections_per_client_total",
 			what+" connections Consul refused to one client IP since the exporter started, for the clients refused most.",
-			[]string{"client"}, nil),
-		opened: prometheus.NewDesc("consul_opened_"+group+"_connections_total",
+			[]string{"client"}),
+		opened: desc("consul_opened_"+group+"_connections_total",
 			what+" connections opened (entered the watched states) since the exporter started, from the kernel's events.",
-			nil, nil),
-		openedPerClient: prometheus.NewDesc("consul_opened_"+group+"_connections_per_client_total",
+			nil),
+		openedPerClient: desc("consul_opened_"+group+"_connections_per_client_total",
 			what+" connections one client IP opened since the exporter started, for the clients that opened the most.",
-			[]string{"client"}, nil),
-		closed: prometheus.NewDesc("consul_closed_"+group+"_connections_total",
+			[]string{"client"}),
+		closed: desc("consul_closed_"+group+"_connections_total",
 			what+" connections closed (left the watched states) since the exporter started, by who ended them: the agent's FIN first, the client's, or a reset either way.",
-			[]string{"by"}, nil),
-		lifetimes: prometheus.NewDesc("consul_"+group+"_connection_duration_seconds",
+			[]string{"by"}),
+		lifetimes: desc("consul_"+group+"_connection_duration_seconds",
 			"How long the "+what+" connections closed since the exporter started were open (those open before it are not in it).",
-			nil, nil),
-		lost: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_lost_total",
+			nil),
+		lost: desc("consul_conn_exporter_events_"+group+"_lost_total",
 			what+" connections the kernel's connections map (--events.keys) was too full to count, each once: until an audit finds room, the counts lack them (0 when the counts are exact).",
-			nil, nil),
-		whatIfRefused: prometheus.NewDesc("consul_"+group+"_whatif_refused_total",
+			nil),
+		whatIfRefused: desc("consul_"+group+"_whatif_refused_total",
 			what+" connections a "+limitName+" of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged at each open with --source events, else from the samples (never more than were).",
-			[]string{"limit"}, nil),
-		whatIfRefusedPerClient: prometheus.NewDesc("consul_"+group+"_whatif_refused_per_client_total",
+			[]string{"limit"}),
+		whatIfRefusedPerClient: desc("consul_"+group+"_whatif_refused_per_client_total",
 			what+" connections a "+limitName+" of limit would have refused one client IP since the exporter started, for the clients it would refuse most.",
-			[]string{"limit", "client"}, nil),
-		unfollowed: prometheus.NewDesc("consul_conn_exporter_events_"+group+"_unfollowed_total",
+			[]string{"limit", "client"}),
+		unfollowed: desc("consul_conn_exporter_events_"+group+"_unfollowed_total",
 			what+" connections counted whose client the kernel's clients map (--events.keys) was too full to follow, each once: that client's churn, peak and time at the limit lack them (0 when they are exact).",
-			nil, nil),
+			nil),
 	}
 }
 
@@ -268,11 +276,23 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 	gauge(successDesc, 1)
 	for i, g := range r.Groups {
 		d := groups[g.Limiter]
+		// key are the labels that tell one group of its limiter from
+		// another: its port, for a limiter with a group per port.
+		var key []string
+		if g.PerPort {
+			key = []string{strconv.Itoa(int(g.Ports[0]))}
+		}
+		gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+			gauge(desc, v, append(slices.Clip(key), labels...)...)
+		}
+		counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+			counter(desc, v, append(slices.Clip(key), labels...)...)
+		}
 		for _, port := range g.Counts.Ports() {
 			p := strconv.Itoa(int(port))
-			gauge(d.connections, float64(g.Counts.Total(port)), p)
+			sample(d.connections, prometheus.GaugeValue, float64(g.Counts.Total(port)), p)
 			for _, state := range g.Counts.States() {
-				gauge(d.byState, float64(g.Counts.ByState(port, state)), p, state.Label())
+				sample(d.byState, prometheus.GaugeValue, float64(g.Counts.ByState(port, state)), p, state.Label())
 			}
 		}
 		gauge(d.maxPerClient, float64(g.Counts.MaxPerClient()))
@@ -323,7 +343,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 			for b, bound := range events.LifetimeBounds {
 				buckets[bound] = e.Lifetimes[b]
 			}
-			if m, err := prometheus.NewConstHistogram(d.lifetimes, e.LifetimeCount, e.LifetimeSum, buckets); err != nil {
+			if m, err := prometheus.NewConstHistogram(d.lifetimes, e.LifetimeCount, e.LifetimeSum, buckets, key...); err != nil {
 				errs = append(errs, err)
 			} else {
 				metrics = append(metrics, m)
