@@ -71,7 +71,7 @@ func TestDashboardIsOnTheDatasourceVariableWithNoHardCodedInstance(t *testing.T)
 }
 
 // A real Prometheus scrapes the real exporter (its own /metrics, with the
-// RPC group and the local programs on) and node_exporter's textfile
+// RPC and gRPC groups and the local programs on) and node_exporter's textfile
 // output; every panel's and every alert rule's PromQL must parse, and the
 // panels of features that are on must return series.
 func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
@@ -79,13 +79,15 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
 	programs.Need(t, "ss", "apt-get install iproute2")
 	programs.NeedRoot(t, "see the programs holding the connections")
-	httpL, rpcL := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1")
+	httpL, rpcL, grpcL := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1")
 	loopback.Open(t, httpL, "127.0.0.91", 12)
 	loopback.Open(t, rpcL, "127.0.0.92", 3)
+	loopback.Open(t, grpcL, "127.0.0.94", 4)
 	dir := t.TempDir()
 	exporterAddr, eventsAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	startServer(t, plainBinary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",
-		"--port", port(httpL), "--rpc.port", port(rpcL), "--clients.processes", "--refusals", "--whatif.limit", "http=5")
+		"--port", port(httpL), "--rpc.port", port(rpcL), "--grpc.port", port(grpcL), "--clients.processes", "--refusals",
+		"--whatif.limit", "http=5", "--whatif.limit", "rpc=2", "--whatif.limit", "grpc=2")
 	// The churn's panels: a second exporter, on the kernel's events
 	// (--clients.processes needs rows), and connections that come and go.
 	startServer(t, plainBinary, "--web.listen-address="+eventsAddr, "--source", "events", "--port", port(httpL), "--rpc.port", port(rpcL))
@@ -133,7 +135,7 @@ scrape_configs:
 			// Off in this test: the Pushgateway and --limit auto; and no
 			// client is refused, so none has a refusals series.
 			if !strings.Contains(expr, "push_time_seconds") && !strings.Contains(expr, `collector="limits"`) &&
-				!strings.Contains(expr, "refused_http_connections_per_client") {
+				!strings.Contains(expr, "refused_http_connections_per_client") && !strings.Contains(expr, "refused_grpc_connections_per_client") {
 				assert.Positive(t, series, "%s: %s returns no series", p.Title, expr)
 			}
 		}
