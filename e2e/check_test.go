@@ -106,7 +106,9 @@ func TestCheckJSONReadsBack(t *testing.T) {
 	assert.Equal(t, want.PerClient, perClient, "every client in one group or the other")
 	assert.Equal(t, 0.9, http.Clients[0].Share)
 	assert.Equal(t, []check.Process{{Process: "capfx", Connections: 9}}, http.Clients[0].Processes)
-	assert.Equal(t, "capfx", report.Processes[0].Process)
+	assert.Equal(t, "capfx", http.Processes[0].Process)
+	require.NotEmpty(t, rpc.Processes, "each group's programs")
+	assert.Equal(t, "capfx", rpc.Processes[0].Process)
 }
 
 func TestCheckUsageErrorsAreUnknownBeforeAnyCollection(t *testing.T) {

@@ -172,7 +172,7 @@ signal.pause()
 		// warning, and the same counts.
 		asNobody := runAsNobody(t, nil, args...)
 		require.Equal(t, 0, asNobody.exit, asNobody.stderr)
-		assert.Contains(t, asNobody.stderr, "cannot tell which local programs hold the HTTP connections")
+		assert.Contains(t, asNobody.stderr, "cannot tell which local programs hold the connections")
 		assert.Contains(t, asNobody.stderr, "CAP_SYS_PTRACE")
 		for name := range asNobody.metrics {
 			assert.NotContains(t, name, "per_process")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,7 @@ func grpcConnect(t *testing.T, from, to string, secure bool) (served bool) {
 // held on each port, each port a group of its own, and counts 3 refusals
 // for that address on each; a limit of 3 would have refused its 4th to 8th
 // opens (the events' judgement; the samples', which see the 5 held, 2);
+// the programs holding them are named per port (ss, the built-in reader);
 // check is CRITICAL for it. The HTTP group, nothing on its port, counts none.
 func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 	needEvents(t)
@@ -90,7 +92,7 @@ func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 	urls := map[string]string{"events": eventsExporter(t, flags...)}
 	for _, source := range []string{"ss", "netlink"} {
 		addr := freeAddr(t)
-		startServer(t, append([]string{binary, "--web.listen-address=" + addr, "--source", source}, flags...)...)
+		startServer(t, append([]string{binary, "--web.listen-address=" + addr, "--source", source, "--clients.processes"}, flags...)...)
 		urls[source] = "http://" + addr + "/metrics"
 	}
 	for name, url := range urls {
@@ -100,6 +102,7 @@ func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 	}
 
 	const fromPlain, fromSecure = "127.0.0.121", "127.0.0.122"
+	program := comm(t, os.Getpid())
 	for _, c := range []struct {
 		from, to string
 		secure   bool
@@ -122,13 +125,18 @@ func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 		}, 20*time.Second, 50*time.Millisecond, "%s: the refusals counted", name)
 		for port, from := range map[string]string{plainPort: fromPlain, securePort: fromSecure} {
 			at := func(metric string, labels ...string) float64 {
-				return value(t, m, fmt.Sprintf(`%s{%s}`, metric, strings.Join(append(labels, `port="`+port+`"`), ",")))
+				labels = append(labels, `port="`+port+`"`)
+				slices.Sort(labels) // as scrape keys them
+				return value(t, m, fmt.Sprintf(`%s{%s}`, metric, strings.Join(labels, ",")))
 			}
 			client := `client="` + from + `"`
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections"), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections_max_per_client"), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections_per_client", client), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_grpc_max_conns_per_client"), "%s %s", name, port)
+			if name != "events" { // which keep counts, not rows to name
+				assert.Equal(t, 5.0, at("consul_open_grpc_connections_per_process", `process="`+program+`"`), "%s %s: this test holds them", name, port)
+			}
 			assert.Equal(t, 3.0, at("consul_refused_grpc_connections_total"), "%s %s", name, port)
 			assert.Equal(t, 3.0, at("consul_refused_grpc_connections_per_client_total", client), "%s %s", name, port)
 			assert.Equal(t, 0.0, at("consul_refused_grpc_connections_untracked_total"), "%s %s", name, port)

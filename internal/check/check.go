@@ -84,13 +84,12 @@ type Report struct {
 	Status Status `json:"status"`
 	// Reason is the verdict's one line: the worst client, its group and
 	// limit, or why there is no verdict.
-	Reason    string       `json:"reason"`
-	Groups    []Group      `json:"groups,omitempty"`
-	Processes []Process    `json:"processes,omitempty"`
-	Notes     []string     `json:"notes,omitempty"`
-	Error     string       `json:"error,omitempty"`
-	worst     *worstClient // nil when no client holds a connection
-	states    []string     // the watched states, in the order given
+	Reason string       `json:"reason"`
+	Groups []Group      `json:"groups,omitempty"`
+	Notes  []string     `json:"notes,omitempty"`
+	Error  string       `json:"error,omitempty"`
+	worst  *worstClient // nil when no client holds a connection
+	states []string     // the watched states, in the order given
 }
 
 // Group is one limiter group's counts.
@@ -102,6 +101,9 @@ type Group struct {
 	MaxPerClient int      `json:"max_per_client"`
 	Ports        []Port   `json:"ports"`
 	Clients      []Client `json:"clients"`
+	// Processes are the programs on this host holding its connections, the
+	// busiest first, where known.
+	Processes []Process `json:"processes,omitempty"`
 	// WhatIf are the limits not set yet (--whatif.limit), and whom each
 	// would refuse.
 	WhatIf []WhatIf `json:"whatif,omitempty"`
@@ -196,8 +198,8 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 					client.Uses[u.Label()] = n
 				}
 			}
-			if g.Limiter == collector.HTTP && res.ProcessesKnown {
-				for _, h := range res.Processes {
+			if res.ProcessesKnown {
+				for _, h := range g.Processes {
 					if h.Client == c.Client {
 						client.Processes = append(client.Processes, Process{h.Process, h.Count})
 					}
@@ -214,13 +216,14 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 				group.WhatIf = append(group.WhatIf, w)
 			}
 		}
+		if res.ProcessesKnown {
+			for _, p := range tally.ByProcess(g.Processes, max(res.TopClients, 1)) {
+				group.Processes = append(group.Processes, Process{p.Process, p.Count})
+			}
+		}
 		r.Groups = append(r.Groups, group)
 	}
-	if res.ProcessesKnown {
-		for _, p := range tally.ByProcess(res.Processes, max(res.TopClients, 1)) {
-			r.Processes = append(r.Processes, Process{p.Process, p.Count})
-		}
-	} else if res.Has("processes") {
+	if !res.ProcessesKnown && res.Has("processes") {
 		r.Notes = append(r.Notes, "the programs holding the connections cannot be named: "+res.ProcessesWhy)
 	}
 	r.Notes = append(r.Notes, res.Limits.Notes...)

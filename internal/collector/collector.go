@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -78,7 +79,7 @@ type Config struct {
 	States []socket.State
 	// TopClients is how many clients (and programs) get a sample each.
 	TopClients int
-	// Processes names the local programs holding the HTTP connections,
+	// Processes names the local programs holding each group's connections,
 	// looking them up in the kernel's list of open files where
 	// ProcessesFromKernel and its program could be loaded, else in ProcDir
 	// (/proc), for at most ProcessesTimeout.
@@ -115,7 +116,7 @@ func (c Config) Ports() []uint16 {
 func (c Config) Want() source.Want {
 	want := source.Want{States: c.States, Ports: c.Ports()}
 	if c.Processes {
-		want.ClientPorts = c.GroupPorts(HTTP)
+		want.ClientPorts = c.Ports()
 	}
 	return want
 }
@@ -257,11 +258,15 @@ func (c *Collector) collect(ctx context.Context) Result {
 	}
 	if r.counts.processes != nil {
 		began := time.Now()
-		res.Processes, res.ProcessesWhy = c.namePrograms(ctx, r.counts.processes)
+		var held [][]tally.ProcessCount
+		held, res.ProcessesWhy = c.namePrograms(ctx, r.counts.processes)
 		res.ProcessesKnown = res.ProcessesWhy == ""
 		var err error
 		if !res.ProcessesKnown {
 			err = errors.New(res.ProcessesWhy)
+		}
+		for i := range held {
+			res.Groups[i].Processes = held[i]
 		}
 		res.part("processes", err, time.Since(began))
 	}
@@ -445,7 +450,7 @@ func (c *Collector) agent(ctx context.Context, collection bool) (*listeners.Agen
 }
 
 // counts are one collection's tallies: one per limiter group, and the
-// programs holding the HTTP connections when asked for; where agent is
+// programs holding each group's connections when asked for; where agent is
 // known, of the connections it accepted.
 type counts struct {
 	config        Config
@@ -453,7 +458,7 @@ type counts struct {
 	withProcesses bool
 	agent         *listeners.Agent
 	groups        []*tally.Tally
-	processes     *tally.Processes
+	processes     []*tally.Processes // per group, as groups
 	// ownerless: the table did not give the user of some connection the
 	// agent accepted.
 	ownerless bool
@@ -467,12 +472,12 @@ func newCounts(config Config, processes bool, agent *listeners.Agent) *counts {
 
 func (c *counts) reset() {
 	c.ownerless = false
-	c.groups = nil
+	c.groups, c.processes = nil, nil
 	for _, g := range c.config.Groups {
 		c.groups = append(c.groups, tally.New(g.Ports, c.config.States))
-	}
-	if c.withProcesses {
-		c.processes = tally.NewProcesses(c.config.Groups[0].Ports, c.config.States)
+		if c.withProcesses {
+			c.processes = append(c.processes, tally.NewProcesses(g.Ports, c.config.States))
+		}
 	}
 }
 
@@ -493,27 +498,38 @@ func (c *counts) add(s socket.Socket) {
 	for _, g := range c.groups {
 		g.Add(s)
 	}
-	if c.processes != nil {
-		c.processes.Add(s)
+	for _, p := range c.processes {
+		p.Add(s)
 	}
 }
 
 // namePrograms names the programs holding the counted connections' client
-// ends on this host: as the table names them, or by their inodes within the
-// budget. Whatever goes wrong costs only the names, never the
-// counts; it is logged once per change.
-func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) (held []tally.ProcessCount, why string) {
+// ends on this host, each group's (as the table names them, or by their
+// inodes within the budget, in one lookup for every group). Whatever goes
+// wrong costs only the names, never the counts; it is logged once per
+// change.
+func (c *Collector) namePrograms(ctx context.Context, groups []*tally.Processes) (held [][]tally.ProcessCount, why string) {
 	ctx, cancel := context.WithTimeout(ctx, c.config.ProcessesTimeout)
 	defer cancel()
-	names := p.Unnamed()
+	names := map[uint64]string{}
+	for _, p := range groups {
+		maps.Copy(names, p.Unnamed())
+	}
 	found, err := c.parts.Owners.Names(ctx, names)
-	held, unknown := p.Held(names)
+	var unknown tally.Unknown
+	for _, p := range groups {
+		h, u := p.Held(names)
+		held = append(held, h)
+		unknown.Untold, unknown.NotFound, unknown.Unseen = unknown.Untold+u.Untold, unknown.NotFound+u.NotFound, unknown.Unseen+u.Unseen
+	}
 	switch {
 	case err != nil:
 		why = err.Error() + " (--clients.processes.timeout bounds the lookup)"
 	case unknown.Unseen > 0:
 		why = fmt.Sprintf("the table has no client end of the %d connections from this host's loopback (a --command needs them too: ss -e, with or dport = :PORT)", unknown.Unseen)
-	case slices.ContainsFunc(held, func(h tally.ProcessCount) bool { return !utf8.ValidString(h.Process) }):
+	case slices.ContainsFunc(held, func(h []tally.ProcessCount) bool {
+		return slices.ContainsFunc(h, func(h tally.ProcessCount) bool { return !utf8.ValidString(h.Process) })
+	}):
 		why = "a program's name is not valid UTF-8" // no source lets one through: never a label
 	case unknown.Untold > 0:
 		why = fmt.Sprintf("the table names no program for %d client ends (a --command needs -e or -p, of ss or netstat)", unknown.Untold)
@@ -524,8 +540,8 @@ func (c *Collector) namePrograms(ctx context.Context, p *tally.Processes) (held 
 	}
 	// Some not found while others were, every process read: those
 	// connections closed between the table and the walk.
-	c.namingState.Log(c.logger, slog.LevelWarn, why, "cannot tell which local programs hold the HTTP connections, so no per-process counts",
-		"the programs holding the HTTP connections can be named again")
+	c.namingState.Log(c.logger, slog.LevelWarn, why, "cannot tell which local programs hold the connections, so no per-process counts",
+		"the programs holding the connections can be named again")
 	if why != "" {
 		return nil, why
 	}

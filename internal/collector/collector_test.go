@@ -391,7 +391,7 @@ func TestProgramsAreNamedByInodeFromProc(t *testing.T) {
 	res := collector.New(config, collector.Parts{Source: localClient, Limits: defaultLimits}, discard).Collect(context.Background())
 	require.NoError(t, res.Err)
 	want := `
-# HELP consul_conn_exporter_processes_success 1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
+# HELP consul_conn_exporter_processes_success 1 if the programs holding the connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
 # TYPE consul_conn_exporter_processes_success gauge
 consul_conn_exporter_processes_success 1
 # HELP consul_open_http_connections_per_process HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.
@@ -420,7 +420,7 @@ func TestAFailedProgramLookupLeavesTheCountsExact(t *testing.T) {
 # HELP consul_conn_exporter_collect_success 1 if the socket table was read and counted, 0 if the collection failed (then no connection counts are reported).
 # TYPE consul_conn_exporter_collect_success gauge
 consul_conn_exporter_collect_success 1
-# HELP consul_conn_exporter_processes_success 1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
+# HELP consul_conn_exporter_processes_success 1 if the programs holding the connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
 # TYPE consul_conn_exporter_processes_success gauge
 consul_conn_exporter_processes_success 0
 # HELP consul_open_http_connections_max_per_client Most HTTP connections any one client IP holds over the group's ports: the number Consul's http_max_conns_per_client applies to.

@@ -42,7 +42,7 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("established,close-wait").StringVar(&f.states)
 	app.Flag("clients.top", "How many of the busiest clients (and local programs) get a sample of their own (0: none).").
 		Default("10").SetValue(wholenumber.Of(&f.topClients))
-	app.Flag("clients.processes", "Also count which local programs hold the HTTP connections (to see other users' programs: root, or CAP_BPF and CAP_PERFMON at start, or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; see --clients.processes.bpf).").
+	app.Flag("clients.processes", "Also count which local programs hold each group's connections (to see other users' programs: root, or CAP_BPF and CAP_PERFMON at start, or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; see --clients.processes.bpf).").
 		BoolVar(&f.processes)
 	app.Flag("clients.processes.bpf", "Name the programs from the kernel's list of every process's open files, read by a kernel program in one pass (needs root, or CAP_BPF and CAP_PERFMON, to load it at start; Linux 5.8 with BTF); without it, or where it cannot be loaded, the exporter walks /proc, a link per open file.").
 		Default("true").BoolVar(&f.processesBPF)

@@ -26,10 +26,9 @@ type Result struct {
 	// TopClients is how many of the busiest clients (and programs) are
 	// shown each.
 	TopClients int
-	// Processes is how many HTTP connections each local program holds,
-	// per client address, when ProcessesKnown: every local client end's
-	// program could be read (asked for where the Result Has "processes").
-	Processes      []tally.ProcessCount
+	// ProcessesKnown says every local client end's program could be read
+	// (asked for where the Result Has "processes"): each group's
+	// Processes are known.
 	ProcessesKnown bool
 	// ProcessesWhy says why they could not be named, when asked and not
 	// known: the same words the log has.
@@ -101,7 +100,7 @@ func (r *Result) part(name string, err error, took time.Duration) {
 // peaks keep their samples' counters).
 func (r *Result) Failed(err error) {
 	r.Err = err
-	r.Groups, r.Processes, r.ProcessesKnown, r.ProcessesWhy, r.Refusals, r.Events = nil, nil, false, "", nil, nil
+	r.Groups, r.ProcessesKnown, r.ProcessesWhy, r.Refusals, r.Events = nil, false, "", nil, nil
 	skipped := errors.New("not made: the connections could not be counted")
 	for i := range r.Parts {
 		switch p := &r.Parts[i]; {
@@ -119,4 +118,7 @@ type GroupCounts struct {
 	// Limit is the per-client limit, 0 when not known.
 	Limit  int
 	Counts *tally.Tally
+	// Processes is how many of the group's connections each local program
+	// holds, per client address, where Result.ProcessesKnown.
+	Processes []tally.ProcessCount
 }

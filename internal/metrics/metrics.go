@@ -27,6 +27,8 @@ type groupDescs struct {
 	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
 	// What each connection is doing with its slot.
 	byUse, perClientByUse, longestByUse *prometheus.Desc
+	// The local programs holding the connections (--clients.processes).
+	perProcess, perProcessByUse *prometheus.Desc
 	// From the samples over the peak window.
 	peakPerClient, maxPerClientPeak, atLimit *prometheus.Desc
 	// Counted in the kernel (--refusals).
@@ -79,6 +81,12 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 		perClientByUse: desc(prefix+"_per_client_by_use",
 			what+" connections one client IP holds, by use, for the clients holding the most (uses it holds none in are absent).",
 			[]string{"client", "use"}),
+		perProcess: desc(prefix+"_per_process",
+			what+" connections whose client end is held by a program on this host, by its command name, for the programs holding the most.",
+			[]string{"process"}),
+		perProcessByUse: desc(prefix+"_per_process_by_use",
+			what+" connections whose client end a program on this host holds, by command name and by what each does with its slot, for the programs holding the most (uses it holds none in are absent).",
+			[]string{"process", "use"}),
 		limit: desc("consul_"+limitName,
 			"Consul's per-client "+what+" connection limit ("+limitName+"), as configured or read from the agent.",
 			nil),
@@ -131,17 +139,9 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 }
 
 var (
-	perProcessByUseDesc = prometheus.NewDesc(
-		"consul_open_http_connections_per_process_by_use",
-		"HTTP connections whose client end a program on this host holds, by command name and by what each does with its slot, for the programs holding the most (uses it holds none in are absent).",
-		[]string{"process", "use"}, nil)
-	perProcessDesc = prometheus.NewDesc(
-		"consul_open_http_connections_per_process",
-		"HTTP connections whose client end is held by a program on this host, by its command name, for the programs holding the most.",
-		[]string{"process"}, nil)
 	processesDesc = prometheus.NewDesc(
 		"consul_conn_exporter_processes_success",
-		"1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).",
+		"1 if the programs holding the connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).",
 		nil, nil)
 	limitsReadDesc = prometheus.NewDesc(
 		"consul_conn_exporter_limits_read_success",
@@ -209,11 +209,11 @@ func (r result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range collector.Limiters {
 		g := groups[l]
 		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.longestByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit, g.whatIfRefused, g.whatIfRefusedPerClient,
-			g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
+			g.perProcess, g.perProcessByUse, g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
 	}
-	for _, d := range []*prometheus.Desc{perProcessDesc, perProcessByUseDesc, processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
+	for _, d := range []*prometheus.Desc{processesDesc, limitsReadDesc, samplesDesc, samplesFailedDesc, successDesc, durationDesc, portListeningDesc, portListenerUsersDesc,
 		eventsDriftDesc, eventsAuditsDesc, eventsMissedDesc, refusalsMissedDesc, collectorSuccessDesc, collectorDurationDesc} {
 		ch <- d
 	}
@@ -315,6 +315,16 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		if g.Limit > 0 {
 			gauge(d.limit, float64(g.Limit))
 		}
+		if r.ProcessesKnown {
+			for _, p := range tally.ByProcess(g.Processes, r.TopClients) {
+				gauge(d.perProcess, float64(p.Count), p.Process)
+				for _, u := range socket.Uses {
+					if n := p.ByUse[u]; n > 0 {
+						gauge(d.perProcessByUse, float64(n), p.Process, u.Label())
+					}
+				}
+			}
+		}
 		if r.Peaks != nil && r.Peaks.Known {
 			p := r.Peaks.Groups[i]
 			gauge(d.maxPerClientPeak, float64(p.MaxPerClient))
@@ -384,16 +394,6 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 			p := strconv.Itoa(int(port))
 			gauge(portListeningDesc, boolValue(users > 0), p)
 			gauge(portListenerUsersDesc, float64(users), p)
-		}
-	}
-	if r.ProcessesKnown {
-		for _, p := range tally.ByProcess(r.Processes, r.TopClients) {
-			gauge(perProcessDesc, float64(p.Count), p.Process)
-			for _, u := range socket.Uses {
-				if n := p.ByUse[u]; n > 0 {
-					gauge(perProcessByUseDesc, float64(n), p.Process, u.Label())
-				}
-			}
 		}
 	}
 	return metrics, errors.Join(errs...)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/collector"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/limits"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 )
 
@@ -19,7 +20,9 @@ import (
 // drawn from the counts failed with it, the limits' read as it went.
 func TestAResultThatCannotBeRenderedIsAFailedCollection(t *testing.T) {
 	res := collector.Result{
-		Processes:      []tally.ProcessCount{{Client: netip.MustParseAddr("127.0.0.7"), Process: "bad\xff", Count: 1}},
+		Groups: []collector.GroupCounts{{Group: collector.Group{Limiter: collector.HTTP, Ports: []uint16{8500}},
+			Counts:    tally.New([]uint16{8500}, []socket.State{socket.StateEstablished}),
+			Processes: []tally.ProcessCount{{Client: netip.MustParseAddr("127.0.0.7"), Process: "bad\xff", Count: 1}}}},
 		ProcessesKnown: true, TopClients: 10,
 		Limits: limits.Snapshot{Auto: true, ReadOK: true},
 		Parts:  []collector.Part{{Name: "source"}, {Name: "limits"}, {Name: "processes"}},
@@ -36,7 +39,7 @@ consul_conn_exporter_collector_success{collector="source"} 0
 # HELP consul_conn_exporter_limits_read_success 1 if the last read of the limits from the Consul agent (--limit auto) worked, 0 if not (the last limits read stay).
 # TYPE consul_conn_exporter_limits_read_success gauge
 consul_conn_exporter_limits_read_success 1
-# HELP consul_conn_exporter_processes_success 1 if the programs holding the HTTP connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
+# HELP consul_conn_exporter_processes_success 1 if the programs holding the connections were named (--clients.processes), 0 if not (then the per-process counts are absent; the other counts are not affected).
 # TYPE consul_conn_exporter_processes_success gauge
 consul_conn_exporter_processes_success 0
 `
