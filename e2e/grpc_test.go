@@ -79,8 +79,8 @@ func grpcConnect(t *testing.T, from, to string, secure bool) (served bool) {
 // held on each port, each port a group of its own, and counts 3 refusals
 // for that address on each; a limit of 3 would have refused its 4th to 8th
 // opens (the events' judgement; the samples', which see the 5 held, 2);
-// the programs holding them are named per port (ss, the built-in reader);
-// check is CRITICAL for it. The HTTP group, nothing on its port, counts none.
+// the programs holding them are named per port (ss, the built-in reader),
+// the events count its 8 opens on each; check is CRITICAL for it. The HTTP group, nothing on its port, counts none.
 func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 	needEvents(t)
 	programs.Need(t, "ss", "apt-get install iproute2")
@@ -134,6 +134,9 @@ func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections_max_per_client"), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections_per_client", client), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_grpc_max_conns_per_client"), "%s %s", name, port)
+			if name == "events" { // the churn: every open, refused ones too
+				exactUnlessMissed(t, m, 8, fmt.Sprintf(`consul_opened_grpc_connections_total{port="%s"}`, port))
+			}
 			if name != "events" { // which keep counts, not rows to name
 				assert.Equal(t, 5.0, at("consul_open_grpc_connections_per_process", `process="`+program+`"`), "%s %s: this test holds them", name, port)
 			}
