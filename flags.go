@@ -156,6 +156,7 @@ func parseWith(app *kingpin.Application, args []string) (*config, error) {
 	}
 	if cfg.check != nil || cfg.once {
 		counting.SampleInterval = 0 // one collection: nothing between collections
+		counting.Once = true
 	}
 	cfg.counting = counting
 	cfg.serveWeb = cfg.web.Enabled()

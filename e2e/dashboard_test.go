@@ -80,14 +80,17 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	programs.Need(t, "ss", "apt-get install iproute2")
 	programs.NeedRoot(t, "see the programs holding the connections")
 	httpL, rpcL, grpcL := loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1"), loopback.Listen(t, "127.0.0.1")
-	loopback.Open(t, httpL, "127.0.0.91", 12)
-	loopback.Open(t, rpcL, "127.0.0.92", 3)
-	loopback.Open(t, grpcL, "127.0.0.94", 4)
 	dir := t.TempDir()
 	exporterAddr, eventsAddr, nodeAddr, promAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	startServer(t, plainBinary, "--web.listen-address="+exporterAddr, "--textfile.directory="+dir, "--interval=1s",
 		"--port", port(httpL), "--rpc.port", port(rpcL), "--grpc.port", port(grpcL), "--clients.processes", "--refusals",
 		"--whatif.limit", "http=5", "--whatif.limit", "rpc=2", "--whatif.limit", "grpc=2")
+	// Opened after its first read, which the limits not set yet judge
+	// from: what it found held opened before it.
+	scrape(t, "http://"+exporterAddr+"/metrics")
+	loopback.Open(t, httpL, "127.0.0.91", 12)
+	loopback.Open(t, rpcL, "127.0.0.92", 3)
+	loopback.Open(t, grpcL, "127.0.0.94", 4)
 	// The churn's panels: a second exporter, on the kernel's events
 	// (--clients.processes needs rows), and connections that come and go.
 	startServer(t, plainBinary, "--web.listen-address="+eventsAddr, "--source", "events", "--port", port(httpL), "--rpc.port", port(rpcL))

@@ -94,7 +94,8 @@ type Report struct {
 
 // Group is one limiter group's counts.
 type Group struct {
-	Name         string   `json:"name"`               // http or rpc
+	Name         string   `json:"name"`               // http, rpc or grpc
+	Title        string   `json:"title"`              // its words: "HTTP", "gRPC port 8502"
 	LimitName    string   `json:"limit_name"`         // Consul's setting
 	Limit        int      `json:"limit"`              // 0 when none, or not known
 	NoLimit      bool     `json:"no_limit,omitempty"` // Consul's 0: no per-client limit
@@ -107,16 +108,15 @@ type Group struct {
 	// WhatIf are the limits not set yet (--whatif.limit), and whom each
 	// would refuse.
 	WhatIf []WhatIf `json:"whatif,omitempty"`
-	title  string   // its words: "HTTP", "gRPC port 8502"
 }
 
 // at is where the group's limit applies, in a line naming the limit:
 // "grpc_max_conns_per_client 5 on gRPC port 8502", "http_max_conns_per_client 5".
 func (g Group) at(limit int) string {
-	if g.title == strings.ToUpper(g.Name) {
+	if g.Title == strings.ToUpper(g.Name) {
 		return fmt.Sprintf("%s %d", g.LimitName, limit)
 	}
-	return fmt.Sprintf("%s %d on %s", g.LimitName, limit, g.title)
+	return fmt.Sprintf("%s %d on %s", g.LimitName, limit, g.Title)
 }
 
 // WhatIf is what a limit not set yet would refuse: as of this one
@@ -177,7 +177,7 @@ func (f *Flags) Evaluate(res collector.Result) Report {
 		r.states = append(r.states, state.Label())
 	}
 	for i, g := range res.Groups {
-		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}, title: g.Title()}
+		group := Group{Name: g.Name, LimitName: g.Setting, Limit: g.Limit, MaxPerClient: g.Counts.MaxPerClient(), Clients: []Client{}, Title: g.Title()}
 		group.NoLimit = g.Limit == 0 && res.Limits.Err() == nil
 		for _, port := range g.Counts.Ports() {
 			p := Port{Port: port, Open: g.Counts.Total(port), ByState: map[string]int{}}
@@ -300,7 +300,7 @@ func whatIfVerdict(r *Report) string {
 			if w.Refused == 0 {
 				continue
 			}
-			line := fmt.Sprintf("at %s, %d %s connections would be refused", g.at(w.Limit), w.Refused, g.title)
+			line := fmt.Sprintf("at %s, %d %s connections would be refused", g.at(w.Limit), w.Refused, g.Title)
 			for i, c := range w.Clients {
 				if i == 0 {
 					line = fmt.Sprintf("at %s, %s would be refused %d connections", g.at(w.Limit), c.Client, c.Refused)
@@ -348,7 +348,7 @@ func (f *Flags) clientsVerdict(r *Report) (Status, string) {
 		status = Warning
 	}
 	reason := fmt.Sprintf("%s holds %d of the %d %s connections %s allows (%s)",
-		w.client.Client, w.client.Connections, w.group.Limit, w.group.title, w.group.LimitName, percent(w.client.Share))
+		w.client.Client, w.client.Connections, w.group.Limit, w.group.Title, w.group.LimitName, percent(w.client.Share))
 	if use, n := biggestUse(w.client.Uses); n > 0 {
 		reason += fmt.Sprintf(", %d %s", n, useWords[use])
 	}

@@ -58,7 +58,7 @@ func (r Report) WriteText(w io.Writer, color bool) error {
 		if g.Limit > 0 {
 			limit = fmt.Sprintf("limit %d per client: %s", g.Limit, g.LimitName)
 		}
-		fmt.Fprintf(tw, "%s connections (%s)\n", g.title, limit)
+		fmt.Fprintf(tw, "%s connections (%s)\n", g.Title, limit)
 		fmt.Fprintf(tw, "  PORT\tOPEN\t%s\n", strings.ToUpper(strings.Join(r.states, "\t")))
 		for _, p := range g.Ports {
 			fmt.Fprintf(tw, "  %d\t%d", p.Port, p.Open)

@@ -90,6 +90,10 @@ type Config struct {
 	// SampleInterval, when set, has the table read that often between
 	// collections for the peaks over PeakWindow.
 	SampleInterval, PeakWindow time.Duration
+	// Once is a single collection (check, --once): the limits not set yet
+	// judge what is held then, where a running exporter judges only what
+	// opens after its first read.
+	Once bool
 }
 
 // GroupPorts are the ports of l's groups, none if it is not watched.
@@ -183,7 +187,7 @@ func New(config Config, parts Parts, logger *slog.Logger) *Collector {
 		candidates[i] = g.WhatIf
 	}
 	if parts.Events == nil && slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
-		c.whatIf = whatif.New(candidates)
+		c.whatIf = whatif.New(candidates, config.Once)
 	}
 	return c
 }
@@ -394,7 +398,13 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 // (with the events, each client's peak since the last read, else its
 // count), and to the candidate limits' predictions.
 func (c *Collector) sampled(start time.Time, r reading) {
-	if c.whatIf != nil && r.err == nil {
+	switch {
+	case c.whatIf == nil:
+	case r.err != nil, r.agent != nil && r.agent.Down:
+		// Nothing of the agent's seen: its clients' counts next are no
+		// opens since this.
+		c.whatIf.Forget()
+	default:
 		c.whatIf.Add(r.counts.groups)
 	}
 	switch {

@@ -753,13 +753,43 @@ consul_open_http_connections_per_process_by_use{process="nomad",use="waiting"} 1
 	assertLintClean(t, res)
 }
 
-// A limit not set yet, judged from a collection: the clients holding more
-// than it would have been refused what they hold past it (the capture's
-// 127.0.0.10 holds 9, 127.0.0.11 6: at 5, 4 and 1), named, lint-clean.
+// opened is a source that reads an empty table first, then capture's: its
+// connections all open after the first read.
+type opened struct {
+	source.Source
+	read bool
+}
+
+func (o *opened) Read(ctx context.Context, add func(socket.Socket), reset func()) error {
+	if !o.read {
+		o.read = true
+		return nil
+	}
+	return o.Source.Read(ctx, add, reset)
+}
+
+// collectOpened collects twice: an empty table, then capture's.
+func collectOpened(t *testing.T, config collector.Config, capture string) collector.Result {
+	t.Helper()
+	c := collector.New(config, collector.Parts{Source: &opened{Source: captured(t, capture, false)}, Limits: defaultLimits}, discard)
+	c.Collect(context.Background())
+	return c.Collect(context.Background())
+}
+
+// A limit not set yet, judged from a collection after one that saw none of
+// the connections: the clients holding more than it would have been
+// refused what they hold past it (the capture's 127.0.0.10 holds 9,
+// 127.0.0.11 6: at 5, 4 and 1), named, lint-clean. What the first read
+// finds held opened before it: no refusal predicted.
 func TestWhatIfLimitsPredictWhoWouldBeRefused(t *testing.T) {
 	config := defaultConfig
 	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500, 8501}, WhatIf: []int{5, 100}}}
-	res := collect(t, config, mixed)
+	first := collect(t, config, mixed)
+	assert.Zero(t, first.WhatIf[0][0].Refused, "held before the first read")
+	config.Once = true // check, --once: who holds past it now
+	assert.Equal(t, uint64(5), collect(t, config, mixed).WhatIf[0][0].Refused)
+	config.Once = false
+	res := collectOpened(t, config, mixed)
 	require.NoError(t, res.Err)
 	want := `
 # HELP consul_http_whatif_refused_total HTTP connections a http_max_conns_per_client of limit would have refused since the exporter started (--whatif.limit): each opening while its client held limit or more, judged at each open with --source events, else from the samples (never more than were).
@@ -784,7 +814,7 @@ func TestEachGRPCPortIsAGroupKeyedByItsPort(t *testing.T) {
 	config := defaultConfig
 	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8499}},
 		{Limiter: collector.GRPC, Ports: []uint16{8500}, WhatIf: []int{5}}, {Limiter: collector.GRPC, Ports: []uint16{8501}, WhatIf: []int{5}}}
-	res := collect(t, config, mixed)
+	res := collectOpened(t, config, mixed)
 	require.NoError(t, res.Err)
 	want := expected(t, mixed)
 	on8500, on8501 := res.Groups[1].Counts, res.Groups[2].Counts

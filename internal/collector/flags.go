@@ -11,6 +11,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/events"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/kernel"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/socket"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/wholenumber"
 )
@@ -102,6 +103,9 @@ func (f *Flags) Config() (Config, error) {
 	}
 	for _, p := range grpcPorts {
 		config.Groups = append(config.Groups, Group{Limiter: GRPC, Ports: []uint16{p}})
+	}
+	if len(config.Groups) > kernel.MaxGroups {
+		return config, fmt.Errorf("--grpc.port: at most %d limiter groups in all, one per gRPC port besides HTTP's and RPC's (%d given)", kernel.MaxGroups, len(config.Groups))
 	}
 	for _, word := range strings.Split(f.states, ",") {
 		s, ok := socket.ParseState(strings.TrimSpace(word))

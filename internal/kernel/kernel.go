@@ -72,12 +72,17 @@ func WriteUsers(m *ebpf.Map, users map[uint16]uint32) (changed bool, err error) 
 	return changed, nil
 }
 
+// MaxGroups is how many limiter groups the programs tell apart: port_groups
+// holds 1 + a group in a byte, 0 for a port not watched.
+const MaxGroups = 255
+
 // PortGroups is port_groups of counts.h, which both programs read:
 // each port, by its number, to 1 + its group (groups[i] are group i's
-// ports), 0 for a port not watched. A limiter group is one of a few.
+// ports), 0 for a port not watched. The flags allow no more than
+// MaxGroups groups.
 func PortGroups(groups [][]uint16) *[65536]uint8 {
 	var of [65536]uint8
-	for group, ports := range groups[:min(len(groups), 255)] {
+	for group, ports := range groups[:min(len(groups), MaxGroups)] {
 		for _, p := range ports {
 			of[p] = uint8(group) + 1
 		}

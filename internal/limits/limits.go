@@ -307,6 +307,10 @@ func (s *Source) firstRead() {
 func (s *Source) read() {
 	began, start := monotonic(), time.Now()
 	read, err := s.ask()
+	// An agent whose version cannot be read leaves its gRPC limit unknown:
+	// the read failed, but the other limits it read apply.
+	var version *versionError
+	partial := errors.As(err, &version)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.snapshot.ReadOK, s.snapshot.ReadErr, s.snapshot.TooManyConnections = err == nil, nil, false
@@ -319,7 +323,7 @@ func (s *Source) read() {
 		state = s.snapshot.ReadErr.Error()
 	}
 	s.readState.Log(s.logger, slog.LevelError, state, "cannot read the limits; the last ones read stay", "reading the limits from the Consul agent works again")
-	if err != nil {
+	if err != nil && !partial {
 		return
 	}
 	if s.http.Auto {
@@ -328,7 +332,7 @@ func (s *Source) read() {
 	if s.rpc.Auto {
 		s.snapshot.RPC = read.RPC
 	}
-	if s.grpc.Auto {
+	if s.grpc.Auto && !partial {
 		s.snapshot.GRPC = read.GRPC
 	}
 	s.snapshot.ReadAt = began
@@ -385,6 +389,14 @@ var (
 	grpcDefault = 100
 )
 
+// versionError is an agent's version that is none: whether it has a gRPC
+// limiter cannot be told.
+type versionError struct{ version string }
+
+func (e *versionError) Error() string {
+	return fmt.Sprintf("the agent's version %q is not one (Config.Version): cannot tell whether it has a gRPC limiter", say.Clip(e.version, 40))
+}
+
 // grpcLimit is the agent's grpc_max_conns_per_client by its version: none
 // before the limiter came, else as the agent reports it, else Consul's
 // default. Each is said once, as a note.
@@ -392,7 +404,7 @@ func (s *Source) grpcLimit(self map[string]map[string]any) (int, error) {
 	word, _ := self["Config"]["Version"].(string)
 	v, err := version.NewVersion(word)
 	if err != nil {
-		return 0, fmt.Errorf("the agent's version %q is not one (Config.Version): cannot tell whether it has a gRPC limiter", say.Clip(word, 40))
+		return 0, &versionError{word}
 	}
 	if v.Core().LessThan(grpcLimiterSince) {
 		s.note(fmt.Sprintf("the Consul agent %s has no gRPC per-client limiter (it came with %s): no limit applies to its gRPC connections", v.Core(), grpcLimiterSince))

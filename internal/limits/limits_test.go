@@ -341,7 +341,8 @@ func TestWithNoAddressTheLimitsAreReadAtTheFirstWatchedHTTPPort(t *testing.T) {
 // --grpc.limit auto follows the agent's version: none before the gRPC
 // limiter came (2.0.3), said once; the agent's value where it reports one;
 // Consul's default of 100, said, where it does not; an agent whose version
-// cannot be read is a failed read, never a guess.
+// cannot be read is a failed read for the gRPC limit, never a guess, and
+// the other limits it read apply.
 func TestTheGRPCLimitFollowsTheAgentsVersion(t *testing.T) {
 	for name, tc := range map[string]struct {
 		self  string
@@ -354,8 +355,8 @@ func TestTheGRPCLimitFollowsTheAgentsVersion(t *testing.T) {
 		"2.0.3 reporting it": {`{"Config": {"Version": "2.0.3"}, "DebugConfig": {"HTTPMaxConnsPerClient": 200, "GRPCMaxConnsPerClient": 40, "GRPCPort": 8502}}`, 40, "", ""},
 		"2.1.0+ent not reporting it": {`{"Config": {"Version": "2.1.0+ent"}, "DebugConfig": {"HTTPMaxConnsPerClient": 200, "GRPCPort": 8502}}`, 100,
 			"the Consul agent 2.1.0 does not report grpc_max_conns_per_client: Consul's default of 100 is taken", ""},
-		"no version": {`{"Config": {}, "DebugConfig": {"HTTPMaxConnsPerClient": 200}}`, 0, "",
-			`the agent's version "" is not one (Config.Version): cannot tell whether it has a gRPC limiter`},
+		"no version": {`{"Config": {"Version": "weird"}, "DebugConfig": {"HTTPMaxConnsPerClient": 150}}`, 0, "",
+			`the agent's version "weird" is not one (Config.Version): cannot tell whether it has a gRPC limiter`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var a atomic.Value
@@ -370,7 +371,8 @@ func TestTheGRPCLimitFollowsTheAgentsVersion(t *testing.T) {
 			snap := s.Snapshot()
 			if tc.err != "" {
 				assert.ErrorContains(t, snap.Err(), tc.err)
-				assert.Zero(t, snap.GRPC)
+				assert.Zero(t, snap.GRPC, "not known")
+				assert.Equal(t, 150, snap.HTTP, "the limits the read could tell apply")
 				return
 			}
 			require.NoError(t, snap.Err())

@@ -3,7 +3,8 @@
 // when it opens while its client already holds the limit or more. Between
 // two samples a client's count went from a to b: at least b - max(a, N) of
 // its connections opened while it held N or more, and would have been
-// refused at limit N. That is what is counted: never more than the opens a
+// refused at limit N. That is what is counted, from the first sample on
+// (what it finds held opened before it): never more than the opens a
 // judge at each one (the kernel's events) would count, and exactly that
 // for clients that open and hold; more than the agent would refuse for
 // clients that close and reopen between samples (a refused connection
@@ -32,7 +33,12 @@ type Judge struct {
 type group struct {
 	limits []int
 	last   map[netip.Addr]int // each client's count at the last sample
-	counts []prediction       // per limit, as limits
+	// based: last is a sample's. The first sample after the start, or
+	// after one that could not see the agent's connections, is a base
+	// only: what its clients hold opened before it, and no judge at each
+	// open (the kernel's events) would count it.
+	based  bool
+	counts []prediction // per limit, as limits
 }
 
 type prediction struct {
@@ -41,11 +47,13 @@ type prediction struct {
 }
 
 // New judges limits[i], the candidate limits of group i (none: the group is
-// not judged).
-func New(limits [][]int) *Judge {
+// not judged). Once, for a single collection (check, --once), judges the
+// first sample against nothing: who holds past each limit now.
+func New(limits [][]int, once bool) *Judge {
 	j := &Judge{groups: make([]group, len(limits))}
 	for i, ls := range limits {
 		g := &j.groups[i]
+		g.based = once
 		g.limits = slices.Clone(ls)
 		g.last = map[netip.Addr]int{}
 		for range ls {
@@ -56,7 +64,8 @@ func New(limits [][]int) *Judge {
 }
 
 // Add takes one sample's counts, per group as New's (nil: the group was
-// not read, and is judged from its next sample as from this one's).
+// not read, and is judged from its next sample as from this one's). The
+// first is a base, unless New was told once.
 func (j *Judge) Add(counts []*tally.Tally) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -68,10 +77,26 @@ func (j *Judge) Add(counts []*tally.Tally) {
 	}
 }
 
+// Forget has the next sample be a base again: the last one could not see
+// the agent's connections (it was down, or could not be told), and what its
+// clients hold then was not opened since.
+func (j *Judge) Forget() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := range j.groups {
+		j.groups[i].based = false
+	}
+}
+
 func (g *group) add(t *tally.Tally) {
 	now := make(map[netip.Addr]int, len(g.last))
+	judge := g.based
+	g.based = true
 	t.EachClient(func(client netip.Addr, count int) {
 		now[client] = count
+		if !judge {
+			return
+		}
 		before := g.last[client] // 0: not seen at the last sample
 		for k, limit := range g.limits {
 			if over := count - max(before, limit); over > 0 {

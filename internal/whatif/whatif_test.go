@@ -22,7 +22,7 @@ func counts(held map[string]int) *tally.Tally {
 // limit of 20 the first is refused 5, the second none, the third 20, as
 // the agent at 20 would refuse them.
 func TestClientsThatOpenAndHoldAreRefusedWhatTheyHoldPastTheLimit(t *testing.T) {
-	j := New([][]int{{20, 100}})
+	j := New([][]int{{20, 100}}, false)
 	j.Add([]*tally.Tally{counts(nil)})
 	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 25, "127.0.0.6": 15, "127.0.0.7": 40})})
 	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 25, "127.0.0.6": 15, "127.0.0.7": 40})})
@@ -37,8 +37,8 @@ func TestClientsThatOpenAndHoldAreRefusedWhatTheyHoldPastTheLimit(t *testing.T) 
 // refused each; one that falls back under and rises again is refused what
 // it rises past the limit; one gone and back starts from nothing.
 func TestEachRiseAboveTheLimitIsCountedOnce(t *testing.T) {
-	j := New([][]int{{10}})
-	for _, held := range []int{12, 15, 8, 11, 0, 13} {
+	j := New([][]int{{10}}, false)
+	for _, held := range []int{0, 12, 15, 8, 11, 0, 13} {
 		j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": held})})
 	}
 	// 12: 2 past 10; 15: 3 more; 8: none; 11: 1; gone; 13: 3.
@@ -47,10 +47,35 @@ func TestEachRiseAboveTheLimitIsCountedOnce(t *testing.T) {
 
 // A group with no candidate limit, or not read in a sample, is not judged.
 func TestAGroupNotReadIsNotJudged(t *testing.T) {
-	j := New([][]int{nil, {5}})
+	j := New([][]int{nil, {5}}, false)
+	j.Add([]*tally.Tally{counts(nil), counts(nil)})
 	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 9}), nil})
 	j.Add([]*tally.Tally{nil, counts(map[string]int{"127.0.0.5": 9})})
 	view := j.View(10)
 	assert.Empty(t, view[0])
 	assert.Equal(t, uint64(4), view[1][0].Refused)
+}
+
+// What clients hold at the first sample, or at the first after the agent
+// could not be seen, opened before it: a base, never judged (no judge at
+// each open would have seen those opens). Opens after it are.
+func TestTheFirstSampleAndTheFirstAfterAGapAreBasesOnly(t *testing.T) {
+	j := New([][]int{{3}}, false)
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 5})})
+	assert.Zero(t, j.View(1)[0][0].Refused, "held before the start")
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 7})})
+	assert.Equal(t, uint64(2), j.View(1)[0][0].Refused, "two more opened past 3")
+	j.Forget() // a sample that could not see the agent's connections
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 7})})
+	assert.Equal(t, uint64(2), j.View(1)[0][0].Refused, "the same 7, seen again")
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 8})})
+	assert.Equal(t, uint64(3), j.View(1)[0][0].Refused)
+}
+
+// A single collection (check, --once) asks who holds past each limit now:
+// its one sample is judged against nothing.
+func TestOnceTheOneSampleIsJudged(t *testing.T) {
+	j := New([][]int{{3}}, true)
+	j.Add([]*tally.Tally{counts(map[string]int{"127.0.0.5": 5})})
+	assert.Equal(t, uint64(2), j.View(1)[0][0].Refused)
 }
