@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -251,6 +252,7 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 		{"--grpc.port", "8502", "--grpc.limit", "default"},
 		{"--grpc.port", "8500"}, // the HTTP port
 		{"--rpc.port", "8300", "--grpc.port", "8300"},
+		grpcPorts(255), // past the kernel programs' 255 groups, HTTP's besides
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			res := exporter(t, t.TempDir(), append([]string{"--once"}, args...)...)
@@ -260,6 +262,15 @@ func TestBadFlagsExitTwoWithOneLine(t *testing.T) {
 			assert.Nil(t, res.metrics)
 		})
 	}
+}
+
+// grpcPorts are n --grpc.port flags, a group each.
+func grpcPorts(n int) []string {
+	var args []string
+	for p := range n {
+		args = append(args, "--grpc.port", strconv.Itoa(20000+p))
+	}
+	return args
 }
 
 // A typo before check, with what may be its value, is check's usage error:
