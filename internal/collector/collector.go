@@ -40,7 +40,12 @@ type Limiter struct {
 	// PerPort is a limiter each of whose ports is a group of its own:
 	// its metrics carry the group's port.
 	PerPort bool
-	limit   func(limits.Snapshot) int
+	// Multiplexed connections carry many requests at once, each as small
+	// as a control frame (gRPC's HTTP/2: a health check's request is 52
+	// bytes over TLS, its answer 39): no read or send says whether one
+	// waits, so none is told waiting or idle; silent and half-closed hold.
+	Multiplexed bool
+	limit       func(limits.Snapshot) int
 }
 
 // The limiters watched.
@@ -50,7 +55,7 @@ var (
 	// The external gRPC ports (plaintext and TLS): whether they share one
 	// limiter cannot be told from outside the agent, so each is judged
 	// as its own, which never says a client is nearer the limit than it is.
-	GRPC = &Limiter{Name: "grpc", What: "gRPC", Setting: "grpc_max_conns_per_client", PerPort: true, limit: func(s limits.Snapshot) int { return s.GRPC }}
+	GRPC = &Limiter{Name: "grpc", What: "gRPC", Setting: "grpc_max_conns_per_client", PerPort: true, Multiplexed: true, limit: func(s limits.Snapshot) int { return s.GRPC }}
 )
 
 // Limiters are every limiter, HTTP first.
@@ -505,11 +510,19 @@ func (c *counts) add(s socket.Socket) {
 			c.ownerless = true
 		}
 	}
-	for _, g := range c.groups {
-		g.Add(s)
+	untold := s
+	if untold.Use == socket.UseWaiting || untold.Use == socket.UseIdle {
+		untold.Use = socket.UseUnknown
 	}
-	for _, p := range c.processes {
-		p.Add(s)
+	for i, g := range c.config.Groups {
+		in := s
+		if g.Multiplexed {
+			in = untold
+		}
+		c.groups[i].Add(in)
+		if c.processes != nil {
+			c.processes[i].Add(in)
+		}
 	}
 }
 

@@ -808,8 +808,9 @@ consul_http_whatif_refused_per_client_total{client="127.0.0.11",limit="5"} 1
 
 // Each gRPC port is a group of its own: the capture's 8500 and 8501 as two
 // gRPC ports give two groups, every one of their metrics keyed by its port
-// (the limit and the busiest client's too), never summed; a candidate limit
-// judges each port apart; lint-clean.
+// (the limit and the busiest client's too), never summed, no connection
+// told waiting or idle; a candidate limit judges each port apart;
+// lint-clean.
 func TestEachGRPCPortIsAGroupKeyedByItsPort(t *testing.T) {
 	config := defaultConfig
 	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8499}},
@@ -822,6 +823,22 @@ func TestEachGRPCPortIsAGroupKeyedByItsPort(t *testing.T) {
 	assert.Equal(t, want.Total["8501"], on8501.Total(8501))
 	assert.Zero(t, on8500.Total(8501))
 	assert.Equal(t, "gRPC port 8501", res.Groups[2].Title())
+	// A capture with each use: its waiting and idle connections are
+	// neither on gRPC's multiplexed connections; silent and half-closed
+	// stand.
+	withUses := captures.Path("ss-iproute2-6.1.0_tanoei_mixed.txt")
+	uses := expected(t, withUses).ByUse
+	require.Positive(t, uses["waiting"]+uses["idle"], "the capture has some")
+	told := collect(t, config, withUses)
+	require.NoError(t, told.Err)
+	byUse := map[string]int{}
+	for _, g := range told.Groups[1:] {
+		for _, u := range socket.Uses {
+			byUse[u.Label()] += g.Counts.ByUse(u)
+		}
+	}
+	assert.Equal(t, map[string]int{"waiting": 0, "idle": 0, "silent": uses["silent"], "half_closed": uses["half_closed"],
+		"unknown": uses["waiting"] + uses["idle"]}, byUse)
 
 	compare := fmt.Sprintf(`
 # HELP consul_grpc_max_conns_per_client Consul's per-client gRPC connection limit (grpc_max_conns_per_client), as configured or read from the agent.
