@@ -171,7 +171,8 @@ type Collector struct {
 	// peaks are the samples' window, nil without sampling.
 	peaks *peaks.Window
 	// whatIf predicts the candidate limits' refusals from every read; nil
-	// without any, and with the events, which judge each open themselves.
+	// without any, and with the events, which judge each open themselves
+	// (but for a single collection: who holds past them now).
 	whatIf *whatif.Judge
 	// What is wrong, logged once per change.
 	refusalsState, namingState, eventsState                       say.Tracker
@@ -191,7 +192,7 @@ func New(config Config, parts Parts, logger *slog.Logger) *Collector {
 	for i, g := range config.Groups {
 		candidates[i] = g.WhatIf
 	}
-	if parts.Events == nil && slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
+	if (parts.Events == nil || config.Once) && slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
 		c.whatIf = whatif.New(candidates, config.Once)
 	}
 	return c
@@ -243,14 +244,14 @@ func (c *Collector) collect(ctx context.Context) Result {
 		res.parts(Part{Name: "peaks", Err: err, Took: time.Since(began)})
 	}
 	switch {
+	case c.whatIf != nil:
+		res.WhatIf = c.whatIf.View(c.config.TopClients)
 	case r.events != nil:
 		// Judged at each open in the kernel: exact, where the samples'
 		// judge is a bound.
 		for _, g := range r.events.Groups {
 			res.WhatIf = append(res.WhatIf, g.WhatIf)
 		}
-	case c.whatIf != nil:
-		res.WhatIf = c.whatIf.View(c.config.TopClients)
 	}
 	if c.config.Processes {
 		res.parts(Part{Name: "processes"})
@@ -408,9 +409,19 @@ func (c *Collector) sampled(start time.Time, r reading) {
 	case r.err != nil, r.agent != nil && r.agent.Down:
 		// Nothing of the agent's seen: its clients' counts next are no
 		// opens since this.
-		c.whatIf.Forget()
+		c.whatIf.Forget(start)
 	default:
-		c.whatIf.Add(r.counts.groups)
+		seen := make([]string, len(c.config.Groups))
+		if r.agent != nil {
+			users := r.agent.Users()
+			for i, g := range c.config.Groups {
+				for _, p := range g.Ports {
+					uid, ok := users[p]
+					seen[i] += fmt.Sprintf("%d:%t:%d ", p, ok, uid)
+				}
+			}
+		}
+		c.whatIf.Add(start, r.counts.groups, seen)
 	}
 	switch {
 	case c.peaks == nil:

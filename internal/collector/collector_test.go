@@ -30,6 +30,7 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/table/source"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/captures"
+	"github.com/consul-conn-exporter/consul-conn-exporter/internal/whatif"
 )
 
 var defaultConfig = collector.Config{
@@ -865,4 +866,20 @@ consul_open_grpc_connections_max_per_client{port="8501"} %d
 		assert.Equal(t, n, testutil.CollectAndCount(metrics.Of(res), name), name)
 	}
 	assertLintClean(t, res)
+}
+
+// A single collection (check, --once) with the kernel's events asks who
+// holds past a limit not set yet now, as with any source: the events'
+// counters, from their start, would say none.
+func TestOnceWithTheEventsTheWhatIfJudgesWhatIsHeld(t *testing.T) {
+	config := defaultConfig
+	config.Groups = []collector.Group{{Limiter: collector.HTTP, Ports: []uint16{8500, 8501}, WhatIf: []int{5}}}
+	config.Once = true
+	read := func(int, []int) (events.Snapshot, error) {
+		return events.Snapshot{Groups: []events.Group{{Lifetimes: make([]uint64, len(events.LifetimeBounds)), Peaks: tally.OfClients(nil),
+			WhatIf: []whatif.Limit{{Limit: 5}}}}}, nil
+	}
+	res := collector.New(config, collector.Parts{Source: captured(t, mixed, false), Limits: defaultLimits, Events: read}, discard).Collect(context.Background())
+	require.NoError(t, res.Err)
+	assert.Equal(t, uint64(5), res.WhatIf[0][0].Refused, "127.0.0.10's 9 and 127.0.0.11's 6, past 5")
 }

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/tally"
 )
@@ -28,17 +29,24 @@ const MaxClients = 10_000
 type Judge struct {
 	mu     sync.Mutex
 	groups []group
+	// last is when the last sample taken was read: one read before it
+	// that comes after (a slow collection beside a sample) is dropped.
+	last time.Time
 }
 
 type group struct {
 	limits []int
 	last   map[netip.Addr]int // each client's count at the last sample
-	// based: last is a sample's. The first sample after the start, or
-	// after one that could not see the agent's connections, is a base
-	// only: what its clients hold opened before it, and no judge at each
-	// open (the kernel's events) would count it.
-	based  bool
-	counts []prediction // per limit, as limits
+	// based: last is a sample's. The first sample after the start, after
+	// one that could not see the agent's connections, or that sees its
+	// ports otherwise than the last (a listener gone, or back; the agent's
+	// user known, or not), is a base only: what its clients hold opened
+	// before it, and no judge at each open (the kernel's events) would
+	// count it.
+	based   bool
+	sampled bool         // a sample was taken
+	seen    string       // how the last sample saw the group's ports
+	counts  []prediction // per limit, as limits
 }
 
 type prediction struct {
@@ -63,26 +71,43 @@ func New(limits [][]int, once bool) *Judge {
 	return j
 }
 
-// Add takes one sample's counts, per group as New's (nil: the group was
-// not read, and is judged from its next sample as from this one's). The
-// first is a base, unless New was told once.
-func (j *Judge) Add(counts []*tally.Tally) {
+// Add takes one sample, read at at: its counts, per group as New's (nil:
+// the group was not read, and is judged from its next sample as from this
+// one's), and how it saw each group's ports (the listeners the agent's,
+// the agent's user). The first is a base, unless New was told once; so is
+// one that sees a group's ports otherwise than the last.
+func (j *Judge) Add(at time.Time, counts []*tally.Tally, seen []string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if at.Before(j.last) {
+		return
+	}
+	j.last = at
 	for i := range j.groups {
-		if i >= len(counts) || counts[i] == nil || len(j.groups[i].limits) == 0 {
+		g := &j.groups[i]
+		if i >= len(counts) || counts[i] == nil || len(g.limits) == 0 {
 			continue
 		}
-		j.groups[i].add(counts[i])
+		if i < len(seen) {
+			if g.sampled && seen[i] != g.seen {
+				g.based = false
+			}
+			g.seen = seen[i]
+		}
+		g.add(counts[i])
 	}
 }
 
-// Forget has the next sample be a base again: the last one could not see
-// the agent's connections (it was down, or could not be told), and what its
-// clients hold then was not opened since.
-func (j *Judge) Forget() {
+// Forget has the next sample be a base again: the one read at at could not
+// see the agent's connections (it was down, or could not be told), and
+// what its clients hold then was not opened since.
+func (j *Judge) Forget(at time.Time) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if at.Before(j.last) {
+		return
+	}
+	j.last = at
 	for i := range j.groups {
 		j.groups[i].based = false
 	}
@@ -91,7 +116,7 @@ func (j *Judge) Forget() {
 func (g *group) add(t *tally.Tally) {
 	now := make(map[netip.Addr]int, len(g.last))
 	judge := g.based
-	g.based = true
+	g.based, g.sampled = true, true
 	t.EachClient(func(client netip.Addr, count int) {
 		now[client] = count
 		if !judge {
