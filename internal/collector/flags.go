@@ -35,15 +35,15 @@ func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
 	app.Flag("port", "Consul HTTP port whose server-side connections are counted; repeat for several (e.g. 8501 for HTTPS).").
 		Default("8500").StringsVar(&f.ports)
-	app.Flag("rpc.port", "Consul server RPC port (8300 on servers), counted as a group of its own against rpc_max_conns_per_client; repeatable, none by default.").
+	app.Flag("rpc.port", "Consul server RPC port (8300), a limiter group of its own; repeatable, none by default.").
 		StringsVar(&f.rpcPorts)
-	app.Flag("grpc.port", "Consul external gRPC port (8502, and 8503 for gRPC over TLS), counted as a group of its own per port against grpc_max_conns_per_client; repeatable, none by default.").
+	app.Flag("grpc.port", "Consul external gRPC port (8502; 8503 for TLS), each a limiter group of its own; repeatable.").
 		StringsVar(&f.grpcPorts)
 	app.Flag("states", "Comma-separated TCP states that hold one of Consul's per-client slots.").
 		Default("established,close-wait").StringVar(&f.states)
 	app.Flag("clients.top", "How many of the busiest clients (and local programs) get a sample of their own (0: none).").
 		Default("10").SetValue(wholenumber.Of(&f.topClients))
-	app.Flag("clients.processes", "Also count which local programs hold each group's connections (to see other users' programs: root, or CAP_BPF and CAP_PERFMON at start, or CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; see --clients.processes.bpf).").
+	app.Flag("clients.processes", "Also count which local programs hold the connections (other users' programs: root, or the capabilities of docs/privileges.md).").
 		BoolVar(&f.processes)
 	app.Flag("clients.processes.bpf", "Name the programs from the kernel's list of every process's open files, read by a kernel program in one pass (needs root, or CAP_BPF and CAP_PERFMON, to load it at start; Linux 5.8 with BTF); without it, or where it cannot be loaded, the exporter walks /proc, a link per open file.").
 		Default("true").BoolVar(&f.processesBPF)
@@ -51,8 +51,8 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("5s").DurationVar(&f.processesTimeout)
 	app.Flag("sample.interval", "Between collections, read the socket table this often for the peaks (0: no sampling); with ss or netstat each sample runs it, with --source netlink it is cheap.").
 		Default("1s").DurationVar(&f.sampleInterval)
-	app.Flag("whatif.limit", "A per-client limit not set yet, GROUP=N (http=100, rpc=80, grpc=50: each gRPC port): count, from each sample, the connections it would have refused (each opening while its client held N or more); repeatable.").
-		PlaceHolder("http=100").StringsVar(&f.whatIf)
+	app.Flag("whatif.limit", "A limit not set yet, GROUP=N (http=100, rpc=80, grpc=50): count the connections it would refuse, per client; repeatable.").
+		PlaceHolder("G=N").StringsVar(&f.whatIf)
 	app.Flag("peak.window", "The peaks cover the samples of this sliding window, so that every scraper, and a textfile written every --interval, sees a burst shorter than the interval.").
 		Default("1m").DurationVar(&f.peakWindow)
 	return f

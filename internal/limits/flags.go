@@ -33,7 +33,7 @@ func AddFlags(app *kingpin.Application) *Flags {
 		Default("200").StringVar(&f.http)
 	app.Flag("rpc.limit", "Consul's rpc_max_conns_per_client for the --rpc.port group, or auto.").
 		Default("100").StringVar(&f.rpc)
-	app.Flag("grpc.limit", "Consul's grpc_max_conns_per_client for each --grpc.port group (100, Consul's default), or auto: the agent's, none where its version has no gRPC limiter (before 2.0.3).").
+	app.Flag("grpc.limit", "Consul's grpc_max_conns_per_client, or auto (none before Consul 2.0.3).").
 		Default("100").StringVar(&f.grpc)
 	app.Flag("limit.refresh", "How often an auto limit is read again, so that a consul reload shows.").
 		Default("5m").DurationVar(&f.refresh)

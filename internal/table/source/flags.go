@@ -28,7 +28,7 @@ type Flags struct {
 // AddFlags declares the source's flags on app.
 func AddFlags(app *kingpin.Application) *Flags {
 	f := &Flags{}
-	source := app.Flag("source", "Where the sockets come from: ss (netstat where ss is missing, the built-in netlink reader where neither is), netstat, netlink (the kernel's socket table, read directly), command (--command), or events (counts the kernel keeps as connections open and close, with churn and exact peaks: an eBPF program, needs CAP_BPF and CAP_PERFMON or root at start, Linux 5.15 with BTF).").
+	source := app.Flag("source", "Where the sockets come from: ss (else netstat, else netlink), netstat, netlink (the kernel's table, read directly), command (--command), or events (the kernel's counts, with churn: eBPF, CAP_BPF and CAP_PERFMON at start, Linux 5.15 with BTF).").
 		Default("ss")
 	source.IsSetByUser(&f.sourceSet)
 	source.EnumVar(&f.source, "ss", "netstat", "netlink", "command", "events")
