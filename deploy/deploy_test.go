@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -208,6 +209,12 @@ func TestReleaseBuildIsStampedStaticAndSmall(t *testing.T) {
 	dockerfile, err := os.ReadFile("container/Dockerfile")
 	require.NoError(t, err)
 	assert.Contains(t, string(dockerfile), "RUN bash deploy/build.sh /consul_conn_exporter")
+	// And carries the OCI labels the scratch image's test reads back.
+	containerfile, err := os.ReadFile("container/Containerfile.netlink")
+	require.NoError(t, err)
+	labels := regexp.MustCompile(`(?s)ARG VERSION\n.*?image.created="\$\{CREATED\}"\n`)
+	require.NotEmpty(t, labels.Find(containerfile))
+	assert.Equal(t, string(labels.Find(containerfile)), string(labels.Find(dockerfile)))
 }
 
 // Without the linker's stamps, the version and revision come from Go's

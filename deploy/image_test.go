@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -48,7 +49,9 @@ func TestScratchImageCountsWithNothingButTheBinary(t *testing.T) {
 		return strings.TrimSpace(string(out))
 	}
 	t.Cleanup(func() { exec.Command(buildah, append(storage, "rm", "--all")...).Run() })
-	run("bud", "--quiet", "-f", "container/Containerfile.netlink", "-t", "consul-conn-exporter:netlink", contextDir)
+	const created = "2026-12-05T10:00:00Z"
+	run("bud", "--quiet", "-f", "container/Containerfile.netlink", "-t", "consul-conn-exporter:netlink",
+		"--build-arg", "VERSION=9.8.7", "--build-arg", "REVISION=0123abc", "--build-arg", "CREATED="+created, contextDir)
 	container := run("from", "consul-conn-exporter:netlink")
 	root := run("mount", container)
 	t.Cleanup(func() { exec.Command(buildah, append(storage, "umount", container)...).Run() })
@@ -64,10 +67,23 @@ func TestScratchImageCountsWithNothingButTheBinary(t *testing.T) {
 
 	var config struct {
 		OCIv1 struct {
-			Config struct{ Entrypoint, Cmd []string }
+			Config struct {
+				Entrypoint, Cmd []string
+				Labels          map[string]string
+			}
 		}
 	}
 	require.NoError(t, json.Unmarshal([]byte(run("inspect", "--type", "image", "consul-conn-exporter:netlink")), &config))
+	maps.DeleteFunc(config.OCIv1.Config.Labels, func(k, _ string) bool { return !strings.HasPrefix(k, "org.opencontainers.") }) // buildah's own
+	assert.Equal(t, map[string]string{
+		"org.opencontainers.image.title":       "consul-conn-exporter",
+		"org.opencontainers.image.description": "Counts the connections Consul holds open, per client IP, against its per-client limits, for Prometheus",
+		"org.opencontainers.image.source":      "https://github.com/consul-conn-exporter/consul-conn-exporter",
+		"org.opencontainers.image.licenses":    "Apache-2.0",
+		"org.opencontainers.image.version":     "9.8.7",
+		"org.opencontainers.image.revision":    "0123abc",
+		"org.opencontainers.image.created":     created,
+	}, config.OCIv1.Config.Labels, "the OCI labels, read back")
 	entrypoint := config.OCIv1.Config.Entrypoint
 	assert.Equal(t, []string{"/consul_conn_exporter", "--source", "netlink"}, entrypoint)
 	size := run("images", "--format", "{{.Size}}", "consul-conn-exporter:netlink")
