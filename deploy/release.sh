@@ -5,7 +5,8 @@
 # with the binary, LICENSE and NOTICES: every Go module linked in, with its
 # licence, from cmd/notices, which fails on a licence it does not know; and
 # the manual page and the bash and zsh completions, deploy/cli-files.sh), the
-# Debian package of each, and sha256sums.txt over all of them. Building twice
+# Debian package of each, a CycloneDX SBOM beside each of the four
+# (ARTIFACT.cdx.json), and sha256sums.txt over all of them. Building twice
 # from one commit with one SOURCE_DATE_EPOCH (default: the commit's time)
 # gives byte-identical tarballs and binaries.
 #
@@ -37,7 +38,15 @@ for arch in amd64 arm64; do
   tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner --format=gnu \
     -C "$stage" -cf - "$name" | gzip -9n > "$outdir/$name.tar.gz"
   GOARCH=$arch BINARY="$stage/$name/consul_conn_exporter" bash deploy/deb/build.sh "$outdir" "$version" >/dev/null
+  # A CycloneDX SBOM beside each artifact: the modules linked into the
+  # binary it carries, as its build information says; no serial number and
+  # no time, so that a second build gives the same bytes.
+  for artifact in "$name.tar.gz" "consul-conn-exporter_${version}_$arch.deb"; do
+    go tool -modfile=tools/go.mod cyclonedx-gomod bin -json -noserial -notimestamp -version "v$version" \
+      -output "$outdir/$artifact.cdx.json" "$stage/$name/consul_conn_exporter"
+  done
 done
 # Only what this run made: OUTDIR may hold other files.
-(cd "$outdir" && sha256sum -- consul_conn_exporter-"$version".linux-*.tar.gz consul-conn-exporter_"$version"_*.deb > sha256sums.txt)
+(cd "$outdir" && sha256sum -- consul_conn_exporter-"$version".linux-*.tar.gz consul-conn-exporter_"$version"_*.deb \
+  consul_conn_exporter-"$version".linux-*.tar.gz.cdx.json consul-conn-exporter_"$version"_*.deb.cdx.json > sha256sums.txt)
 ls "$outdir"

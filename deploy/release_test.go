@@ -3,9 +3,13 @@ package deploy
 import (
 	"debug/buildinfo"
 	"debug/elf"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -55,11 +59,13 @@ func TestReleaseArtifactsForAmd64AndArm64(t *testing.T) {
 	check.Dir = out
 	text, err := check.CombinedOutput()
 	require.NoError(t, err, "%s", text)
-	for _, name := range []string{"consul_conn_exporter-1.2.3.linux-amd64.tar.gz", "consul_conn_exporter-1.2.3.linux-arm64.tar.gz",
-		"consul-conn-exporter_1.2.3_amd64.deb", "consul-conn-exporter_1.2.3_arm64.deb"} {
+	artifacts := []string{"consul_conn_exporter-1.2.3.linux-amd64.tar.gz", "consul_conn_exporter-1.2.3.linux-arm64.tar.gz",
+		"consul-conn-exporter_1.2.3_amd64.deb", "consul-conn-exporter_1.2.3_arm64.deb"}
+	for _, name := range artifacts {
 		assert.Contains(t, string(text), name+": OK")
+		assert.Contains(t, string(text), name+".cdx.json: OK", "an SBOM beside each artifact")
 	}
-	assert.Equal(t, 4, strings.Count(string(text), ": OK"), "only what the release made: %s", text)
+	assert.Equal(t, 8, strings.Count(string(text), ": OK"), "only what the release made: %s", text)
 
 	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
 		t.Run(arch, func(t *testing.T) {
@@ -87,6 +93,12 @@ func TestReleaseArtifactsForAmd64AndArm64(t *testing.T) {
 			require.NoError(t, err)
 			for _, dep := range info.Deps {
 				assert.Contains(t, string(notices), "\n"+dep.Path+" "+dep.Version+"\nLicence: ", dep.Path)
+			}
+			// Its SBOMs, the tarball's and the package's, list exactly the
+			// modules go version -m reads in the binary, at their versions
+			// and sums.
+			for _, artifact := range []string{name + ".tar.gz", "consul-conn-exporter_1.2.3_" + arch + ".deb"} {
+				assert.Equal(t, modulesOf(t, info), sbomModules(t, filepath.Join(out, artifact+".cdx.json")), artifact)
 			}
 			license, err := os.ReadFile("../LICENSE")
 			require.NoError(t, err)
@@ -129,6 +141,13 @@ func TestReleaseArtifactsForAmd64AndArm64(t *testing.T) {
 			binB, err := os.ReadFile(filepath.Join(unpack(t, filepath.Join(second, name+".tar.gz")), name, "consul_conn_exporter"))
 			require.NoError(t, err)
 			assert.Equal(t, binA, binB)
+			for _, artifact := range []string{name + ".tar.gz", "consul-conn-exporter_1.2.3_" + arch + ".deb"} {
+				a, err := os.ReadFile(filepath.Join(out, artifact+".cdx.json"))
+				require.NoError(t, err)
+				b, err := os.ReadFile(filepath.Join(second, artifact+".cdx.json"))
+				require.NoError(t, err)
+				assert.Equal(t, a, b, "%s.cdx.json differs between two builds", artifact)
+			}
 		}
 	})
 }
@@ -166,4 +185,51 @@ func unpack(t *testing.T, tarball string) string {
 	out, err := exec.Command("tar", "-xzf", tarball, "-C", dir).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	return dir
+}
+
+// modulesOf are the modules a binary's build information lists (go version
+// -m's dep lines): path@version -> sum.
+func modulesOf(t *testing.T, info *debug.BuildInfo) map[string]string {
+	t.Helper()
+	modules := map[string]string{}
+	for _, dep := range info.Deps {
+		if dep.Replace != nil {
+			dep = dep.Replace
+		}
+		modules[dep.Path+"@"+dep.Version] = dep.Sum
+	}
+	return modules
+}
+
+// sbomModules are the library components of a CycloneDX SBOM: path@version
+// -> the go.sum form of their SHA-256.
+func sbomModules(t *testing.T, path string) map[string]string {
+	t.Helper()
+	text, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var bom struct {
+		BOMFormat  string
+		Components []struct {
+			Type, Name, Version string
+			Hashes              []struct{ Alg, Content string }
+		}
+	}
+	require.NoError(t, json.Unmarshal(text, &bom))
+	require.Equal(t, "CycloneDX", bom.BOMFormat)
+	modules := map[string]string{}
+	for _, c := range bom.Components {
+		if c.Type != "library" {
+			continue
+		}
+		sum := ""
+		for _, h := range c.Hashes {
+			if h.Alg == "SHA-256" {
+				raw, err := hex.DecodeString(h.Content)
+				require.NoError(t, err)
+				sum = "h1:" + base64.StdEncoding.EncodeToString(raw)
+			}
+		}
+		modules[c.Name+"@"+c.Version] = sum
+	}
+	return modules
 }
