@@ -142,11 +142,7 @@ func load(cfg *config, agent *listeners.Agent) (loaded, error) {
 	}
 	var err error
 	if cfg.events != nil {
-		var whatIf [][]int
-		for _, g := range cfg.counting.Groups {
-			whatIf = append(whatIf, g.WhatIf)
-		}
-		if k.counts, err = events.Load(types, ports, cfg.counting.States, cfg.events.Keys, users, whatIf); err != nil {
+		if k.counts, err = events.Load(types, ports, cfg.counting.States, cfg.events.Keys, users, cfg.counting.WhatIfLimits()); err != nil {
 			return k, err
 		}
 		if err := k.counts.Uses(); err != nil {

@@ -112,6 +112,15 @@ func (c Config) GroupPorts(l *Limiter) []uint16 {
 	return ports
 }
 
+// WhatIfLimits are each group's limits not set yet, as Groups.
+func (c Config) WhatIfLimits() [][]int {
+	limits := make([][]int, len(c.Groups))
+	for i, g := range c.Groups {
+		limits[i] = g.WhatIf
+	}
+	return limits
+}
+
 // Ports are every group's ports.
 func (c Config) Ports() []uint16 {
 	var ports []uint16
@@ -188,10 +197,7 @@ func New(config Config, parts Parts, logger *slog.Logger) *Collector {
 	if config.SampleInterval > 0 {
 		c.peaks = peaks.New(len(config.Groups), config.PeakWindow, config.SampleInterval, config.TopClients)
 	}
-	candidates := make([][]int, len(config.Groups))
-	for i, g := range config.Groups {
-		candidates[i] = g.WhatIf
-	}
+	candidates := config.WhatIfLimits()
 	if (parts.Events == nil || config.Once) && slices.ContainsFunc(candidates, func(ls []int) bool { return len(ls) > 0 }) {
 		c.whatIf = whatif.New(candidates, config.Once)
 	}
@@ -406,9 +412,9 @@ func (c *Collector) SampleEvery(ctx context.Context) {
 func (c *Collector) sampled(start time.Time, r reading) {
 	switch {
 	case c.whatIf == nil:
-	case r.err != nil, r.agent != nil && r.agent.Down:
-		// Nothing of the agent's seen: its clients' counts next are no
-		// opens since this.
+	case r.err != nil:
+		// Nothing read: the clients' counts next are no opens since this.
+		// (An agent down is a sample that sees its ports otherwise.)
 		c.whatIf.Forget(start)
 	default:
 		seen := make([]string, len(c.config.Groups))
@@ -521,14 +527,10 @@ func (c *counts) add(s socket.Socket) {
 			c.ownerless = true
 		}
 	}
-	untold := s
-	if untold.Use == socket.UseWaiting || untold.Use == socket.UseIdle {
-		untold.Use = socket.UseUnknown
-	}
 	for i, g := range c.config.Groups {
 		in := s
-		if g.Multiplexed {
-			in = untold
+		if g.Multiplexed && (in.Use == socket.UseWaiting || in.Use == socket.UseIdle) {
+			in.Use = socket.UseUnknown
 		}
 		c.groups[i].Add(in)
 		if c.processes != nil {
