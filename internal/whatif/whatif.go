@@ -79,10 +79,9 @@ func New(limits [][]int, once bool) *Judge {
 func (j *Judge) Add(at time.Time, counts []*tally.Tally, seen []string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if at.Before(j.last) {
+	if !j.inOrder(at) {
 		return
 	}
-	j.last = at
 	for i := range j.groups {
 		g := &j.groups[i]
 		if i >= len(counts) || counts[i] == nil || len(g.limits) == 0 {
@@ -98,19 +97,27 @@ func (j *Judge) Add(at time.Time, counts []*tally.Tally, seen []string) {
 	}
 }
 
-// Forget has the next sample be a base again: the one read at at could not
-// see the agent's connections (it was down, or could not be told), and
-// what its clients hold then was not opened since.
+// Forget has the next sample be a base again: the read at at failed, and
+// what its clients hold next was not opened since.
 func (j *Judge) Forget(at time.Time) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if at.Before(j.last) {
+	if !j.inOrder(at) {
 		return
 	}
-	j.last = at
 	for i := range j.groups {
 		j.groups[i].based = false
 	}
+}
+
+// inOrder says whether a read at at comes after the last one taken, and
+// takes it as the last.
+func (j *Judge) inOrder(at time.Time) bool {
+	if at.Before(j.last) {
+		return false
+	}
+	j.last = at
+	return true
 }
 
 func (g *group) add(t *tally.Tally) {
