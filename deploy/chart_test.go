@@ -34,16 +34,20 @@ func helm(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// withValues is Helm's args with set as --set flags.
+func withValues(args, set []string) []string {
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	return args
+}
+
 // render is the chart's objects for set (--set's words), by kind, each
 // decoded strictly into its Kubernetes type: a field the type does not know
 // fails.
 func render(t *testing.T, set ...string) rendered {
 	t.Helper()
-	args := []string{"template", "cce", chart, "--namespace", "consul-conn-exporter"}
-	for _, s := range set {
-		args = append(args, "--set", s)
-	}
-	out, err := helm(t, args...)
+	out, err := helm(t, withValues([]string{"template", "cce", chart, "--namespace", "consul-conn-exporter"}, set)...)
 	require.NoError(t, err, "helm template --set %v:\n%s", set, out)
 	var r rendered
 	for _, text := range regexp.MustCompile(`(?m)^---$`).Split(out, -1) {
@@ -99,11 +103,7 @@ var modes = map[string]struct {
 
 func TestChartLintsStrictly(t *testing.T) {
 	for name, mode := range modes {
-		args := []string{"lint", "--strict", chart}
-		for _, s := range mode.set {
-			args = append(args, "--set", s)
-		}
-		out, err := helm(t, args...)
+		out, err := helm(t, withValues([]string{"lint", "--strict", chart}, mode.set)...)
 		assert.NoError(t, err, "%s:\n%s", name, out)
 	}
 }
