@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"debug/elf"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -60,8 +61,8 @@ func TestSystemdUnitsVerifyAndAreHardened(t *testing.T) {
 func TestPrometheusConfigAndAlertRules(t *testing.T) {
 	promtool := programs.Need(t, "promtool", "apt-get install prometheus")
 	for _, args := range [][]string{
-		{"check", "config", "prometheus/prometheus.yml"}, // and alerts.yml, which it names
-		{"test", "rules", "prometheus/alerts_test.yml"},
+		{"check", "config", "prometheus/prometheus.yml"}, // and alerts.yml and rules.yml, which it names
+		{"test", "rules", "prometheus/alerts_test.yml", "prometheus/rules_test.yml"},
 	} {
 		out, err := exec.Command(promtool, args...).CombinedOutput()
 		assert.NoError(t, err, "promtool %s:\n%s", strings.Join(args, " "), out)
@@ -296,6 +297,75 @@ func TestConsulK8sValuesPutTheExporterBesideEachAgent(t *testing.T) {
 			assert.NotContains(t, string(out), "error:", "%s", out)
 			assert.Contains(t, string(out), "UNKNOWN: nothing listens on port", "%s", out)
 		})
+	}
+}
+
+// Every alert fires in a test of alerts_test.yml, and every recording rule
+// is evaluated in one of rules_test.yml, over a fleet (three agents or more,
+// of two datacenters).
+func TestEveryRuleIsTested(t *testing.T) {
+	type tests struct {
+		Tests []struct {
+			InputSeries []struct {
+				Series string `json:"series"`
+			} `json:"input_series"`
+			AlertRuleTest []struct {
+				Alertname string            `json:"alertname"`
+				ExpAlerts []json.RawMessage `json:"exp_alerts"`
+			} `json:"alert_rule_test"`
+			PromQLExprTest []struct {
+				Expr string `json:"expr"`
+			} `json:"promql_expr_test"`
+		} `json:"tests"`
+	}
+	tested := map[string]bool{}
+	instances := map[string]bool{}
+	datacenters := map[string]bool{}
+	label := func(name, series string) string {
+		found := regexp.MustCompile(name + `="([^"]*)"`).FindStringSubmatch(series)
+		if found == nil {
+			return ""
+		}
+		return found[1]
+	}
+	for _, file := range []string{"prometheus/alerts_test.yml", "prometheus/rules_test.yml"} {
+		var tests tests
+		text, err := os.ReadFile(file)
+		require.NoError(t, err)
+		require.NoError(t, yaml.Unmarshal(text, &tests))
+		for _, test := range tests.Tests {
+			for _, r := range test.AlertRuleTest {
+				if len(r.ExpAlerts) > 0 {
+					tested[r.Alertname] = true
+				}
+			}
+			for _, r := range test.PromQLExprTest {
+				tested[r.Expr] = true
+			}
+			if file == "prometheus/rules_test.yml" {
+				for _, s := range test.InputSeries {
+					instances[label("instance", s.Series)] = true
+					datacenters[label("datacenter", s.Series)] = true
+				}
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, len(instances), 3, "the fleet's agents")
+	assert.GreaterOrEqual(t, len(datacenters), 2, "the fleet's datacenters")
+	for _, file := range []string{"prometheus/alerts.yml", "prometheus/rules.yml"} {
+		var rules struct {
+			Groups []struct {
+				Rules []struct{ Alert, Record string }
+			}
+		}
+		text, err := os.ReadFile(file)
+		require.NoError(t, err)
+		require.NoError(t, yaml.Unmarshal(text, &rules))
+		for _, g := range rules.Groups {
+			for _, r := range g.Rules {
+				assert.True(t, tested[r.Alert+r.Record], "%s: %s%s has no test that fires or evaluates it", file, r.Alert, r.Record)
+			}
+		}
 	}
 }
 

@@ -29,6 +29,7 @@ type dashboard struct {
 	}
 	Panels []struct {
 		ID         int
+		Type       string
 		Title      string
 		Datasource struct{ Type, UID string }
 		Targets    []struct {
@@ -53,27 +54,40 @@ func TestDashboardIsOnTheDatasourceVariableWithNoHardCodedInstance(t *testing.T)
 	for _, v := range d.Templating.List {
 		variables = append(variables, v.Name+":"+v.Type)
 	}
-	assert.Equal(t, []string{"datasource:datasource", "job:query", "instance:query"}, variables)
+	assert.Equal(t, []string{"datasource:datasource", "datacenter:query", "job:query", "instance:query"}, variables)
 	ids := map[int]bool{}
 	require.NotEmpty(t, d.Panels)
+	fleet := 0
 	for _, p := range d.Panels {
 		assert.False(t, ids[p.ID], "panel id %d twice", p.ID)
 		ids[p.ID] = true
+		if p.Type == "row" {
+			continue
+		}
 		assert.Equal(t, "${datasource}", p.Datasource.UID, p.Title)
 		require.NotEmpty(t, p.Targets, p.Title)
 		for _, target := range p.Targets {
 			assert.Equal(t, "${datasource}", target.Datasource.UID, p.Title)
-			assert.Contains(t, target.Expr, `instance=~"$instance"`, p.Title)
+			assert.Contains(t, target.Expr, `datacenter=~"$datacenter"`, p.Title)
+			// The fleet's panels read the recording rules, over every agent
+			// of the datacenters chosen; the agents' the exporter's series.
+			if strings.Contains(target.Expr, ":consul_") {
+				fleet++
+			} else {
+				assert.Contains(t, target.Expr, `instance=~"$instance"`, p.Title)
+			}
 			assert.NotContains(t, target.Expr, `instance="`, p.Title)
 			assert.NotRegexp(t, `\[[0-9]+[smhd]\]`, target.Expr, "%s: a range is $__rate_interval, Grafana's convention", p.Title)
 		}
 	}
+	assert.Positive(t, fleet, "the fleet's row")
 }
 
 // A real Prometheus scrapes the real exporter (its own /metrics, with the
 // RPC and gRPC groups and the local programs on) and node_exporter's textfile
-// output; every panel's and every alert rule's PromQL must parse, and the
-// panels of features that are on must return series.
+// output, in a datacenter, with the alerts and the fleet's recording rules;
+// every panel's and every alert rule's PromQL must parse, and the panels of
+// features that are on, the fleet's too, must return series.
 func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	prometheus := programs.Need(t, "prometheus", "apt-get install prometheus")
 	nodeExporter := programs.Need(t, "prometheus-node-exporter", "apt-get install prometheus-node-exporter")
@@ -100,11 +114,11 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 		"--collector.disable-defaults", "--collector.textfile", "--collector.textfile.directory="+dir)
 	config := filepath.Join(t.TempDir(), "prometheus.yml")
 	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `global: {scrape_interval: 1s, evaluation_interval: 1s}
-rule_files: [%q]
+rule_files: [%q, %q]
 scrape_configs:
-  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q, %q]}]}
-  - {job_name: node, static_configs: [{targets: [%q]}]}
-`, mustAbs(t, "../deploy/prometheus/alerts.yml"), exporterAddr, eventsAddr, nodeAddr), 0o644))
+  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q, %q], labels: {datacenter: dc1}}]}
+  - {job_name: node, static_configs: [{targets: [%q], labels: {datacenter: dc1}}]}
+`, mustAbs(t, "../deploy/prometheus/alerts.yml"), mustAbs(t, "../deploy/prometheus/rules.yml"), exporterAddr, eventsAddr, nodeAddr), 0o644))
 	startUntil(t, "Server is ready to receive web requests", prometheus, "--config.file="+config,
 		"--storage.tsdb.path="+t.TempDir(), "--web.listen-address="+promAddr)
 
@@ -124,12 +138,17 @@ scrape_configs:
 		_, n, _ := query(`count_over_time(up[1m]) >= 2`)
 		return n == 3
 	}, 30*time.Second, 100*time.Millisecond, "two scrapes of both targets")
+	// And the rules evaluated after them: a rate needs the two.
+	require.Eventually(t, func() bool {
+		_, n, _ := query(`datacenter:consul_refused_http_connections_per_minute:rate5m`)
+		return n == 1
+	}, 30*time.Second, 100*time.Millisecond, "the fleet's rules evaluated")
 	require.FileExists(t, filepath.Join(dir, textfile.FileName))
 
 	// "All" in Grafana: the variables' allValue.
 	// Grafana sets $__rate_interval from the scrape interval; the range the
 	// panels had before it.
-	variables := strings.NewReplacer("$job", ".*", "$instance", ".*", "$__rate_interval", "5m")
+	variables := strings.NewReplacer("$datacenter", ".*", "$job", ".*", "$instance", ".*", "$__rate_interval", "5m")
 	for _, p := range readDashboard(t).Panels {
 		for _, target := range p.Targets {
 			expr := variables.Replace(target.Expr)
