@@ -14,6 +14,7 @@
     // them (datacenter:consul_http_busiest_client:ratio_max) and the
     // dashboard has a variable for each.
     fleetLabels: ['datacenter'],
+    assert std.length(self.fleetLabels) > 0 : "fleetLabels: name the target labels the fleet is split by, e.g. ['datacenter'] (one datacenter: keep it, unset, and the fleet is one)",
 
     // A client above this share of a limit, for nearLimitFor, warns; at
     // the limit for atLimitFor, pages. The dashboard draws both lines.

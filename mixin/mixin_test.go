@@ -163,3 +163,12 @@ local mixin = (import 'mixin.libsonnet') + { _config+:: {
 		}
 	}
 }
+
+// A fleet split by no label is refused, saying what to set.
+func TestNoFleetLabelIsRefused(t *testing.T) {
+	programs.NotShort(t, "builds and runs jsonnet")
+	out, err := exec.Command("go", "tool", "-modfile=../tools/go.mod", "jsonnet", "-e",
+		`((import 'mixin.libsonnet') + { _config+:: { fleetLabels: [] } }).prometheusRules`).CombinedOutput()
+	require.Error(t, err)
+	assert.Contains(t, string(out), "fleetLabels: name the target labels the fleet is split by")
+}

@@ -10,9 +10,13 @@
   by(labels):: std.join(', ', labels),
   level(labels):: std.join('_', labels),
 
-  // A range as the alerts' texts say it: '5m' is "5 minutes", '1h' "hour".
+  // A range as the alerts' texts say it: '5m' is "5 minutes", '1h' "hour";
+  // one of more units ('1h30m') as it is.
   words(range)::
-    local n = std.parseInt(range[:std.length(range) - 1]);
-    local unit = { s: 'second', m: 'minute', h: 'hour', d: 'day' }[range[std.length(range) - 1]];
-    if n == 1 then unit else '%d %ss' % [n, unit],
+    local count = range[:std.length(range) - 1];
+    local units = { s: 'second', m: 'minute', h: 'hour', d: 'day', w: 'week' };
+    local unit = range[std.length(range) - 1];
+    if count == '' || !std.all([std.member('0123456789', digit) for digit in std.stringChars(count)]) || !std.objectHas(units, unit) then range
+    else if std.parseInt(count) == 1 then units[unit]
+    else '%s %ss' % [count, units[unit]],
 }
