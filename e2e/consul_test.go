@@ -28,7 +28,9 @@ func TestConsulRefusesTheConnectionOurMetricSaidWasPastTheLimit(t *testing.T) {
 	// Before each new connection from the busy client, our metric says how
 	// many it holds; Consul serves it while that is below the limit.
 	for held := 0; held < limit; held++ {
-		require.Equal(t, float64(held), count()["consul_open_http_connections_max_per_client"])
+		before := count()
+		require.Equal(t, float64(held), before["consul_open_http_connections_max_per_client"])
+		require.Equal(t, 0.0, value(t, before, "consul_http_clients_at_limit"), "below the limit")
 		status, _ := request(t, consulAddr, busy)
 		require.Equal(t, http.StatusOK, status, "connection %d of %d from %s", held+1, limit, busy)
 	}
@@ -51,6 +53,7 @@ func TestConsulRefusesTheConnectionOurMetricSaidWasPastTheLimit(t *testing.T) {
 	metrics = count()
 	assert.Equal(t, float64(limit), value(t, metrics, `consul_open_http_connections_per_client{client="`+busy+`"}`))
 	assert.Equal(t, 5.0, value(t, metrics, `consul_open_http_connections_per_client{client="`+quiet+`"}`))
+	assert.Equal(t, 1.0, value(t, metrics, "consul_http_clients_at_limit"), "the busy client, refused; not the quiet one")
 	assert.Equal(t, float64(limit+5), value(t, metrics, `consul_open_http_connections{port="`+consulPort+`"}`),
 		"every connection Consul served and holds, none it refused")
 }

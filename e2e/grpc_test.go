@@ -134,6 +134,7 @@ func TestGRPCLimiterGroupHeldAndRefusedPerPort(t *testing.T) {
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections_max_per_client"), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_open_grpc_connections_per_client", client), "%s %s", name, port)
 			assert.Equal(t, 5.0, at("consul_grpc_max_conns_per_client"), "%s %s", name, port)
+			assert.Equal(t, 1.0, at("consul_grpc_clients_at_limit"), "%s %s", name, port)
 			// A gRPC connection is never told waiting or idle: its
 			// streams' reads and sends do not say (these are served, and
 			// would read waiting over TLS by the HTTP rule).

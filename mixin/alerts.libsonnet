@@ -60,7 +60,7 @@ local promql = import 'promql.libsonnet';
             'ConsulRefusedConnections',
             'warning',
             'increase(%s[%s]) > 0' % [s('consul_refused_http_connections_total'), c.refusalWindow],
-            'Consul on {{ $labels.instance }} refused {{ $value | humanize }} HTTP connections in %s: a client is at http_max_conns_per_client' % promql.words(c.refusalWindow),
+            'Consul on {{ $labels.instance }} refused {{ $value | humanize }} HTTP connections in the last %s: a client is at http_max_conns_per_client' % promql.words(c.refusalWindow),
             'See consul_refused_http_connections_per_client_total for which client.',
           ),
         ] +
@@ -90,7 +90,7 @@ local promql = import 'promql.libsonnet';
             'ConsulRefusedGRPCConnections',
             'warning',
             'increase(%s[%s]) > 0' % [s('consul_refused_grpc_connections_total'), c.refusalWindow],
-            'Consul on {{ $labels.instance }} refused {{ $value | humanize }} gRPC connections on port {{ $labels.port }} in %s: a client is at grpc_max_conns_per_client' % promql.words(c.refusalWindow),
+            'Consul on {{ $labels.instance }} refused {{ $value | humanize }} gRPC connections on port {{ $labels.port }} in the last %s: a client is at grpc_max_conns_per_client' % promql.words(c.refusalWindow),
             'See consul_refused_grpc_connections_per_client_total for which client.',
           ),
           // --whatif.limit: a limit not set yet would have refused
@@ -152,16 +152,11 @@ local promql = import 'promql.libsonnet';
             pending=c.countAbsentFor,
           ),
           // The textfile (node_exporter) or the push (Pushgateway) has not
-          // been renewed: the exporter stopped writing. node_exporter's and
-          // the Pushgateway's own series: the selector is not theirs.
+          // been renewed: the exporter stopped writing.
           alert(
             'ConsulConnectionCountStale',
             'warning',
-            |||
-              time() - node_textfile_mtime_seconds{file=~".*/consul_open_http_connections[.]prom"} > %d
-              or
-              time() - push_time_seconds{job="%s"} > %d
-            ||| % [c.staleAfterSeconds, c.pushJob, c.staleAfterSeconds],
+            promql.stale(c),
             'Consul connection counts from {{ $labels.instance }} are stale: the exporter stopped writing',
             pending=c.staleFor,
           ),

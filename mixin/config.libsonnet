@@ -15,6 +15,7 @@
     // dashboard has a variable for each.
     fleetLabels: ['datacenter'],
     assert std.length(self.fleetLabels) > 0 : "fleetLabels: name the target labels the fleet is split by, e.g. ['datacenter'] (one datacenter: keep it, unset, and the fleet is one)",
+    assert !std.member(self.fleetLabels, 'job') && !std.member(self.fleetLabels, 'instance') : 'fleetLabels: job and instance are the agents, not a fleet of them',
 
     // A client above this share of a limit, for nearLimitFor, warns; at
     // the limit for atLimitFor, pages. The dashboard draws both lines.

@@ -98,22 +98,22 @@ local promql = import 'promql.libsonnet';
 
   local fleetPanels = [
     row(21, 'Fleet'),
-    timeseries(22, "Busiest client's share of each limit", "Per %s (the recording rules of mixin/, deploy/prometheus/rules.yml): the highest share of a limit any agent's busiest client holds, for each limiter apart. At 100%% that agent refuses that client's new connections." % std.join(' and ', c.fleetLabels), [
+    timeseries(22, "Busiest client's share of each limit", "Per %s (the recording rules of mixin/, deploy/prometheus/rules.yml): the highest share of a limit any agent's busiest client holds, for each limiter apart. At 100%% that agent refuses that client's new connections. No line for a datacenter one of whose agents is not known now." % std.join(' and ', c.fleetLabels), [
       target(f('%s:consul_http_busiest_client:ratio_max' % fleet), fleetLegend + ' HTTP'),
       target(f('%s:consul_rpc_busiest_client:ratio_max' % fleet), fleetLegend + ' RPC'),
       target(f('%s:consul_grpc_busiest_client:ratio_max' % fleet), fleetLegend + ' gRPC :{{port}}'),
     ], share),
-    timeseries(23, 'Clients at a limit', "Per %s: the clients holding all of an agent's limit (one at the limit of two agents is two), for each limiter apart. No line where no agent's count and limit are known." % std.join(' and ', c.fleetLabels), [
+    timeseries(23, 'Clients at a limit', "Per %s: the clients holding all of an agent's limit (one at the limit of two agents is two), for each limiter apart. Every client at the limit, not only the busiest shown per agent. No line for a datacenter one of whose agents is not known now (its count failing, its numbers frozen)." % std.join(' and ', c.fleetLabels), [
       target(f('%s:consul_http_clients_at_limit:count' % fleet), fleetLegend + ' HTTP'),
       target(f('%s:consul_rpc_clients_at_limit:count' % fleet), fleetLegend + ' RPC'),
       target(f('%s:consul_grpc_clients_at_limit:count' % fleet), fleetLegend + ' gRPC :{{port}}'),
     ], from0()),
-    timeseries(24, 'Refused connections a minute', 'Per %s, with --refusals: the connections the agents refused a minute, over the last %s, for each limiter apart.' % [std.join(' and ', c.fleetLabels), promql.words(c.refusalWindow)], [
+    timeseries(24, 'Refused connections a minute', 'Per %s, with --refusals: the connections the agents refused a minute, over the last %s, for each limiter apart; no line for a datacenter one of whose agents has refusals not known now.' % [std.join(' and ', c.fleetLabels), promql.words(c.refusalWindow)], [
       target(f('%s:consul_refused_http_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' HTTP'),
       target(f('%s:consul_refused_rpc_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' RPC'),
       target(f('%s:consul_refused_grpc_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' gRPC :{{port}}'),
     ], from0()),
-    panel(25, 'table', 'Agents by headroom, least first', "Each agent's headroom for each limiter: the connections its busiest client may still open before the agent refuses it. 0 is at the limit. Agents whose count or limit is not known are not listed.", [
+    panel(25, 'table', 'Agents by headroom, least first', "Each agent's headroom for each limiter: the connections its busiest client may still open before the agent refuses it. 0 is at the limit. Agents whose count or limit is not known, or whose numbers are frozen, are not listed.", [
       target(
         'sort(\n  %s\n)' % std.join('\n  or ', [
           'label_replace(%s, "limiter", "%s", "", "")' % [f('instance:consul_%s_client_headroom:connections' % group.name), group.title]
@@ -247,7 +247,7 @@ local promql = import 'promql.libsonnet';
           current: {},
           hide: 0,
         }] + [
-          variable(label, std.asciiUpper(label[0]) + label[1:], 'consul_conn_exporter_build_info, %s' % label)
+          variable(label, std.asciiUpper(label[0]) + label[1:], '%s, %s' % [promql.series('consul_conn_exporter_build_info', [c.selector]), label])
           for label in c.fleetLabels
         ] + [
           variable('job', 'Job', '%s, job' % promql.series('consul_conn_exporter_build_info', [c.selector] + fleetMatchers)),

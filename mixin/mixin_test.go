@@ -164,11 +164,18 @@ local mixin = (import 'mixin.libsonnet') + { _config+:: {
 	}
 }
 
-// A fleet split by no label is refused, saying what to set.
-func TestNoFleetLabelIsRefused(t *testing.T) {
+// A fleet split by no label, or by the agents' own, is refused, saying
+// what to set.
+func TestFleetLabelsThatSplitNoFleetAreRefused(t *testing.T) {
 	programs.NotShort(t, "builds and runs jsonnet")
-	out, err := exec.Command("go", "tool", "-modfile=../tools/go.mod", "jsonnet", "-e",
-		`((import 'mixin.libsonnet') + { _config+:: { fleetLabels: [] } }).prometheusRules`).CombinedOutput()
-	require.Error(t, err)
-	assert.Contains(t, string(out), "fleetLabels: name the target labels the fleet is split by")
+	for labels, says := range map[string]string{
+		"[]":                         "fleetLabels: name the target labels the fleet is split by",
+		"['datacenter', 'instance']": "fleetLabels: job and instance are the agents, not a fleet of them",
+		"['job']":                    "fleetLabels: job and instance are the agents, not a fleet of them",
+	} {
+		out, err := exec.Command("go", "tool", "-modfile=../tools/go.mod", "jsonnet", "-e",
+			"((import 'mixin.libsonnet') + { _config+:: { fleetLabels: "+labels+" } }).prometheusRules").CombinedOutput()
+		require.Error(t, err, labels)
+		assert.Contains(t, string(out), says, labels)
+	}
 }

@@ -131,6 +131,26 @@ consul_open_http_connections_per_client{client="127.0.0.11"} 6
 	assert.Zero(t, testutil.CollectAndCount(metrics.Of(collect(t, config, mixed)), "consul_open_http_connections_per_client"))
 }
 
+// The clients at the limit are counted over every client, with no
+// sample of their own (--clients.top 0), and not said without a limit.
+func TestClientsAtTheLimitAreEveryClientsNotOnlyTheTop(t *testing.T) {
+	config := defaultConfig
+	config.TopClients = 0
+	at := func(limit int) collector.Result {
+		return collector.New(config, collector.Parts{Source: captured(t, mixed, false), Limits: func() limits.Snapshot {
+			return limits.Snapshot{HTTP: limit}
+		}}, discard).Collect(context.Background())
+	}
+	want := `
+# HELP consul_http_clients_at_limit Client IPs holding at least http_max_conns_per_client HTTP connections, of every client (not only the busiest): Consul refuses each its new ones.
+# TYPE consul_http_clients_at_limit gauge
+consul_http_clients_at_limit 2
+`
+	// 127.0.0.10 holds 9 and 127.0.0.11 6; 127.0.0.12 3 and ::1 4.
+	require.NoError(t, testutil.CollectAndCompare(metrics.Of(at(6)), strings.NewReader(want), "consul_http_clients_at_limit"))
+	assert.Zero(t, testutil.CollectAndCount(metrics.Of(at(0)), "consul_http_clients_at_limit"), "no limit")
+}
+
 func TestEmptyOutputIsARealZero(t *testing.T) {
 	// What a narrow ss filter prints when nobody is connected.
 	res := collect(t, defaultConfig, "")

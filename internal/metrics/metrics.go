@@ -24,7 +24,7 @@ import (
 // groupDescs are one limiter group's metrics. The metric names are an
 // interface: dashboards and alerts depend on them.
 type groupDescs struct {
-	connections, maxPerClient, perClient, byState, limit *prometheus.Desc
+	connections, maxPerClient, perClient, byState, limit, clientsAtLimit *prometheus.Desc
 	// What each connection is doing with its slot.
 	byUse, perClientByUse, longestByUse *prometheus.Desc
 	// The local programs holding the connections (--clients.processes).
@@ -89,6 +89,9 @@ func newGroupDescs(l *collector.Limiter) groupDescs {
 			[]string{"process", "use"}),
 		limit: desc("consul_"+limitName,
 			"Consul's per-client "+what+" connection limit ("+limitName+"), as configured or read from the agent.",
+			nil),
+		clientsAtLimit: desc("consul_"+group+"_clients_at_limit",
+			"Client IPs holding at least "+limitName+" "+what+" connections, of every client (not only the busiest): Consul refuses each its new ones.",
 			nil),
 		peakPerClient: desc(prefix+"_peak_per_client",
 			"Most "+what+" connections one client IP held at any sample over the peak window, for the clients with the highest peaks.",
@@ -208,7 +211,7 @@ func Of(res collector.Result) prometheus.Collector { return result(res) }
 func (r result) Describe(ch chan<- *prometheus.Desc) {
 	for _, l := range collector.Limiters {
 		g := groups[l]
-		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.longestByUse, g.limit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit, g.whatIfRefused, g.whatIfRefusedPerClient,
+		for _, d := range []*prometheus.Desc{g.connections, g.maxPerClient, g.perClient, g.byState, g.byUse, g.perClientByUse, g.longestByUse, g.limit, g.clientsAtLimit, g.peakPerClient, g.maxPerClientPeak, g.atLimit, g.refused, g.refusedPerClient, g.refusalsUntracked, g.refusedBelowLimit, g.whatIfRefused, g.whatIfRefusedPerClient,
 			g.perProcess, g.perProcessByUse, g.opened, g.openedPerClient, g.closed, g.lifetimes, g.lost, g.unfollowed} {
 			ch <- d
 		}
@@ -314,6 +317,7 @@ func (r result) metrics() ([]prometheus.Metric, error) {
 		}
 		if g.Limit > 0 {
 			gauge(d.limit, float64(g.Limit))
+			gauge(d.clientsAtLimit, float64(g.Counts.ClientsHolding(g.Limit)))
 		}
 		if r.ProcessesKnown {
 			for _, p := range tally.ByProcess(g.Processes, r.TopClients) {

@@ -191,6 +191,18 @@ func (t *Tally) MaxPerClient() int {
 	return most
 }
 
+// ClientsHolding is how many clients hold at least n sockets, over every
+// client: at a per-client limit of n, each is refused its new connections.
+func (t *Tally) ClientsHolding(n int) int {
+	clients := 0
+	for _, held := range t.perClient {
+		if held >= n {
+			clients++
+		}
+	}
+	return clients
+}
+
 // TopClients is the n clients with the most sockets, in Compare's order.
 func (t *Tally) TopClients(n int) []ClientCount {
 	return t.TopClientsInto(make([]ClientCount, 0, min(n, len(t.perClient))), n)

@@ -53,10 +53,21 @@ func TestTopClientsBreaksTiesByAddress(t *testing.T) {
 	assert.Empty(t, counts.TopClients(0))
 }
 
+func TestClientsHoldingCountsEveryClientAtOrPastN(t *testing.T) {
+	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
+	for _, peer := range []string{"10.0.0.1:1", "10.0.0.1:2", "10.0.0.1:3", "10.0.0.2:1", "10.0.0.2:2", "[::ffff:10.0.0.2]:3", "10.0.0.3:1"} {
+		counts.Add(sock(socket.StateEstablished, "127.0.0.1:8500", peer))
+	}
+	assert.Equal(t, 3, counts.ClientsHolding(1))
+	assert.Equal(t, 2, counts.ClientsHolding(3), "at and past it, the v4-mapped address one client")
+	assert.Equal(t, 0, counts.ClientsHolding(4))
+}
+
 func TestEmptyTallyIsZeroEverywhere(t *testing.T) {
 	counts := New([]uint16{8500}, []socket.State{socket.StateEstablished})
 	assert.Equal(t, 0, counts.Total(8500))
 	assert.Equal(t, 0, counts.MaxPerClient())
+	assert.Equal(t, 0, counts.ClientsHolding(1))
 	assert.Empty(t, counts.TopClients(10))
 }
 
