@@ -61,7 +61,8 @@ func TestSystemdUnitsVerifyAndAreHardened(t *testing.T) {
 func TestPrometheusConfigAndAlertRules(t *testing.T) {
 	promtool := programs.Need(t, "promtool", "apt-get install prometheus")
 	for _, args := range [][]string{
-		{"check", "config", "prometheus/prometheus.yml"}, // and alerts.yml and rules.yml, which it names
+		{"check", "config", "prometheus/prometheus.yml"},
+		{"check", "rules", "--lint=all", "--lint-fatal", "prometheus/alerts.yml", "prometheus/rules.yml"},
 		{"test", "rules", "prometheus/alerts_test.yml", "prometheus/rules_test.yml"},
 	} {
 		out, err := exec.Command(promtool, args...).CombinedOutput()
