@@ -106,7 +106,8 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	loopback.Open(t, rpcL, "127.0.0.92", 3)
 	loopback.Open(t, grpcL, "127.0.0.94", 4)
 	// The churn's panels: a second exporter, on the kernel's events
-	// (--clients.processes needs rows), and connections that come and go.
+	// (--clients.processes needs rows), and connections that come and go;
+	// in a datacenter of its own, as it counts no refusals.
 	startServer(t, plainBinary, "--web.listen-address="+eventsAddr, "--source", "events", "--port", port(httpL), "--rpc.port", port(rpcL))
 	churn := loopback.Open(t, httpL, "127.0.0.93", 5)
 	require.NoError(t, portopener.CloseAll(churn))
@@ -116,7 +117,7 @@ func TestDashboardAndAlertsQueryARealPrometheus(t *testing.T) {
 	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q, %q]
 scrape_configs:
-  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q, %q], labels: {datacenter: dc1}}]}
+  - {job_name: consul_conn_exporter, static_configs: [{targets: [%q], labels: {datacenter: dc1}}, {targets: [%q], labels: {datacenter: dc2}}]}
   - {job_name: node, static_configs: [{targets: [%q], labels: {datacenter: dc1}}]}
 `, mustAbs(t, "../deploy/prometheus/alerts.yml"), mustAbs(t, "../deploy/prometheus/rules.yml"), exporterAddr, eventsAddr, nodeAddr), 0o644))
 	startUntil(t, "Server is ready to receive web requests", prometheus, "--config.file="+config,

@@ -133,11 +133,12 @@ local promql = import 'promql.libsonnet';
             'warning',
             |||
               max_over_time(%s[%s]) == 0
-              unless on (job, instance)
+              unless on (%s)
               max_over_time(%s[%s]) == 0
             ||| % [
               s('consul_conn_exporter_collector_success', ['collector!~"source|limits"']),
               c.featureFailingWindow,
+              promql.by(['job', 'instance'] + c.fleetLabels),
               s('consul_conn_exporter_collector_success', ['collector="source"']),
               c.featureFailingWindow,
             ],

@@ -44,6 +44,11 @@
     staleFor: '5m',
     pushJob: 'consul_conn_exporter',
 
+    // An agent that stopped being scraped makes its fleet's numbers
+    // unknown for this long after it last counted; then it has left the
+    // fleet (ConsulConnectionCountAbsent says only when none reports).
+    agentGoneAfter: '1h',
+
     // Connections a client opens per second, for churnFor, that one
     // reusing its connections would not.
     churnPerSecond: 50,

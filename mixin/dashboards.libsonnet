@@ -8,6 +8,18 @@ local promql = import 'promql.libsonnet';
   local fleetLegend = std.join(' ', ['{{%s}}' % label for label in c.fleetLabels]),
   local fleetMatchers = ['%s=~"$%s"' % [label, label] for label in c.fleetLabels],
   local agentMatchers = fleetMatchers + ['job=~"$job"', 'instance=~"$instance"'],
+  // An agent is its instance in its fleet: instance names may repeat from
+  // one datacenter to another, so an agent's panel keeps the fleet's labels
+  // wherever it keeps the instance, and names them.
+  local ofAgents(panel) = panel {
+    targets: [
+      target {
+        expr: std.strReplace(target.expr, 'by (instance', 'by (%s, instance' % promql.by(c.fleetLabels)),
+        legendFormat: std.strReplace(target.legendFormat, '{{instance}}', fleetLegend + ' {{instance}}'),
+      }
+      for target in super.targets
+    ],
+  },
   // An agent's panel: the exporter's series on the agents chosen.
   local s(name, matchers=[]) = promql.series(name, [c.selector] + matchers + agentMatchers),
   // A fleet panel: recorded series, on the fleets chosen.
@@ -113,6 +125,9 @@ local promql = import 'promql.libsonnet';
       target(f('%s:consul_refused_rpc_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' RPC'),
       target(f('%s:consul_refused_grpc_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' gRPC :{{port}}'),
     ], from0()),
+    timeseries(27, 'Agents not known now', 'Per %s: the agents whose count fails, whose numbers are frozen (textfile or push not renewed) or whose target is down since it last counted (instance:consul_conn_exporter_unknown:group). While any is, its datacenter has no fleet number above: see its own alerts.' % std.join(' and ', c.fleetLabels), [
+      target('count by (%s) (%s)\nor\n0 * count by (%s) (%s)' % [promql.by(c.fleetLabels), f('instance:consul_conn_exporter_unknown:group'), promql.by(c.fleetLabels), promql.series('consul_conn_exporter_build_info', [c.selector] + fleetMatchers)], fleetLegend),
+    ], from0()),
     panel(25, 'table', 'Agents by headroom, least first', "Each agent's headroom for each limiter: the connections its busiest client may still open before the agent refuses it. 0 is at the limit. Agents whose count or limit is not known, or whose numbers are frozen, are not listed.", [
       target(
         'sort(\n  %s\n)' % std.join('\n  or ', [
@@ -122,7 +137,7 @@ local promql = import 'promql.libsonnet';
         '',
         { format: 'table', instant: true },
       ),
-    ], 12) {
+    ], 24) {
       fieldConfig: plain,
       options: { showHeader: true, sortBy: [{ displayName: 'headroom', desc: false }] },
       transformations: [{
@@ -254,7 +269,7 @@ local promql = import 'promql.libsonnet';
           variable('instance', 'Instance', '%s, instance' % promql.series('consul_conn_exporter_build_info', [c.selector] + fleetMatchers + ['job=~"$job"'])),
         ],
       },
-      panels: layout(fleetPanels + agentPanels),
+      panels: layout(fleetPanels + [if p.type == 'row' then p else ofAgents(p) for p in agentPanels]),
     },
   },
 }

@@ -7,13 +7,17 @@
     if set == [] then name else '%s{%s}' % [name, std.join(',', set)],
 
   // The exporter's numbers frozen: the textfile (node_exporter) or the
-  // push (Pushgateway) not renewed for c.staleAfterSeconds. node_exporter's
-  // and the Pushgateway's own series: the selector is not theirs.
-  stale(c):: |||
-    time() - node_textfile_mtime_seconds{file=~".*/consul_open_http_connections[.]prom"} > %d
-    or
-    time() - push_time_seconds{job="%s"} > %d
-  ||| % [c.staleAfterSeconds, c.pushJob, c.staleAfterSeconds],
+  // push (Pushgateway) older than c.staleAfterSeconds when it was scraped
+  // (its age now would add up to a scrape interval). node_exporter's and
+  // the Pushgateway's own series: the selector is not theirs.
+  stale(c)::
+    local textfile = 'node_textfile_mtime_seconds{file=~".*/consul_open_http_connections[.]prom"}';
+    local push = 'push_time_seconds{job="%s"}' % c.pushJob;
+    |||
+      timestamp(%s) - %s > %d
+      or
+      timestamp(%s) - %s > %d
+    ||| % [textfile, textfile, c.staleAfterSeconds, push, push, c.staleAfterSeconds],
 
   // The labels of a fleet, for "by (...)" and a rule's level.
   by(labels):: std.join(', ', labels),

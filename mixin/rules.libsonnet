@@ -9,14 +9,21 @@ local promql = import 'promql.libsonnet';
   local s(name, matchers=[]) = promql.series(name, [c.selector] + matchers),
   local fleet = promql.level(c.fleetLabels),
 
-  // An agent's numbers are not known now: frozen (the textfile or push
-  // not renewed), or failing (its count, or the feature named).
+  local success(collector) = s('consul_conn_exporter_collector_success', ['collector="%s"' % collector]),
+  // An agent's series are matched by its target and its fleet: instance
+  // names may repeat from one datacenter to another.
+  local agent = promql.by(['job', 'instance'] + c.fleetLabels),
   local indented(expr) = std.join('\n', ['  ' + line for line in std.split(std.rstripChars(expr, '\n'), '\n')]),
-  local frozen = promql.stale(c),
-  local failing(collectors) = '%s == 0\nor\n%s' % [s('consul_conn_exporter_collector_success', ['collector=~"%s"' % collectors]), frozen],
-  // expr, but not for the agents or fleets (on) one of whose agents is
-  // not known now: a fleet's number over some of its agents is no number.
+  // expr, but not for the agents or fleets (on) of which one agent is not
+  // known now: a fleet's number over some of its agents is no number.
   local unless(expr, on, unknown) = '%s\nunless on (%s)\n(\n%s\n)\n' % [expr, on, indented(unknown)],
+  local either(terms) = std.join('\nor\n', [std.rstripChars(term, '\n') for term in terms]),
+
+  local unknownAgents = 'instance:consul_conn_exporter_unknown:group',
+  // A group's limit not known for an agent: not read (a limit of 0, or a
+  // gRPC port without Consul's limiter, is read: none), and not kept from
+  // an earlier read (the agent answers this host 429 at its own limit).
+  local limitUnknown(group) = '(%s == 0 unless on (%s) %s)' % [success('limits'), agent, s('consul_%s_max_conns_per_client' % group)],
 
   local groupRules(group, keep) =
     local by = promql.by(c.fleetLabels + keep);
@@ -27,41 +34,63 @@ local promql = import 'promql.libsonnet';
       // The busiest client's share of the agent's limit: 1 is refusals.
       {
         record: 'instance:consul_%s_busiest_client:ratio' % group,
-        expr: unless('%s / %s' % [open, limit], 'job, instance', frozen),
+        expr: unless('%s / %s' % [open, limit], agent, promql.stale(c)),
       },
       // The connections the busiest client may still open: the agent's
       // headroom, what the fleet's table sorts by. Absent, not 0, where
       // the count or the limit is not known.
       {
         record: 'instance:consul_%s_client_headroom:connections' % group,
-        expr: unless('clamp_min(%s - %s, 0)' % [limit, open], 'job, instance', frozen),
+        expr: unless('clamp_min(%s - %s, 0)' % [limit, open], agent, promql.stale(c)),
       },
       {
         record: '%s:consul_%s_busiest_client:ratio_max' % [fleet, group],
-        expr: unless('max by (%s) (instance:consul_%s_busiest_client:ratio)' % [by, group], on, failing('source|limits')),
+        expr: unless('max by (%s) (instance:consul_%s_busiest_client:ratio)' % [by, group], on, either([unknownAgents, limitUnknown(group)])),
       },
       {
         record: '%s:consul_%s_client_headroom:connections_min' % [fleet, group],
-        expr: unless('min by (%s) (instance:consul_%s_client_headroom:connections)' % [by, group], on, failing('source|limits')),
+        expr: unless('min by (%s) (instance:consul_%s_client_headroom:connections)' % [by, group], on, either([unknownAgents, limitUnknown(group)])),
       },
       // Every client at an agent's limit, as the exporter counts them (not
       // only --clients.top's); a client at the limit of two agents is two.
+      // An exporter older than consul_*_clients_at_limit does not count
+      // them: its datacenter waits for it.
       {
         record: '%s:consul_%s_clients_at_limit:count' % [fleet, group],
-        expr: unless('sum by (%s) (%s)' % [by, s('consul_%s_clients_at_limit' % group)], on, failing('source|limits')),
+        expr: unless('sum by (%s) (%s)' % [by, s('consul_%s_clients_at_limit' % group)], on, either([
+          unknownAgents,
+          limitUnknown(group),
+          '(%s unless on (%s) %s)' % [limit, promql.by(['job', 'instance'] + c.fleetLabels + keep), s('consul_%s_clients_at_limit' % group)],
+        ])),
       },
       // --refusals: the connections the agents refused, a minute, over
-      // the refusal window.
+      // the refusal window; of every agent counting, or none.
       {
         record: '%s:consul_refused_%s_connections_per_minute:rate%s' % [fleet, group, c.refusalWindow],
-        expr: unless('sum by (%s) (rate(%s[%s])) * 60' % [by, s('consul_refused_%s_connections_total' % group), c.refusalWindow], on, failing('source|refusals')),
+        expr: unless('sum by (%s) (rate(%s[%s])) * 60' % [by, s('consul_refused_%s_connections_total' % group), c.refusalWindow], on, either([
+          unknownAgents,
+          '%s == 0' % success('refusals'),
+          '(%s unless on (%s) %s)' % [success('source'), agent, success('refusals')],
+        ])),
       },
     ],
 
   prometheusRules+:: {
     groups+: [{
       name: 'consul-connections-fleet',
-      rules: groupRules('http', []) + groupRules('rpc', []) + groupRules('grpc', ['port']),
+      rules: [
+        // The agents not known now, each once: its count failing, its
+        // numbers frozen, or its target down since it last counted. Every
+        // fleet number of its datacenter waits for it.
+        {
+          record: unknownAgents,
+          expr: 'group by (%s) (\n%s\n)\n' % [agent, indented(either([
+            '%s == 0' % success('source'),
+            promql.stale(c),
+            '(%s == 0 and on (%s) max_over_time(%s[%s]))' % [s('up'), agent, success('source'), c.agentGoneAfter],
+          ]))],
+        },
+      ] + groupRules('http', []) + groupRules('rpc', []) + groupRules('grpc', ['port']),
     }],
   },
 }
