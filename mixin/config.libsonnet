@@ -44,9 +44,10 @@
     staleFor: '5m',
     pushJob: 'consul_conn_exporter',
 
-    // An agent that stopped being scraped makes its fleet's numbers
-    // unknown for this long after it last counted; then it has left the
-    // fleet (ConsulConnectionCountAbsent says only when none reports).
+    // An agent whose series are gone (its target down, its textfile or
+    // push no longer served) makes its fleet's numbers unknown for this
+    // long after it last counted; then it has left the fleet (say a target
+    // down for longer with an alert on up).
     agentGoneAfter: '1h',
 
     // Connections a client opens per second, for churnFor, that one

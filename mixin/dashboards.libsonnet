@@ -193,7 +193,7 @@ local promql = import 'promql.libsonnet';
     // node_exporter's and the Pushgateway's own series: the selector is
     // not theirs.
     timeseries(11, 'Age of the counts', "How old the textfile (node_exporter) or the last push (Pushgateway) is; with the exporter's own /metrics there is nothing to age.", [
-      target('time() - max by (instance) (%s)' % promql.series('node_textfile_mtime_seconds', agentMatchers[:std.length(agentMatchers) - 2] + ['instance=~"$instance"', 'file=~".*/consul_open_http_connections[.]prom"']), 'textfile {{instance}}'),
+      target('time() - max by (instance) (%s)' % promql.series('node_textfile_mtime_seconds', agentMatchers[:std.length(agentMatchers) - 2] + ['instance=~"$instance"', 'file=~"(.*/)?consul_open_http_connections[.]prom"']), 'textfile {{instance}}'),
       target('time() - max by (instance) (%s)' % promql.series('push_time_seconds', agentMatchers), 'push {{instance}}'),
     ], from0('s'), 8),
     timeseries(12, 'Refused HTTP connections per client', "Connections Consul refused past http_max_conns_per_client (a 429, the connection reset unread), per client, counted in the kernel (--refusals): no panel of Consul's own shows them.", [

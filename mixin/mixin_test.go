@@ -74,10 +74,26 @@ type rules struct {
 }
 
 // exporterSeries finds the exporter's own series in a query: consul_...
-// names, not a recorded name (level:consul_...:operations) nor a file's
-// (.*/consul_open_http_connections[.]prom) nor a quoted job, each with the matchers it is
-// selected with.
-var exporterSeries = regexp.MustCompile(`(?:^|[^:\w/"])(consul_\w+)(\{[^}]*\})?`)
+// names, not a recorded name (level:consul_...:operations), each with the
+// matchers it is selected with. Quoted text (a file's name, a job) is not a
+// name: series are found where it is blanked.
+var (
+	exporterSeries = regexp.MustCompile(`(?:^|[^:\w])(consul_\w+)(\{[^}]*\})?`)
+	quoted         = regexp.MustCompile(`"[^"]*"`)
+)
+
+// selectors are the exporter's series in expr, and their matchers.
+func selectors(expr string) (found [][2]string) {
+	blanked := quoted.ReplaceAllStringFunc(expr, func(q string) string { return `"` + strings.Repeat("x", len(q)-2) + `"` })
+	for _, at := range exporterSeries.FindAllStringSubmatchIndex(blanked, -1) {
+		matchers := ""
+		if at[4] >= 0 {
+			matchers = expr[at[4]:at[5]]
+		}
+		found = append(found, [2]string{expr[at[2]:at[3]], matchers})
+	}
+	return found
+}
 
 // An operator's _config reaches every query: their selector is on every
 // series of the exporter's, the fleet's labels split the fleet's rules and
@@ -117,9 +133,8 @@ local mixin = (import 'mixin.libsonnet') + { _config+:: {
 
 	selected := func(where, expr string) {
 		t.Helper()
-		found := exporterSeries.FindAllStringSubmatch(expr, -1)
-		for _, series := range found {
-			assert.Contains(t, series[2], `job="consul"`, "%s: %s in %s", where, series[1], expr)
+		for _, series := range selectors(expr) {
+			assert.Contains(t, series[1], `job="consul"`, "%s: %s in %s", where, series[0], expr)
 		}
 	}
 	alerts := 0

@@ -8,16 +8,18 @@
 
   // The exporter's numbers frozen: the textfile (node_exporter) or the
   // push (Pushgateway) older than c.staleAfterSeconds when it was scraped
-  // (its age now would add up to a scrape interval). node_exporter's and
-  // the Pushgateway's own series: the selector is not theirs.
+  // (its age now would add up to a scrape interval), or unchanged over
+  // c.staleFor (a host's clock ahead of Prometheus' hides the age).
+  // node_exporter before 1.3 names the file without its directory.
+  // node_exporter's and the Pushgateway's own series: the selector is not
+  // theirs.
   stale(c)::
-    local textfile = 'node_textfile_mtime_seconds{file=~".*/consul_open_http_connections[.]prom"}';
+    local textfile = 'node_textfile_mtime_seconds{file=~"(.*/)?consul_open_http_connections[.]prom"}';
     local push = 'push_time_seconds{job="%s"}' % c.pushJob;
-    |||
-      timestamp(%s) - %s > %d
-      or
-      timestamp(%s) - %s > %d
-    ||| % [textfile, textfile, c.staleAfterSeconds, push, push, c.staleAfterSeconds],
+    std.join('\nor\n', std.flattenArrays([
+      ['timestamp(%s) - %s > %d' % [series, series, c.staleAfterSeconds], 'changes(%s[%s]) == 0' % [series, c.staleFor]]
+      for series in [textfile, push]
+    ])) + '\n',
 
   // The labels of a fleet, for "by (...)" and a rule's level.
   by(labels):: std.join(', ', labels),

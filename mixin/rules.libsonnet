@@ -10,6 +10,10 @@ local promql = import 'promql.libsonnet';
   local fleet = promql.level(c.fleetLabels),
 
   local success(collector) = s('consul_conn_exporter_collector_success', ['collector="%s"' % collector]),
+  // Whether the agent counted, from this exporter or one before 0.4, which
+  // says it only so: a fleet in a rolling upgrade has both.
+  local counted = [success('source'), s('consul_conn_exporter_collect_success')],
+  local limitsRead = [success('limits'), s('consul_conn_exporter_limits_read_success')],
   // An agent's series are matched by its target and its fleet: instance
   // names may repeat from one datacenter to another.
   local agent = promql.by(['job', 'instance'] + c.fleetLabels),
@@ -18,12 +22,14 @@ local promql = import 'promql.libsonnet';
   // known now: a fleet's number over some of its agents is no number.
   local unless(expr, on, unknown) = '%s\nunless on (%s)\n(\n%s\n)\n' % [expr, on, indented(unknown)],
   local either(terms) = std.join('\nor\n', [std.rstripChars(term, '\n') for term in terms]),
+  local any(series) = '(%s)' % std.join(' or ', series),
+  local failed(series) = '(%s)' % std.join(' or ', ['%s == 0' % one for one in series]),
 
   local unknownAgents = 'instance:consul_conn_exporter_unknown:group',
   // A group's limit not known for an agent: not read (a limit of 0, or a
   // gRPC port without Consul's limiter, is read: none), and not kept from
   // an earlier read (the agent answers this host 429 at its own limit).
-  local limitUnknown(group) = '(%s == 0 unless on (%s) %s)' % [success('limits'), agent, s('consul_%s_max_conns_per_client' % group)],
+  local limitUnknown(group) = '(%s unless on (%s) %s)' % [failed(limitsRead), agent, s('consul_%s_max_conns_per_client' % group)],
 
   local groupRules(group, keep) =
     local by = promql.by(c.fleetLabels + keep);
@@ -70,7 +76,7 @@ local promql = import 'promql.libsonnet';
         expr: unless('sum by (%s) (rate(%s[%s])) * 60' % [by, s('consul_refused_%s_connections_total' % group), c.refusalWindow], on, either([
           unknownAgents,
           '%s == 0' % success('refusals'),
-          '(%s unless on (%s) %s)' % [success('source'), agent, success('refusals')],
+          '(%s unless on (%s) %s)' % [any(counted), agent, success('refusals')],
         ])),
       },
     ],
@@ -80,14 +86,16 @@ local promql = import 'promql.libsonnet';
       name: 'consul-connections-fleet',
       rules: [
         // The agents not known now, each once: its count failing, its
-        // numbers frozen, or its target down since it last counted. Every
-        // fleet number of its datacenter waits for it.
+        // numbers frozen, or its series gone (its target down, its textfile
+        // or push no longer served) within agentGoneAfter of its last
+        // count; after that it has left the fleet. Every fleet number of
+        // its datacenter waits for it.
         {
           record: unknownAgents,
           expr: 'group by (%s) (\n%s\n)\n' % [agent, indented(either([
-            '%s == 0' % success('source'),
+            failed(counted),
             promql.stale(c),
-            '(%s == 0 and on (%s) max_over_time(%s[%s]))' % [s('up'), agent, success('source'), c.agentGoneAfter],
+            '(%s unless on (%s) %s)' % [any(['max_over_time(%s[%s])' % [one, c.agentGoneAfter] for one in counted]), agent, any(counted)],
           ]))],
         },
       ] + groupRules('http', []) + groupRules('rpc', []) + groupRules('grpc', ['port']),
