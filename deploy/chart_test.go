@@ -70,6 +70,9 @@ func render(t *testing.T, set ...string) rendered {
 		case "ServiceMonitor":
 			r.serviceMonitor = &monitoringv1.ServiceMonitor{}
 			into = r.serviceMonitor
+		case "PrometheusRule":
+			r.rules = &monitoringv1.PrometheusRule{}
+			into = r.rules
 		default:
 			t.Fatalf("a %v the tests do not know", kind)
 		}
@@ -84,6 +87,7 @@ type rendered struct {
 	service        *corev1.Service
 	podMonitor     *monitoringv1.PodMonitor
 	serviceMonitor *monitoringv1.ServiceMonitor
+	rules          *monitoringv1.PrometheusRule
 }
 
 // modes are the chart's modes, by the values that make them, each with the
@@ -239,6 +243,31 @@ func TestTheTogglesRenderWhatTheySay(t *testing.T) {
 	assert.Contains(t, spec.Containers[0].Args, "--consul.token-file=/etc/consul-conn-exporter/token")
 	require.Len(t, spec.Volumes, 1)
 	assert.Equal(t, "consul-token", spec.Volumes[0].Secret.SecretName)
+}
+
+// prometheus.rules.enabled renders a PrometheusRule, labelled for a
+// Prometheus' ruleSelector, whose groups are exactly those of
+// deploy/prometheus: the mixin's alerts and the fleet's rules.
+func TestThePrometheusRuleIsTheMixins(t *testing.T) {
+	set := []string{"prometheus.rules.enabled=true", "prometheus.rules.additionalLabels.release=kps"}
+	out, err := helm(t, withValues([]string{"lint", "--strict", chart}, set)...)
+	require.NoError(t, err, "helm lint:\n%s", out)
+	assert.Nil(t, render(t).rules, "off by default")
+	r := render(t, set...)
+	require.NotNil(t, r.rules)
+	assert.Equal(t, "kps", r.rules.Labels["release"])
+	var shipped []monitoringv1.RuleGroup
+	for _, file := range []string{"prometheus/alerts.yml", "prometheus/rules.yml"} {
+		var rules struct {
+			Groups []monitoringv1.RuleGroup `json:"groups"`
+		}
+		text, err := os.ReadFile(file)
+		require.NoError(t, err)
+		require.NoError(t, yaml.UnmarshalStrict(text, &rules), file)
+		shipped = append(shipped, rules.Groups...)
+	}
+	require.Len(t, shipped, 2)
+	assert.Equal(t, shipped, r.rules.Spec.Groups)
 }
 
 // The manifests in deploy/kubernetes are the chart's, for the values that

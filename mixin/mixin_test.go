@@ -26,12 +26,13 @@ func jsonnet(t *testing.T, tool string, args ...string) []byte {
 	return out
 }
 
-// The files deploy/ ships are what go generate makes of the mixin, byte
-// for byte: the command is doc.go's own, into a directory of the test's.
-func TestDeployFilesAreWhatTheMixinMakes(t *testing.T) {
+// The files deploy/ and the chart ship are what go generate makes of the
+// mixin, byte for byte: the command is doc.go's own, into a directory of
+// the test's.
+func TestShippedFilesAreWhatTheMixinMakes(t *testing.T) {
 	doc, err := os.ReadFile("doc.go")
 	require.NoError(t, err)
-	line := regexp.MustCompile(`(?m)^//go:generate go tool -modfile=\.\./tools/go\.mod jsonnet (.*) -m \.\./deploy (.*)$`).FindSubmatch(doc)
+	line := regexp.MustCompile(`(?m)^//go:generate go tool -modfile=\.\./tools/go\.mod jsonnet (.*) -m \.\. (.*)$`).FindSubmatch(doc)
 	require.NotNil(t, line, "doc.go's go:generate line")
 	dir := t.TempDir()
 	jsonnet(t, "jsonnet", slices.Concat(strings.Fields(string(line[1])), []string{"-m", dir}, strings.Fields(string(line[2])))...)
@@ -46,12 +47,13 @@ func TestDeployFilesAreWhatTheMixinMakes(t *testing.T) {
 		made = append(made, name)
 		want, err := os.ReadFile(path)
 		require.NoError(t, err)
-		got, err := os.ReadFile(filepath.Join("../deploy", name))
+		got, err := os.ReadFile(filepath.Join("..", name))
 		require.NoError(t, err)
-		assert.Equal(t, string(want), string(got), "deploy/%s differs from the mixin's: run go generate ./mixin", name)
+		assert.Equal(t, string(want), string(got), "%s differs from the mixin's: run go generate ./mixin", name)
 		return nil
 	}))
-	assert.ElementsMatch(t, []string{"prometheus/alerts.yml", "prometheus/rules.yml", "grafana/consul-conn-exporter.json"}, made)
+	assert.ElementsMatch(t, []string{"deploy/prometheus/alerts.yml", "deploy/prometheus/rules.yml", "deploy/grafana/consul-conn-exporter.json",
+		"charts/consul-conn-exporter/files/prometheus-rules.yaml"}, made)
 }
 
 func TestJsonnetIsFormatted(t *testing.T) {
