@@ -197,12 +197,13 @@ func documentedViolations(t *testing.T) map[string][]string {
 // A typo or a wrong type in the values is refused, naming it.
 func TestTheSchemaRefusesBadValues(t *testing.T) {
 	for set, want := range map[string]string{
-		"web.port=abc":                       "at '/web/port': got string, want integer",
-		"prometheus.podmonitor.enabled=true": "additional properties 'podmonitor' not allowed",
-		"consul.limit=-5":                    "at '/consul/limit'",
-		"consul.grpcPorts={70000}":           "at '/consul/grpcPorts/0'",
-		"image.digest=latest":                "at '/image/digest'",
-		"extraArgs={refusals}":               "at '/extraArgs/0'",
+		"web.port=abc":                            "at '/web/port': got string, want integer",
+		"prometheus.podmonitor.enabled=true":      "additional properties 'podmonitor' not allowed",
+		"consul.limit=-5":                         "at '/consul/limit'",
+		"consul.grpcPorts={70000}":                "at '/consul/grpcPorts/0'",
+		"image.digest=latest":                     "at '/image/digest'",
+		"extraArgs={refusals}":                    "at '/extraArgs/0'",
+		"prometheus.targetLabels.data-center=dc1": "'data-center' does not match pattern",
 	} {
 		out, err := helm(t, "template", "cce", chart, "--set", set)
 		assert.Error(t, err, set)
@@ -268,6 +269,25 @@ func TestThePrometheusRuleIsTheMixins(t *testing.T) {
 	}
 	require.Len(t, shipped, 2)
 	assert.Equal(t, shipped, r.rules.Spec.Groups)
+}
+
+// prometheus.targetLabels puts the fleet's labels on every series each
+// monitor scrapes, as the mixin's fleet rules split the fleet by them.
+func TestTheMonitorsAddTheFleetsLabels(t *testing.T) {
+	set := []string{"prometheus.podMonitor.enabled=true", "prometheus.monitor.enabled=true",
+		"prometheus.targetLabels.datacenter=dc1", "prometheus.targetLabels.cluster=east"}
+	out, err := helm(t, withValues([]string{"lint", "--strict", chart}, set)...)
+	require.NoError(t, err, "helm lint:\n%s", out)
+	r := render(t, set...)
+	replace := func(label, value string) *monitoringv1.RelabelConfig {
+		return &monitoringv1.RelabelConfig{Action: "replace", TargetLabel: label, Replacement: &value}
+	}
+	want := []monitoringv1.RelabelConfig{*replace("cluster", "east"), *replace("datacenter", "dc1")}
+	require.NotNil(t, r.podMonitor)
+	require.NotNil(t, r.serviceMonitor)
+	assert.Equal(t, want, r.podMonitor.Spec.PodMetricsEndpoints[0].RelabelConfigs)
+	assert.Equal(t, want, r.serviceMonitor.Spec.Endpoints[0].RelabelConfigs)
+	assert.Empty(t, render(t, "prometheus.podMonitor.enabled=true").podMonitor.Spec.PodMetricsEndpoints[0].RelabelConfigs, "none by default")
 }
 
 // The manifests in deploy/kubernetes are the chart's, for the values that

@@ -38,3 +38,18 @@ ambient capabilities), and the exporter drops them once loaded. */}}
 {{- define "cce.web" -}}
 {{- if not .Values.textfile.enabled }}true{{ end -}}
 {{- end -}}
+
+{{/*
+The fleet's labels (prometheus.targetLabels) on every series scraped: the
+mixin's fleet rules split the fleet by them.
+*/}}
+{{- define "cce.targetLabels" -}}
+{{- with .Values.prometheus.targetLabels -}}
+relabelings:
+  {{- range $label, $value := . }}
+  - action: replace
+    targetLabel: {{ $label }}
+    replacement: {{ $value | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
