@@ -3,7 +3,6 @@ package deploy
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"strings"
@@ -26,8 +25,7 @@ const chart = "../charts/consul-conn-exporter"
 // helm runs the Helm pinned in tools/go.mod (built once by the go command).
 func helm(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	programs.NotShort(t, "builds and runs Helm")
-	cmd := exec.Command("go", append([]string{"tool", "-modfile=../tools/go.mod", "helm"}, args...)...)
+	cmd := programs.Tool(t, "helm", args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

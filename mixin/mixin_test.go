@@ -17,11 +17,11 @@ import (
 	"github.com/consul-conn-exporter/consul-conn-exporter/internal/testkit/programs"
 )
 
-// jsonnet runs a tool of go-jsonnet, as pinned in tools/go.mod, here.
+// jsonnet runs a tool of go-jsonnet, as pinned in tools/go.mod, here, and
+// fails the test if it fails.
 func jsonnet(t *testing.T, tool string, args ...string) []byte {
 	t.Helper()
-	programs.NotShort(t, "builds and runs "+tool)
-	out, err := exec.Command("go", append([]string{"tool", "-modfile=../tools/go.mod", tool}, args...)...).CombinedOutput()
+	out, err := programs.Tool(t, tool, args...).CombinedOutput()
 	require.NoError(t, err, "%s %s:\n%s", tool, strings.Join(args, " "), out)
 	return out
 }
@@ -184,13 +184,12 @@ local mixin = (import 'mixin.libsonnet') + { _config+:: {
 // A fleet split by no label, or by the agents' own, is refused, saying
 // what to set.
 func TestFleetLabelsThatSplitNoFleetAreRefused(t *testing.T) {
-	programs.NotShort(t, "builds and runs jsonnet")
 	for labels, says := range map[string]string{
 		"[]":                         "fleetLabels: name the target labels the fleet is split by",
 		"['datacenter', 'instance']": "fleetLabels: job and instance are the agents, not a fleet of them",
 		"['job']":                    "fleetLabels: job and instance are the agents, not a fleet of them",
 	} {
-		out, err := exec.Command("go", "tool", "-modfile=../tools/go.mod", "jsonnet", "-e",
+		out, err := programs.Tool(t, "jsonnet", "-e",
 			"((import 'mixin.libsonnet') + { _config+:: { fleetLabels: "+labels+" } }).prometheusRules").CombinedOutput()
 		require.Error(t, err, labels)
 		assert.Contains(t, string(out), says, labels)

@@ -23,7 +23,7 @@ const releaseGo = "go1.27.3"
 // goTool runs a tool pinned in tools/go.mod from the repository's root.
 func goTool(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command("go", append([]string{"tool", "-modfile=tools/go.mod"}, args...)...)
+	cmd := programs.Tool(t, args[0], args[1:]...)
 	cmd.Dir = "../.."
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()

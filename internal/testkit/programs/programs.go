@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,6 +33,22 @@ func Need(t testing.TB, program, install string) string {
 		Missing(t, program+" is not installed: "+install)
 	}
 	return path
+}
+
+// toolsModule is tools/go.mod, found from this file's: the build tools'
+// own module, which pins them.
+var toolsModule = func() string {
+	_, here, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(here), "..", "..", "..", "tools", "go.mod")
+}()
+
+// Tool is a command running name, a build tool pinned in tools/go.mod
+// (helm, jsonnet, indexdb, ...), which the go command builds once. Under
+// -short the test skips: it starts a program.
+func Tool(t testing.TB, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	NotShort(t, "builds and runs "+name)
+	return exec.Command("go", append([]string{"tool", "-modfile=" + toolsModule, name}, args...)...)
 }
 
 // NotShort skips the test under -short: what says what it does that the
