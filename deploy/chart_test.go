@@ -57,20 +57,15 @@ func render(t *testing.T, set ...string) rendered {
 		var into any
 		switch kind := doc["kind"]; kind {
 		case "DaemonSet":
-			r.daemonSet = &appsv1.DaemonSet{}
-			into = r.daemonSet
+			into = fresh(&r.daemonSet)
 		case "Service":
-			r.service = &corev1.Service{}
-			into = r.service
+			into = fresh(&r.service)
 		case "PodMonitor":
-			r.podMonitor = &monitoringv1.PodMonitor{}
-			into = r.podMonitor
+			into = fresh(&r.podMonitor)
 		case "ServiceMonitor":
-			r.serviceMonitor = &monitoringv1.ServiceMonitor{}
-			into = r.serviceMonitor
+			into = fresh(&r.serviceMonitor)
 		case "PrometheusRule":
-			r.rules = &monitoringv1.PrometheusRule{}
-			into = r.rules
+			into = fresh(&r.rules)
 		default:
 			t.Fatalf("a %v the tests do not know", kind)
 		}
@@ -78,6 +73,12 @@ func render(t *testing.T, set ...string) rendered {
 	}
 	require.NotNil(t, r.daemonSet, "no DaemonSet")
 	return r
+}
+
+// fresh is a new T, kept in *at.
+func fresh[T any](at **T) *T {
+	*at = new(T)
+	return *at
 }
 
 type rendered struct {
@@ -255,16 +256,7 @@ func TestThePrometheusRuleIsTheMixins(t *testing.T) {
 	r := render(t, set...)
 	require.NotNil(t, r.rules)
 	assert.Equal(t, "kps", r.rules.Labels["release"])
-	var shipped []monitoringv1.RuleGroup
-	for _, file := range []string{"prometheus/alerts.yml", "prometheus/rules.yml"} {
-		var rules struct {
-			Groups []monitoringv1.RuleGroup `json:"groups"`
-		}
-		text, err := os.ReadFile(file)
-		require.NoError(t, err)
-		require.NoError(t, yaml.UnmarshalStrict(text, &rules), file)
-		shipped = append(shipped, rules.Groups...)
-	}
+	shipped := append(ruleGroups(t, "prometheus/alerts.yml"), ruleGroups(t, "prometheus/rules.yml")...)
 	require.Len(t, shipped, 2)
 	assert.Equal(t, shipped, r.rules.Spec.Groups)
 }

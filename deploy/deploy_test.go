@@ -118,6 +118,19 @@ func TestPodMonitorScrapesTheDaemonSet(t *testing.T) {
 	assert.Equal(t, "/metrics", endpoint.Path)
 }
 
+// ruleGroups are the groups of a rule file, read strictly as the
+// Prometheus operator's type (what the chart's PrometheusRule holds).
+func ruleGroups(t *testing.T, file string) []monitoringv1.RuleGroup {
+	t.Helper()
+	var rules struct {
+		Groups []monitoringv1.RuleGroup `json:"groups"`
+	}
+	text, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.NoError(t, yaml.UnmarshalStrict(text, &rules), "%s: unknown or misspelt fields", file)
+	return rules.Groups
+}
+
 // decode reads a manifest into its Kubernetes API type; a field the type
 // does not know (a typo) fails.
 func decode(t *testing.T, file string, into any) {
@@ -320,15 +333,8 @@ func TestEveryRuleIsTested(t *testing.T) {
 		} `json:"tests"`
 	}
 	tested := map[string]bool{}
-	instances := map[string]bool{}
-	datacenters := map[string]bool{}
-	label := func(name, series string) string {
-		found := regexp.MustCompile(name + `="([^"]*)"`).FindStringSubmatch(series)
-		if found == nil {
-			return ""
-		}
-		return found[1]
-	}
+	fleet := map[string]map[string]bool{"instance": {}, "datacenter": {}}
+	fleetLabel := regexp.MustCompile(`\b(instance|datacenter)="([^"]*)"`)
 	for _, file := range []string{"prometheus/alerts_test.yml", "prometheus/rules_test.yml"} {
 		var tests tests
 		text, err := os.ReadFile(file)
@@ -345,24 +351,17 @@ func TestEveryRuleIsTested(t *testing.T) {
 			}
 			if file == "prometheus/rules_test.yml" {
 				for _, s := range test.InputSeries {
-					instances[label("instance", s.Series)] = true
-					datacenters[label("datacenter", s.Series)] = true
+					for _, label := range fleetLabel.FindAllStringSubmatch(s.Series, -1) {
+						fleet[label[1]][label[2]] = true
+					}
 				}
 			}
 		}
 	}
-	assert.GreaterOrEqual(t, len(instances), 3, "the fleet's agents")
-	assert.GreaterOrEqual(t, len(datacenters), 2, "the fleet's datacenters")
+	assert.GreaterOrEqual(t, len(fleet["instance"]), 3, "the fleet's agents")
+	assert.GreaterOrEqual(t, len(fleet["datacenter"]), 2, "the fleet's datacenters")
 	for _, file := range []string{"prometheus/alerts.yml", "prometheus/rules.yml"} {
-		var rules struct {
-			Groups []struct {
-				Rules []struct{ Alert, Record string }
-			}
-		}
-		text, err := os.ReadFile(file)
-		require.NoError(t, err)
-		require.NoError(t, yaml.Unmarshal(text, &rules))
-		for _, g := range rules.Groups {
+		for _, g := range ruleGroups(t, file) {
 			for _, r := range g.Rules {
 				assert.True(t, tested[r.Alert+r.Record], "%s: %s%s has no test that fires or evaluates it", file, r.Alert, r.Record)
 			}
@@ -373,22 +372,11 @@ func TestEveryRuleIsTested(t *testing.T) {
 // Every alert links to its runbook: a section of docs/metrics.md, under
 // the alert's own name, that says what to do.
 func TestEveryAlertHasARunbook(t *testing.T) {
-	var rules struct {
-		Groups []struct {
-			Rules []struct {
-				Alert       string            `json:"alert"`
-				Annotations map[string]string `json:"annotations"`
-			} `json:"rules"`
-		} `json:"groups"`
-	}
-	text, err := os.ReadFile("prometheus/alerts.yml")
-	require.NoError(t, err)
-	require.NoError(t, yaml.Unmarshal(text, &rules))
 	doc, err := os.ReadFile("../docs/metrics.md")
 	require.NoError(t, err)
 	const base = "https://github.com/consul-conn-exporter/consul-conn-exporter/blob/main/docs/metrics.md#"
 	alerts := 0
-	for _, g := range rules.Groups {
+	for _, g := range ruleGroups(t, "prometheus/alerts.yml") {
 		for _, r := range g.Rules {
 			if r.Alert == "" {
 				continue
