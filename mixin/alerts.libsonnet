@@ -3,7 +3,7 @@ local promql = import 'promql.libsonnet';
 
 {
   local c = $._config,
-  local s(name, matchers=[]) = promql.series(name, [c.selector] + matchers),
+  local s(name, matchers=[]) = promql.exporter(c, name, matchers),
 
   local alert(name, severity, expr, summary, description=null, pending=null) = {
     alert: name,
@@ -138,7 +138,7 @@ local promql = import 'promql.libsonnet';
             ||| % [
               s('consul_conn_exporter_collector_success', ['collector!~"source|limits"']),
               c.featureFailingWindow,
-              promql.by(['job', 'instance'] + c.fleetLabels),
+              promql.agent(c),
               s('consul_conn_exporter_collector_success', ['collector="source"']),
               c.featureFailingWindow,
             ],

@@ -14,16 +14,24 @@ local promql = import 'promql.libsonnet';
   local ofAgents(panel) = panel {
     targets: [
       target {
-        expr: std.strReplace(target.expr, 'by (instance', 'by (%s, instance' % promql.by(c.fleetLabels)),
+        expr: std.strReplace(target.expr, 'by (instance', 'by (%s, instance' % fleetBy),
         legendFormat: std.strReplace(target.legendFormat, '{{instance}}', fleetLegend + ' {{instance}}'),
       }
       for target in super.targets
     ],
   },
   // An agent's panel: the exporter's series on the agents chosen.
-  local s(name, matchers=[]) = promql.series(name, [c.selector] + matchers + agentMatchers),
+  local s(name, matchers=[]) = promql.exporter(c, name, matchers + agentMatchers),
   // A fleet panel: recorded series, on the fleets chosen.
   local f(name) = promql.series(name, fleetMatchers),
+  local fleetBy = promql.by(c.fleetLabels),
+  local fleetWords = std.join(' and ', c.fleetLabels),
+  // A fleet panel's line for each limiter group: record(group) names its
+  // rule.
+  local eachLimiter(record) = [
+    target(f(record(limiter.name)), std.join(' ', [fleetLegend, limiter.title] + [':{{%s}}' % label for label in limiter.keep]))
+    for limiter in promql.limiters
+  ],
 
   local datasource = { type: 'prometheus', uid: '${datasource}' },
   local target(expr, legend, more={}) = { datasource: datasource, expr: expr, legendFormat: legend } + more,
@@ -110,29 +118,17 @@ local promql = import 'promql.libsonnet';
 
   local fleetPanels = [
     row(21, 'Fleet'),
-    timeseries(22, "Busiest client's share of each limit", "Per %s (the recording rules of mixin/, deploy/prometheus/rules.yml): the highest share of a limit any agent's busiest client holds, for each limiter apart. At 100%% that agent refuses that client's new connections. No line for a datacenter one of whose agents is not known now." % std.join(' and ', c.fleetLabels), [
-      target(f('%s:consul_http_busiest_client:ratio_max' % fleet), fleetLegend + ' HTTP'),
-      target(f('%s:consul_rpc_busiest_client:ratio_max' % fleet), fleetLegend + ' RPC'),
-      target(f('%s:consul_grpc_busiest_client:ratio_max' % fleet), fleetLegend + ' gRPC :{{port}}'),
-    ], share),
-    timeseries(23, 'Clients at a limit', "Per %s: the clients holding all of an agent's limit (one at the limit of two agents is two), for each limiter apart. Every client at the limit, not only the busiest shown per agent. No line for a datacenter one of whose agents is not known now (its count failing, its numbers frozen)." % std.join(' and ', c.fleetLabels), [
-      target(f('%s:consul_http_clients_at_limit:count' % fleet), fleetLegend + ' HTTP'),
-      target(f('%s:consul_rpc_clients_at_limit:count' % fleet), fleetLegend + ' RPC'),
-      target(f('%s:consul_grpc_clients_at_limit:count' % fleet), fleetLegend + ' gRPC :{{port}}'),
-    ], from0()),
-    timeseries(24, 'Refused connections a minute', 'Per %s, with --refusals: the connections the agents refused a minute, over the last %s, for each limiter apart; no line for a datacenter one of whose agents has refusals not known now.' % [std.join(' and ', c.fleetLabels), promql.words(c.refusalWindow)], [
-      target(f('%s:consul_refused_http_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' HTTP'),
-      target(f('%s:consul_refused_rpc_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' RPC'),
-      target(f('%s:consul_refused_grpc_connections_per_minute:rate%s' % [fleet, c.refusalWindow]), fleetLegend + ' gRPC :{{port}}'),
-    ], from0()),
-    timeseries(27, 'Agents not known now', 'Per %s: the agents whose count fails, whose numbers are frozen (textfile or push not renewed) or whose target is down since it last counted (instance:consul_conn_exporter_unknown:group). While any is, its datacenter has no fleet number above: see its own alerts.' % std.join(' and ', c.fleetLabels), [
-      target('count by (%s) (%s)\nor\n0 * count by (%s) (%s)' % [promql.by(c.fleetLabels), f('instance:consul_conn_exporter_unknown:group'), promql.by(c.fleetLabels), promql.series('consul_conn_exporter_build_info', [c.selector] + fleetMatchers)], fleetLegend),
+    timeseries(22, "Busiest client's share of each limit", "Per %s (the recording rules of mixin/, deploy/prometheus/rules.yml): the highest share of a limit any agent's busiest client holds, for each limiter apart. At 100%% that agent refuses that client's new connections. No line for a datacenter one of whose agents is not known now." % fleetWords, eachLimiter(function(group) '%s:consul_%s_busiest_client:ratio_max' % [fleet, group]), share),
+    timeseries(23, 'Clients at a limit', "Per %s: the clients holding all of an agent's limit (one at the limit of two agents is two), for each limiter apart. Every client at the limit, not only the busiest shown per agent. No line for a datacenter one of whose agents is not known now (its count failing, its numbers frozen)." % fleetWords, eachLimiter(function(group) '%s:consul_%s_clients_at_limit:count' % [fleet, group]), from0()),
+    timeseries(24, 'Refused connections a minute', 'Per %s, with --refusals: the connections the agents refused a minute, over the last %s, for each limiter apart; no line for a datacenter one of whose agents has refusals not known now.' % [fleetWords, promql.words(c.refusalWindow)], eachLimiter(function(group) '%s:consul_refused_%s_connections_per_minute:rate%s' % [fleet, group, c.refusalWindow]), from0()),
+    timeseries(27, 'Agents not known now', 'Per %s: the agents whose count fails, whose numbers are frozen (textfile or push not renewed) or whose target is down since it last counted (instance:consul_conn_exporter_unknown:group). While any is, its datacenter has no fleet number above: see its own alerts.' % fleetWords, [
+      target('count by (%s) (%s)\nor\n0 * count by (%s) (%s)' % [fleetBy, f('instance:consul_conn_exporter_unknown:group'), fleetBy, promql.exporter(c, 'consul_conn_exporter_build_info', fleetMatchers)], fleetLegend),
     ], from0()),
     panel(25, 'table', 'Agents by headroom, least first', "Each agent's headroom for each limiter: the connections its busiest client may still open before the agent refuses it. 0 is at the limit. Agents whose count or limit is not known, or whose numbers are frozen, are not listed.", [
       target(
         'sort(\n  %s\n)' % std.join('\n  or ', [
-          'label_replace(%s, "limiter", "%s", "", "")' % [f('instance:consul_%s_client_headroom:connections' % group.name), group.title]
-          for group in [{ name: 'http', title: 'HTTP' }, { name: 'rpc', title: 'RPC' }, { name: 'grpc', title: 'gRPC' }]
+          'label_replace(%s, "limiter", "%s", "", "")' % [f('instance:consul_%s_client_headroom:connections' % limiter.name), limiter.title]
+          for limiter in promql.limiters
         ]),
         '',
         { format: 'table', instant: true },
@@ -262,11 +258,11 @@ local promql = import 'promql.libsonnet';
           current: {},
           hide: 0,
         }] + [
-          variable(label, std.asciiUpper(label[0]) + label[1:], '%s, %s' % [promql.series('consul_conn_exporter_build_info', [c.selector]), label])
+          variable(label, std.asciiUpper(label[0]) + label[1:], '%s, %s' % [promql.exporter(c, 'consul_conn_exporter_build_info'), label])
           for label in c.fleetLabels
         ] + [
-          variable('job', 'Job', '%s, job' % promql.series('consul_conn_exporter_build_info', [c.selector] + fleetMatchers)),
-          variable('instance', 'Instance', '%s, instance' % promql.series('consul_conn_exporter_build_info', [c.selector] + fleetMatchers + ['job=~"$job"'])),
+          variable('job', 'Job', '%s, job' % promql.exporter(c, 'consul_conn_exporter_build_info', fleetMatchers)),
+          variable('instance', 'Instance', '%s, instance' % promql.exporter(c, 'consul_conn_exporter_build_info', fleetMatchers + ['job=~"$job"'])),
         ],
       },
       panels: layout(fleetPanels + [if p.type == 'row' then p else ofAgents(p) for p in agentPanels]),

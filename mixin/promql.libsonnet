@@ -6,6 +6,23 @@
     local set = std.filter(function(m) m != '', matchers);
     if set == [] then name else '%s{%s}' % [name, std.join(',', set)],
 
+  // One of the exporter's series: the operator's selector (c.selector)
+  // and the matchers given.
+  exporter(c, name, matchers=[]):: self.series(name, [c.selector] + matchers),
+
+  // An agent's labels, for "on (...)": its target and its fleet, as
+  // instance names may repeat from one datacenter to another; and more.
+  agent(c, more=[]):: self.by(['job', 'instance'] + c.fleetLabels + more),
+
+  // The limiter groups, each recorded and drawn apart, never summed: the
+  // labels besides the agent's that tell one group of a limiter from
+  // another (a gRPC port is a group of its own).
+  limiters: [
+    { name: 'http', title: 'HTTP', keep: [] },
+    { name: 'rpc', title: 'RPC', keep: [] },
+    { name: 'grpc', title: 'gRPC', keep: ['port'] },
+  ],
+
   // The exporter's numbers frozen: the textfile (node_exporter) or the
   // push (Pushgateway) older than c.staleAfterSeconds when it was scraped
   // (its age now would add up to a scrape interval), or unchanged over

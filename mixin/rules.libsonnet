@@ -6,7 +6,7 @@ local promql = import 'promql.libsonnet';
 
 {
   local c = $._config,
-  local s(name, matchers=[]) = promql.series(name, [c.selector] + matchers),
+  local s(name, matchers=[]) = promql.exporter(c, name, matchers),
   local fleet = promql.level(c.fleetLabels),
 
   local success(collector) = s('consul_conn_exporter_collector_success', ['collector="%s"' % collector]),
@@ -14,9 +14,7 @@ local promql = import 'promql.libsonnet';
   // says it only so: a fleet in a rolling upgrade has both.
   local counted = [success('source'), s('consul_conn_exporter_collect_success')],
   local limitsRead = [success('limits'), s('consul_conn_exporter_limits_read_success')],
-  // An agent's series are matched by its target and its fleet: instance
-  // names may repeat from one datacenter to another.
-  local agent = promql.by(['job', 'instance'] + c.fleetLabels),
+  local agent = promql.agent(c),
   local indented(expr) = std.join('\n', ['  ' + line for line in std.split(std.rstripChars(expr, '\n'), '\n')]),
   // expr, but not for the agents or fleets (on) of which one agent is not
   // known now: a fleet's number over some of its agents is no number.
@@ -66,7 +64,7 @@ local promql = import 'promql.libsonnet';
         expr: unless('sum by (%s) (%s)' % [by, s('consul_%s_clients_at_limit' % group)], on, either([
           unknownAgents,
           limitUnknown(group),
-          '(%s unless on (%s) %s)' % [limit, promql.by(['job', 'instance'] + c.fleetLabels + keep), s('consul_%s_clients_at_limit' % group)],
+          '(%s unless on (%s) %s)' % [limit, promql.agent(c, keep), s('consul_%s_clients_at_limit' % group)],
         ])),
       },
       // --refusals: the connections the agents refused, a minute, over
@@ -98,7 +96,7 @@ local promql = import 'promql.libsonnet';
             '(%s unless on (%s) %s)' % [any(['max_over_time(%s[%s])' % [one, c.agentGoneAfter] for one in counted]), agent, any(counted)],
           ]))],
         },
-      ] + groupRules('http', []) + groupRules('rpc', []) + groupRules('grpc', ['port']),
+      ] + std.flattenArrays([groupRules(limiter.name, limiter.keep) for limiter in promql.limiters]),
     }],
   },
 }
