@@ -36,16 +36,20 @@ local promql = import 'promql.libsonnet';
     local limit = s('consul_%s_max_conns_per_client' % group);
     [
       // The busiest client's share of the agent's limit: 1 is refusals.
+      // None for an agent not known now (its numbers frozen: those of an
+      // agent whose count fails or whose series are gone are absent).
+      // The unknown agents' rule comes first in the group, so that these
+      // read this evaluation's.
       {
         record: 'instance:consul_%s_busiest_client:ratio' % group,
-        expr: unless('%s / %s' % [open, limit], agent, promql.stale(c)),
+        expr: unless('%s / %s' % [open, limit], agent, unknownAgents),
       },
       // The connections the busiest client may still open: the agent's
       // headroom, what the fleet's table sorts by. Absent, not 0, where
       // the count or the limit is not known.
       {
         record: 'instance:consul_%s_client_headroom:connections' % group,
-        expr: unless('clamp_min(%s - %s, 0)' % [limit, open], agent, promql.stale(c)),
+        expr: unless('clamp_min(%s - %s, 0)' % [limit, open], agent, unknownAgents),
       },
       {
         record: '%s:consul_%s_busiest_client:ratio_max' % [fleet, group],
